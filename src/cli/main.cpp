@@ -1,0 +1,51 @@
+// The `longctx` executable: a table of subcommands over liblongctx.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cli/commands.h"
+
+namespace {
+
+struct subcommand {
+    const char * name;
+    int (*fn)(const lc::cli::args_t &);
+    const char * help;
+};
+
+const subcommand k_commands[] = {
+    {"run", lc::cli::cmd_run, "generate from a prompt or a file, streaming tokens"},
+    {"chat", lc::cli::cmd_chat, "interactive chat with the model's chat template"},
+    {"bench", lc::cli::cmd_bench, "speed: pp/tg tokens per second, llama-bench style"},
+    {"gguf", lc::cli::cmd_gguf, "inspect a model file: metadata, tensors, types, sizes"},
+};
+
+void print_usage(FILE * f) {
+    std::fprintf(f, "usage: longctx <command> [options]\n\ncommands:\n");
+    for (const auto & c : k_commands) std::fprintf(f, "  %-8s %s\n", c.name, c.help);
+    std::fprintf(f, "\n`longctx <command> --help` lists the options of a command and their defaults.\n");
+}
+
+} // namespace
+
+int main(int argc, char ** argv) {
+    if (argc < 2) {
+        print_usage(stderr);
+        return 2;
+    }
+    const std::string cmd = argv[1];
+    if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+        print_usage(stdout);
+        return 0;
+    }
+    if (cmd == "--version") {
+        std::printf("longctx %s\n", LC_VERSION_STRING);
+        return 0;
+    }
+    for (const auto & c : k_commands) {
+        if (cmd == c.name) return c.fn(lc::cli::args_t(argv + 2, argv + argc));
+    }
+    std::fprintf(stderr, "longctx: unknown command '%s'; commands: run, chat, bench, gguf (see longctx --help)\n",
+                 cmd.c_str());
+    return 2;
+}
