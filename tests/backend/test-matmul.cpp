@@ -1,0 +1,160 @@
+// Quantized matmul: activation quantizers and integer tiles (AVX2) against the scalar reference, on random
+// weights of every type with an integer kernel and on the dequantize-and-FMA fallback.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/quant.h"
+#include "backend/cpu/ref/dequant.h"
+
+using namespace lc;
+
+namespace {
+
+// Random weight rows of a type, built directly as blocks with random scales and quants.
+std::vector<uint8_t> random_weights(dtype t, int64_t n_in, int64_t n_out, std::mt19937 & rng) {
+    const size_t                       rb = dtype_row_size(t, n_in);
+    std::vector<uint8_t>               w(rb * size_t(n_out));
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> sc(0.001f, 0.05f);
+    for (auto & b : w) b = uint8_t(byte(rng));
+    // overwrite the scales with sane values (random bytes would make inf/nan halves)
+    const int64_t nb = n_in / 32;
+    for (int64_t r = 0; r < n_out; ++r) {
+        uint8_t * row = w.data() + size_t(r) * rb;
+        for (int64_t b = 0; b < nb; ++b) {
+            switch (t) {
+                case dtype::Q4_0: ((block_q4_0 *) row)[b].d = fp32_to_fp16(sc(rng)); break;
+                case dtype::Q5_0: ((block_q5_0 *) row)[b].d = fp32_to_fp16(sc(rng)); break;
+                case dtype::Q8_0: ((block_q8_0 *) row)[b].d = fp32_to_fp16(sc(rng)); break;
+                case dtype::Q4_1:
+                    ((block_q4_1 *) row)[b].d = fp32_to_fp16(sc(rng));
+                    ((block_q4_1 *) row)[b].m = fp32_to_fp16(-8.0f * sc(rng));
+                    break;
+                default: break;
+            }
+        }
+        if (t == dtype::F32)
+            for (int64_t i = 0; i < n_in; ++i) ((float *) row)[i] = sc(rng) - 0.025f;
+        if (t == dtype::F16)
+            for (int64_t i = 0; i < n_in; ++i) ((fp16_t *) row)[i] = fp32_to_fp16(sc(rng) - 0.025f);
+    }
+    return w;
+}
+
+} // namespace
+
+TEST(quantize, q8_1_matches_reference) {
+    std::mt19937                          rng(1);
+    std::normal_distribution<float>       nd(0.0f, 2.0f);
+    const int64_t                         n = 32 * 37;
+    std::vector<float>                    x(static_cast<size_t>(n));
+    for (auto & v : x) v = nd(rng);
+    x[5] = 0.0f;
+    for (int j = 0; j < 32; ++j) x[size_t(64 + j)] = 0.0f; // an all-zero block: d = 0, no division by zero
+    std::vector<block_q8_1> a(size_t(n / 32)), b(size_t(n / 32));
+    cpu::quantize_row_q8_1(x.data(), a.data(), n);
+    cpu::ref::quantize_row_q8_1(x.data(), b.data(), n);
+    for (size_t i = 0; i < a.size(); ++i) {
+        EXPECT_EQ(a[i].d, b[i].d) << "block " << i;
+        EXPECT_EQ(a[i].s, b[i].s) << "block " << i;
+        for (int j = 0; j < 32; ++j) ASSERT_EQ(a[i].qs[j], b[i].qs[j]) << "block " << i << " elem " << j;
+    }
+    // worked example: a block of 0..31 has amax 31, d = 31/127, q_j = round(j * 127/31)
+    float blk[32];
+    for (int j = 0; j < 32; ++j) blk[j] = float(j);
+    block_q8_1 q;
+    cpu::quantize_row_q8_1(blk, &q, 32);
+    EXPECT_FLOAT_EQ(fp16_to_fp32(q.d), fp16_to_fp32(fp32_to_fp16(31.0f / 127.0f)));
+    EXPECT_EQ(q.qs[31], 127);
+    EXPECT_EQ(q.qs[1], 4); // 127/31 = 4.097 -> 4
+    EXPECT_EQ(q.qs[8], 33); // 32.77 -> 33
+}
+
+TEST(quantize, q8_0_matches_reference) {
+    std::mt19937                    rng(2);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const int64_t                   n = 32 * 50;
+    std::vector<float>              x(static_cast<size_t>(n));
+    for (auto & v : x) v = nd(rng);
+    std::vector<block_q8_0> a(size_t(n / 32)), b(size_t(n / 32));
+    cpu::quantize_row_q8_0(x.data(), a.data(), n);
+    cpu::ref::quantize_row_q8_0(x.data(), b.data(), n);
+    for (size_t i = 0; i < a.size(); ++i) {
+        EXPECT_EQ(a[i].d, b[i].d);
+        for (int j = 0; j < 32; ++j) ASSERT_EQ(a[i].qs[j], b[i].qs[j]);
+    }
+}
+
+class matmul_types : public ::testing::TestWithParam<dtype> {};
+
+TEST_P(matmul_types, matches_reference) {
+    const dtype t = GetParam();
+    std::mt19937 rng(uint32_t(t) + 7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (int64_t n_in : {32, 576, 1536}) {
+        for (int64_t n_out : {1, 3, 4, 7, 64, 193}) {
+            for (int64_t n_tok : {1, 2, 3, 65, 130}) {
+                auto w = random_weights(t, n_in, n_out, rng);
+                cpu::matmul_weight mw{t, w.data(), n_in, n_out};
+                const int64_t ldx = n_in + 3, ldy = n_out + 5;
+                std::vector<float> x(size_t(n_tok * ldx)), y(size_t(n_tok * ldy), -777.0f),
+                    yr(size_t(n_tok * ldy), -777.0f);
+                for (auto & v : x) v = nd(rng);
+                for (int nth : {1, 3}) {
+                    thread_pool pool(nth);
+                    std::vector<uint8_t> scratch;
+                    cpu::matmul(mw, x.data(), n_tok, ldx, y.data(), ldy, pool, scratch);
+                    cpu::matmul_ref(mw, x.data(), n_tok, ldx, yr.data(), ldy);
+                    for (int64_t tk = 0; tk < n_tok; ++tk) {
+                        for (int64_t r = 0; r < ldy; ++r) {
+                            const float a = y[size_t(tk * ldy + r)], b = yr[size_t(tk * ldy + r)];
+                            if (r >= n_out) {
+                                ASSERT_EQ(a, -777.0f) << "wrote past n_out";
+                                continue;
+                            }
+                            // fp32 accumulation of exact integer block sums vs double: relative 1e-5 of the
+                            // magnitude of the row's terms
+                            ASSERT_NEAR(a, b, 1e-4f * (1.0f + std::fabs(b)))
+                                << dtype_name(t) << " n_in=" << n_in << " n_out=" << n_out << " n_tok=" << n_tok
+                                << " tok=" << tk << " row=" << r << " threads=" << nth;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(cpu, matmul_types,
+                         ::testing::Values(dtype::Q4_0, dtype::Q4_1, dtype::Q5_0, dtype::Q8_0, dtype::F32, dtype::F16),
+                         [](const auto & info) { return std::string(dtype_name(info.param)); });
+
+TEST(matmul, reference_equals_dequantized_product_for_q4_1) {
+    // The integer path computes sum_j (d_w q_j + m) * (d_a a_j): check the reference against a float product
+    // of dequantized weights with dequantized Q8_1 activations.
+    std::mt19937 rng(11);
+    const int64_t n_in = 256, n_out = 5;
+    auto w = random_weights(dtype::Q4_1, n_in, n_out, rng);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> x(static_cast<size_t>(n_in));
+    for (auto & v : x) v = nd(rng);
+    std::vector<block_q8_1> xq(size_t(n_in / 32));
+    cpu::ref::quantize_row_q8_1(x.data(), xq.data(), n_in);
+    std::vector<float> xd(static_cast<size_t>(n_in)), wd(static_cast<size_t>(n_in));
+    for (int64_t b = 0; b < n_in / 32; ++b)
+        for (int j = 0; j < 32; ++j) xd[size_t(b * 32 + j)] = fp16_to_fp32(xq[size_t(b)].d) * xq[size_t(b)].qs[j];
+    cpu::matmul_weight mw{dtype::Q4_1, w.data(), n_in, n_out};
+    std::vector<float> y(static_cast<size_t>(n_out));
+    cpu::matmul_ref(mw, x.data(), 1, n_in, y.data(), n_out);
+    for (int64_t r = 0; r < n_out; ++r) {
+        ref::dequantize_row(dtype::Q4_1, w.data() + size_t(r) * mw.row_bytes(), wd.data(), n_in);
+        double acc = 0;
+        for (int64_t i = 0; i < n_in; ++i) acc += double(wd[size_t(i)]) * xd[size_t(i)];
+        // s is stored as fp16 of d*sum(q): allow its rounding (relative 2^-11 of |m| * |s| per block)
+        EXPECT_NEAR(y[size_t(r)], acc, 2e-3 * (1.0 + std::fabs(acc)));
+    }
+}
