@@ -2,6 +2,7 @@
 // weights of every type with an integer kernel and on the dequantize-and-FMA fallback.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -95,7 +96,7 @@ TEST_P(matmul_types, matches_reference) {
     const dtype t = GetParam();
     std::mt19937 rng(uint32_t(t) + 7);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (int64_t n_in : {32, 576, 1536}) {
+    for (int64_t n_in : {32, 96, 576, 1536}) {
         for (int64_t n_out : {1, 3, 4, 7, 64, 193}) {
             for (int64_t n_tok : {1, 2, 3, 65, 130}) {
                 auto w = random_weights(t, n_in, n_out, rng);
@@ -104,10 +105,13 @@ TEST_P(matmul_types, matches_reference) {
                 std::vector<float> x(size_t(n_tok * ldx)), y(size_t(n_tok * ldy), -777.0f),
                     yr(size_t(n_tok * ldy), -777.0f);
                 for (auto & v : x) v = nd(rng);
-                for (int nth : {1, 3}) {
+                for (auto [nth, isa] : {std::pair{1, cpu_isa::AVX2}, std::pair{3, cpu_isa::AVX2},
+                                        std::pair{1, cpu_isa::AVX512}, std::pair{3, cpu_isa::AVX512}}) {
+                    if (isa == cpu_isa::AVX512 && !(cpu_isa_available(isa) && cpu_has_avx512vnni())) continue;
                     thread_pool pool(nth);
                     std::vector<uint8_t> scratch;
-                    cpu::matmul(mw, x.data(), n_tok, ldx, y.data(), ldy, pool, scratch);
+                    std::fill(y.begin(), y.end(), -777.0f);
+                    cpu::matmul(mw, x.data(), n_tok, ldx, y.data(), ldy, pool, scratch, isa);
                     cpu::matmul_ref(mw, x.data(), n_tok, ldx, yr.data(), ldy);
                     for (int64_t tk = 0; tk < n_tok; ++tk) {
                         for (int64_t r = 0; r < ldy; ++r) {
@@ -120,7 +124,7 @@ TEST_P(matmul_types, matches_reference) {
                             // magnitude of the row's terms
                             ASSERT_NEAR(a, b, 1e-4f * (1.0f + std::fabs(b)))
                                 << dtype_name(t) << " n_in=" << n_in << " n_out=" << n_out << " n_tok=" << n_tok
-                                << " tok=" << tk << " row=" << r << " threads=" << nth;
+                                << " tok=" << tk << " row=" << r << " threads=" << nth << " isa=" << cpu_isa_name(isa);
                         }
                     }
                 }

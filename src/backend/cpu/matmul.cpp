@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "backend/cpu/avx2/quant-avx2.h"
+#include "backend/cpu/avx512/quant-avx512.h"
 #include "backend/cpu/quant.h"
 #include "backend/cpu/ref/dequant.h"
 #include "core/log.h"
@@ -56,15 +57,16 @@ constexpr int64_t k_tok_chunk = 64;
 } // namespace
 
 void matmul(const matmul_weight & w, const float * x, int64_t n_tok, int64_t ldx, float * y, int64_t ldy,
-            thread_pool & pool, std::vector<uint8_t> & scratch) {
+            thread_pool & pool, std::vector<uint8_t> & scratch, cpu_isa isa) {
     const matmul_weight * ws[1] = {&w};
     float *               ys[1] = {y};
     const int64_t         ld[1] = {ldy};
-    matmul_multi(ws, 1, x, n_tok, ldx, ys, ld, pool, scratch);
+    matmul_multi(ws, 1, x, n_tok, ldx, ys, ld, pool, scratch, isa);
 }
 
 void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, int64_t n_tok, int64_t ldx,
-                  float * const * ys, const int64_t * ldys, thread_pool & pool, std::vector<uint8_t> & scratch) {
+                  float * const * ys, const int64_t * ldys, thread_pool & pool, std::vector<uint8_t> & scratch,
+                  cpu_isa isa) {
     const dtype   wt   = ws[0]->type;
     const dtype   at   = vec_dot_type(wt);
     const int     nth  = pool.n_threads();
@@ -104,6 +106,10 @@ void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, in
         });
     }
 
+    auto gemm = avx2::gemm_tiles;
+#ifdef LC_HAVE_AVX512_KERNELS
+    if (isa == cpu_isa::AVX512 && cpu_isa_available(cpu_isa::AVX512) && cpu_has_avx512vnni()) gemm = avx512::gemm_tiles;
+#endif
     pool.run([&](int ith, int nth_) {
         for (int i = 0; i < n_w; ++i) {
             const matmul_weight & w        = *ws[i];
@@ -117,7 +123,7 @@ void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, in
             if (r0 >= r1) continue;
             for (int64_t t0 = 0; t0 < n_tok; t0 += k_tok_chunk) {
                 const int64_t nt = std::min(k_tok_chunk, n_tok - t0);
-                avx2::gemm_tiles(wt, n_in, wbytes + r0 * w_stride, w_stride, r1 - r0, act + t0 * a_stride, a_stride,
+                gemm(wt, n_in, wbytes + r0 * w_stride, w_stride, r1 - r0, act + t0 * a_stride, a_stride,
                                  nt, ys[i] + t0 * ldys[i] + r0, ldys[i]);
             }
         }
