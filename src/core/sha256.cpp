@@ -33,7 +33,9 @@ alignas(16) const uint32_t k_round[64] = {
 const uint32_t k_init[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
 
-inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+inline uint32_t rotr(uint32_t x, int n) {
+    return (x >> n) | (x << (32 - n));
+}
 inline uint32_t load_be32(const uint8_t * p) {
     return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
@@ -78,14 +80,14 @@ void sha256_blocks_scalar(uint32_t state[8], const uint8_t * data, size_t n_bloc
             const uint32_t S0  = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
             const uint32_t maj = (a & b) ^ (a & c) ^ (b & c);
             const uint32_t t2  = S0 + maj;
-            h = g;
-            g = f;
-            f = e;
-            e = d + t1;
-            d = c;
-            c = b;
-            b = a;
-            a = t1 + t2;
+            h                  = g;
+            g                  = f;
+            f                  = e;
+            e                  = d + t1;
+            d                  = c;
+            c                  = b;
+            b                  = a;
+            a                  = t1 + t2;
         }
         state[0] += a;
         state[1] += b;
@@ -98,21 +100,23 @@ void sha256_blocks_scalar(uint32_t state[8], const uint8_t * data, size_t n_bloc
     }
 }
 
-bool sha256_hw_available() { return g_have_hw; }
+bool sha256_hw_available() {
+    return g_have_hw;
+}
 
 // The SHA extensions keep the state as two vectors, ABEF and CDGH (a in the high lane). Each SHA256RNDS2
 // takes CDGH, ABEF and two (W+K) words in the low lanes, and returns the new ABEF; the old ABEF becomes the
 // new CDGH. The schedule for words 4g..4g+3 is MSG2(MSG1(W[g-4], W[g-3]) + W[t-7 lanes], W[g-1]).
 __attribute__((target("sha,sse4.1,ssse3"))) void sha256_blocks_hw(uint32_t state[8], const uint8_t * data,
-                                                                   size_t n_blocks) {
+                                                                  size_t n_blocks) {
     const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
 
-    __m128i dcba = _mm_loadu_si128((const __m128i *) &state[0]); // lanes 0..3 = a b c d
-    __m128i hgfe = _mm_loadu_si128((const __m128i *) &state[4]); // lanes 0..3 = e f g h
-    __m128i cdab = _mm_shuffle_epi32(dcba, 0xB1);                 // lanes: b a d c
-    __m128i efgh = _mm_shuffle_epi32(hgfe, 0x1B);                 // lanes: h g f e
-    __m128i abef = _mm_alignr_epi8(cdab, efgh, 8);                // lanes: f e b a
-    __m128i cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);             // lanes: h g d c
+    __m128i dcba = _mm_loadu_si128((const __m128i *)&state[0]); // lanes 0..3 = a b c d
+    __m128i hgfe = _mm_loadu_si128((const __m128i *)&state[4]); // lanes 0..3 = e f g h
+    __m128i cdab = _mm_shuffle_epi32(dcba, 0xB1);               // lanes: b a d c
+    __m128i efgh = _mm_shuffle_epi32(hgfe, 0x1B);               // lanes: h g f e
+    __m128i abef = _mm_alignr_epi8(cdab, efgh, 8);              // lanes: f e b a
+    __m128i cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);           // lanes: h g d c
 
     for (size_t ib = 0; ib < n_blocks; ++ib, data += 64) {
         const __m128i abef_save = abef;
@@ -121,7 +125,7 @@ __attribute__((target("sha,sse4.1,ssse3"))) void sha256_blocks_hw(uint32_t state
         for (int g = 0; g < 16; ++g) {
             __m128i & cur = w[g & 3];
             if (g < 4) {
-                cur = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *) (data + 16 * g)), bswap);
+                cur = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(data + 16 * g)), bswap);
             } else {
                 const __m128i & w1 = w[(g + 1) & 3]; // W[g-3]
                 const __m128i & w2 = w[(g + 2) & 3]; // W[g-2]
@@ -130,7 +134,7 @@ __attribute__((target("sha,sse4.1,ssse3"))) void sha256_blocks_hw(uint32_t state
                 x                  = _mm_add_epi32(x, _mm_alignr_epi8(w3, w2, 4));
                 cur                = _mm_sha256msg2_epu32(x, w3);
             }
-            __m128i wk = _mm_add_epi32(cur, _mm_load_si128((const __m128i *) &k_round[4 * g]));
+            __m128i wk = _mm_add_epi32(cur, _mm_load_si128((const __m128i *)&k_round[4 * g]));
             cdgh       = _mm_sha256rnds2_epu32(cdgh, abef, wk);
             wk         = _mm_shuffle_epi32(wk, 0x0E);
             abef       = _mm_sha256rnds2_epu32(abef, cdgh, wk);
@@ -143,8 +147,8 @@ __attribute__((target("sha,sse4.1,ssse3"))) void sha256_blocks_hw(uint32_t state
     const __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
     dcba               = _mm_blend_epi16(feba, dchg, 0xF0);
     hgfe               = _mm_alignr_epi8(dchg, feba, 8);
-    _mm_storeu_si128((__m128i *) &state[0], dcba);
-    _mm_storeu_si128((__m128i *) &state[4], hgfe);
+    _mm_storeu_si128((__m128i *)&state[0], dcba);
+    _mm_storeu_si128((__m128i *)&state[4], hgfe);
 }
 
 void sha256::reset() {
@@ -198,7 +202,9 @@ sha256::digest sha256::final() {
     return d;
 }
 
-std::string sha256::final_hex() { return sha256_to_hex(final()); }
+std::string sha256::final_hex() {
+    return sha256_to_hex(final());
+}
 
 std::string sha256_to_hex(const sha256::digest & d) {
     static const char digits[] = "0123456789abcdef";

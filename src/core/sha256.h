@@ -41,7 +41,8 @@ result<std::string> sha256_file_hex(const std::string & path);
 // Block functions, exposed so that tests can check the hardware path against the scalar one.
 // state: 8 words (H0..H7); data: n_blocks * 64 bytes.
 void sha256_blocks_scalar(uint32_t state[8], const uint8_t * data, size_t n_blocks);
-bool sha256_hw_available(); // x86 SHA extensions present
+// x86 SHA extensions present (SHA, SSSE3, SSE4.1 by CPUID).
+bool sha256_hw_available();
 void sha256_blocks_hw(uint32_t state[8], const uint8_t * data, size_t n_blocks); // REQUIRES: sha256_hw_available()
 
 } // namespace lc

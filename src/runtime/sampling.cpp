@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "core/log.h"
 
@@ -14,7 +15,9 @@ namespace {
 
 constexpr float k_neg_inf = -std::numeric_limits<float>::infinity();
 
-inline float clean(float v) { return v == v ? v : k_neg_inf; } // NaN -> -inf
+inline float clean(float v) {
+    return v == v ? v : k_neg_inf;
+} // NaN -> -inf
 
 } // namespace
 
@@ -62,7 +65,26 @@ void sampler::reseed(uint64_t seed) {
         if (seed == sampling_seed_random) seed ^= 1;
     }
     params_.seed = seed;
-    rng_.seed(seed);
+    uint64_t x   = seed; // splitmix64 expands one word into the four of xoshiro's state
+    for (uint64_t & s : rng_) {
+        uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
+        z          = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z          = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        s          = z ^ (z >> 31);
+    }
+}
+
+uint64_t sampler::next_u64_() {
+    const auto     rotl   = [](uint64_t v, int k) { return (v << k) | (v >> (64 - k)); };
+    const uint64_t result = rotl(rng_[1] * 5, 7) * 9;
+    const uint64_t t      = rng_[1] << 17;
+    rng_[2] ^= rng_[0];
+    rng_[3] ^= rng_[1];
+    rng_[1] ^= rng_[2];
+    rng_[0] ^= rng_[3];
+    rng_[2] ^= t;
+    rng_[3] = rotl(rng_[3], 45);
+    return result;
 }
 
 float sampler::truncate_(const float * logits, int32_t n_vocab) {
@@ -143,9 +165,9 @@ float sampler::truncate_(const float * logits, int32_t n_vocab) {
     // (width 1/8 nat) and sums each bucket's mass; the bucket where the running mass reaches top_p holds the
     // cut, so every token of a higher bucket is kept unsorted and only that bucket is sorted. Example:
     // 262144 logits, top_p 0.95: one exp per logit, then a sort of one bucket of a few thousand at most.
-    constexpr int    n_bucket = 256;
-    constexpr double inv_w    = 8.0;
-    const auto       bucket_of = [&](double d) { return d < n_bucket / inv_w ? int(d * inv_w) : n_bucket - 1; };
+    constexpr int    n_bucket       = 256;
+    constexpr double inv_w          = 8.0;
+    const auto       bucket_of      = [&](double d) { return d < n_bucket / inv_w ? int(d * inv_w) : n_bucket - 1; };
     double           mass[n_bucket] = {};
     double           z              = 0.0;
     for (int32_t i = 0; i < n_vocab; ++i) {
@@ -156,19 +178,19 @@ float sampler::truncate_(const float * logits, int32_t n_vocab) {
     }
     const double target = double(params_.top_p) * z;
     int          b_cut  = n_bucket - 1;
-    double       cum    = 0.0;
+    double       cum    = 0.0; // mass of the buckets above b_cut
     for (int b = 0; b < n_bucket; ++b) {
-        cum += mass[b];
-        if (cum >= target) {
+        if (cum + mass[b] >= target) {
             b_cut = b;
             break;
         }
+        cum += mass[b];
     }
-    // min-p: keep d <= -ln(min_p); it may cut above the top-p bucket.
-    const double d_max = min_p > 0.0f ? -std::log(double(min_p)) : std::numeric_limits<double>::infinity();
-    std::vector<cand> & edge = edge_;
+    // min-p: keep d <= -ln(min_p). When it cuts inside the buckets above b_cut it cuts the whole of b_cut
+    // too, and `cum` no longer matters; otherwise `cum` is exactly the mass kept above b_cut.
+    const double        d_max = min_p > 0.0f ? -std::log(double(min_p)) : std::numeric_limits<double>::infinity();
+    std::vector<cand> & edge  = edge_;
     edge.clear();
-    double cum_above = 0.0;
     for (int32_t i = 0; i < n_vocab; ++i) {
         const float  v = clean(logits[i]);
         const double d = double(m) - double(v);
@@ -176,13 +198,11 @@ float sampler::truncate_(const float * logits, int32_t n_vocab) {
         const int b = bucket_of(d);
         if (b < b_cut) {
             cand_.push_back({v, i});
-            cum_above += std::exp(-d);
         } else if (b == b_cut) {
             edge.push_back({v, i});
         }
     }
     std::sort(edge.begin(), edge.end(), better);
-    cum = cum_above;
     for (const cand & c : edge) {
         if (cum >= target && !cand_.empty()) break;
         cand_.push_back(c);
@@ -214,15 +234,15 @@ int32_t sampler::sample(const float * logits, int32_t n_vocab) {
     if (params_.greedy()) return sampling_argmax(logits, n_vocab);
     const float m = truncate_(logits, n_vocab);
     if (!std::isfinite(m) || cand_.size() == 1) {
-        (void) rng_(); // one draw per token either way, so later draws do not depend on this shortcut
+        (void)next_u64_(); // one draw per token either way, so later draws do not depend on this shortcut
         return cand_[0].id;
     }
     const double inv_t = 1.0 / double(params_.temp);
     double       sum   = 0.0;
     weight_.resize(cand_.size());
     for (size_t i = 0; i < cand_.size(); ++i) sum += weight_[i] = std::exp((double(cand_[i].logit) - m) * inv_t);
-    const double u   = double(rng_() >> 11) * 0x1.0p-53 * sum; // uniform in [0, sum)
-    double       cum = 0.0;
+    const double u            = double(next_u64_() >> 11) * 0x1.0p-53 * sum; // uniform in [0, sum)
+    double       cum          = 0.0;
     size_t       last_nonzero = 0;
     for (size_t i = 0; i < cand_.size(); ++i) {
         if (weight_[i] <= 0.0) continue;

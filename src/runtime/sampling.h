@@ -1,9 +1,8 @@
 // Token sampling from a logit vector: greedy, or top-k -> top-p -> min-p -> temperature -> draw, with a
-// seeded RNG per sampler so that a fixed seed reproduces the same tokens.
+// seeded RNG per sampler so that a fixed seed reproduces the same tokens on every platform.
 #pragma once
 
 #include <cstdint>
-#include <random>
 #include <vector>
 
 #include "longctx/status.h"
@@ -29,7 +28,7 @@ struct sampling_params {
     float    min_p = 0.05f;
     uint64_t seed  = sampling_seed_random;
 
-    bool   greedy() const { return temp <= 0.0f; }
+    bool greedy() const { return temp <= 0.0f; }
     // INVALID_ARGUMENT unless top_k >= 0, top_p in (0, 1], min_p in [0, 1] and temp is not NaN.
     status validate() const;
 };
@@ -56,7 +55,7 @@ class sampler {
 
     const sampling_params & params() const { return params_; }
     uint64_t                seed() const { return params_.seed; } // the seed in use (drawn one if random)
-    void                    reseed(uint64_t seed);                 // sampling_seed_random draws a new one
+    void                    reseed(uint64_t seed);                // sampling_seed_random draws a new one
 
   private:
     struct cand {
@@ -65,10 +64,11 @@ class sampler {
     };
 
     // Fills cand_ with the survivors of steps 1-3 and returns the largest logit.
-    float truncate_(const float * logits, int32_t n_vocab);
+    float    truncate_(const float * logits, int32_t n_vocab);
+    uint64_t next_u64_(); // xoshiro256** (Blackman & Vigna), state seeded by splitmix64 from the seed
 
-    sampling_params   params_;
-    std::mt19937_64   rng_;
+    sampling_params     params_;
+    uint64_t            rng_[4];
     std::vector<cand>   cand_;
     std::vector<cand>   edge_;
     std::vector<double> weight_;

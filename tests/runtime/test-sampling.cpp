@@ -58,7 +58,7 @@ void check_case(const lc::sampling_params & sp, const std::map<int, double> & ex
         EXPECT_NEAR(tp.p, expect.at(tp.id), 1e-6) << what << ": token " << tp.id;
     }
 
-    const int n_draws = 20000;
+    const int n_draws   = 20000;
     int       counts[5] = {0, 0, 0, 0, 0};
     for (int i = 0; i < n_draws; ++i) {
         const int32_t id = s.sample(logits.data(), 5);
@@ -128,9 +128,9 @@ TEST(sampling, greedy_is_argmax_ties_to_lowest_id) {
 }
 
 TEST(sampling, top_k_1_equals_greedy) {
-    std::mt19937       rng(7);
+    std::mt19937                    rng(7);
     std::normal_distribution<float> nd(0.0f, 2.0f);
-    lc::sampling_params sp;
+    lc::sampling_params             sp;
     sp.top_k = 1;
     sp.temp  = 1.5f;
     sp.seed  = 3;
@@ -144,7 +144,7 @@ TEST(sampling, top_k_1_equals_greedy) {
 }
 
 TEST(sampling, top_k_ties_keep_lower_ids) {
-    const std::vector<float> l = {5.0f, 1.0f, 5.0f, 5.0f};
+    const std::vector<float> l  = {5.0f, 1.0f, 5.0f, 5.0f};
     lc::sampling_params      sp = plain(1.0f);
     sp.top_k                    = 2;
     lc::sampler                 s(sp);
@@ -156,7 +156,9 @@ TEST(sampling, top_k_ties_keep_lower_ids) {
     EXPECT_NEAR(d[0].p, 0.5, 1e-7);
 }
 
-TEST(sampling, full_softmax) { check_case(plain(1.0f), expect_over({0, 1, 2, 3, 4}, 1.0), "no truncation"); }
+TEST(sampling, full_softmax) {
+    check_case(plain(1.0f), expect_over({0, 1, 2, 3, 4}, 1.0), "no truncation");
+}
 
 TEST(sampling, top_k) {
     auto sp  = plain(1.0f);
@@ -333,20 +335,22 @@ TEST(sampling, speed_262144) {
         int32_t      k;
         float        p, mp;
     };
-    for (const cfg & c : {cfg{"defaults (k40 p0.95 minp0.05)", 40, 0.95f, 0.05f}, cfg{"top_k off, top_p 0.95", 0, 0.95f, 0.0f},
-                          cfg{"top_k off, min_p 0.05", 0, 1.0f, 0.05f}, cfg{"no truncation", 0, 1.0f, 0.0f}}) {
+    for (const cfg & c :
+         {cfg{"defaults (k40 p0.95 minp0.05)", 40, 0.95f, 0.05f}, cfg{"top_k off, top_p 0.95", 0, 0.95f, 0.0f},
+          cfg{"top_k off, min_p 0.05", 0, 1.0f, 0.05f}, cfg{"no truncation", 0, 1.0f, 0.0f}}) {
         lc::sampling_params sp;
         sp.top_k = c.k;
         sp.top_p = c.p;
         sp.min_p = c.mp;
         sp.seed  = 2;
         lc::sampler s(sp);
-        (void) s.sample(l.data(), n);
+        (void)s.sample(l.data(), n);
         const int  reps = 50;
         const auto t0   = std::chrono::steady_clock::now();
         int64_t    acc  = 0;
         for (int r = 0; r < reps; ++r) acc += s.sample(l.data(), n);
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+        const double ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
         std::printf("sample n_vocab %d, %-32s %.3f ms\n", n, c.name, ms);
         EXPECT_GE(acc, 0);
         if (c.k > 0) {
