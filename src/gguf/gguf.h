@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,6 +32,7 @@ enum class gguf_vtype : uint32_t {
 };
 
 const char * gguf_vtype_name(gguf_vtype t);
+size_t       gguf_vtype_size(gguf_vtype t); // bytes of one scalar; 0 for STRING and ARRAY
 
 // One metadata value. Scalars are stored widened; strings and arrays point into the mapping.
 struct gguf_kv {
@@ -60,11 +62,21 @@ struct gguf_tensor_info {
     int64_t         n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
 };
 
+struct gguf_open_options {
+    // Accept tensors of types this build knows but cannot compute with (Q5_1, Q2_K, ...), e.g. to inspect
+    // a file. Tensors of unknown type ids are always rejected: their sizes cannot be checked.
+    bool allow_unsupported_types = false;
+};
+
+// Thread-safety: immutable after open(); all methods may run concurrently.
 class gguf_file {
   public:
-    // Opens, maps and validates the whole header and tensor table. Every failure is a one-line status
-    // naming the file, the key or tensor and the limit that was broken.
-    static result<std::unique_ptr<gguf_file>> open(const std::string & path);
+    // Opens, maps (read-only, MAP_PRIVATE) and validates the whole header and tensor table. Every failure is
+    // a one-line status naming the file, the key or tensor and the limit that was broken; keys and tensors
+    // are numbered from 1 in messages ("key 17 of 33 ('tokenizer.ggml.tokens')").
+    // Codes: NOT_FOUND (no such file), IO_ERROR, INVALID_FILE (malformed), UNSUPPORTED (version 1,
+    // big-endian, tensor types this build cannot use, arrays of arrays).
+    static result<std::unique_ptr<gguf_file>> open(const std::string & path, const gguf_open_options & opts = {});
     ~gguf_file();
     gguf_file(const gguf_file &)             = delete;
     gguf_file & operator=(const gguf_file &) = delete;
@@ -74,6 +86,7 @@ class gguf_file {
     uint64_t            file_size() const { return size_; }
     uint64_t            alignment() const { return alignment_; }
     uint64_t            data_offset() const { return data_offset_; }
+    const uint8_t *     mapping() const { return map_; } // file_size() bytes, read-only
 
     const std::vector<gguf_kv> &          kvs() const { return kvs_; }
     const std::vector<gguf_tensor_info> & tensors() const { return tensors_; }
@@ -110,21 +123,34 @@ class gguf_file {
     int                           fd_          = -1;
     std::vector<gguf_kv>          kvs_;
     std::vector<gguf_tensor_info> tensors_;
+    std::map<std::string, size_t, std::less<>> kv_index_;     // key -> index into kvs_
+    std::map<std::string, size_t, std::less<>> tensor_index_; // name -> index into tensors_
 };
 
 // Builds GGUF v3 files in memory: used by tests (tiny random models, vocab-only files, corrupt files)
-// and by calibration sidecars.
+// and by calibration sidecars. Setting a key twice replaces its value (keys keep their first position).
+// Tensor data is laid out in the order added, each tensor at a multiple of the alignment (32 by default).
 class gguf_writer {
   public:
+    void set_u8(const std::string & key, uint8_t v);
+    void set_i8(const std::string & key, int8_t v);
+    void set_u16(const std::string & key, uint16_t v);
+    void set_i16(const std::string & key, int16_t v);
     void set_u32(const std::string & key, uint32_t v);
     void set_i32(const std::string & key, int32_t v);
     void set_u64(const std::string & key, uint64_t v);
+    void set_i64(const std::string & key, int64_t v);
     void set_f32(const std::string & key, float v);
+    void set_f64(const std::string & key, double v);
     void set_bool(const std::string & key, bool v);
     void set_str(const std::string & key, const std::string & v);
     void set_arr_str(const std::string & key, const std::vector<std::string> & v);
     void set_arr_f32(const std::string & key, const std::vector<float> & v);
     void set_arr_i32(const std::string & key, const std::vector<int32_t> & v);
+    // Array of n numeric (or BOOL) elements of type elem, copied from data in little-endian layout.
+    void set_arr(const std::string & key, gguf_vtype elem, const void * data, size_t n);
+    // Sets the data alignment and writes it as general.alignment; REQUIRES: a power of two.
+    void set_alignment(uint32_t alignment);
     // data must hold dtype_row_size(type, ne[0]) * ne[1] * ne[2] * ne[3] bytes.
     void add_tensor(const std::string & name, dtype type, const std::vector<int64_t> & ne, const void * data);
 
@@ -132,6 +158,7 @@ class gguf_writer {
     status               write(const std::string & path) const;
 
   private:
+    void set_raw(const std::string & key, std::vector<uint8_t> bytes);
     struct kv_entry {
         std::string          key;
         std::vector<uint8_t> bytes; // type tag + payload, already serialised
