@@ -14,6 +14,9 @@ struct simd_avx2 {
     static constexpr int W  = 8;
     static constexpr int NA = 6;
     static constexpr int NR = 2;
+    static constexpr int NREG     = 16;
+    static constexpr int ROWS_MAX = 6; // row layout up to 6 rows (6 * 64 / 8 = 48 < 2 * 64 FMAs per key)
+    static constexpr int order[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
     static vf   zero() { return _mm256_setzero_ps(); }
     static vf   set1(float x) { return _mm256_set1_ps(x); }
@@ -32,6 +35,34 @@ struct simd_avx2 {
     }
     static vf ninf_to_zero(vf m) {
         return _mm256_andnot_ps(_mm256_cmp_ps(m, _mm256_set1_ps(-__builtin_inff()), _CMP_EQ_OQ), m);
+    }
+
+    static float hmax(vf v) {
+        __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        x        = _mm_max_ps(x, _mm_movehl_ps(x, x));
+        x        = _mm_max_ss(x, _mm_movehdup_ps(x));
+        return _mm_cvtss_f32(x);
+    }
+    static float hsum(vf v) {
+        __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        x        = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        x        = _mm_add_ss(x, _mm_movehdup_ps(x));
+        return _mm_cvtss_f32(x);
+    }
+    // Lanes >= n become -inf.
+    static vf mask_tail(vf s, int n) {
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        return _mm256_blendv_ps(_mm256_set1_ps(-__builtin_inff()), s, _mm256_castsi256_ps(keep));
+    }
+    // Lane i of the result = sum of the lanes of a[i].
+    static vf reduce(const vf * a) {
+        const vf t0 = _mm256_hadd_ps(a[0], a[1]);
+        const vf t1 = _mm256_hadd_ps(a[2], a[3]);
+        const vf t2 = _mm256_hadd_ps(a[4], a[5]);
+        const vf t3 = _mm256_hadd_ps(a[6], a[7]);
+        const vf u0 = _mm256_hadd_ps(t0, t1); // [a0..a3 low-half sums | a0..a3 high-half sums]
+        const vf u1 = _mm256_hadd_ps(t2, t3);
+        return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
     }
 
     // 2^x for x <= 0: 2^round(x) * p(x - round(x)), p a degree-6 fit of 2^f on [-0.5, 0.5] (max relative
@@ -58,9 +89,9 @@ struct simd_avx2 {
 
 void attn_tile_avx2(const attn_tile_args & a) {
     switch (a.head_dim) {
-        case 64:  attn_tile<simd_avx2, 64>(a); break;
-        case 128: attn_tile<simd_avx2, 128>(a); break;
-        default:  attn_tile<simd_avx2, 0>(a); break;
+        case 64:  attn_item<simd_avx2, 64>(a); break;
+        case 128: attn_item<simd_avx2, 128>(a); break;
+        default:  attn_item<simd_avx2, 0>(a); break;
     }
 }
 

@@ -1,0 +1,56 @@
+// Per-ISA CPU kernels for one dense-attention work item: a block of consecutive queries times the query heads
+// of one KV head (a GQA group), against one range of keys of the paged fp16 KV cache. The dispatcher
+// (attn/attn-dense.cpp) cuts the problem into such items, runs them on the thread pool and merges split keys.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/fp16.h"
+
+namespace lc {
+
+// Row r of an item is query i = r / n_group of the block and query head g = r % n_group of the group.
+struct attn_tile_args {
+    const float * q;          // q[i * q_stride + g * head_dim + d], f32, already RoPE'd
+    int64_t       q_stride;   // floats between consecutive queries
+    float *       o;          // o[i * o_stride + g * o_head_stride + d] f32, normalised over [k_begin, k_end)
+    int64_t       o_stride;
+    int64_t       o_head_stride;
+    float *       lse;        // (optional) lse[i * lse_stride + g * lse_head_stride], natural log; -inf if empty
+    int64_t       lse_stride;
+    int64_t       lse_head_stride;
+    int           n_q;        // queries in the block, >= 1
+    int           n_group;    // query heads per KV head, >= 1
+    int           head_dim;
+    int64_t       pos0;       // position of query 0 of the block; query i sees keys t <= pos0 + i
+    float         scale;      // softmax scale applied to q . k
+
+    // One layer of one sequence of the KV cache, one KV head (see kv/kv-cache.h for the page layout).
+    const fp16_t *  k_pool;
+    const fp16_t *  v_pool;
+    const int32_t * pages;
+    size_t          page_elems;
+    int             kv_head;
+    int             n_head_kv;
+    int64_t         k_begin;  // key range [k_begin, k_end); may be empty
+    int64_t         k_end;
+
+    float * scratch;          // attn_tile_scratch_floats(n_q * n_group, head_dim) floats, 64-byte aligned
+};
+
+// Rows are padded to a multiple of 16 so that one size fits the 8- and 16-lane kernels.
+inline size_t attn_tile_rows_padded(int n_rows) { return size_t((n_rows + 15) / 16 * 16); }
+inline size_t attn_tile_scratch_floats(int n_rows, int head_dim) {
+    const size_t rp = attn_tile_rows_padded(n_rows);
+    const size_t d  = size_t((head_dim + 15) / 16 * 16);
+    // Qt [d][rp], Ot [d][rp], St [64][rp], KV tile [64][d], m, l, alpha, lim [rp] each.
+    return 2 * d * rp + 64 * rp + 64 * d + 4 * rp;
+}
+
+// Computes the normalised partial state (o, lse) of every row of the item over keys [k_begin, k_end) with
+// causal masking. Thread-safe for distinct outputs and scratch.
+void attn_tile_avx2(const attn_tile_args & a);
+void attn_tile_avx512(const attn_tile_args & a); // only in builds with LC_HAVE_AVX512_KERNELS
+
+} // namespace lc
