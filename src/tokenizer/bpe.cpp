@@ -13,7 +13,9 @@ namespace {
 // GPT-2's bytes_to_unicode: printable Latin-1 bytes ('!'..'~', U+00A1..U+00AC, U+00AE..U+00FF) stand for
 // themselves; the other 68 bytes get U+0100, U+0101, ... in byte order.
 uint32_t gpt2_byte_cpt(int b) {
-    auto printable = [](int c) { return (c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF); };
+    auto printable = [](int c) {
+        return (c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF);
+    };
     if (printable(b)) return uint32_t(b);
     int n = 0;
     for (int c = 0; c < b; ++c) n += printable(c) ? 0 : 1;
@@ -56,7 +58,7 @@ void bpe_word(const tokenizer::impl & m, std::string_view word, std::vector<int3
         syms[i] = {t.byte_sym[uint8_t(word[i])], i - 1, i + 1 < n ? i + 1 : -1, uint32_t(i), 1};
     }
     std::priority_queue<bpe_bigram, std::vector<bpe_bigram>, bigram_after> queue;
-    auto try_add = [&](int32_t l, int32_t r) {
+    auto                                                                   try_add = [&](int32_t l, int32_t r) {
         if (l < 0 || r < 0) return;
         auto it = t.merges.find(bpe_tables::key(syms[l].sym, syms[r].sym));
         if (it == t.merges.end()) return;
@@ -95,9 +97,9 @@ void bpe_word(const tokenizer::impl & m, std::string_view word, std::vector<int3
 } // namespace
 
 status bpe_build(tokenizer::impl & m, const std::vector<std::string> & merges) {
-    bpe_tables &                                 t = m.bpe;
-    std::unordered_map<std::string, int32_t>     extra;
-    auto sym_of = [&](const std::string & s) -> int32_t {
+    bpe_tables &                             t = m.bpe;
+    std::unordered_map<std::string, int32_t> extra;
+    auto                                     sym_of = [&](const std::string & s) -> int32_t {
         const int32_t id = m.find(s);
         if (id >= 0) return id;
         auto it = extra.find(s);

@@ -13,7 +13,9 @@ namespace lc {
 namespace {
 
 // Jinja's `trim` filter is Python's str.strip(): White_Space plus U+001C..U+001F on both ends.
-bool python_isspace(uint32_t cp) { return unicode_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F); }
+bool python_isspace(uint32_t cp) {
+    return unicode_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F);
+}
 
 std::string jinja_trim(std::string_view s) {
     size_t b = 0;
@@ -45,10 +47,18 @@ std::string unescape_literal(std::string_view s) {
         }
         const char c = s[++i];
         switch (c) {
-        case 'n': out.push_back('\n'); break;
-        case 't': out.push_back('\t'); break;
-        case 'r': out.push_back('\r'); break;
-        default: out.push_back(c); break; // \\ \' \"
+        case 'n':
+            out.push_back('\n');
+            break;
+        case 't':
+            out.push_back('\t');
+            break;
+        case 'r':
+            out.push_back('\r');
+            break;
+        default:
+            out.push_back(c);
+            break; // \\ \' \"
         }
     }
     return out;
@@ -95,8 +105,8 @@ enum class chat_family { CHATML, GEMMA, LLAMA3 };
 // without a template).
 struct chat_format {
     chat_family                family = chat_family::CHATML;
-    bool                       bos    = false; // the template writes bos_token first
-    std::optional<std::string> default_system; // ChatML: system text used when the first message is not system
+    bool                       bos    = false;       // the template writes bos_token first
+    std::optional<std::string> default_system;       // ChatML: system text used when the first message is not system
     bool                       gemma_system = false; // Gemma 3: a system message prefixes the first user turn
     std::optional<std::string> cutoff_line;          // Llama 3.1+: "Cutting Knowledge Date: ...\n"
     std::string                date;                 // Llama 3.1+: default date_string
@@ -113,7 +123,9 @@ std::optional<std::string> literal_after(std::string_view tmpl, std::string_view
     return std::nullopt;
 }
 
-bool contains(std::string_view s, std::string_view what) { return s.find(what) != std::string_view::npos; }
+bool contains(std::string_view s, std::string_view what) {
+    return s.find(what) != std::string_view::npos;
+}
 
 result<chat_format> chat_format_detect(std::string_view tmpl) {
     chat_format f;
@@ -130,9 +142,9 @@ result<chat_format> chat_format_detect(std::string_view tmpl) {
         return f;
     }
     if (contains(tmpl, "<|start_header_id|>")) {
-        f.family          = chat_family::LLAMA3;
-        f.bos             = contains(tmpl, "bos_token");
-        const size_t at   = tmpl.find("Cutting Knowledge Date:");
+        f.family        = chat_family::LLAMA3;
+        f.bos           = contains(tmpl, "bos_token");
+        const size_t at = tmpl.find("Cutting Knowledge Date:");
         if (at != std::string_view::npos) {
             const size_t q    = tmpl.find_last_of("'\"", at);
             const auto   date = literal_after(tmpl, "set date_string =");
@@ -205,7 +217,8 @@ result<std::string> render_llama3(const chat_format & f, const std::vector<chat_
         return "<|start_header_id|>" + role + "<|end_header_id|>\n\n" + content + "<|eot_id|>";
     };
     std::string out;
-    if (f.bos) out += bos_text;
+    // Llama 3.1+ writes bos_token first; Llama 3 puts it in front of the first message.
+    if (f.bos && (f.cutoff_line || !msgs.empty())) out += bos_text;
     size_t first = 0;
     if (f.cutoff_line) {
         std::string system;
@@ -229,9 +242,12 @@ result<std::string> render_llama3(const chat_format & f, const std::vector<chat_
 result<std::string> chat_render(const chat_format & f, const std::vector<chat_message> & msgs, bool add_gen,
                                 std::string_view bos_text) {
     switch (f.family) {
-    case chat_family::CHATML: return render_chatml(f, msgs, add_gen);
-    case chat_family::GEMMA: return render_gemma(f, msgs, add_gen, bos_text);
-    case chat_family::LLAMA3: return render_llama3(f, msgs, add_gen, bos_text);
+    case chat_family::CHATML:
+        return render_chatml(f, msgs, add_gen);
+    case chat_family::GEMMA:
+        return render_gemma(f, msgs, add_gen, bos_text);
+    case chat_family::LLAMA3:
+        return render_llama3(f, msgs, add_gen, bos_text);
     }
     return error(status_code::INTERNAL, "chat template: bad family");
 }
@@ -241,7 +257,7 @@ result<std::string> chat_render(const chat_format & f, const std::vector<chat_me
 result<std::string> chat_template_apply(std::string_view tmpl, const std::vector<chat_message> & msgs,
                                         bool add_generation_prompt, std::string_view bos_text,
                                         std::string_view eos_text) {
-    (void) eos_text; // none of the supported families writes eos_token
+    (void)eos_text; // none of the supported families writes eos_token
     if (tmpl.empty()) {
         return error(status_code::NOT_FOUND, "chat template: the model has no tokenizer.chat_template");
     }
@@ -250,7 +266,7 @@ result<std::string> chat_template_apply(std::string_view tmpl, const std::vector
 }
 
 result<std::string> tokenizer::apply_chat_template(const std::vector<chat_message> & msgs,
-                                                   bool add_generation_prompt) const {
+                                                   bool                              add_generation_prompt) const {
     const impl &     m        = *impl_;
     std::string_view bos_text = m.bos >= 0 ? std::string_view(m.text[m.bos]) : std::string_view();
     std::string_view eos_text = m.eos >= 0 ? std::string_view(m.text[m.eos]) : std::string_view();

@@ -21,15 +21,19 @@ struct scan_text {
 struct piece_sink {
     std::vector<size_t> & ends;
     void                  emit(size_t end) {
-        if (end > (ends.empty() ? 0 : ends.back())) ends.push_back(end);
+                         if (end > (ends.empty() ? 0 : ends.back())) ends.push_back(end);
     }
 };
 
 using pass_fn = void (*)(const scan_text & t, size_t b, size_t e, piece_sink & out);
 
-inline bool is_nl(uint32_t c) { return c == '\r' || c == '\n'; }
+inline bool is_nl(uint32_t c) {
+    return c == '\r' || c == '\n';
+}
 
-inline uint32_t ascii_lower(uint32_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+inline uint32_t ascii_lower(uint32_t c) {
+    return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
 
 // Length (2 or 3) of the contraction 's 't 're 've 'm 'll 'd at i, or 0.
 size_t contraction_len(const scan_text & t, size_t i, size_t e, bool ignore_case) {
@@ -46,7 +50,7 @@ size_t contraction_len(const scan_text & t, size_t i, size_t e, bool ignore_case
 void pass_gpt2(const scan_text & t, size_t b, size_t e, piece_sink & out) {
     auto has   = [&](size_t k, uint8_t f) { return k < e && (t.fl[k] & f); };
     auto other = [&](size_t k) { return k < e && !(t.fl[k] & (UNICODE_WHITESPACE | UNICODE_LETTER | UNICODE_NUMBER)); };
-    size_t i = b;
+    size_t i   = b;
     while (i < e) {
         if (size_t n = contraction_len(t, i, e, false)) {
             out.emit(i += n);
@@ -78,7 +82,7 @@ void pass_gpt2(const scan_text & t, size_t b, size_t e, piece_sink & out) {
 template <int MAX_DIGITS> void pass_llama3(const scan_text & t, size_t b, size_t e, piece_sink & out) {
     auto has   = [&](size_t k, uint8_t f) { return k < e && (t.fl[k] & f); };
     auto other = [&](size_t k) { return k < e && !(t.fl[k] & (UNICODE_WHITESPACE | UNICODE_LETTER | UNICODE_NUMBER)); };
-    size_t i = b;
+    size_t i   = b;
     while (i < e) {
         const uint32_t c = t.cp[i];
         if (size_t n = contraction_len(t, i, e, true)) {
@@ -141,7 +145,9 @@ void pass_class(const scan_text & t, size_t b, size_t e, piece_sink & out) {
     out.emit(e);
 }
 
-bool match_number(const scan_text & t, size_t i) { return t.fl[i] & UNICODE_NUMBER; }
+bool match_number(const scan_text & t, size_t i) {
+    return t.fl[i] & UNICODE_NUMBER;
+}
 
 // [\p{P}\$\+<=>\^~\|]
 bool match_punct(const scan_text & t, size_t i) {
@@ -150,7 +156,9 @@ bool match_punct(const scan_text & t, size_t i) {
            c == '~' || c == '|';
 }
 
-inline bool is_ascii_digit(uint32_t c) { return c >= '0' && c <= '9'; }
+inline bool is_ascii_digit(uint32_t c) {
+    return c >= '0' && c <= '9';
+}
 
 // [0-9][0-9][0-9]
 void pass_digits3(const scan_text & t, size_t b, size_t e, piece_sink & out) {
@@ -179,11 +187,16 @@ pass_list passes_of(pretok_type type) {
     static const pass_fn k_llama3[]  = {pass_llama3<3>};
     static const pass_fn k_qwen2[]   = {pass_llama3<1>};
     switch (type) {
-    case pretok_type::DEFAULT: return {k_default, 4};
-    case pretok_type::GPT2: return {k_gpt2, 1};
-    case pretok_type::SMOLLM: return {k_smollm, 2};
-    case pretok_type::LLAMA3: return {k_llama3, 1};
-    case pretok_type::QWEN2: return {k_qwen2, 1};
+    case pretok_type::DEFAULT:
+        return {k_default, 4};
+    case pretok_type::GPT2:
+        return {k_gpt2, 1};
+    case pretok_type::SMOLLM:
+        return {k_smollm, 2};
+    case pretok_type::LLAMA3:
+        return {k_llama3, 1};
+    case pretok_type::QWEN2:
+        return {k_qwen2, 1};
     }
     return {k_gpt2, 1};
 }
@@ -197,22 +210,14 @@ struct pretok_name_entry {
 
 // tokenizer.ggml.pre values as written by the usual GGUF converters, grouped by the regexes they use.
 const pretok_name_entry k_pretok_names[] = {
-    {"default", pretok_type::DEFAULT, false, false},
-    {"gpt2", pretok_type::GPT2, false, false},
-    {"gpt-2", pretok_type::GPT2, false, false},
-    {"phi-2", pretok_type::GPT2, false, false},
-    {"smollm", pretok_type::SMOLLM, false, false},
-    {"starcoder", pretok_type::SMOLLM, false, false},
-    {"refact", pretok_type::SMOLLM, false, false},
-    {"codeshell", pretok_type::SMOLLM, false, false},
-    {"llama3", pretok_type::LLAMA3, true, true},
-    {"llama-v3", pretok_type::LLAMA3, true, true},
-    {"llama-bpe", pretok_type::LLAMA3, true, true},
-    {"falcon3", pretok_type::LLAMA3, true, true},
-    {"dbrx", pretok_type::LLAMA3, false, false},
-    {"smaug-bpe", pretok_type::LLAMA3, false, false},
-    {"qwen2", pretok_type::QWEN2, false, false},
-    {"deepseek-r1-qwen", pretok_type::QWEN2, false, false},
+    {"default", pretok_type::DEFAULT, false, false}, {"gpt2", pretok_type::GPT2, false, false},
+    {"gpt-2", pretok_type::GPT2, false, false},      {"phi-2", pretok_type::GPT2, false, false},
+    {"smollm", pretok_type::SMOLLM, false, false},   {"starcoder", pretok_type::SMOLLM, false, false},
+    {"refact", pretok_type::SMOLLM, false, false},   {"codeshell", pretok_type::SMOLLM, false, false},
+    {"llama3", pretok_type::LLAMA3, true, true},     {"llama-v3", pretok_type::LLAMA3, true, true},
+    {"llama-bpe", pretok_type::LLAMA3, true, true},  {"falcon3", pretok_type::LLAMA3, true, true},
+    {"dbrx", pretok_type::LLAMA3, false, false},     {"smaug-bpe", pretok_type::LLAMA3, false, false},
+    {"qwen2", pretok_type::QWEN2, false, false},     {"deepseek-r1-qwen", pretok_type::QWEN2, false, false},
 };
 
 } // namespace
@@ -227,17 +232,23 @@ result<pretok_info> pretok_from_name(std::string_view name) {
         if (!known.empty()) known += ", ";
         known += entry.name;
     }
-    return error(status_code::UNSUPPORTED, "tokenizer: pre-tokenizer '%.*s' (tokenizer.ggml.pre) is not supported; known: %s",
-                 int(name.size()), name.data(), known.c_str());
+    return error(status_code::UNSUPPORTED,
+                 "tokenizer: pre-tokenizer '%.*s' (tokenizer.ggml.pre) is not supported; known: %s", int(name.size()),
+                 name.data(), known.c_str());
 }
 
 const char * pretok_type_name(pretok_type t) {
     switch (t) {
-    case pretok_type::DEFAULT: return "default";
-    case pretok_type::GPT2: return "gpt2";
-    case pretok_type::SMOLLM: return "smollm";
-    case pretok_type::LLAMA3: return "llama3";
-    case pretok_type::QWEN2: return "qwen2";
+    case pretok_type::DEFAULT:
+        return "default";
+    case pretok_type::GPT2:
+        return "gpt2";
+    case pretok_type::SMOLLM:
+        return "smollm";
+    case pretok_type::LLAMA3:
+        return "llama3";
+    case pretok_type::QWEN2:
+        return "qwen2";
     }
     return "?";
 }

@@ -48,10 +48,10 @@ void spm_encode(const tokenizer::impl & m, std::string_view text, std::vector<in
     }
 
     std::priority_queue<spm_bigram, std::vector<spm_bigram>, bigram_after> queue;
-    auto try_add = [&](int32_t l, int32_t r) {
+    auto                                                                   try_add = [&](int32_t l, int32_t r) {
         if (l < 0 || r < 0) return;
         const uint32_t len = syms[l].len + syms[r].len;
-        const int32_t  id  = m.find(text.substr(syms[l].start, len));
+        const int32_t  id = m.find(text.substr(syms[l].start, len));
         if (id < 0 || !mergeable(m.attr[id])) return;
         queue.push({m.score[id], l, r, len});
     };

@@ -19,12 +19,12 @@ struct bpe_tables {
         int32_t rank;
         int32_t result; // symbol id of left+right
     };
-    std::unordered_map<uint64_t, merge> merges; // key: (uint64(left) << 32) | right
+    std::unordered_map<uint64_t, merge> merges;       // key: (uint64(left) << 32) | right
     std::array<int32_t, 256>            byte_sym{};   // symbol of the single byte-level char of each byte
     std::array<int32_t, 256>            byte_token{}; // token of that char, or -1
     std::array<std::string, 256>        byte_char;    // GPT-2 byte -> UTF-8 of its printable code point
-    std::array<int16_t, 324>              char_byte{};  // the inverse: code point (all are < 324) -> byte
-    std::vector<std::string>              extra_syms; // texts of symbols n_vocab, n_vocab + 1, ...
+    std::array<int16_t, 324>            char_byte{};  // the inverse: code point (all are < 324) -> byte
+    std::vector<std::string>            extra_syms;   // texts of symbols n_vocab, n_vocab + 1, ...
 
     static uint64_t key(int32_t l, int32_t r) { return (uint64_t(uint32_t(l)) << 32) | uint32_t(r); }
 };
@@ -61,10 +61,10 @@ struct tokenizer::impl {
     tokenizer_type type = tokenizer_type::BPE;
     pretok_info    pre;
 
-    std::vector<std::string>                      text;  // by id
-    std::vector<float>                            score; // by id (0 when the file has none)
-    std::vector<token_attr>                       attr;  // by id
-    token_index                                   index; // over `text`
+    std::vector<std::string> text;  // by id
+    std::vector<float>       score; // by id (0 when the file has none)
+    std::vector<token_attr>  attr;  // by id
+    token_index              index; // over `text`
 
     int32_t bos = -1, eos = -1, unk = -1, eot = -1, eom = -1, pad = -1;
     bool    add_bos = false, add_eos = false, add_space_prefix = false;
@@ -73,14 +73,14 @@ struct tokenizer::impl {
 
     // Special-token matching: a byte trie over the texts of CONTROL, USER_DEFINED and UNKNOWN tokens.
     struct trie_node {
-        int32_t token = -1; // token ending here (lowest id if several share the text)
+        int32_t token       = -1;                 // token ending here (lowest id if several share the text)
         int32_t first_child = -1, n_children = 0; // children sorted by byte in trie_edges
     };
     struct trie_edge {
         uint8_t byte;
         int32_t node;
     };
-    std::vector<trie_node>   trie;       // node 0 is the root
+    std::vector<trie_node>   trie; // node 0 is the root
     std::vector<trie_edge>   trie_edges;
     std::array<int32_t, 256> trie_root_child{};
 

@@ -16,7 +16,7 @@ namespace lc {
 namespace {
 
 // Texts of tokens that end generation in the usual chat vocabularies, besides eos/eot/eom ids.
-const char * const k_eog_texts[] = {"<|eot_id|>", "<|im_end|>",    "<|end|>", "<end_of_turn>", "<|endoftext|>",
+const char * const k_eog_texts[] = {"<|eot_id|>", "<|im_end|>",      "<|end|>", "<end_of_turn>", "<|endoftext|>",
                                     "<|eom_id|>", "<|end_of_text|>", "<EOT>",   "_<EOT>"};
 
 const std::string k_spm_space = "\xE2\x96\x81"; // U+2581 LOWER ONE EIGHTH BLOCK
@@ -63,9 +63,8 @@ int32_t trie_child(const tokenizer::impl & m, int32_t node, uint8_t c) {
     const tokenizer::impl::trie_node & n     = m.trie[node];
     const auto *                       begin = m.trie_edges.data() + n.first_child;
     const auto *                       end   = begin + n.n_children;
-    const auto * it = std::lower_bound(begin, end, c, [](const tokenizer::impl::trie_edge & e, uint8_t v) {
-        return e.byte < v;
-    });
+    const auto *                       it =
+        std::lower_bound(begin, end, c, [](const tokenizer::impl::trie_edge & e, uint8_t v) { return e.byte < v; });
     return (it != end && it->byte == c) ? it->node : -1;
 }
 
@@ -180,7 +179,7 @@ uint64_t token_index::hash(std::string_view s) {
 }
 
 void token_index::build(const std::vector<std::string> & texts) {
-    texts_ = &texts;
+    texts_     = &texts;
     size_t cap = 16;
     while (cap < texts.size() * 2) cap *= 2;
     slots_.assign(cap, slot{});
@@ -249,12 +248,12 @@ result<tokenizer> tokenizer::from_vocab(tokenizer_vocab v) {
     }
 
     // Special ids: SentencePiece files default to <unk>=0, <s>=1, </s>=2.
-    const bool spm = m->type == tokenizer_type::SPM;
+    const bool spm        = m->type == tokenizer_type::SPM;
     auto       special_id = [&](int32_t id, int32_t def, const char * key, int32_t & out) -> status {
         if (id < 0) id = (def >= 0 && size_t(def) < n) ? def : -1;
         if (id >= 0 && size_t(id) >= n) {
             return error(status_code::INVALID_FILE, "tokenizer: %s = %d is outside the vocabulary of %zu tokens", key,
-                         id, n);
+                               id, n);
         }
         out = id;
         return status::ok();
@@ -329,12 +328,10 @@ result<tokenizer> tokenizer::from_gguf(const gguf_file & f) {
         const char * key;
         int32_t *    out;
     };
-    for (const id_key & k : {id_key{"tokenizer.ggml.bos_token_id", &v.bos_id},
-                             id_key{"tokenizer.ggml.eos_token_id", &v.eos_id},
-                             id_key{"tokenizer.ggml.unknown_token_id", &v.unk_id},
-                             id_key{"tokenizer.ggml.eot_token_id", &v.eot_id},
-                             id_key{"tokenizer.ggml.eom_token_id", &v.eom_id},
-                             id_key{"tokenizer.ggml.padding_token_id", &v.pad_id}}) {
+    for (const id_key & k :
+         {id_key{"tokenizer.ggml.bos_token_id", &v.bos_id}, id_key{"tokenizer.ggml.eos_token_id", &v.eos_id},
+          id_key{"tokenizer.ggml.unknown_token_id", &v.unk_id}, id_key{"tokenizer.ggml.eot_token_id", &v.eot_id},
+          id_key{"tokenizer.ggml.eom_token_id", &v.eom_id}, id_key{"tokenizer.ggml.padding_token_id", &v.pad_id}}) {
         if (!f.find(k.key)) continue;
         LC_ASSIGN_OR_RETURN(const uint32_t id, f.get_u32(k.key));
         *k.out = id > uint32_t(INT32_MAX) ? INT32_MAX : int32_t(id);
@@ -343,9 +340,9 @@ result<tokenizer> tokenizer::from_gguf(const gguf_file & f) {
         const char * key;
         int *        out;
     };
-    for (const flag_key & k : {flag_key{"tokenizer.ggml.add_bos_token", &v.add_bos},
-                               flag_key{"tokenizer.ggml.add_eos_token", &v.add_eos},
-                               flag_key{"tokenizer.ggml.add_space_prefix", &v.add_space_prefix}}) {
+    for (const flag_key & k :
+         {flag_key{"tokenizer.ggml.add_bos_token", &v.add_bos}, flag_key{"tokenizer.ggml.add_eos_token", &v.add_eos},
+          flag_key{"tokenizer.ggml.add_space_prefix", &v.add_space_prefix}}) {
         if (!f.find(k.key)) continue;
         LC_ASSIGN_OR_RETURN(const bool b, f.get_bool(k.key));
         *k.out = b ? 1 : 0;
@@ -401,9 +398,12 @@ std::string tokenizer::token_to_piece(int32_t id, bool special) const {
     const std::string & t = m.text[id];
     switch (m.attr[id]) {
     case token_attr::CONTROL:
-    case token_attr::UNKNOWN: return special ? t : std::string();
-    case token_attr::UNUSED: return {};
-    case token_attr::USER_DEFINED: return t;
+    case token_attr::UNKNOWN:
+        return special ? t : std::string();
+    case token_attr::UNUSED:
+        return {};
+    case token_attr::USER_DEFINED:
+        return t;
     case token_attr::BYTE: {
         const int b = parse_byte_token(t);
         return b >= 0 ? std::string(1, char(b)) : t;
@@ -434,17 +434,41 @@ std::string tokenizer::decode(const std::vector<int32_t> & ids, bool special) co
     return out;
 }
 
-int32_t tokenizer::n_vocab() const { return impl_->n_vocab(); }
-int32_t tokenizer::bos() const { return impl_->bos; }
-int32_t tokenizer::eos() const { return impl_->eos; }
-int32_t tokenizer::unk() const { return impl_->unk; }
-bool    tokenizer::add_bos() const { return impl_->add_bos; }
-bool    tokenizer::add_eos() const { return impl_->add_eos; }
-bool    tokenizer::is_eog(int32_t id) const { return id >= 0 && id < impl_->n_vocab() && impl_->eog[id]; }
-token_attr tokenizer::attr(int32_t id) const { return impl_->attr.at(size_t(id)); }
-const std::string & tokenizer::token_text(int32_t id) const { return impl_->text.at(size_t(id)); }
-int32_t             tokenizer::token_id(std::string_view text) const { return impl_->find(text); }
-tokenizer_type      tokenizer::type() const { return impl_->type; }
-const std::string & tokenizer::chat_template() const { return impl_->chat_template; }
+int32_t tokenizer::n_vocab() const {
+    return impl_->n_vocab();
+}
+int32_t tokenizer::bos() const {
+    return impl_->bos;
+}
+int32_t tokenizer::eos() const {
+    return impl_->eos;
+}
+int32_t tokenizer::unk() const {
+    return impl_->unk;
+}
+bool tokenizer::add_bos() const {
+    return impl_->add_bos;
+}
+bool tokenizer::add_eos() const {
+    return impl_->add_eos;
+}
+bool tokenizer::is_eog(int32_t id) const {
+    return id >= 0 && id < impl_->n_vocab() && impl_->eog[id];
+}
+token_attr tokenizer::attr(int32_t id) const {
+    return impl_->attr.at(size_t(id));
+}
+const std::string & tokenizer::token_text(int32_t id) const {
+    return impl_->text.at(size_t(id));
+}
+int32_t tokenizer::token_id(std::string_view text) const {
+    return impl_->find(text);
+}
+tokenizer_type tokenizer::type() const {
+    return impl_->type;
+}
+const std::string & tokenizer::chat_template() const {
+    return impl_->chat_template;
+}
 
 } // namespace lc

@@ -27,15 +27,15 @@ struct chat_message {
 
 // What a tokenizer is built from: the tokenizer.ggml.* keys of a GGUF file.
 struct tokenizer_vocab {
-    std::string              model = "gpt2";  // tokenizer.ggml.model: "gpt2" or "llama"
-    std::string              pre;             // tokenizer.ggml.pre; empty = "default" (BPE only)
-    std::vector<std::string> tokens;          // token texts as stored (byte-level or with U+2581 for spaces)
-    std::vector<float>       scores;          // merge priority for SPM (higher first); may be empty for BPE
-    std::vector<int32_t>     token_types;     // 1..6 (token_attr + 1); empty = all NORMAL
-    std::vector<std::string> merges;          // BPE: "left right", rank = index
+    std::string              model = "gpt2"; // tokenizer.ggml.model: "gpt2" or "llama"
+    std::string              pre;            // tokenizer.ggml.pre; empty = "default" (BPE only)
+    std::vector<std::string> tokens;         // token texts as stored (byte-level or with U+2581 for spaces)
+    std::vector<float>       scores;         // merge priority for SPM (higher first); may be empty for BPE
+    std::vector<int32_t>     token_types;    // 1..6 (token_attr + 1); empty = all NORMAL
+    std::vector<std::string> merges;         // BPE: "left right", rank = index
     int32_t                  bos_id = -1, eos_id = -1, unk_id = -1, eot_id = -1, eom_id = -1, pad_id = -1;
     int                      add_bos = -1, add_eos = -1, add_space_prefix = -1; // -1: key absent, model default
-    std::string              chat_template;   // tokenizer.chat_template (Jinja source), may be empty
+    std::string              chat_template; // tokenizer.chat_template (Jinja source), may be empty
 };
 
 // Thread-safety: immutable after construction; all const methods may run concurrently. Copies share state.
@@ -67,7 +67,7 @@ class tokenizer {
     bool                add_eos() const;
     bool                is_eog(int32_t id) const; // end of generation: eos, eot, eom, <|im_end|>, <end_of_turn>, ...
     token_attr          attr(int32_t id) const;   // REQUIRES: 0 <= id < n_vocab()
-    const std::string & token_text(int32_t id) const; // as stored in the vocabulary
+    const std::string & token_text(int32_t id) const;          // as stored in the vocabulary
     int32_t             token_id(std::string_view text) const; // -1 if no token has this exact text
     tokenizer_type      type() const;
 

@@ -25,8 +25,8 @@ const uint8_t * bmp_table() {
         for (int i = 0; i < n_unicode_ranges; ++i) {
             const uint32_t b = unicode_ranges[i].start;
             if (b >= 0x10000) break;
-            const uint32_t e = i + 1 < n_unicode_ranges ? std::min<uint32_t>(unicode_ranges[i + 1].start, 0x10000)
-                                                        : 0x10000;
+            const uint32_t e =
+                i + 1 < n_unicode_ranges ? std::min<uint32_t>(unicode_ranges[i + 1].start, 0x10000) : 0x10000;
             std::fill(t.get() + b, t.get() + e, unicode_ranges[i].flags);
         }
         return t;
@@ -43,8 +43,8 @@ uint8_t unicode_flags(uint32_t cp) {
 }
 
 uint32_t utf8_decode(const char * s, size_t n, size_t * len) {
-    const auto    b0   = uint8_t(s[0]);
-    const size_t  need = utf8_seq_len(b0);
+    const auto   b0   = uint8_t(s[0]);
+    const size_t need = utf8_seq_len(b0);
     if (b0 < 0x80) {
         *len = 1;
         return b0;
@@ -61,8 +61,10 @@ uint32_t utf8_decode(const char * s, size_t n, size_t * len) {
     }
     *len = need;
     switch (need) {
-    case 2: return (uint32_t(b0 & 0x1F) << 6) | (uint8_t(s[1]) & 0x3F);
-    case 3: return (uint32_t(b0 & 0x0F) << 12) | (uint32_t(uint8_t(s[1]) & 0x3F) << 6) | (uint8_t(s[2]) & 0x3F);
+    case 2:
+        return (uint32_t(b0 & 0x1F) << 6) | (uint8_t(s[1]) & 0x3F);
+    case 3:
+        return (uint32_t(b0 & 0x0F) << 12) | (uint32_t(uint8_t(s[1]) & 0x3F) << 6) | (uint8_t(s[2]) & 0x3F);
     default:
         return (uint32_t(b0 & 0x07) << 18) | (uint32_t(uint8_t(s[1]) & 0x3F) << 12) |
                (uint32_t(uint8_t(s[2]) & 0x3F) << 6) | (uint8_t(s[3]) & 0x3F);

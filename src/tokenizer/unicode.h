@@ -34,9 +34,15 @@ extern const char * const  unicode_data_version; // e.g. "14.0.0"
 // Flags of a code point; code points past U+10FFFF get UNICODE_OTHER.
 uint8_t unicode_flags(uint32_t cp);
 
-inline bool unicode_is_letter(uint32_t cp) { return unicode_flags(cp) & UNICODE_LETTER; }
-inline bool unicode_is_number(uint32_t cp) { return unicode_flags(cp) & UNICODE_NUMBER; }
-inline bool unicode_is_whitespace(uint32_t cp) { return unicode_flags(cp) & UNICODE_WHITESPACE; }
+inline bool unicode_is_letter(uint32_t cp) {
+    return unicode_flags(cp) & UNICODE_LETTER;
+}
+inline bool unicode_is_number(uint32_t cp) {
+    return unicode_flags(cp) & UNICODE_NUMBER;
+}
+inline bool unicode_is_whitespace(uint32_t cp) {
+    return unicode_flags(cp) & UNICODE_WHITESPACE;
+}
 
 // Length in bytes of the UTF-8 sequence that starts with byte c, judged from c alone (1 for stray
 // continuation bytes and invalid lead bytes).
