@@ -1,5 +1,5 @@
-// Dense attention dispatcher: cuts the problem into (query block, KV head, key split) items, runs the ISA
-// tile kernel on each from a shared atomic counter, and merges split-key partial states. See attn-dense.h.
+// Dense attention dispatcher: cuts the problem into (query block, KV-head group, key split) items, runs the
+// ISA tile kernel on each from a shared atomic counter, and merges split-key partial states. See attn-dense.h.
 #include "attn/attn-dense.h"
 
 #include <algorithm>
@@ -55,27 +55,39 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
 
     tile_fn fn          = attn_tile_avx2;
     int     target_rows = k_rows_avx2;
+    int     rows_max    = attn_rows_max_avx2(kv.head_dim);
 #ifdef LC_HAVE_AVX512_KERNELS
     if (isa == cpu_isa::AVX512) {
         fn          = attn_tile_avx512;
         target_rows = k_rows_avx512;
+        rows_max    = attn_rows_max_avx512(kv.head_dim);
     }
 #endif
 
-    const int     n_head_kv = kv.n_head_kv;
-    const int     head_dim  = kv.head_dim;
-    const int     n_group   = n_head / n_head_kv;
-    const int64_t bq        = std::clamp<int64_t>(target_rows / n_group, 1, n_q);
-    const int64_t n_qb      = (n_q + bq - 1) / bq;
-    const int64_t n_items   = n_qb * n_head_kv;
-    const int     nth       = pool.n_threads();
+    const int     n_head_kv  = kv.n_head_kv;
+    const int     head_dim   = kv.head_dim;
+    const int     n_group    = n_head / n_head_kv;
+    const int     nth        = pool.n_threads();
+    const bool    row_layout = n_q * n_group <= rows_max; // decode and other few-query calls
+    const int64_t bq         = row_layout ? n_q : std::clamp<int64_t>(target_rows / n_group, 1, n_q);
+    const int64_t n_qb       = (n_q + bq - 1) / bq;
+    const int64_t max_split  = std::clamp<int64_t>((pos0 + n_q) / k_split_min_keys, 1, k_split_max);
+    const int64_t want_items = k_items_per_thread * nth;
 
+    // Items are (query block, group of KV heads, key split).
+    int64_t n_hg    = n_head_kv; // KV-head groups
     int64_t n_split = 1;
-    if (n_items < k_items_per_thread * nth) {
-        const int64_t want    = (k_items_per_thread * nth + n_items - 1) / n_items;
-        const int64_t by_keys = (pos0 + n_q) / k_split_min_keys;
-        n_split               = std::clamp<int64_t>(std::min(want, by_keys), 1, k_split_max);
+    if (row_layout) {
+        // All KV heads in one item read each page front to back (2-3x the bandwidth of one head's slice
+        // per page once the cache is out of L3); split the keys for parallelism, and the heads only when
+        // the keys are too few to split.
+        n_split = std::min(max_split, (want_items + n_qb - 1) / n_qb);
+        n_hg    = std::min<int64_t>(n_head_kv, std::max<int64_t>(1, (want_items + n_qb * n_split - 1) / (n_qb * n_split)));
+    } else if (n_qb * n_hg < want_items) {
+        n_split = std::min(max_split, (want_items + n_qb * n_hg - 1) / (n_qb * n_hg));
     }
+    const int64_t hpg = (n_head_kv + n_hg - 1) / n_hg; // KV heads per group
+    n_hg              = (n_head_kv + hpg - 1) / hpg;
 
     // Split items write partial states to parts: o [n_q * n_head][n_split][head_dim], lse [n_q * n_head][n_split].
     const int64_t                   n_rows = n_q * n_head;
@@ -88,8 +100,8 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
         parts_lse = parts_o + n_rows * n_split * head_dim;
     }
 
-    const int64_t        n_work    = n_items * n_split;
-    const size_t         scratch_n = attn_tile_scratch_floats(int(bq * n_group), head_dim);
+    const int64_t        n_work    = n_qb * n_hg * n_split;
+    const size_t         scratch_n = attn_tile_scratch_floats(int(bq * n_group * hpg), head_dim);
     std::atomic<int64_t> next{0};
     pool.run([&](int, int) {
         thread_local std::vector<float> buf;
@@ -98,8 +110,8 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
             const int64_t w = next.fetch_add(1, std::memory_order_relaxed);
             if (w >= n_work) break;
             // Last query blocks (the most keys under causality) first, so that the short ones fill the tail.
-            const int64_t qb    = n_qb - 1 - w / (n_head_kv * n_split);
-            const int     hk    = int((w / n_split) % n_head_kv);
+            const int64_t qb    = n_qb - 1 - w / (n_hg * n_split);
+            const int     hk    = int((w / n_split) % n_hg * hpg); // first KV head of the item
             const int64_t s     = w % n_split;
             const int64_t i0    = qb * bq;
             const int64_t nq    = std::min(bq, n_q - i0);
@@ -141,7 +153,7 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
             a.pages      = kv.pages;
             a.page_elems = kv.page_elems;
             a.kv_head    = hk;
-            a.n_head_kv  = n_head_kv;
+            a.n_kv_heads = int(std::min<int64_t>(hpg, n_head_kv - hk));
             a.scratch    = scratch;
             fn(a);
         }

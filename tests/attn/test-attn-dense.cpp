@@ -488,7 +488,9 @@ __attribute__((noinline, target("avx512f"))) float fma_loop_avx512(int64_t n) {
 #pragma GCC unroll 12
         for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
     }
-    return _mm512_reduce_add_ps(a[0]) + _mm512_reduce_add_ps(a[11]);
+    __m512 s = a[0]; // every chain feeds the result, or the compiler drops it
+    for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+    return _mm512_reduce_add_ps(s);
 }
 
 double fma_peak_gflops(lc::cpu_isa isa, lc::thread_pool & pool) {

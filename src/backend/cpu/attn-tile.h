@@ -1,6 +1,7 @@
 // Per-ISA CPU kernels for one dense-attention work item: a block of consecutive queries times the query heads
-// of one KV head (a GQA group), against one range of keys of the paged fp16 KV cache. The dispatcher
-// (attn/attn-dense.cpp) cuts the problem into such items, runs them on the thread pool and merges split keys.
+// of one or more consecutive KV heads (GQA groups), against one range of keys of the paged fp16 KV cache. The
+// dispatcher (attn/attn-dense.cpp) cuts the problem into such items, runs them on the thread pool and merges
+// split keys.
 #pragma once
 
 #include <cstddef>
@@ -10,14 +11,17 @@
 
 namespace lc {
 
-// Row r of an item is query i = r / n_group of the block and query head g = r % n_group of the group.
+// For KV head kv_head + x of the item, row r is query i = r / n_group of the block and query head
+// g = r % n_group of that group; its query head within the row of q is x * n_group + g.
 struct attn_tile_args {
-    const float * q;          // q[i * q_stride + g * head_dim + d], f32, already RoPE'd
+    const float * q;          // q[i * q_stride + (x * n_group + g) * head_dim + d], f32, already RoPE'd
     int64_t       q_stride;   // floats between consecutive queries
-    float *       o;          // o[i * o_stride + g * o_head_stride + d] f32, normalised over [k_begin, k_end)
+    float *       o;          // o[i * o_stride + (x * n_group + g) * o_head_stride + d] f32, normalised over
+                              // [k_begin, k_end)
     int64_t       o_stride;
     int64_t       o_head_stride;
-    float *       lse;        // (optional) lse[i * lse_stride + g * lse_head_stride], natural log; -inf if empty
+    float *       lse;        // (optional) lse[i * lse_stride + (x * n_group + g) * lse_head_stride], natural
+                              // log; -inf if no key is visible
     int64_t       lse_stride;
     int64_t       lse_head_stride;
     int           n_q;        // queries in the block, >= 1
@@ -26,17 +30,18 @@ struct attn_tile_args {
     int64_t       pos0;       // position of query 0 of the block; query i sees keys t <= pos0 + i
     float         scale;      // softmax scale applied to q . k
 
-    // One layer of one sequence of the KV cache, one KV head (see kv/kv-cache.h for the page layout).
+    // One layer of one sequence of the KV cache (see kv/kv-cache.h for the page layout).
     const fp16_t *  k_pool;
     const fp16_t *  v_pool;
     const int32_t * pages;
     size_t          page_elems;
-    int             kv_head;
-    int             n_head_kv;
+    int             kv_head;    // first KV head of the item
+    int             n_kv_heads; // consecutive KV heads in the item, >= 1
     int64_t         k_begin;  // key range [k_begin, k_end); may be empty
     int64_t         k_end;
 
-    float * scratch;          // attn_tile_scratch_floats(n_q * n_group, head_dim) floats, 64-byte aligned
+    float * scratch;          // attn_tile_scratch_floats(n_q * n_group * n_kv_heads, head_dim) floats,
+                              // 64-byte aligned
 };
 
 // Rows are padded to a multiple of 16 so that one size fits the 8- and 16-lane kernels.
@@ -50,7 +55,12 @@ inline size_t attn_tile_scratch_floats(int n_rows, int head_dim) {
 
 // Computes the normalised partial state (o, lse) of every row of the item over keys [k_begin, k_end) with
 // causal masking. Thread-safe for distinct outputs and scratch.
+// Two layouts (see attn-tile-impl.inc): items of at most attn_rows_max_*(head_dim) rows per KV head
+// (n_q * n_group) take the row layout and walk the pages once for all their KV heads, so that reads are
+// contiguous (decode is bound by them); larger items take the transposed layout, one KV head after another.
 void attn_tile_avx2(const attn_tile_args & a);
 void attn_tile_avx512(const attn_tile_args & a); // only in builds with LC_HAVE_AVX512_KERNELS
+int  attn_rows_max_avx2(int head_dim);           // 0 when head_dim does not suit the row layout
+int  attn_rows_max_avx512(int head_dim);
 
 } // namespace lc

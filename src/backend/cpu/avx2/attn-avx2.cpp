@@ -95,4 +95,6 @@ void attn_tile_avx2(const attn_tile_args & a) {
     }
 }
 
+int attn_rows_max_avx2(int head_dim) { return rows_max<simd_avx2>(head_dim); }
+
 } // namespace lc

@@ -99,4 +99,6 @@ void attn_tile_avx512(const attn_tile_args & a) {
     }
 }
 
+int attn_rows_max_avx512(int head_dim) { return rows_max<simd_avx512>(head_dim); }
+
 } // namespace lc
