@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/log.h"
 #include "gguf/gguf.h"
 #include "tokenizer/tokenizer-impl.h"
 
@@ -78,50 +79,56 @@ struct fragment {
 // overlap one already taken. This equals matching each special text in turn, longest first, in the text
 // left over by longer ones.
 std::vector<fragment> partition(const tokenizer::impl & m, std::string_view text, bool parse_special) {
+    LC_ASSERT(text.size() < UINT32_MAX, "tokenizer: text of %zu bytes is over the 4 GiB limit", text.size());
     struct occurrence {
-        size_t  pos;
-        size_t  len;
-        int32_t token;
+        uint32_t pos;
+        int32_t  token;
     };
-    std::vector<occurrence> occ;
+    // Occurrences by length (index = length); each list is in position order as found.
+    std::vector<std::vector<occurrence>> by_len;
+    bool                                 any = false;
     if (m.trie.size() > 1) {
         for (size_t p = 0; p < text.size(); ++p) {
             int32_t node  = m.trie_root_child[uint8_t(text[p])];
             size_t  depth = 1;
             while (node >= 0) {
                 const int32_t t = m.trie[node].token;
-                if (t >= 0 && (parse_special || m.attr[t] == token_attr::USER_DEFINED)) occ.push_back({p, depth, t});
+                if (t >= 0 && (parse_special || m.attr[t] == token_attr::USER_DEFINED)) {
+                    if (by_len.size() <= depth) by_len.resize(depth + 1);
+                    by_len[depth].push_back({uint32_t(p), t});
+                    any = true;
+                }
                 if (p + depth >= text.size()) break;
                 node = trie_child(m, node, uint8_t(text[p + depth]));
                 ++depth;
             }
         }
     }
-    if (occ.empty()) {
+    if (!any) {
         if (text.empty()) return {};
         return {{-1, 0, text.size()}};
     }
-    std::sort(occ.begin(), occ.end(), [](const occurrence & a, const occurrence & b) {
-        if (a.len != b.len) return a.len > b.len;
-        if (a.token != b.token) return a.token < b.token;
-        return a.pos < b.pos;
-    });
-    std::vector<uint8_t>    taken(text.size(), 0);
-    std::vector<occurrence> chosen;
-    for (const occurrence & o : occ) {
-        if (std::any_of(taken.begin() + o.pos, taken.begin() + o.pos + o.len, [](uint8_t v) { return v != 0; })) {
-            continue;
+    std::vector<uint8_t>  taken(text.size(), 0);
+    std::vector<fragment> chosen;
+    for (size_t len = by_len.size(); len-- > 1;) {
+        std::vector<occurrence> & occ = by_len[len];
+        // same length: lower id first, each token left to right
+        auto by_token = [](const occurrence & a, const occurrence & b) { return a.token < b.token; };
+        if (!std::is_sorted(occ.begin(), occ.end(), by_token)) std::stable_sort(occ.begin(), occ.end(), by_token);
+        for (const occurrence & o : occ) {
+            auto b = taken.begin() + o.pos;
+            if (std::any_of(b, b + len, [](uint8_t v) { return v != 0; })) continue;
+            std::fill(b, b + len, 1);
+            chosen.push_back({o.token, o.pos, len});
         }
-        std::fill(taken.begin() + o.pos, taken.begin() + o.pos + o.len, 1);
-        chosen.push_back(o);
     }
-    std::sort(chosen.begin(), chosen.end(), [](const occurrence & a, const occurrence & b) { return a.pos < b.pos; });
+    std::sort(chosen.begin(), chosen.end(), [](const fragment & a, const fragment & b) { return a.start < b.start; });
     std::vector<fragment> out;
     size_t                at = 0;
-    for (const occurrence & o : chosen) {
-        if (o.pos > at) out.push_back({-1, at, o.pos - at});
-        out.push_back({o.token, o.pos, o.len});
-        at = o.pos + o.len;
+    for (const fragment & c : chosen) {
+        if (c.start > at) out.push_back({-1, at, c.start - at});
+        out.push_back(c);
+        at = c.start + c.len;
     }
     if (at < text.size()) out.push_back({-1, at, text.size() - at});
     return out;

@@ -1,7 +1,8 @@
 // Token ids against llama.cpp's tokenizer on the real models: the string lists in tests/fixtures/tokenizer
-// (NAME.inp: strings separated by a line "__________"; NAME.out: one line of ids per string) and the long
-// prompts of tests/fixtures/smollm2 (rebuilt from ../shared/data as prompts.json describes). Skips when a
-// model, the fixtures or the shared data are absent.
+// (NAME.inp: each string followed by a line "__________"; NAME.out: one line of ids per string) and the long
+// prompts of tests/fixtures/smollm2 (rebuilt from ../shared/data as prompts.json describes). The fixture ids
+// were made with special tokens added and parsed (Gemma's lists start with BOS, chat markup is one id), so we
+// encode with add_special and parse_special. Skips when a model, the fixtures or the shared data are absent.
 #include <gtest/gtest.h>
 
 #include <algorithm>
