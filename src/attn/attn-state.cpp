@@ -24,8 +24,8 @@ void attn_state_merge(const float * o1, float lse1, const float * o2, float lse2
     *lse = m + std::log(sum);
 }
 
-void attn_state_merge_parts(const float * o_parts, const float * lse_parts, int n_part, int64_t n_rows,
-                            int head_dim, float * o, float * lse) {
+void attn_state_merge_parts(const float * o_parts, const float * lse_parts, int n_part, int64_t n_rows, int head_dim,
+                            float * o, float * lse) {
     constexpr float ninf = -std::numeric_limits<float>::infinity();
     for (int64_t r = 0; r < n_rows; ++r) {
         float m = ninf;

@@ -9,8 +9,7 @@
 namespace lc {
 
 // (o, lse) = merge((o1, lse1), (o2, lse2)). o1, o2, o: [head_dim] f32; o may alias o1 or o2.
-void attn_state_merge(const float * o1, float lse1, const float * o2, float lse2, int head_dim, float * o,
-                      float * lse);
+void attn_state_merge(const float * o1, float lse1, const float * o2, float lse2, int head_dim, float * o, float * lse);
 
 // In place: (o_acc, lse_acc) = merge((o_acc, lse_acc), (o2, lse2)).
 inline void attn_state_merge_into(float * o_acc, float * lse_acc, const float * o2, float lse2, int head_dim) {
@@ -20,7 +19,7 @@ inline void attn_state_merge_into(float * o_acc, float * lse_acc, const float * 
 // Merges n_part states per row: o_parts: [n_part][n_rows][head_dim], lse_parts: [n_part][n_rows]
 // -> o: [n_rows][head_dim], lse: [n_rows] (lse may be nullptr). Rows whose parts are all empty get o = 0,
 // lse = -inf.
-void attn_state_merge_parts(const float * o_parts, const float * lse_parts, int n_part, int64_t n_rows,
-                            int head_dim, float * o, float * lse);
+void attn_state_merge_parts(const float * o_parts, const float * lse_parts, int n_part, int64_t n_rows, int head_dim,
+                            float * o, float * lse);
 
 } // namespace lc

@@ -25,9 +25,9 @@ cpu_features detect() {
     const bool has_fma = c & (1u << 12);
     const bool has_f16 = c & (1u << 29);
     if (!osxsave || !has_avx) return f;
-    const uint64_t xcr0     = read_xcr0();
-    const bool     os_ymm   = (xcr0 & 0x6) == 0x6;   // SSE + AVX state
-    const bool     os_zmm   = (xcr0 & 0xe6) == 0xe6; // + opmask, ZMM_Hi256, Hi16_ZMM
+    const uint64_t xcr0   = read_xcr0();
+    const bool     os_ymm = (xcr0 & 0x6) == 0x6;   // SSE + AVX state
+    const bool     os_zmm = (xcr0 & 0xe6) == 0xe6; // + opmask, ZMM_Hi256, Hi16_ZMM
     if (!os_ymm) return f;
     f.fma  = has_fma;
     f.f16c = has_f16;
@@ -62,8 +62,10 @@ const cpu_features & cpu_features_get() {
 
 const char * cpu_isa_name(cpu_isa isa) {
     switch (isa) {
-        case cpu_isa::AVX2:   return "avx2";
-        case cpu_isa::AVX512: return "avx512";
+    case cpu_isa::AVX2:
+        return "avx2";
+    case cpu_isa::AVX512:
+        return "avx512";
     }
     return "unknown";
 }
@@ -71,8 +73,10 @@ const char * cpu_isa_name(cpu_isa isa) {
 bool cpu_isa_available(cpu_isa isa) {
     const cpu_features & f = cpu_features_get();
     switch (isa) {
-        case cpu_isa::AVX2:   return f.avx2 && f.fma && f.f16c;
-        case cpu_isa::AVX512: return k_avx512_built && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+    case cpu_isa::AVX2:
+        return f.avx2 && f.fma && f.f16c;
+    case cpu_isa::AVX512:
+        return k_avx512_built && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
     }
     return false;
 }

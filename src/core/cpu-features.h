@@ -19,11 +19,21 @@ struct cpu_features {
 // Detected once, on first call. Thread-safe.
 const cpu_features & cpu_features_get();
 
-inline bool cpu_has_avx512f() { return cpu_features_get().avx512f; }
-inline bool cpu_has_avx512bw() { return cpu_features_get().avx512bw; }
-inline bool cpu_has_avx512vl() { return cpu_features_get().avx512vl; }
-inline bool cpu_has_avx512vnni() { return cpu_features_get().avx512vnni; }
-inline bool cpu_has_avx512bf16() { return cpu_features_get().avx512bf16; }
+inline bool cpu_has_avx512f() {
+    return cpu_features_get().avx512f;
+}
+inline bool cpu_has_avx512bw() {
+    return cpu_features_get().avx512bw;
+}
+inline bool cpu_has_avx512vl() {
+    return cpu_features_get().avx512vl;
+}
+inline bool cpu_has_avx512vnni() {
+    return cpu_features_get().avx512vnni;
+}
+inline bool cpu_has_avx512bf16() {
+    return cpu_features_get().avx512bf16;
+}
 
 // Instruction sets of the CPU kernels, in increasing order of preference.
 enum class cpu_isa { AVX2, AVX512 };

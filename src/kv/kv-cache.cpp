@@ -15,14 +15,16 @@ namespace lc {
 
 namespace {
 
-double gib(size_t n) { return double(n) / (1024.0 * 1024.0 * 1024.0); }
+double gib(size_t n) {
+    return double(n) / (1024.0 * 1024.0 * 1024.0);
+}
 
 // dst[i] = fp16(src[i]), round to nearest even (F16C immediate 0), exact for subnormals, inf and nan.
 void row_to_fp16(fp16_t * dst, const float * src, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        _mm_storeu_si128((__m128i *) (dst + i), h);
+        _mm_storeu_si128((__m128i *)(dst + i), h);
     }
     for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
@@ -33,9 +35,9 @@ kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, 
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), n_ctx_max_(n_ctx_max), n_seq_max_(n_seq_max) {
     LC_ASSERT(n_layer > 0 && n_head_kv > 0 && head_dim > 0 && n_ctx_max >= 0 && n_seq_max > 0,
               "kv: bad shape n_layer=%d n_head_kv=%d head_dim=%d n_ctx_max=%lld n_seq_max=%d", n_layer, n_head_kv,
-              head_dim, (long long) n_ctx_max, n_seq_max);
-    n_pages_    = (n_ctx_max + kv_page_tokens - 1) / kv_page_tokens + (n_seq_max - 1);
-    LC_ASSERT(n_pages_ <= INT32_MAX, "kv: %lld pages do not fit 32-bit page ids", (long long) n_pages_);
+              head_dim, (long long)n_ctx_max, n_seq_max);
+    n_pages_ = (n_ctx_max + kv_page_tokens - 1) / kv_page_tokens + (n_seq_max - 1);
+    LC_ASSERT(n_pages_ <= INT32_MAX, "kv: %lld pages do not fit 32-bit page ids", (long long)n_pages_);
     page_elems_ = size_t(n_head_kv) * kv_page_tokens * size_t(head_dim);
     pages_.resize(size_t(n_seq_max));
     n_tokens_.assign(size_t(n_seq_max), 0);
@@ -45,7 +47,7 @@ kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, 
         void * p = mmap(nullptr, n_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) {
             LC_LOG_E("kv: could not reserve %.2f GiB of address space for %lld tokens x %d layers", gib(n_bytes),
-                     (long long) n_ctx_max, n_layer);
+                     (long long)n_ctx_max, n_layer);
             n_pages_ = 0; // every reserve() of a non-empty sequence now reports RESOURCE_EXHAUSTED
         } else {
             base_           = static_cast<fp16_t *>(p);
@@ -57,7 +59,9 @@ kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, 
     for (int64_t i = 0; i < n_pages_; ++i) free_[size_t(i)] = int32_t(n_pages_ - 1 - i);
 }
 
-kv_cache::~kv_cache() { release(); }
+kv_cache::~kv_cache() {
+    release();
+}
 
 void kv_cache::release() {
     if (base_) munmap(base_, bytes_reserved_);
@@ -65,7 +69,9 @@ void kv_cache::release() {
     bytes_reserved_ = 0;
 }
 
-kv_cache::kv_cache(kv_cache && o) noexcept { *this = std::move(o); }
+kv_cache::kv_cache(kv_cache && o) noexcept {
+    *this = std::move(o);
+}
 
 kv_cache & kv_cache::operator=(kv_cache && o) noexcept {
     if (this == &o) return *this;
@@ -92,14 +98,14 @@ kv_cache & kv_cache::operator=(kv_cache && o) noexcept {
 
 status kv_cache::reserve(int seq, int64_t n_tokens) {
     if (seq < 0 || seq >= n_seq_max_) {
-        return error(status_code::INVALID_ARGUMENT, "kv: sequence %d out of range; the cache holds %d sequences",
-                     seq, n_seq_max_);
+        return error(status_code::INVALID_ARGUMENT, "kv: sequence %d out of range; the cache holds %d sequences", seq,
+                     n_seq_max_);
     }
-    if (n_tokens < 0) return error(status_code::INVALID_ARGUMENT, "kv: reserve of %lld tokens", (long long) n_tokens);
+    if (n_tokens < 0) return error(status_code::INVALID_ARGUMENT, "kv: reserve of %lld tokens", (long long)n_tokens);
     if (n_tokens > n_ctx_max_) {
         return error(status_code::OUT_OF_RANGE,
                      "kv: sequence %d needs %lld tokens but the cache holds at most %lld; raise the context size (-c)",
-                     seq, (long long) n_tokens, (long long) n_ctx_max_);
+                     seq, (long long)n_tokens, (long long)n_ctx_max_);
     }
     std::vector<int32_t> & table  = pages_[size_t(seq)];
     const int64_t          n_need = (n_tokens + kv_page_tokens - 1) / kv_page_tokens - int64_t(table.size());
@@ -107,14 +113,14 @@ status kv_cache::reserve(int seq, int64_t n_tokens) {
     if (!base_) {
         return error(status_code::RESOURCE_EXHAUSTED,
                      "kv: no memory for the cache (reserving %lld tokens x %d layers failed); lower -c",
-                     (long long) n_ctx_max_, n_layer_);
+                     (long long)n_ctx_max_, n_layer_);
     }
     if (n_need > int64_t(free_.size())) {
         return error(status_code::RESOURCE_EXHAUSTED,
                      "kv: sequence %d needs %lld more pages of %d tokens but %zu of %lld are free (%d sequences share "
                      "%lld tokens); finish or clear other sequences, or raise -c",
-                     seq, (long long) n_need, kv_page_tokens, free_.size(), (long long) n_pages_, n_seq_max_,
-                     (long long) n_ctx_max_);
+                     seq, (long long)n_need, kv_page_tokens, free_.size(), (long long)n_pages_, n_seq_max_,
+                     (long long)n_ctx_max_);
     }
     for (int64_t i = 0; i < n_need; ++i) {
         table.push_back(free_.back());
@@ -128,15 +134,15 @@ void kv_cache::write(int il, int seq, int64_t pos, int64_t n, const float * k, c
     LC_ASSERT(seq >= 0 && seq < n_seq_max_, "kv: sequence %d out of range (n_seq_max %d)", seq, n_seq_max_);
     const std::vector<int32_t> & table = pages_[size_t(seq)];
     LC_ASSERT(pos >= 0 && n >= 0 && pos + n <= int64_t(table.size()) * kv_page_tokens,
-              "kv: write of tokens [%lld, %lld) of sequence %d beyond its %zu reserved pages", (long long) pos,
-              (long long) (pos + n), seq, table.size());
+              "kv: write of tokens [%lld, %lld) of sequence %d beyond its %zu reserved pages", (long long)pos,
+              (long long)(pos + n), seq, table.size());
     fp16_t *     kp  = k_pool(il);
     fp16_t *     vp  = v_pool(il);
     const size_t tok = size_t(n_head_kv_) * size_t(head_dim_);
     for (int64_t i = 0; i < n; ++i) {
-        const int64_t t   = pos + i;
-        const size_t  off = size_t(table[size_t(t / kv_page_tokens)]) * page_elems_ +
-                           size_t(t % kv_page_tokens) * size_t(head_dim_);
+        const int64_t t = pos + i;
+        const size_t  off =
+            size_t(table[size_t(t / kv_page_tokens)]) * page_elems_ + size_t(t % kv_page_tokens) * size_t(head_dim_);
         for (int h = 0; h < n_head_kv_; ++h) {
             const size_t dst = off + size_t(h) * kv_page_tokens * size_t(head_dim_);
             row_to_fp16(kp + dst, k + size_t(i) * tok + size_t(h) * size_t(head_dim_), head_dim_);

@@ -23,7 +23,7 @@ struct kv_view {
     int64_t         n_kv       = 0;       // valid tokens (positions 0..n_kv-1)
     int             n_head_kv  = 0;
     int             head_dim   = 0;
-    size_t          page_elems = 0;       // n_head_kv * 64 * head_dim
+    size_t          page_elems = 0; // n_head_kv * 64 * head_dim
 
     // The 64 x head_dim block of KV head h on logical page p.
     const fp16_t * k_page(int64_t p, int h) const { return k_pool + page_offset(p, h); }
@@ -70,7 +70,7 @@ class kv_cache {
     kv_view view(int il, int seq) const;
     int64_t n_tokens(int seq) const;
     // Returns the pages of `seq` to the free list and sets its length to 0.
-    void    clear(int seq);
+    void clear(int seq);
 
     // Bytes of the pages currently owned by sequences (all layers, K and V).
     size_t bytes_allocated() const;
@@ -87,7 +87,7 @@ class kv_cache {
     int64_t n_pages_total() const { return n_pages_; }
     int64_t n_pages_free() const { return int64_t(free_.size()); }
     // Bytes of one page in one pool (one layer, K or V).
-    size_t  page_bytes() const { return page_elems_ * sizeof(fp16_t); }
+    size_t page_bytes() const { return page_elems_ * sizeof(fp16_t); }
 
   private:
     fp16_t * k_pool(int il) const { return base_ + size_t(2 * il) * pool_elems(); }
@@ -95,19 +95,19 @@ class kv_cache {
     size_t   pool_elems() const { return size_t(n_pages_) * page_elems_; }
     void     release();
 
-    int     n_layer_   = 0;
-    int     n_head_kv_ = 0;
-    int     head_dim_  = 0;
-    int64_t n_ctx_max_ = 0;
-    int     n_seq_max_ = 0;
-    int64_t n_pages_   = 0;
-    size_t  page_elems_     = 0;
-    size_t  bytes_reserved_ = 0;
-    fp16_t * base_          = nullptr; // [n_layer][2 (K, V)][n_pages][page_elems]
+    int      n_layer_        = 0;
+    int      n_head_kv_      = 0;
+    int      head_dim_       = 0;
+    int64_t  n_ctx_max_      = 0;
+    int      n_seq_max_      = 0;
+    int64_t  n_pages_        = 0;
+    size_t   page_elems_     = 0;
+    size_t   bytes_reserved_ = 0;
+    fp16_t * base_           = nullptr; // [n_layer][2 (K, V)][n_pages][page_elems]
 
-    std::vector<int32_t>              free_;      // free physical page ids, lowest id at the back
-    std::vector<std::vector<int32_t>> pages_;     // [n_seq_max] page tables
-    std::vector<int64_t>              n_tokens_;  // [n_seq_max]
+    std::vector<int32_t>              free_;     // free physical page ids, lowest id at the back
+    std::vector<std::vector<int32_t>> pages_;    // [n_seq_max] page tables
+    std::vector<int64_t>              n_tokens_; // [n_seq_max]
 };
 
 } // namespace lc

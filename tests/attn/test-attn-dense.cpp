@@ -114,12 +114,12 @@ run_result run_opt(lc::cpu_isa isa, const std::vector<float> & q, int64_t n_q, i
     return r;
 }
 
-std::string describe(lc::cpu_isa isa, int n_head, int n_head_kv, int head_dim, int64_t n_q, int64_t pos0,
-                     int64_t n_kv, int nth) {
+std::string describe(lc::cpu_isa isa, int n_head, int n_head_kv, int head_dim, int64_t n_q, int64_t pos0, int64_t n_kv,
+                     int nth) {
     char buf[256];
     std::snprintf(buf, sizeof(buf), "%s n_head=%d n_head_kv=%d head_dim=%d n_q=%lld pos0=%lld n_kv=%lld threads=%d",
-                  lc::cpu_isa_name(isa), n_head, n_head_kv, head_dim, (long long) n_q, (long long) pos0,
-                  (long long) n_kv, nth);
+                  lc::cpu_isa_name(isa), n_head, n_head_kv, head_dim, (long long)n_q, (long long)pos0, (long long)n_kv,
+                  nth);
     return buf;
 }
 
@@ -132,7 +132,7 @@ struct shape {
 TEST(attn_dense, prefill_matches_reference) {
     // SmolLM2 (9/3, 64), Qwen2.5-1.5B (12/2, 128), Gemma 3 270M (4/1, 256), MHA, and head sizes that are not
     // multiples of the vector width or the micro-tile (80, 40, 20).
-    const shape shapes[] = {{9, 3, 64}, {12, 2, 128}, {4, 1, 256}, {8, 8, 64}, {6, 2, 80}, {2, 1, 40}, {3, 1, 20}};
+    const shape     shapes[] = {{9, 3, 64}, {12, 2, 128}, {4, 1, 256}, {8, 8, 64}, {6, 2, 80}, {2, 1, 40}, {3, 1, 20}};
     lc::thread_pool pool(2);
     for (const shape & s : shapes) {
         const int64_t n_q   = 150;
@@ -152,7 +152,7 @@ TEST(attn_dense, prefill_long_and_sharp) {
     // Many tiles per query block, and q scaled by 4 so that scores spread over +-16 (peaked softmax, large
     // rescales of the running state).
     lc::thread_pool pool(2);
-    const int64_t   n_q = 700;
+    const int64_t   n_q   = 700;
     auto            cache = make_cache(3, 64, n_q, 21);
     for (float q_std : {1.0f, 4.0f}) {
         const auto  q     = randn(size_t(n_q * 9 * 64), q_std, 22);
@@ -160,7 +160,8 @@ TEST(attn_dense, prefill_long_and_sharp) {
         const auto  ref   = run_ref(q, n_q, 0, 9, cache->view(0, 0), scale, pool);
         for (lc::cpu_isa isa : isas()) {
             const auto r = run_opt(isa, q, n_q, 0, 9, cache->view(0, 0), scale, pool);
-            EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse), describe(isa, 9, 3, 64, n_q, 0, n_q, 2) << " q_std=" << q_std);
+            EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse), describe(isa, 9, 3, 64, n_q, 0, n_q, 2)
+                                                                  << " q_std=" << q_std);
         }
     }
 }
@@ -170,9 +171,9 @@ TEST(attn_dense, chunked_prefill_sees_earlier_keys) {
     lc::thread_pool pool(2);
     const int       n_head = 9, n_head_kv = 3, head_dim = 64;
     const int64_t   n_kv = 400, n_all = 300;
-    auto            cache = make_cache(n_head_kv, head_dim, n_kv, 31);
-    const auto      q     = randn(size_t(n_all * n_head * head_dim), 1.0f, 32);
-    const float     scale = 0.125f;
+    auto            cache    = make_cache(n_head_kv, head_dim, n_kv, 31);
+    const auto      q        = randn(size_t(n_all * n_head * head_dim), 1.0f, 32);
+    const float     scale    = 0.125f;
     const auto      full_ref = run_ref(q, n_all, 0, n_head, cache->view(0, 0), scale, pool);
     for (lc::cpu_isa isa : isas()) {
         const auto full = run_opt(isa, q, n_all, 0, n_head, cache->view(0, 0), scale, pool);
@@ -203,10 +204,10 @@ TEST(attn_dense, causality) {
         for (int64_t pos0 : {0, 62, 296}) {
             const int64_t n_q = n_kv - pos0;
             for (int64_t t_mod : {0, 1, 63, 64, 100, 128, 297, 299}) {
-                auto         cache  = make_cache(n_head_kv, head_dim, n_kv, 41);
-                const auto   q      = randn(size_t(n_q * n_head * head_dim), 1.0f, 42);
-                const auto   before = run_opt(isa, q, n_q, pos0, n_head, cache->view(0, 0), 0.125f, pool);
-                const auto   kv_new = randn(size_t(n_head_kv * head_dim), 3.0f, 43);
+                auto       cache  = make_cache(n_head_kv, head_dim, n_kv, 41);
+                const auto q      = randn(size_t(n_q * n_head * head_dim), 1.0f, 42);
+                const auto before = run_opt(isa, q, n_q, pos0, n_head, cache->view(0, 0), 0.125f, pool);
+                const auto kv_new = randn(size_t(n_head_kv * head_dim), 3.0f, 43);
                 cache->write(0, 0, t_mod, 1, kv_new.data(), kv_new.data());
                 const auto   after = run_opt(isa, q, n_q, pos0, n_head, cache->view(0, 0), 0.125f, pool);
                 const size_t row   = size_t(n_head * head_dim);
@@ -214,13 +215,13 @@ TEST(attn_dense, causality) {
                     const bool same = std::equal(before.o.begin() + i * row, before.o.begin() + (i + 1) * row,
                                                  after.o.begin() + i * row);
                     if (pos0 + i < t_mod) {
-                        ASSERT_TRUE(same) << lc::cpu_isa_name(isa) << ": query at " << pos0 + i << " changed by key "
-                                          << t_mod;
+                        ASSERT_TRUE(same)
+                            << lc::cpu_isa_name(isa) << ": query at " << pos0 + i << " changed by key " << t_mod;
                         for (int h = 0; h < n_head; ++h)
                             ASSERT_EQ(before.lse[size_t(i * n_head + h)], after.lse[size_t(i * n_head + h)]);
                     } else {
-                        ASSERT_FALSE(same) << lc::cpu_isa_name(isa) << ": query at " << pos0 + i << " ignores key "
-                                           << t_mod;
+                        ASSERT_FALSE(same)
+                            << lc::cpu_isa_name(isa) << ": query at " << pos0 + i << " ignores key " << t_mod;
                     }
                 }
             }
@@ -233,16 +234,16 @@ TEST(attn_dense, decode_split_k) {
     // lengths that are not multiples of 64.
     // Generic head sizes too: 80 and 40 take the row layout through the run-time head_dim path, 20 (not a
     // multiple of the vector width) the transposed layout.
-    const shape     shapes[] = {{9, 3, 64}, {12, 2, 128}, {4, 1, 256}, {6, 2, 80}, {2, 1, 40}, {3, 1, 20}};
-    const int64_t   lens[]   = {1, 2, 37, 63, 64, 65, 100, 511, 512, 513, 1000, 1025, 2047, 4113};
+    const shape   shapes[] = {{9, 3, 64}, {12, 2, 128}, {4, 1, 256}, {6, 2, 80}, {2, 1, 40}, {3, 1, 20}};
+    const int64_t lens[]   = {1, 2, 37, 63, 64, 65, 100, 511, 512, 513, 1000, 1025, 2047, 4113};
     for (int nth : {1, 2, 3}) {
         lc::thread_pool pool(nth);
         for (const shape & s : shapes) {
             auto cache = make_cache(s.n_head_kv, s.head_dim, 4113, 51);
             for (int64_t n_kv : lens) {
                 // A view of the first n_kv tokens: the cache's remaining tokens must not be read.
-                lc::kv_view view = cache->view(0, 0);
-                view.n_kv        = n_kv;
+                lc::kv_view view  = cache->view(0, 0);
+                view.n_kv         = n_kv;
                 const auto  q     = randn(size_t(s.n_head * s.head_dim), 1.5f, uint32_t(52 + n_kv));
                 const float scale = 1.0f / std::sqrt(float(s.head_dim));
                 const auto  ref   = run_ref(q, 1, n_kv - 1, s.n_head, view, scale, pool);
@@ -277,9 +278,9 @@ TEST(attn_dense, gqa_equals_replicated_mha) {
     lc::thread_pool pool(2);
     const int       head_dim = 64, n_head = 9, n_head_kv = 3, n_group = 3;
     for (int64_t n_q : {1, 200}) {
-        const int64_t n_kv = n_q == 1 ? 3000 : 200;
-        const auto    k    = randn(size_t(n_kv * n_head_kv * head_dim), 1.0f, 71);
-        const auto    v    = randn(k.size(), 1.0f, 72);
+        const int64_t      n_kv = n_q == 1 ? 3000 : 200;
+        const auto         k    = randn(size_t(n_kv * n_head_kv * head_dim), 1.0f, 71);
+        const auto         v    = randn(k.size(), 1.0f, 72);
         std::vector<float> k_rep(size_t(n_kv * n_head * head_dim)), v_rep(k_rep.size());
         for (int64_t t = 0; t < n_kv; ++t)
             for (int h = 0; h < n_head; ++h)
@@ -319,10 +320,10 @@ TEST(attn_dense, lse_is_optional) {
 
 TEST(attn_dense, default_dispatch) {
     // attn_dense() runs the kernel that cpu_isa_best() names.
-    lc::thread_pool pool(2);
-    auto            cache = make_cache(3, 64, 200, 91);
-    const auto      q     = randn(size_t(200 * 9 * 64), 1.0f, 92);
-    const auto      r     = run_opt(lc::cpu_isa_best(), q, 200, 0, 9, cache->view(0, 0), 0.125f, pool);
+    lc::thread_pool    pool(2);
+    auto               cache = make_cache(3, 64, 200, 91);
+    const auto         q     = randn(size_t(200 * 9 * 64), 1.0f, 92);
+    const auto         r     = run_opt(lc::cpu_isa_best(), q, 200, 0, 9, cache->view(0, 0), 0.125f, pool);
     std::vector<float> o(r.o.size()), lse(r.lse.size());
     lc::attn_dense(q.data(), 200, 0, 9, cache->view(0, 0), 0.125f, o.data(), lse.data(), pool);
     EXPECT_EQ(o, r.o);
@@ -349,8 +350,8 @@ TEST(cpu_features, isa_choice) {
     const char * env = std::getenv("LONGCTX_NO_AVX512");
     const bool   off = env && env[0] && std::string(env) != "0";
     EXPECT_TRUE(lc::cpu_isa_available(lc::cpu_isa::AVX2));
-    EXPECT_EQ(lc::cpu_isa_best(), lc::cpu_isa_available(lc::cpu_isa::AVX512) && !off ? lc::cpu_isa::AVX512
-                                                                                      : lc::cpu_isa::AVX2);
+    EXPECT_EQ(lc::cpu_isa_best(),
+              lc::cpu_isa_available(lc::cpu_isa::AVX512) && !off ? lc::cpu_isa::AVX512 : lc::cpu_isa::AVX2);
     std::printf("cpu: avx512f=%d bw=%d vl=%d vnni=%d bf16=%d; attention kernels: %s\n", lc::cpu_has_avx512f(),
                 lc::cpu_has_avx512bw(), lc::cpu_has_avx512vl(), lc::cpu_has_avx512vnni(), lc::cpu_has_avx512bf16(),
                 lc::cpu_isa_name(lc::cpu_isa_best()));
@@ -370,7 +371,7 @@ void state_of(const std::vector<double> & s, const std::vector<double> & v, int 
     }
     double m = -INFINITY;
     for (int t = b; t < e; ++t) m = std::max(m, s[size_t(t)]);
-    double sum = 0;
+    double              sum = 0;
     std::vector<double> acc(size_t(d), 0.0);
     for (int t = b; t < e; ++t) {
         const double p = std::exp(s[size_t(t)] - m);
@@ -384,10 +385,10 @@ void state_of(const std::vector<double> & s, const std::vector<double> & v, int 
 } // namespace
 
 TEST(attn_state, merge_is_associative_and_exact) {
-    const int           n = 300, d = 16;
-    std::mt19937        rng(5);
+    const int                        n = 300, d = 16;
+    std::mt19937                     rng(5);
     std::normal_distribution<double> dist(0.0, 3.0);
-    std::vector<double> s(n), v(size_t(n * d));
+    std::vector<double>              s(n), v(size_t(n * d));
     for (double & x : s) x = dist(rng);
     for (double & x : v) x = dist(rng);
     // Add a far larger score block to one part so that the weights differ by e^100 (no overflow allowed).
@@ -421,7 +422,7 @@ TEST(attn_state, merge_is_associative_and_exact) {
     EXPECT_NEAR(l_n, l_all, 1e-4);
 
     // In place.
-    std::vector<float> acc = oa;
+    std::vector<float> acc   = oa;
     float              l_acc = la;
     lc::attn_state_merge_into(acc.data(), &l_acc, ob.data(), lb, d);
     lc::attn_state_merge_into(acc.data(), &l_acc, oc.data(), lc_, d);
@@ -429,8 +430,8 @@ TEST(attn_state, merge_is_associative_and_exact) {
 }
 
 TEST(attn_state, merge_with_empty) {
-    const int          d = 8;
-    std::vector<float> o1 = {1, -2, 3, -4, 5, -6, 7, -8}, zero(d, 0.0f), out(d, 123.0f);
+    const int          d   = 8;
+    std::vector<float> o1  = {1, -2, 3, -4, 5, -6, 7, -8}, zero(d, 0.0f), out(d, 123.0f);
     float              lse = 0;
     // Empty on either side gives the other state back exactly.
     lc::attn_state_merge(o1.data(), 2.5f, zero.data(), k_ninf, d, out.data(), &lse);
@@ -494,15 +495,15 @@ __attribute__((noinline, target("avx512f"))) float fma_loop_avx512(int64_t n) {
 }
 
 double fma_peak_gflops(lc::cpu_isa isa, lc::thread_pool & pool) {
-    const int64_t     n    = 20000000;
-    const int         lanes = isa == lc::cpu_isa::AVX512 ? 16 : 8;
+    const int64_t      n     = 20000000;
+    const int          lanes = isa == lc::cpu_isa::AVX512 ? 16 : 8;
     std::atomic<float> sink{0};
-    double best = 0;
+    double             best = 0;
     for (int rep = 0; rep < 3; ++rep) {
         const auto t0 = std::chrono::steady_clock::now();
         pool.run([&](int, int) { sink = isa == lc::cpu_isa::AVX512 ? fma_loop_avx512(n) : fma_loop_avx2(n); });
         const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, double(pool.n_threads()) * n * 12 * lanes * 2 / t * 1e-9);
+        best           = std::max(best, double(pool.n_threads()) * n * 12 * lanes * 2 / t * 1e-9);
     }
     return best;
 }
@@ -512,7 +513,7 @@ double fma_peak_gflops(lc::cpu_isa isa, lc::thread_pool & pool) {
 TEST(attn_dense, bench) {
     const char * env = std::getenv("LONGCTX_ATTN_BENCH");
     if (!env || !env[0] || std::string(env) == "0") GTEST_SKIP() << "set LONGCTX_ATTN_BENCH=1 to run the timings";
-    const int n_head = 9, n_head_kv = 3, head_dim = 64, nth = 2; // SmolLM2-135M
+    const int       n_head = 9, n_head_kv = 3, head_dim = 64, nth = 2; // SmolLM2-135M
     lc::thread_pool pool(nth);
     auto            cache = make_cache(n_head_kv, head_dim, 8192, 101);
     using clock           = std::chrono::steady_clock;
@@ -536,24 +537,25 @@ TEST(attn_dense, bench) {
             const double       pairs = double(n_q) * double(n_q + 1) / 2.0;
             const double       flop  = 4.0 * head_dim * pairs * n_head;
             const double       t     = best_of(5, [&] {
-                lc::attn_dense_isa(isa, q.data(), n_q, 0, n_head, cache->view(0, 0), 0.125f, o.data(), lse.data(), pool);
+                lc::attn_dense_isa(isa, q.data(), n_q, 0, n_head, cache->view(0, 0), 0.125f, o.data(), lse.data(),
+                                             pool);
             });
             std::printf("attn %-6s prefill n_q=4096 causal  threads=%d  %8.2f ms  %7.1f GFLOP/s (%.0f%% of peak)\n",
                         lc::cpu_isa_name(isa), nth, t * 1e3, flop / t * 1e-9, 100.0 * flop / t * 1e-9 / peak);
         }
         // Decode: bytes of K and V read once (fp16) per KV head.
         for (int64_t n_kv : {4096, 8192}) {
-            lc::kv_view view = cache->view(0, 0);
-            view.n_kv        = n_kv;
+            lc::kv_view view     = cache->view(0, 0);
+            view.n_kv            = n_kv;
             const auto         q = randn(size_t(n_head * head_dim), 1.0f, 103);
             std::vector<float> o(q.size()), lse(static_cast<size_t>(n_head));
-            const double       t = best_of(50, [&] {
+            const double       t     = best_of(50, [&] {
                 lc::attn_dense_isa(isa, q.data(), 1, n_kv - 1, n_head, view, 0.125f, o.data(), lse.data(), pool);
             });
-            const double bytes = double(n_kv) * n_head_kv * head_dim * 2.0 * 2.0;
-            const double flop  = 4.0 * head_dim * double(n_kv) * n_head;
+            const double       bytes = double(n_kv) * n_head_kv * head_dim * 2.0 * 2.0;
+            const double       flop  = 4.0 * head_dim * double(n_kv) * n_head;
             std::printf("attn %-6s decode  n_kv=%-5lld         threads=%d  %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s\n",
-                        lc::cpu_isa_name(isa), (long long) n_kv, nth, t * 1e3, flop / t * 1e-9, bytes / t * 1e-9);
+                        lc::cpu_isa_name(isa), (long long)n_kv, nth, t * 1e3, flop / t * 1e-9, bytes / t * 1e-9);
         }
     }
 }

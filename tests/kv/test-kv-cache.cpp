@@ -13,9 +13,9 @@
 namespace {
 
 std::vector<float> random_rows(int64_t n, int n_head_kv, int head_dim, uint32_t seed) {
-    std::mt19937                          rng(seed);
-    std::normal_distribution<float>       dist(0.0f, 1.0f);
-    std::vector<float>                    x(size_t(n * n_head_kv * head_dim));
+    std::mt19937                    rng(seed);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    std::vector<float>              x(size_t(n * n_head_kv * head_dim));
     for (float & v : x) v = dist(rng);
     return x;
 }
@@ -27,19 +27,19 @@ struct fp16_case {
     uint16_t bits;
 };
 const fp16_case k_cases[] = {
-    {1.0f, 0x3c00},                           // 2^0: exponent 15
-    {-2.0f, 0xc000},                          // sign, exponent 16
-    {0.5f, 0x3800},                           // exponent 14
-    {65504.0f, 0x7bff},                       // largest finite: (2 - 2^-10) * 2^15
-    {65520.0f, 0x7c00},                       // halfway between 65504 and 65536: ties to even -> overflows to inf
-    {1.0f + 0x1p-11f, 0x3c00},                // halfway between 1 and 1 + 2^-10: ties to even mantissa 0
-    {1.0f + 3 * 0x1p-11f, 0x3c02},            // halfway between mantissas 1 and 2: ties to even 2
-    {1.0f + 0x1p-11f + 0x1p-20f, 0x3c01},     // just above halfway: rounds up
-    {0x1p-24f, 0x0001},                       // smallest subnormal
-    {0x1p-25f, 0x0000},                       // half the smallest subnormal: ties to even 0
-    {3 * 0x1p-25f, 0x0002},                   // 1.5 subnormal steps: ties to even 2
-    {0x1p-14f, 0x0400},                       // smallest normal
-    {0.1f, 0x2e66},                           // 0.1 = 1.6 * 2^-4: mantissa 0.6 * 1024 = 614.4 -> 614 = 0x266
+    {1.0f, 0x3c00},                       // 2^0: exponent 15
+    {-2.0f, 0xc000},                      // sign, exponent 16
+    {0.5f, 0x3800},                       // exponent 14
+    {65504.0f, 0x7bff},                   // largest finite: (2 - 2^-10) * 2^15
+    {65520.0f, 0x7c00},                   // halfway between 65504 and 65536: ties to even -> overflows to inf
+    {1.0f + 0x1p-11f, 0x3c00},            // halfway between 1 and 1 + 2^-10: ties to even mantissa 0
+    {1.0f + 3 * 0x1p-11f, 0x3c02},        // halfway between mantissas 1 and 2: ties to even 2
+    {1.0f + 0x1p-11f + 0x1p-20f, 0x3c01}, // just above halfway: rounds up
+    {0x1p-24f, 0x0001},                   // smallest subnormal
+    {0x1p-25f, 0x0000},                   // half the smallest subnormal: ties to even 0
+    {3 * 0x1p-25f, 0x0002},               // 1.5 subnormal steps: ties to even 2
+    {0x1p-14f, 0x0400},                   // smallest normal
+    {0.1f, 0x2e66},                       // 0.1 = 1.6 * 2^-4: mantissa 0.6 * 1024 = 614.4 -> 614 = 0x266
     {std::numeric_limits<float>::infinity(), 0x7c00},
     {-std::numeric_limits<float>::infinity(), 0xfc00},
     {-0.0f, 0x8000},
@@ -49,9 +49,9 @@ const fp16_case k_cases[] = {
 
 TEST(kv_cache, write_rounds_to_nearest_even) {
     // head_dim 12: elements 0..7 go through the 8-wide vector path, 8..11 through the scalar tail.
-    const int     n_head_kv = 2, head_dim = 12;
-    lc::kv_cache  cache(1, n_head_kv, head_dim, 64);
-    const int     n_cases = int(std::size(k_cases));
+    const int    n_head_kv = 2, head_dim = 12;
+    lc::kv_cache cache(1, n_head_kv, head_dim, 64);
+    const int    n_cases = int(std::size(k_cases));
     ASSERT_TRUE(cache.reserve(0, n_cases).is_ok());
     // Token t, head h, element d holds case (t + h + d) % n_cases so that each case lands on every lane.
     std::vector<float> k(size_t(n_cases * n_head_kv * head_dim)), v(k.size());
@@ -68,7 +68,8 @@ TEST(kv_cache, write_rounds_to_nearest_even) {
     for (int t = 0; t < n_cases; ++t)
         for (int h = 0; h < n_head_kv; ++h)
             for (int d = 0; d < head_dim; ++d) {
-                EXPECT_EQ(view.k_row(t, h)[d], k_cases[(t + h + d) % n_cases].bits) << "t=" << t << " h=" << h << " d=" << d;
+                EXPECT_EQ(view.k_row(t, h)[d], k_cases[(t + h + d) % n_cases].bits)
+                    << "t=" << t << " h=" << h << " d=" << d;
                 EXPECT_EQ(view.v_row(t, h)[d], k_cases[(t + 2 * h + d + 1) % n_cases].bits);
             }
     // NaN stays NaN (exponent all ones, mantissa non-zero).
@@ -82,9 +83,9 @@ TEST(kv_cache, write_rounds_to_nearest_even) {
 }
 
 TEST(kv_cache, round_trip_within_half_ulp) {
-    const int          n_layer = 2, n_head_kv = 3, head_dim = 64;
-    const int64_t      n       = 300; // 4 full pages and a partial one
-    lc::kv_cache       cache(n_layer, n_head_kv, head_dim, 1024);
+    const int     n_layer = 2, n_head_kv = 3, head_dim = 64;
+    const int64_t n = 300; // 4 full pages and a partial one
+    lc::kv_cache  cache(n_layer, n_head_kv, head_dim, 1024);
     ASSERT_TRUE(cache.reserve(0, n).is_ok());
     std::vector<float> k[2], v[2];
     for (int il = 0; il < n_layer; ++il) {
@@ -124,8 +125,8 @@ TEST(kv_cache, view_layout_matches_pages) {
     // k_row(t, h) is row t % 64 of head h's block of page pages[t / 64].
     for (int64_t t : {0, 1, 63, 64, 65, 129})
         for (int h = 0; h < n_head_kv; ++h) {
-            const lc::fp16_t * expect =
-                view.k_pool + size_t(view.pages[t / 64]) * view.page_elems + size_t(h) * 64 * head_dim + (t % 64) * head_dim;
+            const lc::fp16_t * expect = view.k_pool + size_t(view.pages[t / 64]) * view.page_elems +
+                                        size_t(h) * 64 * head_dim + (t % 64) * head_dim;
             EXPECT_EQ(view.k_row(t, h), expect);
             EXPECT_EQ(view.k_page(t / 64, h), expect - (t % 64) * head_dim);
         }
@@ -133,7 +134,7 @@ TEST(kv_cache, view_layout_matches_pages) {
 
 TEST(kv_cache, pages_across_sequences) {
     const int     n_layer = 2, n_head_kv = 1, head_dim = 16, n_seq = 3;
-    const int64_t n_ctx   = 64 * 10;
+    const int64_t n_ctx = 64 * 10;
     lc::kv_cache  cache(n_layer, n_head_kv, head_dim, n_ctx, n_seq);
     // 10 pages for the tokens plus one per extra sequence for partly filled last pages.
     EXPECT_EQ(cache.n_pages_total(), 12);
@@ -145,7 +146,7 @@ TEST(kv_cache, pages_across_sequences) {
         for (int s = 0; s < n_seq; ++s) ASSERT_TRUE(cache.reserve(s, lens[s] * step / 4).is_ok());
     EXPECT_EQ(cache.n_pages_free(), 12 - (4 + 2 + 3));
 
-    std::set<int32_t> seen;
+    std::set<int32_t>  seen;
     std::vector<float> data[n_seq][2];
     for (int s = 0; s < n_seq; ++s) {
         const lc::kv_view view = cache.view(0, s);
@@ -174,7 +175,8 @@ TEST(kv_cache, pages_across_sequences) {
     EXPECT_EQ(cache.n_pages_free(), 12 - 5);
     ASSERT_TRUE(cache.reserve(1, 64 * 7).is_ok()); // 2 -> 7 pages
     EXPECT_EQ(cache.n_pages_free(), 12 - 10);
-    for (int64_t t = 0; t < lens[2]; ++t) ASSERT_EQ(cache.view(1, 2).k_row(t, 0)[3], lc::fp32_to_fp16(data[2][1][size_t(t * head_dim + 3)]));
+    for (int64_t t = 0; t < lens[2]; ++t)
+        ASSERT_EQ(cache.view(1, 2).k_row(t, 0)[3], lc::fp32_to_fp16(data[2][1][size_t(t * head_dim + 3)]));
 }
 
 TEST(kv_cache, reserve_errors) {

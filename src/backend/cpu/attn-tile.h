@@ -13,22 +13,21 @@ namespace lc {
 
 // For KV head kv_head + x of the item, row r is query i = r / n_group of the block and query head
 // g = r % n_group of that group; its query head within the row of q is x * n_group + g.
+// o is normalised over the item's key range; lse is its natural-log sum-exp, -inf when no key is visible.
 struct attn_tile_args {
-    const float * q;          // q[i * q_stride + (x * n_group + g) * head_dim + d], f32, already RoPE'd
-    int64_t       q_stride;   // floats between consecutive queries
-    float *       o;          // o[i * o_stride + (x * n_group + g) * o_head_stride + d] f32, normalised over
-                              // [k_begin, k_end)
+    const float * q;        // q[i * q_stride + (x * n_group + g) * head_dim + d], f32, already RoPE'd
+    int64_t       q_stride; // floats between consecutive queries
+    float *       o;        // o[i * o_stride + (x * n_group + g) * o_head_stride + d], f32
     int64_t       o_stride;
     int64_t       o_head_stride;
-    float *       lse;        // (optional) lse[i * lse_stride + (x * n_group + g) * lse_head_stride], natural
-                              // log; -inf if no key is visible
+    float *       lse; // (optional) lse[i * lse_stride + (x * n_group + g) * lse_head_stride]
     int64_t       lse_stride;
     int64_t       lse_head_stride;
-    int           n_q;        // queries in the block, >= 1
-    int           n_group;    // query heads per KV head, >= 1
+    int           n_q;     // queries in the block, >= 1
+    int           n_group; // query heads per KV head, >= 1
     int           head_dim;
-    int64_t       pos0;       // position of query 0 of the block; query i sees keys t <= pos0 + i
-    float         scale;      // softmax scale applied to q . k
+    int64_t       pos0;  // position of query 0 of the block; query i sees keys t <= pos0 + i
+    float         scale; // softmax scale applied to q . k
 
     // One layer of one sequence of the KV cache (see kv/kv-cache.h for the page layout).
     const fp16_t *  k_pool;
@@ -37,15 +36,16 @@ struct attn_tile_args {
     size_t          page_elems;
     int             kv_head;    // first KV head of the item
     int             n_kv_heads; // consecutive KV heads in the item, >= 1
-    int64_t         k_begin;  // key range [k_begin, k_end); may be empty
+    int64_t         k_begin;    // key range [k_begin, k_end); may be empty
     int64_t         k_end;
 
-    float * scratch;          // attn_tile_scratch_floats(n_q * n_group * n_kv_heads, head_dim) floats,
-                              // 64-byte aligned
+    float * scratch; // attn_tile_scratch_floats(n_q * n_group * n_kv_heads, head_dim) floats, 64-byte aligned
 };
 
 // Rows are padded to a multiple of 16 so that one size fits the 8- and 16-lane kernels.
-inline size_t attn_tile_rows_padded(int n_rows) { return size_t((n_rows + 15) / 16 * 16); }
+inline size_t attn_tile_rows_padded(int n_rows) {
+    return size_t((n_rows + 15) / 16 * 16);
+}
 inline size_t attn_tile_scratch_floats(int n_rows, int head_dim) {
     const size_t rp = attn_tile_rows_padded(n_rows);
     const size_t d  = size_t((head_dim + 15) / 16 * 16);

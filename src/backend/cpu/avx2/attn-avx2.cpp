@@ -9,11 +9,11 @@ namespace lc {
 namespace {
 
 struct simd_avx2 {
-    using vf               = __m256;
-    using vi               = __m256i;
-    static constexpr int W  = 8;
-    static constexpr int NA = 6;
-    static constexpr int NR = 2;
+    using vf                      = __m256;
+    using vi                      = __m256i;
+    static constexpr int W        = 8;
+    static constexpr int NA       = 6;
+    static constexpr int NR       = 2;
     static constexpr int NREG     = 16;
     static constexpr int ROWS_MAX = 6; // row layout up to 6 rows (6 * 64 / 8 = 48 < 2 * 64 FMAs per key)
     static constexpr int order[8] = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -27,10 +27,13 @@ struct simd_avx2 {
     static vf   add(vf a, vf b) { return _mm256_add_ps(a, b); }
     static vf   sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
     static vf   max(vf a, vf b) { return _mm256_max_ps(a, b); }
-    static vf   ph_load(const fp16_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p))); }
+    static vf   ph_load(const fp16_t * p) {
+          return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+    }
 
     static vf mask_future(vf s, int32_t t, const int32_t * lim) {
-        const __m256i fut = _mm256_cmpgt_epi32(_mm256_set1_epi32(t), _mm256_load_si256(reinterpret_cast<const __m256i *>(lim)));
+        const __m256i fut =
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(t), _mm256_load_si256(reinterpret_cast<const __m256i *>(lim)));
         return _mm256_blendv_ps(s, _mm256_set1_ps(-__builtin_inff()), _mm256_castsi256_ps(fut));
     }
     static vf ninf_to_zero(vf m) {
@@ -89,12 +92,20 @@ struct simd_avx2 {
 
 void attn_tile_avx2(const attn_tile_args & a) {
     switch (a.head_dim) {
-        case 64:  attn_item<simd_avx2, 64>(a); break;
-        case 128: attn_item<simd_avx2, 128>(a); break;
-        default:  attn_item<simd_avx2, 0>(a); break;
+    case 64:
+        attn_item<simd_avx2, 64>(a);
+        break;
+    case 128:
+        attn_item<simd_avx2, 128>(a);
+        break;
+    default:
+        attn_item<simd_avx2, 0>(a);
+        break;
     }
 }
 
-int attn_rows_max_avx2(int head_dim) { return rows_max<simd_avx2>(head_dim); }
+int attn_rows_max_avx2(int head_dim) {
+    return rows_max<simd_avx2>(head_dim);
+}
 
 } // namespace lc

@@ -14,11 +14,11 @@ namespace lc {
 namespace {
 
 struct simd_avx512 {
-    using vf               = __m512;
-    using vi               = __m512i;
-    static constexpr int W  = 16;
-    static constexpr int NA = 8;
-    static constexpr int NR = 3;
+    using vf                      = __m512;
+    using vi                      = __m512i;
+    static constexpr int W        = 16;
+    static constexpr int NA       = 8;
+    static constexpr int NR       = 3;
     static constexpr int NREG     = 32;
     static constexpr int ROWS_MAX = 12; // row layout up to 12 rows (12 * 64 / 16 = 48 < 2 * 64 FMAs per key)
     // reduce() leaves the sum of its input i in lane order[i] (order is its own inverse), so feeding key
@@ -34,7 +34,9 @@ struct simd_avx512 {
     static vf   add(vf a, vf b) { return _mm512_add_ps(a, b); }
     static vf   sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
     static vf   max(vf a, vf b) { return _mm512_max_ps(a, b); }
-    static vf   ph_load(const fp16_t * p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p))); }
+    static vf   ph_load(const fp16_t * p) {
+          return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+    }
 
     static vf mask_future(vf s, int32_t t, const int32_t * lim) {
         const __mmask16 fut = _mm512_cmpgt_epi32_mask(_mm512_set1_epi32(t), _mm512_load_si512(lim));
@@ -72,16 +74,16 @@ struct simd_avx512 {
 
     // 2^x for x <= 0 as in the AVX2 kernel: 2^round(x) * p(x - round(x)); x <= -127 (and -inf) gives 0.
     static vf exp2(vf x) {
-        x          = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
-        const vf n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const vf f = _mm512_sub_ps(x, n);
-        vf       p = _mm512_set1_ps(1.5353362e-4f);
-        p          = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398875e-3f));
-        p          = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6184369e-3f));
-        p          = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503324e-2f));
-        p          = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022648e-1f));
-        p          = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-        p          = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+        x               = _mm512_max_ps(x, _mm512_set1_ps(-127.0f));
+        const vf n      = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const vf f      = _mm512_sub_ps(x, n);
+        vf       p      = _mm512_set1_ps(1.5353362e-4f);
+        p               = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398875e-3f));
+        p               = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6184369e-3f));
+        p               = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503324e-2f));
+        p               = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022648e-1f));
+        p               = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+        p               = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
         const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
         return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
     }
@@ -93,12 +95,20 @@ struct simd_avx512 {
 
 void attn_tile_avx512(const attn_tile_args & a) {
     switch (a.head_dim) {
-        case 64:  attn_item<simd_avx512, 64>(a); break;
-        case 128: attn_item<simd_avx512, 128>(a); break;
-        default:  attn_item<simd_avx512, 0>(a); break;
+    case 64:
+        attn_item<simd_avx512, 64>(a);
+        break;
+    case 128:
+        attn_item<simd_avx512, 128>(a);
+        break;
+    default:
+        attn_item<simd_avx512, 0>(a);
+        break;
     }
 }
 
-int attn_rows_max_avx512(int head_dim) { return rows_max<simd_avx512>(head_dim); }
+int attn_rows_max_avx512(int head_dim) {
+    return rows_max<simd_avx512>(head_dim);
+}
 
 } // namespace lc

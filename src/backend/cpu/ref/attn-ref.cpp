@@ -8,12 +8,12 @@
 
 namespace lc {
 
-void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
-                    float * o, float * lse, thread_pool & pool) {
+void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
+                    float * lse, thread_pool & pool) {
     LC_ASSERT(kv.n_head_kv > 0 && n_head % kv.n_head_kv == 0, "attn: n_head %d is not a multiple of n_head_kv %d",
               n_head, kv.n_head_kv);
     LC_ASSERT(pos0 >= 0 && kv.n_kv >= pos0 + n_q, "attn: queries up to position %lld but the cache holds %lld",
-              (long long) (pos0 + n_q - 1), (long long) kv.n_kv);
+              (long long)(pos0 + n_q - 1), (long long)kv.n_kv);
     const int     head_dim = kv.head_dim;
     const int     n_group  = n_head / kv.n_head_kv;
     const int64_t n_rows   = n_q * n_head;

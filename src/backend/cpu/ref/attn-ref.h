@@ -12,7 +12,7 @@ namespace lc {
 // Same contract as attn_dense() (attn/attn-dense.h): q: [n_q][n_head][head_dim] f32; query i has position
 // pos0 + i and sees keys 0..pos0+i; o: [n_q][n_head][head_dim] f32; lse (optional): [n_q][n_head].
 // REQUIRES: kv.n_kv >= pos0 + n_q, n_head % kv.n_head_kv == 0.
-void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
-                    float * o, float * lse, thread_pool & pool);
+void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
+                    float * lse, thread_pool & pool);
 
 } // namespace lc
