@@ -1,13 +1,63 @@
-// `longctx bench`.
+// `longctx bench`: llama-bench-style speed tests, markdown or JSON on stdout.
 #include <cstdio>
 
+#include "bench/bench.h"
 #include "cli/commands.h"
+#include "cli/common.h"
 
 namespace lc::cli {
 
 int cmd_bench(const args_t & args) {
-    std::fprintf(stderr, "longctx bench: not built yet\n");
-    return 1;
+    arg_parser p("bench", "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json]");
+    add_model_flags(p);
+    p.add({"-p", "--n-prompt", "N,...", "prefill tests: prompt lengths (0: none)", "512"});
+    p.add({"-n", "--n-gen", "N,...", "decode tests: tokens generated (0: none)", "128"});
+    p.add({"-d", "--depth", "N,...", "tokens already in the context before each test", "0"});
+    p.add({"-r", "--repetitions", "N", "timed repetitions per test (after one warm-up)", "5"});
+    p.add({"-ub", "--ubatch-size", "N", "prompt tokens per forward pass", "512"});
+    p.add({"-o", "--output", "md|json", "output format", "md"});
+    if (status st = p.parse(args); !st) return fail("bench", st);
+    if (p.help_requested()) {
+        p.print_help();
+        return 0;
+    }
+    if (!p.positional().empty())
+        return fail("bench", error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
+    bench_params bp;
+    auto         np = p.get_int_list("--n-prompt", 0, 1 << 24);
+    auto         ng = p.get_int_list("--n-gen", 0, 1 << 24);
+    auto         nd = p.get_int_list("--depth", 0, 1 << 24);
+    auto         nr = p.get_int("--repetitions", 1, 1000);
+    auto         ub = p.get_int("--ubatch-size", 1, 1 << 20);
+    auto         nt = p.get_int("--threads", 1, 1024);
+    for (const status * st : {&np.get_status(), &ng.get_status(), &nd.get_status(), &nr.get_status(),
+                              &ub.get_status(), &nt.get_status()})
+        if (!st->is_ok()) return fail("bench", *st);
+    const std::string fmt = p.get("--output");
+    if (fmt != "md" && fmt != "json")
+        return fail("bench", error(status_code::INVALID_ARGUMENT, "-o must be md or json, got '%s'", fmt.c_str()));
+    bp.n_prompt  = *np;
+    bp.n_gen     = *ng;
+    bp.depth     = *nd;
+    bp.reps      = int(*nr);
+    bp.n_ubatch  = *ub;
+    bp.n_threads = int(*nt);
+
+    auto lm = load_model(p);
+    if (!lm) return fail("bench", lm.get_status());
+    bench_env env;
+    env.model_path = lm->path;
+    bool header    = false;
+    auto rows      = bench_run(*lm->mdl, bp, env, [&](const bench_row & r) {
+        if (fmt != "md") return;
+        if (!header) std::fputs(bench_format_md_header(env).c_str(), stdout);
+        header = true;
+        std::fputs(bench_format_md_row(env, r).c_str(), stdout);
+        std::fflush(stdout);
+    });
+    if (!rows) return fail("bench", rows.get_status());
+    if (fmt == "json") std::fputs(bench_format_json(env, *rows).c_str(), stdout);
+    return 0;
 }
 
 } // namespace lc::cli

@@ -38,7 +38,12 @@ void thread_pool::run(const std::function<void(int, int)> & fn) {
     }
     cv_.notify_all();
     fn(0, n_threads_);
-    while (n_done_.load(std::memory_order_acquire) != n_threads_ - 1) _mm_pause();
+    // Spin while the workers are likely running; yield once they are late (e.g. descheduled on a loaded
+    // machine) so that the caller does not burn the core a worker needs.
+    for (int spins = 0; n_done_.load(std::memory_order_acquire) != n_threads_ - 1; ++spins) {
+        if (spins < k_spin_iters) _mm_pause();
+        else std::this_thread::yield();
+    }
     fn_ = nullptr;
 }
 
@@ -48,7 +53,7 @@ void thread_pool::worker(int ith) {
         int spins = 0;
         while (generation_.load(std::memory_order_acquire) == seen && spins < k_spin_iters) {
             _mm_pause();
-            ++spins;
+            if (++spins % 1024 == 0) std::this_thread::yield();
         }
         if (generation_.load(std::memory_order_acquire) == seen) {
             std::unique_lock<std::mutex> lock(mutex_);

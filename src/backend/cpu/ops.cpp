@@ -46,20 +46,14 @@ void rope_impl(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, co
 } // namespace
 
 void rmsnorm(const float * x, const float * w, float * y, int64_t n, float eps) {
-    __m256  acc = _mm256_setzero_ps();
-    int64_t i   = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 v = _mm256_loadu_ps(x + i);
-        acc            = _mm256_fmadd_ps(v, v, acc);
-    }
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s        = _mm_hadd_ps(s, s);
-    s        = _mm_hadd_ps(s, s);
-    float sum = _mm_cvtss_f32(s);
-    for (; i < n; ++i) sum += x[i] * x[i];
-    const float  scale = 1.0f / std::sqrt(sum / float(n) + eps);
+    // Sum of squares in double (a 576-4096 element row: the cost is negligible next to the matmuls).
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += double(x[i] * x[i]);
+    const float  mean  = float(sum / double(n));
+    const float  scale = 1.0f / std::sqrt(mean + eps);
     const __m256 vs    = _mm256_set1_ps(scale);
-    for (i = 0; i + 8 <= n; i += 8)
+    int64_t      i     = 0;
+    for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _mm256_loadu_ps(w + i)));
     for (; i < n; ++i) y[i] = x[i] * scale * w[i];
 }

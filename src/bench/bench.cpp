@@ -1,0 +1,180 @@
+// llama-bench-style speed tests over the engine's forward pass (see bench.h).
+#include "bench/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "core/log.h"
+
+#ifndef LC_GIT_COMMIT
+#define LC_GIT_COMMIT "unknown"
+#endif
+
+namespace lc {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+std::vector<int32_t> random_tokens(std::mt19937_64 & rng, int64_t n, int32_t n_vocab) {
+    std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
+    std::vector<int32_t>                   t(static_cast<size_t>(n));
+    for (auto & x : t) x = d(rng);
+    return t;
+}
+
+// One timed repetition; returns seconds of the timed part.
+result<double> run_once(context & c, const bench_row & r, std::mt19937_64 & rng, int32_t n_vocab) {
+    c.clear();
+    if (r.depth > 0) LC_RETURN_IF_ERROR(c.decode(random_tokens(rng, r.depth, n_vocab)));
+    if (r.n_prompt > 0) {
+        auto       toks = random_tokens(rng, r.n_prompt, n_vocab);
+        const auto t0   = clock_type::now();
+        LC_RETURN_IF_ERROR(c.decode(toks));
+        return std::chrono::duration<double>(clock_type::now() - t0).count();
+    }
+    auto       toks = random_tokens(rng, r.n_gen, n_vocab);
+    const auto t0   = clock_type::now();
+    for (int64_t i = 0; i < r.n_gen; ++i) LC_RETURN_IF_ERROR(c.decode({toks[static_cast<size_t>(i)]}));
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+std::string json_escape(const std::string & s) {
+    std::string o;
+    for (char ch : s) {
+        if (ch == '"' || ch == '\\') o += '\\', o += ch;
+        else if ((unsigned char) ch < 0x20) {
+            char b[8];
+            std::snprintf(b, sizeof(b), "\\u%04x", ch);
+            o += b;
+        } else o += ch;
+    }
+    return o;
+}
+
+} // namespace
+
+std::string bench_cpu_name() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string   line;
+    while (std::getline(in, line)) {
+        if (line.rfind("model name", 0) == 0) {
+            auto p = line.find(':');
+            if (p != std::string::npos) return line.substr(p + 2);
+        }
+    }
+    return "unknown CPU";
+}
+
+result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p, bench_env & env,
+                                         const std::function<void(const bench_row &)> & on_row) {
+    std::vector<bench_row> rows;
+    for (int64_t d : p.depth) {
+        for (int64_t n : p.n_prompt) {
+            if (n <= 0) continue;
+            bench_row r;
+            r.n_prompt = n;
+            r.depth    = d;
+            r.test     = "pp" + std::to_string(n) + (d > 0 ? " @ d" + std::to_string(d) : "");
+            rows.push_back(r);
+        }
+        for (int64_t n : p.n_gen) {
+            if (n <= 0) continue;
+            bench_row r;
+            r.n_gen = n;
+            r.depth = d;
+            r.test  = "tg" + std::to_string(n) + (d > 0 ? " @ d" + std::to_string(d) : "");
+            rows.push_back(r);
+        }
+    }
+    int64_t n_ctx = 1;
+    for (const auto & r : rows) n_ctx = std::max(n_ctx, r.depth + r.n_prompt + r.n_gen);
+    n_ctx = (n_ctx + 63) / 64 * 64;
+    if (n_ctx > m.hparams().n_ctx_train)
+        return error(status_code::OUT_OF_RANGE, "bench: a test needs %lld tokens of context but the model was trained on %lld",
+                     (long long) n_ctx, (long long) m.hparams().n_ctx_train);
+    context_params cp;
+    cp.n_ctx     = std::min<int64_t>(n_ctx, m.hparams().n_ctx_train);
+    cp.n_threads = p.n_threads;
+    cp.n_ubatch  = p.n_ubatch;
+    LC_ASSIGN_OR_RETURN(std::unique_ptr<context> c, context::create(m, cp));
+
+    env.build_commit = LC_GIT_COMMIT;
+    env.cpu          = bench_cpu_name();
+    env.n_threads    = c->n_threads();
+    env.n_ubatch     = p.n_ubatch;
+    env.weight_type  = m.weight_type_name();
+    env.model_bytes  = m.n_weight_bytes();
+    env.model_name   = m.hparams().name;
+    env.n_params     = 0;
+    for (const auto & t : m.file().tensors()) env.n_params += t.n_elements();
+
+    std::mt19937_64 rng(p.seed);
+    const int32_t   n_vocab = m.hparams().n_vocab;
+    for (auto & r : rows) {
+        LC_ASSIGN_OR_RETURN(double warm, run_once(*c, r, rng, n_vocab));
+        (void) warm;
+        for (int i = 0; i < p.reps; ++i) {
+            LC_ASSIGN_OR_RETURN(double s, run_once(*c, r, rng, n_vocab));
+            r.samples_s.push_back(s);
+        }
+        const double n_tok = double(r.n_prompt + r.n_gen);
+        double       sum = 0.0, sum2 = 0.0;
+        for (double s : r.samples_s) {
+            sum += n_tok / s;
+            sum2 += (n_tok / s) * (n_tok / s);
+        }
+        const double k = double(r.samples_s.size());
+        r.mean_tps     = sum / k;
+        r.sd_tps       = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
+        r.kv_bytes     = c->kv().bytes_used();
+        if (on_row) on_row(r);
+    }
+    return rows;
+}
+
+std::string bench_format_md_header(const bench_env & env) {
+    std::ostringstream o;
+    o << "build: " << env.build_commit << ", CPU: " << env.cpu << ", threads: " << env.n_threads
+      << ", ubatch: " << env.n_ubatch << "\n\n";
+    o << "| model | size | params | weights | KV | threads | test | t/s |\n";
+    o << "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |\n";
+    return o.str();
+}
+
+std::string bench_format_md_row(const bench_env & env, const bench_row & r) {
+    char buf[512];
+    std::snprintf(buf, sizeof(buf), "| %s | %.2f MiB | %.2f M | %s | %s | %d | %s | %.2f ± %.2f |\n",
+                  env.model_name.c_str(), double(env.model_bytes) / (1024.0 * 1024.0), double(env.n_params) / 1e6,
+                  env.weight_type.c_str(), env.kv_type.c_str(), env.n_threads, r.test.c_str(), r.mean_tps, r.sd_tps);
+    return buf;
+}
+
+std::string bench_format_json(const bench_env & env, const std::vector<bench_row> & rows) {
+    std::ostringstream o;
+    o << "[\n";
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const auto & r = rows[i];
+        o << "  {\"build_commit\": \"" << json_escape(env.build_commit) << "\", \"cpu\": \"" << json_escape(env.cpu)
+          << "\", \"model\": \"" << json_escape(env.model_name) << "\", \"model_path\": \""
+          << json_escape(env.model_path) << "\", \"model_bytes\": " << env.model_bytes
+          << ", \"n_params\": " << env.n_params << ", \"weight_type\": \"" << env.weight_type
+          << "\", \"kv_type\": \"" << env.kv_type << "\", \"n_threads\": " << env.n_threads
+          << ", \"n_ubatch\": " << env.n_ubatch << ", \"prefill\": \"dense\", \"decode\": \"dense\", \"kv\": \"full\""
+          << ", \"test\": \"" << r.test << "\", \"n_prompt\": " << r.n_prompt << ", \"n_gen\": " << r.n_gen
+          << ", \"depth\": " << r.depth << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps
+          << ", \"stddev_ts\": " << r.sd_tps << ", \"samples_s\": [";
+        for (size_t j = 0; j < r.samples_s.size(); ++j) o << (j ? ", " : "") << r.samples_s[j];
+        o << "]}" << (i + 1 < rows.size() ? "," : "") << "\n";
+    }
+    o << "]\n";
+    return o.str();
+}
+
+} // namespace lc

@@ -1,0 +1,51 @@
+// `longctx bench` engine: llama-bench-style speed tests (pp<N> prefill, tg<N> decode, optionally after a
+// prefilled depth d) with warm-up, repetitions and mean ± sd tokens/s. Tokenisation and sampling are outside
+// the timed region: tests feed seeded random token ids straight to the forward pass.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "longctx/status.h"
+#include "model/model.h"
+#include "runtime/context.h"
+
+namespace lc {
+
+struct bench_params {
+    std::vector<int64_t> n_prompt = {512};  // pp tests
+    std::vector<int64_t> n_gen    = {128};  // tg tests
+    std::vector<int64_t> depth    = {0};    // prefilled tokens before each test
+    int                  reps     = 5;
+    int                  n_threads = 0;
+    int64_t              n_ubatch = 512;
+    uint64_t             seed     = 1234;
+};
+
+struct bench_row {
+    std::string         test;     // "pp512", "tg128 @ d4096"
+    int64_t             n_prompt = 0, n_gen = 0, depth = 0;
+    std::vector<double> samples_s; // seconds per repetition
+    double              mean_tps = 0.0, sd_tps = 0.0;
+    size_t              kv_bytes = 0; // KV bytes held at the end of the test
+};
+
+struct bench_env {
+    std::string build_commit, cpu, model_name, model_path, weight_type, kv_type = "f16";
+    uint64_t    model_bytes = 0;
+    int64_t     n_params    = 0;
+    int         n_threads   = 0;
+    int64_t     n_ubatch    = 0;
+};
+
+// Runs every test; on_row is called as each finishes (for streaming output).
+result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p, bench_env & env,
+                                         const std::function<void(const bench_row &)> & on_row = {});
+
+std::string bench_cpu_name();
+std::string bench_format_md_header(const bench_env & env);
+std::string bench_format_md_row(const bench_env & env, const bench_row & r);
+std::string bench_format_json(const bench_env & env, const std::vector<bench_row> & rows);
+
+} // namespace lc

@@ -1,0 +1,75 @@
+// Shared CLI helpers (see common.h).
+#include "cli/common.h"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "core/log.h"
+#include "model/model-store.h"
+
+namespace lc::cli {
+
+void add_model_flags(arg_parser & p) {
+    p.add({"-m", "--model", "PATH|NAME",
+           "GGUF model file, or a known model name (smollm2-135m-instruct-q4_1, gemma3-270m-q4_k_m)",
+           "smollm2-135m-instruct-q4_1"});
+    p.add({"-t", "--threads", "N", "CPU threads", std::to_string(std::max(1u, std::thread::hardware_concurrency()))});
+    p.add({"-v", "--verbose", "", "debug logging", ""});
+}
+
+void add_context_flags(arg_parser & p) {
+    p.add({"-c", "--ctx-size", "N", "context length in tokens (0: the model's trained context)", "0"});
+    p.add({"-ub", "--ubatch-size", "N", "prompt tokens per forward pass (chunked prefill)", "512"});
+}
+
+result<loaded_model> load_model(const arg_parser & p) {
+    if (p.has("--verbose")) log_set_level(log_level::DEBUG);
+    loaded_model lm;
+    LC_ASSIGN_OR_RETURN(lm.path, model_resolve(p.get("--model"), true));
+    LC_LOG_D("model: loading %s", lm.path.c_str());
+    LC_ASSIGN_OR_RETURN(lm.mdl, model::load(lm.path));
+    LC_ASSIGN_OR_RETURN(tokenizer tok, tokenizer::from_gguf(lm.mdl->file()));
+    lm.tok = std::make_unique<tokenizer>(std::move(tok));
+    return lm;
+}
+
+result<context_params> context_params_from(const arg_parser & p) {
+    context_params cp;
+    LC_ASSIGN_OR_RETURN(cp.n_ctx, p.get_int("--ctx-size", 0, int64_t(1) << 31));
+    LC_ASSIGN_OR_RETURN(int64_t t, p.get_int("--threads", 1, 1024));
+    cp.n_threads = int(t);
+    LC_ASSIGN_OR_RETURN(cp.n_ubatch, p.get_int("--ubatch-size", 1, 1 << 20));
+    return cp;
+}
+
+result<std::string> read_text_file(const std::string & path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return error(status_code::NOT_FOUND, "cannot open '%s' for reading", path.c_str());
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    if (in.bad()) return error(status_code::IO_ERROR, "error reading '%s'", path.c_str());
+    return ss.str();
+}
+
+int fail(const char * cmd, const status & st) {
+    const std::string & m = st.message();
+    if (m.rfind("longctx ", 0) == 0) std::fprintf(stderr, "%s\n", m.c_str());
+    else std::fprintf(stderr, "longctx %s: %s\n", cmd, m.c_str());
+    return st.code() == status_code::INVALID_ARGUMENT ? 2 : 1;
+}
+
+std::string format_bytes(double n) {
+    const char * units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int          u       = 0;
+    while (n >= 1024.0 && u < 4) {
+        n /= 1024.0;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", n, units[u]);
+    return buf;
+}
+
+} // namespace lc::cli

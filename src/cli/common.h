@@ -1,0 +1,37 @@
+// Pieces shared by the subcommands: the common model/context flags, loading a model with its tokenizer, and
+// reading prompt text.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "cli/args.h"
+#include "model/model.h"
+#include "runtime/context.h"
+#include "tokenizer/tokenizer.h"
+
+namespace lc::cli {
+
+// -m, -t, -c, -ub, -v
+void add_model_flags(arg_parser & p);
+void add_context_flags(arg_parser & p);
+
+struct loaded_model {
+    std::string                path;
+    std::unique_ptr<model>     mdl;
+    std::unique_ptr<tokenizer> tok;
+};
+
+// Resolves -m (a path or a known model name; empty: the default model, fetched into the cache on first use),
+// loads it and its tokenizer.
+result<loaded_model> load_model(const arg_parser & p);
+result<context_params> context_params_from(const arg_parser & p);
+
+result<std::string> read_text_file(const std::string & path);
+
+// Prints "longctx CMD: message" on stderr and returns the exit code for that status (2 for usage errors).
+int fail(const char * cmd, const status & st);
+
+std::string format_bytes(double n);
+
+} // namespace lc::cli

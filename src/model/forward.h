@@ -1,0 +1,35 @@
+// The forward pass of one batch of tokens through a model, on the CPU. Model code describes the computation;
+// the ops live in backend/cpu and the attention in attn/.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/thread-pool.h"
+#include "kv/kv-cache.h"
+#include "longctx/status.h"
+#include "model/model.h"
+
+namespace lc {
+
+// Reusable activation buffers of one context (grown on demand).
+struct forward_scratch {
+    std::vector<float>   x, xn, q, k, v, attn, tmp, gate, up, norm_out;
+    std::vector<int64_t> pos;
+    std::vector<uint8_t> mm;
+};
+
+// Time spent per part of the forward pass, accumulated over calls (seconds).
+struct forward_timings {
+    double attn_s   = 0.0;
+    double matmul_s = 0.0;
+    double other_s  = 0.0;
+};
+
+// Runs tokens[0..n) at positions pos0.. of sequence `seq`, appending their K/V to the cache.
+// logits: [n_logits][n_vocab] for the last n_logits tokens of the batch (n_logits <= n; 0 for none).
+status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
+                     int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
+                     forward_timings * timings = nullptr);
+
+} // namespace lc

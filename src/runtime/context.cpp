@@ -1,0 +1,79 @@
+// Inference context: chunked prefill and single-token decode over the paged KV cache.
+#include "runtime/context.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "core/log.h"
+
+namespace lc {
+
+result<std::unique_ptr<context>> context::create(const model & m, const context_params & p) {
+    const model_hparams & hp = m.hparams();
+    int64_t n_ctx = p.n_ctx > 0 ? p.n_ctx : hp.n_ctx_train;
+    if (n_ctx <= 0) return error(status_code::INVALID_ARGUMENT, "context: -c must be positive (got %lld)", (long long) n_ctx);
+    if (n_ctx > hp.n_ctx_train)
+        return error(status_code::OUT_OF_RANGE,
+                     "context: -c %lld exceeds %s.context_length %lld and the model has no rope scaling; lower -c",
+                     (long long) n_ctx, hp.arch_name.c_str(), (long long) hp.n_ctx_train);
+    if (p.n_ubatch <= 0)
+        return error(status_code::INVALID_ARGUMENT, "context: -ub must be positive (got %lld)", (long long) p.n_ubatch);
+    int n_threads = p.n_threads > 0 ? p.n_threads : int(std::max(1u, std::thread::hardware_concurrency()));
+    if (n_threads > 1024)
+        return error(status_code::INVALID_ARGUMENT, "context: -t %d is more threads than makes sense (max 1024)", n_threads);
+    std::unique_ptr<context> c(new context(m, n_threads));
+    c->n_ctx_    = n_ctx;
+    c->n_ubatch_ = p.n_ubatch;
+    c->kv_       = std::make_unique<kv_cache>(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
+    return c;
+}
+
+status context::decode(const std::vector<int32_t> & tokens, bool all_logits, const progress_fn & progress) {
+    const int64_t n = int64_t(tokens.size());
+    if (n == 0) return error(status_code::INVALID_ARGUMENT, "context: nothing to decode (0 tokens)");
+    if (n_past_ + n > n_ctx_)
+        return error(status_code::OUT_OF_RANGE,
+                     "context: %lld tokens after %lld already in the context exceed -c %lld; raise -c (the model was "
+                     "trained on %lld) or shorten the prompt",
+                     (long long) n, (long long) n_past_, (long long) n_ctx_,
+                     (long long) model_.hparams().n_ctx_train);
+    const int64_t n_vocab = model_.hparams().n_vocab;
+    logits_.resize(size_t((all_logits ? n : 1) * n_vocab));
+    for (int64_t i = 0; i < n; i += n_ubatch_) {
+        const int64_t nb       = std::min(n_ubatch_, n - i);
+        const bool    last     = i + nb == n;
+        const int64_t n_out    = all_logits ? nb : (last ? 1 : 0);
+        float *       out      = all_logits ? logits_.data() + i * n_vocab : logits_.data();
+        status st = forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_,
+                                  &timings_);
+        if (!st.is_ok()) {
+            truncate(n_past_);
+            return st;
+        }
+        n_past_ += nb;
+        if (progress) progress(i + nb, n);
+    }
+    n_logits_ = all_logits ? n : 1;
+    return status::ok();
+}
+
+const float * context::logits() const { return logits_.data() + (n_logits_ - 1) * model_.hparams().n_vocab; }
+
+const float * context::logits(int64_t i) const {
+    LC_ASSERT(i >= 0 && i < n_logits_, "logits(%lld) of %lld", (long long) i, (long long) n_logits_);
+    return logits_.data() + i * model_.hparams().n_vocab;
+}
+
+void context::clear() {
+    kv_->clear(0);
+    n_past_   = 0;
+    n_logits_ = 0;
+}
+
+void context::truncate(int64_t n) {
+    LC_ASSERT(n >= 0 && n <= n_past_, "truncate(%lld) with %lld tokens", (long long) n, (long long) n_past_);
+    if (n == 0) kv_->clear(0);
+    n_past_ = n;
+}
+
+} // namespace lc

@@ -1,0 +1,51 @@
+// Shared test helpers (see test-util.h).
+#include "common/test-util.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <sys/stat.h>
+
+namespace lc::test {
+
+bool file_exists(const std::string & path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string cached_model(const std::string & file_name) {
+    std::string dir;
+    if (const char * c = std::getenv("LONGCTX_CACHE"); c && *c) dir = c;
+    else if (const char * h = std::getenv("HOME"); h && *h) dir = std::string(h) + "/.cache/longctx";
+    else return "";
+    const std::string p = dir + "/models/" + file_name;
+    return file_exists(p) ? p : "";
+}
+
+std::string fixture_path(const std::string & rel) { return std::string(LC_SOURCE_DIR) + "/tests/fixtures/" + rel; }
+
+std::string shared_data_path(const std::string & rel) {
+    const std::string p = std::string(LC_SOURCE_DIR) + "/../shared/data/" + rel;
+    return file_exists(p) ? p : "";
+}
+
+std::vector<int32_t> read_ids(const std::string & path) {
+    std::ifstream        in(path);
+    std::vector<int32_t> ids;
+    long long            v;
+    while (in >> v) ids.push_back(int32_t(v));
+    return ids;
+}
+
+std::vector<float> read_f32(const std::string & path) {
+    std::ifstream      in(path, std::ios::binary | std::ios::ate);
+    std::vector<float> v;
+    if (!in) return v;
+    const auto n = in.tellg();
+    in.seekg(0);
+    v.resize(size_t(n) / sizeof(float));
+    in.read(reinterpret_cast<char *>(v.data()), std::streamsize(v.size() * sizeof(float)));
+    return v;
+}
+
+} // namespace lc::test
