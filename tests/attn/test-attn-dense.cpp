@@ -233,8 +233,10 @@ TEST(attn_dense, decode_split_k) {
     // n_q = 1 at the end of the cache: keys split across threads at many lengths, including n_kv < 64 and
     // lengths that are not multiples of 64.
     // Generic head sizes too: 80 and 40 take the row layout through the run-time head_dim path, 20 (not a
-    // multiple of the vector width) the transposed layout.
-    const shape   shapes[] = {{9, 3, 64}, {12, 2, 128}, {4, 1, 256}, {6, 2, 80}, {2, 1, 40}, {3, 1, 20}};
+    // multiple of the vector width) the transposed layout. Groups of 12 and 16 heads sit at the row-layout
+    // limits (12 rows for AVX2, 16 for AVX-512).
+    const shape   shapes[] = {{9, 3, 64}, {12, 2, 128}, {4, 1, 256}, {6, 2, 80},
+                              {2, 1, 40}, {3, 1, 20},   {24, 2, 64}, {16, 1, 64}};
     const int64_t lens[]   = {1, 2, 37, 63, 64, 65, 100, 511, 512, 513, 1000, 1025, 2047, 4113};
     for (int nth : {1, 2, 3}) {
         lc::thread_pool pool(nth);
