@@ -1,6 +1,7 @@
 // Dense causal attention over the paged fp16 KV cache: every available optimised kernel (AVX2, AVX-512)
 // against the scalar double-precision reference (outputs and lse), causality, GQA, chunked prefill, split-K
-// decode, head_dim 64/128/256 and odd sizes; merge of partial states; kernel choice.
+// decode, head_dim 64/128/256 and odd sizes, no reads through wrong pages, no writes outside the outputs;
+// merge of partial states; kernel choice.
 // LONGCTX_ATTN_BENCH=1 adds timings (SmolLM2 shapes) printed to stdout; nothing timed is asserted.
 #include <gtest/gtest.h>
 
@@ -34,14 +35,39 @@ std::vector<float> randn(size_t n, float std, uint32_t seed) {
     return x;
 }
 
-// One sequence of n_kv random tokens in a one-layer cache.
-std::unique_ptr<lc::kv_cache> make_cache(int n_head_kv, int head_dim, int64_t n_kv, uint32_t seed) {
-    auto cache = std::make_unique<lc::kv_cache>(1, n_head_kv, head_dim, std::max<int64_t>(n_kv, 1));
-    EXPECT_TRUE(cache->reserve(0, n_kv).is_ok());
-    const std::vector<float> k = randn(size_t(n_kv * n_head_kv * head_dim), 1.0f, seed);
-    const std::vector<float> v = randn(k.size(), 1.0f, seed + 1);
-    cache->write(0, 0, 0, n_kv, k.data(), v.data());
-    return cache;
+// n_kv random tokens in sequence 0 of a one-layer cache whose pages interleave with those of a sequence 1
+// (so sequence 0's page table is not the identity), with NaN everywhere attention must not read: all of
+// sequence 1 and the rows of sequence 0's last page past n_kv. A read through the wrong page or past n_kv
+// turns the output into NaN.
+struct test_cache {
+    std::unique_ptr<lc::kv_cache> kv;
+    int64_t                       n_kv = 0;
+
+    lc::kv_view view() const {
+        lc::kv_view v = kv->view(0, 0);
+        v.n_kv        = n_kv;
+        return v;
+    }
+};
+
+test_cache make_cache(int n_head_kv, int head_dim, int64_t n_kv, uint32_t seed) {
+    const int64_t n_pages = (n_kv + 63) / 64;
+    test_cache    c;
+    c.n_kv = n_kv;
+    c.kv   = std::make_unique<lc::kv_cache>(1, n_head_kv, head_dim, 2 * n_pages * 64, 2);
+    EXPECT_TRUE(c.kv->reserve(1, 64).is_ok()); // sequence 0 starts on page 1
+    for (int64_t p = 1; p <= n_pages; ++p) {
+        EXPECT_TRUE(c.kv->reserve(0, p * 64).is_ok());
+        EXPECT_TRUE(c.kv->reserve(1, (p + 1) * 64).is_ok());
+    }
+    const size_t             row = size_t(n_head_kv * head_dim);
+    const std::vector<float> k   = randn(size_t(n_kv) * row, 1.0f, seed);
+    const std::vector<float> v   = randn(k.size(), 1.0f, seed + 1);
+    const std::vector<float> nan((size_t(n_pages + 1) * 64) * row, std::numeric_limits<float>::quiet_NaN());
+    c.kv->write(0, 0, 0, n_kv, k.data(), v.data());
+    c.kv->write(0, 0, n_kv, n_pages * 64 - n_kv, nan.data(), nan.data());
+    c.kv->write(0, 1, 0, (n_pages + 1) * 64, nan.data(), nan.data());
+    return c;
 }
 
 std::vector<lc::cpu_isa> isas() {
@@ -104,13 +130,26 @@ run_result run_ref(const std::vector<float> & q, int64_t n_q, int64_t pos0, int 
     return r;
 }
 
+// Outputs are poisoned with NaN (every element must be written) and framed by guard regions that must stay
+// untouched.
 run_result run_opt(lc::cpu_isa isa, const std::vector<float> & q, int64_t n_q, int64_t pos0, int n_head,
                    const lc::kv_view & kv, float scale, lc::thread_pool & pool) {
+    constexpr size_t   guard = 64;
+    constexpr float    mark  = 12345.0f;
+    const size_t       n_o = size_t(n_q * n_head * kv.head_dim), n_lse = size_t(n_q * n_head);
+    std::vector<float> o(n_o + 2 * guard, mark), lse(n_lse + 2 * guard, mark);
+    std::fill(o.begin() + guard, o.end() - guard, std::numeric_limits<float>::quiet_NaN());
+    std::fill(lse.begin() + guard, lse.end() - guard, std::numeric_limits<float>::quiet_NaN());
+    lc::attn_dense_isa(isa, q.data(), n_q, pos0, n_head, kv, scale, o.data() + guard, lse.data() + guard, pool);
+    for (size_t i = 0; i < guard; ++i) {
+        EXPECT_EQ(o[i], mark) << "write before o";
+        EXPECT_EQ(o[guard + n_o + i], mark) << "write after o";
+        EXPECT_EQ(lse[i], mark) << "write before lse";
+        EXPECT_EQ(lse[guard + n_lse + i], mark) << "write after lse";
+    }
     run_result r;
-    // Poisoned outputs: every element must be written.
-    r.o.assign(size_t(n_q * n_head * kv.head_dim), std::numeric_limits<float>::quiet_NaN());
-    r.lse.assign(size_t(n_q * n_head), std::numeric_limits<float>::quiet_NaN());
-    lc::attn_dense_isa(isa, q.data(), n_q, pos0, n_head, kv, scale, r.o.data(), r.lse.data(), pool);
+    r.o.assign(o.begin() + guard, o.end() - guard);
+    r.lse.assign(lse.begin() + guard, lse.end() - guard);
     return r;
 }
 
@@ -139,9 +178,9 @@ TEST(attn_dense, prefill_matches_reference) {
         auto          cache = make_cache(s.n_head_kv, s.head_dim, n_q, 11);
         const auto    q     = randn(size_t(n_q * s.n_head * s.head_dim), 1.0f, 12);
         const float   scale = 1.0f / std::sqrt(float(s.head_dim));
-        const auto    ref   = run_ref(q, n_q, 0, s.n_head, cache->view(0, 0), scale, pool);
+        const auto    ref   = run_ref(q, n_q, 0, s.n_head, cache.view(), scale, pool);
         for (lc::cpu_isa isa : isas()) {
-            const auto r = run_opt(isa, q, n_q, 0, s.n_head, cache->view(0, 0), scale, pool);
+            const auto r = run_opt(isa, q, n_q, 0, s.n_head, cache.view(), scale, pool);
             EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse),
                          describe(isa, s.n_head, s.n_head_kv, s.head_dim, n_q, 0, n_q, 2));
         }
@@ -157,9 +196,9 @@ TEST(attn_dense, prefill_long_and_sharp) {
     for (float q_std : {1.0f, 4.0f}) {
         const auto  q     = randn(size_t(n_q * 9 * 64), q_std, 22);
         const float scale = 0.125f;
-        const auto  ref   = run_ref(q, n_q, 0, 9, cache->view(0, 0), scale, pool);
+        const auto  ref   = run_ref(q, n_q, 0, 9, cache.view(), scale, pool);
         for (lc::cpu_isa isa : isas()) {
-            const auto r = run_opt(isa, q, n_q, 0, 9, cache->view(0, 0), scale, pool);
+            const auto r = run_opt(isa, q, n_q, 0, 9, cache.view(), scale, pool);
             EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse), describe(isa, 9, 3, 64, n_q, 0, n_q, 2)
                                                                   << " q_std=" << q_std);
         }
@@ -174,15 +213,15 @@ TEST(attn_dense, chunked_prefill_sees_earlier_keys) {
     auto            cache    = make_cache(n_head_kv, head_dim, n_kv, 31);
     const auto      q        = randn(size_t(n_all * n_head * head_dim), 1.0f, 32);
     const float     scale    = 0.125f;
-    const auto      full_ref = run_ref(q, n_all, 0, n_head, cache->view(0, 0), scale, pool);
+    const auto      full_ref = run_ref(q, n_all, 0, n_head, cache.view(), scale, pool);
     for (lc::cpu_isa isa : isas()) {
-        const auto full = run_opt(isa, q, n_all, 0, n_head, cache->view(0, 0), scale, pool);
+        const auto full = run_opt(isa, q, n_all, 0, n_head, cache.view(), scale, pool);
         EXPECT_CLOSE(compare(full.o, full_ref.o, full.lse, full_ref.lse), describe(isa, 9, 3, 64, n_all, 0, n_kv, 2));
         for (int64_t pos0 : {1, 62, 63, 64, 137, 299}) {
             const int64_t            n_q = n_all - pos0;
             const std::vector<float> qc(q.begin() + pos0 * n_head * head_dim, q.end());
-            const auto               ref = run_ref(qc, n_q, pos0, n_head, cache->view(0, 0), scale, pool);
-            const auto               r   = run_opt(isa, qc, n_q, pos0, n_head, cache->view(0, 0), scale, pool);
+            const auto               ref = run_ref(qc, n_q, pos0, n_head, cache.view(), scale, pool);
+            const auto               r   = run_opt(isa, qc, n_q, pos0, n_head, cache.view(), scale, pool);
             EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse), describe(isa, 9, 3, 64, n_q, pos0, n_kv, 2));
             // The same rows of the one-chunk prefill.
             const std::vector<float> o_tail(full.o.begin() + pos0 * n_head * head_dim, full.o.end());
@@ -206,10 +245,10 @@ TEST(attn_dense, causality) {
             for (int64_t t_mod : {0, 1, 63, 64, 100, 128, 297, 299}) {
                 auto       cache  = make_cache(n_head_kv, head_dim, n_kv, 41);
                 const auto q      = randn(size_t(n_q * n_head * head_dim), 1.0f, 42);
-                const auto before = run_opt(isa, q, n_q, pos0, n_head, cache->view(0, 0), 0.125f, pool);
+                const auto before = run_opt(isa, q, n_q, pos0, n_head, cache.view(), 0.125f, pool);
                 const auto kv_new = randn(size_t(n_head_kv * head_dim), 3.0f, 43);
-                cache->write(0, 0, t_mod, 1, kv_new.data(), kv_new.data());
-                const auto   after = run_opt(isa, q, n_q, pos0, n_head, cache->view(0, 0), 0.125f, pool);
+                cache.kv->write(0, 0, t_mod, 1, kv_new.data(), kv_new.data());
+                const auto   after = run_opt(isa, q, n_q, pos0, n_head, cache.view(), 0.125f, pool);
                 const size_t row   = size_t(n_head * head_dim);
                 for (int64_t i = 0; i < n_q; ++i) {
                     const bool same = std::equal(before.o.begin() + i * row, before.o.begin() + (i + 1) * row,
@@ -244,7 +283,7 @@ TEST(attn_dense, decode_split_k) {
             auto cache = make_cache(s.n_head_kv, s.head_dim, 4113, 51);
             for (int64_t n_kv : lens) {
                 // A view of the first n_kv tokens: the cache's remaining tokens must not be read.
-                lc::kv_view view  = cache->view(0, 0);
+                lc::kv_view view  = cache.view();
                 view.n_kv         = n_kv;
                 const auto  q     = randn(size_t(s.n_head * s.head_dim), 1.5f, uint32_t(52 + n_kv));
                 const float scale = 1.0f / std::sqrt(float(s.head_dim));
@@ -267,9 +306,9 @@ TEST(attn_dense, few_queries_split_k) {
     for (int64_t n_q : {2, 5, 8})
         for (int64_t pos0 = 1020; pos0 < 1100; pos0 += 3) {
             const auto q   = randn(size_t(n_q * 4 * 64), 1.0f, uint32_t(62 + pos0));
-            const auto ref = run_ref(q, n_q, pos0, 4, cache->view(0, 0), 0.125f, pool);
+            const auto ref = run_ref(q, n_q, pos0, 4, cache.view(), 0.125f, pool);
             for (lc::cpu_isa isa : isas()) {
-                const auto r = run_opt(isa, q, n_q, pos0, 4, cache->view(0, 0), 0.125f, pool);
+                const auto r = run_opt(isa, q, n_q, pos0, 4, cache.view(), 0.125f, pool);
                 EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse), describe(isa, 4, 2, 64, n_q, pos0, 1200, 2));
             }
         }
@@ -312,9 +351,9 @@ TEST(attn_dense, lse_is_optional) {
     for (int64_t n_q : {1, 333}) {
         const auto q = randn(size_t(n_q * 9 * 64), 1.0f, 82);
         for (lc::cpu_isa isa : isas()) {
-            const auto         with = run_opt(isa, q, n_q, 333 - n_q, 9, cache->view(0, 0), 0.125f, pool);
+            const auto         with = run_opt(isa, q, n_q, 333 - n_q, 9, cache.view(), 0.125f, pool);
             std::vector<float> o(with.o.size(), std::numeric_limits<float>::quiet_NaN());
-            lc::attn_dense_isa(isa, q.data(), n_q, 333 - n_q, 9, cache->view(0, 0), 0.125f, o.data(), nullptr, pool);
+            lc::attn_dense_isa(isa, q.data(), n_q, 333 - n_q, 9, cache.view(), 0.125f, o.data(), nullptr, pool);
             EXPECT_EQ(o, with.o) << lc::cpu_isa_name(isa);
         }
     }
@@ -325,9 +364,9 @@ TEST(attn_dense, default_dispatch) {
     lc::thread_pool    pool(2);
     auto               cache = make_cache(3, 64, 200, 91);
     const auto         q     = randn(size_t(200 * 9 * 64), 1.0f, 92);
-    const auto         r     = run_opt(lc::cpu_isa_best(), q, 200, 0, 9, cache->view(0, 0), 0.125f, pool);
+    const auto         r     = run_opt(lc::cpu_isa_best(), q, 200, 0, 9, cache.view(), 0.125f, pool);
     std::vector<float> o(r.o.size()), lse(r.lse.size());
-    lc::attn_dense(q.data(), 200, 0, 9, cache->view(0, 0), 0.125f, o.data(), lse.data(), pool);
+    lc::attn_dense(q.data(), 200, 0, 9, cache.view(), 0.125f, o.data(), lse.data(), pool);
     EXPECT_EQ(o, r.o);
     EXPECT_EQ(lse, r.lse);
 }
@@ -539,15 +578,14 @@ TEST(attn_dense, bench) {
             const double       pairs = double(n_q) * double(n_q + 1) / 2.0;
             const double       flop  = 4.0 * head_dim * pairs * n_head;
             const double       t     = best_of(5, [&] {
-                lc::attn_dense_isa(isa, q.data(), n_q, 0, n_head, cache->view(0, 0), 0.125f, o.data(), lse.data(),
-                                             pool);
+                lc::attn_dense_isa(isa, q.data(), n_q, 0, n_head, cache.view(), 0.125f, o.data(), lse.data(), pool);
             });
             std::printf("attn %-6s prefill n_q=4096 causal  threads=%d  %8.2f ms  %7.1f GFLOP/s (%.0f%% of peak)\n",
                         lc::cpu_isa_name(isa), nth, t * 1e3, flop / t * 1e-9, 100.0 * flop / t * 1e-9 / peak);
         }
         // Decode: bytes of K and V read once (fp16) per KV head.
         for (int64_t n_kv : {4096, 8192}) {
-            lc::kv_view view     = cache->view(0, 0);
+            lc::kv_view view     = cache.view();
             view.n_kv            = n_kv;
             const auto         q = randn(size_t(n_head * head_dim), 1.0f, 103);
             std::vector<float> o(q.size()), lse(static_cast<size_t>(n_head));
