@@ -1,7 +1,7 @@
 // `longctx gguf info MODEL`: prints a GGUF file's header, every metadata key with its type and value, the
 // tensor table and per-type totals, after the same validation the engine applies when loading.
-#include <cinttypes>
 #include <algorithm>
+#include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,8 +16,8 @@ namespace lc::cli {
 
 namespace {
 
-constexpr size_t k_max_str_chars  = 64; // longer strings are shortened
-constexpr size_t k_max_arr_shown  = 8;  // array elements shown
+constexpr size_t k_max_str_chars = 64; // longer strings are shortened
+constexpr size_t k_max_arr_shown = 8;  // array elements shown
 
 void print_help(FILE * f) {
     std::fprintf(f,
@@ -53,19 +53,29 @@ std::string quote(std::string_view s, size_t max) {
     for (size_t i = 0; i < n; ++i) {
         const unsigned char ch = uint8_t(s[i]);
         switch (ch) {
-            case '"':  out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (ch < 0x20 || ch == 0x7f) {
-                    char buf[8];
-                    std::snprintf(buf, sizeof(buf), "\\x%02x", ch);
-                    out += buf;
-                } else {
-                    out += char(ch);
-                }
+        case '"':
+            out += "\\\"";
+            break;
+        case '\\':
+            out += "\\\\";
+            break;
+        case '\n':
+            out += "\\n";
+            break;
+        case '\r':
+            out += "\\r";
+            break;
+        case '\t':
+            out += "\\t";
+            break;
+        default:
+            if (ch < 0x20 || ch == 0x7f) {
+                char buf[8];
+                std::snprintf(buf, sizeof(buf), "\\x%02x", ch);
+                out += buf;
+            } else {
+                out += char(ch);
+            }
         }
     }
     out += "\"";
@@ -86,19 +96,28 @@ std::string shortest_float(double v, bool is_f32) {
 std::string scalar_str(const gguf_kv & kv) {
     char buf[64];
     switch (kv.type) {
-        case gguf_vtype::UINT8:
-        case gguf_vtype::UINT16:
-        case gguf_vtype::UINT32:
-        case gguf_vtype::UINT64:  std::snprintf(buf, sizeof(buf), "%" PRIu64, kv.u64); break;
-        case gguf_vtype::INT8:
-        case gguf_vtype::INT16:
-        case gguf_vtype::INT32:
-        case gguf_vtype::INT64:   std::snprintf(buf, sizeof(buf), "%" PRId64, kv.i64); break;
-        case gguf_vtype::FLOAT32: return shortest_float(kv.f64, true);
-        case gguf_vtype::FLOAT64: return shortest_float(kv.f64, false);
-        case gguf_vtype::BOOL:    return kv.b ? "true" : "false";
-        case gguf_vtype::STRING:  return quote(kv.str, k_max_str_chars);
-        case gguf_vtype::ARRAY:   return "";
+    case gguf_vtype::UINT8:
+    case gguf_vtype::UINT16:
+    case gguf_vtype::UINT32:
+    case gguf_vtype::UINT64:
+        std::snprintf(buf, sizeof(buf), "%" PRIu64, kv.u64);
+        break;
+    case gguf_vtype::INT8:
+    case gguf_vtype::INT16:
+    case gguf_vtype::INT32:
+    case gguf_vtype::INT64:
+        std::snprintf(buf, sizeof(buf), "%" PRId64, kv.i64);
+        break;
+    case gguf_vtype::FLOAT32:
+        return shortest_float(kv.f64, true);
+    case gguf_vtype::FLOAT64:
+        return shortest_float(kv.f64, false);
+    case gguf_vtype::BOOL:
+        return kv.b ? "true" : "false";
+    case gguf_vtype::STRING:
+        return quote(kv.str, k_max_str_chars);
+    case gguf_vtype::ARRAY:
+        return "";
     }
     return buf;
 }
@@ -106,22 +125,69 @@ std::string scalar_str(const gguf_kv & kv) {
 std::string array_elem_str(const gguf_kv & kv, uint64_t i) {
     if (kv.arr_type == gguf_vtype::STRING) return quote(kv.arr_str[i], 24);
     gguf_kv e;
-    e.type            = kv.arr_type;
+    e.type             = kv.arr_type;
     const size_t    es = gguf_vtype_size(kv.arr_type);
     const uint8_t * p  = kv.arr_data + i * es;
     switch (kv.arr_type) {
-        case gguf_vtype::UINT8:   e.u64 = p[0]; break;
-        case gguf_vtype::BOOL:    e.b = p[0] != 0; break;
-        case gguf_vtype::INT8:    e.i64 = int8_t(p[0]); break;
-        case gguf_vtype::UINT16:  { uint16_t v; std::memcpy(&v, p, 2); e.u64 = v; break; }
-        case gguf_vtype::INT16:   { int16_t v;  std::memcpy(&v, p, 2); e.i64 = v; break; }
-        case gguf_vtype::UINT32:  { uint32_t v; std::memcpy(&v, p, 4); e.u64 = v; break; }
-        case gguf_vtype::INT32:   { int32_t v;  std::memcpy(&v, p, 4); e.i64 = v; break; }
-        case gguf_vtype::UINT64:  { uint64_t v; std::memcpy(&v, p, 8); e.u64 = v; break; }
-        case gguf_vtype::INT64:   { int64_t v;  std::memcpy(&v, p, 8); e.i64 = v; break; }
-        case gguf_vtype::FLOAT32: { float v;    std::memcpy(&v, p, 4); e.f64 = v; break; }
-        case gguf_vtype::FLOAT64: { double v;   std::memcpy(&v, p, 8); e.f64 = v; break; }
-        default: break;
+    case gguf_vtype::UINT8:
+        e.u64 = p[0];
+        break;
+    case gguf_vtype::BOOL:
+        e.b = p[0] != 0;
+        break;
+    case gguf_vtype::INT8:
+        e.i64 = int8_t(p[0]);
+        break;
+    case gguf_vtype::UINT16: {
+        uint16_t v;
+        std::memcpy(&v, p, 2);
+        e.u64 = v;
+        break;
+    }
+    case gguf_vtype::INT16: {
+        int16_t v;
+        std::memcpy(&v, p, 2);
+        e.i64 = v;
+        break;
+    }
+    case gguf_vtype::UINT32: {
+        uint32_t v;
+        std::memcpy(&v, p, 4);
+        e.u64 = v;
+        break;
+    }
+    case gguf_vtype::INT32: {
+        int32_t v;
+        std::memcpy(&v, p, 4);
+        e.i64 = v;
+        break;
+    }
+    case gguf_vtype::UINT64: {
+        uint64_t v;
+        std::memcpy(&v, p, 8);
+        e.u64 = v;
+        break;
+    }
+    case gguf_vtype::INT64: {
+        int64_t v;
+        std::memcpy(&v, p, 8);
+        e.i64 = v;
+        break;
+    }
+    case gguf_vtype::FLOAT32: {
+        float v;
+        std::memcpy(&v, p, 4);
+        e.f64 = v;
+        break;
+    }
+    case gguf_vtype::FLOAT64: {
+        double v;
+        std::memcpy(&v, p, 8);
+        e.f64 = v;
+        break;
+    }
+    default:
+        break;
     }
     return scalar_str(e);
 }
@@ -170,10 +236,11 @@ int info(const std::string & model) {
     std::printf("\nmetadata: %zu keys\n", f.kvs().size());
     for (const gguf_kv & kv : f.kvs()) {
         if (kv.type != gguf_vtype::ARRAY) {
-            std::printf("  %-*s  %-8s %s\n", int(w_key), kv.key.c_str(), gguf_vtype_name(kv.type), scalar_str(kv).c_str());
+            std::printf("  %-*s  %-8s %s\n", int(w_key), kv.key.c_str(), gguf_vtype_name(kv.type),
+                        scalar_str(kv).c_str());
             continue;
         }
-        std::string v    = "[";
+        std::string    v = "[";
         const uint64_t n = std::min<uint64_t>(kv.arr_n, k_max_arr_shown);
         for (uint64_t i = 0; i < n; ++i) {
             if (i) v += ", ";

@@ -20,50 +20,71 @@ namespace lc {
 
 const char * gguf_vtype_name(gguf_vtype t) {
     switch (t) {
-        case gguf_vtype::UINT8:   return "UINT8";
-        case gguf_vtype::INT8:    return "INT8";
-        case gguf_vtype::UINT16:  return "UINT16";
-        case gguf_vtype::INT16:   return "INT16";
-        case gguf_vtype::UINT32:  return "UINT32";
-        case gguf_vtype::INT32:   return "INT32";
-        case gguf_vtype::FLOAT32: return "FLOAT32";
-        case gguf_vtype::BOOL:    return "BOOL";
-        case gguf_vtype::STRING:  return "STRING";
-        case gguf_vtype::ARRAY:   return "ARRAY";
-        case gguf_vtype::UINT64:  return "UINT64";
-        case gguf_vtype::INT64:   return "INT64";
-        case gguf_vtype::FLOAT64: return "FLOAT64";
+    case gguf_vtype::UINT8:
+        return "UINT8";
+    case gguf_vtype::INT8:
+        return "INT8";
+    case gguf_vtype::UINT16:
+        return "UINT16";
+    case gguf_vtype::INT16:
+        return "INT16";
+    case gguf_vtype::UINT32:
+        return "UINT32";
+    case gguf_vtype::INT32:
+        return "INT32";
+    case gguf_vtype::FLOAT32:
+        return "FLOAT32";
+    case gguf_vtype::BOOL:
+        return "BOOL";
+    case gguf_vtype::STRING:
+        return "STRING";
+    case gguf_vtype::ARRAY:
+        return "ARRAY";
+    case gguf_vtype::UINT64:
+        return "UINT64";
+    case gguf_vtype::INT64:
+        return "INT64";
+    case gguf_vtype::FLOAT64:
+        return "FLOAT64";
     }
     return "unknown";
 }
 
 size_t gguf_vtype_size(gguf_vtype t) {
     switch (t) {
-        case gguf_vtype::UINT8:
-        case gguf_vtype::INT8:
-        case gguf_vtype::BOOL:    return 1;
-        case gguf_vtype::UINT16:
-        case gguf_vtype::INT16:   return 2;
-        case gguf_vtype::UINT32:
-        case gguf_vtype::INT32:
-        case gguf_vtype::FLOAT32: return 4;
-        case gguf_vtype::UINT64:
-        case gguf_vtype::INT64:
-        case gguf_vtype::FLOAT64: return 8;
-        case gguf_vtype::STRING:
-        case gguf_vtype::ARRAY:   return 0;
+    case gguf_vtype::UINT8:
+    case gguf_vtype::INT8:
+    case gguf_vtype::BOOL:
+        return 1;
+    case gguf_vtype::UINT16:
+    case gguf_vtype::INT16:
+        return 2;
+    case gguf_vtype::UINT32:
+    case gguf_vtype::INT32:
+    case gguf_vtype::FLOAT32:
+        return 4;
+    case gguf_vtype::UINT64:
+    case gguf_vtype::INT64:
+    case gguf_vtype::FLOAT64:
+        return 8;
+    case gguf_vtype::STRING:
+    case gguf_vtype::ARRAY:
+        return 0;
     }
     return 0;
 }
 
 namespace {
 
-constexpr uint32_t k_magic           = 0x46554747u; // "GGUF" read as a little-endian u32
-constexpr uint64_t k_max_key_bytes   = 65535;       // the GGUF spec's limit on key length
+constexpr uint32_t k_magic           = 0x46554747u;           // "GGUF" read as a little-endian u32
+constexpr uint64_t k_max_key_bytes   = 65535;                 // the GGUF spec's limit on key length
 constexpr uint64_t k_min_kv_bytes    = 8 + 1 + 4 + 1;         // key length, 1-byte key, type, 1-byte value
 constexpr uint64_t k_min_tinfo_bytes = 8 + 1 + 4 + 8 + 4 + 8; // name length, name, n_dims, ne[0], type, offset
+constexpr uint64_t k_reserve_max     = 4096;                  // entries reserved up front; more grow on demand
 
-bool is_valid_vtype(uint32_t t) { return t <= uint32_t(gguf_vtype::FLOAT64); }
+bool is_valid_vtype(uint32_t t) {
+    return t <= uint32_t(gguf_vtype::FLOAT64);
+}
 
 template <typename T> T load_le(const uint8_t * p) {
     T v;
@@ -78,9 +99,9 @@ struct parse_where {
     uint64_t     total = 0;
     std::string  name;
     std::string  str() const {
-        if (total == 0) return what;
+         if (total == 0) return what;
         std::string s = std::string(what) + " " + std::to_string(index) + " of " + std::to_string(total);
-        if (!name.empty()) s += " ('" + name + "')";
+         if (!name.empty()) s += " ('" + name + "')";
         return s;
     }
 };
@@ -94,17 +115,24 @@ struct cursor {
     parse_where         where;
 
     uint64_t left() const { return size - pos; }
+    // Every caller has checked need(n) first; a miss here is a bug in this file, not a bad input.
+    void skip(uint64_t n) {
+        LC_ASSERT(n <= left(), "gguf cursor: skip %llu past the end (offset %llu of %llu)", (unsigned long long)n,
+                  (unsigned long long)pos, (unsigned long long)size);
+        pos += n;
+    }
 
     status truncated(uint64_t need) const {
-        return error(status_code::INVALID_FILE, "gguf: %s: truncated: %s needs %" PRIu64 " bytes at offset %" PRIu64
-                     " but the file has %" PRIu64, path.c_str(), where.str().c_str(), need, pos, size);
+        return error(status_code::INVALID_FILE,
+                     "gguf: %s: truncated: %s needs %" PRIu64 " bytes at offset %" PRIu64 " but the file has %" PRIu64,
+                     path.c_str(), where.str().c_str(), need, pos, size);
     }
     status need(uint64_t n) const { return n <= left() ? status::ok() : truncated(n); }
 
     template <typename T> status read(T & v) {
         LC_RETURN_IF_ERROR(need(sizeof(T)));
         v = load_le<T>(base + pos);
-        pos += sizeof(T);
+        skip(sizeof(T));
         return status::ok();
     }
 
@@ -118,7 +146,7 @@ struct cursor {
         }
         LC_RETURN_IF_ERROR(need(n));
         s = std::string_view(reinterpret_cast<const char *>(base + pos), size_t(n));
-        pos += n;
+        skip(n);
         return status::ok();
     }
 };
@@ -126,33 +154,92 @@ struct cursor {
 // Reads one scalar of type t into kv's widened fields.
 status read_scalar(cursor & c, gguf_vtype t, gguf_kv & kv) {
     switch (t) {
-        case gguf_vtype::UINT8:  { uint8_t v{};  LC_RETURN_IF_ERROR(c.read(v)); kv.u64 = v; kv.i64 = v; break; }
-        case gguf_vtype::INT8:   { int8_t v{};   LC_RETURN_IF_ERROR(c.read(v)); kv.i64 = v; kv.u64 = uint64_t(int64_t(v)); break; }
-        case gguf_vtype::UINT16: { uint16_t v{}; LC_RETURN_IF_ERROR(c.read(v)); kv.u64 = v; kv.i64 = v; break; }
-        case gguf_vtype::INT16:  { int16_t v{};  LC_RETURN_IF_ERROR(c.read(v)); kv.i64 = v; kv.u64 = uint64_t(int64_t(v)); break; }
-        case gguf_vtype::UINT32: { uint32_t v{}; LC_RETURN_IF_ERROR(c.read(v)); kv.u64 = v; kv.i64 = v; break; }
-        case gguf_vtype::INT32:  { int32_t v{};  LC_RETURN_IF_ERROR(c.read(v)); kv.i64 = v; kv.u64 = uint64_t(int64_t(v)); break; }
-        case gguf_vtype::UINT64: { uint64_t v{}; LC_RETURN_IF_ERROR(c.read(v)); kv.u64 = v; kv.i64 = int64_t(v); break; }
-        case gguf_vtype::INT64:  { int64_t v{};  LC_RETURN_IF_ERROR(c.read(v)); kv.i64 = v; kv.u64 = uint64_t(v); break; }
-        case gguf_vtype::FLOAT32: { float v{};   LC_RETURN_IF_ERROR(c.read(v)); kv.f64 = v; break; }
-        case gguf_vtype::FLOAT64: { double v{};  LC_RETURN_IF_ERROR(c.read(v)); kv.f64 = v; break; }
-        case gguf_vtype::BOOL: {
-            uint8_t v{};
-            LC_RETURN_IF_ERROR(c.read(v));
-            if (v > 1) {
-                return error(status_code::INVALID_FILE, "gguf: %s: %s: bool value %u is neither 0 nor 1",
-                             c.path.c_str(), c.where.str().c_str(), unsigned(v));
-            }
-            kv.b   = v != 0;
-            kv.u64 = v;
-            kv.i64 = v;
-            break;
+    case gguf_vtype::UINT8: {
+        uint8_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.u64 = v;
+        kv.i64 = v;
+        break;
+    }
+    case gguf_vtype::INT8: {
+        int8_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.i64 = v;
+        kv.u64 = uint64_t(int64_t(v));
+        break;
+    }
+    case gguf_vtype::UINT16: {
+        uint16_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.u64 = v;
+        kv.i64 = v;
+        break;
+    }
+    case gguf_vtype::INT16: {
+        int16_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.i64 = v;
+        kv.u64 = uint64_t(int64_t(v));
+        break;
+    }
+    case gguf_vtype::UINT32: {
+        uint32_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.u64 = v;
+        kv.i64 = v;
+        break;
+    }
+    case gguf_vtype::INT32: {
+        int32_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.i64 = v;
+        kv.u64 = uint64_t(int64_t(v));
+        break;
+    }
+    case gguf_vtype::UINT64: {
+        uint64_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.u64 = v;
+        kv.i64 = int64_t(v);
+        break;
+    }
+    case gguf_vtype::INT64: {
+        int64_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.i64 = v;
+        kv.u64 = uint64_t(v);
+        break;
+    }
+    case gguf_vtype::FLOAT32: {
+        float v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.f64 = v;
+        break;
+    }
+    case gguf_vtype::FLOAT64: {
+        double v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        kv.f64 = v;
+        break;
+    }
+    case gguf_vtype::BOOL: {
+        uint8_t v{};
+        LC_RETURN_IF_ERROR(c.read(v));
+        if (v > 1) {
+            return error(status_code::INVALID_FILE, "gguf: %s: %s: bool value %u is neither 0 nor 1", c.path.c_str(),
+                         c.where.str().c_str(), unsigned(v));
         }
-        case gguf_vtype::STRING: {
-            LC_RETURN_IF_ERROR(c.read_str(kv.str, UINT64_MAX, "string"));
-            break;
-        }
-        case gguf_vtype::ARRAY: return error(status_code::INTERNAL, "gguf: read_scalar(ARRAY)");
+        kv.b   = v != 0;
+        kv.u64 = v;
+        kv.i64 = v;
+        break;
+    }
+    case gguf_vtype::STRING: {
+        LC_RETURN_IF_ERROR(c.read_str(kv.str, UINT64_MAX, "string"));
+        break;
+    }
+    case gguf_vtype::ARRAY:
+        return error(status_code::INTERNAL, "gguf: read_scalar(ARRAY)");
     }
     return status::ok();
 }
@@ -174,30 +261,41 @@ status read_array(cursor & c, gguf_kv & kv) {
     if (kv.arr_type == gguf_vtype::STRING) {
         // Each string takes at least its 8-byte length: bound n before reserving.
         if (n > c.left() / 8) {
-            return error(status_code::INVALID_FILE, "gguf: %s: truncated: %s: array of %" PRIu64 " strings needs at "
-                         "least %" PRIu64 " bytes at offset %" PRIu64 " but the file has %" PRIu64, c.path.c_str(),
-                         c.where.str().c_str(), n, n > UINT64_MAX / 8 ? UINT64_MAX : n * 8, c.pos, c.size);
+            return error(status_code::INVALID_FILE,
+                         "gguf: %s: truncated: %s: array of %" PRIu64 " strings needs at "
+                         "least %" PRIu64 " bytes at offset %" PRIu64 " but the file has %" PRIu64,
+                         c.path.c_str(), c.where.str().c_str(), n, n > UINT64_MAX / 8 ? UINT64_MAX : n * 8, c.pos,
+                         c.size);
         }
-        kv.arr_str.resize(size_t(n));
-        for (uint64_t i = 0; i < n; ++i) LC_RETURN_IF_ERROR(c.read_str(kv.arr_str[i], UINT64_MAX, "string element"));
+        // Grow as strings are read, so memory follows the bytes actually present (16 per >= 8 read).
+        kv.arr_str.reserve(size_t(std::min<uint64_t>(n, k_reserve_max)));
+        for (uint64_t i = 0; i < n; ++i) {
+            std::string_view s;
+            LC_RETURN_IF_ERROR(c.read_str(s, UINT64_MAX, "string element"));
+            kv.arr_str.push_back(s);
+        }
         return status::ok();
     }
     const uint64_t es = gguf_vtype_size(kv.arr_type);
     if (n > c.left() / es) {
-        return error(status_code::INVALID_FILE, "gguf: %s: truncated: %s: array of %" PRIu64 " %s needs %" PRIu64
-                     " bytes at offset %" PRIu64 " but the file has %" PRIu64, c.path.c_str(), c.where.str().c_str(),
-                     n, gguf_vtype_name(kv.arr_type), n > UINT64_MAX / es ? UINT64_MAX : n * es, c.pos, c.size);
+        return error(status_code::INVALID_FILE,
+                     "gguf: %s: truncated: %s: array of %" PRIu64 " %s needs %" PRIu64 " bytes at offset %" PRIu64
+                     " but the file has %" PRIu64,
+                     c.path.c_str(), c.where.str().c_str(), n, gguf_vtype_name(kv.arr_type),
+                     n > UINT64_MAX / es ? UINT64_MAX : n * es, c.pos, c.size);
     }
     kv.arr_data = c.base + c.pos;
     if (kv.arr_type == gguf_vtype::BOOL) {
         for (uint64_t i = 0; i < n; ++i) {
             if (kv.arr_data[i] > 1) {
-                return error(status_code::INVALID_FILE, "gguf: %s: %s: bool element %" PRIu64 " is %u, neither 0 "
-                             "nor 1", c.path.c_str(), c.where.str().c_str(), i, unsigned(kv.arr_data[i]));
+                return error(status_code::INVALID_FILE,
+                             "gguf: %s: %s: bool element %" PRIu64 " is %u, neither 0 "
+                             "nor 1",
+                             c.path.c_str(), c.where.str().c_str(), i, unsigned(kv.arr_data[i]));
             }
         }
     }
-    c.pos += n * es;
+    c.skip(n * es);
     return status::ok();
 }
 
@@ -211,7 +309,9 @@ struct file_map {
     }
 };
 
-uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; } // REQUIRES: no overflow
+uint64_t align_up(uint64_t x, uint64_t a) {
+    return (x + a - 1) / a * a;
+} // REQUIRES: no overflow
 
 } // namespace
 
@@ -230,12 +330,15 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
                      std::strerror(e));
     }
     struct stat st {};
-    if (fstat(m.fd, &st) != 0) return error(status_code::IO_ERROR, "gguf: %s: cannot stat: %s", p, std::strerror(errno));
+    if (fstat(m.fd, &st) != 0)
+        return error(status_code::IO_ERROR, "gguf: %s: cannot stat: %s", p, std::strerror(errno));
     if (!S_ISREG(st.st_mode)) return error(status_code::INVALID_ARGUMENT, "gguf: %s: not a regular file", p);
     m.size = uint64_t(st.st_size);
     if (m.size < 4) {
-        return error(status_code::INVALID_FILE, "gguf: %s: truncated: magic needs 4 bytes at offset 0 but the file "
-                     "has %" PRIu64, p, m.size);
+        return error(status_code::INVALID_FILE,
+                     "gguf: %s: truncated: magic needs 4 bytes at offset 0 but the file "
+                     "has %" PRIu64,
+                     p, m.size);
     }
     void * addr = mmap(nullptr, size_t(m.size), PROT_READ, MAP_PRIVATE, m.fd, 0);
     if (addr == MAP_FAILED) return error(status_code::IO_ERROR, "gguf: %s: cannot mmap: %s", p, std::strerror(errno));
@@ -261,12 +364,16 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
     LC_RETURN_IF_ERROR(c.read(n_tensors));
     LC_RETURN_IF_ERROR(c.read(n_kv));
     if (n_kv > c.left() / k_min_kv_bytes) {
-        return error(status_code::INVALID_FILE, "gguf: %s: n_kv %" PRIu64 " is more than the file of %" PRIu64
-                     " bytes can hold (at most %" PRIu64 ")", p, n_kv, m.size, c.left() / k_min_kv_bytes);
+        return error(status_code::INVALID_FILE,
+                     "gguf: %s: n_kv %" PRIu64 " is more than the file of %" PRIu64 " bytes can hold (at most %" PRIu64
+                     ")",
+                     p, n_kv, m.size, c.left() / k_min_kv_bytes);
     }
     if (n_tensors > c.left() / k_min_tinfo_bytes) {
-        return error(status_code::INVALID_FILE, "gguf: %s: n_tensors %" PRIu64 " is more than the file of %" PRIu64
-                     " bytes can hold (at most %" PRIu64 ")", p, n_tensors, m.size, c.left() / k_min_tinfo_bytes);
+        return error(status_code::INVALID_FILE,
+                     "gguf: %s: n_tensors %" PRIu64 " is more than the file of %" PRIu64
+                     " bytes can hold (at most %" PRIu64 ")",
+                     p, n_tensors, m.size, c.left() / k_min_tinfo_bytes);
     }
 
     std::unique_ptr<gguf_file> f(new gguf_file());
@@ -275,13 +382,16 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
     f->size_    = m.size;
 
     // Key/values.
-    f->kvs_.resize(size_t(n_kv));
+    // Entries are appended as they parse: a count that passed the bound above still cannot make us allocate
+    // far more than the file holds (an entry struct is ~10x its minimum size on disk).
+    f->kvs_.reserve(size_t(std::min<uint64_t>(n_kv, k_reserve_max)));
     for (uint64_t i = 0; i < n_kv; ++i) {
-        gguf_kv & kv = f->kvs_[i];
+        gguf_kv & kv = f->kvs_.emplace_back();
         c.where      = parse_where{"key", i + 1, n_kv, {}};
         std::string_view key;
         LC_RETURN_IF_ERROR(c.read_str(key, k_max_key_bytes, "key"));
-        if (key.empty()) return error(status_code::INVALID_FILE, "gguf: %s: %s has an empty name", p, c.where.str().c_str());
+        if (key.empty())
+            return error(status_code::INVALID_FILE, "gguf: %s: %s has an empty name", p, c.where.str().c_str());
         kv.key       = std::string(key);
         c.where.name = kv.key;
         if (!f->kv_index_.emplace(kv.key, size_t(i)).second) {
@@ -312,22 +422,25 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
                          p, gguf_vtype_name(a->type));
         }
         if (a->i64 <= 0 || a->u64 > (uint64_t(1) << 31) || (a->u64 & (a->u64 - 1)) != 0) {
-            return error(status_code::INVALID_FILE, "gguf: %s: general.alignment %" PRId64 " is not a power of two "
-                         "between 1 and 2^31", p, a->i64);
+            return error(status_code::INVALID_FILE,
+                         "gguf: %s: general.alignment %" PRId64 " is not a power of two "
+                         "between 1 and 2^31",
+                         p, a->i64);
         }
         f->alignment_ = a->u64;
     }
 
     // Tensor infos.
-    f->tensors_.resize(size_t(n_tensors));
+    f->tensors_.reserve(size_t(std::min<uint64_t>(n_tensors, k_reserve_max)));
     for (uint64_t i = 0; i < n_tensors; ++i) {
-        gguf_tensor_info & ti = f->tensors_[i];
+        gguf_tensor_info & ti = f->tensors_.emplace_back();
         c.where               = parse_where{"tensor", i + 1, n_tensors, {}};
         std::string_view name;
         LC_RETURN_IF_ERROR(c.read_str(name, k_max_key_bytes, "tensor name"));
-        if (name.empty()) return error(status_code::INVALID_FILE, "gguf: %s: %s has an empty name", p, c.where.str().c_str());
-        ti.name      = std::string(name);
-        c.where.name = ti.name;
+        if (name.empty())
+            return error(status_code::INVALID_FILE, "gguf: %s: %s has an empty name", p, c.where.str().c_str());
+        ti.name         = std::string(name);
+        c.where.name    = ti.name;
         const char * tn = ti.name.c_str();
         if (!f->tensor_index_.emplace(ti.name, size_t(i)).second) {
             return error(status_code::INVALID_FILE, "gguf: %s: tensor '%s': duplicate tensor name", p, tn);
@@ -335,8 +448,8 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
         uint32_t n_dims = 0;
         LC_RETURN_IF_ERROR(c.read(n_dims));
         if (n_dims < 1 || n_dims > 4) {
-            return error(status_code::INVALID_FILE, "gguf: %s: tensor '%s' has %u dimensions (1 to 4 are supported)",
-                         p, tn, n_dims);
+            return error(status_code::INVALID_FILE, "gguf: %s: tensor '%s' has %u dimensions (1 to 4 are supported)", p,
+                         tn, n_dims);
         }
         ti.n_dims = int(n_dims);
         for (uint32_t d = 0; d < n_dims; ++d) {
@@ -354,29 +467,33 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
 
         const dtype_traits tr = dtype_info(type);
         if (!tr.known) {
-            return error(status_code::UNSUPPORTED, "gguf: %s: tensor '%s' has type id %u, unknown to this build; this "
-                         "build supports %.*s", p, tn, type, int(dtype_supported_list().size()),
-                         dtype_supported_list().data());
+            return error(status_code::UNSUPPORTED,
+                         "gguf: %s: tensor '%s' has type id %u, unknown to this build; this "
+                         "build supports %.*s",
+                         p, tn, type, int(dtype_supported_list().size()), dtype_supported_list().data());
         }
         ti.type = dtype(type);
         if (!opts.allow_unsupported_types && !dtype_is_supported(ti.type)) {
-            return error(status_code::UNSUPPORTED, "gguf: %s: tensor '%s' has type %s; this build supports %.*s", p,
-                         tn, tr.name, int(dtype_supported_list().size()), dtype_supported_list().data());
+            return error(status_code::UNSUPPORTED, "gguf: %s: tensor '%s' has type %s; this build supports %.*s", p, tn,
+                         tr.name, int(dtype_supported_list().size()), dtype_supported_list().data());
         }
         if (ti.ne[0] % tr.block_size != 0) {
-            return error(status_code::INVALID_FILE, "gguf: %s: tensor '%s' of type %s has ne[0] = %" PRId64 ", not a "
-                         "multiple of the block size %" PRId64, p, tn, tr.name, ti.ne[0], tr.block_size);
+            return error(status_code::INVALID_FILE,
+                         "gguf: %s: tensor '%s' of type %s has ne[0] = %" PRId64 ", not a "
+                         "multiple of the block size %" PRId64,
+                         p, tn, tr.name, ti.ne[0], tr.block_size);
         }
         // Element count and byte size, checked for overflow.
         int64_t n_el = 1;
         for (int d = 0; d < 4; ++d) {
             if (__builtin_mul_overflow(n_el, ti.ne[d], &n_el)) {
-                return error(status_code::INVALID_FILE, "gguf: %s: tensor '%s' shape [%" PRId64 ", %" PRId64 ", %"
-                             PRId64 ", %" PRId64 "] has more than 2^63 elements", p, tn, ti.ne[0], ti.ne[1], ti.ne[2],
-                             ti.ne[3]);
+                return error(status_code::INVALID_FILE,
+                             "gguf: %s: tensor '%s' shape [%" PRId64 ", %" PRId64 ", %" PRId64 ", %" PRId64
+                             "] has more than 2^63 elements",
+                             p, tn, ti.ne[0], ti.ne[1], ti.ne[2], ti.ne[3]);
             }
         }
-        uint64_t nb = uint64_t(ti.ne[0] / tr.block_size) * tr.type_size; // ne[0]/bs * ts < 2^63 * 292 / 32
+        uint64_t nb  = uint64_t(ti.ne[0] / tr.block_size) * tr.type_size; // ne[0]/bs * ts < 2^63 * 292 / 32
         bool     ovf = false;
         for (int d = 1; d < 4; ++d) ovf |= __builtin_mul_overflow(nb, uint64_t(ti.ne[d]), &nb);
         if (ovf) {
@@ -384,8 +501,10 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
         }
         ti.n_bytes = nb;
         if (ti.offset % f->alignment_ != 0) {
-            return error(status_code::INVALID_FILE, "gguf: %s: tensor '%s' offset %" PRIu64 " is not a multiple of "
-                         "general.alignment %" PRIu64, p, tn, ti.offset, f->alignment_);
+            return error(status_code::INVALID_FILE,
+                         "gguf: %s: tensor '%s' offset %" PRIu64 " is not a multiple of "
+                         "general.alignment %" PRIu64,
+                         p, tn, ti.offset, f->alignment_);
         }
     }
 
@@ -396,9 +515,10 @@ result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string & path, con
     for (gguf_tensor_info & ti : f->tensors_) {
         const uint64_t avail = f->data_offset_ <= m.size ? m.size - f->data_offset_ : 0;
         if (ti.offset > avail || ti.n_bytes > avail - ti.offset) {
-            return error(status_code::INVALID_FILE, "gguf: %s: tensor '%s' data out of bounds: %" PRIu64 " bytes at "
-                         "data offset %" PRIu64 " (file offset %" PRIu64 ") but the file has %" PRIu64, p,
-                         ti.name.c_str(), ti.n_bytes, ti.offset, f->data_offset_ + ti.offset, m.size);
+            return error(status_code::INVALID_FILE,
+                         "gguf: %s: tensor '%s' data out of bounds: %" PRIu64 " bytes at "
+                         "data offset %" PRIu64 " (file offset %" PRIu64 ") but the file has %" PRIu64,
+                         p, ti.name.c_str(), ti.n_bytes, ti.offset, f->data_offset_ + ti.offset, m.size);
         }
         ti.data = m.map + f->data_offset_ + ti.offset;
     }
@@ -442,20 +562,49 @@ bool is_signed_int(gguf_vtype t) {
 bool is_unsigned_int(gguf_vtype t) {
     return t == gguf_vtype::UINT8 || t == gguf_vtype::UINT16 || t == gguf_vtype::UINT32 || t == gguf_vtype::UINT64;
 }
-bool is_int(gguf_vtype t) { return is_signed_int(t) || is_unsigned_int(t); }
+bool is_int(gguf_vtype t) {
+    return is_signed_int(t) || is_unsigned_int(t);
+}
 
 // Reads element i of a numeric array as a signed or unsigned 64-bit integer. REQUIRES: is_int(t).
 void array_int(gguf_vtype t, const uint8_t * data, uint64_t i, int64_t & s, uint64_t & u) {
     switch (t) {
-        case gguf_vtype::UINT8:  u = load_le<uint8_t>(data + i);      s = int64_t(u); break;
-        case gguf_vtype::UINT16: u = load_le<uint16_t>(data + 2 * i); s = int64_t(u); break;
-        case gguf_vtype::UINT32: u = load_le<uint32_t>(data + 4 * i); s = int64_t(u); break;
-        case gguf_vtype::UINT64: u = load_le<uint64_t>(data + 8 * i); s = int64_t(u); break;
-        case gguf_vtype::INT8:   s = load_le<int8_t>(data + i);       u = uint64_t(s); break;
-        case gguf_vtype::INT16:  s = load_le<int16_t>(data + 2 * i);  u = uint64_t(s); break;
-        case gguf_vtype::INT32:  s = load_le<int32_t>(data + 4 * i);  u = uint64_t(s); break;
-        case gguf_vtype::INT64:  s = load_le<int64_t>(data + 8 * i);  u = uint64_t(s); break;
-        default:                 s = 0; u = 0; break;
+    case gguf_vtype::UINT8:
+        u = load_le<uint8_t>(data + i);
+        s = int64_t(u);
+        break;
+    case gguf_vtype::UINT16:
+        u = load_le<uint16_t>(data + 2 * i);
+        s = int64_t(u);
+        break;
+    case gguf_vtype::UINT32:
+        u = load_le<uint32_t>(data + 4 * i);
+        s = int64_t(u);
+        break;
+    case gguf_vtype::UINT64:
+        u = load_le<uint64_t>(data + 8 * i);
+        s = int64_t(u);
+        break;
+    case gguf_vtype::INT8:
+        s = load_le<int8_t>(data + i);
+        u = uint64_t(s);
+        break;
+    case gguf_vtype::INT16:
+        s = load_le<int16_t>(data + 2 * i);
+        u = uint64_t(s);
+        break;
+    case gguf_vtype::INT32:
+        s = load_le<int32_t>(data + 4 * i);
+        u = uint64_t(s);
+        break;
+    case gguf_vtype::INT64:
+        s = load_le<int64_t>(data + 8 * i);
+        u = uint64_t(s);
+        break;
+    default:
+        s = 0;
+        u = 0;
+        break;
     }
 }
 
@@ -464,7 +613,7 @@ void array_int(gguf_vtype t, const uint8_t * data, uint64_t i, int64_t & s, uint
 #define LC_GGUF_FIND_OR_NOT_FOUND(kv, key)                                                                             \
     const gguf_kv * kv = find(key);                                                                                    \
     if (!kv) {                                                                                                         \
-        return error(status_code::NOT_FOUND, "gguf: %s: missing required key '%.*s'", path_.c_str(),                  \
+        return error(status_code::NOT_FOUND, "gguf: %s: missing required key '%.*s'", path_.c_str(),                   \
                      int((key).size()), (key).data());                                                                 \
     }
 
@@ -541,7 +690,8 @@ result<std::vector<float>> gguf_file::get_arr_f32(std::string_view key) const {
 
 result<std::vector<int32_t>> gguf_file::get_arr_i32(std::string_view key) const {
     LC_GGUF_FIND_OR_NOT_FOUND(kv, key);
-    if (kv->type != gguf_vtype::ARRAY || !is_int(kv->arr_type)) return gguf_file_type_error(path_, *kv, "ARRAY of INT32");
+    if (kv->type != gguf_vtype::ARRAY || !is_int(kv->arr_type))
+        return gguf_file_type_error(path_, *kv, "ARRAY of INT32");
     std::vector<int32_t> out(size_t(kv->arr_n));
     for (uint64_t i = 0; i < kv->arr_n; ++i) {
         int64_t  s = 0;
@@ -585,7 +735,8 @@ std::string shape_str(int n_dims, const int64_t * ne) {
 
 } // namespace
 
-result<const gguf_tensor_info *> gguf_file::require_tensor(std::string_view name, int n_dims, const int64_t * ne) const {
+result<const gguf_tensor_info *> gguf_file::require_tensor(std::string_view name, int n_dims,
+                                                           const int64_t * ne) const {
     const gguf_tensor_info * t = find_tensor(name);
     if (!t) {
         return error(status_code::NOT_FOUND, "gguf: %s: missing required tensor '%.*s'", path_.c_str(),
@@ -638,16 +789,36 @@ template <typename T> static std::vector<uint8_t> scalar_bytes(gguf_vtype t, T v
     return b;
 }
 
-void gguf_writer::set_u8(const std::string & key, uint8_t v) { set_raw(key, scalar_bytes(gguf_vtype::UINT8, v)); }
-void gguf_writer::set_i8(const std::string & key, int8_t v) { set_raw(key, scalar_bytes(gguf_vtype::INT8, v)); }
-void gguf_writer::set_u16(const std::string & key, uint16_t v) { set_raw(key, scalar_bytes(gguf_vtype::UINT16, v)); }
-void gguf_writer::set_i16(const std::string & key, int16_t v) { set_raw(key, scalar_bytes(gguf_vtype::INT16, v)); }
-void gguf_writer::set_u32(const std::string & key, uint32_t v) { set_raw(key, scalar_bytes(gguf_vtype::UINT32, v)); }
-void gguf_writer::set_i32(const std::string & key, int32_t v) { set_raw(key, scalar_bytes(gguf_vtype::INT32, v)); }
-void gguf_writer::set_u64(const std::string & key, uint64_t v) { set_raw(key, scalar_bytes(gguf_vtype::UINT64, v)); }
-void gguf_writer::set_i64(const std::string & key, int64_t v) { set_raw(key, scalar_bytes(gguf_vtype::INT64, v)); }
-void gguf_writer::set_f32(const std::string & key, float v) { set_raw(key, scalar_bytes(gguf_vtype::FLOAT32, v)); }
-void gguf_writer::set_f64(const std::string & key, double v) { set_raw(key, scalar_bytes(gguf_vtype::FLOAT64, v)); }
+void gguf_writer::set_u8(const std::string & key, uint8_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::UINT8, v));
+}
+void gguf_writer::set_i8(const std::string & key, int8_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::INT8, v));
+}
+void gguf_writer::set_u16(const std::string & key, uint16_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::UINT16, v));
+}
+void gguf_writer::set_i16(const std::string & key, int16_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::INT16, v));
+}
+void gguf_writer::set_u32(const std::string & key, uint32_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::UINT32, v));
+}
+void gguf_writer::set_i32(const std::string & key, int32_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::INT32, v));
+}
+void gguf_writer::set_u64(const std::string & key, uint64_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::UINT64, v));
+}
+void gguf_writer::set_i64(const std::string & key, int64_t v) {
+    set_raw(key, scalar_bytes(gguf_vtype::INT64, v));
+}
+void gguf_writer::set_f32(const std::string & key, float v) {
+    set_raw(key, scalar_bytes(gguf_vtype::FLOAT32, v));
+}
+void gguf_writer::set_f64(const std::string & key, double v) {
+    set_raw(key, scalar_bytes(gguf_vtype::FLOAT64, v));
+}
 void gguf_writer::set_bool(const std::string & key, bool v) {
     set_raw(key, scalar_bytes(gguf_vtype::BOOL, uint8_t(v ? 1 : 0)));
 }
@@ -698,7 +869,7 @@ void gguf_writer::add_tensor(const std::string & name, dtype type, const std::ve
     LC_ASSERT(tr.known, "gguf_writer::add_tensor('%s'): unknown type", name.c_str());
     LC_ASSERT(!ne.empty() && ne.size() <= 4, "gguf_writer::add_tensor('%s'): %zu dims", name.c_str(), ne.size());
     LC_ASSERT(ne[0] % tr.block_size == 0, "gguf_writer::add_tensor('%s'): ne[0] %lld not a multiple of %lld",
-              name.c_str(), (long long) ne[0], (long long) tr.block_size);
+              name.c_str(), (long long)ne[0], (long long)tr.block_size);
     for (const tensor_entry & t : tensors_) LC_ASSERT(t.name != name, "duplicate tensor '%s'", name.c_str());
     size_t n_bytes = dtype_row_size(type, ne[0]);
     for (size_t d = 1; d < ne.size(); ++d) n_bytes *= size_t(ne[d]);

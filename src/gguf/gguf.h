@@ -53,12 +53,12 @@ struct gguf_kv {
 
 struct gguf_tensor_info {
     std::string     name;
-    dtype           type   = dtype::F32;
-    int             n_dims = 0;
-    int64_t         ne[4]  = {1, 1, 1, 1}; // ne[0] is the contiguous (row) dimension, as in ggml
-    uint64_t        offset = 0;            // relative to the start of the data section
+    dtype           type    = dtype::F32;
+    int             n_dims  = 0;
+    int64_t         ne[4]   = {1, 1, 1, 1}; // ne[0] is the contiguous (row) dimension, as in ggml
+    uint64_t        offset  = 0;            // relative to the start of the data section
     uint64_t        n_bytes = 0;
-    const uint8_t * data   = nullptr;      // into the mapping
+    const uint8_t * data    = nullptr; // into the mapping
     int64_t         n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
 };
 
@@ -90,23 +90,23 @@ class gguf_file {
 
     const std::vector<gguf_kv> &          kvs() const { return kvs_; }
     const std::vector<gguf_tensor_info> & tensors() const { return tensors_; }
-    const gguf_kv *                       find(std::string_view key) const;          // nullptr if absent
-    const gguf_tensor_info *              find_tensor(std::string_view name) const;  // nullptr if absent
+    const gguf_kv *                       find(std::string_view key) const;         // nullptr if absent
+    const gguf_tensor_info *              find_tensor(std::string_view name) const; // nullptr if absent
 
     // Typed getters: NOT_FOUND when absent ("gguf: FILE: missing required key 'llama.block_count'"),
     // INVALID_FILE when the type does not match. Integer getters accept any integer type whose value fits.
-    result<uint32_t>    get_u32(std::string_view key) const;
-    result<int64_t>     get_i64(std::string_view key) const;
-    result<float>       get_f32(std::string_view key) const;
-    result<bool>        get_bool(std::string_view key) const;
-    result<std::string> get_str(std::string_view key) const;
+    result<uint32_t>                      get_u32(std::string_view key) const;
+    result<int64_t>                       get_i64(std::string_view key) const;
+    result<float>                         get_f32(std::string_view key) const;
+    result<bool>                          get_bool(std::string_view key) const;
+    result<std::string>                   get_str(std::string_view key) const;
     result<std::vector<std::string_view>> get_arr_str(std::string_view key) const;
     result<std::vector<float>>            get_arr_f32(std::string_view key) const;
     result<std::vector<int32_t>>          get_arr_i32(std::string_view key) const;
     // Optional variants: the default when absent, an error only for a present key of the wrong type.
-    result<uint32_t> get_u32_or(std::string_view key, uint32_t def) const;
-    result<float>    get_f32_or(std::string_view key, float def) const;
-    result<bool>     get_bool_or(std::string_view key, bool def) const;
+    result<uint32_t>    get_u32_or(std::string_view key, uint32_t def) const;
+    result<float>       get_f32_or(std::string_view key, float def) const;
+    result<bool>        get_bool_or(std::string_view key, bool def) const;
     result<std::string> get_str_or(std::string_view key, std::string def) const;
 
     // Required tensor with expected type set and shape; NOT_FOUND / INVALID_FILE otherwise.
@@ -114,15 +114,15 @@ class gguf_file {
 
   private:
     gguf_file() = default;
-    std::string                   path_;
-    uint32_t                      version_     = 0;
-    uint64_t                      size_        = 0;
-    uint64_t                      alignment_   = 32;
-    uint64_t                      data_offset_ = 0;
-    const uint8_t *               map_         = nullptr;
-    int                           fd_          = -1;
-    std::vector<gguf_kv>          kvs_;
-    std::vector<gguf_tensor_info> tensors_;
+    std::string                                path_;
+    uint32_t                                   version_     = 0;
+    uint64_t                                   size_        = 0;
+    uint64_t                                   alignment_   = 32;
+    uint64_t                                   data_offset_ = 0;
+    const uint8_t *                            map_         = nullptr;
+    int                                        fd_          = -1;
+    std::vector<gguf_kv>                       kvs_;
+    std::vector<gguf_tensor_info>              tensors_;
     std::map<std::string, size_t, std::less<>> kv_index_;     // key -> index into kvs_
     std::map<std::string, size_t, std::less<>> tensor_index_; // name -> index into tensors_
 };
@@ -154,7 +154,7 @@ class gguf_writer {
     // data must hold dtype_row_size(type, ne[0]) * ne[1] * ne[2] * ne[3] bytes.
     void add_tensor(const std::string & name, dtype type, const std::vector<int64_t> & ne, const void * data);
 
-    std::vector<uint8_t> to_bytes() const;                // whole file image
+    std::vector<uint8_t> to_bytes() const; // whole file image
     status               write(const std::string & path) const;
 
   private:

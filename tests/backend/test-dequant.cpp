@@ -38,7 +38,7 @@ template <typename block> void fill_ramp_nibbles(block & b) {
 } // namespace
 
 TEST(dequant, f32_f16_bf16) {
-    const float f32[4] = {1.5f, -0.0f, 3.25e-5f, -65504.0f};
+    const float        f32[4] = {1.5f, -0.0f, 3.25e-5f, -65504.0f};
     std::vector<float> y(4);
     ref::dequantize_row(dtype::F32, f32, y.data(), 4);
     expect_eq(y, {1.5f, -0.0f, 3.25e-5f, -65504.0f});
@@ -66,8 +66,9 @@ TEST(dequant, q4_0) {
     block_q4_0 b{};
     b.d = H_0_5; // x = 0.5 * (q - 8)
     fill_ramp_nibbles(b);
-    expect_eq(deq(dtype::Q4_0, b, 32), {-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0,  0.5,  1,  1.5,  2,  2.5,  3,  3.5,
-                                        3.5, 3,  2.5, 2,  1.5, 1,  0.5, 0, -0.5, -1, -1.5, -2, -2.5, -3, -3.5, -4});
+    expect_eq(deq(dtype::Q4_0, b, 32),
+              {-4,  -3.5, -3,  -2.5, -2,  -1.5, -1,  -0.5, 0,    0.5, 1,    1.5, 2,    2.5, 3,    3.5,
+               3.5, 3,    2.5, 2,    1.5, 1,    0.5, 0,    -0.5, -1,  -1.5, -2,  -2.5, -3,  -3.5, -4});
 }
 
 TEST(dequant, q4_1) {
@@ -75,8 +76,8 @@ TEST(dequant, q4_1) {
     b.d = H_0_5; // x = 0.5 * q - 1
     b.m = H_M1;
     fill_ramp_nibbles(b);
-    expect_eq(deq(dtype::Q4_1, b, 32), {-1,  -0.5, 0,   0.5, 1,   1.5, 2,   2.5, 3,   3.5, 4,   4.5, 5,  5.5, 6,    6.5,
-                                        6.5, 6,    5.5, 5,   4.5, 4,   3.5, 3,   2.5, 2,   1.5, 1,   0.5, 0,  -0.5, -1});
+    expect_eq(deq(dtype::Q4_1, b, 32), {-1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 5.5,  6, 6.5, 6.5,
+                                        6,  5.5,  5, 4.5, 4, 3.5, 3, 2.5, 2, 1.5, 1, 0.5, 0, -0.5, -1});
 }
 
 TEST(dequant, q5_0) {
@@ -102,8 +103,8 @@ TEST(dequant, q5_1) {
     b.qh[1] = 0x00;
     b.qh[2] = 0xFF;
     b.qh[3] = 0x0F;
-    expect_eq(deq(dtype::Q5_1, b, 32), {1,    9.5, 2,    10.5, 3,    11.5, 4,    12.5, 5,    5.5, 6,    6.5, 7,   7.5, 8,   8.5,
-                                        16.5, 16,  15.5, 15,   14.5, 14,   13.5, 13,   12.5, 12,  11.5, 11,  2.5, 2,   1.5, 1});
+    expect_eq(deq(dtype::Q5_1, b, 32), {1,  9.5,  2,  10.5, 3,  11.5, 4,  12.5, 5,  5.5,  6,  6.5, 7, 7.5, 8, 8.5, 16.5,
+                                        16, 15.5, 15, 14.5, 14, 13.5, 13, 12.5, 12, 11.5, 11, 2.5, 2, 1.5, 1});
 }
 
 TEST(dequant, q8_0_and_q8_1) {
@@ -198,8 +199,8 @@ namespace {
 // Scales and mins of the 8 sub-blocks used by the Q4_K/Q5_K tests, and their hand-packed 12 bytes:
 // bytes 0-3: scale j (6 bits) | bits 4-5 of scale j+4 in bits 6-7; bytes 4-7: min j | bits 4-5 of min j+4;
 // bytes 8-11: low nibble scale j+4 | low nibble min j+4 << 4.
-const int     k_sc[8]     = {1, 2, 3, 63, 17, 33, 48, 5};
-const int     k_m[8]      = {0, 1, 62, 4, 20, 40, 63, 9};
+const int     k_sc[8]      = {1, 2, 3, 63, 17, 33, 48, 5};
+const int     k_m[8]       = {0, 1, 62, 4, 20, 40, 63, 9};
 const uint8_t k_packed[12] = {0x41, 0x82, 0xC3, 0x3F, 0x40, 0x81, 0xFE, 0x04, 0x41, 0x81, 0xF0, 0x95};
 
 } // namespace
@@ -213,14 +214,14 @@ TEST(dequant, q4_K) {
     std::memcpy(b.scales, k_packed, 12);
     for (int i = 0; i < 128; ++i) b.qs[i] = uint8_t((i & 15) | (15 - (i & 15)) << 4);
     const std::vector<float> y = deq(dtype::Q4_K, b, 256);
-    EXPECT_EQ(y[0], 0.0f);        // s0, q0
-    EXPECT_EQ(y[32], 14.75f);     // s1, q15: 0.5*2*15 - 0.25*1
-    EXPECT_EQ(y[65], -14.0f);     // s2, q1: 1.5 - 15.5
-    EXPECT_EQ(y[96], 471.5f);     // s3, q15: 472.5 - 1
-    EXPECT_EQ(y[130], 12.0f);     // s4, q2: 17 - 5
-    EXPECT_EQ(y[163], 188.0f);    // s5, q12: 198 - 10
-    EXPECT_EQ(y[207], 344.25f);   // s6, q15: 360 - 15.75
-    EXPECT_EQ(y[255], -2.25f);    // s7, q0: 0 - 2.25
+    EXPECT_EQ(y[0], 0.0f);      // s0, q0
+    EXPECT_EQ(y[32], 14.75f);   // s1, q15: 0.5*2*15 - 0.25*1
+    EXPECT_EQ(y[65], -14.0f);   // s2, q1: 1.5 - 15.5
+    EXPECT_EQ(y[96], 471.5f);   // s3, q15: 472.5 - 1
+    EXPECT_EQ(y[130], 12.0f);   // s4, q2: 17 - 5
+    EXPECT_EQ(y[163], 188.0f);  // s5, q12: 198 - 10
+    EXPECT_EQ(y[207], 344.25f); // s6, q15: 360 - 15.75
+    EXPECT_EQ(y[255], -2.25f);  // s7, q0: 0 - 2.25
     for (int e = 0; e < 256; ++e) {
         const int s = e / 32, l = e % 32;
         const int q = s % 2 == 0 ? (l & 15) : 15 - (l & 15);
@@ -291,8 +292,8 @@ TEST(dequant, q8_K) {
 }
 
 TEST(dequant, supported_types) {
-    for (dtype t : {dtype::F32, dtype::F16, dtype::BF16, dtype::Q4_0, dtype::Q4_1, dtype::Q5_0, dtype::Q8_0, dtype::Q4_K,
-                    dtype::Q5_K, dtype::Q6_K}) {
+    for (dtype t : {dtype::F32, dtype::F16, dtype::BF16, dtype::Q4_0, dtype::Q4_1, dtype::Q5_0, dtype::Q8_0,
+                    dtype::Q4_K, dtype::Q5_K, dtype::Q6_K}) {
         EXPECT_TRUE(dtype_is_supported(t));
         EXPECT_TRUE(ref::dequantize_supported(t)) << dtype_name(t);
     }
@@ -303,7 +304,6 @@ TEST(dequant_death, bad_row_length) {
     float      y[32];
     EXPECT_DEATH(ref::dequantize_row(dtype::Q4_0, &b, y, 31), "block size");
 }
-
 
 // Rows of the real model: token_embd.weight is Q8_0 and the block weights Q4_1. Small-model weights are
 // O(0.01-0.1) with outliers of a few units; anything non-finite or far outside that means a wrong layout.
@@ -317,12 +317,12 @@ TEST(dequant_model, smollm2_rows) {
                               "blk.29.ffn_gate.weight", "blk.0.attn_norm.weight"}) {
         const gguf_tensor_info * t = f.find_tensor(name);
         ASSERT_NE(t, nullptr) << name;
-        const int64_t      n      = t->ne[0];
-        const size_t       nb_row = dtype_row_size(t->type, n);
-        std::vector<float> y(static_cast<size_t>(n));
-        double             sum_abs = 0.0, max_abs = 0.0;
-        int64_t            count = 0;
-        std::vector<int64_t> rows = {0, t->ne[1] / 2, t->ne[1] - 1}; // first, middle, last (1-D: row 0 only)
+        const int64_t        n      = t->ne[0];
+        const size_t         nb_row = dtype_row_size(t->type, n);
+        std::vector<float>   y(static_cast<size_t>(n));
+        double               sum_abs = 0.0, max_abs = 0.0;
+        int64_t              count = 0;
+        std::vector<int64_t> rows  = {0, t->ne[1] / 2, t->ne[1] - 1}; // first, middle, last (1-D: row 0 only)
         rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
         for (int64_t row : rows) {
             ref::dequantize_row(t->type, t->data + size_t(row) * nb_row, y.data(), n);

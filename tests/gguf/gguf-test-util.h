@@ -30,8 +30,8 @@ class temp_dir {
         std::error_code ec;
         std::filesystem::remove_all(path_, ec);
     }
-    temp_dir(const temp_dir &)             = delete;
-    temp_dir & operator=(const temp_dir &) = delete;
+    temp_dir(const temp_dir &)                      = delete;
+    temp_dir &          operator=(const temp_dir &) = delete;
     const std::string & path() const { return path_; }
     std::string         file(const std::string & name) const { return path_ + "/" + name; }
 

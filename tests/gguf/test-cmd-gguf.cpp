@@ -31,7 +31,9 @@ std::string slurp(const std::string & path) {
     return s;
 }
 
-std::string exe() { return std::string(LC_BINARY_DIR) + "/longctx"; }
+std::string exe() {
+    return std::string(LC_BINARY_DIR) + "/longctx";
+}
 
 run_result run(const temp_dir & dir, const std::string & args) {
     const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
@@ -44,7 +46,9 @@ run_result run(const temp_dir & dir, const std::string & args) {
     return r;
 }
 
-bool contains(const std::string & s, const std::string & sub) { return s.find(sub) != std::string::npos; }
+bool contains(const std::string & s, const std::string & sub) {
+    return s.find(sub) != std::string::npos;
+}
 
 } // namespace
 

@@ -56,7 +56,7 @@ void check_consistent(const gguf_file & f, const std::string & what) {
         ASSERT_EQ(f.find_tensor(t.name), &t);
         for (uint64_t i = 0; i < t.n_bytes; ++i) sum += t.data[i];
     }
-    (void) sum;
+    (void)sum;
 }
 
 // open() on bytes: returns true when the file opened.
@@ -72,6 +72,14 @@ bool try_open(const temp_dir & dir, const std::vector<uint8_t> & bytes, const st
     }
     check_consistent(**r, what);
     return true;
+}
+
+// Values that tend to hit edge cases when written over a count, length, type or offset, including
+// lengths just under the file size that only an element-size-aware bound rejects.
+std::vector<uint64_t> interesting_values(uint64_t fs) {
+    return {0,          1,          2,     3,          4,      7,     8,           12,          13,          31,
+            32,         33,         255,   256,        65535,  65536, 0x7fffffffu, 0x80000000u, 0xffffffffu, 1ull << 32,
+            1ull << 62, 1ull << 63, ~0ull, ~0ull - 31, fs - 1, fs,    fs + 1,      fs / 2,      fs / 4,      fs / 8};
 }
 
 } // namespace
@@ -106,18 +114,14 @@ TEST(gguf_fuzz, random_header_corruption) {
         ASSERT_TRUE(r);
         header_end = size_t((*r)->data_offset());
     }
-    // Values that tend to hit edge cases when written over a count, length, type or offset.
-    const uint64_t interesting[] = {0,          1,          2,           3,          4,           7,
-                                    8,          12,         13,          31,         32,          33,
-                                    255,        256,        65535,       65536,      0x7fffffffu, 0x80000000u,
-                                    0xffffffffu, 1ull << 32, 1ull << 62, 1ull << 63, ~0ull,       ~0ull - 31};
-    std::mt19937_64 rng(20240607);
-    int             n_ok = 0, n_err = 0;
-    const int       n_iter = 4000;
+    const std::vector<uint64_t> interesting = interesting_values(full.size());
+    std::mt19937_64             rng(20240607);
+    int                         n_ok = 0, n_err = 0;
+    const int                   n_iter = 4000;
     for (int it = 0; it < n_iter; ++it) {
-        std::vector<uint8_t> b        = full;
-        const int            n_edits  = 1 + int(rng() % 3);
-        std::string          what     = "iteration " + std::to_string(it) + ":";
+        std::vector<uint8_t> b       = full;
+        const int            n_edits = 1 + int(rng() % 3);
+        std::string          what    = "iteration " + std::to_string(it) + ":";
         for (int e = 0; e < n_edits; ++e) {
             const size_t pos  = size_t(rng() % header_end);
             const int    kind = int(rng() % 3);
@@ -126,7 +130,7 @@ TEST(gguf_fuzz, random_header_corruption) {
             } else if (kind == 1) { // random byte
                 b[pos] = uint8_t(rng());
             } else { // an interesting 4- or 8-byte value
-                const uint64_t v     = interesting[rng() % (sizeof(interesting) / sizeof(interesting[0]))];
+                const uint64_t v     = interesting[rng() % interesting.size()];
                 const size_t   width = rng() % 2 ? 8 : 4;
                 for (size_t i = 0; i < width && pos + i < b.size(); ++i) b[pos + i] = uint8_t(v >> (8 * i));
             }
@@ -141,4 +145,33 @@ TEST(gguf_fuzz, random_header_corruption) {
     }
     std::printf("random corruptions: %d opened, %d rejected\n", n_ok, n_err);
     EXPECT_GT(n_err, n_iter / 2); // most damage to the header must be caught
+}
+
+// Systematic: every interesting value, as a 4- and an 8-byte little-endian integer, written at every
+// position of the header. Hits every count, length, type and offset field with every edge value.
+TEST(gguf_fuzz, every_field_overwrite) {
+    temp_dir                   dir;
+    const std::vector<uint8_t> full = make_sample().to_bytes();
+    size_t                     header_end;
+    {
+        write_bytes(dir.file("full.gguf"), full);
+        auto r = gguf_file::open(dir.file("full.gguf"));
+        ASSERT_TRUE(r);
+        header_end = size_t((*r)->data_offset());
+    }
+    const std::vector<uint64_t> interesting = interesting_values(full.size());
+    int                         n_ok = 0, n_err = 0;
+    for (size_t pos = 0; pos < header_end; ++pos) {
+        for (uint64_t v : interesting) {
+            for (size_t width : {size_t(4), size_t(8)}) {
+                std::vector<uint8_t> b = full;
+                for (size_t i = 0; i < width && pos + i < b.size(); ++i) b[pos + i] = uint8_t(v >> (8 * i));
+                const bool ok = try_open(
+                    dir, b, std::to_string(v) + " (" + std::to_string(width) + " bytes) at " + std::to_string(pos));
+                (ok ? n_ok : n_err) += 1;
+                if (::testing::Test::HasFailure()) return;
+            }
+        }
+    }
+    std::printf("field overwrites: %d opened, %d rejected\n", n_ok, n_err);
 }

@@ -88,7 +88,7 @@ TEST(gguf_roundtrip, every_value_type) {
 
     // typed getters
     EXPECT_EQ(*f.get_u32("t.u32"), 4000000000u);
-    EXPECT_EQ(*f.get_u32("t.u8"), 250u);   // any integer type whose value fits
+    EXPECT_EQ(*f.get_u32("t.u8"), 250u); // any integer type whose value fits
     EXPECT_EQ(*f.get_i64("t.i8"), -7);
     EXPECT_EQ(*f.get_i64("t.i64"), -9000000000000000000ll);
     EXPECT_EQ(*f.get_f32("t.f32"), 1.5e-5f);
@@ -183,15 +183,9 @@ TEST(gguf_roundtrip, tensors_of_every_supported_type) {
         std::vector<int64_t> ne;
     };
     const std::vector<spec> specs = {
-        {"f32", dtype::F32, {7}},
-        {"f16", dtype::F16, {3, 5}},
-        {"bf16", dtype::BF16, {9, 1, 2}},
-        {"q8_0", dtype::Q8_0, {64, 3}},
-        {"q4_0", dtype::Q4_0, {32, 2, 2, 2}},
-        {"q4_1", dtype::Q4_1, {96, 1}},
-        {"q5_0", dtype::Q5_0, {32, 3}},
-        {"q4_k", dtype::Q4_K, {256, 2}},
-        {"q5_k", dtype::Q5_K, {512}},
+        {"f32", dtype::F32, {7}},        {"f16", dtype::F16, {3, 5}},          {"bf16", dtype::BF16, {9, 1, 2}},
+        {"q8_0", dtype::Q8_0, {64, 3}},  {"q4_0", dtype::Q4_0, {32, 2, 2, 2}}, {"q4_1", dtype::Q4_1, {96, 1}},
+        {"q5_0", dtype::Q5_0, {32, 3}},  {"q4_k", dtype::Q4_K, {256, 2}},      {"q5_k", dtype::Q5_K, {512}},
         {"q6_k", dtype::Q6_K, {256, 3}},
     };
     std::vector<std::vector<uint8_t>> datas;
@@ -310,7 +304,8 @@ TEST_F(gguf_bad, magic) {
     raw_gguf b;
     b.u32(0x46554747u + 1).u32(3).u64(0).u64(0);
     EXPECT_EQ(open_bad(b.bytes).message(), "gguf: " + p() + ": bad magic 0x46554748 (expected \"GGUF\")");
-    EXPECT_EQ(open_bad({}).message(), "gguf: " + p() + ": truncated: magic needs 4 bytes at offset 0 but the file has 0");
+    EXPECT_EQ(open_bad({}).message(),
+              "gguf: " + p() + ": truncated: magic needs 4 bytes at offset 0 but the file has 0");
     EXPECT_EQ(open_bad({'G', 'G', 'U'}).message(),
               "gguf: " + p() + ": truncated: magic needs 4 bytes at offset 0 but the file has 3");
 }
@@ -403,7 +398,8 @@ TEST_F(gguf_bad, value_types) {
     raw_gguf b;
     b.header(3, 0, 1);
     b.str("x.weird").u32(13).u32(0);
-    EXPECT_EQ(open_bad(b.bytes).message(), "gguf: " + p() + ": key 1 of 1 ('x.weird'): value type 13 is unknown (0 to 12 are)");
+    EXPECT_EQ(open_bad(b.bytes).message(),
+              "gguf: " + p() + ": key 1 of 1 ('x.weird'): value type 13 is unknown (0 to 12 are)");
 
     raw_gguf a;
     a.header(3, 0, 1);
@@ -422,7 +418,8 @@ TEST_F(gguf_bad, value_types) {
     raw_gguf bo;
     bo.header(3, 0, 1);
     bo.str("x.flag").u32(uint32_t(gguf_vtype::BOOL)).u8(2);
-    EXPECT_EQ(open_bad(bo.bytes).message(), "gguf: " + p() + ": key 1 of 1 ('x.flag'): bool value 2 is neither 0 nor 1");
+    EXPECT_EQ(open_bad(bo.bytes).message(),
+              "gguf: " + p() + ": key 1 of 1 ('x.flag'): bool value 2 is neither 0 nor 1");
 
     raw_gguf ba;
     ba.header(3, 0, 1);
@@ -453,7 +450,8 @@ TEST_F(gguf_bad, alignment) {
     raw_gguf s;
     s.header(3, 0, 1);
     s.str("general.alignment").u32(uint32_t(gguf_vtype::STRING)).str("32");
-    EXPECT_EQ(open_bad(s.bytes).message(), "gguf: " + p() + ": key 'general.alignment' has type STRING (expected UINT32)");
+    EXPECT_EQ(open_bad(s.bytes).message(),
+              "gguf: " + p() + ": key 'general.alignment' has type STRING (expected UINT32)");
 }
 
 // Tensor-table cases: a header with no keys and one tensor described by the arguments, then `data` bytes of
@@ -486,7 +484,8 @@ TEST_F(gguf_bad, tensor_types) {
 
     st = open_bad(one_tensor("w", 1, {32}, 99, 0, 64), opts);
     EXPECT_EQ(st.code(), status_code::UNSUPPORTED);
-    EXPECT_EQ(st.message(), "gguf: " + p() + ": tensor 'w' has type id 99, unknown to this build; this build supports " +
+    EXPECT_EQ(st.message(), "gguf: " + p() +
+                                ": tensor 'w' has type id 99, unknown to this build; this build supports " +
                                 std::string(dtype_supported_list()));
 }
 
@@ -513,8 +512,9 @@ TEST_F(gguf_bad, tensor_data) {
               "gguf: " + p() + ": tensor 'output.weight' offset 16 is not a multiple of general.alignment 32");
     // header 24 + tensor info (8 + 13 + 4 + 16 + 4 + 8 = 53) = 77 -> data at 96; 64 bytes of data.
     EXPECT_EQ(open_bad(one_tensor("output.weight", 2, {8, 4}, 0, 32, 64)).message(),
-              "gguf: " + p() + ": tensor 'output.weight' data out of bounds: 128 bytes at data offset 32 (file offset "
-                               "128) but the file has 160");
+              "gguf: " + p() +
+                  ": tensor 'output.weight' data out of bounds: 128 bytes at data offset 32 (file offset "
+                  "128) but the file has 160");
     EXPECT_NE(open_bad(one_tensor("w", 1, {8}, 0, 1ull << 63, 64)).message().find("tensor 'w' data out of bounds"),
               std::string::npos);
     // No data section at all.

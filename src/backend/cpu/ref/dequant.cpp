@@ -10,7 +10,9 @@ namespace lc::ref {
 
 namespace {
 
-inline float h2f(fp16_t h) { return fp16_to_fp32(h); }
+inline float h2f(fp16_t h) {
+    return fp16_to_fp32(h);
+}
 
 void deq_q4_0(const block_q4_0 * x, float * y, int64_t nb) {
     for (int64_t i = 0; i < nb; ++i, y += QK4_0) {
@@ -219,21 +221,22 @@ void deq_q8_K(const block_q8_K * x, float * y, int64_t nb) {
 
 bool dequantize_supported(dtype t) {
     switch (t) {
-        case dtype::F32:
-        case dtype::F16:
-        case dtype::BF16:
-        case dtype::Q4_0:
-        case dtype::Q4_1:
-        case dtype::Q5_0:
-        case dtype::Q5_1:
-        case dtype::Q8_0:
-        case dtype::Q8_1:
-        case dtype::Q2_K:
-        case dtype::Q3_K:
-        case dtype::Q4_K:
-        case dtype::Q5_K:
-        case dtype::Q6_K:
-        case dtype::Q8_K: return true;
+    case dtype::F32:
+    case dtype::F16:
+    case dtype::BF16:
+    case dtype::Q4_0:
+    case dtype::Q4_1:
+    case dtype::Q5_0:
+    case dtype::Q5_1:
+    case dtype::Q8_0:
+    case dtype::Q8_1:
+    case dtype::Q2_K:
+    case dtype::Q3_K:
+    case dtype::Q4_K:
+    case dtype::Q5_K:
+    case dtype::Q6_K:
+    case dtype::Q8_K:
+        return true;
     }
     return false;
 }
@@ -260,24 +263,54 @@ void dequantize_row(dtype t, const void * src, float * dst, int64_t n) {
     const dtype_traits tr = dtype_info(t);
     LC_ASSERT(dequantize_supported(t), "dequantize_row: type %s is not supported", tr.name);
     LC_ASSERT(n >= 0 && n % tr.block_size == 0, "dequantize_row: n %lld is not a multiple of %s's block size %lld",
-              (long long) n, tr.name, (long long) tr.block_size);
+              (long long)n, tr.name, (long long)tr.block_size);
     const int64_t nb = n / tr.block_size;
     switch (t) {
-        case dtype::F32:  std::memcpy(dst, src, size_t(n) * sizeof(float)); break;
-        case dtype::F16:  dequantize_row_f16(static_cast<const fp16_t *>(src), dst, n); break;
-        case dtype::BF16: dequantize_row_bf16(static_cast<const bf16_t *>(src), dst, n); break;
-        case dtype::Q4_0: deq_q4_0(static_cast<const block_q4_0 *>(src), dst, nb); break;
-        case dtype::Q4_1: deq_q4_1(static_cast<const block_q4_1 *>(src), dst, nb); break;
-        case dtype::Q5_0: deq_q5_0(static_cast<const block_q5_0 *>(src), dst, nb); break;
-        case dtype::Q5_1: deq_q5_1(static_cast<const block_q5_1 *>(src), dst, nb); break;
-        case dtype::Q8_0: deq_q8_0(static_cast<const block_q8_0 *>(src), dst, nb); break;
-        case dtype::Q8_1: deq_q8_1(static_cast<const block_q8_1 *>(src), dst, nb); break;
-        case dtype::Q2_K: deq_q2_K(static_cast<const block_q2_K *>(src), dst, nb); break;
-        case dtype::Q3_K: deq_q3_K(static_cast<const block_q3_K *>(src), dst, nb); break;
-        case dtype::Q4_K: deq_q4_K(static_cast<const block_q4_K *>(src), dst, nb); break;
-        case dtype::Q5_K: deq_q5_K(static_cast<const block_q5_K *>(src), dst, nb); break;
-        case dtype::Q6_K: deq_q6_K(static_cast<const block_q6_K *>(src), dst, nb); break;
-        case dtype::Q8_K: deq_q8_K(static_cast<const block_q8_K *>(src), dst, nb); break;
+    case dtype::F32:
+        std::memcpy(dst, src, size_t(n) * sizeof(float));
+        break;
+    case dtype::F16:
+        dequantize_row_f16(static_cast<const fp16_t *>(src), dst, n);
+        break;
+    case dtype::BF16:
+        dequantize_row_bf16(static_cast<const bf16_t *>(src), dst, n);
+        break;
+    case dtype::Q4_0:
+        deq_q4_0(static_cast<const block_q4_0 *>(src), dst, nb);
+        break;
+    case dtype::Q4_1:
+        deq_q4_1(static_cast<const block_q4_1 *>(src), dst, nb);
+        break;
+    case dtype::Q5_0:
+        deq_q5_0(static_cast<const block_q5_0 *>(src), dst, nb);
+        break;
+    case dtype::Q5_1:
+        deq_q5_1(static_cast<const block_q5_1 *>(src), dst, nb);
+        break;
+    case dtype::Q8_0:
+        deq_q8_0(static_cast<const block_q8_0 *>(src), dst, nb);
+        break;
+    case dtype::Q8_1:
+        deq_q8_1(static_cast<const block_q8_1 *>(src), dst, nb);
+        break;
+    case dtype::Q2_K:
+        deq_q2_K(static_cast<const block_q2_K *>(src), dst, nb);
+        break;
+    case dtype::Q3_K:
+        deq_q3_K(static_cast<const block_q3_K *>(src), dst, nb);
+        break;
+    case dtype::Q4_K:
+        deq_q4_K(static_cast<const block_q4_K *>(src), dst, nb);
+        break;
+    case dtype::Q5_K:
+        deq_q5_K(static_cast<const block_q5_K *>(src), dst, nb);
+        break;
+    case dtype::Q6_K:
+        deq_q6_K(static_cast<const block_q6_K *>(src), dst, nb);
+        break;
+    case dtype::Q8_K:
+        deq_q8_K(static_cast<const block_q8_K *>(src), dst, nb);
+        break;
     }
 }
 
