@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds longctx and runs the test suite: the unit and model tests (the model tests use the default model,
-# fetched into the cache on first use), then the GGUF reader and dequantizer tests again under
-# AddressSanitizer and UndefinedBehaviorSanitizer.
+# fetched into the cache on first use), then the GGUF reader, dequantizer and `longctx gguf`
+# tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -14,7 +14,4 @@ build/longctx run -n 1 --temp 0 -p "Hello" > /dev/null
 
 ctest --test-dir build --output-on-failure -L "unit|model" -j"$jobs"
 
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLONGCTX_SANITIZE_ADDRESS=ON \
-      -DLONGCTX_SANITIZE_UNDEFINED=ON
-cmake --build build-asan -j"$jobs" --target test-gguf test-dequant
-ctest --test-dir build-asan --output-on-failure -R "^(test-gguf|test-dequant)$"
+bash tests/gguf/run-sanitized.sh build-asan

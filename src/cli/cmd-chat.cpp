@@ -65,7 +65,7 @@ int cmd_chat(const args_t & args) {
         msgs.push_back({"user", line});
         auto text = tok.apply_chat_template(msgs, true);
         if (!text) return fail("chat", text.get_status());
-        std::vector<int32_t> all = tok.encode(*text, true, true);
+        std::vector<int32_t> all = tok.encode(*text, false, true);
         size_t               keep = 0;
         while (keep < all.size() && keep < in_cache.size() && all[keep] == in_cache[keep]) ++keep;
         if (keep == all.size()) --keep; // always compute at least one token to get fresh logits
@@ -77,7 +77,7 @@ int cmd_chat(const args_t & args) {
             in_cache.clear();
             auto t2 = tok.apply_chat_template(msgs, true);
             if (!t2) return fail("chat", t2.get_status());
-            all  = tok.encode(*t2, true, true);
+            all  = tok.encode(*t2, false, true);
             keep = 0;
             if (int64_t(all.size()) + *n_predict > c.n_ctx())
                 return fail("chat", error(status_code::OUT_OF_RANGE, "the message alone (%zu tokens) does not fit in -c %lld",

@@ -95,7 +95,8 @@ int cmd_run(const args_t & args) {
         text = *t;
     }
     const auto t_tok0 = clock_type::now();
-    std::vector<int32_t> prompt = tok.encode(text, true, true);
+    // A rendered chat template already holds the BOS text where the template wants it.
+    std::vector<int32_t> prompt = tok.encode(text, !p.has("--chat"), true);
     const double         t_tok  = since(t_tok0);
     if (prompt.empty()) return fail("run", error(status_code::INVALID_ARGUMENT, "the prompt is empty"));
 
