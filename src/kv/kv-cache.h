@@ -15,7 +15,8 @@ constexpr int kv_page_tokens = 64;
 
 // Read-only view of one layer of one sequence, as attention kernels see it. A page holds, for every KV head,
 // 64 token rows of head_dim fp16: page layout [n_head_kv][64][head_dim], row-major.
-// Rows past n_kv on the last page are garbage. The view is invalidated by clear() and by destroying the cache.
+// Rows past n_kv on the last page are garbage. The view is invalidated by reserve() and clear() of its sequence
+// and by destroying the cache.
 struct kv_view {
     const fp16_t *  k_pool     = nullptr; // [n_pages_total][n_head_kv][64][head_dim] fp16
     const fp16_t *  v_pool     = nullptr; // same layout as k_pool
@@ -42,11 +43,12 @@ struct kv_view {
 // Memory: the pools of all layers are reserved up front as address space for the whole capacity
 // (mmap with MAP_NORESERVE); the OS backs a page with memory the first time it is written, and the free list
 // hands out the lowest page ids first, so a 128k-token cache costs only what its sequences have used.
+// clear() returns pages to the free list but not their memory to the OS.
 // Capacity: n_ctx_max tokens in total, shared by up to n_seq_max sequences; one sequence may take all of it.
 // The pool has ceil(n_ctx_max / 64) + n_seq_max - 1 pages so that partly filled last pages never make a set
 // of sequences that fits in n_ctx_max tokens fail.
-// Thread-safety: const methods may run concurrently; reserve(), write() and clear() need external locking
-// (write() of different layers or different sequences may run concurrently).
+// Thread-safety: const methods may run concurrently; reserve(), write() and clear() need external locking,
+// except that write() calls for different sequences may run concurrently.
 class kv_cache {
   public:
     kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, int n_seq_max = 1);
