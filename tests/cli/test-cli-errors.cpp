@@ -1,0 +1,111 @@
+// Bad input to the `longctx` executable: unknown commands and flags, bad values, missing and truncated model
+// files, prompts longer than -c. Each must end with exactly one line on stderr and exit code 1 (runtime) or 2
+// (usage), never a crash. Runs the built executable; skips when it has not been built.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "common/test-util.h"
+#include "gguf/gguf-test-util.h"
+
+using namespace lc;
+
+namespace {
+
+struct run_result {
+    int         rc = -1;
+    bool        signalled = false;
+    std::string err;
+};
+
+std::string exe() { return std::string(LC_BINARY_DIR) + "/longctx"; }
+
+std::string slurp(const std::string & path) {
+    std::string s;
+    FILE *      f = std::fopen(path.c_str(), "rb");
+    if (!f) return s;
+    char   buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) s.append(buf, n);
+    std::fclose(f);
+    return s;
+}
+
+run_result run(const test::temp_dir & dir, const std::string & args) {
+    const std::string err = dir.file("stderr.txt");
+    const std::string cmd = exe() + " " + args + " >/dev/null 2>" + err + " </dev/null";
+    const int         st  = std::system(cmd.c_str());
+    run_result        r;
+    r.signalled = WIFSIGNALED(st);
+    r.rc        = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    r.err       = slurp(err);
+    return r;
+}
+
+int count_lines(const std::string & s) {
+    int n = 0;
+    for (char c : s) n += c == '\n';
+    return n;
+}
+
+} // namespace
+
+class cli_errors : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        if (!std::filesystem::exists(exe())) GTEST_SKIP() << exe() << " not built";
+    }
+    void expect_one_line_error(const std::string & args, int rc, const std::string & needle) {
+        const run_result r = run(dir, args);
+        EXPECT_FALSE(r.signalled) << args;
+        EXPECT_EQ(r.rc, rc) << args << "\n" << r.err;
+        EXPECT_EQ(count_lines(r.err), 1) << args << "\n" << r.err;
+        EXPECT_NE(r.err.find(needle), std::string::npos) << args << ": '" << needle << "' not in: " << r.err;
+    }
+    test::temp_dir dir;
+};
+
+TEST_F(cli_errors, usage) {
+    expect_one_line_error("frobnicate", 2, "unknown command 'frobnicate'");
+    expect_one_line_error("run --bogus -p hi", 2, "unknown flag '--bogus'");
+    expect_one_line_error("run -p hi -n abc", 2, "--n-predict expects an integer, got 'abc'");
+    expect_one_line_error("run -p hi -n", 2, "needs a value");
+    expect_one_line_error("run -n 5", 2, "give a prompt with -p TEXT or -f FILE");
+    expect_one_line_error("run -p hi --top-p 1.5", 2, "--top-p 1.5 is out of range");
+    expect_one_line_error("run -p hi -t 0", 2, "--threads 0 is out of range");
+    expect_one_line_error("bench -o xml", 2, "-o must be md or json");
+    expect_one_line_error("bench -p 512,abc", 2, "comma-separated list of integers");
+}
+
+TEST_F(cli_errors, missing_and_corrupt_model_files) {
+    expect_one_line_error("run -m " + dir.file("nope.gguf") + " -p hi", 1, "nope.gguf");
+    expect_one_line_error("run -m " + dir.file("") + " -p hi", 2, "directory");
+    expect_one_line_error("run -m no-such-model-name -p hi", 1, "no-such-model-name");
+
+    // a valid small GGUF without a model in it, then truncated, then with a bad magic
+    const auto bytes = test::make_sample().to_bytes();
+    test::write_bytes(dir.file("sample.gguf"), bytes);
+    expect_one_line_error("run -m " + dir.file("sample.gguf") + " -p hi", 1, "missing required key");
+    test::write_bytes(dir.file("trunc.gguf"), std::vector<uint8_t>(bytes.begin(), bytes.begin() + 100));
+    expect_one_line_error("run -m " + dir.file("trunc.gguf") + " -p hi", 1, "trunc.gguf");
+    auto bad = bytes;
+    bad[0]   = 'X';
+    test::write_bytes(dir.file("magic.gguf"), bad);
+    expect_one_line_error("bench -m " + dir.file("magic.gguf"), 1, "bad magic");
+    test::write_bytes(dir.file("empty.gguf"), {});
+    expect_one_line_error("run -m " + dir.file("empty.gguf") + " -p hi", 1, "empty.gguf");
+}
+
+TEST_F(cli_errors, prompt_longer_than_context) {
+    const std::string model = test::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if (model.empty()) GTEST_SKIP() << "default model not in the cache";
+    std::string text;
+    for (int i = 0; i < 40; ++i) text += "word ";
+    expect_one_line_error("run -m " + model + " -c 16 -n 4 -p '" + text + "'", 1, "exceeds the context of 16 tokens");
+    expect_one_line_error("run -m " + model + " -c 100000 -p hi", 1, "exceeds llama.context_length 8192");
+    expect_one_line_error("run -m " + model + " -f " + dir.file("missing.txt"), 1, "missing.txt");
+}
