@@ -49,16 +49,16 @@ template <typename T> class [[nodiscard]] result {
     result(T value) : value_(std::move(value)) {}
     result(status st) : status_(std::move(st)) {}
 
-    bool            is_ok() const { return status_.is_ok(); }
-    explicit        operator bool() const { return is_ok(); }
-    const status &  get_status() const { return status_; }
-    T &             value() & { return *value_; }
-    const T &       value() const & { return *value_; }
-    T &&            value() && { return std::move(*value_); }
-    T *             operator->() { return &*value_; }
-    const T *       operator->() const { return &*value_; }
-    T &             operator*() { return *value_; }
-    const T &       operator*() const { return *value_; }
+    bool           is_ok() const { return status_.is_ok(); }
+    explicit       operator bool() const { return is_ok(); }
+    const status & get_status() const { return status_; }
+    T &            value() & { return *value_; }
+    const T &      value() const & { return *value_; }
+    T &&           value() && { return std::move(*value_); }
+    T *            operator->() { return &*value_; }
+    const T *      operator->() const { return &*value_; }
+    T &            operator*() { return *value_; }
+    const T &      operator*() const { return *value_; }
 
   private:
     std::optional<T> value_;
@@ -75,7 +75,7 @@ template <typename T> class [[nodiscard]] result {
     } while (0)
 
 #define LC_CONCAT_INNER_(a, b) a##b
-#define LC_CONCAT_(a, b)       LC_CONCAT_INNER_(a, b)
+#define LC_CONCAT_(a, b) LC_CONCAT_INNER_(a, b)
 // Assign the value of an lc::result<T> expression to `lhs`, or propagate its status.
 #define LC_ASSIGN_OR_RETURN(lhs, expr) LC_ASSIGN_OR_RETURN_IMPL_(LC_CONCAT_(lc_res_, __LINE__), lhs, expr)
 #define LC_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr)                                                                      \

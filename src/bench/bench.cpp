@@ -3,10 +3,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <functional>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 
@@ -48,12 +48,14 @@ result<double> run_once(context & c, const bench_row & r, std::mt19937_64 & rng,
 std::string json_escape(const std::string & s) {
     std::string o;
     for (char ch : s) {
-        if (ch == '"' || ch == '\\') o += '\\', o += ch;
-        else if ((unsigned char) ch < 0x20) {
+        if (ch == '"' || ch == '\\')
+            o += '\\', o += ch;
+        else if ((unsigned char)ch < 0x20) {
             char b[8];
             std::snprintf(b, sizeof(b), "\\u%04x", ch);
             o += b;
-        } else o += ch;
+        } else
+            o += ch;
     }
     return o;
 }
@@ -97,8 +99,9 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
     for (const auto & r : rows) n_ctx = std::max(n_ctx, r.depth + r.n_prompt + r.n_gen);
     n_ctx = (n_ctx + 63) / 64 * 64;
     if (n_ctx > m.hparams().n_ctx_train)
-        return error(status_code::OUT_OF_RANGE, "bench: a test needs %lld tokens of context but the model was trained on %lld",
-                     (long long) n_ctx, (long long) m.hparams().n_ctx_train);
+        return error(status_code::OUT_OF_RANGE,
+                     "bench: a test needs %lld tokens of context but the model was trained on %lld", (long long)n_ctx,
+                     (long long)m.hparams().n_ctx_train);
     context_params cp;
     cp.n_ctx     = std::min<int64_t>(n_ctx, m.hparams().n_ctx_train);
     cp.n_threads = p.n_threads;
@@ -119,7 +122,7 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
     const int32_t   n_vocab = m.hparams().n_vocab;
     for (auto & r : rows) {
         LC_ASSIGN_OR_RETURN(double warm, run_once(*c, r, rng, n_vocab));
-        (void) warm;
+        (void)warm;
         for (int i = 0; i < p.reps; ++i) {
             LC_ASSIGN_OR_RETURN(double s, run_once(*c, r, rng, n_vocab));
             r.samples_s.push_back(s);
@@ -164,9 +167,9 @@ std::string bench_format_json(const bench_env & env, const std::vector<bench_row
         o << "  {\"build_commit\": \"" << json_escape(env.build_commit) << "\", \"cpu\": \"" << json_escape(env.cpu)
           << "\", \"model\": \"" << json_escape(env.model_name) << "\", \"model_path\": \""
           << json_escape(env.model_path) << "\", \"model_bytes\": " << env.model_bytes
-          << ", \"n_params\": " << env.n_params << ", \"weight_type\": \"" << env.weight_type
-          << "\", \"kv_type\": \"" << env.kv_type << "\", \"n_threads\": " << env.n_threads
-          << ", \"n_ubatch\": " << env.n_ubatch << ", \"prefill\": \"dense\", \"decode\": \"dense\", \"kv\": \"full\""
+          << ", \"n_params\": " << env.n_params << ", \"weight_type\": \"" << env.weight_type << "\", \"kv_type\": \""
+          << env.kv_type << "\", \"n_threads\": " << env.n_threads << ", \"n_ubatch\": " << env.n_ubatch
+          << ", \"prefill\": \"dense\", \"decode\": \"dense\", \"kv\": \"full\""
           << ", \"test\": \"" << r.test << "\", \"n_prompt\": " << r.n_prompt << ", \"n_gen\": " << r.n_gen
           << ", \"depth\": " << r.depth << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps
           << ", \"stddev_ts\": " << r.sd_tps << ", \"samples_s\": [";

@@ -14,17 +14,17 @@
 namespace lc {
 
 struct bench_params {
-    std::vector<int64_t> n_prompt = {512};  // pp tests
-    std::vector<int64_t> n_gen    = {128};  // tg tests
-    std::vector<int64_t> depth    = {0};    // prefilled tokens before each test
-    int                  reps     = 5;
+    std::vector<int64_t> n_prompt  = {512}; // pp tests
+    std::vector<int64_t> n_gen     = {128}; // tg tests
+    std::vector<int64_t> depth     = {0};   // prefilled tokens before each test
+    int                  reps      = 5;
     int                  n_threads = 0;
-    int64_t              n_ubatch = 512;
-    uint64_t             seed     = 1234;
+    int64_t              n_ubatch  = 512;
+    uint64_t             seed      = 1234;
 };
 
 struct bench_row {
-    std::string         test;     // "pp512", "tg128 @ d4096"
+    std::string         test; // "pp512", "tg128 @ d4096"
     int64_t             n_prompt = 0, n_gen = 0, depth = 0;
     std::vector<double> samples_s; // seconds per repetition
     double              mean_tps = 0.0, sd_tps = 0.0;

@@ -11,7 +11,7 @@ namespace lc::cli {
 namespace {
 std::string env_name(const std::string & long_name) {
     std::string s = "LONGCTX_ARG_";
-    for (char c : long_name.substr(2)) s += c == '-' ? '_' : char(std::toupper((unsigned char) c));
+    for (char c : long_name.substr(2)) s += c == '-' ? '_' : char(std::toupper((unsigned char)c));
     return s;
 }
 } // namespace
@@ -29,7 +29,7 @@ status arg_parser::parse(const std::vector<std::string> & args) {
             help_ = true;
             continue;
         }
-        if (a.size() > 1 && a[0] == '-' && !(a.size() > 1 && (std::isdigit((unsigned char) a[1]) || a[1] == '.'))) {
+        if (a.size() > 1 && a[0] == '-' && !(a.size() > 1 && (std::isdigit((unsigned char)a[1]) || a[1] == '.'))) {
             std::string value;
             bool        inline_value = false;
             if (auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
@@ -43,8 +43,8 @@ status arg_parser::parse(const std::vector<std::string> & args) {
                              command_.c_str(), a.c_str(), command_.c_str());
             if (f->value_name.empty()) {
                 if (inline_value)
-                    return error(status_code::INVALID_ARGUMENT, "longctx %s: flag %s takes no value",
-                                 command_.c_str(), f->long_name.c_str());
+                    return error(status_code::INVALID_ARGUMENT, "longctx %s: flag %s takes no value", command_.c_str(),
+                                 f->long_name.c_str());
                 values_.emplace_back(f->long_name, "1");
                 continue;
             }
@@ -77,7 +77,7 @@ std::string arg_parser::get(const std::string & long_name) const {
 }
 
 result<int64_t> arg_parser::get_int(const std::string & long_name, int64_t lo, int64_t hi) const {
-    const std::string s = get(long_name);
+    const std::string s   = get(long_name);
     char *            end = nullptr;
     errno                 = 0;
     const long long v     = std::strtoll(s.c_str(), &end, 10);
@@ -86,7 +86,7 @@ result<int64_t> arg_parser::get_int(const std::string & long_name, int64_t lo, i
                      long_name.c_str(), s.c_str());
     if (v < lo || v > hi)
         return error(status_code::INVALID_ARGUMENT, "longctx %s: %s %lld is out of range [%lld, %lld]",
-                     command_.c_str(), long_name.c_str(), v, (long long) lo, (long long) hi);
+                     command_.c_str(), long_name.c_str(), v, (long long)lo, (long long)hi);
     return int64_t(v);
 }
 
@@ -114,11 +114,12 @@ result<std::vector<int64_t>> arg_parser::get_int_list(const std::string & long_n
         errno                   = 0;
         const long long v       = std::strtoll(item.c_str(), &end, 10);
         if (item.empty() || *end != '\0' || errno == ERANGE)
-            return error(status_code::INVALID_ARGUMENT, "longctx %s: %s expects a comma-separated list of integers, got '%s'",
-                         command_.c_str(), long_name.c_str(), s.c_str());
+            return error(status_code::INVALID_ARGUMENT,
+                         "longctx %s: %s expects a comma-separated list of integers, got '%s'", command_.c_str(),
+                         long_name.c_str(), s.c_str());
         if (v < lo || v > hi)
             return error(status_code::INVALID_ARGUMENT, "longctx %s: %s value %lld is out of range [%lld, %lld]",
-                         command_.c_str(), long_name.c_str(), v, (long long) lo, (long long) hi);
+                         command_.c_str(), long_name.c_str(), v, (long long)lo, (long long)hi);
         out.push_back(v);
         if (comma == std::string::npos) break;
         start = comma + 1;

@@ -16,7 +16,7 @@ struct flag {
     std::string long_name;  // "--model"
     std::string value_name; // "PATH"; empty for a switch
     std::string help;
-    std::string def;        // default shown by --help and used when absent ("" = none)
+    std::string def; // default shown by --help and used when absent ("" = none)
 };
 
 class arg_parser {
@@ -29,21 +29,21 @@ class arg_parser {
     bool   help_requested() const { return help_; }
     void   print_help() const;
 
-    bool               has(const std::string & long_name) const;   // given on the command line or environment
-    std::string        get(const std::string & long_name) const;   // value or default
-    result<int64_t>    get_int(const std::string & long_name, int64_t lo, int64_t hi) const;
-    result<double>     get_float(const std::string & long_name, double lo, double hi) const;
+    bool            has(const std::string & long_name) const; // given on the command line or environment
+    std::string     get(const std::string & long_name) const; // value or default
+    result<int64_t> get_int(const std::string & long_name, int64_t lo, int64_t hi) const;
+    result<double>  get_float(const std::string & long_name, double lo, double hi) const;
     // Comma-separated list of integers: "512,4096"
-    result<std::vector<int64_t>> get_int_list(const std::string & long_name, int64_t lo, int64_t hi) const;
+    result<std::vector<int64_t>>     get_int_list(const std::string & long_name, int64_t lo, int64_t hi) const;
     const std::vector<std::string> & positional() const { return positional_; }
 
   private:
-    const flag * find(const std::string & name) const;
-    std::string                      command_, usage_;
-    std::vector<flag>                flags_;
+    const flag *                                     find(const std::string & name) const;
+    std::string                                      command_, usage_;
+    std::vector<flag>                                flags_;
     std::vector<std::pair<std::string, std::string>> values_; // long name -> value
-    std::vector<std::string>         positional_;
-    bool                             help_ = false;
+    std::vector<std::string>                         positional_;
+    bool                                             help_ = false;
 };
 
 } // namespace lc::cli

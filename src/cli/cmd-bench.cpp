@@ -22,7 +22,8 @@ int cmd_bench(const args_t & args) {
         return 0;
     }
     if (!p.positional().empty())
-        return fail("bench", error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
+        return fail("bench",
+                    error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
     bench_params bp;
     auto         np = p.get_int_list("--n-prompt", 0, 1 << 24);
     auto         ng = p.get_int_list("--n-gen", 0, 1 << 24);
@@ -30,8 +31,8 @@ int cmd_bench(const args_t & args) {
     auto         nr = p.get_int("--repetitions", 1, 1000);
     auto         ub = p.get_int("--ubatch-size", 1, 1 << 20);
     auto         nt = p.get_int("--threads", 1, 1024);
-    for (const status * st : {&np.get_status(), &ng.get_status(), &nd.get_status(), &nr.get_status(),
-                              &ub.get_status(), &nt.get_status()})
+    for (const status * st :
+         {&np.get_status(), &ng.get_status(), &nd.get_status(), &nr.get_status(), &ub.get_status(), &nt.get_status()})
         if (!st->is_ok()) return fail("bench", *st);
     const std::string fmt = p.get("--output");
     if (fmt != "md" && fmt != "json")

@@ -12,7 +12,8 @@
 namespace lc::cli {
 
 int cmd_chat(const args_t & args) {
-    arg_parser p("chat", "longctx chat [-m MODEL] [--system TEXT] [options]; type a message, empty line or EOF to quit");
+    arg_parser p("chat",
+                 "longctx chat [-m MODEL] [--system TEXT] [options]; type a message, empty line or EOF to quit");
     add_model_flags(p);
     add_context_flags(p);
     p.add({"-n", "--n-predict", "N", "most tokens per reply", "512"});
@@ -28,12 +29,12 @@ int cmd_chat(const args_t & args) {
         return 0;
     }
     sampling_params sp;
-    auto n_predict = p.get_int("--n-predict", 1, int64_t(1) << 31);
-    auto temp      = p.get_float("--temp", 0.0, 1e6);
-    auto top_k     = p.get_int("--top-k", 0, int64_t(1) << 30);
-    auto top_p     = p.get_float("--top-p", 0.0, 1.0);
-    auto min_p     = p.get_float("--min-p", 0.0, 1.0);
-    auto seed      = p.get_int("--seed", -1, INT64_MAX);
+    auto            n_predict = p.get_int("--n-predict", 1, int64_t(1) << 31);
+    auto            temp      = p.get_float("--temp", 0.0, 1e6);
+    auto            top_k     = p.get_int("--top-k", 0, int64_t(1) << 30);
+    auto            top_p     = p.get_float("--top-p", 0.0, 1.0);
+    auto            min_p     = p.get_float("--min-p", 0.0, 1.0);
+    auto            seed      = p.get_int("--seed", -1, INT64_MAX);
     for (const status * st : {&n_predict.get_status(), &temp.get_status(), &top_k.get_status(), &top_p.get_status(),
                               &min_p.get_status(), &seed.get_status()})
         if (!st->is_ok()) return fail("chat", *st);
@@ -65,13 +66,14 @@ int cmd_chat(const args_t & args) {
         msgs.push_back({"user", line});
         auto text = tok.apply_chat_template(msgs, true);
         if (!text) return fail("chat", text.get_status());
-        std::vector<int32_t> all = tok.encode(*text, false, true);
+        std::vector<int32_t> all  = tok.encode(*text, false, true);
         size_t               keep = 0;
         while (keep < all.size() && keep < in_cache.size() && all[keep] == in_cache[keep]) ++keep;
         if (keep == all.size()) --keep; // always compute at least one token to get fresh logits
         if (int64_t(all.size()) + *n_predict > c.n_ctx()) {
-            std::fprintf(stderr, "longctx chat: the conversation (%zu tokens) + -n %lld exceeds -c %lld; starting over\n",
-                         all.size(), (long long) *n_predict, (long long) c.n_ctx());
+            std::fprintf(stderr,
+                         "longctx chat: the conversation (%zu tokens) + -n %lld exceeds -c %lld; starting over\n",
+                         all.size(), (long long)*n_predict, (long long)c.n_ctx());
             msgs = {msgs.back()};
             c.clear();
             in_cache.clear();
@@ -80,8 +82,9 @@ int cmd_chat(const args_t & args) {
             all  = tok.encode(*t2, false, true);
             keep = 0;
             if (int64_t(all.size()) + *n_predict > c.n_ctx())
-                return fail("chat", error(status_code::OUT_OF_RANGE, "the message alone (%zu tokens) does not fit in -c %lld",
-                                          all.size(), (long long) c.n_ctx()));
+                return fail("chat",
+                            error(status_code::OUT_OF_RANGE, "the message alone (%zu tokens) does not fit in -c %lld",
+                                  all.size(), (long long)c.n_ctx()));
         }
         c.truncate(int64_t(keep));
         in_cache.resize(keep);

@@ -13,17 +13,19 @@ namespace lc::cli {
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-double since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
+double since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
 
 // Progress on stderr for prompts over 2048 tokens: tokens done/total, tokens/s, ETA.
 struct prefill_progress {
     clock_type::time_point t0 = clock_type::now();
-    void operator()(int64_t done, int64_t total) const {
-        const double dt   = since(t0);
-        const double rate = dt > 0 ? double(done) / dt : 0.0;
-        const double eta  = rate > 0 ? double(total - done) / rate : 0.0;
-        LC_LOG_I("prefill: %lld/%lld tokens (%d%%), %.1f t/s, ETA %.1f s", (long long) done, (long long) total,
-                 int(100 * done / total), rate, eta);
+    void                   operator()(int64_t done, int64_t total) const {
+                          const double dt   = since(t0);
+                          const double rate = dt > 0 ? double(done) / dt : 0.0;
+                          const double eta  = rate > 0 ? double(total - done) / rate : 0.0;
+                          LC_LOG_I("prefill: %lld/%lld tokens (%d%%), %.1f t/s, ETA %.1f s", (long long)done, (long long)total,
+                                   int(100 * done / total), rate, eta);
     }
 };
 
@@ -55,12 +57,12 @@ int cmd_run(const args_t & args) {
         return fail("run", error(status_code::INVALID_ARGUMENT, "give a prompt with -p TEXT or -f FILE"));
 
     sampling_params sp;
-    auto n_predict = p.get_int("--n-predict", 0, int64_t(1) << 31);
-    auto temp      = p.get_float("--temp", 0.0, 1e6);
-    auto top_k     = p.get_int("--top-k", 0, int64_t(1) << 30);
-    auto top_p     = p.get_float("--top-p", 0.0, 1.0);
-    auto min_p     = p.get_float("--min-p", 0.0, 1.0);
-    auto seed      = p.get_int("--seed", -1, INT64_MAX);
+    auto            n_predict = p.get_int("--n-predict", 0, int64_t(1) << 31);
+    auto            temp      = p.get_float("--temp", 0.0, 1e6);
+    auto            top_k     = p.get_int("--top-k", 0, int64_t(1) << 30);
+    auto            top_p     = p.get_float("--top-p", 0.0, 1.0);
+    auto            min_p     = p.get_float("--min-p", 0.0, 1.0);
+    auto            seed      = p.get_int("--seed", -1, INT64_MAX);
     for (const status * st : {&n_predict.get_status(), &temp.get_status(), &top_k.get_status(), &top_p.get_status(),
                               &min_p.get_status(), &seed.get_status()})
         if (!st->is_ok()) return fail("run", *st);
@@ -107,11 +109,11 @@ int cmd_run(const args_t & args) {
         return fail("run", error(status_code::OUT_OF_RANGE,
                                  "prompt of %zu tokens + -n %lld exceeds the context of %lld tokens; raise -c (the "
                                  "model was trained on %lld) or shorten the prompt",
-                                 prompt.size(), (long long) *n_predict, (long long) c.n_ctx(),
-                                 (long long) lm->mdl->hparams().n_ctx_train));
+                                 prompt.size(), (long long)*n_predict, (long long)c.n_ctx(),
+                                 (long long)lm->mdl->hparams().n_ctx_train));
     LC_LOG_I("run: %s, %zu prompt tokens (tokenized in %.3f s), %d threads, -c %lld, -ub %lld",
-             lm->mdl->hparams().name.c_str(), prompt.size(), t_tok, c.n_threads(), (long long) c.n_ctx(),
-             (long long) cp->n_ubatch);
+             lm->mdl->hparams().name.c_str(), prompt.size(), t_tok, c.n_threads(), (long long)c.n_ctx(),
+             (long long)cp->n_ubatch);
 
     prefill_progress progress;
     const auto       t_pp0 = clock_type::now();
@@ -119,11 +121,11 @@ int cmd_run(const args_t & args) {
     if (!st) return fail("run", st);
     const double t_pp = since(t_pp0);
 
-    sampler smp(sp);
-    int64_t n_gen   = 0;
-    int64_t n_dec   = 0;
-    double  t_tg    = 0.0;
-    int32_t n_vocab = lm->mdl->hparams().n_vocab;
+    sampler    smp(sp);
+    int64_t    n_gen      = 0;
+    int64_t    n_dec      = 0;
+    double     t_tg       = 0.0;
+    int32_t    n_vocab    = lm->mdl->hparams().n_vocab;
     const bool ignore_eos = p.has("--ignore-eos");
     while (n_gen < *n_predict) {
         const int32_t id = smp.sample(c.logits(), n_vocab);
@@ -143,12 +145,11 @@ int cmd_run(const args_t & args) {
 
     const auto & tm = c.timings();
     LC_LOG_I("timings: prefill %zu tokens in %.2f s (%.1f tok/s), decode %lld tokens in %.2f s (%.1f tok/s)",
-             prompt.size(), t_pp, double(prompt.size()) / t_pp, (long long) n_dec, t_tg,
+             prompt.size(), t_pp, double(prompt.size()) / t_pp, (long long)n_dec, t_tg,
              n_dec > 0 ? double(n_dec) / t_tg : 0.0);
-    LC_LOG_I("timings: matmul %.2f s, attention %.2f s, other %.2f s; KV cache %s for %lld tokens (fp16)",
-             tm.matmul_s, tm.attn_s, tm.other_s, format_bytes(double(c.kv().bytes_used())).c_str(),
-             (long long) c.n_past());
-    if (!sp.greedy()) LC_LOG_I("sampling: seed %llu", (unsigned long long) smp.seed());
+    LC_LOG_I("timings: matmul %.2f s, attention %.2f s, other %.2f s; KV cache %s for %lld tokens (fp16)", tm.matmul_s,
+             tm.attn_s, tm.other_s, format_bytes(double(c.kv().bytes_used())).c_str(), (long long)c.n_past());
+    if (!sp.greedy()) LC_LOG_I("sampling: seed %llu", (unsigned long long)smp.seed());
     return 0;
 }
 

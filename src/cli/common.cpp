@@ -55,8 +55,10 @@ result<std::string> read_text_file(const std::string & path) {
 
 int fail(const char * cmd, const status & st) {
     const std::string & m = st.message();
-    if (m.rfind("longctx ", 0) == 0) std::fprintf(stderr, "%s\n", m.c_str());
-    else std::fprintf(stderr, "longctx %s: %s\n", cmd, m.c_str());
+    if (m.rfind("longctx ", 0) == 0)
+        std::fprintf(stderr, "%s\n", m.c_str());
+    else
+        std::fprintf(stderr, "longctx %s: %s\n", cmd, m.c_str());
     return st.code() == status_code::INVALID_ARGUMENT ? 2 : 1;
 }
 

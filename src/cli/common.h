@@ -24,7 +24,7 @@ struct loaded_model {
 
 // Resolves -m (a path or a known model name; empty: the default model, fetched into the cache on first use),
 // loads it and its tokenizer.
-result<loaded_model> load_model(const arg_parser & p);
+result<loaded_model>   load_model(const arg_parser & p);
 result<context_params> context_params_from(const arg_parser & p);
 
 result<std::string> read_text_file(const std::string & path);

@@ -36,22 +36,24 @@ struct dtype_traits {
 };
 
 // Traits of any GGUF type id; unknown ids return known=false with name "unknown".
-dtype_traits dtype_info(uint32_t id);
-inline dtype_traits dtype_info(dtype t) { return dtype_info(uint32_t(t)); }
-const char *        dtype_name(dtype t);
+dtype_traits        dtype_info(uint32_t id);
+inline dtype_traits dtype_info(dtype t) {
+    return dtype_info(uint32_t(t));
+}
+const char * dtype_name(dtype t);
 // Types whose tensors the engine can load and dequantize (the list the GGUF reader validates against).
 bool             dtype_is_supported(dtype t);
 std::string_view dtype_supported_list(); // "F32, F16, BF16, Q8_0, ..." for error messages
 // Bytes of one row of n elements; REQUIRES: n % block_size == 0.
 size_t dtype_row_size(dtype t, int64_t n);
 
-constexpr int QK4_0 = 32;
-constexpr int QK4_1 = 32;
-constexpr int QK5_0 = 32;
-constexpr int QK5_1 = 32;
-constexpr int QK8_0 = 32;
-constexpr int QK8_1 = 32;
-constexpr int QK_K  = 256;
+constexpr int QK4_0        = 32;
+constexpr int QK4_1        = 32;
+constexpr int QK5_0        = 32;
+constexpr int QK5_1        = 32;
+constexpr int QK8_0        = 32;
+constexpr int QK8_1        = 32;
+constexpr int QK_K         = 256;
 constexpr int K_SCALE_SIZE = 12;
 
 #pragma pack(push, 1)

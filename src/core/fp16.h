@@ -47,7 +47,7 @@ inline fp16_t fp32_to_fp16(float f) {
     const uint32_t absx = x & 0x7fffffffu;
     if (absx >= 0x7f800000u) return fp16_t(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u)); // inf/nan
     if (absx >= 0x477ff000u) return fp16_t(sign | 0x7c00u);                                      // overflow
-    if (absx < 0x38800000u) {                                                                     // subnormal or 0
+    if (absx < 0x38800000u) {                                                                    // subnormal or 0
         if (absx < 0x33000000u) return fp16_t(sign);
         const uint32_t e     = absx >> 23;
         const uint32_t m     = (absx & 0x7fffffu) | 0x800000u;
@@ -58,13 +58,15 @@ inline fp16_t fp32_to_fp16(float f) {
         if (rem > half || (rem == half && (r & 1u))) ++r;
         return fp16_t(sign | r);
     }
-    uint32_t r = ((absx >> 13) - ((127 - 15) << 10));
+    uint32_t       r   = ((absx >> 13) - ((127 - 15) << 10));
     const uint32_t rem = absx & 0x1fffu;
     if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
     return fp16_t(sign | r);
 }
 
-inline float bf16_to_fp32(bf16_t h) { return fp32_from_bits(uint32_t(h) << 16); }
+inline float bf16_to_fp32(bf16_t h) {
+    return fp32_from_bits(uint32_t(h) << 16);
+}
 
 inline bf16_t fp32_to_bf16(float f) {
     uint32_t x = fp32_to_bits(f);

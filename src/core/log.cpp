@@ -15,8 +15,12 @@ const auto       g_t0 = std::chrono::steady_clock::now();
 std::mutex       g_mutex;
 } // namespace
 
-void      log_set_level(log_level level) { g_level.store(int(level)); }
-log_level log_get_level() { return log_level(g_level.load()); }
+void log_set_level(log_level level) {
+    g_level.store(int(level));
+}
+log_level log_get_level() {
+    return log_level(g_level.load());
+}
 
 double log_elapsed_s() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - g_t0).count();
@@ -24,10 +28,10 @@ double log_elapsed_s() {
 
 void log_msg(log_level level, const char * fmt, ...) {
     if (int(level) < g_level.load()) return;
-    static const char letters[] = {'D', 'I', 'W', 'E'};
-    const double      t         = log_elapsed_s();
-    const int         min       = int(t / 60);
-    const double      sec       = t - 60.0 * min;
+    static const char           letters[] = {'D', 'I', 'W', 'E'};
+    const double                t         = log_elapsed_s();
+    const int                   min       = int(t / 60);
+    const double                sec       = t - 60.0 * min;
     std::lock_guard<std::mutex> lock(g_mutex);
     std::fprintf(stderr, "%02d:%05.2f %c ", min, sec, letters[int(level)]);
     va_list ap;

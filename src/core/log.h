@@ -25,5 +25,5 @@ double    log_elapsed_s(); // seconds since process start (first call)
 
 #define LC_ASSERT(cond, ...)                                                                                           \
     do {                                                                                                               \
-        if (__builtin_expect(!(cond), 0)) ::lc::assert_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                  \
+        if (__builtin_expect(!(cond), 0)) ::lc::assert_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                   \
     } while (0)

@@ -7,15 +7,24 @@ namespace lc {
 
 const char * status_code_name(status_code c) {
     switch (c) {
-        case status_code::OK:                 return "ok";
-        case status_code::INVALID_ARGUMENT:   return "invalid argument";
-        case status_code::NOT_FOUND:          return "not found";
-        case status_code::IO_ERROR:           return "i/o error";
-        case status_code::INVALID_FILE:       return "invalid file";
-        case status_code::UNSUPPORTED:        return "unsupported";
-        case status_code::OUT_OF_RANGE:       return "out of range";
-        case status_code::RESOURCE_EXHAUSTED: return "resource exhausted";
-        case status_code::INTERNAL:           return "internal error";
+    case status_code::OK:
+        return "ok";
+    case status_code::INVALID_ARGUMENT:
+        return "invalid argument";
+    case status_code::NOT_FOUND:
+        return "not found";
+    case status_code::IO_ERROR:
+        return "i/o error";
+    case status_code::INVALID_FILE:
+        return "invalid file";
+    case status_code::UNSUPPORTED:
+        return "unsupported";
+    case status_code::OUT_OF_RANGE:
+        return "out of range";
+    case status_code::RESOURCE_EXHAUSTED:
+        return "resource exhausted";
+    case status_code::INTERNAL:
+        return "internal error";
     }
     return "unknown";
 }

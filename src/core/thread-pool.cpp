@@ -41,8 +41,10 @@ void thread_pool::run(const std::function<void(int, int)> & fn) {
     // Spin while the workers are likely running; yield once they are late (e.g. descheduled on a loaded
     // machine) so that the caller does not burn the core a worker needs.
     for (int spins = 0; n_done_.load(std::memory_order_acquire) != n_threads_ - 1; ++spins) {
-        if (spins < k_spin_iters) _mm_pause();
-        else std::this_thread::yield();
+        if (spins < k_spin_iters)
+            _mm_pause();
+        else
+            std::this_thread::yield();
     }
     fn_ = nullptr;
 }

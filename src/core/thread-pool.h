@@ -34,14 +34,14 @@ class thread_pool {
   private:
     void worker(int ith);
 
-    int                                        n_threads_;
-    std::vector<std::thread>                   threads_;
-    const std::function<void(int, int)> *      fn_ = nullptr;
-    std::atomic<uint64_t>                      generation_{0};
-    std::atomic<int>                           n_done_{0};
-    std::atomic<bool>                          stop_{false};
-    std::mutex                                 mutex_;
-    std::condition_variable                    cv_;
+    int                                   n_threads_;
+    std::vector<std::thread>              threads_;
+    const std::function<void(int, int)> * fn_ = nullptr;
+    std::atomic<uint64_t>                 generation_{0};
+    std::atomic<int>                      n_done_{0};
+    std::atomic<bool>                     stop_{false};
+    std::mutex                            mutex_;
+    std::condition_variable               cv_;
 };
 
 } // namespace lc

@@ -15,7 +15,9 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-double since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
+double since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
 
 // Runs products that share input x; groups of the same weight type share one activation quantization.
 void matmul_shared(std::initializer_list<std::pair<const cpu::matmul_weight *, float *>> outs, const float * x,
@@ -55,7 +57,7 @@ status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * to
     const int64_t         n_kv   = int64_t(hp.n_head_kv) * hp.head_dim;
     const int64_t         n_ff   = hp.n_ff;
     const float           scale  = 1.0f / std::sqrt(float(hp.head_dim));
-    LC_ASSERT(n_logits <= n, "n_logits %lld > n %lld", (long long) n_logits, (long long) n);
+    LC_ASSERT(n_logits <= n, "n_logits %lld > n %lld", (long long)n_logits, (long long)n);
 
     LC_RETURN_IF_ERROR(kv.reserve(seq, pos0 + n));
 
@@ -71,9 +73,9 @@ status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * to
     s.pos.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) s.pos[size_t(i)] = pos0 + i;
 
-    forward_timings t_local;
+    forward_timings   t_local;
     forward_timings & tm = timings ? *timings : t_local;
-    auto t0 = clock_type::now();
+    auto              t0 = clock_type::now();
     LC_RETURN_IF_ERROR(m.embed(tokens, n, s.x.data()));
 
     auto norm_rows = [&](const float * w, float * out) {
@@ -84,7 +86,8 @@ status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * to
         pool.run([&](int ith, int nth) {
             int64_t a, b;
             thread_pool::split(n, ith, nth, a, b);
-            for (int64_t t = a; t < b; ++t) cpu::rmsnorm(s.x.data() + t * n_embd, w, out + t * n_embd, n_embd, hp.norm_eps);
+            for (int64_t t = a; t < b; ++t)
+                cpu::rmsnorm(s.x.data() + t * n_embd, w, out + t * n_embd, n_embd, hp.norm_eps);
         });
     };
 
@@ -106,7 +109,7 @@ status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * to
         cpu::rope(s.k.data(), n, hp.n_head_kv, hp.head_dim, hp.n_rot, s.pos.data(), hp.rope_freq_base, hp.rope_mode);
         kv.write(il, seq, pos0, n, s.k.data(), s.v.data());
         tm.other_s += since(t0);
-        t0 = clock_type::now();
+        t0           = clock_type::now();
         kv_view view = kv.view(il, seq);
         view.n_kv    = pos0 + n; // the context's length is the truth; later slots may hold stale tokens
         attn_dense(s.q.data(), n, pos0, hp.n_head, view, scale, s.attn.data(), nullptr, pool);

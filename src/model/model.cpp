@@ -21,14 +21,17 @@ const arch_entry k_archs[] = {
     {"qwen2", model_arch::QWEN2, cpu::rope_mode::NEOX},
 };
 
-std::string key(const std::string & arch, const char * suffix) { return arch + "." + suffix; }
+std::string key(const std::string & arch, const char * suffix) {
+    return arch + "." + suffix;
+}
 
 result<cpu::matmul_weight> get_matrix(const gguf_file & f, const std::string & name, int64_t n_in, int64_t n_out) {
     const int64_t ne[2] = {n_in, n_out};
     LC_ASSIGN_OR_RETURN(const gguf_tensor_info * t, f.require_tensor(name, 2, ne));
     if (!ref::dequantize_supported(t->type))
-        return error(status_code::UNSUPPORTED, "model: %s: tensor '%s' has type %s, which this build cannot compute with",
-                     f.path().c_str(), name.c_str(), dtype_name(t->type));
+        return error(status_code::UNSUPPORTED,
+                     "model: %s: tensor '%s' has type %s, which this build cannot compute with", f.path().c_str(),
+                     name.c_str(), dtype_name(t->type));
     cpu::matmul_weight w;
     w.type  = t->type;
     w.data  = t->data;
@@ -43,7 +46,7 @@ result<const float *> get_vector(const gguf_file & f, const std::string & name, 
     if (t->type != dtype::F32)
         return error(status_code::UNSUPPORTED, "model: %s: tensor '%s' has type %s; norm and bias vectors must be F32",
                      f.path().c_str(), name.c_str(), dtype_name(t->type));
-    return (const float *) t->data;
+    return (const float *)t->data;
 }
 
 } // namespace
@@ -58,10 +61,11 @@ result<std::unique_ptr<model>> model::load(const std::string & path) {
     for (const auto & a : k_archs)
         if (hp.arch_name == a.name) ae = &a;
     if (!ae)
-        return error(status_code::UNSUPPORTED, "model: %s: architecture '%s' is not supported (supported: llama, qwen2)",
-                     path.c_str(), hp.arch_name.c_str());
-    hp.arch      = ae->arch;
-    hp.rope_mode = ae->rope;
+        return error(status_code::UNSUPPORTED,
+                     "model: %s: architecture '%s' is not supported (supported: llama, qwen2)", path.c_str(),
+                     hp.arch_name.c_str());
+    hp.arch               = ae->arch;
+    hp.rope_mode          = ae->rope;
     const std::string & a = hp.arch_name;
     LC_ASSIGN_OR_RETURN(hp.name, f->get_str_or("general.name", ""));
     LC_ASSIGN_OR_RETURN(uint32_t n_layer, f->get_u32(key(a, "block_count")));
@@ -150,7 +154,7 @@ status model::embed(const int32_t * tokens, int64_t n, float * out) const {
         if (tokens[i] < 0 || tokens[i] >= hp_.n_vocab)
             return error(status_code::INVALID_ARGUMENT, "model: token id %d out of range [0, %d)", tokens[i],
                          hp_.n_vocab);
-        ref::dequantize_row(tok_embd_.type, (const uint8_t *) tok_embd_.data + size_t(tokens[i]) * rb,
+        ref::dequantize_row(tok_embd_.type, (const uint8_t *)tok_embd_.data + size_t(tokens[i]) * rb,
                             out + i * hp_.n_embd, hp_.n_embd);
     }
     return status::ok();

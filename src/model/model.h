@@ -16,30 +16,30 @@ namespace lc {
 enum class model_arch { LLAMA, QWEN2 };
 
 struct model_hparams {
-    model_arch    arch           = model_arch::LLAMA;
-    std::string   arch_name;      // general.architecture
-    std::string   name;           // general.name
-    int           n_layer        = 0;
-    int           n_embd         = 0;
-    int           n_head         = 0;
-    int           n_head_kv      = 0;
-    int           head_dim       = 0;
-    int           n_rot          = 0;
-    int           n_ff           = 0;
-    int           n_vocab        = 0;
-    int64_t       n_ctx_train    = 0;
-    float         rope_freq_base = 10000.0f;
-    float         norm_eps       = 1e-5f;
-    cpu::rope_mode rope_mode     = cpu::rope_mode::NORM;
-    bool          tied_embeddings = false;
+    model_arch     arch = model_arch::LLAMA;
+    std::string    arch_name; // general.architecture
+    std::string    name;      // general.name
+    int            n_layer         = 0;
+    int            n_embd          = 0;
+    int            n_head          = 0;
+    int            n_head_kv       = 0;
+    int            head_dim        = 0;
+    int            n_rot           = 0;
+    int            n_ff            = 0;
+    int            n_vocab         = 0;
+    int64_t        n_ctx_train     = 0;
+    float          rope_freq_base  = 10000.0f;
+    float          norm_eps        = 1e-5f;
+    cpu::rope_mode rope_mode       = cpu::rope_mode::NORM;
+    bool           tied_embeddings = false;
 };
 
 struct layer_weights {
-    const float *       attn_norm = nullptr; // [n_embd] f32
-    cpu::matmul_weight  wq, wk, wv, wo;
-    const float *       bq = nullptr, * bk = nullptr, * bv = nullptr; // qwen2 biases, f32
-    const float *       ffn_norm = nullptr;
-    cpu::matmul_weight  ffn_gate, ffn_up, ffn_down;
+    const float *      attn_norm = nullptr; // [n_embd] f32
+    cpu::matmul_weight wq, wk, wv, wo;
+    const float *      bq = nullptr, *bk = nullptr, *bv = nullptr; // qwen2 biases, f32
+    const float *      ffn_norm = nullptr;
+    cpu::matmul_weight ffn_gate, ffn_up, ffn_down;
 };
 
 class model {
@@ -54,9 +54,9 @@ class model {
     const cpu::matmul_weight &         output() const { return output_; }
     const float *                      output_norm() const { return output_norm_; }
     // Bytes of weights (tensor data) in the file.
-    uint64_t                           n_weight_bytes() const { return n_weight_bytes_; }
+    uint64_t n_weight_bytes() const { return n_weight_bytes_; }
     // Most common weight type of the transformer blocks ("Q4_1"), for reports.
-    std::string                        weight_type_name() const;
+    std::string weight_type_name() const;
 
     // Dequantizes token embedding rows: out[i][n_embd] = embedding of tokens[i].
     status embed(const int32_t * tokens, int64_t n, float * out) const;

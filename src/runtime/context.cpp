@@ -9,18 +9,20 @@
 namespace lc {
 
 result<std::unique_ptr<context>> context::create(const model & m, const context_params & p) {
-    const model_hparams & hp = m.hparams();
-    int64_t n_ctx = p.n_ctx > 0 ? p.n_ctx : hp.n_ctx_train;
-    if (n_ctx <= 0) return error(status_code::INVALID_ARGUMENT, "context: -c must be positive (got %lld)", (long long) n_ctx);
+    const model_hparams & hp    = m.hparams();
+    int64_t               n_ctx = p.n_ctx > 0 ? p.n_ctx : hp.n_ctx_train;
+    if (n_ctx <= 0)
+        return error(status_code::INVALID_ARGUMENT, "context: -c must be positive (got %lld)", (long long)n_ctx);
     if (n_ctx > hp.n_ctx_train)
         return error(status_code::OUT_OF_RANGE,
                      "context: -c %lld exceeds %s.context_length %lld and the model has no rope scaling; lower -c",
-                     (long long) n_ctx, hp.arch_name.c_str(), (long long) hp.n_ctx_train);
+                     (long long)n_ctx, hp.arch_name.c_str(), (long long)hp.n_ctx_train);
     if (p.n_ubatch <= 0)
-        return error(status_code::INVALID_ARGUMENT, "context: -ub must be positive (got %lld)", (long long) p.n_ubatch);
+        return error(status_code::INVALID_ARGUMENT, "context: -ub must be positive (got %lld)", (long long)p.n_ubatch);
     int n_threads = p.n_threads > 0 ? p.n_threads : int(std::max(1u, std::thread::hardware_concurrency()));
     if (n_threads > 1024)
-        return error(status_code::INVALID_ARGUMENT, "context: -t %d is more threads than makes sense (max 1024)", n_threads);
+        return error(status_code::INVALID_ARGUMENT, "context: -t %d is more threads than makes sense (max 1024)",
+                     n_threads);
     std::unique_ptr<context> c(new context(m, n_threads));
     c->n_ctx_    = n_ctx;
     c->n_ubatch_ = p.n_ubatch;
@@ -35,17 +37,16 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
         return error(status_code::OUT_OF_RANGE,
                      "context: %lld tokens after %lld already in the context exceed -c %lld; raise -c (the model was "
                      "trained on %lld) or shorten the prompt",
-                     (long long) n, (long long) n_past_, (long long) n_ctx_,
-                     (long long) model_.hparams().n_ctx_train);
+                     (long long)n, (long long)n_past_, (long long)n_ctx_, (long long)model_.hparams().n_ctx_train);
     const int64_t n_vocab = model_.hparams().n_vocab;
     logits_.resize(size_t((all_logits ? n : 1) * n_vocab));
     for (int64_t i = 0; i < n; i += n_ubatch_) {
-        const int64_t nb       = std::min(n_ubatch_, n - i);
-        const bool    last     = i + nb == n;
-        const int64_t n_out    = all_logits ? nb : (last ? 1 : 0);
-        float *       out      = all_logits ? logits_.data() + i * n_vocab : logits_.data();
-        status st = forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_,
-                                  &timings_);
+        const int64_t nb    = std::min(n_ubatch_, n - i);
+        const bool    last  = i + nb == n;
+        const int64_t n_out = all_logits ? nb : (last ? 1 : 0);
+        float *       out   = all_logits ? logits_.data() + i * n_vocab : logits_.data();
+        status        st =
+            forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_, &timings_);
         if (!st.is_ok()) {
             truncate(n_past_);
             return st;
@@ -57,10 +58,12 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
     return status::ok();
 }
 
-const float * context::logits() const { return logits_.data() + (n_logits_ - 1) * model_.hparams().n_vocab; }
+const float * context::logits() const {
+    return logits_.data() + (n_logits_ - 1) * model_.hparams().n_vocab;
+}
 
 const float * context::logits(int64_t i) const {
-    LC_ASSERT(i >= 0 && i < n_logits_, "logits(%lld) of %lld", (long long) i, (long long) n_logits_);
+    LC_ASSERT(i >= 0 && i < n_logits_, "logits(%lld) of %lld", (long long)i, (long long)n_logits_);
     return logits_.data() + i * model_.hparams().n_vocab;
 }
 
@@ -71,7 +74,7 @@ void context::clear() {
 }
 
 void context::truncate(int64_t n) {
-    LC_ASSERT(n >= 0 && n <= n_past_, "truncate(%lld) with %lld tokens", (long long) n, (long long) n_past_);
+    LC_ASSERT(n >= 0 && n <= n_past_, "truncate(%lld) with %lld tokens", (long long)n, (long long)n_past_);
     if (n == 0) kv_->clear(0);
     n_past_ = n;
 }

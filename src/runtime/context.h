@@ -31,14 +31,14 @@ class context {
     // all_logits: keep logits of every token (n x n_vocab), else only of the last one.
     status decode(const std::vector<int32_t> & tokens, bool all_logits = false, const progress_fn & progress = {});
 
-    const float * logits() const;           // last token's logits [n_vocab]
-    const float * logits(int64_t i) const;  // i-th token of the last decode() when all_logits
+    const float * logits() const;          // last token's logits [n_vocab]
+    const float * logits(int64_t i) const; // i-th token of the last decode() when all_logits
     int64_t       n_past() const { return n_past_; }
     int64_t       n_ctx() const { return n_ctx_; }
     int           n_threads() const { return pool_.n_threads(); }
-    void          clear();                  // forget all tokens
+    void          clear(); // forget all tokens
     // Keep the first n tokens, drop the rest (REQUIRES n <= n_past()).
-    void          truncate(int64_t n);
+    void truncate(int64_t n);
 
     const model &           get_model() const { return model_; }
     const kv_cache &        kv() const { return *kv_; }

@@ -17,9 +17,9 @@ namespace {
 
 // Random weight rows of a type, built directly as blocks with random scales and quants.
 std::vector<uint8_t> random_weights(dtype t, int64_t n_in, int64_t n_out, std::mt19937 & rng) {
-    const size_t                       rb = dtype_row_size(t, n_in);
-    std::vector<uint8_t>               w(rb * size_t(n_out));
-    std::uniform_int_distribution<int> byte(0, 255);
+    const size_t                          rb = dtype_row_size(t, n_in);
+    std::vector<uint8_t>                  w(rb * size_t(n_out));
+    std::uniform_int_distribution<int>    byte(0, 255);
     std::uniform_real_distribution<float> sc(0.001f, 0.05f);
     for (auto & b : w) b = uint8_t(byte(rng));
     // overwrite the scales with sane values (random bytes would make inf/nan halves)
@@ -28,20 +28,27 @@ std::vector<uint8_t> random_weights(dtype t, int64_t n_in, int64_t n_out, std::m
         uint8_t * row = w.data() + size_t(r) * rb;
         for (int64_t b = 0; b < nb; ++b) {
             switch (t) {
-                case dtype::Q4_0: ((block_q4_0 *) row)[b].d = fp32_to_fp16(sc(rng)); break;
-                case dtype::Q5_0: ((block_q5_0 *) row)[b].d = fp32_to_fp16(sc(rng)); break;
-                case dtype::Q8_0: ((block_q8_0 *) row)[b].d = fp32_to_fp16(sc(rng)); break;
-                case dtype::Q4_1:
-                    ((block_q4_1 *) row)[b].d = fp32_to_fp16(sc(rng));
-                    ((block_q4_1 *) row)[b].m = fp32_to_fp16(-8.0f * sc(rng));
-                    break;
-                default: break;
+            case dtype::Q4_0:
+                ((block_q4_0 *)row)[b].d = fp32_to_fp16(sc(rng));
+                break;
+            case dtype::Q5_0:
+                ((block_q5_0 *)row)[b].d = fp32_to_fp16(sc(rng));
+                break;
+            case dtype::Q8_0:
+                ((block_q8_0 *)row)[b].d = fp32_to_fp16(sc(rng));
+                break;
+            case dtype::Q4_1:
+                ((block_q4_1 *)row)[b].d = fp32_to_fp16(sc(rng));
+                ((block_q4_1 *)row)[b].m = fp32_to_fp16(-8.0f * sc(rng));
+                break;
+            default:
+                break;
             }
         }
         if (t == dtype::F32)
-            for (int64_t i = 0; i < n_in; ++i) ((float *) row)[i] = sc(rng) - 0.025f;
+            for (int64_t i = 0; i < n_in; ++i) ((float *)row)[i] = sc(rng) - 0.025f;
         if (t == dtype::F16)
-            for (int64_t i = 0; i < n_in; ++i) ((fp16_t *) row)[i] = fp32_to_fp16(sc(rng) - 0.025f);
+            for (int64_t i = 0; i < n_in; ++i) ((fp16_t *)row)[i] = fp32_to_fp16(sc(rng) - 0.025f);
     }
     return w;
 }
@@ -49,10 +56,10 @@ std::vector<uint8_t> random_weights(dtype t, int64_t n_in, int64_t n_out, std::m
 } // namespace
 
 TEST(quantize, q8_1_matches_reference) {
-    std::mt19937                          rng(1);
-    std::normal_distribution<float>       nd(0.0f, 2.0f);
-    const int64_t                         n = 32 * 37;
-    std::vector<float>                    x(static_cast<size_t>(n));
+    std::mt19937                    rng(1);
+    std::normal_distribution<float> nd(0.0f, 2.0f);
+    const int64_t                   n = 32 * 37;
+    std::vector<float>              x(static_cast<size_t>(n));
     for (auto & v : x) v = nd(rng);
     x[5] = 0.0f;
     for (int j = 0; j < 32; ++j) x[size_t(64 + j)] = 0.0f; // an all-zero block: d = 0, no division by zero
@@ -71,7 +78,7 @@ TEST(quantize, q8_1_matches_reference) {
     cpu::quantize_row_q8_1(blk, &q, 32);
     EXPECT_FLOAT_EQ(fp16_to_fp32(q.d), fp16_to_fp32(fp32_to_fp16(31.0f / 127.0f)));
     EXPECT_EQ(q.qs[31], 127);
-    EXPECT_EQ(q.qs[1], 4); // 127/31 = 4.097 -> 4
+    EXPECT_EQ(q.qs[1], 4);  // 127/31 = 4.097 -> 4
     EXPECT_EQ(q.qs[8], 33); // 32.77 -> 33
 }
 
@@ -93,22 +100,22 @@ TEST(quantize, q8_0_matches_reference) {
 class matmul_types : public ::testing::TestWithParam<dtype> {};
 
 TEST_P(matmul_types, matches_reference) {
-    const dtype t = GetParam();
-    std::mt19937 rng(uint32_t(t) + 7);
+    const dtype                     t = GetParam();
+    std::mt19937                    rng(uint32_t(t) + 7);
     std::normal_distribution<float> nd(0.0f, 1.0f);
     for (int64_t n_in : {32, 96, 576, 1536}) {
         for (int64_t n_out : {1, 3, 4, 7, 64, 193}) {
             for (int64_t n_tok : {1, 2, 3, 65, 130}) {
-                auto w = random_weights(t, n_in, n_out, rng);
+                auto               w = random_weights(t, n_in, n_out, rng);
                 cpu::matmul_weight mw{t, w.data(), n_in, n_out};
-                const int64_t ldx = n_in + 3, ldy = n_out + 5;
+                const int64_t      ldx = n_in + 3, ldy = n_out + 5;
                 std::vector<float> x(size_t(n_tok * ldx)), y(size_t(n_tok * ldy), -777.0f),
                     yr(size_t(n_tok * ldy), -777.0f);
                 for (auto & v : x) v = nd(rng);
                 for (auto [nth, isa] : {std::pair{1, cpu_isa::AVX2}, std::pair{3, cpu_isa::AVX2},
                                         std::pair{1, cpu_isa::AVX512}, std::pair{3, cpu_isa::AVX512}}) {
                     if (isa == cpu_isa::AVX512 && !(cpu_isa_available(isa) && cpu_has_avx512vnni())) continue;
-                    thread_pool pool(nth);
+                    thread_pool          pool(nth);
                     std::vector<uint8_t> scratch;
                     std::fill(y.begin(), y.end(), -777.0f);
                     cpu::matmul(mw, x.data(), n_tok, ldx, y.data(), ldy, pool, scratch, isa);
@@ -140,11 +147,11 @@ INSTANTIATE_TEST_SUITE_P(cpu, matmul_types,
 TEST(matmul, reference_equals_dequantized_product_for_q4_1) {
     // The integer path computes sum_j (d_w q_j + m) * (d_a a_j): check the reference against a float product
     // of dequantized weights with dequantized Q8_1 activations.
-    std::mt19937 rng(11);
-    const int64_t n_in = 256, n_out = 5;
-    auto w = random_weights(dtype::Q4_1, n_in, n_out, rng);
+    std::mt19937                    rng(11);
+    const int64_t                   n_in = 256, n_out = 5;
+    auto                            w = random_weights(dtype::Q4_1, n_in, n_out, rng);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> x(static_cast<size_t>(n_in));
+    std::vector<float>              x(static_cast<size_t>(n_in));
     for (auto & v : x) v = nd(rng);
     std::vector<block_q8_1> xq(size_t(n_in / 32));
     cpu::ref::quantize_row_q8_1(x.data(), xq.data(), n_in);

@@ -17,12 +17,14 @@ using namespace lc;
 namespace {
 
 struct run_result {
-    int         rc = -1;
+    int         rc        = -1;
     bool        signalled = false;
     std::string err;
 };
 
-std::string exe() { return std::string(LC_BINARY_DIR) + "/longctx"; }
+std::string exe() {
+    return std::string(LC_BINARY_DIR) + "/longctx";
+}
 
 std::string slurp(const std::string & path) {
     std::string s;

@@ -15,14 +15,19 @@ bool file_exists(const std::string & path) {
 
 std::string cached_model(const std::string & file_name) {
     std::string dir;
-    if (const char * c = std::getenv("LONGCTX_CACHE"); c && *c) dir = c;
-    else if (const char * h = std::getenv("HOME"); h && *h) dir = std::string(h) + "/.cache/longctx";
-    else return "";
+    if (const char * c = std::getenv("LONGCTX_CACHE"); c && *c)
+        dir = c;
+    else if (const char * h = std::getenv("HOME"); h && *h)
+        dir = std::string(h) + "/.cache/longctx";
+    else
+        return "";
     const std::string p = dir + "/models/" + file_name;
     return file_exists(p) ? p : "";
 }
 
-std::string fixture_path(const std::string & rel) { return std::string(LC_SOURCE_DIR) + "/tests/fixtures/" + rel; }
+std::string fixture_path(const std::string & rel) {
+    return std::string(LC_SOURCE_DIR) + "/tests/fixtures/" + rel;
+}
 
 std::string shared_data_path(const std::string & rel) {
     const std::string p = std::string(LC_SOURCE_DIR) + "/../shared/data/" + rel;

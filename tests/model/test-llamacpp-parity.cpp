@@ -61,8 +61,8 @@ TEST(llamacpp_parity, smollm2_logits_and_greedy) {
     ASSERT_TRUE(m.is_ok()) << m.get_status().message();
     const int n_vocab = (*m)->hparams().n_vocab;
 
-    std::printf("%-11s %6s %9s %9s %5s %9s %9s %7s %7s\n", "prompt", "tokens", "max|dlog|", "KL", "top1",
-                "fa:max|d|", "fa:KL", "forced", "free");
+    std::printf("%-11s %6s %9s %9s %5s %9s %9s %7s %7s\n", "prompt", "tokens", "max|dlog|", "KL", "top1", "fa:max|d|",
+                "fa:KL", "forced", "free");
     int n_prompts = 0;
     for (const char * name : k_prompts) {
         const std::string base = test::fixture_path(std::string("smollm2/") + name);
@@ -92,7 +92,8 @@ TEST(llamacpp_parity, smollm2_logits_and_greedy) {
         for (int i = 0; i < 64; ++i) {
             const int32_t ours = sampling_argmax(step.data(), n_vocab);
             const int32_t want = greedy[size_t(i)];
-            if (ours == want) ++n_agree;
+            if (ours == want)
+                ++n_agree;
             else
                 EXPECT_GE(step[size_t(want)], step[size_t(ours)] - k_near_tie)
                     << name << " step " << i << ": we pick " << ours << " (logit " << step[size_t(ours)]

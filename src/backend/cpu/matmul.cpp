@@ -16,27 +16,36 @@ namespace lc::cpu {
 
 dtype vec_dot_type(dtype wt) {
     switch (wt) {
-        case dtype::Q4_1: return dtype::Q8_1;
-        case dtype::Q4_0:
-        case dtype::Q5_0:
-        case dtype::Q8_0: return dtype::Q8_0;
-        default:          return dtype::F32;
+    case dtype::Q4_1:
+        return dtype::Q8_1;
+    case dtype::Q4_0:
+    case dtype::Q5_0:
+    case dtype::Q8_0:
+        return dtype::Q8_0;
+    default:
+        return dtype::F32;
     }
 }
 
-void quantize_row_q8_0(const float * x, block_q8_0 * y, int64_t n) { avx2::quantize_row_q8_0(x, y, n); }
-void quantize_row_q8_1(const float * x, block_q8_1 * y, int64_t n) { avx2::quantize_row_q8_1(x, y, n); }
+void quantize_row_q8_0(const float * x, block_q8_0 * y, int64_t n) {
+    avx2::quantize_row_q8_0(x, y, n);
+}
+void quantize_row_q8_1(const float * x, block_q8_1 * y, int64_t n) {
+    avx2::quantize_row_q8_1(x, y, n);
+}
 
 namespace {
 
 void quantize_act(dtype at, const float * x, void * y, int64_t n) {
-    if (at == dtype::Q8_1) quantize_row_q8_1(x, (block_q8_1 *) y, n);
-    else quantize_row_q8_0(x, (block_q8_0 *) y, n);
+    if (at == dtype::Q8_1)
+        quantize_row_q8_1(x, (block_q8_1 *)y, n);
+    else
+        quantize_row_q8_0(x, (block_q8_0 *)y, n);
 }
 
 float dot_f32(const float * a, const float * b, int64_t n) {
     __m256  acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i    = 0;
+    int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
@@ -78,14 +87,14 @@ void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, in
         // Fallback: dequantize each weight row once, dot it with every activation row.
         scratch.resize(size_t(nth) * size_t(n_in) * sizeof(float));
         pool.run([&](int ith, int nth_) {
-            float * row = (float *) scratch.data() + size_t(ith) * size_t(n_in);
+            float * row = (float *)scratch.data() + size_t(ith) * size_t(n_in);
             for (int i = 0; i < n_w; ++i) {
-                const matmul_weight & w = *ws[i];
+                const matmul_weight & w        = *ws[i];
                 const size_t          w_stride = w.row_bytes();
                 int64_t               r0, r1;
                 thread_pool::split(w.n_out, ith, nth_, r0, r1);
                 for (int64_t r = r0; r < r1; ++r) {
-                    ::lc::ref::dequantize_row(w.type, (const uint8_t *) w.data + r * w_stride, row, n_in);
+                    ::lc::ref::dequantize_row(w.type, (const uint8_t *)w.data + r * w_stride, row, n_in);
                     for (int64_t t = 0; t < n_tok; ++t) ys[i][t * ldys[i] + r] = dot_f32(row, x + t * ldx, n_in);
                 }
             }
@@ -114,7 +123,7 @@ void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, in
         for (int i = 0; i < n_w; ++i) {
             const matmul_weight & w        = *ws[i];
             const size_t          w_stride = w.row_bytes();
-            const auto *          wbytes   = (const uint8_t *) w.data;
+            const auto *          wbytes   = (const uint8_t *)w.data;
             // Rows in groups of 4 so every thread but the last runs full 4-row tiles.
             const int64_t n_groups = (w.n_out + 3) / 4;
             int64_t       g0, g1;
@@ -123,37 +132,45 @@ void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, in
             if (r0 >= r1) continue;
             for (int64_t t0 = 0; t0 < n_tok; t0 += k_tok_chunk) {
                 const int64_t nt = std::min(k_tok_chunk, n_tok - t0);
-                gemm(wt, n_in, wbytes + r0 * w_stride, w_stride, r1 - r0, act + t0 * a_stride, a_stride,
-                                 nt, ys[i] + t0 * ldys[i] + r0, ldys[i]);
+                gemm(wt, n_in, wbytes + r0 * w_stride, w_stride, r1 - r0, act + t0 * a_stride, a_stride, nt,
+                     ys[i] + t0 * ldys[i] + r0, ldys[i]);
             }
         }
     });
 }
 
 void matmul_ref(const matmul_weight & w, const float * x, int64_t n_tok, int64_t ldx, float * y, int64_t ldy) {
-    const dtype           at       = vec_dot_type(w.type);
-    const size_t          w_stride = w.row_bytes();
-    const auto *          wbytes   = (const uint8_t *) w.data;
-    std::vector<uint8_t>  act(dtype_row_size(at == dtype::F32 ? dtype::Q8_0 : at, w.n_in));
-    std::vector<float>    row(size_t(w.n_in));
+    const dtype          at       = vec_dot_type(w.type);
+    const size_t         w_stride = w.row_bytes();
+    const auto *         wbytes   = (const uint8_t *)w.data;
+    std::vector<uint8_t> act(dtype_row_size(at == dtype::F32 ? dtype::Q8_0 : at, w.n_in));
+    std::vector<float>   row(size_t(w.n_in));
     for (int64_t t = 0; t < n_tok; ++t) {
         const float * xt = x + t * ldx;
-        if (at == dtype::Q8_1) ref::quantize_row_q8_1(xt, (block_q8_1 *) act.data(), w.n_in);
-        if (at == dtype::Q8_0) ref::quantize_row_q8_0(xt, (block_q8_0 *) act.data(), w.n_in);
+        if (at == dtype::Q8_1) ref::quantize_row_q8_1(xt, (block_q8_1 *)act.data(), w.n_in);
+        if (at == dtype::Q8_0) ref::quantize_row_q8_0(xt, (block_q8_0 *)act.data(), w.n_in);
         for (int64_t r = 0; r < w.n_out; ++r) {
             const uint8_t * wr = wbytes + r * w_stride;
             float           v  = 0.0f;
             switch (w.type) {
-                case dtype::Q4_1: v = ref::vec_dot_q4_1_q8_1(w.n_in, (const block_q4_1 *) wr, (const block_q8_1 *) act.data()); break;
-                case dtype::Q4_0: v = ref::vec_dot_q4_0_q8_0(w.n_in, (const block_q4_0 *) wr, (const block_q8_0 *) act.data()); break;
-                case dtype::Q5_0: v = ref::vec_dot_q5_0_q8_0(w.n_in, (const block_q5_0 *) wr, (const block_q8_0 *) act.data()); break;
-                case dtype::Q8_0: v = ref::vec_dot_q8_0_q8_0(w.n_in, (const block_q8_0 *) wr, (const block_q8_0 *) act.data()); break;
-                default: {
-                    ::lc::ref::dequantize_row(w.type, wr, row.data(), w.n_in);
-                    double acc = 0.0;
-                    for (int64_t i = 0; i < w.n_in; ++i) acc += double(row[size_t(i)]) * xt[i];
-                    v = float(acc);
-                }
+            case dtype::Q4_1:
+                v = ref::vec_dot_q4_1_q8_1(w.n_in, (const block_q4_1 *)wr, (const block_q8_1 *)act.data());
+                break;
+            case dtype::Q4_0:
+                v = ref::vec_dot_q4_0_q8_0(w.n_in, (const block_q4_0 *)wr, (const block_q8_0 *)act.data());
+                break;
+            case dtype::Q5_0:
+                v = ref::vec_dot_q5_0_q8_0(w.n_in, (const block_q5_0 *)wr, (const block_q8_0 *)act.data());
+                break;
+            case dtype::Q8_0:
+                v = ref::vec_dot_q8_0_q8_0(w.n_in, (const block_q8_0 *)wr, (const block_q8_0 *)act.data());
+                break;
+            default: {
+                ::lc::ref::dequantize_row(w.type, wr, row.data(), w.n_in);
+                double acc = 0.0;
+                for (int64_t i = 0; i < w.n_in; ++i) acc += double(row[size_t(i)]) * xt[i];
+                v = float(acc);
+            }
             }
             y[t * ldy + r] = v;
         }

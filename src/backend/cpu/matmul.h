@@ -14,10 +14,10 @@
 namespace lc::cpu {
 
 struct matmul_weight {
-    dtype        type   = dtype::F32;
-    const void * data   = nullptr; // [n_out][row_bytes]
-    int64_t      n_in   = 0;       // elements per row (ggml ne[0])
-    int64_t      n_out  = 0;       // rows (ggml ne[1])
+    dtype        type  = dtype::F32;
+    const void * data  = nullptr; // [n_out][row_bytes]
+    int64_t      n_in  = 0;       // elements per row (ggml ne[0])
+    int64_t      n_out = 0;       // rows (ggml ne[1])
     size_t       row_bytes() const { return dtype_row_size(type, n_in); }
 };
 

@@ -37,8 +37,8 @@ void rope_impl(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, co
                 const int   i0 = mode == rope_mode::NORM ? 2 * i : i;
                 const int   i1 = mode == rope_mode::NORM ? 2 * i + 1 : i + n_rot / 2;
                 const float a = v[i0], b = v[i1];
-                v[i0]         = a * c - b * s;
-                v[i1]         = a * s + b * c;
+                v[i0] = a * c - b * s;
+                v[i1] = a * s + b * c;
             }
         }
     }
@@ -94,8 +94,8 @@ void rope(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, const i
                 const int    i0 = mode == rope_mode::NORM ? 2 * i : i;
                 const int    i1 = mode == rope_mode::NORM ? 2 * i + 1 : i + n_rot / 2;
                 const double a = v[i0], b = v[i1];
-                v[i0]          = float(a * c - b * s);
-                v[i1]          = float(a * s + b * c);
+                v[i0] = float(a * c - b * s);
+                v[i1] = float(a * s + b * c);
             }
         }
     }

@@ -19,12 +19,14 @@ inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-inline float h2f(fp16_t h) { return _cvtsh_ss(h); }
+inline float h2f(fp16_t h) {
+    return _cvtsh_ss(h);
+}
 
 // 32 elements of a block as bytes in element order; `signed_w` kernels return int8 values, the Q4_1 kernel
 // unsigned 0..15.
 inline __m256i nibbles(const uint8_t * qs) {
-    const __m128i x = _mm_loadu_si128((const __m128i *) qs);
+    const __m128i x = _mm_loadu_si128((const __m128i *)qs);
     const __m256i v = _mm256_set_m128i(_mm_srli_epi16(x, 4), x);
     return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
 }
@@ -55,7 +57,7 @@ struct row_q5_0 {
 };
 struct row_q8_0 {
     using block = block_q8_0;
-    static __m256i decode(const block & b) { return _mm256_loadu_si256((const __m256i *) b.qs); }
+    static __m256i decode(const block & b) { return _mm256_loadu_si256((const __m256i *)b.qs); }
 };
 
 // Signed weights (int8) x Q8_0 activations.
@@ -63,7 +65,7 @@ template <typename row, int R, int C>
 void tile_signed(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
                  int64_t ldy) {
     using wblock = typename row::block;
-    __m256        acc[R][C];
+    __m256 acc[R][C];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
@@ -71,14 +73,14 @@ void tile_signed(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t *
         __m256i wabs[R], wq[R];
         __m256  wd[R];
         for (int r = 0; r < R; ++r) {
-            const wblock & blk = ((const wblock *) (w + r * w_stride))[b];
+            const wblock & blk = ((const wblock *)(w + r * w_stride))[b];
             wq[r]              = row::decode(blk);
             wabs[r]            = _mm256_sign_epi8(wq[r], wq[r]);
             wd[r]              = _mm256_set1_ps(h2f(blk.d));
         }
         for (int c = 0; c < C; ++c) {
-            const block_q8_0 & ab = ((const block_q8_0 *) (a + c * a_stride))[b];
-            const __m256i      aq = _mm256_loadu_si256((const __m256i *) ab.qs);
+            const block_q8_0 & ab = ((const block_q8_0 *)(a + c * a_stride))[b];
+            const __m256i      aq = _mm256_loadu_si256((const __m256i *)ab.qs);
             const __m256       ad = _mm256_set1_ps(h2f(ab.d));
             for (int r = 0; r < R; ++r) {
                 const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(aq, wq[r])), ones);
@@ -106,14 +108,14 @@ void tile_q4_1(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a
         __m256  wd[R];
         float   wm[R];
         for (int r = 0; r < R; ++r) {
-            const block_q4_1 & blk = ((const block_q4_1 *) (w + r * w_stride))[b];
+            const block_q4_1 & blk = ((const block_q4_1 *)(w + r * w_stride))[b];
             wq[r]                  = nibbles(blk.qs);
             wd[r]                  = _mm256_set1_ps(h2f(blk.d));
             wm[r]                  = h2f(blk.m);
         }
         for (int c = 0; c < C; ++c) {
-            const block_q8_1 & ab = ((const block_q8_1 *) (a + c * a_stride))[b];
-            const __m256i      aq = _mm256_loadu_si256((const __m256i *) ab.qs);
+            const block_q8_1 & ab = ((const block_q8_1 *)(a + c * a_stride))[b];
+            const __m256i      aq = _mm256_loadu_si256((const __m256i *)ab.qs);
             const __m256       ad = _mm256_set1_ps(h2f(ab.d));
             const float        as = h2f(ab.s);
             for (int r = 0; r < R; ++r) {
@@ -127,7 +129,6 @@ void tile_q4_1(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a
         for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]) + accm[r][c];
 }
 
-
 using tile_fn = void (*)(int64_t, const uint8_t *, size_t, const uint8_t *, size_t, float *, int64_t);
 
 template <typename row> struct signed_table {
@@ -136,19 +137,22 @@ template <typename row> struct signed_table {
 
 // Tiles of up to 4 rows x 2 columns (8 accumulators, the most AVX2's 16 registers hold with the decoded
 // weights and temporaries) when there are several activation rows; 4 x 1 for matrix-vector products.
-template <typename get> void run_tiles(int64_t nb, const uint8_t * w, size_t w_stride, int64_t n_rows,
-                                       const uint8_t * a, size_t a_stride, int64_t n_cols, float * y, int64_t ldy) {
+template <typename get>
+void run_tiles(int64_t nb, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a, size_t a_stride,
+               int64_t n_cols, float * y, int64_t ldy) {
     const tile_fn t41 = get::template fn<4, 1>, t42 = get::template fn<4, 2>, t11 = get::template fn<1, 1>,
                   t12 = get::template fn<1, 2>;
-    int64_t r = 0;
+    int64_t r         = 0;
     for (; r + 4 <= n_rows; r += 4) {
         int64_t c = 0;
-        for (; c + 2 <= n_cols; c += 2) t42(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c + 2 <= n_cols; c += 2)
+            t42(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
         for (; c < n_cols; ++c) t41(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
     }
     for (; r < n_rows; ++r) {
         int64_t c = 0;
-        for (; c + 2 <= n_cols; c += 2) t12(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c + 2 <= n_cols; c += 2)
+            t12(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
         for (; c < n_cols; ++c) t11(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
     }
 }
@@ -158,25 +162,26 @@ struct q4_1_table {
 };
 
 template <typename block> inline float quantize_block(const float * x, block & y, int32_t & isum) {
-    __m256 v[4];
-    __m256 amax = _mm256_setzero_ps();
+    __m256       v[4];
+    __m256       amax = _mm256_setzero_ps();
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int j = 0; j < 4; ++j) {
         v[j] = _mm256_loadu_ps(x + 8 * j);
         amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
     }
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m        = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m        = _mm_max_ss(m, _mm_movehdup_ps(m));
-    const float amx = _mm_cvtss_f32(m);
-    const float d   = amx / 127.0f;
-    const float id  = d != 0.0f ? 127.0f / amx : 0.0f;
-    y.d             = fp32_to_fp16(d);
+    __m128 m         = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m                = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m                = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float amx  = _mm_cvtss_f32(m);
+    const float d    = amx / 127.0f;
+    const float id   = d != 0.0f ? 127.0f / amx : 0.0f;
+    y.d              = fp32_to_fp16(d);
     const __m256 vid = _mm256_set1_ps(id);
     __m256i      i[4];
     for (int j = 0; j < 4; ++j)
-        i[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    __m256i s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        i[j] = _mm256_cvtps_epi32(
+            _mm256_round_ps(_mm256_mul_ps(v[j], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m256i s  = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
     s4         = _mm_hadd_epi32(s4, s4);
     s4         = _mm_hadd_epi32(s4, s4);
@@ -186,7 +191,7 @@ template <typename block> inline float quantize_block(const float * x, block & y
     __m256i p23 = _mm256_packs_epi32(i[2], i[3]);
     __m256i p   = _mm256_packs_epi16(p01, p23);
     p           = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i *) y.qs, p);
+    _mm256_storeu_si256((__m256i *)y.qs, p);
     return d;
 }
 
@@ -209,17 +214,20 @@ bool gemm_tiles(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, int6
                 size_t a_stride, int64_t n_cols, float * y, int64_t ldy) {
     const int64_t nb = n_in / 32;
     switch (wt) {
-        case dtype::Q4_1: run_tiles<q4_1_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy); return true;
-        case dtype::Q4_0:
-            run_tiles<signed_table<row_q4_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
-            return true;
-        case dtype::Q5_0:
-            run_tiles<signed_table<row_q5_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
-            return true;
-        case dtype::Q8_0:
-            run_tiles<signed_table<row_q8_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
-            return true;
-        default: return false;
+    case dtype::Q4_1:
+        run_tiles<q4_1_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q4_0:
+        run_tiles<signed_table<row_q4_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q5_0:
+        run_tiles<signed_table<row_q5_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q8_0:
+        run_tiles<signed_table<row_q8_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    default:
+        return false;
     }
 }
 

@@ -5,6 +5,11 @@
 // four instructions per (row, column, block pair): vpdpbusd, convert, scale, FMA.
 #include <immintrin.h>
 
+// GCC 12's AVX-512 insert intrinsics pass an undefined source vector to the builtin and warn about it
+// (-Wmaybe-uninitialized) at every inlined use; the upper lanes are always written.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #include <cstring>
 #include <type_traits>
 
@@ -14,11 +19,21 @@ namespace lc::cpu::avx512 {
 
 namespace {
 
-inline float h2f(fp16_t h) { return _cvtsh_ss(h); }
+inline float h2f(fp16_t h) {
+    return _cvtsh_ss(h);
+}
+
+inline float hsum(__m512 v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128       s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s              = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s              = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
 
 // 16 nibble bytes -> 32 values 0..15 in element order (low nibbles = elements 0..15).
 inline __m256i nibbles(const uint8_t * qs) {
-    const __m128i x = _mm_loadu_si128((const __m128i *) qs);
+    const __m128i x = _mm_loadu_si128((const __m128i *)qs);
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0x0f));
 }
 
@@ -26,35 +41,37 @@ inline __m256i bits_to_bytes(uint32_t bits) {
     return _mm256_movm_epi8(__mmask32(bits));
 }
 
-inline __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
-inline __m512  join(float lo, float hi) {
+inline __m512i join(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_zextsi256_si512(lo), hi, 1);
+}
+inline __m512 join(float lo, float hi) {
     return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
 }
 
 // Each weight type: u8 values (w + offset) of one block, and the offset.
 struct w_q4_0 {
-    using block                = block_q4_0;
+    using block                 = block_q4_0;
     static constexpr int offset = 8;
     static __m256i       u8(const block & b) { return nibbles(b.qs); }
 };
 struct w_q5_0 {
-    using block                = block_q5_0;
+    using block                 = block_q5_0;
     static constexpr int offset = 16;
     static __m256i       u8(const block & b) {
-        uint32_t qh;
-        std::memcpy(&qh, b.qh, 4);
-        return _mm256_or_si256(nibbles(b.qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+              uint32_t qh;
+              std::memcpy(&qh, b.qh, 4);
+              return _mm256_or_si256(nibbles(b.qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
     }
 };
 struct w_q8_0 {
-    using block                = block_q8_0;
+    using block                 = block_q8_0;
     static constexpr int offset = 128;
     static __m256i       u8(const block & b) {
-        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *) b.qs), _mm256_set1_epi8(char(0x80)));
+              return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b.qs), _mm256_set1_epi8(char(0x80)));
     }
 };
 struct w_q4_1 {
-    using block                = block_q4_1;
+    using block                 = block_q4_1;
     static constexpr int offset = 0;
     static __m256i       u8(const block & b) { return nibbles(b.qs); }
 };
@@ -73,23 +90,24 @@ void tile(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, siz
         __m512i    av[C], ainit[C];
         __m512     ad[C], as[C];
         for (int c = 0; c < C; ++c) {
-            const A * ab  = (const A *) (a + c * a_stride) + b;
-            __m256i   lo  = _mm256_loadu_si256((const __m256i *) ab[0].qs);
-            __m256i   hi  = pair ? _mm256_loadu_si256((const __m256i *) ab[1].qs) : _mm256_setzero_si256();
-            av[c]         = join(lo, hi);
-            ad[c]         = join(h2f(ab[0].d), pair ? h2f(ab[1].d) : 0.0f);
+            const A * ab = (const A *)(a + c * a_stride) + b;
+            __m256i   lo = _mm256_loadu_si256((const __m256i *)ab[0].qs);
+            __m256i   hi = pair ? _mm256_loadu_si256((const __m256i *)ab[1].qs) : _mm256_setzero_si256();
+            av[c]        = join(lo, hi);
+            ad[c]        = join(h2f(ab[0].d), pair ? h2f(ab[1].d) : 0.0f);
             if constexpr (W::offset != 0)
-                ainit[c] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), vofs, av[c]));
+                ainit[c] =
+                    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), vofs, av[c]));
             else
                 ainit[c] = _mm512_setzero_si512();
             if constexpr (has_min) {
                 // Σ_b m_b s_b spread over the 8 lanes of each block: every lane adds m_b * s_b / 8
-                as[c] = join(h2f(((const block_q8_1 *) ab)[0].s) * 0.125f,
-                             pair ? h2f(((const block_q8_1 *) ab)[1].s) * 0.125f : 0.0f);
+                as[c] = join(h2f(((const block_q8_1 *)ab)[0].s) * 0.125f,
+                             pair ? h2f(((const block_q8_1 *)ab)[1].s) * 0.125f : 0.0f);
             }
         }
         for (int r = 0; r < R; ++r) {
-            const wblock * wb = (const wblock *) (w + r * w_stride) + b;
+            const wblock * wb = (const wblock *)(w + r * w_stride) + b;
             const __m512i  wv = join(W::u8(wb[0]), pair ? W::u8(wb[1]) : _mm256_setzero_si256());
             const __m512   wd = join(h2f(wb[0].d), pair ? h2f(wb[1].d) : 0.0f);
             __m512         wm;
@@ -102,7 +120,7 @@ void tile(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, siz
         }
     }
     for (int c = 0; c < C; ++c)
-        for (int r = 0; r < R; ++r) y[c * ldy + r] = _mm512_reduce_add_ps(acc[r][c]);
+        for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]);
 }
 
 using tile_fn = void (*)(int64_t, const uint8_t *, size_t, const uint8_t *, size_t, float *, int64_t);
@@ -114,13 +132,17 @@ void run_tiles(int64_t nb, const uint8_t * w, size_t w_stride, int64_t n_rows, c
     int64_t r = 0;
     for (; r + 4 <= n_rows; r += 4) {
         int64_t c = 0;
-        for (; c + 4 <= n_cols; c += 4) tile<W, A, 4, 4>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-        for (; c < n_cols; ++c) tile<W, A, 4, 1>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c + 4 <= n_cols; c += 4)
+            tile<W, A, 4, 4>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c < n_cols; ++c)
+            tile<W, A, 4, 1>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
     }
     for (; r < n_rows; ++r) {
         int64_t c = 0;
-        for (; c + 4 <= n_cols; c += 4) tile<W, A, 1, 4>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-        for (; c < n_cols; ++c) tile<W, A, 1, 1>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c + 4 <= n_cols; c += 4)
+            tile<W, A, 1, 4>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c < n_cols; ++c)
+            tile<W, A, 1, 1>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
     }
 }
 
@@ -130,11 +152,20 @@ bool gemm_tiles(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, int6
                 size_t a_stride, int64_t n_cols, float * y, int64_t ldy) {
     const int64_t nb = n_in / 32;
     switch (wt) {
-        case dtype::Q4_1: run_tiles<w_q4_1, block_q8_1>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy); return true;
-        case dtype::Q4_0: run_tiles<w_q4_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy); return true;
-        case dtype::Q5_0: run_tiles<w_q5_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy); return true;
-        case dtype::Q8_0: run_tiles<w_q8_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy); return true;
-        default:          return false;
+    case dtype::Q4_1:
+        run_tiles<w_q4_1, block_q8_1>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q4_0:
+        run_tiles<w_q4_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q5_0:
+        run_tiles<w_q5_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q8_0:
+        run_tiles<w_q8_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    default:
+        return false;
     }
 }
 

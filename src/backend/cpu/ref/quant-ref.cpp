@@ -8,7 +8,9 @@ namespace lc::cpu::ref {
 
 namespace {
 // Round half to even, as the vector kernels do (_MM_FROUND_TO_NEAREST_INT).
-inline int round_even(float v) { return int(std::nearbyint(v)); }
+inline int round_even(float v) {
+    return int(std::nearbyint(v));
+}
 
 template <typename block> float quantize_block(const float * x, block & y) {
     float amax = 0.0f;
@@ -63,8 +65,8 @@ float vec_dot_q4_1_q8_1(int64_t n, const block_q4_1 * w, const block_q8_1 * a) {
 float vec_dot_q5_0_q8_0(int64_t n, const block_q5_0 * w, const block_q8_0 * a) {
     double acc = 0.0;
     for (int64_t i = 0; i < n / 32; ++i) {
-        uint32_t qh = uint32_t(w[i].qh[0]) | uint32_t(w[i].qh[1]) << 8 | uint32_t(w[i].qh[2]) << 16 |
-                      uint32_t(w[i].qh[3]) << 24;
+        uint32_t qh =
+            uint32_t(w[i].qh[0]) | uint32_t(w[i].qh[1]) << 8 | uint32_t(w[i].qh[2]) << 16 | uint32_t(w[i].qh[3]) << 24;
         int s = 0;
         for (int j = 0; j < 16; ++j) {
             const int lo = int((w[i].qs[j] & 0xf) | ((qh >> j) & 1u) << 4) - 16;
