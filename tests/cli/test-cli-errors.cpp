@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <string>
 
-#include "common/test-util.h"
+#include "common/util.h"
 #include "gguf/gguf-test-util.h"
 
 using namespace lc;

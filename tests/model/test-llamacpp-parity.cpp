@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "common/test-util.h"
+#include "common/util.h"
 #include "model/model.h"
 #include "runtime/context.h"
 #include "runtime/sampling.h"

@@ -1,5 +1,5 @@
-// Shared test helpers (see test-util.h).
-#include "common/test-util.h"
+// Shared test helpers (see util.h).
+#include "common/util.h"
 
 #include <cstdint>
 #include <cstdlib>
