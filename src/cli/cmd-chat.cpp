@@ -18,32 +18,17 @@ int cmd_chat(const args_t & args) {
     add_context_flags(p);
     p.add({"-n", "--n-predict", "N", "most tokens per reply", "512"});
     p.add({"", "--system", "TEXT", "system message (default: the template's own)", ""});
-    p.add({"", "--temp", "T", "temperature (0: greedy)", "0.8"});
-    p.add({"", "--top-k", "N", "top-k sampling (0: off)", "40"});
-    p.add({"", "--top-p", "P", "top-p sampling (1: off)", "0.95"});
-    p.add({"", "--min-p", "P", "min-p sampling (0: off)", "0.05"});
-    p.add({"-s", "--seed", "N", "RNG seed (-1: random)", "-1"});
+    add_sampling_flags(p);
     if (status st = p.parse(args); !st) return fail("chat", st);
     if (p.help_requested()) {
         p.print_help();
         return 0;
     }
-    sampling_params sp;
-    auto            n_predict = p.get_int("--n-predict", 1, int64_t(1) << 31);
-    auto            temp      = p.get_float("--temp", 0.0, 1e6);
-    auto            top_k     = p.get_int("--top-k", 0, int64_t(1) << 30);
-    auto            top_p     = p.get_float("--top-p", 0.0, 1.0);
-    auto            min_p     = p.get_float("--min-p", 0.0, 1.0);
-    auto            seed      = p.get_int("--seed", -1, INT64_MAX);
-    for (const status * st : {&n_predict.get_status(), &temp.get_status(), &top_k.get_status(), &top_p.get_status(),
-                              &min_p.get_status(), &seed.get_status()})
-        if (!st->is_ok()) return fail("chat", *st);
-    sp.temp  = float(*temp);
-    sp.top_k = int32_t(*top_k);
-    sp.top_p = float(*top_p);
-    sp.min_p = float(*min_p);
-    sp.seed  = *seed < 0 ? sampling_seed_random : uint64_t(*seed);
-    if (status st = sp.validate(); !st) return fail("chat", st);
+    auto n_predict = p.get_int("--n-predict", 1, int64_t(1) << 31);
+    if (!n_predict) return fail("chat", n_predict.get_status());
+    auto sp_r = sampling_params_from(p);
+    if (!sp_r) return fail("chat", sp_r.get_status());
+    const sampling_params sp = *sp_r;
 
     auto cp = context_params_from(p);
     if (!cp) return fail("chat", cp.get_status());

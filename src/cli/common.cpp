@@ -24,6 +24,30 @@ void add_context_flags(arg_parser & p) {
     p.add({"-ub", "--ubatch-size", "N", "prompt tokens per forward pass (chunked prefill)", "512"});
 }
 
+void add_sampling_flags(arg_parser & p) {
+    p.add({"", "--temp", "T", "temperature (0: greedy)", "0.8"});
+    p.add({"", "--top-k", "N", "top-k sampling (0: off)", "40"});
+    p.add({"", "--top-p", "P", "top-p sampling (1: off)", "0.95"});
+    p.add({"", "--min-p", "P", "min-p sampling (0: off)", "0.05"});
+    p.add({"-s", "--seed", "N", "RNG seed (-1: random)", "-1"});
+}
+
+result<sampling_params> sampling_params_from(const arg_parser & p) {
+    sampling_params sp;
+    LC_ASSIGN_OR_RETURN(double temp, p.get_float("--temp", 0.0, 1e6));
+    LC_ASSIGN_OR_RETURN(int64_t top_k, p.get_int("--top-k", 0, int64_t(1) << 30));
+    LC_ASSIGN_OR_RETURN(double top_p, p.get_float("--top-p", 0.0, 1.0));
+    LC_ASSIGN_OR_RETURN(double min_p, p.get_float("--min-p", 0.0, 1.0));
+    LC_ASSIGN_OR_RETURN(int64_t seed, p.get_int("--seed", -1, INT64_MAX));
+    sp.temp  = float(temp);
+    sp.top_k = int32_t(top_k);
+    sp.top_p = float(top_p);
+    sp.min_p = float(min_p);
+    sp.seed  = seed < 0 ? sampling_seed_random : uint64_t(seed);
+    LC_RETURN_IF_ERROR(sp.validate());
+    return sp;
+}
+
 result<loaded_model> load_model(const arg_parser & p) {
     if (p.has("--verbose")) log_set_level(log_level::DEBUG);
     loaded_model lm;

@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "model/model.h"
 #include "runtime/context.h"
+#include "runtime/sampling.h"
 #include "tokenizer/tokenizer.h"
 
 namespace lc::cli {
@@ -15,6 +16,8 @@ namespace lc::cli {
 // -m, -t, -c, -ub, -v
 void add_model_flags(arg_parser & p);
 void add_context_flags(arg_parser & p);
+// --temp, --top-k, --top-p, --min-p, -s
+void add_sampling_flags(arg_parser & p);
 
 struct loaded_model {
     std::string                path;
@@ -24,8 +27,9 @@ struct loaded_model {
 
 // Resolves -m (a path or a known model name; empty: the default model, fetched into the cache on first use),
 // loads it and its tokenizer.
-result<loaded_model>   load_model(const arg_parser & p);
-result<context_params> context_params_from(const arg_parser & p);
+result<loaded_model>    load_model(const arg_parser & p);
+result<context_params>  context_params_from(const arg_parser & p);
+result<sampling_params> sampling_params_from(const arg_parser & p);
 
 result<std::string> read_text_file(const std::string & path);
 
