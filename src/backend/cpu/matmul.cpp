@@ -22,6 +22,10 @@ dtype vec_dot_type(dtype wt) {
     case dtype::Q5_0:
     case dtype::Q8_0:
         return dtype::Q8_0;
+    case dtype::Q4_K:
+    case dtype::Q5_K:
+    case dtype::Q6_K:
+        return dtype::Q8_K;
     default:
         return dtype::F32;
     }
@@ -33,12 +37,23 @@ void quantize_row_q8_0(const float * x, block_q8_0 * y, int64_t n) {
 void quantize_row_q8_1(const float * x, block_q8_1 * y, int64_t n) {
     avx2::quantize_row_q8_1(x, y, n);
 }
+void quantize_row_q8_K(const float * x, block_q8_K * y, int64_t n) {
+    avx2::quantize_row_q8_K(x, y, n);
+}
 
 namespace {
+
+// vec_dot_type(), or F32 where rows do not split into whole activation blocks (K-quants need n_in % 256 == 0).
+dtype act_type(dtype wt, int64_t n_in) {
+    const dtype at = vec_dot_type(wt);
+    return at != dtype::F32 && n_in % dtype_info(at).block_size != 0 ? dtype::F32 : at;
+}
 
 void quantize_act(dtype at, const float * x, void * y, int64_t n) {
     if (at == dtype::Q8_1)
         quantize_row_q8_1(x, (block_q8_1 *)y, n);
+    else if (at == dtype::Q8_K)
+        quantize_row_q8_K(x, (block_q8_K *)y, n);
     else
         quantize_row_q8_0(x, (block_q8_0 *)y, n);
 }
@@ -77,7 +92,7 @@ void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, in
                   float * const * ys, const int64_t * ldys, thread_pool & pool, std::vector<uint8_t> & scratch,
                   cpu_isa isa) {
     const dtype   wt   = ws[0]->type;
-    const dtype   at   = vec_dot_type(wt);
+    const dtype   at   = act_type(wt, ws[0]->n_in);
     const int     nth  = pool.n_threads();
     const int64_t n_in = ws[0]->n_in;
     for (int i = 1; i < n_w; ++i)
@@ -140,7 +155,7 @@ void matmul_multi(const matmul_weight * const * ws, int n_w, const float * x, in
 }
 
 void matmul_ref(const matmul_weight & w, const float * x, int64_t n_tok, int64_t ldx, float * y, int64_t ldy) {
-    const dtype          at       = vec_dot_type(w.type);
+    const dtype          at       = act_type(w.type, w.n_in);
     const size_t         w_stride = w.row_bytes();
     const auto *         wbytes   = (const uint8_t *)w.data;
     std::vector<uint8_t> act(dtype_row_size(at == dtype::F32 ? dtype::Q8_0 : at, w.n_in));
@@ -149,10 +164,11 @@ void matmul_ref(const matmul_weight & w, const float * x, int64_t n_tok, int64_t
         const float * xt = x + t * ldx;
         if (at == dtype::Q8_1) ref::quantize_row_q8_1(xt, (block_q8_1 *)act.data(), w.n_in);
         if (at == dtype::Q8_0) ref::quantize_row_q8_0(xt, (block_q8_0 *)act.data(), w.n_in);
+        if (at == dtype::Q8_K) ref::quantize_row_q8_K(xt, (block_q8_K *)act.data(), w.n_in);
         for (int64_t r = 0; r < w.n_out; ++r) {
             const uint8_t * wr = wbytes + r * w_stride;
             float           v  = 0.0f;
-            switch (w.type) {
+            switch (at == dtype::F32 ? dtype::F32 : w.type) { // F32: no integer path for this shape
             case dtype::Q4_1:
                 v = ref::vec_dot_q4_1_q8_1(w.n_in, (const block_q4_1 *)wr, (const block_q8_1 *)act.data());
                 break;
@@ -164,6 +180,15 @@ void matmul_ref(const matmul_weight & w, const float * x, int64_t n_tok, int64_t
                 break;
             case dtype::Q8_0:
                 v = ref::vec_dot_q8_0_q8_0(w.n_in, (const block_q8_0 *)wr, (const block_q8_0 *)act.data());
+                break;
+            case dtype::Q4_K:
+                v = ref::vec_dot_q4_K_q8_K(w.n_in, (const block_q4_K *)wr, (const block_q8_K *)act.data());
+                break;
+            case dtype::Q5_K:
+                v = ref::vec_dot_q5_K_q8_K(w.n_in, (const block_q5_K *)wr, (const block_q8_K *)act.data());
+                break;
+            case dtype::Q6_K:
+                v = ref::vec_dot_q6_K_q8_K(w.n_in, (const block_q6_K *)wr, (const block_q8_K *)act.data());
                 break;
             default: {
                 ::lc::ref::dequantize_row(w.type, wr, row.data(), w.n_in);

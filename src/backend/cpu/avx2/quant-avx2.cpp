@@ -227,7 +227,7 @@ bool gemm_tiles(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, int6
         run_tiles<signed_table<row_q8_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     default:
-        return false;
+        return gemm_tiles_k(wt, n_in, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
     }
 }
 

@@ -1,0 +1,263 @@
+// AVX2 Q8_K activation quantization and register-blocked integer GEMM tiles for the K-quant weight types
+// (Q4_K, Q5_K, Q6_K) against Q8_K activations. Per 256-element block, maddubs/madd give exact int32 sums
+// scaled by the 6-bit (Q4_K/Q5_K) or int8 (Q6_K) sub-block scales; the min (Q4_K/Q5_K) and -32 (Q6_K) terms
+// come from the activation block's bsums. One fp32 FMA per block per (row, column) applies d_w * d_a.
+#include <immintrin.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "backend/cpu/avx2/quant-avx2.h"
+
+namespace lc::cpu::avx2 {
+
+namespace {
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s        = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s        = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s         = _mm_hadd_epi32(s, s);
+    s         = _mm_hadd_epi32(s, s);
+    return _mm_cvtsi128_si32(s);
+}
+
+inline float h2f(fp16_t h) {
+    return _cvtsh_ss(h);
+}
+
+// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block from their 12-byte 6-bit packing: bytes 0-3 hold
+// sc0-3 (low 6 bits), bytes 4-7 m0-3, bytes 8-11 the low nibbles of sc4-7 / m4-7, whose top 2 bits are the
+// top bits of bytes 0-3 (scales) and 4-7 (mins).
+inline void unpack_scales_k4(const uint8_t * q, int16_t sc[8], int16_t m[8]) {
+    for (int j = 0; j < 4; ++j) {
+        sc[j]     = int16_t(q[j] & 63);
+        m[j]      = int16_t(q[j + 4] & 63);
+        sc[j + 4] = int16_t((q[j + 8] & 0xf) | ((q[j] >> 6) << 4));
+        m[j + 4]  = int16_t((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+    }
+}
+
+// Q4_K / Q5_K: chunk k (64 elements) holds sub-block 2k in the low nibbles of qs[32k..32k+32) and sub-block
+// 2k+1 in the high nibbles; Q5_K adds bit j of qh[l] as bit 4 of element l of sub-block j.
+template <bool five, int R, int C>
+void tile_k4(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
+             int64_t ldy) {
+    using wblock = std::conditional_t<five, block_q5_K, block_q4_K>;
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        alignas(32) int16_t sc[R][8];
+        __m256i             mins[R];
+        float               wd[R], wdm[R];
+        for (int r = 0; r < R; ++r) {
+            const wblock &      blk = ((const wblock *)(w + r * w_stride))[b];
+            alignas(16) int16_t mn[8];
+            unpack_scales_k4(blk.scales, sc[r], mn);
+            // each min twice: lane pair (2j, 2j+1) meets bsums[2j], bsums[2j+1]
+            const __m128i m8 = _mm_load_si128((const __m128i *)mn);
+            mins[r]          = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
+            wd[r]            = h2f(blk.d);
+            wdm[r]           = h2f(blk.dmin);
+        }
+        __m256i isum[R][C];
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < C; ++c) isum[r][c] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+            __m256i wq[R], ws[R];
+            for (int r = 0; r < R; ++r) {
+                const wblock & blk = ((const wblock *)(w + r * w_stride))[b];
+                const __m256i  q   = _mm256_loadu_si256((const __m256i *)(blk.qs + 32 * (j / 2)));
+                wq[r]              = (j & 1) ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                if constexpr (five) {
+                    const __m256i bit = _mm256_set1_epi8(char(1 << j));
+                    const __m256i qh  = _mm256_loadu_si256((const __m256i *)blk.qh);
+                    const __m256i on  = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                    wq[r]             = _mm256_or_si256(wq[r], _mm256_and_si256(on, _mm256_set1_epi8(0x10)));
+                }
+                ws[r] = _mm256_set1_epi16(sc[r][j]);
+            }
+            for (int c = 0; c < C; ++c) {
+                const block_q8_K & ab = ((const block_q8_K *)(a + c * a_stride))[b];
+                const __m256i      aq = _mm256_loadu_si256((const __m256i *)(ab.qs + 32 * j));
+                for (int r = 0; r < R; ++r)
+                    isum[r][c] =
+                        _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], aq), ws[r]));
+            }
+        }
+        for (int c = 0; c < C; ++c) {
+            const block_q8_K & ab = ((const block_q8_K *)(a + c * a_stride))[b];
+            const __m256i      bs = _mm256_loadu_si256((const __m256i *)ab.bsums);
+            for (int r = 0; r < R; ++r) {
+                const __m256i ms = _mm256_madd_epi16(bs, mins[r]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * ab.d), _mm256_cvtepi32_ps(isum[r][c]), acc[r][c]);
+                acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(wdm[r] * ab.d), _mm256_cvtepi32_ps(ms), acc[r][c]);
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]);
+}
+
+// Q6_K: 32 elements 128h + 32k + l (l < 32) are sub-blocks 8h+2k and 8h+2k+1; their low 4 bits are nibble
+// k>>1 of ql[64h + 32(k&1) + l], their high 2 bits bits 2k..2k+1 of qh[32h + l].
+template <int R, int C>
+void tile_q6_K(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
+               int64_t ldy) {
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+    for (int64_t b = 0; b < nb; ++b) {
+        __m256i sc8[R], sc16[R];
+        float   wd[R];
+        for (int r = 0; r < R; ++r) {
+            const block_q6_K & blk = ((const block_q6_K *)(w + r * w_stride))[b];
+            const __m128i      s   = _mm_loadu_si128((const __m128i *)blk.scales);
+            sc8[r]                 = _mm256_broadcastsi128_si256(s);
+            sc16[r]                = _mm256_cvtepi8_epi16(s);
+            wd[r]                  = h2f(blk.d);
+        }
+        __m256i isum[R][C];
+        // the -32 offset: isum starts at -32 * sum_s sc_s * bsums[s]
+        for (int c = 0; c < C; ++c) {
+            const block_q8_K & ab = ((const block_q8_K *)(a + c * a_stride))[b];
+            const __m256i      bs = _mm256_loadu_si256((const __m256i *)ab.bsums);
+            for (int r = 0; r < R; ++r)
+                isum[r][c] =
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16[r]), 5));
+        }
+        for (int g = 0; g < 8; ++g) {
+            const int h = g / 4, k = g % 4;
+            // int16 lanes 0-7: scale 2g, lanes 8-15: scale 2g+1 (byte into the high half, arithmetic shift)
+            const __m256i ctl = _mm256_set_m128i(_mm_set1_epi16(short(((2 * g + 1) << 8) | 0x80)),
+                                                 _mm_set1_epi16(short(((2 * g) << 8) | 0x80)));
+            __m256i       wq[R], ws[R];
+            for (int r = 0; r < R; ++r) {
+                const block_q6_K & blk = ((const block_q6_K *)(w + r * w_stride))[b];
+                const __m256i      ql  = _mm256_loadu_si256((const __m256i *)(blk.ql + 64 * h + 32 * (k & 1)));
+                const __m256i      qh  = _mm256_loadu_si256((const __m256i *)(blk.qh + 32 * h));
+                const __m256i lo = (k >> 1) ? _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) : _mm256_and_si256(ql, m4);
+                __m256i       hi;
+                switch (k) {
+                case 0:
+                    hi = _mm256_slli_epi16(qh, 4);
+                    break;
+                case 1:
+                    hi = _mm256_slli_epi16(qh, 2);
+                    break;
+                case 2:
+                    hi = qh;
+                    break;
+                default:
+                    hi = _mm256_srli_epi16(qh, 2);
+                    break;
+                }
+                wq[r] = _mm256_or_si256(lo, _mm256_and_si256(hi, m2));
+                ws[r] = _mm256_srai_epi16(_mm256_shuffle_epi8(sc8[r], ctl), 8);
+            }
+            for (int c = 0; c < C; ++c) {
+                const block_q8_K & ab = ((const block_q8_K *)(a + c * a_stride))[b];
+                const __m256i      aq = _mm256_loadu_si256((const __m256i *)(ab.qs + 32 * g));
+                for (int r = 0; r < R; ++r)
+                    isum[r][c] =
+                        _mm256_add_epi32(isum[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], aq), ws[r]));
+            }
+        }
+        for (int c = 0; c < C; ++c) {
+            const float ad = ((const block_q8_K *)(a + c * a_stride))[b].d;
+            for (int r = 0; r < R; ++r)
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * ad), _mm256_cvtepi32_ps(isum[r][c]), acc[r][c]);
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]);
+}
+
+using tile_fn = void (*)(int64_t, const uint8_t *, size_t, const uint8_t *, size_t, float *, int64_t);
+
+struct q4_K_table {
+    template <int R, int C> static constexpr tile_fn fn = &tile_k4<false, R, C>;
+};
+struct q5_K_table {
+    template <int R, int C> static constexpr tile_fn fn = &tile_k4<true, R, C>;
+};
+struct q6_K_table {
+    template <int R, int C> static constexpr tile_fn fn = &tile_q6_K<R, C>;
+};
+
+// 4 rows x 2 columns when there are several activation rows, 4 x 1 for matrix-vector products.
+template <typename get>
+void run_tiles(int64_t nb, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a, size_t a_stride,
+               int64_t n_cols, float * y, int64_t ldy) {
+    const tile_fn t41 = get::template fn<4, 1>, t42 = get::template fn<4, 2>, t11 = get::template fn<1, 1>,
+                  t12 = get::template fn<1, 2>;
+    int64_t r         = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+        int64_t c = 0;
+        for (; c + 2 <= n_cols; c += 2)
+            t42(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c < n_cols; ++c) t41(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+    }
+    for (; r < n_rows; ++r) {
+        int64_t c = 0;
+        for (; c + 2 <= n_cols; c += 2)
+            t12(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c < n_cols; ++c) t11(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+    }
+}
+
+} // namespace
+
+void quantize_row_q8_K(const float * x, block_q8_K * y, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        __m256 amax = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+        __m128 m         = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m                = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m                = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float amx  = _mm_cvtss_f32(m);
+        const float id   = amx != 0.0f ? 127.0f / amx : 0.0f;
+        y[i].d           = amx / 127.0f;
+        const __m256 vid = _mm256_set1_ps(id);
+        for (int j = 0; j < QK_K; j += 32) {
+            __m256i q[4];
+            for (int k = 0; k < 4; ++k)
+                q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8 * k), vid),
+                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            y[i].bsums[j / 16]     = int16_t(hsum_i32(_mm256_add_epi32(q[0], q[1])));
+            y[i].bsums[j / 16 + 1] = int16_t(hsum_i32(_mm256_add_epi32(q[2], q[3])));
+            __m256i p              = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p                      = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(y[i].qs + j), p);
+        }
+    }
+}
+
+bool gemm_tiles_k(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a,
+                  size_t a_stride, int64_t n_cols, float * y, int64_t ldy) {
+    const int64_t nb = n_in / QK_K;
+    switch (wt) {
+    case dtype::Q4_K:
+        run_tiles<q4_K_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q5_K:
+        run_tiles<q5_K_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q6_K:
+        run_tiles<q6_K_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    default:
+        return false;
+    }
+}
+
+} // namespace lc::cpu::avx2

@@ -1,0 +1,229 @@
+// AVX-512 VNNI integer GEMM tiles for the K-quant weight types (Q4_K, Q5_K, Q6_K) against Q8_K activations.
+// 64 weight bytes (two Q4_K/Q5_K sub-blocks of 32, or four Q6_K sub-blocks of 16) meet 64 activation bytes in
+// one vpdpbusd; every 4-byte group sum fits in int16 (|a| <= 127, q <= 63), so vpdpwssd against the sub-block
+// scale (int16 in the low half of each int32 lane, 0 in the high half) applies the scale exactly. The min
+// (Q4_K/Q5_K) and -32 (Q6_K) terms come from the activation block's bsums.
+#include <immintrin.h>
+
+// GCC 12's AVX-512 insert intrinsics pass an undefined source vector to the builtin and warn about it
+// (-Wmaybe-uninitialized) at every inlined use; the upper lanes are always written.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#include <type_traits>
+
+#include "backend/cpu/avx512/quant-avx512.h"
+
+namespace lc::cpu::avx512 {
+
+namespace {
+
+inline float h2f(fp16_t h) {
+    return _cvtsh_ss(h);
+}
+
+inline float hsum(__m512 v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128       s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s              = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s              = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// 16-bit lanes 0-15 = lo, 16-31 = hi.
+inline __m512i halves_epi16(short lo, short hi) {
+    return _mm512_inserti64x4(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi), 1);
+}
+// 32-bit lanes 0-7 = lo, 8-15 = hi.
+inline __m512i halves_epi32(int lo, int hi) {
+    return _mm512_inserti64x4(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi), 1);
+}
+
+// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block (6-bit packing, see ref/dequant.cpp).
+inline void unpack_scales_k4(const uint8_t * q, int32_t sc[8], int16_t m[8]) {
+    for (int j = 0; j < 4; ++j) {
+        sc[j]     = q[j] & 63;
+        m[j]      = int16_t(q[j + 4] & 63);
+        sc[j + 4] = (q[j + 8] & 0xf) | ((q[j] >> 6) << 4);
+        m[j + 4]  = int16_t((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+    }
+}
+
+// Q4_K / Q5_K: chunk k (64 elements) is sub-block 2k (low nibbles of qs[32k..32k+32)) then sub-block 2k+1
+// (high nibbles); Q5_K's bit 4 of element l of sub-block j is bit j of qh[l].
+template <bool five, int R, int C>
+void tile_k4(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
+             int64_t ldy) {
+    using wblock = std::conditional_t<five, block_q5_K, block_q4_K>;
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i scv[R];
+        __m256i mins[R];
+        float   wd[R], wdm[R];
+        for (int r = 0; r < R; ++r) {
+            const wblock &      blk = ((const wblock *)(w + r * w_stride))[b];
+            alignas(32) int32_t sc[8];
+            alignas(16) int16_t mn[8];
+            unpack_scales_k4(blk.scales, sc, mn);
+            scv[r]           = _mm512_zextsi256_si512(_mm256_load_si256((const __m256i *)sc));
+            const __m128i m8 = _mm_load_si128((const __m128i *)mn);
+            mins[r]          = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
+            wd[r]            = h2f(blk.d);
+            wdm[r]           = h2f(blk.dmin);
+        }
+        __m512i isum[R][C];
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < C; ++c) isum[r][c] = _mm512_setzero_si512();
+        for (int k = 0; k < 4; ++k) {
+            __m512i av[C];
+            for (int c = 0; c < C; ++c)
+                av[c] = _mm512_loadu_si512(((const block_q8_K *)(a + c * a_stride))[b].qs + 64 * k);
+            const __m512i idx = halves_epi32(2 * k, 2 * k + 1);
+            for (int r = 0; r < R; ++r) {
+                const wblock & blk = ((const wblock *)(w + r * w_stride))[b];
+                const __m512i  q   = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk.qs + 32 * k)));
+                __m512i        wv  = _mm512_and_si512(_mm512_mask_blend_epi64(0xf0, q, _mm512_srli_epi16(q, 4)), m4);
+                if constexpr (five) {
+                    const __m512i qh  = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk.qh));
+                    const __m512i bit = _mm512_mask_blend_epi64(0xf0, _mm512_set1_epi8(char(1 << (2 * k))),
+                                                                _mm512_set1_epi8(char(1 << (2 * k + 1))));
+                    wv = _mm512_mask_add_epi8(wv, _mm512_test_epi8_mask(qh, bit), wv, _mm512_set1_epi8(0x10));
+                }
+                const __m512i s = _mm512_permutexvar_epi32(idx, scv[r]);
+                for (int c = 0; c < C; ++c)
+                    isum[r][c] =
+                        _mm512_dpwssd_epi32(isum[r][c], _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av[c]), s);
+            }
+        }
+        for (int c = 0; c < C; ++c) {
+            const block_q8_K & ab = ((const block_q8_K *)(a + c * a_stride))[b];
+            const __m256i      bs = _mm256_loadu_si256((const __m256i *)ab.bsums);
+            for (int r = 0; r < R; ++r) {
+                const __m512i ms = _mm512_zextsi256_si512(_mm256_madd_epi16(bs, mins[r]));
+                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(wd[r] * ab.d), _mm512_cvtepi32_ps(isum[r][c]), acc[r][c]);
+                acc[r][c] = _mm512_fnmadd_ps(_mm512_set1_ps(wdm[r] * ab.d), _mm512_cvtepi32_ps(ms), acc[r][c]);
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]);
+}
+
+// Q6_K: 64 elements 128h + 64p + [0, 64) are sub-blocks 8h+4p .. 8h+4p+3. Their low 4 bits are nibble p of
+// ql[64h .. 64h+64); their high 2 bits are bits (2p, 2p+1) of qh[32h + l] for the first 32 elements and bits
+// (2p+2, 2p+3) for the second 32.
+template <int R, int C>
+void tile_q6_K(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
+               int64_t ldy) {
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x30);
+    const __m512i shl0 = halves_epi16(4, 2), shr1 = halves_epi16(0, 2);
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i scv[R];
+        __m256i sc16[R];
+        float   wd[R];
+        for (int r = 0; r < R; ++r) {
+            const block_q6_K & blk = ((const block_q6_K *)(w + r * w_stride))[b];
+            const __m128i      s   = _mm_loadu_si128((const __m128i *)blk.scales);
+            scv[r]                 = _mm512_and_si512(_mm512_cvtepi8_epi32(s), _mm512_set1_epi32(0xffff));
+            sc16[r]                = _mm256_cvtepi8_epi16(s);
+            wd[r]                  = h2f(blk.d);
+        }
+        // the -32 offset: isum starts at -32 * sum_s sc_s * bsums[s]
+        __m512i isum[R][C];
+        for (int c = 0; c < C; ++c) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)((const block_q8_K *)(a + c * a_stride))[b].bsums);
+            for (int r = 0; r < R; ++r)
+                isum[r][c] = _mm512_zextsi256_si512(
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16[r]), 5)));
+        }
+        for (int g = 0; g < 4; ++g) {
+            const int h = g / 2, p = g % 2;
+            __m512i   av[C];
+            for (int c = 0; c < C; ++c)
+                av[c] = _mm512_loadu_si512(((const block_q8_K *)(a + c * a_stride))[b].qs + 64 * g);
+            // int32 lane i (4 bytes) lies in sub-block 4g + i/4
+            const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * g),
+                                                 _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+            for (int r = 0; r < R; ++r) {
+                const block_q6_K & blk = ((const block_q6_K *)(w + r * w_stride))[b];
+                const __m512i      ql  = _mm512_loadu_si512(blk.ql + 64 * h);
+                const __m512i      qh  = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk.qh + 32 * h)));
+                const __m512i      lo  = p ? _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4) : _mm512_and_si512(ql, m4);
+                const __m512i      hi  = p ? _mm512_srlv_epi16(qh, shr1) : _mm512_sllv_epi16(qh, shl0);
+                const __m512i      wv  = _mm512_or_si512(lo, _mm512_and_si512(hi, m2));
+                const __m512i      s   = _mm512_permutexvar_epi32(idx, scv[r]);
+                for (int c = 0; c < C; ++c)
+                    isum[r][c] =
+                        _mm512_dpwssd_epi32(isum[r][c], _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av[c]), s);
+            }
+        }
+        for (int c = 0; c < C; ++c) {
+            const float ad = ((const block_q8_K *)(a + c * a_stride))[b].d;
+            for (int r = 0; r < R; ++r)
+                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(wd[r] * ad), _mm512_cvtepi32_ps(isum[r][c]), acc[r][c]);
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]);
+}
+
+using tile_fn = void (*)(int64_t, const uint8_t *, size_t, const uint8_t *, size_t, float *, int64_t);
+
+struct q4_K_table {
+    template <int R, int C> static constexpr tile_fn fn = &tile_k4<false, R, C>;
+};
+struct q5_K_table {
+    template <int R, int C> static constexpr tile_fn fn = &tile_k4<true, R, C>;
+};
+struct q6_K_table {
+    template <int R, int C> static constexpr tile_fn fn = &tile_q6_K<R, C>;
+};
+
+// 4 rows x 4 columns for matrix products, 4 x 1 for matrix-vector products.
+template <typename get>
+void run_tiles(int64_t nb, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a, size_t a_stride,
+               int64_t n_cols, float * y, int64_t ldy) {
+    const tile_fn t41 = get::template fn<4, 1>, t44 = get::template fn<4, 4>, t11 = get::template fn<1, 1>,
+                  t14 = get::template fn<1, 4>;
+    int64_t r         = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+        int64_t c = 0;
+        for (; c + 4 <= n_cols; c += 4)
+            t44(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c < n_cols; ++c) t41(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+    }
+    for (; r < n_rows; ++r) {
+        int64_t c = 0;
+        for (; c + 4 <= n_cols; c += 4)
+            t14(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+        for (; c < n_cols; ++c) t11(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
+    }
+}
+
+} // namespace
+
+bool gemm_tiles_k(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a,
+                  size_t a_stride, int64_t n_cols, float * y, int64_t ldy) {
+    const int64_t nb = n_in / QK_K;
+    switch (wt) {
+    case dtype::Q4_K:
+        run_tiles<q4_K_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q5_K:
+        run_tiles<q5_K_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    case dtype::Q6_K:
+        run_tiles<q6_K_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        return true;
+    default:
+        return false;
+    }
+}
+
+} // namespace lc::cpu::avx512
