@@ -238,6 +238,31 @@ TEST(matmul, q4_K_worked_example) {
     }
 }
 
+TEST(matmul, multi_shares_q8_K_activations) {
+    // gate/up-style products: two K-quant weights of the same type and width, quantized input shared
+    std::mt19937                    rng(13);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (dtype t : {dtype::Q4_K, dtype::Q6_K}) {
+        const int64_t      n_in = 512, n_tok = 9, n_out[2] = {12, 37};
+        auto               w0 = random_weights(t, n_in, n_out[0], rng), w1 = random_weights(t, n_in, n_out[1], rng);
+        cpu::matmul_weight mw0{t, w0.data(), n_in, n_out[0]}, mw1{t, w1.data(), n_in, n_out[1]};
+        std::vector<float> x(size_t(n_tok * n_in));
+        for (auto & v : x) v = nd(rng);
+        std::vector<float>         y0(size_t(n_tok * n_out[0])), y1(size_t(n_tok * n_out[1]));
+        std::vector<float>         r0(y0.size()), r1(y1.size());
+        const cpu::matmul_weight * ws[2] = {&mw0, &mw1};
+        float * const              ys[2] = {y0.data(), y1.data()};
+        const int64_t              ld[2] = {n_out[0], n_out[1]};
+        thread_pool                pool(2);
+        std::vector<uint8_t>       scratch;
+        cpu::matmul_multi(ws, 2, x.data(), n_tok, n_in, ys, ld, pool, scratch);
+        cpu::matmul_ref(mw0, x.data(), n_tok, n_in, r0.data(), n_out[0]);
+        cpu::matmul_ref(mw1, x.data(), n_tok, n_in, r1.data(), n_out[1]);
+        for (size_t i = 0; i < y0.size(); ++i) ASSERT_NEAR(y0[i], r0[i], 1e-4f * (1.0f + std::fabs(r0[i]))) << i;
+        for (size_t i = 0; i < y1.size(); ++i) ASSERT_NEAR(y1[i], r1[i], 1e-4f * (1.0f + std::fabs(r1[i]))) << i;
+    }
+}
+
 class matmul_types : public ::testing::TestWithParam<dtype> {};
 
 TEST_P(matmul_types, matches_reference) {

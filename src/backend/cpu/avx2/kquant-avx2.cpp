@@ -1,7 +1,7 @@
 // AVX2 Q8_K activation quantization and register-blocked integer GEMM tiles for the K-quant weight types
 // (Q4_K, Q5_K, Q6_K) against Q8_K activations. Per 256-element block, maddubs/madd give exact int32 sums
 // scaled by the 6-bit (Q4_K/Q5_K) or int8 (Q6_K) sub-block scales; the min (Q4_K/Q5_K) and -32 (Q6_K) terms
-// come from the activation block's bsums. One fp32 FMA per block per (row, column) applies d_w * d_a.
+// come from the activation block's bsums. Per block and (row, column), fp32 FMAs apply d_w * d_a (and dmin_w * d_a).
 #include <immintrin.h>
 
 #include <cstring>
@@ -109,7 +109,7 @@ void tile_k4(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, 
 }
 
 // Q6_K: 32 elements 128h + 32k + l (l < 32) are sub-blocks 8h+2k and 8h+2k+1; their low 4 bits are nibble
-// k>>1 of ql[64h + 32(k&1) + l], their high 2 bits bits 2k..2k+1 of qh[32h + l].
+// k>>1 of ql[64h + 32(k&1) + l], their high 2 bits are bits 2k and 2k+1 of qh[32h + l].
 template <int R, int C>
 void tile_q6_K(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
                int64_t ldy) {
