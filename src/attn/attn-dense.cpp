@@ -38,12 +38,13 @@ float * aligned_scratch(std::vector<float> & buf, size_t n) {
 } // namespace
 
 void attn_dense(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
-                float * lse, thread_pool & pool) {
-    attn_dense_isa(cpu_isa_best(), q, n_q, pos0, n_head, kv, scale, o, lse, pool);
+                float * lse, thread_pool & pool, int64_t window) {
+    attn_dense_isa(cpu_isa_best(), q, n_q, pos0, n_head, kv, scale, o, lse, pool, window);
 }
 
 void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
-                    float scale, float * o, float * lse, thread_pool & pool) {
+                    float scale, float * o, float * lse, thread_pool & pool, int64_t window) {
+    LC_ASSERT(window >= 0, "attn: window %lld must be positive or attn_window_none", (long long)window);
     LC_ASSERT(kv.n_head_kv > 0 && n_head % kv.n_head_kv == 0, "attn: n_head %d is not a multiple of n_head_kv %d",
               n_head, kv.n_head_kv);
     LC_ASSERT(pos0 >= 0 && n_q >= 0 && kv.n_kv >= pos0 + n_q,
@@ -71,7 +72,9 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
     const bool    row_layout = n_q * n_group <= rows_max; // decode and other few-query calls
     const int64_t bq         = row_layout ? n_q : std::clamp<int64_t>(target_rows / n_group, 1, n_q);
     const int64_t n_qb       = (n_q + bq - 1) / bq;
-    const int64_t max_split  = std::clamp<int64_t>((pos0 + n_q) / k_split_min_keys, 1, k_split_max);
+    // Keys the last query sees: all before it, or its window.
+    const int64_t n_keys_max = window > 0 ? std::min(pos0 + n_q, window) : pos0 + n_q;
+    const int64_t max_split  = std::clamp<int64_t>(n_keys_max / k_split_min_keys, 1, k_split_max);
     const int64_t want_items = k_items_per_thread * nth;
 
     // Items are (query block, group of KV heads, key split).
@@ -119,12 +122,14 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
             const int64_t i0    = qb * bq;
             const int64_t nq    = std::min(bq, n_q - i0);
             const int64_t k_all = pos0 + i0 + nq;
-            const int64_t row0  = i0 * n_head + int64_t(hk) * n_group; // (query i0, head hk * n_group)
+            // first key any query of the block sees (query i0's window start)
+            const int64_t k_lo = window > 0 ? std::max<int64_t>(0, pos0 + i0 - window + 1) : 0;
+            const int64_t row0 = i0 * n_head + int64_t(hk) * n_group; // (query i0, head hk * n_group)
 
             attn_tile_args a{};
             a.q        = q + row0 * head_dim;
             a.q_stride = int64_t(n_head) * head_dim;
-            a.k_begin  = 0;
+            a.k_begin  = k_lo;
             a.k_end    = k_all;
             if (n_split == 1) {
                 a.o               = o + row0 * head_dim;
@@ -135,10 +140,11 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
                 a.lse_head_stride = 1;
             } else {
                 // Page-aligned chunks so that every tile but the last of a split is a whole page.
+                const int64_t k_base = k_lo / kv_page_tokens * kv_page_tokens;
                 const int64_t chunk =
-                    ((k_all + n_split - 1) / n_split + kv_page_tokens - 1) / kv_page_tokens * kv_page_tokens;
-                a.k_begin         = std::min(k_all, s * chunk);
-                a.k_end           = std::min(k_all, (s + 1) * chunk);
+                    ((k_all - k_base + n_split - 1) / n_split + kv_page_tokens - 1) / kv_page_tokens * kv_page_tokens;
+                a.k_begin         = std::min(k_all, std::max(k_lo, k_base + s * chunk));
+                a.k_end           = std::min(k_all, k_base + (s + 1) * chunk);
                 a.o               = parts_o + (row0 * n_split + s) * head_dim;
                 a.o_stride        = int64_t(n_head) * n_split * head_dim;
                 a.o_head_stride   = n_split * head_dim;
@@ -150,6 +156,7 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
             a.n_group    = n_group;
             a.head_dim   = head_dim;
             a.pos0       = pos0 + i0;
+            a.window     = window;
             a.scale      = scale;
             a.k_pool     = kv.k_pool;
             a.v_pool     = kv.v_pool;

@@ -122,25 +122,25 @@ struct run_result {
 };
 
 run_result run_ref(const std::vector<float> & q, int64_t n_q, int64_t pos0, int n_head, const lc::kv_view & kv,
-                   float scale, lc::thread_pool & pool) {
+                   float scale, lc::thread_pool & pool, int64_t window = lc::attn_window_none) {
     run_result r;
     r.o.resize(size_t(n_q * n_head * kv.head_dim));
     r.lse.resize(size_t(n_q * n_head));
-    lc::attn_dense_ref(q.data(), n_q, pos0, n_head, kv, scale, r.o.data(), r.lse.data(), pool);
+    lc::attn_dense_ref(q.data(), n_q, pos0, n_head, kv, scale, r.o.data(), r.lse.data(), pool, window);
     return r;
 }
 
 // Outputs are poisoned with NaN (every element must be written) and framed by guard regions that must stay
 // untouched.
 run_result run_opt(lc::cpu_isa isa, const std::vector<float> & q, int64_t n_q, int64_t pos0, int n_head,
-                   const lc::kv_view & kv, float scale, lc::thread_pool & pool) {
+                   const lc::kv_view & kv, float scale, lc::thread_pool & pool, int64_t window = lc::attn_window_none) {
     constexpr size_t   guard = 64;
     constexpr float    mark  = 12345.0f;
     const size_t       n_o = size_t(n_q * n_head * kv.head_dim), n_lse = size_t(n_q * n_head);
     std::vector<float> o(n_o + 2 * guard, mark), lse(n_lse + 2 * guard, mark);
     std::fill(o.begin() + guard, o.end() - guard, std::numeric_limits<float>::quiet_NaN());
     std::fill(lse.begin() + guard, lse.end() - guard, std::numeric_limits<float>::quiet_NaN());
-    lc::attn_dense_isa(isa, q.data(), n_q, pos0, n_head, kv, scale, o.data() + guard, lse.data() + guard, pool);
+    lc::attn_dense_isa(isa, q.data(), n_q, pos0, n_head, kv, scale, o.data() + guard, lse.data() + guard, pool, window);
     for (size_t i = 0; i < guard; ++i) {
         EXPECT_EQ(o[i], mark) << "write before o";
         EXPECT_EQ(o[guard + n_o + i], mark) << "write after o";
@@ -264,6 +264,94 @@ TEST(attn_dense, causality) {
                     }
                 }
             }
+        }
+    }
+}
+
+TEST(attn_dense, sliding_window_matches_reference) {
+    // Sliding-window layers (Gemma 3: window 512): query p sees keys p - window < j <= p. Prefill from 0, a later
+    // chunk, and decode, with windows smaller than, equal to and not aligned with the 64-key tiles, and larger
+    // than the context (no effect). Both layouts (decode: row layout; prefill: transposed) and split keys.
+    const shape     shapes[]  = {{9, 3, 64}, {4, 1, 256}, {3, 1, 20}};
+    const int64_t   windows[] = {1, 2, 37, 64, 65, 130, 512, 5000};
+    const int64_t   n_kv      = 800;
+    lc::thread_pool pool(2);
+    for (const shape & s : shapes) {
+        auto        cache = make_cache(s.n_head_kv, s.head_dim, n_kv, 61);
+        const float scale = 1.0f / std::sqrt(float(s.head_dim));
+        for (int64_t w : windows) {
+            for (int64_t pos0 : {int64_t(0), int64_t(377), n_kv - 3, n_kv - 1}) {
+                const int64_t n_q = n_kv - pos0;
+                const auto    q   = randn(size_t(n_q * s.n_head * s.head_dim), 1.0f, uint32_t(62 + pos0));
+                const auto    ref = run_ref(q, n_q, pos0, s.n_head, cache.view(), scale, pool, w);
+                for (lc::cpu_isa isa : isas()) {
+                    const auto r = run_opt(isa, q, n_q, pos0, s.n_head, cache.view(), scale, pool, w);
+                    EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse),
+                                 describe(isa, s.n_head, s.n_head_kv, s.head_dim, n_q, pos0, n_kv, 2)
+                                     << " window=" << w);
+                }
+            }
+        }
+    }
+    // A window at least as long as the context equals no window, bit for bit.
+    auto       cache = make_cache(1, 256, 300, 63);
+    const auto q     = randn(size_t(300 * 4 * 256), 1.0f, 64);
+    for (lc::cpu_isa isa : isas()) {
+        const auto a = run_opt(isa, q, 300, 0, 4, cache.view(), 0.0625f, pool);
+        const auto b = run_opt(isa, q, 300, 0, 4, cache.view(), 0.0625f, pool, 300);
+        EXPECT_EQ(a.o, b.o) << lc::cpu_isa_name(isa);
+        EXPECT_EQ(a.lse, b.lse) << lc::cpu_isa_name(isa);
+    }
+}
+
+TEST(attn_dense, sliding_window_visibility) {
+    // Rewriting key t_mod changes the output of query p exactly when p - window < t_mod <= p; other queries stay
+    // bit-identical.
+    lc::thread_pool pool(2);
+    const int       n_head = 4, n_head_kv = 1, head_dim = 64;
+    const int64_t   n_kv = 400, window = 70;
+    for (lc::cpu_isa isa : isas()) {
+        for (int64_t pos0 : {0, 250, 398}) {
+            const int64_t n_q = n_kv - pos0;
+            for (int64_t t_mod : {0, 63, 64, 130, 200, 300, 329, 330, 399}) {
+                auto       cache  = make_cache(n_head_kv, head_dim, n_kv, 71);
+                const auto q      = randn(size_t(n_q * n_head * head_dim), 1.0f, 72);
+                const auto before = run_opt(isa, q, n_q, pos0, n_head, cache.view(), 0.125f, pool, window);
+                const auto kv_new = randn(size_t(n_head_kv * head_dim), 3.0f, 73);
+                cache.kv->write(0, 0, t_mod, 1, kv_new.data(), kv_new.data());
+                const auto   after = run_opt(isa, q, n_q, pos0, n_head, cache.view(), 0.125f, pool, window);
+                const size_t row   = size_t(n_head * head_dim);
+                for (int64_t i = 0; i < n_q; ++i) {
+                    const int64_t p    = pos0 + i;
+                    const bool    same = std::equal(before.o.begin() + i * row, before.o.begin() + (i + 1) * row,
+                                                    after.o.begin() + i * row);
+                    const bool    sees = p - window < t_mod && t_mod <= p;
+                    ASSERT_EQ(same, !sees)
+                        << lc::cpu_isa_name(isa) << ": query at " << p << ", key " << t_mod << ", window " << window;
+                }
+            }
+        }
+    }
+}
+
+TEST(attn_dense, sliding_window_skips_old_tiles) {
+    // Pages wholly before the window of the chunk's first query are filled with NaN: they must not be read.
+    lc::thread_pool pool(3);
+    const int       n_head = 4, n_head_kv = 1, head_dim = 256;
+    const int64_t   n_kv = 2000, window = 512;
+    for (int64_t pos0 : {1999, 1500, 1100}) {
+        auto          cache = make_cache(n_head_kv, head_dim, n_kv, 81);
+        const int64_t n_q   = n_kv - pos0;
+        const auto    q     = randn(size_t(n_q * n_head * head_dim), 1.0f, 82);
+        const auto    ref   = run_ref(q, n_q, pos0, n_head, cache.view(), 0.0625f, pool, window);
+        const int64_t n_old = (pos0 - window + 1) / 64 * 64; // tokens on pages no query of the chunk sees
+        ASSERT_GT(n_old, 0);
+        const std::vector<float> nan(size_t(n_old * n_head_kv * head_dim), std::numeric_limits<float>::quiet_NaN());
+        cache.kv->write(0, 0, 0, n_old, nan.data(), nan.data());
+        for (lc::cpu_isa isa : isas()) {
+            const auto r = run_opt(isa, q, n_q, pos0, n_head, cache.view(), 0.0625f, pool, window);
+            EXPECT_CLOSE(compare(r.o, ref.o, r.lse, ref.lse),
+                         describe(isa, n_head, n_head_kv, head_dim, n_q, pos0, n_kv, 3) << " NaN before " << n_old);
         }
     }
 }

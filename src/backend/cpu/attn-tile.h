@@ -26,8 +26,9 @@ struct attn_tile_args {
     int           n_q;     // queries in the block, >= 1
     int           n_group; // query heads per KV head, >= 1
     int           head_dim;
-    int64_t       pos0;  // position of query 0 of the block; query i sees keys t <= pos0 + i
-    float         scale; // softmax scale applied to q . k
+    int64_t       pos0;   // position of query 0 of the block; query i sees keys t <= pos0 + i
+    int64_t       window; // > 0: query i sees only keys t > pos0 + i - window (sliding window); 0: no window
+    float         scale;  // softmax scale applied to q . k
 
     // One layer of one sequence of the KV cache (see kv/kv-cache.h for the page layout).
     const fp16_t *  k_pool;
@@ -49,15 +50,16 @@ inline size_t attn_tile_rows_padded(int n_rows) {
 inline size_t attn_tile_scratch_floats(int n_rows, int head_dim) {
     const size_t rp = attn_tile_rows_padded(n_rows);
     const size_t d  = size_t((head_dim + 15) / 16 * 16);
-    // Qt [d][rp], Ot [d][rp], St [64][rp], KV tile [64][d], m, l, alpha, lim [rp] each.
-    return 2 * d * rp + 64 * rp + 64 * d + 4 * rp;
+    // Qt [d][rp], Ot [d][rp], St [64][rp], KV tile [64][d], m, l, alpha, lim, nlo [rp] each.
+    return 2 * d * rp + 64 * rp + 64 * d + 5 * rp;
 }
 
 // Computes the normalised partial state (o, lse) of every row of the item over keys [k_begin, k_end) with
-// causal masking. Thread-safe for distinct outputs and scratch.
-// Two layouts (see attn-tile-impl.inc): items of at most attn_rows_max_*(head_dim) rows per KV head
-// (n_q * n_group) take the row layout and walk the pages once for all their KV heads, so that reads are
-// contiguous (decode is bound by them); larger items take the transposed layout, one KV head after another.
+// causal (and, when window > 0, sliding-window) masking; tiles wholly before every row's window are skipped.
+// Thread-safe for distinct outputs and scratch. Two layouts (see attn-tile-impl.inc): items of at most
+// attn_rows_max_*(head_dim) rows per KV head (n_q * n_group) take the row layout and walk the pages once for all their
+// KV heads, so that reads are contiguous (decode is bound by them); larger items take the transposed layout, one KV
+// head after another.
 void attn_tile_avx2(const attn_tile_args & a);
 void attn_tile_avx512(const attn_tile_args & a); // only in builds with LC_HAVE_AVX512_KERNELS
 int  attn_rows_max_avx2(int head_dim);           // 0 when head_dim does not suit the row layout

@@ -9,7 +9,7 @@
 namespace lc {
 
 void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
-                    float * lse, thread_pool & pool) {
+                    float * lse, thread_pool & pool, int64_t window) {
     LC_ASSERT(kv.n_head_kv > 0 && n_head % kv.n_head_kv == 0, "attn: n_head %d is not a multiple of n_head_kv %d",
               n_head, kv.n_head_kv);
     LC_ASSERT(pos0 >= 0 && kv.n_kv >= pos0 + n_q, "attn: queries up to position %lld but the cache holds %lld",
@@ -26,10 +26,11 @@ void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, cons
             const int     h     = int(r % n_head);
             const int     hk    = h / n_group;
             const int64_t n_see = pos0 + i + 1;
+            const int64_t t_lo  = window > 0 && n_see > window ? n_see - window : 0; // first visible key
             const float * qr    = q + size_t(r) * size_t(head_dim);
             s.resize(size_t(n_see));
             double m = -INFINITY;
-            for (int64_t t = 0; t < n_see; ++t) {
+            for (int64_t t = t_lo; t < n_see; ++t) {
                 const fp16_t * kr  = kv.k_row(t, hk);
                 double         dot = 0.0;
                 for (int d = 0; d < head_dim; ++d) dot += double(qr[d]) * double(fp16_to_fp32(kr[d]));
@@ -38,7 +39,7 @@ void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, cons
             }
             double sum = 0.0;
             for (double & a : acc) a = 0.0;
-            for (int64_t t = 0; t < n_see; ++t) {
+            for (int64_t t = t_lo; t < n_see; ++t) {
                 const double   p  = std::exp(s[size_t(t)] - m);
                 const fp16_t * vr = kv.v_row(t, hk);
                 sum += p;

@@ -10,9 +10,10 @@
 namespace lc {
 
 // Same contract as attn_dense() (attn/attn-dense.h): q: [n_q][n_head][head_dim] f32; query i has position
-// pos0 + i and sees keys 0..pos0+i; o: [n_q][n_head][head_dim] f32; lse (optional): [n_q][n_head].
+// pos0 + i and sees keys 0..pos0+i (window > 0: only keys j with pos0 + i - window < j); o: [n_q][n_head][head_dim]
+// f32; lse (optional): [n_q][n_head].
 // REQUIRES: kv.n_kv >= pos0 + n_q, n_head % kv.n_head_kv == 0.
 void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
-                    float * lse, thread_pool & pool);
+                    float * lse, thread_pool & pool, int64_t window = 0);
 
 } // namespace lc
