@@ -70,6 +70,30 @@ void silu_mul(float * g, const float * u, int64_t n) {
     for (; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+namespace {
+constexpr float k_gelu_a      = 0.044715f;
+constexpr float k_sqrt_2_pi_2 = 1.5957691216057308f; // 2 sqrt(2 / pi)
+} // namespace
+
+void gelu_tanh_mul(float * g, const float * u, int64_t n) {
+    const __m256 a   = _mm256_set1_ps(k_gelu_a);
+    const __m256 c   = _mm256_set1_ps(-k_sqrt_2_pi_2);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t      i   = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x  = _mm256_loadu_ps(g + i);
+        const __m256 x2 = _mm256_mul_ps(x, x);
+        // z = -2 sqrt(2/pi) (x + a x^3); gelu = x / (1 + e^z); e^z overflows to ~1.6e38 (clamped) -> ~0 for x << 0
+        const __m256 z = _mm256_mul_ps(c, _mm256_mul_ps(x, _mm256_fmadd_ps(a, x2, one)));
+        const __m256 y = _mm256_div_ps(x, _mm256_add_ps(one, avx2::exp_ps(z)));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(y, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; ++i) {
+        const float x = g[i];
+        g[i]          = x / (1.0f + std::exp(-k_sqrt_2_pi_2 * x * (1.0f + k_gelu_a * x * x))) * u[i];
+    }
+}
+
 void add_inplace(float * y, const float * x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
@@ -103,6 +127,14 @@ void rope(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, const i
 
 void silu_mul(float * g, const float * u, int64_t n) {
     for (int64_t i = 0; i < n; ++i) g[i] = float(double(g[i]) / (1.0 + std::exp(-double(g[i]))) * u[i]);
+}
+
+void gelu_tanh_mul(float * g, const float * u, int64_t n) {
+    const double k = 0.79788456080286535588; // sqrt(2 / pi)
+    for (int64_t i = 0; i < n; ++i) {
+        const double x = g[i];
+        g[i]           = float(0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x))) * u[i]);
+    }
 }
 
 } // namespace ref

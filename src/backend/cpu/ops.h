@@ -21,6 +21,9 @@ void rope(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, const i
 
 // g[i] = silu(g[i]) * u[i]
 void silu_mul(float * g, const float * u, int64_t n);
+// g[i] = gelu_tanh(g[i]) * u[i], gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+// (Gemma's gated FFN). Computed as x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), the same function.
+void gelu_tanh_mul(float * g, const float * u, int64_t n);
 // y[i] += x[i]
 void add_inplace(float * y, const float * x, int64_t n);
 
@@ -29,6 +32,7 @@ void rmsnorm(const float * x, const float * w, float * y, int64_t n, float eps);
 void rope(float * x, int64_t n_tok, int n_head, int head_dim, int n_rot, const int64_t * pos, float freq_base,
           rope_mode mode);
 void silu_mul(float * g, const float * u, int64_t n);
+void gelu_tanh_mul(float * g, const float * u, int64_t n);
 } // namespace ref
 
 } // namespace lc::cpu
