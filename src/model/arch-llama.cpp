@@ -51,6 +51,8 @@ void add_bias(float * y, const float * b, int64_t n_tok, int64_t n) {
 status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
                      int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
                      forward_timings * timings) {
+    if (m.hparams().arch == model_arch::GEMMA3)
+        return forward_batch_gemma3(m, kv, seq, tokens, n, pos0, n_logits, logits, pool, s, timings);
     const model_hparams & hp     = m.hparams();
     const int64_t         n_embd = hp.n_embd;
     const int64_t         n_q    = int64_t(hp.n_head) * hp.head_dim;

@@ -2,6 +2,7 @@
 // and weight views with shape and type checks.
 #include "model/model.h"
 
+#include <cmath>
 #include <map>
 
 #include "backend/cpu/ref/dequant.h"
@@ -19,7 +20,16 @@ struct arch_entry {
 const arch_entry k_archs[] = {
     {"llama", model_arch::LLAMA, cpu::rope_mode::NORM},
     {"qwen2", model_arch::QWEN2, cpu::rope_mode::NEOX},
+    {"gemma3", model_arch::GEMMA3, cpu::rope_mode::NEOX},
 };
+
+// Gemma 3 layer pattern: files written by llama.cpp's converter carry no pattern key
+// (gemma3.attention.sliding_window_pattern is absent), and the architecture fixes it: in every group of 6
+// layers the first 5 are sliding-window (local) and the 6th global, i.e. layer il is global iff il % 6 == 5
+// (270M: global layers 5, 11, 17). The local RoPE base is 10000 unless the file has rope.freq_base_swa
+// (Gemma 3's config: rope_local_base_freq = 10000; rope.freq_base, 1e6, is the global layers' base).
+constexpr int   k_gemma3_swa_period      = 6;
+constexpr float k_gemma3_rope_local_base = 10000.0f;
 
 std::string key(const std::string & arch, const char * suffix) {
     return arch + "." + suffix;
@@ -62,7 +72,7 @@ result<std::unique_ptr<model>> model::load(const std::string & path) {
         if (hp.arch_name == a.name) ae = &a;
     if (!ae)
         return error(status_code::UNSUPPORTED,
-                     "model: %s: architecture '%s' is not supported (supported: llama, qwen2)", path.c_str(),
+                     "model: %s: architecture '%s' is not supported (supported: llama, qwen2, gemma3)", path.c_str(),
                      hp.arch_name.c_str());
     hp.arch               = ae->arch;
     hp.rope_mode          = ae->rope;
@@ -76,8 +86,10 @@ result<std::unique_ptr<model>> model::load(const std::string & path) {
     LC_ASSIGN_OR_RETURN(uint32_t n_ctx, f->get_u32(key(a, "context_length")));
     LC_ASSIGN_OR_RETURN(hp.rope_freq_base, f->get_f32_or(key(a, "rope.freq_base"), 10000.0f));
     LC_ASSIGN_OR_RETURN(hp.norm_eps, f->get_f32(key(a, "attention.layer_norm_rms_epsilon")));
+    const bool gemma3 = hp.arch == model_arch::GEMMA3;
+    // gemma3's head size is attention.key_length (256), not embedding / heads (640 / 4 = 160)
     if (n_layer == 0 || n_layer > 1024 || n_embd == 0 || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 ||
-        n_embd % n_head != 0)
+        (!gemma3 && n_embd % n_head != 0))
         return error(status_code::INVALID_FILE,
                      "model: %s: inconsistent shape: %u layers, embedding %u, %u heads, %u KV heads", path.c_str(),
                      n_layer, n_embd, n_head, n_head_kv);
@@ -89,9 +101,38 @@ result<std::unique_ptr<model>> model::load(const std::string & path) {
     hp.n_ff        = int(n_ff);
     hp.n_ctx_train = n_ctx;
     LC_ASSIGN_OR_RETURN(uint32_t key_len, f->get_u32_or(key(a, "attention.key_length"), uint32_t(hp.head_dim)));
+    if (gemma3) {
+        LC_ASSIGN_OR_RETURN(key_len, f->get_u32(key(a, "attention.key_length")));
+        LC_ASSIGN_OR_RETURN(uint32_t val_len, f->get_u32_or(key(a, "attention.value_length"), key_len));
+        if (key_len == 0 || key_len > 1024 || val_len != key_len)
+            return error(status_code::UNSUPPORTED,
+                         "model: %s: attention.key_length %u / value_length %u: need equal sizes in 1..1024",
+                         path.c_str(), key_len, val_len);
+        hp.head_dim = int(key_len);
+    }
     if (int(key_len) != hp.head_dim)
         return error(status_code::UNSUPPORTED, "model: %s: attention.key_length %u differs from embedding/heads %d",
                      path.c_str(), key_len, hp.head_dim);
+    if (gemma3) {
+        LC_ASSIGN_OR_RETURN(uint32_t n_swa, f->get_u32_or(key(a, "attention.sliding_window"), 0));
+        hp.n_swa = n_swa;
+        LC_ASSIGN_OR_RETURN(hp.rope_freq_base_swa,
+                            f->get_f32_or(key(a, "rope.freq_base_swa"), k_gemma3_rope_local_base));
+        LC_ASSIGN_OR_RETURN(float softcap, f->get_f32_or(key(a, "final_logit_softcapping"), 0.0f));
+        if (softcap != 0.0f || f->find(key(a, "attention.sliding_window_pattern")))
+            return error(status_code::UNSUPPORTED,
+                         "model: %s: gemma3 final_logit_softcapping or an explicit sliding_window_pattern is not "
+                         "supported",
+                         path.c_str());
+        // Gemma 3 scales queries by query_pre_attn_scalar^-1/2 = key_length^-1/2 (1/16 for 256) for every size
+        // but 27B, whose converter keeps no query_pre_attn_scalar key; this build has no 27B check and refuses
+        // files with more than 48 layers below.
+        if (n_layer > 48)
+            return error(status_code::UNSUPPORTED, "model: %s: gemma3 with %u layers (27B) is not supported",
+                         path.c_str(), n_layer);
+        hp.attn_scale = 1.0f / std::sqrt(float(key_len));
+        hp.embd_scale = std::sqrt(float(n_embd));
+    }
     LC_ASSIGN_OR_RETURN(uint32_t n_rot, f->get_u32_or(key(a, "rope.dimension_count"), uint32_t(hp.head_dim)));
     if (n_rot == 0 || int(n_rot) > hp.head_dim || n_rot % 2)
         return error(status_code::INVALID_FILE, "model: %s: rope.dimension_count %u must be even and <= head dim %d",
@@ -127,6 +168,13 @@ result<std::unique_ptr<model>> model::load(const std::string & path) {
             LC_ASSIGN_OR_RETURN(l.bq, get_vector(*f, t("attn_q.bias"), n_q));
             LC_ASSIGN_OR_RETURN(l.bk, get_vector(*f, t("attn_k.bias"), n_kv));
             LC_ASSIGN_OR_RETURN(l.bv, get_vector(*f, t("attn_v.bias"), n_kv));
+        }
+        if (gemma3) {
+            LC_ASSIGN_OR_RETURN(l.attn_q_norm, get_vector(*f, t("attn_q_norm.weight"), hp.head_dim));
+            LC_ASSIGN_OR_RETURN(l.attn_k_norm, get_vector(*f, t("attn_k_norm.weight"), hp.head_dim));
+            LC_ASSIGN_OR_RETURN(l.attn_post_norm, get_vector(*f, t("post_attention_norm.weight"), n_embd));
+            LC_ASSIGN_OR_RETURN(l.ffn_post_norm, get_vector(*f, t("post_ffw_norm.weight"), n_embd));
+            l.swa = hp.n_swa > 0 && il % k_gemma3_swa_period < k_gemma3_swa_period - 1;
         }
         LC_ASSIGN_OR_RETURN(l.ffn_norm, get_vector(*f, t("ffn_norm.weight"), n_embd));
         LC_ASSIGN_OR_RETURN(l.ffn_gate, get_matrix(*f, t("ffn_gate.weight"), n_embd, n_ff));

@@ -1,5 +1,6 @@
 // A loaded model: hyper-parameters from GGUF keys and views of the weight tensors inside the mapped file.
-// Architectures: llama (SmolLM2, Llama 3) and qwen2 (llama plus QKV biases, NEOX rope).
+// Architectures: llama (SmolLM2, Llama 3), qwen2 (llama plus QKV biases, NEOX rope) and gemma3 (QK-norm,
+// post-norms, GELU-tanh gated FFN, sliding-window attention on 5 of every 6 layers).
 #pragma once
 
 #include <memory>
@@ -13,7 +14,7 @@
 
 namespace lc {
 
-enum class model_arch { LLAMA, QWEN2 };
+enum class model_arch { LLAMA, QWEN2, GEMMA3 };
 
 struct model_hparams {
     model_arch     arch = model_arch::LLAMA;
@@ -32,6 +33,11 @@ struct model_hparams {
     float          norm_eps        = 1e-5f;
     cpu::rope_mode rope_mode       = cpu::rope_mode::NORM;
     bool           tied_embeddings = false;
+    // gemma3 (defaults leave llama/qwen2 unchanged)
+    float   rope_freq_base_swa = 10000.0f; // RoPE base of sliding-window layers
+    int64_t n_swa              = 0;        // sliding window in tokens (attention.sliding_window); 0: none
+    float   attn_scale         = 0.0f;     // softmax scale of q . k; 0: 1 / sqrt(head_dim)
+    float   embd_scale         = 1.0f;     // token embeddings are multiplied by this (gemma3: sqrt(n_embd))
 };
 
 struct layer_weights {
@@ -40,6 +46,12 @@ struct layer_weights {
     const float *      bq = nullptr, *bk = nullptr, *bv = nullptr; // qwen2 biases, f32
     const float *      ffn_norm = nullptr;
     cpu::matmul_weight ffn_gate, ffn_up, ffn_down;
+    // gemma3
+    const float * attn_q_norm    = nullptr; // [head_dim] f32, RMSNorm of each query head
+    const float * attn_k_norm    = nullptr; // [head_dim] f32, RMSNorm of each key head
+    const float * attn_post_norm = nullptr; // [n_embd] f32 (post_attention_norm), on the attention output
+    const float * ffn_post_norm  = nullptr; // [n_embd] f32 (post_ffw_norm), on the FFN output
+    bool          swa            = false;   // sliding-window layer (window hparams.n_swa, rope_freq_base_swa)
 };
 
 class model {
