@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side CPU speed of longctx and llama.cpp's llama-bench on one machine, one model file, one thread
-# count, in one run: pp512, pp4096, tg128 and tg128 @ d4096, llama.cpp with flash attention off and on.
-# Usage: scripts/bench-vs-llamacpp.sh LLAMA_BENCH MODEL THREADS REPS > table.md
+# count, in one run: pp512, pp4096, tg128 and tg128 @ dDEPTH, llama.cpp with flash attention off and on.
+# Usage: scripts/bench-vs-llamacpp.sh LLAMA_BENCH MODEL [THREADS=2] [REPS=5] [DEPTH=4096] > table.md
 # (llama-bench comes from a llama.cpp build of your own; nothing of llama.cpp is part of this repository.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ lb=${1:?path to llama-bench}
 model=${2:?model file}
 t=${3:-2}
 r=${4:-5}
+depth=${5:-4096}
 
 run() {
     echo '```'
@@ -27,8 +28,8 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 for fa in 0 1; do
     run "$lb" -m "$model" -t "$t" -r "$r" -fa "$fa" -p 512,4096 -n 128
-    run "$lb" -m "$model" -t "$t" -r "$r" -fa "$fa" -p 0 -n 128 -d 4096
+    run "$lb" -m "$model" -t "$t" -r "$r" -fa "$fa" -p 0 -n 128 -d "$depth"
 done
 run build/longctx bench -m "$model" -t "$t" -r "$r" -p 512,4096 -n 128
-run build/longctx bench -m "$model" -t "$t" -r "$r" -p 0 -n 128 -d 4096
+run build/longctx bench -m "$model" -t "$t" -r "$r" -p 0 -n 128 -d "$depth"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
