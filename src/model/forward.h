@@ -33,7 +33,10 @@ status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * to
                      int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
                      forward_timings * timings = nullptr);
 
-// The gemma3 forward pass; same contract as forward_batch().
+// The per-architecture passes forward_batch() dispatches to; same contract.
+status forward_batch_llama(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
+                           int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
+                           forward_timings * timings);
 status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
                             int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
                             forward_timings * timings);
