@@ -187,12 +187,22 @@ result<std::unique_ptr<model>> model::load(const std::string & path) {
 }
 
 std::string model::weight_type_name() const {
-    std::map<std::string, int> count;
-    for (const auto & l : layers_) ++count[dtype_name(l.ffn_up.type)];
+    // general.file_type names the quantization mix as the converter chose it ("Q4_K_M" mixes Q4_K, Q6_K, Q5_0,
+    // Q8_0); without it, the type holding the most weight bytes.
+    static const std::map<uint32_t, const char *> k_file_types = {
+        {0, "F32"},     {1, "F16"},     {2, "Q4_0"},    {3, "Q4_1"},    {7, "Q8_0"},    {8, "Q5_0"},
+        {9, "Q5_1"},    {10, "Q2_K"},   {11, "Q3_K_S"}, {12, "Q3_K_M"}, {13, "Q3_K_L"}, {14, "Q4_K_S"},
+        {15, "Q4_K_M"}, {16, "Q5_K_S"}, {17, "Q5_K_M"}, {18, "Q6_K"},   {32, "BF16"},
+    };
+    if (const gguf_kv * kv = file_->find("general.file_type"); kv && kv->type == gguf_vtype::UINT32) {
+        if (auto it = k_file_types.find(uint32_t(kv->u64)); it != k_file_types.end()) return it->second;
+    }
+    std::map<std::string, uint64_t> bytes;
+    for (const auto & t : file_->tensors()) bytes[dtype_name(t.type)] += t.n_bytes;
     std::string best;
-    int         n = -1;
-    for (const auto & [k, v] : count)
-        if (v > n) best = k, n = v;
+    uint64_t    most = 0;
+    for (const auto & [k, v] : bytes)
+        if (v > most) best = k, most = v;
     return best;
 }
 
