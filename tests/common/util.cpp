@@ -1,6 +1,8 @@
 // Shared test helpers (see util.h).
 #include "common/util.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -51,6 +53,24 @@ std::vector<float> read_f32(const std::string & path) {
     v.resize(size_t(n) / sizeof(float));
     in.read(reinterpret_cast<char *>(v.data()), std::streamsize(v.size() * sizeof(float)));
     return v;
+}
+
+logit_cmp compare_logits(const float * ref, const float * ours, int n) {
+    logit_cmp c;
+    double    mr = -1e30, mo = -1e30;
+    for (int i = 0; i < n; ++i) {
+        c.max_abs = std::max(c.max_abs, double(std::fabs(ref[i] - ours[i])));
+        if (ref[i] > mr) mr = ref[i], c.top_ref = i;
+        if (ours[i] > mo) mo = ours[i], c.top_ours = i;
+    }
+    double zr = 0, zo = 0;
+    for (int i = 0; i < n; ++i) zr += std::exp(ref[i] - mr), zo += std::exp(ours[i] - mo);
+    const double lzr = std::log(zr) + mr, lzo = std::log(zo) + mo;
+    for (int i = 0; i < n; ++i) {
+        const double lpr = ref[i] - lzr, lpo = ours[i] - lzo;
+        c.kl += std::exp(lpr) * (lpr - lpo);
+    }
+    return c;
 }
 
 } // namespace lc::test

@@ -16,4 +16,12 @@ bool                 file_exists(const std::string & path);
 std::vector<int32_t> read_ids(const std::string & path); // whitespace-separated integers
 std::vector<float>   read_f32(const std::string & path); // raw little-endian float32
 
+// Agreement of two logit vectors over a vocabulary of n: max |difference|, KL(softmax(ref) || softmax(ours)) in
+// double, and the argmax of each.
+struct logit_cmp {
+    double max_abs = 0, kl = 0;
+    int    top_ref = -1, top_ours = -1;
+};
+logit_cmp compare_logits(const float * ref, const float * ours, int n);
+
 } // namespace lc::test

@@ -20,29 +20,6 @@ namespace {
 
 const char * k_prompts[] = {"g1-short", "g2-chat", "g3-1k", "g4-4k"};
 
-struct logit_cmp {
-    double max_abs = 0, kl = 0;
-    int    top_ref = -1, top_ours = -1;
-};
-
-logit_cmp compare(const float * ref, const float * ours, int n) {
-    logit_cmp c;
-    double    mr = -1e30, mo = -1e30;
-    for (int i = 0; i < n; ++i) {
-        c.max_abs = std::max(c.max_abs, double(std::fabs(ref[i] - ours[i])));
-        if (ref[i] > mr) mr = ref[i], c.top_ref = i;
-        if (ours[i] > mo) mo = ours[i], c.top_ours = i;
-    }
-    double zr = 0, zo = 0;
-    for (int i = 0; i < n; ++i) zr += std::exp(ref[i] - mr), zo += std::exp(ours[i] - mo);
-    const double lzr = std::log(zr) + mr, lzo = std::log(zo) + mo;
-    for (int i = 0; i < n; ++i) {
-        const double lpr = ref[i] - lzr, lpo = ours[i] - lzo;
-        c.kl += std::exp(lpr) * (lpr - lpo);
-    }
-    return c;
-}
-
 } // namespace
 
 // Thresholds, from measurements (tests/fixtures/gemma3/README.md, "Spread"). As with SmolLM2, 8-bit activation
@@ -89,11 +66,11 @@ TEST(gemma3_parity, logits_and_greedy) {
         ASSERT_TRUE(ctx.is_ok()) << ctx.get_status().message();
         context & c = **ctx;
         ASSERT_TRUE(c.decode(tokens).is_ok());
-        const logit_cmp lc = compare(ref.data(), c.logits(), n_vocab);
-        logit_cmp       fa, us_fa; // llama.cpp fa on vs off; us vs llama.cpp fa on
+        const test::logit_cmp lc = test::compare_logits(ref.data(), c.logits(), n_vocab);
+        test::logit_cmp       fa, us_fa; // llama.cpp fa on vs off; us vs llama.cpp fa on
         if (int(ref_fa.size()) == n_vocab) {
-            fa    = compare(ref.data(), ref_fa.data(), n_vocab);
-            us_fa = compare(ref_fa.data(), c.logits(), n_vocab);
+            fa    = test::compare_logits(ref.data(), ref_fa.data(), n_vocab);
+            us_fa = test::compare_logits(ref_fa.data(), c.logits(), n_vocab);
         }
 
         // teacher-forced: logits after each of llama.cpp's greedy tokens
