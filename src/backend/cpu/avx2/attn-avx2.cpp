@@ -9,12 +9,12 @@ namespace lc {
 namespace {
 
 struct simd_avx2 {
-    using vf                      = __m256;
-    using vi                      = __m256i;
-    static constexpr int W        = 8;
-    static constexpr int NA       = 6;
-    static constexpr int NR       = 2;
-    static constexpr int NREG     = 16;
+    using vf                  = __m256;
+    using vi                  = __m256i;
+    static constexpr int W    = 8;
+    static constexpr int NA   = 6;
+    static constexpr int NR   = 2;
+    static constexpr int NREG = 16;
     // Row layout up to 12 rows per KV head. Decode, head_dim 128, one core, ns per key and KV head, row vs
     // transposed layout: G=6 37 vs 82, G=8 50 vs 84, G=12 71 vs 84 (the transposed cost is flat up to 16 rows).
     static constexpr int ROWS_MAX = 12;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "backend/cpu/avx2/quant-avx2.h"
+#include "backend/cpu/tile-walk.h"
 
 namespace lc::cpu::avx2 {
 
@@ -129,33 +130,9 @@ void tile_q4_1(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a
         for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]) + accm[r][c];
 }
 
-using tile_fn = void (*)(int64_t, const uint8_t *, size_t, const uint8_t *, size_t, float *, int64_t);
-
 template <typename row> struct signed_table {
     template <int R, int C> static constexpr tile_fn fn = &tile_signed<row, R, C>;
 };
-
-// Tiles of up to 4 rows x 2 columns (8 accumulators, the most AVX2's 16 registers hold with the decoded
-// weights and temporaries) when there are several activation rows; 4 x 1 for matrix-vector products.
-template <typename get>
-void run_tiles(int64_t nb, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a, size_t a_stride,
-               int64_t n_cols, float * y, int64_t ldy) {
-    const tile_fn t41 = get::template fn<4, 1>, t42 = get::template fn<4, 2>, t11 = get::template fn<1, 1>,
-                  t12 = get::template fn<1, 2>;
-    int64_t r         = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-        int64_t c = 0;
-        for (; c + 2 <= n_cols; c += 2)
-            t42(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-        for (; c < n_cols; ++c) t41(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-    }
-    for (; r < n_rows; ++r) {
-        int64_t c = 0;
-        for (; c + 2 <= n_cols; c += 2)
-            t12(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-        for (; c < n_cols; ++c) t11(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-    }
-}
 
 struct q4_1_table {
     template <int R, int C> static constexpr tile_fn fn = &tile_q4_1<R, C>;
@@ -210,21 +187,23 @@ void quantize_row_q8_1(const float * x, block_q8_1 * y, int64_t n) {
     }
 }
 
+// Tiles of 4 rows x 2 columns (8 accumulators, the most AVX2's 16 registers hold next to the decoded weights
+// and temporaries) for matrices, 4 x 1 for vectors.
 bool gemm_tiles(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a,
                 size_t a_stride, int64_t n_cols, float * y, int64_t ldy) {
     const int64_t nb = n_in / 32;
     switch (wt) {
     case dtype::Q4_1:
-        run_tiles<q4_1_table>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<q4_1_table, 4, 2, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q4_0:
-        run_tiles<signed_table<row_q4_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<signed_table<row_q4_0>, 4, 2, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q5_0:
-        run_tiles<signed_table<row_q5_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<signed_table<row_q5_0>, 4, 2, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q8_0:
-        run_tiles<signed_table<row_q8_0>>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<signed_table<row_q8_0>, 4, 2, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     default:
         return gemm_tiles_k(wt, n_in, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);

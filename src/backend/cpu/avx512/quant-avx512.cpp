@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "backend/cpu/avx512/quant-avx512.h"
+#include "backend/cpu/tile-walk.h"
 
 namespace lc::cpu::avx512 {
 
@@ -125,44 +126,28 @@ void tile(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, siz
 
 using tile_fn = void (*)(int64_t, const uint8_t *, size_t, const uint8_t *, size_t, float *, int64_t);
 
-// 4 rows x 4 columns (16 accumulators of AVX-512's 32 registers) for matrix products, 4 x 1 for vectors.
-template <typename W, typename A>
-void run_tiles(int64_t nb, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a, size_t a_stride,
-               int64_t n_cols, float * y, int64_t ldy) {
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-        int64_t c = 0;
-        for (; c + 4 <= n_cols; c += 4)
-            tile<W, A, 4, 4>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-        for (; c < n_cols; ++c)
-            tile<W, A, 4, 1>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-    }
-    for (; r < n_rows; ++r) {
-        int64_t c = 0;
-        for (; c + 4 <= n_cols; c += 4)
-            tile<W, A, 1, 4>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-        for (; c < n_cols; ++c)
-            tile<W, A, 1, 1>(nb, w + r * w_stride, w_stride, a + c * a_stride, a_stride, y + c * ldy + r, ldy);
-    }
-}
+template <typename W, typename A> struct table {
+    template <int R, int C> static constexpr tile_fn fn = &tile<W, A, R, C>;
+};
 
 } // namespace
 
+// 4 rows x 4 columns (16 accumulators of AVX-512's 32 registers) for matrix products, 4 x 1 for vectors.
 bool gemm_tiles(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, int64_t n_rows, const uint8_t * a,
                 size_t a_stride, int64_t n_cols, float * y, int64_t ldy) {
     const int64_t nb = n_in / 32;
     switch (wt) {
     case dtype::Q4_1:
-        run_tiles<w_q4_1, block_q8_1>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<table<w_q4_1, block_q8_1>, 4, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q4_0:
-        run_tiles<w_q4_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<table<w_q4_0, block_q8_0>, 4, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q5_0:
-        run_tiles<w_q5_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<table<w_q5_0, block_q8_0>, 4, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q8_0:
-        run_tiles<w_q8_0, block_q8_0>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles<table<w_q8_0, block_q8_0>, 4, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     default:
         return gemm_tiles_k(wt, n_in, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
