@@ -8,42 +8,13 @@
 #include <type_traits>
 
 #include "backend/cpu/avx2/quant-avx2.h"
+#include "backend/cpu/avx2/simd-avx2.h"
+#include "backend/cpu/kquant-scales.h"
 #include "backend/cpu/tile-walk.h"
 
 namespace lc::cpu::avx2 {
 
 namespace {
-
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s        = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s        = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-inline int hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s         = _mm_hadd_epi32(s, s);
-    s         = _mm_hadd_epi32(s, s);
-    return _mm_cvtsi128_si32(s);
-}
-
-inline float h2f(fp16_t h) {
-    return _cvtsh_ss(h);
-}
-
-// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block as bytes (byte j = sub-block j) from their 12-byte
-// 6-bit packing: bytes 0-3 hold sc0-3 (low 6 bits), bytes 4-7 m0-3, bytes 8-11 the low 4 bits of sc4-7 (low
-// nibble) and m4-7 (high nibble), whose top 2 bits are the top bits of bytes 0-3 (scales) and 4-7 (mins).
-inline void unpack_scales_k4(const uint8_t * q, uint64_t & sc, uint64_t & m) {
-    uint32_t u[3];
-    std::memcpy(u, q, 12);
-    const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
-    const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
-    const uint32_t m_hi  = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
-    sc                   = uint64_t(sc_lo) | uint64_t(sc_hi) << 32;
-    m                    = uint64_t(m_lo) | uint64_t(m_hi) << 32;
-}
 
 // Q4_K / Q5_K: chunk k (64 elements) holds sub-block 2k in the low nibbles of qs[32k..32k+32) and sub-block
 // 2k+1 in the high nibbles; Q5_K adds bit j of qh[l] as bit 4 of element l of sub-block j.

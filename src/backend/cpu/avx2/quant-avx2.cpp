@@ -7,40 +7,12 @@
 #include <cstring>
 
 #include "backend/cpu/avx2/quant-avx2.h"
+#include "backend/cpu/avx2/simd-avx2.h"
 #include "backend/cpu/tile-walk.h"
 
 namespace lc::cpu::avx2 {
 
 namespace {
-
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s        = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s        = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-inline float h2f(fp16_t h) {
-    return _cvtsh_ss(h);
-}
-
-// 32 elements of a block as bytes in element order; `signed_w` kernels return int8 values, the Q4_1 kernel
-// unsigned 0..15.
-inline __m256i nibbles(const uint8_t * qs) {
-    const __m128i x = _mm_loadu_si128((const __m128i *)qs);
-    const __m256i v = _mm256_set_m128i(_mm_srli_epi16(x, 4), x);
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-}
-
-// Byte j = 0xff if bit j of the 32-bit mask is set.
-inline __m256i bits_to_bytes(uint32_t bits) {
-    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
-                                          3, 3, 3, 3, 3, 3);
-    __m256i       v    = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf);
-    const __m256i bm   = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
-    v                  = _mm256_or_si256(v, bm);
-    return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
-}
 
 struct row_q4_0 {
     using block = block_q4_0;

@@ -5,32 +5,17 @@
 // (Q4_K/Q5_K) and -32 (Q6_K) terms come from the activation block's bsums.
 #include <immintrin.h>
 
-// GCC 12's AVX-512 insert intrinsics pass an undefined source vector to the builtin and warn about it
-// (-Wmaybe-uninitialized) at every inlined use; the upper lanes are always written.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
 #include <cstring>
 #include <type_traits>
 
 #include "backend/cpu/avx512/quant-avx512.h"
+#include "backend/cpu/avx512/simd-avx512.h"
+#include "backend/cpu/kquant-scales.h"
 #include "backend/cpu/tile-walk.h"
 
 namespace lc::cpu::avx512 {
 
 namespace {
-
-inline float h2f(fp16_t h) {
-    return _cvtsh_ss(h);
-}
-
-inline float hsum(__m512 v) {
-    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128       s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    s              = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s              = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // 16-bit lanes 0-15 = lo, 16-31 = hi.
 inline __m512i halves_epi16(short lo, short hi) {
@@ -39,19 +24,6 @@ inline __m512i halves_epi16(short lo, short hi) {
 // 32-bit lanes 0-7 = lo, 8-15 = hi.
 inline __m512i halves_epi32(int lo, int hi) {
     return _mm512_inserti64x4(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi), 1);
-}
-
-// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block as bytes (byte j = sub-block j) from their 12-byte
-// 6-bit packing: bytes 0-3 hold sc0-3 (low 6 bits), bytes 4-7 m0-3, bytes 8-11 the low 4 bits of sc4-7 (low
-// nibble) and m4-7 (high nibble), whose top 2 bits are the top bits of bytes 0-3 (scales) and 4-7 (mins).
-inline void unpack_scales_k4(const uint8_t * q, uint64_t & sc, uint64_t & m) {
-    uint32_t u[3];
-    std::memcpy(u, q, 12);
-    const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
-    const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
-    const uint32_t m_hi  = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
-    sc                   = uint64_t(sc_lo) | uint64_t(sc_hi) << 32;
-    m                    = uint64_t(m_lo) | uint64_t(m_hi) << 32;
 }
 
 // Q4_K / Q5_K: chunk k (64 elements) is sub-block 2k (low nibbles of qs[32k..32k+32)) then sub-block 2k+1
