@@ -16,6 +16,8 @@ PACKAGES=(
     libgtest-dev     # GoogleTest headers and libraries (find_package(GTest))
     googletest       # GoogleTest/GoogleMock sources and CMake files
     libbenchmark-dev # Google Benchmark for the kernel micro-benchmarks under bench/ (LONGCTX_BUILD_TOOLS)
+    nlohmann-json3-dev # JSON: imported MInference configs, eval result files, the server's requests
+    wamerican        # /usr/share/dict/american-english: word lists of the RULER-style eval tasks
 )
 
 DRY_RUN=0
