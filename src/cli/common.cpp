@@ -21,7 +21,36 @@ void add_model_flags(arg_parser & p) {
 
 void add_context_flags(arg_parser & p) {
     p.add({"-c", "--ctx-size", "N", "context length in tokens (0: the model's trained context)", "0"});
-    p.add({"-ub", "--ubatch-size", "N", "prompt tokens per forward pass (chunked prefill)", "512"});
+    p.add({"-ub", "--ubatch-size", "N",
+           "prompt tokens per forward pass (chunked prefill; sparse prefill estimates its index per chunk)", "512"});
+    add_method_flags(p);
+}
+
+void add_method_flags(arg_parser & p) {
+    p.add({"", "--prefill", "METHOD",
+           "prefill attention: dense, a-shape, vslash, block, minference (per-head patterns from the sidecar); on "
+           "Gemma 3 only the global layers are sparse, sliding-window layers stay windowed dense",
+           "dense"});
+    p.add({"", "--prefill-budget", "B",
+           "sparse prefill budget: Nx scales each head's budgets (1x: calibrated or documented), P% or a fraction "
+           "keeps that share of the prompt's columns/diagonals/blocks (100%: dense)",
+           "1x"});
+    p.add({"", "--sparse-min-len", "N", "prompts shorter than this (tokens, with what the context holds) prefill densely",
+           std::to_string(sparse_min_len_cpu_default)});
+    p.add({"", "--sidecar", "PATH",
+           "calibration sidecar (auto: MODEL.longctx.gguf beside the model when present; none: ignore it)", "auto"});
+}
+
+result<attn_config> attn_config_from(const arg_parser & p) {
+    attn_config c;
+    LC_ASSIGN_OR_RETURN(c.prefill, prefill_method_parse(p.get("--prefill")));
+    LC_ASSIGN_OR_RETURN(c.budget, prefill_budget_parse(p.get("--prefill-budget")));
+    LC_ASSIGN_OR_RETURN(c.sparse_min_len, p.get_int("--sparse-min-len", 0, int64_t(1) << 40));
+    c.sidecar = p.get("--sidecar");
+    if (c.sidecar != "auto" && c.sidecar != "none" && !std::ifstream(c.sidecar).good())
+        return error(status_code::NOT_FOUND, "--sidecar '%s' cannot be opened; run longctx calibrate or pass none",
+                     c.sidecar.c_str());
+    return c;
 }
 
 void add_sampling_flags(arg_parser & p) {
@@ -61,6 +90,7 @@ result<loaded_model> load_model(const arg_parser & p) {
 
 result<context_params> context_params_from(const arg_parser & p) {
     context_params cp;
+    LC_ASSIGN_OR_RETURN(cp.attn, attn_config_from(p));
     LC_ASSIGN_OR_RETURN(cp.n_ctx, p.get_int("--ctx-size", 0, int64_t(1) << 31));
     LC_ASSIGN_OR_RETURN(int64_t t, p.get_int("--threads", 1, 1024));
     cp.n_threads = int(t);

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "attn/attn-config.h"
 #include "cli/args.h"
 #include "model/model.h"
 #include "runtime/context.h"
@@ -13,9 +14,12 @@
 
 namespace lc::cli {
 
-// -m, -t, -c, -ub, -v
+// -m, -t, -v
 void add_model_flags(arg_parser & p);
+// -c, -ub and the attention method flags
 void add_context_flags(arg_parser & p);
+// --prefill, --prefill-budget, --sparse-min-len, --sidecar (shared by every command that runs a model)
+void add_method_flags(arg_parser & p);
 // --temp, --top-k, --top-p, --min-p, -s
 void add_sampling_flags(arg_parser & p);
 
@@ -28,6 +32,7 @@ struct loaded_model {
 // Resolves -m (a path or a known model name; empty: the default model, fetched into the cache on first use),
 // loads it and its tokenizer.
 result<loaded_model>    load_model(const arg_parser & p);
+result<attn_config>     attn_config_from(const arg_parser & p);
 result<context_params>  context_params_from(const arg_parser & p);
 result<sampling_params> sampling_params_from(const arg_parser & p);
 

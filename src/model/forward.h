@@ -21,9 +21,16 @@ struct forward_scratch {
 
 // Time spent per part of the forward pass, accumulated over calls (seconds).
 struct forward_timings {
-    double attn_s   = 0.0;
-    double matmul_s = 0.0;
-    double other_s  = 0.0;
+    double attn_s       = 0.0;
+    double attn_index_s = 0.0; // of attn_s: building sparse prefill plans (index estimation)
+    double matmul_s     = 0.0;
+    double other_s      = 0.0;
+    // Prefill attention in the layers a sparse method may apply to (all but sliding-window layers): causal
+    // (query, key) pairs, and how many of them the attention computed (equal under dense attention).
+    int64_t attn_pairs_causal   = 0;
+    int64_t attn_pairs_computed = 0;
+    // Fraction of causal pairs computed (1 when none were counted).
+    double density() const { return attn_pairs_causal > 0 ? double(attn_pairs_computed) / attn_pairs_causal : 1.0; }
 };
 
 // Runs tokens[0..n) at positions pos0.. of sequence `seq`, appending their K/V to the cache.

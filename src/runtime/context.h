@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "attn/attn-config.h"
 #include "core/thread-pool.h"
 #include "kv/kv-cache.h"
 #include "model/forward.h"
@@ -17,7 +18,8 @@ namespace lc {
 struct context_params {
     int64_t n_ctx     = 0;   // 0: the model's trained context
     int     n_threads = 0;   // 0: hardware concurrency
-    int64_t n_ubatch  = 512; // prompt tokens per forward pass (chunked prefill)
+    int64_t     n_ubatch  = 512; // prompt tokens per forward pass (chunked prefill)
+    attn_config attn;            // attention methods and budgets (dense by default)
 };
 
 // Called after each prompt chunk: tokens done so far and in total.
