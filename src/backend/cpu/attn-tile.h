@@ -40,6 +40,14 @@ struct attn_tile_args {
     int64_t         k_begin;    // key range [k_begin, k_end); may be empty
     int64_t         k_end;
 
+    // (optional) Sparse items: when ranges or cols is set, the item attends the key ranges (sorted, disjoint)
+    // and then the single key columns (sorted, in no range) instead of [k_begin, k_end), with causal masking
+    // and no window. Such items always take the transposed layout.
+    const int32_t * ranges   = nullptr; // [n_ranges][2] begin, end (the layout of key_range in prefill-plan.h)
+    int64_t         n_ranges = 0;
+    const int32_t * cols     = nullptr; // [n_cols] key positions
+    int64_t         n_cols   = 0;
+
     float * scratch; // attn_tile_scratch_floats(n_q * n_group * n_kv_heads, head_dim) floats, 64-byte aligned
 };
 

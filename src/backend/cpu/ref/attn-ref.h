@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "core/thread-pool.h"
 #include "kv/kv-cache.h"
@@ -15,5 +16,11 @@ namespace lc {
 // REQUIRES: kv.n_kv >= pos0 + n_q, n_head % kv.n_head_kv == 0.
 void attn_dense_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
                     float * lse, thread_pool & pool, int64_t window = 0);
+
+// Attention under an arbitrary mask: query i (position pos0 + i) of query head h sees key t iff t <= pos0 + i and
+// visible(h, i, t). Rows that see no key get o = 0, lse = -inf. The reference for every sparse kernel.
+using attn_visible_fn = std::function<bool(int h, int64_t i, int64_t t)>;
+void attn_masked_ref(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+                     const attn_visible_fn & visible, float * o, float * lse, thread_pool & pool);
 
 } // namespace lc
