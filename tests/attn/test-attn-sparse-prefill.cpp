@@ -143,7 +143,7 @@ TEST(attn_sparse_prefill, random_plans_match_masked_reference) {
     lc::thread_pool pool(2);
     uint32_t        seed = 100;
     for (const shape & s : {shape{4, 4, 64, 300, 0}, shape{9, 3, 64, 190, 333}, shape{8, 2, 128, 129, 64},
-                            shape{4, 1, 256, 150, 200}, shape{2, 1, 48, 65, 3}}) {
+                            shape{4, 1, 256, 150, 200}, shape{2, 1, 48, 65, 3}, shape{2, 2, 72, 70, 60}}) {
         const int64_t n_kv  = s.pos0 + s.n_q;
         auto          cache = make_cache(s.n_head_kv, s.head_dim, n_kv, seed);
         const auto    q     = randn(size_t(s.n_q * s.n_head * s.head_dim), 1.5f, seed + 1);
