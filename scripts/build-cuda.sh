@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# CI check that the CUDA backend compiles (nvcc 13, sm_90a); needs no GPU. Configures with -DLONGCTX_CUDA=ON and
+# builds the CUDA library, its tests and its bench tool (ALL=1: everything).
+# Usage: scripts/build-cuda.sh [BUILD_DIR]   (default build-cuda; JOBS=N for parallel jobs, default 2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-cuda}
+jobs=${JOBS:-2}
+if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH=/usr/local/cuda/bin:$PATH
+fi
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=ON
+if [ "${ALL:-0}" = 1 ]; then
+    cmake --build "$build" -j"$jobs"
+else
+    cmake --build "$build" -j"$jobs" --target longctx_cuda test-cuda-attn longctx-cuda-attn-bench longctx
+fi
