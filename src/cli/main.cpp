@@ -18,6 +18,7 @@ const subcommand k_commands[] = {
     {"chat", lc::cli::cmd_chat, "interactive chat with the model's chat template"},
     {"bench", lc::cli::cmd_bench, "speed: pp/tg tokens per second, llama-bench style"},
     {"gguf", lc::cli::cmd_gguf, "inspect a model file: metadata, tensors, types, sizes"},
+    {"eval", lc::cli::cmd_eval, "accuracy against dense: needle in a haystack, RULER, perplexity, fidelity"},
 };
 
 void print_usage(FILE * f) {
@@ -45,7 +46,7 @@ int main(int argc, char ** argv) {
     for (const auto & c : k_commands) {
         if (cmd == c.name) return c.fn(lc::cli::args_t(argv + 2, argv + argc));
     }
-    std::fprintf(stderr, "longctx: unknown command '%s'; commands: run, chat, bench, gguf (see longctx --help)\n",
+    std::fprintf(stderr, "longctx: unknown command '%s'; commands: run, chat, bench, gguf, eval (see longctx --help)\n",
                  cmd.c_str());
     return 2;
 }
