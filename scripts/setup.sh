@@ -18,6 +18,7 @@ PACKAGES=(
     libbenchmark-dev # Google Benchmark for the kernel micro-benchmarks under bench/ (LONGCTX_BUILD_TOOLS)
     nlohmann-json3-dev # JSON: imported MInference configs, eval result files, the server's requests
     wamerican        # /usr/share/dict/american-english: word lists of the RULER-style eval tasks
+    bible-kjv        # `bible` + bible-kjv-text: the King James Bible, public-domain text of `longctx eval ppl` (--corpus kjv)
 )
 
 DRY_RUN=0
