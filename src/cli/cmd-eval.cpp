@@ -7,9 +7,12 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "core/log.h"
+#include "eval/corpus.h"
 #include "eval/eval-common.h"
+#include "eval/fidelity.h"
 #include "eval/haystack.h"
 #include "eval/niah.h"
+#include "eval/ppl.h"
 #include "eval/results.h"
 
 namespace lc::cli {
@@ -58,6 +61,233 @@ json model_meta(const loaded_model & lm, const std::string & sha, const context 
                 {"model_sha256", sha},       {"weights", lm.mdl->weight_type_name()},
                 {"n_ctx", c.n_ctx()},        {"threads", c.n_threads()},
                 {"build", LC_VERSION_STRING}};
+}
+
+// What every model-running eval sets up: the model, the contexts of dense and the method, the model's hash, and the
+// meta/identity of the result file.
+struct eval_setup {
+    loaded_model                   lm;
+    context_params                 cp;
+    std::vector<eval::method_slot> slots;
+    std::string                    sha;
+    json                           meta;
+    json                           methods;
+};
+
+// n_ctx_needed: the context the eval needs when -c is not given (capped at the trained context).
+result<eval_setup> eval_setup_create(const arg_parser & p, loaded_model lm, int64_t n_ctx_needed) {
+    eval_setup s;
+    s.lm = std::move(lm);
+    LC_ASSIGN_OR_RETURN(s.cp, context_params_from(p));
+    const int64_t n_ctx_train = s.lm.mdl->hparams().n_ctx_train;
+    if (!p.has("--ctx-size")) s.cp.n_ctx = std::min(n_ctx_train, n_ctx_needed);
+    const int64_t n_ctx = s.cp.n_ctx > 0 ? s.cp.n_ctx : n_ctx_train;
+    if (n_ctx_needed > n_ctx)
+        return error(status_code::OUT_OF_RANGE,
+                     "this eval needs a context of %lld tokens but it is %lld (the model was trained on %lld); lower "
+                     "the lengths or raise -c",
+                     (long long)n_ctx_needed, (long long)n_ctx, (long long)n_ctx_train);
+    LC_ASSIGN_OR_RETURN(s.slots, eval::method_slots_create(*s.lm.mdl, s.cp));
+    LC_ASSIGN_OR_RETURN(s.sha, eval::model_file_sha256(s.lm.path));
+    s.methods = json::array();
+    for (const auto & m : s.slots) s.methods.push_back(eval::method_json(m));
+    s.meta            = model_meta(s.lm, s.sha, *s.slots.front().ctx);
+    s.meta["methods"] = s.methods;
+    return s;
+}
+
+// --corpus kjv|essays or --file FILE.
+result<eval::corpus> corpus_from(const arg_parser & p) {
+    if (p.has("--file")) return eval::corpus_file(p.get("--file"));
+    const std::string c = p.get("--corpus");
+    if (c == "kjv") return eval::corpus_kjv();
+    if (c == "essays") {
+        const std::string dir = default_haystack_dir();
+        if (dir.empty())
+            return error(status_code::NOT_FOUND, "--corpus essays: ../shared/data/pg_essays not found; pass --file");
+        return eval::corpus_dir(dir);
+    }
+    return error(status_code::INVALID_ARGUMENT, "--corpus '%s' is not one of kjv, essays (or pass --file)", c.c_str());
+}
+
+void add_corpus_flags(arg_parser & p) {
+    p.add({"", "--corpus", "NAME",
+           "text: kjv (King James Bible, Debian bible-kjv, public domain) or essays (../shared/data/pg_essays)",
+           "kjv"});
+    p.add({"-f", "--file", "FILE", "text file to use instead of --corpus", ""});
+}
+
+int cmd_eval_fidelity(const args_t & args) {
+    const char * cmd = "eval fidelity";
+    arg_parser   p(cmd, "longctx eval fidelity [-m MODEL] --prefill METHOD [--lengths L,..] [--docs N] [--corpus kjv|"
+                          "essays | -f FILE] [-o FILE]");
+    add_eval_common_flags(p, "eval-fidelity.json");
+    add_corpus_flags(p);
+    p.add({"", "--lengths", "L,..", "document lengths in tokens (default: 4096, at most the trained context)", ""});
+    p.add({"", "--docs", "N", "documents per length (consecutive slices of the text)", "1"});
+    p.add({"", "--bucket", "N", "positions per bucket in the records", "1024"});
+    bool done;
+    int  rc = parse_or_help(p, args, cmd, &done);
+    if (done) return rc;
+    auto docs = p.get_int("--docs", 1, 100000);
+    if (!docs) return fail(cmd, docs.get_status());
+    auto bucket = p.get_int("--bucket", 1, int64_t(1) << 30);
+    if (!bucket) return fail(cmd, bucket.get_status());
+    auto lm = load_model(p);
+    if (!lm) return fail(cmd, lm.get_status());
+    eval::fidelity_params fp;
+    fp.docs   = int(*docs);
+    fp.bucket = *bucket;
+    if (p.has("--lengths")) {
+        auto l = p.get_int_list("--lengths", 2, int64_t(1) << 31);
+        if (!l) return fail(cmd, l.get_status());
+        fp.lengths = *l;
+    } else {
+        fp.lengths = {std::min<int64_t>(4096, lm->mdl->hparams().n_ctx_train)};
+    }
+    const int64_t max_len = *std::max_element(fp.lengths.begin(), fp.lengths.end());
+    auto          cor     = corpus_from(p);
+    if (!cor) return fail(cmd, cor.get_status());
+    auto st = eval_setup_create(p, std::move(*lm), max_len);
+    if (!st) return fail(cmd, st.get_status());
+    if (st->slots.size() < 2)
+        return fail(cmd, error(status_code::INVALID_ARGUMENT,
+                               "fidelity compares a method with dense: pass a method, e.g. --prefill vslash"));
+    const tokenizer &          tok  = *st->lm.tok;
+    const std::vector<int32_t> body = eval::encode_plain(tok, cor->text);
+    json &                     meta = st->meta;
+    meta["task"]                    = "fidelity";
+    meta["corpus"]                  = cor->id;
+    meta["ubatch"]                  = st->cp.n_ubatch;
+    meta["identity"]                = json{{"task", "fidelity"},        {"model_sha256", st->sha}, {"corpus", cor->id},
+                            {"ubatch", st->cp.n_ubatch}, {"bucket", fp.bucket},     {"methods", st->methods}};
+    const std::string out_path      = p.get("--out");
+    auto              out           = eval::result_file::open(out_path, "fidelity", meta, p.has("--overwrite"));
+    if (!out) return fail(cmd, out.get_status());
+    LC_LOG_I("eval fidelity: %s, %s (%zu tokens), %s against dense, chunks of %lld tokens",
+             st->lm.mdl->hparams().name.c_str(), cor->id.c_str(), body.size(), st->slots[1].label.c_str(),
+             (long long)st->cp.n_ubatch);
+    eval::eval_env env;
+    env.mdl   = st->lm.mdl.get();
+    env.tok   = &tok;
+    env.slots = &st->slots;
+    env.chunk = st->cp.n_ubatch;
+    if (status s = eval::fidelity_run(fp, body, env, *out); !s) return fail(cmd, s);
+    auto doc = eval::result_file::load(out_path);
+    if (!doc) return fail(cmd, doc.get_status());
+    std::printf("%-8s %-5s %-12s %-12s %-10s %s\n", "length", "doc", "KL mean", "KL max", "top-1", "density");
+    for (const auto & r : (*doc)["records"])
+        std::printf("%-8lld %-5d %-12.4g %-12.4g %-10.4f %.4f\n", (long long)r["length"].get<int64_t>(),
+                    r["doc"].get<int>(), r["kl_mean"].get<double>(), r["kl_max"].get<double>(),
+                    r["top1_agree"].get<double>(), r["runs"][1]["density"].get<double>());
+    std::printf("results: %s\n", out_path.c_str());
+    return 0;
+}
+
+int cmd_eval_ppl(const args_t & args) {
+    const char * cmd = "eval ppl";
+    arg_parser   p(cmd, "longctx eval ppl [-m MODEL] [--protocol prefill|sliding|decode] [--corpus kjv|essays | -f "
+                          "FILE] [protocol options] [-o FILE] [method flags]");
+    add_eval_common_flags(p, "eval-ppl.json");
+    add_corpus_flags(p);
+    p.add({"", "--protocol", "P",
+           "prefill (A: one pass over L tokens), sliding (B: window W, stride S), decode (C: prefill P tokens, then "
+           "teacher-forced decode to N)",
+           "prefill"});
+    p.add({"", "--lengths", "L,..", "A: document lengths (default 1024,2048,4096, at most the trained context)", ""});
+    p.add({"", "--docs", "N", "A, C: documents per length (consecutive slices of the text)", "1"});
+    p.add({"", "--last", "K", "A: score only the last K positions (0: all)", "0"});
+    p.add({"", "--window", "W", "B: window (default: min(2048, trained context))", "0"});
+    p.add({"", "--stride", "S", "B: stride", "256"});
+    p.add({"", "--n-tokens", "N", "B: tokens scored; C: prefix + decoded tokens", "4096"});
+    p.add({"", "--prefix", "P", "C: prefilled tokens", "1024"});
+    p.add({"", "--bucket", "N", "C: positions per bucket", "1024"});
+    bool done;
+    int  rc = parse_or_help(p, args, cmd, &done);
+    if (done) return rc;
+    eval::ppl_params pp;
+    {
+        auto pr = eval::ppl_protocol_parse(p.get("--protocol"));
+        if (!pr) return fail(cmd, pr.get_status());
+        pp.protocol = *pr;
+        for (auto [flag, dst, lo] : {std::tuple{"--last", &pp.last, int64_t(0)},
+                                     {"--window", &pp.window, int64_t(0)},
+                                     {"--stride", &pp.stride, int64_t(1)},
+                                     {"--n-tokens", &pp.n_tokens, int64_t(2)},
+                                     {"--prefix", &pp.prefix, int64_t(1)},
+                                     {"--bucket", &pp.bucket, int64_t(1)}}) {
+            auto v = p.get_int(flag, lo, int64_t(1) << 31);
+            if (!v) return fail(cmd, v.get_status());
+            *dst = *v;
+        }
+        auto d = p.get_int("--docs", 1, 100000);
+        if (!d) return fail(cmd, d.get_status());
+        pp.docs = int(*d);
+    }
+    auto lm = load_model(p);
+    if (!lm) return fail(cmd, lm.get_status());
+    const int64_t n_ctx_train = lm->mdl->hparams().n_ctx_train;
+    int64_t       need        = 0;
+    if (pp.protocol == eval::ppl_protocol::PREFILL) {
+        if (p.has("--lengths")) {
+            auto l = p.get_int_list("--lengths", 2, int64_t(1) << 31);
+            if (!l) return fail(cmd, l.get_status());
+            pp.lengths = *l;
+        } else {
+            for (int64_t L : {1024, 2048, 4096})
+                if (L <= n_ctx_train) pp.lengths.push_back(L);
+        }
+        need = *std::max_element(pp.lengths.begin(), pp.lengths.end());
+    } else if (pp.protocol == eval::ppl_protocol::SLIDING) {
+        if (pp.window == 0) pp.window = std::min<int64_t>(2048, n_ctx_train);
+        if (pp.stride > pp.window)
+            return fail(cmd, error(status_code::INVALID_ARGUMENT, "--stride %lld exceeds --window %lld",
+                                   (long long)pp.stride, (long long)pp.window));
+        need = pp.window;
+    } else {
+        if (pp.prefix >= pp.n_tokens)
+            return fail(cmd, error(status_code::INVALID_ARGUMENT, "--prefix %lld must be below --n-tokens %lld",
+                                   (long long)pp.prefix, (long long)pp.n_tokens));
+        need = pp.n_tokens;
+    }
+    auto cor = corpus_from(p);
+    if (!cor) return fail(cmd, cor.get_status());
+    auto st = eval_setup_create(p, std::move(*lm), need);
+    if (!st) return fail(cmd, st.get_status());
+    const tokenizer &          tok  = *st->lm.tok;
+    const std::vector<int32_t> body = eval::encode_plain(tok, cor->text);
+    json &                     meta = st->meta;
+    meta["task"]                    = std::string("ppl-") + eval::ppl_protocol_name(pp.protocol);
+    meta["corpus"]                  = cor->id;
+    meta["averaging"]               = "micro (pooled tokens)";
+    meta["bos"]                     = tok.add_bos();
+    meta["decode"]                  = "dense (the only decode path today)";
+    meta["identity"]                = json{{"task", meta["task"]},
+                            {"model_sha256", st->sha},
+                            {"corpus", cor->id},
+                            {"ubatch", st->cp.n_ubatch},
+                            {"methods", st->methods}};
+    const std::string out_path      = p.get("--out");
+    auto              out           = eval::result_file::open(out_path, "ppl", meta, p.has("--overwrite"));
+    if (!out) return fail(cmd, out.get_status());
+    LC_LOG_I("eval ppl: %s, protocol %s, %s (%zu tokens), methods: %s%s", st->lm.mdl->hparams().name.c_str(),
+             eval::ppl_protocol_name(pp.protocol), cor->id.c_str(), body.size(), st->slots[0].label.c_str(),
+             st->slots.size() > 1 ? (", " + st->slots[1].label).c_str() : "");
+    eval::eval_env env;
+    env.mdl   = st->lm.mdl.get();
+    env.tok   = &tok;
+    env.slots = &st->slots;
+    env.chunk = st->cp.n_ubatch;
+    if (status s = eval::ppl_run(pp, body, env, *out); !s) return fail(cmd, s);
+    auto doc = eval::result_file::load(out_path);
+    if (!doc) return fail(cmd, doc.get_status());
+    auto rows = eval::ppl_summary(*doc);
+    if (!rows) return fail(cmd, rows.get_status());
+    std::printf("%-24s %-44s %10s %10s\n", "setting", "method", "tokens", "ppl");
+    for (const auto & r : *rows)
+        std::printf("%-24s %-44s %10lld %10.4f\n", r.group.c_str(), r.label.c_str(), (long long)r.n_scored, r.ppl);
+    std::printf("results: %s\n", out_path.c_str());
+    return 0;
 }
 
 int cmd_eval_niah(const args_t & args) {
@@ -215,6 +445,8 @@ int cmd_eval_niah(const args_t & args) {
 void print_eval_usage(FILE * f) {
     std::fprintf(f, "usage: longctx eval <task> [options]\n\ntasks:\n"
                     "  niah      needle in a haystack: classic, numeric needle, passkey; JSON + SVG heatmap\n"
+                    "  ppl       long-text perplexity: prefill (A), sliding window (B), teacher-forced decode (C)\n"
+                    "  fidelity  agreement with dense over long text: KL and top-1 of next-token distributions\n"
                     "\n`longctx eval <task> --help` lists the options of a task.\n");
 }
 
@@ -232,7 +464,10 @@ int cmd_eval(const args_t & args) {
         return 0;
     }
     if (task == "niah") return cmd_eval_niah(rest);
-    std::fprintf(stderr, "longctx eval: unknown task '%s'; tasks: niah (see longctx eval --help)\n", task.c_str());
+    if (task == "fidelity") return cmd_eval_fidelity(rest);
+    if (task == "ppl") return cmd_eval_ppl(rest);
+    std::fprintf(stderr, "longctx eval: unknown task '%s'; tasks: niah, ppl, fidelity (see longctx eval --help)\n",
+                 task.c_str());
     return 2;
 }
 

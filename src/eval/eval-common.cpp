@@ -210,6 +210,45 @@ result<gen_result> generate_greedy(context & c, const tokenizer & tok, const std
     return r;
 }
 
+// ---- next-token distributions ----
+
+double token_nll(const float * logits, int n, int32_t target) {
+    LC_ASSERT(target >= 0 && target < n, "token_nll: target %d outside [0, %d)", target, n);
+    double mx = -INFINITY;
+    for (int i = 0; i < n; ++i) mx = std::max(mx, double(logits[i]));
+    double sum = 0;
+    for (int i = 0; i < n; ++i) sum += std::exp(double(logits[i]) - mx);
+    return mx + std::log(sum) - double(logits[target]);
+}
+
+double logits_kl(const float * ref, const float * ours, int n) {
+    double mr = -INFINITY, mo = -INFINITY;
+    for (int i = 0; i < n; ++i) {
+        mr = std::max(mr, double(ref[i]));
+        mo = std::max(mo, double(ours[i]));
+    }
+    double sr = 0, so = 0;
+    for (int i = 0; i < n; ++i) {
+        sr += std::exp(double(ref[i]) - mr);
+        so += std::exp(double(ours[i]) - mo);
+    }
+    const double lzr = mr + std::log(sr), lzo = mo + std::log(so);
+    double       kl = 0;
+    for (int i = 0; i < n; ++i) {
+        const double lp = double(ref[i]) - lzr, lq = double(ours[i]) - lzo;
+        kl += std::exp(lp) * (lp - lq);
+    }
+    return std::max(0.0, kl);
+}
+
+std::vector<int32_t> encode_document(const tokenizer & tok, std::string_view text) {
+    std::vector<int32_t> ids;
+    if (tok.add_bos() && tok.bos() >= 0) ids.push_back(tok.bos());
+    std::vector<int32_t> t = encode_plain(tok, text);
+    ids.insert(ids.end(), t.begin(), t.end());
+    return ids;
+}
+
 // ---- progress ----
 
 progress::progress(std::string name, int64_t total, int64_t done_before)

@@ -93,6 +93,16 @@ struct gen_result {
 // Clears c, prefills the prompt and decodes greedily (argmax) until an end-of-generation token or n_max tokens.
 result<gen_result> generate_greedy(context & c, const tokenizer & tok, const std::vector<int32_t> & prompt, int n_max);
 
+// ---- next-token distributions ----
+
+// -ln softmax(logits)[target], computed in double. REQUIRES: 0 <= target < n.
+double token_nll(const float * logits, int n, int32_t target);
+// KL(softmax(ref) || softmax(ours)) in nats, in double; >= 0.
+double logits_kl(const float * ref, const float * ours, int n);
+
+// Text tokens for the perplexity and fidelity evals: BOS (when the file's flag says so) + the text, no EOS.
+std::vector<int32_t> encode_document(const tokenizer & tok, std::string_view text);
+
 // ---- progress ----
 
 // Logs "eval NAME: 3/12 cells (25%), last 4.1 s, ETA 37 s" on stderr. Cells skipped on resume count as done but

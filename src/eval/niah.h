@@ -64,6 +64,7 @@ struct eval_env {
     const tokenizer *          tok      = nullptr;
     std::vector<method_slot> * slots    = nullptr;
     bool                       use_chat = false;
+    int64_t                    chunk    = 512; // tokens per decode() when all logits are kept (-ub)
 };
 status niah_run(const niah_params & p, const haystack & h, eval_env & env, result_file & out);
 

@@ -1,0 +1,117 @@
+// Next-token agreement with dense attention over long documents.
+#include "eval/fidelity.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/log.h"
+#include "runtime/sampling.h"
+
+namespace lc::eval {
+
+std::vector<int32_t> document_slice(const tokenizer & tok, const std::vector<int32_t> & body, int64_t n, int j) {
+    const bool    bos = tok.add_bos() && tok.bos() >= 0;
+    const int64_t m   = bos ? n - 1 : n;
+    if (m <= 0 || int64_t(body.size()) < (int64_t(j) + 1) * m) return {};
+    std::vector<int32_t> ids;
+    if (bos) ids.push_back(tok.bos());
+    ids.insert(ids.end(), body.begin() + int64_t(j) * m, body.begin() + (int64_t(j) + 1) * m);
+    return ids;
+}
+
+status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body, eval_env & env, result_file & out) {
+    LC_ASSERT(env.slots && env.slots->size() == 2, "fidelity needs a dense and a method slot");
+    using clock           = std::chrono::steady_clock;
+    context &     dense   = *(*env.slots)[0].ctx;
+    context &     method  = *(*env.slots)[1].ctx;
+    const int     n_vocab = env.mdl->hparams().n_vocab;
+    const int64_t chunk   = std::max<int64_t>(1, env.chunk);
+
+    int64_t total = 0, done = 0;
+    for (int64_t L : p.lengths)
+        for (int j = 0; j < p.docs; ++j) {
+            ++total;
+            if (out.has("L=" + std::to_string(L) + ",doc=" + std::to_string(j))) ++done;
+        }
+    progress prog("fidelity", total, done);
+    for (int64_t L : p.lengths) {
+        for (int j = 0; j < p.docs; ++j) {
+            const std::string key = "L=" + std::to_string(L) + ",doc=" + std::to_string(j);
+            if (out.has(key)) continue;
+            const std::vector<int32_t> ids = document_slice(*env.tok, body, L, j);
+            if (ids.empty())
+                return error(status_code::OUT_OF_RANGE,
+                             "eval fidelity: the text has %zu tokens, too few for document %d of %lld tokens; use a "
+                             "longer --file, fewer --docs or shorter --lengths",
+                             body.size(), j, (long long)L);
+            dense.clear();
+            method.clear();
+            dense.reset_timings();
+            method.reset_timings();
+            double              t_dense = 0, t_method = 0;
+            std::vector<double> kl(size_t(L), 0.0);
+            std::vector<char>   agree(size_t(L), 0);
+            for (int64_t i = 0; i < L; i += chunk) {
+                const int64_t              nb = std::min(chunk, L - i);
+                const std::vector<int32_t> part(ids.begin() + i, ids.begin() + i + nb);
+                auto                       t0 = clock::now();
+                LC_RETURN_IF_ERROR(dense.decode(part, true));
+                auto t1 = clock::now();
+                LC_RETURN_IF_ERROR(method.decode(part, true));
+                auto t2 = clock::now();
+                t_dense += std::chrono::duration<double>(t1 - t0).count();
+                t_method += std::chrono::duration<double>(t2 - t1).count();
+                for (int64_t k = 0; k < nb; ++k) {
+                    const float * a      = dense.logits(k);
+                    const float * b      = method.logits(k);
+                    kl[size_t(i + k)]    = logits_kl(a, b, n_vocab);
+                    agree[size_t(i + k)] = sampling_argmax(a, n_vocab) == sampling_argmax(b, n_vocab);
+                }
+            }
+            json    buckets = json::array();
+            double  kl_sum = 0, kl_max = 0;
+            int64_t n_agree = 0;
+            for (int64_t s = 0; s < L; s += p.bucket) {
+                const int64_t e  = std::min(L, s + p.bucket);
+                double        bk = 0;
+                int64_t       ba = 0;
+                for (int64_t t = s; t < e; ++t) {
+                    bk += kl[size_t(t)];
+                    ba += agree[size_t(t)];
+                }
+                buckets.push_back({{"start", s},
+                                   {"end", e},
+                                   {"kl_mean", bk / double(e - s)},
+                                   {"top1_agree", double(ba) / double(e - s)}});
+                kl_sum += bk;
+                n_agree += ba;
+            }
+            for (double v : kl) kl_max = std::max(kl_max, v);
+            json rec = {{"key", key},
+                        {"length", L},
+                        {"doc", j},
+                        {"prompt_sha256", token_ids_sha256(ids)},
+                        {"kl_mean", kl_sum / double(L)},
+                        {"kl_max", kl_max},
+                        {"top1_agree", double(n_agree) / double(L)},
+                        {"buckets", buckets},
+                        {"runs", json::array()}};
+            json rd = method_json((*env.slots)[0]), rm = method_json((*env.slots)[1]);
+            rd["prefill_s"] = t_dense;
+            rd["density"]   = timings_density(dense.timings());
+            rd["index_s"]   = dense.timings().attn_index_s;
+            rm["prefill_s"] = t_method;
+            rm["density"]   = timings_density(method.timings());
+            rm["index_s"]   = method.timings().attn_index_s;
+            rec["runs"]     = json::array({rd, rm});
+            char summary[160];
+            std::snprintf(summary, sizeof(summary), "KL %.3g, top-1 %.4f, density %.3f", kl_sum / double(L),
+                          double(n_agree) / double(L), rm["density"].get<double>());
+            LC_RETURN_IF_ERROR(out.add(std::move(rec)));
+            prog.step(key + ": " + summary);
+        }
+    }
+    return status::ok();
+}
+
+} // namespace lc::eval

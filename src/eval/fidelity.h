@@ -1,0 +1,30 @@
+// Fidelity to dense attention on long text (METHODS.md sec. 6), independent of the model's skill: the same tokens
+// run once densely and once with the method under test, chunk by chunk (-ub tokens, all logits kept), and every
+// position's next-token distributions compared: KL(dense || method) and top-1 agreement, overall and per bucket.
+// The per-layer attention-mass recall and output error need a hook inside the attention code and are not here yet.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "eval/eval-common.h"
+#include "eval/niah.h"
+#include "eval/results.h"
+
+namespace lc::eval {
+
+struct fidelity_params {
+    std::vector<int64_t> lengths;       // tokens per document (BOS included)
+    int                  docs   = 1;    // documents per length: consecutive slices of the text
+    int64_t              bucket = 1024; // positions per bucket in the record
+};
+
+// The n tokens of document j of a token stream (body: the text without BOS): BOS (when the file's flag says so)
+// followed by body[j * m .. j * m + m), m = n or n - 1. Empty when the body is too short.
+std::vector<int32_t> document_slice(const tokenizer & tok, const std::vector<int32_t> & body, int64_t n, int j);
+
+// Compares slot 1 (the method) with slot 0 (dense). REQUIRES: env.slots holds both.
+status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body, eval_env & env, result_file & out);
+
+} // namespace lc::eval
