@@ -105,6 +105,7 @@ int cmd_run(const args_t & args) {
     status           st    = c.decode(prompt, false, prompt.size() > 2048 ? progress_fn(progress) : progress_fn());
     if (!st) return fail("run", st);
     const double t_pp = since(t_pp0);
+    log_prefill_attention(c, cp->attn);
 
     sampler    smp(sp);
     int64_t    n_gen      = 0;

@@ -107,6 +107,19 @@ result<std::string> read_text_file(const std::string & path) {
     return ss.str();
 }
 
+void log_prefill_attention(const context & c, const attn_config & cfg) {
+    const forward_timings & t = c.timings();
+    if (cfg.prefill == prefill_method::DENSE) {
+        LC_LOG_I("prefill attention: dense, %.2f s", t.attn_s);
+        return;
+    }
+    const bool sparse = t.attn_pairs_computed < t.attn_pairs_causal || t.attn_index_s > 0.0;
+    LC_LOG_I("prefill attention: %s%s, density %.1f%% of causal pairs, index %.3f s, attention %.2f s (index "
+             "included)",
+             attn_config_describe(cfg).c_str(), sparse ? "" : " (dense: prompt below --sparse-min-len)",
+             100.0 * t.density(), t.attn_index_s, t.attn_s);
+}
+
 int fail(const char * cmd, const status & st) {
     const std::string & m = st.message();
     if (m.rfind("longctx ", 0) == 0)

@@ -43,4 +43,8 @@ int fail(const char * cmd, const status & st);
 
 std::string format_bytes(double n);
 
+// Logs the attention of the prefill just run: method, effective density (fraction of causal (q, k) pairs
+// computed, in the layers a sparse method applies to), index-building and attention time.
+void log_prefill_attention(const context & c, const attn_config & cfg);
+
 } // namespace lc::cli

@@ -13,7 +13,7 @@ namespace lc {
 
 status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
                             int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
-                            forward_timings * timings) {
+                            forward_timings * timings, attention * attn) {
     const model_hparams & hp       = m.hparams();
     const int64_t         n_embd   = hp.n_embd;
     const int64_t         head_dim = hp.head_dim;
@@ -48,8 +48,8 @@ status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32
         timer.end(&forward_timings::other_s);
         kv_view view = kv.view(il, seq);
         view.n_kv    = pos0 + n; // the context's length is the truth; later slots may hold stale tokens
-        attn_dense(s.q.data(), n, pos0, hp.n_head, view, scale, s.attn.data(), nullptr, pool,
-                   L.swa ? hp.n_swa : attn_window_none);
+        fwd::attend(attn, il, s.q.data(), n, pos0, hp.n_head, view, scale, s.attn.data(), pool,
+                    L.swa ? hp.n_swa : attn_window_none, timings);
         timer.end(&forward_timings::attn_s);
         cpu::matmul(L.wo, s.attn.data(), n, n_q, s.tmp.data(), n_embd, pool, s.mm);
         timer.end(&forward_timings::matmul_s);

@@ -1,6 +1,8 @@
 // Shared forward-pass building blocks (see forward-ops.h).
 #include "model/forward-ops.h"
 
+#include "attn/attn-dense.h"
+
 #include "backend/cpu/ops.h"
 
 namespace lc::fwd {
@@ -50,6 +52,15 @@ void norm_rows(const float * x, float * out, int64_t n_rows, int64_t dim, const 
         thread_pool::split(n_rows, ith, nth, a, b);
         for (int64_t r = a; r < b; ++r) cpu::rmsnorm(x + r * dim, w, out + r * dim, dim, eps);
     });
+}
+
+void attend(attention * attn, int il, const float * q, int64_t n, int64_t pos0, int n_head, const kv_view & kv,
+            float scale, float * o, thread_pool & pool, int64_t window, forward_timings * t) {
+    if (attn) {
+        attn->run(il, q, n, pos0, n_head, kv, scale, o, pool, window, t);
+        return;
+    }
+    attn_dense(q, n, pos0, n_head, kv, scale, o, nullptr, pool, window);
 }
 
 void add_bias(float * y, const float * b, int64_t n_tok, int64_t n) {

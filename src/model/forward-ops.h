@@ -43,6 +43,11 @@ void norm_rows(const float * x, float * out, int64_t n_rows, int64_t dim, const 
 // y[t] += b for each of n_tok rows of n (no-op when b is null).
 void add_bias(float * y, const float * b, int64_t n_tok, int64_t n);
 
+// Attention of layer il through the context's methods (attn), or dense when attn is nullptr.
+// q, o: [n][n_head][head_dim]; window > 0 for sliding-window layers.
+void attend(attention * attn, int il, const float * q, int64_t n, int64_t pos0, int n_head, const kv_view & kv,
+            float scale, float * o, thread_pool & pool, int64_t window, forward_timings * t);
+
 // Gated activation over n_tok rows of n_ff: g = act(g) * u, threads over rows.
 enum class glu { SILU, GELU_TANH };
 void glu_rows(glu act, float * g, const float * u, int64_t n_tok, int64_t n_ff, thread_pool & pool);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "attn/attention.h"
 #include "core/thread-pool.h"
 #include "kv/kv-cache.h"
 #include "longctx/status.h"
@@ -35,17 +36,18 @@ struct forward_timings {
 
 // Runs tokens[0..n) at positions pos0.. of sequence `seq`, appending their K/V to the cache.
 // logits: [n_logits][n_vocab] for the last n_logits tokens of the batch (n_logits <= n; 0 for none).
+// attn (optional): the context's attention methods; nullptr: dense attention.
 // Dispatches on the model's architecture (llama and qwen2: arch-llama.cpp; gemma3: arch-gemma3.cpp).
 status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
                      int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
-                     forward_timings * timings = nullptr);
+                     forward_timings * timings = nullptr, attention * attn = nullptr);
 
 // The per-architecture passes forward_batch() dispatches to; same contract.
 status forward_batch_llama(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
                            int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
-                           forward_timings * timings);
+                           forward_timings * timings, attention * attn);
 status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
                             int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
-                            forward_timings * timings);
+                            forward_timings * timings, attention * attn);
 
 } // namespace lc

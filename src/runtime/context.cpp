@@ -27,6 +27,7 @@ result<std::unique_ptr<context>> context::create(const model & m, const context_
     c->n_ctx_    = n_ctx;
     c->n_ubatch_ = p.n_ubatch;
     c->kv_       = std::make_unique<kv_cache>(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
+    LC_ASSIGN_OR_RETURN(c->attn_, attention::create(m, p.attn));
     return c;
 }
 
@@ -40,13 +41,15 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
                      (long long)n, (long long)n_past_, (long long)n_ctx_, (long long)model_.hparams().n_ctx_train);
     const int64_t n_vocab = model_.hparams().n_vocab;
     logits_.resize(size_t((all_logits ? n : 1) * n_vocab));
+    attn_->set_prompt_end(n_past_ + n);
     for (int64_t i = 0; i < n; i += n_ubatch_) {
         const int64_t nb    = std::min(n_ubatch_, n - i);
         const bool    last  = i + nb == n;
         const int64_t n_out = all_logits ? nb : (last ? 1 : 0);
         float *       out   = all_logits ? logits_.data() + i * n_vocab : logits_.data();
         status        st =
-            forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_, &timings_);
+            forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_, &timings_,
+                          attn_.get());
         if (!st.is_ok()) {
             truncate(n_past_);
             return st;

@@ -45,6 +45,7 @@ class context {
     const model &           get_model() const { return model_; }
     const kv_cache &        kv() const { return *kv_; }
     const forward_timings & timings() const { return timings_; }
+    attention &             attn() { return *attn_; }
     void                    reset_timings() { timings_ = {}; }
 
   private:
@@ -52,6 +53,7 @@ class context {
     const model &             model_;
     thread_pool               pool_;
     std::unique_ptr<kv_cache> kv_;
+    std::unique_ptr<attention> attn_;
     forward_scratch           scratch_;
     forward_timings           timings_;
     std::vector<float>        logits_;

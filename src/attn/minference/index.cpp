@@ -1,11 +1,15 @@
-// MInference index builders (see index.h). The score loops use GCC vector extensions (8 lanes) over f32 copies
-// of 64-key tiles, transposed so that one broadcast query element meets 8 keys per FMA.
+// MInference index builders (see index.h). The vertical-slash scores run on AVX2 (the baseline ISA): the 64
+// estimating queries are held transposed so that one broadcast key element meets all 64 rows in 8 FMAs, and the
+// softmax runs down the keys with the rows along the lanes.
 #include "attn/minference/index.h"
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
+#include "backend/cpu/avx2/vec-math.h"
 #include "core/fp16.h"
 #include "core/log.h"
 
@@ -13,41 +17,7 @@ namespace lc {
 
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
 constexpr int k_tile = kv_page_tokens;
-
-v8f v8_load(const float * p) {
-    v8f v;
-    __builtin_memcpy(&v, p, sizeof(v));
-    return v;
-}
-void v8_store(float * p, v8f v) {
-    __builtin_memcpy(p, &v, sizeof(v));
-}
-
-// kt [D][64] = K rows t0 .. t0 + nj - 1 of KV head hk, transposed to f32; columns nj.. are zero.
-void load_kt(const kv_view & kv, int hk, int64_t t0, int nj, float * kt) {
-    const int D = kv.head_dim;
-    for (int j = 0; j < k_tile; ++j) {
-        if (j < nj) {
-            const fp16_t * kr = kv.k_row(t0 + j, hk);
-            for (int d = 0; d < D; ++d) kt[d * k_tile + j] = fp16_to_fp32(kr[d]);
-        } else {
-            for (int d = 0; d < D; ++d) kt[d * k_tile + j] = 0.0f;
-        }
-    }
-}
-
-// s[j] = sum_d q[d] * kt[d][j] for the 64 keys of the tile.
-void dot_tile(const float * q, const float * kt, int D, float * s) {
-    v8f acc[8] = {};
-    for (int d = 0; d < D; ++d) {
-        const float   x   = q[d];
-        const float * row = kt + d * k_tile;
-        for (int c = 0; c < 8; ++c) acc[c] += x * v8_load(row + 8 * c);
-    }
-    for (int c = 0; c < 8; ++c) v8_store(s + 8 * c, acc[c]);
-}
 
 // Indices of the k largest values (ties: lower index first), ascending by index afterwards if `sort_index`.
 void top_k(const std::vector<float> & score, int64_t n, int64_t k, std::vector<int32_t> & out) {
@@ -69,42 +39,80 @@ void vslash_estimate(const float * q, int64_t n_q, int64_t pos0, int n_head, int
     const int     hk      = h / n_group;
     const int64_t nl      = std::min<int64_t>(vslash_last_q, n_q);
     const int64_t N       = pos0 + n_q;
-    const int64_t i0      = n_q - nl; // first estimating query
-    const int64_t n_pad   = (N + k_tile - 1) / k_tile * k_tile;
+    const int64_t i0      = n_q - nl;       // first estimating query
+    const int64_t p_first = pos0 + i0;      // its position; row r has position p_first + r
+    constexpr int R       = vslash_last_q;  // rows, padded: 8 vectors of 8
     LC_ASSERT(kv.n_kv >= N, "vslash: %lld keys needed, cache has %lld", (long long)N, (long long)kv.n_kv);
 
-    // scratch: scores [nl][n_pad], K tile [D][64], scaled queries [nl][D]
-    scratch.resize(size_t(nl * n_pad + D * k_tile + nl * D));
-    float * s  = scratch.data();
-    float * kt = s + nl * n_pad;
-    float * qs = kt + D * k_tile;
-    for (int64_t r = 0; r < nl; ++r)
-        for (int d = 0; d < D; ++d) qs[r * D + d] = q[((i0 + r) * n_head + h) * D + d] * scale;
+    // scratch: scores transposed st [N][64] (key-major, the 64 rows along the lanes), queries qt [D][64], one K
+    // tile kf [64][D] in f32, then the softmax state m, l [64].
+    scratch.resize(size_t(N * R + D * R + k_tile * D + 2 * R) + 16);
+    float * st = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+    float * qt = st + N * R;
+    float * kf = qt + D * R;
+    float * m  = kf + k_tile * D;
+    float * l  = m + R;
+    for (int d = 0; d < D; ++d)
+        for (int r = 0; r < R; ++r) qt[d * R + r] = r < nl ? q[((i0 + r) * n_head + h) * D + d] * scale : 0.0f;
 
+    // Scores: st[t][r] = q_r . k_t, 8 row vectors per key (one broadcast K element meets 64 rows).
     for (int64_t t0 = 0; t0 < N; t0 += k_tile) {
-        const int nj = int(std::min<int64_t>(k_tile, N - t0));
-        load_kt(kv, hk, t0, nj, kt);
-        for (int64_t r = 0; r < nl; ++r) dot_tile(qs + r * D, kt, D, s + r * n_pad + t0);
+        const int      nj  = int(std::min<int64_t>(k_tile, N - t0));
+        const fp16_t * src = kv.k_row(t0, hk); // rows t0 .. t0 + nj - 1 are contiguous within the page
+        int64_t        e   = 0;
+        for (; e + 8 <= int64_t(nj) * D; e += 8)
+            _mm256_storeu_ps(kf + e, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(src + e))));
+        for (; e < int64_t(nj) * D; ++e) kf[e] = fp16_to_fp32(src[e]);
+        for (int j = 0; j < nj; ++j) {
+            __m256 acc[8];
+            for (int c = 0; c < 8; ++c) acc[c] = _mm256_setzero_ps();
+            const float * kr = kf + j * D;
+            for (int d = 0; d < D; ++d) {
+                const __m256  x   = _mm256_set1_ps(kr[d]);
+                const float * row = qt + d * R;
+                for (int c = 0; c < 8; ++c) acc[c] = _mm256_fmadd_ps(x, _mm256_loadu_ps(row + 8 * c), acc[c]);
+            }
+            float * out = st + (t0 + j) * R;
+            for (int c = 0; c < 8; ++c) _mm256_store_ps(out + 8 * c, acc[c]);
+        }
     }
+    // Causal corner: row r sees keys <= p_first + r.
+    for (int64_t t = std::max<int64_t>(p_first + 1, 0); t < N; ++t)
+        for (int r = 0; r < R; ++r)
+            if (t > p_first + r) st[t * R + r] = -INFINITY;
+
+    // Row-wise softmax along the keys, 8 rows per vector.
+    for (int c = 0; c < 8; ++c) {
+        __m256 mv = _mm256_set1_ps(-INFINITY);
+        for (int64_t t = 0; t < N; ++t) mv = _mm256_max_ps(mv, _mm256_load_ps(st + t * R + 8 * c));
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t t = 0; t < N; ++t) {
+            const __m256 e = cpu::avx2::exp_ps(_mm256_sub_ps(_mm256_load_ps(st + t * R + 8 * c), mv));
+            _mm256_store_ps(st + t * R + 8 * c, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        _mm256_storeu_ps(m + 8 * c, mv);
+        _mm256_storeu_ps(l + 8 * c, _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
+    }
+    for (int r = int(nl); r < R; ++r) l[r] = 0.0f; // padding rows contribute nothing
 
     vertical.assign(size_t(N), 0.0f);
     slash.assign(size_t(N), 0.0f);
-    for (int64_t r = 0; r < nl; ++r) {
-        const int64_t p   = pos0 + i0 + r; // the row's position: it sees keys 0..p
-        float *       row = s + r * n_pad;
-        float         m   = -INFINITY;
-        for (int64_t j = 0; j <= p; ++j) m = std::max(m, row[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j <= p; ++j) {
-            row[j] = std::exp(row[j] - m);
-            sum += row[j];
+    for (int64_t t = 0; t < N; ++t) {
+        float * a   = st + t * R;
+        __m256  acc = _mm256_setzero_ps();
+        for (int c = 0; c < 8; ++c) {
+            const __m256 p = _mm256_mul_ps(_mm256_load_ps(a + 8 * c), _mm256_loadu_ps(l + 8 * c));
+            _mm256_store_ps(a + 8 * c, p);
+            acc = _mm256_add_ps(acc, p);
         }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j <= p; ++j) {
-            const float a = row[j] * inv;
-            vertical[size_t(j)] += a;
-            slash[size_t(p - j)] += a;
-        }
+        __m128 x = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        x        = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        x        = _mm_add_ss(x, _mm_movehdup_ps(x));
+        vertical[size_t(t)] = _mm_cvtss_f32(x);
+        // Row r reaches key t at offset p_first + r - t (>= 0 only).
+        const int r_lo = int(std::max<int64_t>(0, t - p_first));
+        for (int r = r_lo; r < int(nl); ++r) slash[size_t(p_first + r - t)] += a[r];
     }
 }
 

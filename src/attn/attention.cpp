@@ -1,0 +1,150 @@
+// The attention runner of a context (see attention.h).
+#include "attn/attention.h"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+
+#include "attn/attn-dense.h"
+#include "attn/attn-sparse-prefill.h"
+#include "attn/minference/index.h"
+#include "calibrate/sidecar.h"
+#include "core/log.h"
+#include "model/forward.h"
+#include "model/model.h"
+
+namespace lc {
+
+namespace {
+
+head_pattern method_pattern(prefill_method m) {
+    switch (m) {
+    case prefill_method::A_SHAPE:
+        return head_pattern::A_SHAPE;
+    case prefill_method::BLOCK:
+        return head_pattern::BLOCK;
+    case prefill_method::DENSE:
+        return head_pattern::DENSE;
+    case prefill_method::VSLASH:
+    case prefill_method::MINFERENCE:
+        break;
+    }
+    return head_pattern::VSLASH;
+}
+
+int64_t ceil_mul(double x, int64_t n) {
+    return int64_t(std::ceil(x * double(n)));
+}
+
+} // namespace
+
+head_budget head_budget_effective(const head_budget & hb, const prefill_budget & b, int64_t n_keys) {
+    head_budget r = hb;
+    if (b.mode == prefill_budget::kind::SCALE) {
+        r.a = int64_t(std::ceil(double(hb.a) * b.value));
+        r.b = int64_t(std::ceil(double(hb.b) * b.value));
+        return r;
+    }
+    switch (hb.pattern) {
+    case head_pattern::DENSE:
+        break;
+    case head_pattern::A_SHAPE:
+    case head_pattern::VSLASH:
+        r.a = r.b = ceil_mul(b.value, n_keys);
+        break;
+    case head_pattern::BLOCK:
+        r.a = ceil_mul(b.value, (n_keys + kv_page_tokens - 1) / kv_page_tokens);
+        break;
+    }
+    return r;
+}
+
+result<std::unique_ptr<attention>> attention::create(const model & m, const attn_config & c) {
+    const model_hparams &      hp = m.hparams();
+    std::unique_ptr<attention> a(new attention(c));
+    a->heads_ = minference_config_uniform(hp.n_layer, hp.n_head, method_pattern(c.prefill));
+    if (c.prefill == prefill_method::MINFERENCE) {
+        std::string path = c.sidecar;
+        if (path == "auto") {
+            path = sidecar_path_for(m.file().path());
+            if (!std::ifstream(path).good()) path.clear();
+        } else if (path == "none") {
+            path.clear();
+        }
+        if (!path.empty()) {
+            LC_ASSIGN_OR_RETURN(sidecar sc, sidecar_read(path, hp.n_layer, hp.n_head));
+            if (sc.minference) a->heads_ = sc.minference->config;
+            else LC_LOG_W("minference: sidecar %s has no MInference section; using the defaults", path.c_str());
+        }
+        LC_LOG_I("minference: head patterns from %s", a->heads_.source.c_str());
+    }
+    return a;
+}
+
+bool attention::sparse_active(int64_t n_q) const {
+    return cfg_.prefill != prefill_method::DENSE && n_q > 1 && prompt_end_ >= cfg_.sparse_min_len;
+}
+
+void attention::build_plan(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
+                           float scale, prefill_plan & plan, thread_pool & pool) {
+    plan.reset(n_q, pos0, n_head);
+    const int64_t N = pos0 + n_q;
+    pool.run([&](int ith, int nth) {
+        thread_local std::vector<float>                vert, slash, scratch;
+        thread_local std::vector<int32_t>              cols, offs;
+        thread_local std::vector<std::vector<int32_t>> blocks;
+        for (int h = ith; h < n_head; h += nth) {
+            const head_budget hb = head_budget_effective(heads_.at(il, h), cfg_.budget, N);
+            switch (hb.pattern) {
+            case head_pattern::DENSE: {
+                prefill_head_plan & hp = plan.heads[size_t(h)];
+                hp.clear();
+                for (int64_t b = 0; b < plan.n_qblk(); ++b) {
+                    hp.add_range(0, plan.q_last(b) + 1);
+                    hp.end_item();
+                }
+                break;
+            }
+            case head_pattern::A_SHAPE:
+                a_shape_plan_head(hb.a, hb.b, plan, h);
+                break;
+            case head_pattern::VSLASH:
+                vslash_estimate(q, n_q, pos0, n_head, h, kv, scale, vert, slash, scratch);
+                vslash_select(vert, slash, N, hb.a, hb.b, cols, offs);
+                vslash_plan_head(cols, offs, plan, h);
+                break;
+            case head_pattern::BLOCK:
+                block_estimate(q, n_q, pos0, n_head, h, kv, hb.a, blocks, scratch);
+                block_plan_head(blocks, plan, h);
+                break;
+            }
+        }
+    });
+}
+
+void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+                    float * o, thread_pool & pool, int64_t window, forward_timings * t) {
+    const bool counted = window == attn_window_none && n_q > 1;
+    if (counted && sparse_active(n_q)) {
+        const auto t0 = std::chrono::steady_clock::now();
+        build_plan(il, q, n_q, pos0, n_head, kv, scale, plan_, pool);
+        if (t) t->attn_index_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        attn_sparse_prefill(plan_, q, kv, scale, o, nullptr, pool);
+        if (t) {
+            const prefill_plan_pairs pp = prefill_plan_count(plan_);
+            t->attn_pairs_causal += pp.causal;
+            t->attn_pairs_computed += pp.computed;
+        }
+        if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, &plan_, o);
+        return;
+    }
+    attn_dense(q, n_q, pos0, n_head, kv, scale, o, nullptr, pool, window);
+    if (counted && t) {
+        const int64_t c = prefill_causal_pairs(n_q, pos0) * n_head;
+        t->attn_pairs_causal += c;
+        t->attn_pairs_computed += c;
+    }
+    if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, nullptr, o);
+}
+
+} // namespace lc

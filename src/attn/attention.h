@@ -1,0 +1,75 @@
+// The attention of a context: runs each layer's attention call with the configured methods. Dense by default
+// (sliding-window layers always windowed dense). During a prefill whose prompt reaches --sparse-min-len, every
+// layer without a window builds a sparse prefill plan per query head from this call's queries and keys (the
+// online index of MInference, per chunk under chunked prefill) and runs the sparse kernel on it.
+// Thread-safety: one thread at a time (the owning context's).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "attn/attn-config.h"
+#include "attn/minference/head-config.h"
+#include "attn/prefill-plan.h"
+#include "core/thread-pool.h"
+#include "kv/kv-cache.h"
+#include "longctx/status.h"
+
+namespace lc {
+
+struct forward_timings;
+class model;
+
+// (optional) Sees every attention call after it ran: the queries and cache as the kernels saw them, the plan
+// (nullptr when the call was dense) and the output o [n_q][n_head][head_dim]. Used by calibration (to capture
+// queries) and by fidelity evaluation (attention-mass recall and output error per layer).
+class attn_observer {
+  public:
+    virtual ~attn_observer()                                                                                  = default;
+    virtual void on_attention(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
+                              float scale, int64_t window, const prefill_plan * plan, const float * o) = 0;
+};
+
+class attention {
+  public:
+    // Loads the MInference head config for --prefill minference: the sidecar (config.sidecar "auto": beside the
+    // model file when present), else the documented defaults (VS(1000, 6096) for every head). Errors: a sidecar
+    // that is named but unreadable or made for another shape.
+    static result<std::unique_ptr<attention>> create(const model & m, const attn_config & c);
+
+    // The number of tokens the context will hold at the end of the current prompt: sparse prefill applies to
+    // this prompt's calls when it reaches sparse_min_len. Set by the context before each decode().
+    void set_prompt_end(int64_t n_tokens) { prompt_end_ = n_tokens; }
+
+    // Attention of layer il: q [n_q][n_head][head_dim] at positions pos0.., keys of `kv` (n_kv >= pos0 + n_q),
+    // o [n_q][n_head][head_dim]. window > 0: sliding-window layer (always dense). Adds index time and pair counts
+    // to t (may be nullptr).
+    void run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+             float * o, thread_pool & pool, int64_t window, forward_timings * t);
+
+    // Whether calls of n_q queries (at the current prompt end) use a sparse plan in layers without a window.
+    bool sparse_active(int64_t n_q) const;
+
+    const attn_config &       config() const { return cfg_; }
+    const minference_config & heads() const { return heads_; }
+    void                      set_heads(const minference_config & h) { heads_ = h; }
+    void                      set_observer(attn_observer * obs) { observer_ = obs; }
+
+    // Builds the plan of layer il for one call (exposed for calibration and tests).
+    void build_plan(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+                    prefill_plan & plan, thread_pool & pool);
+
+  private:
+    attention(const attn_config & c) : cfg_(c) {}
+    attn_config       cfg_;
+    minference_config heads_;
+    prefill_plan      plan_;
+    int64_t           prompt_end_ = 0;
+    attn_observer *   observer_   = nullptr;
+};
+
+// The budgets head h of a pattern uses for a call ending at n_keys keys under the --prefill-budget setting.
+head_budget head_budget_effective(const head_budget & hb, const prefill_budget & b, int64_t n_keys);
+
+} // namespace lc
