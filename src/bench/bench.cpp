@@ -22,24 +22,46 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-std::vector<int32_t> random_tokens(std::mt19937_64 & rng, int64_t n, int32_t n_vocab) {
-    std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
-    std::vector<int32_t>                   t(static_cast<size_t>(n));
-    for (auto & x : t) x = d(rng);
-    return t;
+// Prompt tokens: the next n ids of the text (wrapping around) or seeded random ids.
+struct token_source {
+    const std::vector<int32_t> & text;
+    std::mt19937_64              rng;
+    int32_t                      n_vocab = 0;
+    size_t                       pos     = 0;
+
+    std::vector<int32_t> take(int64_t n) {
+        std::vector<int32_t> t(static_cast<size_t>(n));
+        if (!text.empty()) {
+            for (auto & x : t) x = text[pos++ % text.size()];
+            return t;
+        }
+        std::uniform_int_distribution<int32_t> d(0, n_vocab - 1);
+        for (auto & x : t) x = d(rng);
+        return t;
+    }
+    void rewind() { pos = 0; }
+};
+
+double median(std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// One timed repetition; returns seconds of the timed part.
-result<double> run_once(context & c, const bench_row & r, std::mt19937_64 & rng, int32_t n_vocab) {
+// One timed repetition; returns seconds of the timed part. The context's timings cover the timed part only.
+result<double> run_once(context & c, const bench_row & r, token_source & src) {
     c.clear();
-    if (r.depth > 0) LC_RETURN_IF_ERROR(c.decode(random_tokens(rng, r.depth, n_vocab)));
+    src.rewind(); // every repetition and method sees the same text
+    if (r.depth > 0) LC_RETURN_IF_ERROR(c.decode(src.take(r.depth)));
+    c.reset_timings();
     if (r.n_prompt > 0) {
-        auto       toks = random_tokens(rng, r.n_prompt, n_vocab);
+        auto       toks = src.take(r.n_prompt);
         const auto t0   = clock_type::now();
         LC_RETURN_IF_ERROR(c.decode(toks));
         return std::chrono::duration<double>(clock_type::now() - t0).count();
     }
-    auto       toks = random_tokens(rng, r.n_gen, n_vocab);
+    auto       toks = src.take(r.n_gen);
     const auto t0   = clock_type::now();
     for (int64_t i = 0; i < r.n_gen; ++i) LC_RETURN_IF_ERROR(c.decode({toks[static_cast<size_t>(i)]}));
     return std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -102,15 +124,8 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
         return error(status_code::OUT_OF_RANGE,
                      "bench: a test needs %lld tokens of context but the model was trained on %lld", (long long)n_ctx,
                      (long long)m.hparams().n_ctx_train);
-    context_params cp;
-    cp.n_ctx     = std::min<int64_t>(n_ctx, m.hparams().n_ctx_train);
-    cp.n_threads = p.n_threads;
-    cp.n_ubatch  = p.n_ubatch;
-    LC_ASSIGN_OR_RETURN(std::unique_ptr<context> c, context::create(m, cp));
-
     env.build_commit = LC_GIT_COMMIT;
     env.cpu          = bench_cpu_name();
-    env.n_threads    = c->n_threads();
     env.n_ubatch     = p.n_ubatch;
     env.weight_type  = m.weight_type_name();
     env.model_bytes  = m.n_weight_bytes();
@@ -118,44 +133,65 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
     env.n_params     = 0;
     for (const auto & t : m.file().tensors()) env.n_params += t.n_elements();
 
-    std::mt19937_64 rng(p.seed);
-    const int32_t   n_vocab = m.hparams().n_vocab;
-    for (auto & r : rows) {
-        LC_ASSIGN_OR_RETURN(double warm, run_once(*c, r, rng, n_vocab));
-        (void)warm;
-        for (int i = 0; i < p.reps; ++i) {
-            LC_ASSIGN_OR_RETURN(double s, run_once(*c, r, rng, n_vocab));
-            r.samples_s.push_back(s);
+    std::vector<bench_row> out;
+    for (const attn_config & method : p.methods) {
+        context_params cp;
+        cp.n_ctx     = std::min<int64_t>(n_ctx, m.hparams().n_ctx_train);
+        cp.n_threads = p.n_threads;
+        cp.n_ubatch  = p.n_ubatch;
+        cp.attn      = method;
+        LC_ASSIGN_OR_RETURN(std::unique_ptr<context> c, context::create(m, cp));
+        env.n_threads = c->n_threads();
+
+        token_source src{p.text, std::mt19937_64(p.seed), m.hparams().n_vocab};
+        for (bench_row r : rows) {
+            r.method = attn_config_describe(method);
+            LC_ASSIGN_OR_RETURN(double warm, run_once(*c, r, src));
+            (void)warm;
+            std::vector<double> attn, index, density;
+            for (int i = 0; i < p.reps; ++i) {
+                LC_ASSIGN_OR_RETURN(double s, run_once(*c, r, src));
+                r.samples_s.push_back(s);
+                attn.push_back(c->timings().attn_s);
+                index.push_back(c->timings().attn_index_s);
+                density.push_back(c->timings().density());
+            }
+            const double n_tok = double(r.n_prompt + r.n_gen);
+            double       sum = 0.0, sum2 = 0.0;
+            for (double s : r.samples_s) {
+                sum += n_tok / s;
+                sum2 += (n_tok / s) * (n_tok / s);
+            }
+            const double k = double(r.samples_s.size());
+            r.mean_tps     = sum / k;
+            r.sd_tps       = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
+            r.kv_bytes     = c->kv().bytes_used();
+            r.attn_s       = median(attn);
+            r.index_s      = median(index);
+            r.density      = median(density);
+            if (on_row) on_row(r);
+            out.push_back(r);
         }
-        const double n_tok = double(r.n_prompt + r.n_gen);
-        double       sum = 0.0, sum2 = 0.0;
-        for (double s : r.samples_s) {
-            sum += n_tok / s;
-            sum2 += (n_tok / s) * (n_tok / s);
-        }
-        const double k = double(r.samples_s.size());
-        r.mean_tps     = sum / k;
-        r.sd_tps       = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
-        r.kv_bytes     = c->kv().bytes_used();
-        if (on_row) on_row(r);
     }
-    return rows;
+    return out;
 }
 
 std::string bench_format_md_header(const bench_env & env) {
     std::ostringstream o;
     o << "build: " << env.build_commit << ", CPU: " << env.cpu << ", threads: " << env.n_threads
-      << ", ubatch: " << env.n_ubatch << "\n\n";
-    o << "| model | size | params | weights | KV | threads | test | t/s |\n";
-    o << "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |\n";
+      << ", ubatch: " << env.n_ubatch << ", prompts: " << env.prompt_source << "\n\n";
+    o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | index s | density |\n";
+    o << "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n";
     return o.str();
 }
 
 std::string bench_format_md_row(const bench_env & env, const bench_row & r) {
     char buf[512];
-    std::snprintf(buf, sizeof(buf), "| %s | %.2f MiB | %.2f M | %s | %s | %d | %s | %.2f ± %.2f |\n",
+    std::snprintf(buf, sizeof(buf),
+                  "| %s | %.2f MiB | %.2f M | %s | %s | %d | %s | %s | %.2f ± %.2f | %.3f | %.3f | %.1f%% |\n",
                   env.model_name.c_str(), double(env.model_bytes) / (1024.0 * 1024.0), double(env.n_params) / 1e6,
-                  env.weight_type.c_str(), env.kv_type.c_str(), env.n_threads, r.test.c_str(), r.mean_tps, r.sd_tps);
+                  env.weight_type.c_str(), env.kv_type.c_str(), env.n_threads, r.method.c_str(), r.test.c_str(),
+                  r.mean_tps, r.sd_tps, r.attn_s, r.index_s, 100.0 * r.density);
     return buf;
 }
 
@@ -169,7 +205,8 @@ std::string bench_format_json(const bench_env & env, const std::vector<bench_row
           << json_escape(env.model_path) << "\", \"model_bytes\": " << env.model_bytes
           << ", \"n_params\": " << env.n_params << ", \"weight_type\": \"" << env.weight_type << "\", \"kv_type\": \""
           << env.kv_type << "\", \"n_threads\": " << env.n_threads << ", \"n_ubatch\": " << env.n_ubatch
-          << ", \"prefill\": \"dense\", \"decode\": \"dense\", \"kv\": \"full\""
+          << ", \"attention\": \"" << json_escape(r.method) << "\", \"prompts\": \"" << json_escape(env.prompt_source)
+          << "\", \"attn_s\": " << r.attn_s << ", \"index_s\": " << r.index_s << ", \"density\": " << r.density
           << ", \"test\": \"" << r.test << "\", \"n_prompt\": " << r.n_prompt << ", \"n_gen\": " << r.n_gen
           << ", \"depth\": " << r.depth << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps
           << ", \"stddev_ts\": " << r.sd_tps << ", \"samples_s\": [";

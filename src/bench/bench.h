@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "attn/attn-config.h"
 #include "longctx/status.h"
 #include "model/model.h"
 #include "runtime/context.h"
@@ -21,14 +22,23 @@ struct bench_params {
     int                  n_threads = 0;
     int64_t              n_ubatch  = 512;
     uint64_t             seed      = 1234;
+    // Attention configurations, each run over every test (dense first when a sparse method is asked for, so the
+    // two stand side by side).
+    std::vector<attn_config> methods = {attn_config{}};
+    // Token ids the prompts are cut from (repeated as needed); empty: seeded random ids.
+    std::vector<int32_t> text;
 };
 
 struct bench_row {
-    std::string         test; // "pp512", "tg128 @ d4096"
+    std::string         method = "dense"; // attn_config_describe() of the run
+    std::string         test;             // "pp512", "tg128 @ d4096"
     int64_t             n_prompt = 0, n_gen = 0, depth = 0;
     std::vector<double> samples_s; // seconds per repetition
     double              mean_tps = 0.0, sd_tps = 0.0;
     size_t              kv_bytes = 0; // KV bytes held at the end of the test
+    // Medians over the repetitions of the timed part: attention time (index building included), index time, and
+    // the fraction of causal (q, k) pairs computed in the layers a sparse method applies to.
+    double attn_s = 0.0, index_s = 0.0, density = 1.0;
 };
 
 struct bench_env {
@@ -37,6 +47,7 @@ struct bench_env {
     int64_t     n_params    = 0;
     int         n_threads   = 0;
     int64_t     n_ubatch    = 0;
+    std::string prompt_source = "random ids"; // or the text file the prompts were cut from
 };
 
 // Runs every test; on_row is called as each finishes (for streaming output).

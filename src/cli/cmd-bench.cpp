@@ -8,7 +8,7 @@
 namespace lc::cli {
 
 int cmd_bench(const args_t & args) {
-    arg_parser p("bench", "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json]");
+    arg_parser p("bench", "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json] [-f TEXT] [--prefill M]");
     add_model_flags(p);
     p.add({"-p", "--n-prompt", "N,...", "prefill tests: prompt lengths (0: none)", "512"});
     p.add({"-n", "--n-gen", "N,...", "decode tests: tokens generated (0: none)", "128"});
@@ -16,6 +16,9 @@ int cmd_bench(const args_t & args) {
     p.add({"-r", "--repetitions", "N", "timed repetitions per test (after one warm-up)", "5"});
     p.add({"-ub", "--ubatch-size", "N", "prompt tokens per forward pass", "512"});
     p.add({"-o", "--output", "md|json", "output format", "md"});
+    p.add({"-f", "--file", "PATH", "cut prompts from this text (tokenized, repeated as needed) instead of random ids",
+           ""});
+    add_method_flags(p);
     if (status st = p.parse(args); !st) return fail("bench", st);
     if (p.help_requested()) {
         p.print_help();
@@ -43,11 +46,24 @@ int cmd_bench(const args_t & args) {
     bp.reps      = int(*nr);
     bp.n_ubatch  = *ub;
     bp.n_threads = int(*nt);
+    auto method  = attn_config_from(p);
+    if (!method) return fail("bench", method.get_status());
+    // A sparse method runs beside dense.
+    bp.methods = {attn_config{}};
+    if (method->prefill != prefill_method::DENSE) bp.methods.push_back(*method);
 
     auto lm = load_model(p);
     if (!lm) return fail("bench", lm.get_status());
     bench_env env;
     env.model_path = lm->path;
+    if (p.has("--file")) {
+        auto text = read_text_file(p.get("--file"));
+        if (!text) return fail("bench", text.get_status());
+        bp.text = lm->tok->encode(*text, false, false);
+        if (bp.text.empty())
+            return fail("bench", error(status_code::INVALID_ARGUMENT, "-f '%s' has no tokens", p.get("--file").c_str()));
+        env.prompt_source = p.get("--file");
+    }
     bool header    = false;
     auto rows      = bench_run(*lm->mdl, bp, env, [&](const bench_row & r) {
         if (fmt != "md") return;
