@@ -1,8 +1,8 @@
 // Times the CUDA attention kernels on the device: causal prefill in TFLOP/s (4 * N^2/2 * D * n_head FLOPs) per
 // variant, split-K paged decode in GB/s of K and V read (L2 flushed before each run), and the device-to-device
 // copy bandwidth (bytes read + written) as the ceiling. Medians of CUDA-event timings after a warm-up.
-// Usage: longctx-cuda-attn-bench [--prefill 8192,32768,131072] [--decode 32768,131072] [--batch 1,16]
-//                                [--kernels mma_sync,wgmma_basic,wgmma] [--json FILE]
+// Usage: longctx-cuda-attn-bench [--prefill 8192,32768,131072] [--decode 32768,131072] [--batch 1,16] [--splits 0]
+//                                [--kernels mma_sync,wgmma_basic,wgmma_overlap,wgmma] [--json FILE]
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
@@ -77,7 +77,9 @@ template <typename F> double median_ms(F && fn, int warm, int reps, void * flush
     return ts[ts.size() / 2];
 }
 
-float bf(const bf16_t * p, size_t i) { return bf16_to_fp32(p[i]); }
+float bf(const bf16_t * p, size_t i) {
+    return bf16_to_fp32(p[i]);
+}
 
 std::string json;
 
@@ -96,7 +98,7 @@ void bench_prefill(int64_t N, const std::vector<std::string> & kernels) {
     const int64_t n_pages = (N + 63) / 64;
     const size_t  q_elems = size_t(N) * H * D, pool_elems = size_t(n_pages) * HKV * 64 * D;
     void *        q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
-    float *       lse = nullptr;
+    float *       lse   = nullptr;
     int32_t *     pages = nullptr;
     LC_CUDA_CHECK(cudaMalloc(&q, q_elems * 2));
     LC_CUDA_CHECK(cudaMalloc(&o, q_elems * 2));
@@ -139,29 +141,31 @@ void bench_prefill(int64_t N, const std::vector<std::string> & kernels) {
         LC_CUDA_CHECK(cudaMemcpy(hv.data(), v, pool_elems * 2, cudaMemcpyDeviceToHost));
     }
     for (const auto & kname : kernels) {
-        const auto kern = kname == "wgmma"         ? cuda::attn_prefill_kernel::WGMMA
-                          : kname == "wgmma_basic" ? cuda::attn_prefill_kernel::WGMMA_BASIC
-                                                   : cuda::attn_prefill_kernel::MMA_SYNC;
+        const auto kern = kname == "wgmma"           ? cuda::attn_prefill_kernel::WGMMA
+                          : kname == "wgmma_overlap" ? cuda::attn_prefill_kernel::WGMMA_OVERLAP
+                          : kname == "wgmma_basic"   ? cuda::attn_prefill_kernel::WGMMA_BASIC
+                                                     : cuda::attn_prefill_kernel::MMA_SYNC;
         LC_CUDA_CHECK(cudaMemset(o, 0xff, q_elems * 2));
-        const double ms = median_ms([&] { LC_ASSERT(cuda::attn_prefill(a, kern, nullptr).is_ok(), "prefill"); }, 1,
+        const double ms  = median_ms([&] { LC_ASSERT(cuda::attn_prefill(a, kern, nullptr).is_ok(), "prefill"); }, 1,
                                     N > 65536 ? 3 : 5);
-        double err = -1;
+        double       err = -1;
         if (check) {
             LC_CUDA_CHECK(cudaMemcpy(ho.data(), o, q_elems * 2, cudaMemcpyDeviceToHost));
             double num = 0, den = 0;
-            for (int64_t row : { int64_t(0), int64_t(1), N / 3, N / 2 + 17, N - 2, N - 1 }) {
-                for (int h : { 0, 5, 31 }) {
-                    const int            hk_ = h / (H / HKV);
-                    std::vector<double>  s(size_t(row) + 1);
-                    double               mx = -1e300;
+            for (int64_t row : {int64_t(0), int64_t(1), N / 3, N / 2 + 17, N - 2, N - 1}) {
+                for (int h : {0, 5, 31}) {
+                    const int           hk_ = h / (H / HKV);
+                    std::vector<double> s(size_t(row) + 1);
+                    double              mx = -1e300;
                     for (int64_t j = 0; j <= row; ++j) {
                         const size_t kb = (size_t(hp[j / 64]) * HKV + hk_) * 64 * D + size_t(j % 64) * D;
                         double       d  = 0;
-                        for (int e = 0; e < D; ++e) d += double(bf(hq.data(), (size_t(row) * H + h) * D + e)) * bf(hk.data(), kb + e);
+                        for (int e = 0; e < D; ++e)
+                            d += double(bf(hq.data(), (size_t(row) * H + h) * D + e)) * bf(hk.data(), kb + e);
                         s[j] = d * a.scale;
                         mx   = std::max(mx, s[j]);
                     }
-                    double l = 0;
+                    double              l = 0;
                     std::vector<double> acc(D, 0.0);
                     for (int64_t j = 0; j <= row; ++j) {
                         const double p  = std::exp(s[j] - mx);
@@ -178,11 +182,12 @@ void bench_prefill(int64_t N, const std::vector<std::string> & kernels) {
             }
             err = num / den;
         }
-        std::printf("| prefill | %-11s | %7lld | - | %9.3f | %7.1f TFLOP/s | nmse(18 rows) %s |\n", kname.c_str(),
-                    (long long) N, ms, flops / ms / 1e9, err < 0 ? "-" : std::to_string(err).c_str());
+        std::printf("| prefill | %-13s | %7lld | - | %9.3f | %7.1f TFLOP/s | nmse(18 rows) %s |\n", kname.c_str(),
+                    (long long)N, ms, flops / ms / 1e9, err < 0 ? "-" : std::to_string(err).c_str());
         std::fflush(stdout);
-        json_row("{\"kind\": \"prefill\", \"kernel\": \"%s\", \"N\": %lld, \"ms\": %.4f, \"tflops\": %.1f, \"nmse\": %.3g}",
-                 kname.c_str(), (long long) N, ms, flops / ms / 1e9, err);
+        json_row(
+            "{\"kind\": \"prefill\", \"kernel\": \"%s\", \"N\": %lld, \"ms\": %.4f, \"tflops\": %.1f, \"nmse\": %.3g}",
+            kname.c_str(), (long long)N, ms, flops / ms / 1e9, err);
     }
     LC_CUDA_CHECK(cudaFree(q));
     LC_CUDA_CHECK(cudaFree(o));
@@ -192,11 +197,11 @@ void bench_prefill(int64_t N, const std::vector<std::string> & kernels) {
     LC_CUDA_CHECK(cudaFree(pages));
 }
 
-void bench_decode(int64_t N, int B, void * flush, size_t flush_bytes) {
+void bench_decode(int64_t N, int B, void * flush, size_t flush_bytes, int n_split_arg) {
     const int64_t pps = (N + 63) / 64, n_pages = pps * B;
     const size_t  pool_elems = size_t(n_pages) * HKV * 64 * D;
     void *        q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *ws = nullptr;
-    float *       lse = nullptr;
+    float *       lse   = nullptr;
     int32_t *     pages = nullptr, *lens = nullptr;
     LC_CUDA_CHECK(cudaMalloc(&q, size_t(B) * H * D * 2));
     LC_CUDA_CHECK(cudaMalloc(&o, size_t(B) * H * D * 4));
@@ -214,37 +219,38 @@ void bench_decode(int64_t N, int B, void * flush, size_t flush_bytes) {
     std::vector<int32_t> hl(static_cast<size_t>(B), static_cast<int32_t>(N));
     LC_CUDA_CHECK(cudaMemcpy(pages, hp.data(), n_pages * 4, cudaMemcpyHostToDevice));
     LC_CUDA_CHECK(cudaMemcpy(lens, hl.data(), B * 4, cudaMemcpyHostToDevice));
-    const int    n_split  = cuda::attn_decode_n_split(B, HKV, N);
+    const int    n_split  = n_split_arg > 0 ? n_split_arg : cuda::attn_decode_n_split(B, H, HKV, N);
     const size_t ws_bytes = cuda::attn_decode_workspace_bytes(B, H, D, n_split);
     LC_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
 
     cuda::attn_decode_args a;
-    a.q               = static_cast<const bf16_t *>(q);
-    a.n_seq           = B;
-    a.n_head          = H;
-    a.k_pool          = static_cast<const bf16_t *>(k);
-    a.v_pool          = static_cast<const bf16_t *>(v);
-    a.n_head_kv       = HKV;
-    a.head_dim        = D;
-    a.pages           = pages;
-    a.pages_stride    = pps;
-    a.n_kv            = lens;
-    a.n_kv_max        = N;
-    a.scale           = 1.f / std::sqrt(float(D));
-    a.o               = o;
-    a.o_f32           = true;
-    a.lse             = lse;
-    a.workspace       = ws;
-    a.workspace_bytes = ws_bytes;
+    a.q                = static_cast<const bf16_t *>(q);
+    a.n_seq            = B;
+    a.n_head           = H;
+    a.k_pool           = static_cast<const bf16_t *>(k);
+    a.v_pool           = static_cast<const bf16_t *>(v);
+    a.n_head_kv        = HKV;
+    a.head_dim         = D;
+    a.pages            = pages;
+    a.pages_stride     = pps;
+    a.n_kv             = lens;
+    a.n_kv_max         = N;
+    a.scale            = 1.f / std::sqrt(float(D));
+    a.o                = o;
+    a.o_f32            = true;
+    a.lse              = lse;
+    a.workspace        = ws;
+    a.workspace_bytes  = ws_bytes;
+    a.n_split          = n_split;
     const double bytes = 2.0 * B * HKV * double(N) * D * 2;
-    const double ms    = median_ms([&] { LC_ASSERT(cuda::attn_decode(a, nullptr).is_ok(), "decode"); }, 2, 15, flush,
-                                   flush_bytes);
-    std::printf("| decode  | split-K     | %7lld | %2d | %9.4f | %7.0f GB/s    | n_split %d |\n", (long long) N, B, ms,
+    const double ms =
+        median_ms([&] { LC_ASSERT(cuda::attn_decode(a, nullptr).is_ok(), "decode"); }, 5, 15, flush, flush_bytes);
+    std::printf("| decode  | split-K       | %7lld | %2d | %9.4f | %7.0f GB/s    | n_split %d |\n", (long long)N, B, ms,
                 bytes / ms / 1e6, n_split);
     std::fflush(stdout);
     json_row("{\"kind\": \"decode\", \"N\": %lld, \"B\": %d, \"ms\": %.5f, \"GBps\": %.0f, \"n_split\": %d}",
-             (long long) N, B, ms, bytes / ms / 1e6, n_split);
-    for (void * p : { q, o, k, v, ws, static_cast<void *>(lse), static_cast<void *>(pages), static_cast<void *>(lens) }) {
+             (long long)N, B, ms, bytes / ms / 1e6, n_split);
+    for (void * p : {q, o, k, v, ws, static_cast<void *>(lse), static_cast<void *>(pages), static_cast<void *>(lens)}) {
         LC_CUDA_CHECK(cudaFree(p));
     }
 }
@@ -256,7 +262,8 @@ void bench_copy() {
     LC_CUDA_CHECK(cudaMalloc(&y, n));
     fill(x, n / 2, 8, 1.f);
     const double ms = median_ms([&] { LC_CUDA_CHECK(cudaMemcpyAsync(y, x, n, cudaMemcpyDeviceToDevice)); }, 2, 10);
-    std::printf("| copy    | memcpy      | 2 GiB   | - | %9.4f | %7.0f GB/s    | read + write |\n", ms, 2.0 * n / ms / 1e6);
+    std::printf("| copy    | memcpy        | 2 GiB   | - | %9.4f | %7.0f GB/s    | read + write |\n", ms,
+                2.0 * n / ms / 1e6);
     json_row("{\"kind\": \"copy\", \"ms\": %.4f, \"GBps\": %.0f}", ms, 2.0 * n / ms / 1e6);
     LC_CUDA_CHECK(cudaFree(x));
     LC_CUDA_CHECK(cudaFree(y));
@@ -265,15 +272,21 @@ void bench_copy() {
 } // namespace
 
 int main(int argc, char ** argv) {
-    std::vector<int64_t>     prefill = { 8192, 32768, 131072 }, decode = { 32768, 131072 }, batch = { 1, 16 };
-    std::vector<std::string> kernels = { "mma_sync", "wgmma_basic", "wgmma" };
+    std::vector<int64_t>     prefill = {8192, 32768, 131072}, decode = {32768, 131072}, batch = {1, 16}, splits = {0};
+    std::vector<std::string> kernels   = {"mma_sync", "wgmma_basic", "wgmma_overlap", "wgmma"};
     const char *             json_path = nullptr;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string f = argv[i];
-        if (f == "--prefill") prefill = parse_list(argv[i + 1]);
-        else if (f == "--decode") decode = parse_list(argv[i + 1]);
-        else if (f == "--batch") batch = parse_list(argv[i + 1]);
-        else if (f == "--json") json_path = argv[i + 1];
+        if (f == "--prefill")
+            prefill = parse_list(argv[i + 1]);
+        else if (f == "--decode")
+            decode = parse_list(argv[i + 1]);
+        else if (f == "--batch")
+            batch = parse_list(argv[i + 1]);
+        else if (f == "--splits")
+            splits = parse_list(argv[i + 1]); // 0: the kernel's own choice
+        else if (f == "--json")
+            json_path = argv[i + 1];
         else if (f == "--kernels") {
             kernels.clear();
             std::string s = argv[i + 1];
@@ -294,15 +307,19 @@ int main(int argc, char ** argv) {
     LC_CUDA_CHECK(cudaRuntimeGetVersion(&rt));
     std::printf("device: %s, %d SMs, L2 %d MB, driver API %d, runtime %d\n\n", prop.name, prop.multiProcessorCount,
                 prop.l2CacheSize >> 20, drv, rt);
-    std::printf("| op      | kernel      |       N |  B |   ms      | rate           | note |\n");
-    std::printf("|---------|-------------|--------:|---:|----------:|---------------:|------|\n");
+    std::printf("| op      | kernel        |       N |  B |   ms      | rate           | note |\n");
+    std::printf("|---------|---------------|--------:|---:|----------:|---------------:|------|\n");
     bench_copy();
-    for (int64_t n : prefill) bench_prefill(n, kernels);
+    for (int64_t n : prefill) {
+        if (n > 0) bench_prefill(n, kernels); // --prefill 0: none
+    }
     const size_t flush_bytes = size_t(256) << 20;
     void *       flush       = nullptr;
     LC_CUDA_CHECK(cudaMalloc(&flush, flush_bytes));
     for (int64_t n : decode) {
-        for (int64_t b : batch) bench_decode(n, int(b), flush, flush_bytes);
+        for (int64_t b : batch) {
+            for (int64_t ns : splits) bench_decode(n, int(b), flush, flush_bytes, int(ns));
+        }
     }
     LC_CUDA_CHECK(cudaFree(flush));
     if (json_path != nullptr) {

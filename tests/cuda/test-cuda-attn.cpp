@@ -47,7 +47,9 @@ std::vector<bf16_t> random_bf16(size_t n, std::mt19937 & rng, float sigma = 1.f)
 template <typename T> struct dev_buf {
     T *    p = nullptr;
     size_t n = 0;
-    explicit dev_buf(size_t n_) : n(n_) { EXPECT_EQ(cudaMalloc(reinterpret_cast<void **>(&p), std::max<size_t>(1, n) * sizeof(T)), cudaSuccess); }
+    explicit dev_buf(size_t n_) : n(n_) {
+        EXPECT_EQ(cudaMalloc(reinterpret_cast<void **>(&p), std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
+    }
     dev_buf(const std::vector<T> & h) : dev_buf(h.size()) {
         EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
     }
@@ -61,10 +63,10 @@ template <typename T> struct dev_buf {
 
 // A paged pool with a shuffled page table per sequence; every row (also past n_kv) holds finite random data.
 struct paged_pool {
-    int                  n_head_kv = 0, head_dim = 128;
-    int64_t              n_pages   = 0;
-    std::vector<bf16_t>  k, v;     // [n_pages][n_head_kv][64][head_dim]
-    std::vector<fp16_t>  k16, v16; // the same values in fp16, for the CPU reference
+    int                 n_head_kv = 0, head_dim = 128;
+    int64_t             n_pages = 0;
+    std::vector<bf16_t> k, v;     // [n_pages][n_head_kv][64][head_dim]
+    std::vector<fp16_t> k16, v16; // the same values in fp16, for the CPU reference
     paged_pool(int n_head_kv_, int64_t n_pages_, std::mt19937 & rng) : n_head_kv(n_head_kv_), n_pages(n_pages_) {
         const size_t n = size_t(n_pages) * n_head_kv * 64 * head_dim;
         k              = random_bf16(n, rng);
@@ -116,11 +118,11 @@ struct prefill_case {
 };
 
 void run_prefill(const prefill_case & pc, cuda::attn_prefill_kernel kernel, uint32_t seed) {
-    std::mt19937  rng(seed);
-    const int     D       = 128;
-    const int64_t n_kv    = pc.pos0 + pc.n_q;
-    const int64_t n_pages = (n_kv + 63) / 64;
-    paged_pool    pp(pc.n_head_kv, n_pages + 3, rng);
+    std::mt19937         rng(seed);
+    const int            D       = 128;
+    const int64_t        n_kv    = pc.pos0 + pc.n_q;
+    const int64_t        n_pages = (n_kv + 63) / 64;
+    paged_pool           pp(pc.n_head_kv, n_pages + 3, rng);
     std::vector<int32_t> pages(size_t(pp.n_pages));
     std::iota(pages.begin(), pages.end(), 0);
     std::shuffle(pages.begin(), pages.end(), rng);
@@ -175,23 +177,24 @@ void run_prefill(const prefill_case & pc, cuda::attn_prefill_kernel kernel, uint
     const double e = nmse(o, o_ref);
     // bf16 output adds its own rounding (2^-9 relative): allow it on top
     EXPECT_LT(e, pc.o_f32 ? k_nmse_max : 2 * k_nmse_max) << "n_q " << pc.n_q << " pos0 " << pc.pos0;
-    const std::vector<float> lse = dlse.get();
+    const std::vector<float> lse     = dlse.get();
     double                   max_lse = 0;
     for (size_t i = 0; i < lse.size(); ++i) max_lse = std::max(max_lse, std::fabs(double(lse[i]) - lse_ref[i]));
     EXPECT_LT(max_lse, k_lse_abs_max) << "lse, n_q " << pc.n_q << " pos0 " << pc.pos0;
     std::printf("prefill %s n_q=%lld pos0=%lld n_head=%d n_head_kv=%d o_%s: nmse=%.2e max|dlse|=%.2e\n",
-                kernel == cuda::attn_prefill_kernel::WGMMA         ? "wgmma"
-                : kernel == cuda::attn_prefill_kernel::WGMMA_BASIC ? "wgmma_basic"
-                                                                   : "mma_sync", (long long) pc.n_q,
-                (long long) pc.pos0, pc.n_head, pc.n_head_kv, pc.o_f32 ? "f32" : "bf16", e, max_lse);
+                kernel == cuda::attn_prefill_kernel::WGMMA           ? "wgmma"
+                : kernel == cuda::attn_prefill_kernel::WGMMA_OVERLAP ? "wgmma_overlap"
+                : kernel == cuda::attn_prefill_kernel::WGMMA_BASIC   ? "wgmma_basic"
+                                                                     : "mma_sync",
+                (long long)pc.n_q, (long long)pc.pos0, pc.n_head, pc.n_head_kv, pc.o_f32 ? "f32" : "bf16", e, max_lse);
 }
 
 const prefill_case k_prefill_cases[] = {
-    { 1000, 0, 32, 8, true },  // GQA 4, ragged last block
-    { 300, 777, 16, 4, true }, // chunked prefill: queries start mid-page, mid-block
-    { 256, 0, 8, 8, false },   // MHA, whole blocks, bf16 output
-    { 129, 1, 16, 2, true },   // GQA 8, one row past a block
-    { 1, 200, 4, 1, true },    // a single query row
+    {1000, 0, 32, 8, true},  // GQA 4, ragged last block
+    {300, 777, 16, 4, true}, // chunked prefill: queries start mid-page, mid-block
+    {256, 0, 8, 8, false},   // MHA, whole blocks, bf16 output
+    {129, 1, 16, 2, true},   // GQA 8, one row past a block
+    {1, 200, 4, 1, true},    // a single query row
 };
 
 TEST(cuda_attn, prefill_mma_sync_matches_reference) {
@@ -208,6 +211,7 @@ TEST(cuda_attn, prefill_wgmma_matches_reference) {
     if (major != 9) GTEST_SKIP() << "wgmma needs an sm_90 device";
     uint32_t seed = 1;
     for (const auto & pc : k_prefill_cases) run_prefill(pc, cuda::attn_prefill_kernel::WGMMA, seed++);
+    for (const auto & pc : k_prefill_cases) run_prefill(pc, cuda::attn_prefill_kernel::WGMMA_OVERLAP, seed++);
     for (const auto & pc : k_prefill_cases) run_prefill(pc, cuda::attn_prefill_kernel::WGMMA_BASIC, seed++);
 }
 
@@ -226,12 +230,12 @@ TEST(cuda_attn, prefill_rejects_bad_shapes) {
 }
 
 void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, int n_split, bool o_f32, uint32_t seed) {
-    std::mt19937  rng(seed);
-    const int     D     = 128;
-    const int     n_seq = int(lens.size());
-    int64_t       n_kv_max = 1, stride = 1;
+    std::mt19937 rng(seed);
+    const int    D        = 128;
+    const int    n_seq    = int(lens.size());
+    int64_t      n_kv_max = 1, stride = 1;
     for (int32_t l : lens) n_kv_max = std::max<int64_t>(n_kv_max, l);
-    stride = (n_kv_max + 63) / 64;
+    stride              = (n_kv_max + 63) / 64;
     int64_t total_pages = 0;
     for (int32_t l : lens) total_pages += (l + 63) / 64;
     paged_pool           pp(n_head_kv, total_pages + 2, rng);
@@ -243,7 +247,7 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
     for (int s = 0; s < n_seq; ++s) {
         for (int64_t p = 0; p < (lens[s] + 63) / 64; ++p) pages[size_t(s * stride + p)] = perm[next++];
     }
-    const std::vector<bf16_t> q = random_bf16(size_t(n_seq) * n_head * D, rng);
+    const std::vector<bf16_t> q     = random_bf16(size_t(n_seq) * n_head * D, rng);
     const float               scale = 1.f / std::sqrt(float(D));
 
     std::vector<float> o_ref(q.size(), 0.f), lse_ref(size_t(n_seq) * n_head, -INFINITY);
@@ -262,7 +266,7 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
     dev_buf<uint8_t> dout(o_bytes);
     CK(cudaMemset(dout.p, 0xff, o_bytes));
     CK(cudaMemset(dlse.p, 0xff, lse_ref.size() * 4));
-    const int        ns = n_split > 0 ? n_split : cuda::attn_decode_n_split(n_seq, n_head_kv, n_kv_max);
+    const int        ns       = n_split > 0 ? n_split : cuda::attn_decode_n_split(n_seq, n_head, n_head_kv, n_kv_max);
     const size_t     ws_bytes = cuda::attn_decode_workspace_bytes(n_seq, n_head, D, ns);
     dev_buf<uint8_t> ws(ws_bytes);
 
@@ -302,7 +306,7 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
     // decode keeps P in f32: only the f32 accumulation order differs from the reference
     const double e = nmse(o, o_ref);
     EXPECT_LT(e, o_f32 ? 1e-8 : 2e-5);
-    const std::vector<float> lse = dlse.get();
+    const std::vector<float> lse     = dlse.get();
     double                   max_lse = 0;
     for (size_t i = 0; i < lse.size(); ++i) {
         if (std::isinf(lse_ref[i])) {
@@ -322,12 +326,13 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
 
 TEST(cuda_attn, decode_matches_reference) {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
-    run_decode({ 1000, 320, 1, 0, 4097 }, 32, 8, 0, true, 11); // auto split, an empty sequence
-    run_decode({ 1000, 320, 1, 4097 }, 32, 8, 1, true, 12);    // one split: no partial merge
-    run_decode({ 2000, 63, 65 }, 32, 8, 7, false, 13);         // splits past the end of short sequences
-    run_decode({ 777, 1500 }, 16, 2, 0, true, 14);             // GQA 8
-    run_decode({ 777, 1500 }, 8, 8, 3, true, 15);              // MHA
-    run_decode({ 300 }, 16, 8, 0, true, 16);                   // GQA 2
+    run_decode({1000, 320, 1, 0, 4097}, 32, 8, 0, true, 11); // auto split, an empty sequence
+    run_decode({1000, 320, 1, 4097}, 32, 8, 1, true, 12);    // one split: no partial merge
+    run_decode({2000, 63, 65}, 32, 8, 7, false, 13);         // splits past the end of short sequences
+    run_decode({777, 1500}, 16, 2, 0, true, 14);             // GQA 8
+    run_decode({777, 1500}, 8, 8, 3, true, 15);              // MHA
+    run_decode({300}, 16, 8, 0, true, 16);                   // GQA 2
+    run_decode({2000, 5}, 32, 8, 50, true, 17);              // more splits than pages: one page each, empty tails
 }
 
 } // namespace

@@ -35,11 +35,13 @@ __device__ __forceinline__ void unpack8(const uint4 & v, float (&f)[8]) {
     f[7] = bf16_hi(v.w);
 }
 
+// PREFETCH: the next page's loads are issued before this page is computed (two pages in flight per thread;
+// 255 registers at G = 4, so 2 blocks per SM; at G = 8 it would spill and is off).
 // Partial state of one split: o_part [n_seq][n_head][n_split][head_dim] f32 (normalised over the split's keys),
 // lse_part [n_seq][n_head][n_split] f32 (natural log; -inf for an empty split).
-template <int G>
+template <int G, bool PREFETCH>
 __global__ void __launch_bounds__(n_threads)
-    attn_decode_split_kernel(const uint16_t * __restrict__ q, int n_head, const uint16_t * __restrict__ k_pool,
+    attn_decode_split_kernel(const uint16_t * __restrict__ q, int      n_head, const uint16_t * __restrict__ k_pool,
                              const uint16_t * __restrict__ v_pool, int n_head_kv, const int32_t * __restrict__ pages,
                              int64_t pages_stride, const int32_t * __restrict__ n_kv, int pages_per_split,
                              float scale_log2, float * __restrict__ o_part, float * __restrict__ lse_part) {
@@ -75,13 +77,22 @@ __global__ void __launch_bounds__(n_threads)
 
     const int32_t * pt         = pages + size_t(b) * pages_stride;
     const size_t    page_elems = size_t(n_head_kv) * kv_page_tokens * head_dim;
-    for (int p = p_begin; p < p_end; ++p) {
+    auto            load_page  = [&](int p, uint4(&kr)[8], uint4(&vr)[8]) {
         const size_t off = size_t(pt[p]) * page_elems + size_t(hk) * kv_page_tokens * head_dim + r * head_dim + c * 8;
-        uint4 kr[8], vr[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) kr[i] = load_stream(k_pool + off + i * 8 * head_dim);
 #pragma unroll
         for (int i = 0; i < 8; ++i) vr[i] = load_stream(v_pool + off + i * 8 * head_dim);
+    };
+    uint4 kr[8], vr[8];
+    if (PREFETCH && p_begin < p_end) load_page(p_begin, kr, vr);
+    for (int p = p_begin; p < p_end; ++p) {
+        uint4 kn[8], vn[8];
+        if constexpr (PREFETCH) {
+            if (p + 1 < p_end) load_page(p + 1, kn, vn); // in flight while this page is computed
+        } else {
+            load_page(p, kr, vr);
+        }
 
         float s[8][G];
 #pragma unroll
@@ -139,6 +150,15 @@ __global__ void __launch_bounds__(n_threads)
                 for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(s[i][g], vf[j], acc[g][j]);
             }
         }
+        if constexpr (PREFETCH) {
+            if (p + 1 < p_end) {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    kr[i] = kn[i];
+                    vr[i] = vn[i];
+                }
+            }
+        }
     }
 
     // merge the 8 group states (log2 domain) through shared memory
@@ -155,8 +175,8 @@ __global__ void __launch_bounds__(n_threads)
     }
     __syncthreads();
     for (int idx = tid; idx < G * head_dim; idx += n_threads) {
-        const int g = idx / head_dim;
-        const int d = idx % head_dim;
+        const int g  = idx / head_dim;
+        const int d  = idx % head_dim;
         float     mm = -INFINITY;
 #pragma unroll
         for (int rr = 0; rr < 8; ++rr) mm = fmaxf(mm, sm_m[rr][g]);
@@ -169,7 +189,7 @@ __global__ void __launch_bounds__(n_threads)
                 O += sm_acc[rr][g][d] * w;
             }
         }
-        const size_t row = (size_t(b) * n_head + hk * G + g) * n_split + split;
+        const size_t row           = (size_t(b) * n_head + hk * G + g) * n_split + split;
         o_part[row * head_dim + d] = L > 0.f ? O / L : 0.f;
         if (d == 0) lse_part[row] = L > 0.f ? (mm + __log2f(L)) * ln2 : -INFINITY;
     }
@@ -180,10 +200,10 @@ template <bool O_F32>
 __global__ void __launch_bounds__(head_dim)
     attn_decode_merge_kernel(const float * __restrict__ o_part, const float * __restrict__ lse_part, int n_split,
                              void * __restrict__ o, float * __restrict__ lse) {
-    const size_t row = blockIdx.x;
-    const int    d   = threadIdx.x;
-    const float * lp = lse_part + row * n_split;
-    float         mm = -INFINITY;
+    const size_t  row = blockIdx.x;
+    const int     d   = threadIdx.x;
+    const float * lp  = lse_part + row * n_split;
+    float         mm  = -INFINITY;
     for (int s = 0; s < n_split; ++s) mm = fmaxf(mm, lp[s]);
     float L = 0.f, O = 0.f;
     if (mm != -INFINITY) {
@@ -209,17 +229,46 @@ int device_sm_count() {
     return n_sm;
 }
 
+// Blocks of the split kernel for group size G that fit on one SM at once (registers decide: 2 at G = 4).
+int split_blocks_per_sm(int G) {
+    int n = 0;
+    switch (G) {
+    case 1:
+        LC_CUDA_CHECK(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_split_kernel<1, true>, n_threads, 0));
+        break;
+    case 2:
+        LC_CUDA_CHECK(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_split_kernel<2, true>, n_threads, 0));
+        break;
+    case 4:
+        LC_CUDA_CHECK(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_split_kernel<4, true>, n_threads, 0));
+        break;
+    default:
+        LC_CUDA_CHECK(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_split_kernel<8, false>, n_threads, 0));
+        break;
+    }
+    return std::max(1, n);
+}
+
 } // namespace
 
-// Aim for 8 blocks per SM in one wave, but no split shorter than 4 pages (256 tokens), where the partial
-// states' traffic would start to matter. H100, 132 SMs, 8 KV heads: batch 1 at 32k (512 pages) -> 128 splits
-// of 4 pages = 1024 blocks; batch 16 -> 8 splits = 1024 blocks.
-int attn_decode_n_split(int n_seq, int n_head_kv, int64_t n_kv_max) {
+// With few (sequence, KV head) pairs, one wave of long splits: every SM streams from start to end, no tail wave.
+// With many, about 6 waves, which evens out the blocks' finishing times. Never under 4 pages a split.
+// H100 (132 SMs x 2 blocks at G = 4 = 264 slots), 8 KV heads, GB/s by split count (bench/cuda, --splits):
+//   batch 1, 32k:   12: 1780  24: 1867  33: 2082  50: 1839  99: 1838   -> rule: 33
+//   batch 1, 128k:  12: 2257  24: 2518  33: 2576  50: 2427  99: 2497   -> rule: 33
+//   batch 16, 32k:  12: 2878  24: 2841  33: 2861  50: 2849  99: 2762   -> rule: 12
+//   batch 16, 128k: 12: 3012  24: 2976  33: 2995  50: 3005  99: 2957   -> rule: 12
+int attn_decode_n_split(int n_seq, int n_head, int n_head_kv, int64_t n_kv_max) {
+    const int     G       = n_head_kv > 0 ? std::max(1, n_head / n_head_kv) : 1;
     const int64_t n_pages = (n_kv_max + kv_page_tokens - 1) / kv_page_tokens;
-    const int64_t target  = 8 * int64_t(device_sm_count());
-    const int64_t per_kv  = std::max<int64_t>(1, int64_t(n_seq) * n_head_kv);
-    int64_t       n       = (target + per_kv - 1) / per_kv;
-    n                     = std::min<int64_t>(n, std::max<int64_t>(1, n_pages / min_pages_per_split));
+    const int64_t pairs   = std::max<int64_t>(1, int64_t(n_seq) * n_head_kv);
+    const int64_t slots   = int64_t(split_blocks_per_sm(G)) * device_sm_count();
+    const int64_t waves   = pairs * 8 <= slots ? 1 : 6;
+    const int64_t n       = std::min<int64_t>(waves * slots / pairs, n_pages / min_pages_per_split);
     return int(std::max<int64_t>(1, n));
 }
 
@@ -233,11 +282,11 @@ status attn_decode(const attn_decode_args & a, cudaStream_t stream) {
     }
     const int G = a.n_head_kv > 0 && a.n_head % a.n_head_kv == 0 ? a.n_head / a.n_head_kv : 0;
     if (G != 1 && G != 2 && G != 4 && G != 8) {
-        return error(status_code::UNSUPPORTED, "cuda attn_decode: n_head %d / n_head_kv %d; supported groups 1, 2, 4, 8",
-                     a.n_head, a.n_head_kv);
+        return error(status_code::UNSUPPORTED,
+                     "cuda attn_decode: n_head %d / n_head_kv %d; supported groups 1, 2, 4, 8", a.n_head, a.n_head_kv);
     }
     if (a.n_seq <= 0) return status::ok();
-    const int    n_split = a.n_split > 0 ? a.n_split : attn_decode_n_split(a.n_seq, a.n_head_kv, a.n_kv_max);
+    const int    n_split = a.n_split > 0 ? a.n_split : attn_decode_n_split(a.n_seq, a.n_head, a.n_head_kv, a.n_kv_max);
     const size_t need    = attn_decode_workspace_bytes(a.n_seq, a.n_head, head_dim, n_split);
     if (a.workspace == nullptr || a.workspace_bytes < need) {
         return error(status_code::INVALID_ARGUMENT, "cuda attn_decode: workspace of %zu bytes; this shape needs %zu",
@@ -252,9 +301,9 @@ status attn_decode(const attn_decode_args & a, cudaStream_t stream) {
     switch (G) {
 #define LC_DECODE_CASE(GG)                                                                                             \
     case GG:                                                                                                           \
-        attn_decode_split_kernel<GG><<<grid, n_threads, 0, stream>>>(                                                  \
-            a.q, a.n_head, a.k_pool, a.v_pool, a.n_head_kv, a.pages, a.pages_stride, a.n_kv, pages_per_split,          \
-            scale_log2, o_part, lse_part);                                                                             \
+        attn_decode_split_kernel<GG, (GG <= 4)>                                                                        \
+            <<<grid, n_threads, 0, stream>>>(a.q, a.n_head, a.k_pool, a.v_pool, a.n_head_kv, a.pages, a.pages_stride,  \
+                                             a.n_kv, pages_per_split, scale_log2, o_part, lse_part);                   \
         break;
         LC_DECODE_CASE(1)
         LC_DECODE_CASE(2)

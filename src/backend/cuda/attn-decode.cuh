@@ -24,28 +24,28 @@ namespace lc::cuda {
 // Supported: head_dim 128, n_head / n_head_kv in {1, 2, 4, 8}. Errors: UNSUPPORTED for other shapes,
 // INVALID_ARGUMENT for a workspace that is too small. Asynchronous on `stream`.
 struct attn_decode_args {
-    const bf16_t *  q            = nullptr;
-    int             n_seq        = 0;
-    int             n_head       = 0;
-    const bf16_t *  k_pool       = nullptr;
-    const bf16_t *  v_pool       = nullptr;
-    int             n_head_kv    = 0;
-    int             head_dim     = 0;
-    const int32_t * pages        = nullptr;
-    int64_t         pages_stride = 0;
-    const int32_t * n_kv         = nullptr;
-    int64_t         n_kv_max     = 0;
-    float           scale        = 0;
-    void *          o            = nullptr;
-    bool            o_f32        = true;
-    float *         lse          = nullptr;
-    void *          workspace    = nullptr;
+    const bf16_t *  q               = nullptr;
+    int             n_seq           = 0;
+    int             n_head          = 0;
+    const bf16_t *  k_pool          = nullptr;
+    const bf16_t *  v_pool          = nullptr;
+    int             n_head_kv       = 0;
+    int             head_dim        = 0;
+    const int32_t * pages           = nullptr;
+    int64_t         pages_stride    = 0;
+    const int32_t * n_kv            = nullptr;
+    int64_t         n_kv_max        = 0;
+    float           scale           = 0;
+    void *          o               = nullptr;
+    bool            o_f32           = true;
+    float *         lse             = nullptr;
+    void *          workspace       = nullptr;
     size_t          workspace_bytes = 0;
-    int             n_split      = 0; // 0: chosen from the shape and the number of SMs
+    int             n_split         = 0; // 0: chosen from the shape and the number of SMs
 };
 
 // Splits of the key range per (sequence, KV head) that attn_decode() uses for this shape (n_split = 0).
-int    attn_decode_n_split(int n_seq, int n_head_kv, int64_t n_kv_max);
+int    attn_decode_n_split(int n_seq, int n_head, int n_head_kv, int64_t n_kv_max);
 size_t attn_decode_workspace_bytes(int n_seq, int n_head, int head_dim, int n_split);
 
 status attn_decode(const attn_decode_args & a, cudaStream_t stream);

@@ -11,7 +11,8 @@ namespace lc::cuda {
 
 // REQUIRES: the argument checks of attn_prefill() passed (head_dim 128, n_head % n_head_kv == 0, n_q > 0).
 void attn_prefill_launch_mma_sync(const attn_prefill_args & a, cudaStream_t stream);
-void attn_prefill_launch_wgmma(const attn_prefill_args & a, bool pipelined, cudaStream_t stream);
+// mode: 0 basic, 1 intra-warpgroup overlap, 2 overlap and ping-pong (attn-prefill-wgmma.cu)
+void attn_prefill_launch_wgmma(const attn_prefill_args & a, int mode, cudaStream_t stream);
 
 #ifdef __CUDACC__
 __device__ __forceinline__ uint32_t smem_u32(const void * p) {
@@ -22,7 +23,9 @@ __device__ __forceinline__ uint32_t smem_u32(const void * p) {
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void * src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }

@@ -15,13 +15,15 @@ namespace lc::cuda {
 namespace {
 
 constexpr int head_dim   = 128;
-constexpr int block_q    = 128; // 2 consumer warpgroups x 64 rows
-constexpr int block_k    = 128; // 2 pages per step
-constexpr int n_threads  = 384; // producer warpgroup + 2 consumer warpgroups
+constexpr int block_q    = 128;            // 2 consumer warpgroups x 64 rows
+constexpr int block_k    = 128;            // 2 pages per step
+constexpr int n_threads  = 384;            // producer warpgroup + 2 consumer warpgroups
 constexpr int half_bytes = 128 * 128;      // [128 rows][64 d] bf16: one half of head_dim
 constexpr int tile_bytes = 2 * half_bytes; // [2 halves][128 rows][64 d], rows of 128 B, 128-byte swizzle
 // Shared memory: Q tile, then n_stages K tiles, n_stages V tiles, then the mbarriers.
-constexpr int smem_bytes_for(int n_stages) { return tile_bytes * (1 + 2 * n_stages) + 8 * (1 + 4 * n_stages) + 1024; }
+constexpr int smem_bytes_for(int n_stages) {
+    return tile_bytes * (1 + 2 * n_stages) + 8 * (1 + 4 * n_stages) + 1024;
+}
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
@@ -52,8 +54,12 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap * ma
                  "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
                  : "memory");
 }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
 template <int N> __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
@@ -175,21 +181,26 @@ __device__ __forceinline__ void issue_pv(float (&acc)[64], const uint32_t (&pf)[
     for (int kk = 0; kk < 8; ++kk) wgmma_rs(acc, pf[kk], smem_desc(vb + kk * 2048, half_bytes, 1024), 1);
 }
 
-template <bool O_F32, bool PIPELINED>
+// MODE 0: S, softmax, P V in turn (2 stages); 1: intra-warpgroup overlap (3 stages); 2: 1 plus ping-pong of the
+// two consumer warpgroups (FA3 sec. 3.1): named barriers hand the tensor cores from one warpgroup to the other,
+// so one runs its softmax while the other's products run.
+template <bool O_F32, int MODE>
 __global__ void __launch_bounds__(n_threads, 1)
     attn_prefill_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                              const __grid_constant__ CUtensorMap tm_v, const int32_t * __restrict__ pages,
-                              int64_t n_q, int64_t pos0, int n_head, int64_t n_kv, int n_head_kv, float scale_log2,
+                              const __grid_constant__ CUtensorMap tm_v, const int32_t * __restrict__ pages, int64_t n_q,
+                              int64_t pos0, int n_head, int64_t n_kv, int n_head_kv, float scale_log2,
                               void * __restrict__ o, float * __restrict__ lse) {
-    constexpr int n_stages = PIPELINED ? 3 : 2;
-    constexpr int off_k    = tile_bytes;
-    constexpr int off_v    = tile_bytes * (1 + n_stages);
-    constexpr int off_bar  = tile_bytes * (1 + 2 * n_stages);
+    constexpr bool PIPELINED = MODE >= 1;
+    constexpr bool PINGPONG  = MODE == 2;
+    constexpr int  n_stages  = PIPELINED ? 3 : 2;
+    constexpr int  off_k     = tile_bytes;
+    constexpr int  off_v     = tile_bytes * (1 + n_stages);
+    constexpr int  off_bar   = tile_bytes * (1 + 2 * n_stages);
 
     extern __shared__ __align__(1024) uint8_t smem_raw[];
-    const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const int      tid  = threadIdx.x;
-    const int      wg   = tid >> 7;
+    const uint32_t                            base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const int                                 tid  = threadIdx.x;
+    const int                                 wg   = tid >> 7;
 
     const int64_t n_qt        = (n_q + block_q - 1) / block_q;
     const int64_t qt          = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
@@ -200,11 +211,11 @@ __global__ void __launch_bounds__(n_threads, 1)
     const int     n_kt        = int((pos0 + last_row) / block_k) + 1;
     const int     n_pages_seq = int((n_kv + kv_page_tokens - 1) / kv_page_tokens);
 
-    const uint32_t bar_q = base + off_bar;
-    auto k_full  = [&](int s) { return bar_q + 8 * (1 + s); };
-    auto v_full  = [&](int s) { return bar_q + 8 * (1 + n_stages + s); };
-    auto k_empty = [&](int s) { return bar_q + 8 * (1 + 2 * n_stages + s); };
-    auto v_empty = [&](int s) { return bar_q + 8 * (1 + 3 * n_stages + s); };
+    const uint32_t bar_q   = base + off_bar;
+    auto           k_full  = [&](int s) { return bar_q + 8 * (1 + s); };
+    auto           v_full  = [&](int s) { return bar_q + 8 * (1 + n_stages + s); };
+    auto           k_empty = [&](int s) { return bar_q + 8 * (1 + 2 * n_stages + s); };
+    auto           v_empty = [&](int s) { return bar_q + 8 * (1 + 3 * n_stages + s); };
     if (tid == 0) {
         mbar_init(bar_q, 1);
         for (int s = 0; s < n_stages; ++s) {
@@ -271,7 +282,7 @@ __global__ void __launch_bounds__(n_threads, 1)
     const int64_t  row_pos    = pos0 + q_row0 + c * 64 + w * 16 + (lane >> 2); // rows g and g + 8 of this thread
     const int64_t  wg_min_pos = pos0 + q_row0 + c * 64;
     const uint32_t q_base     = base + c * 8192;
-    auto need_mask = [&](int kt) { return int64_t(kt) * block_k + block_k - 1 > wg_min_pos; };
+    auto           need_mask  = [&](int kt) { return int64_t(kt) * block_k + block_k - 1 > wg_min_pos; };
 
     mbar_wait(bar_q, 0);
     float    sc[64];
@@ -301,12 +312,22 @@ __global__ void __launch_bounds__(n_threads, 1)
             mbar_arrive(v_empty(s));
         }
     } else {
-        {   // step 0: S, softmax, P
+        // ping-pong: warpgroup c issues its products after bar.sync on barrier 1 + c, then arrives on the other's
+        auto turn_wait = [&] {
+            if constexpr (PINGPONG) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + c) : "memory");
+        };
+        auto turn_pass = [&] {
+            if constexpr (PINGPONG) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - c) : "memory");
+        };
+        if (c == 1) turn_pass(); // warpgroup 0 goes first
+        {                        // step 0: S, softmax, P
             const int kt = n_kt - 1;
             mbar_wait(k_full(0), 0);
+            turn_wait();
             wgmma_fence();
             issue_qk(sc, q_base, base + off_k);
             wgmma_commit();
+            turn_pass();
             wgmma_wait<0>();
             fence_regs(sc);
             mbar_arrive(k_empty(0));
@@ -321,12 +342,14 @@ __global__ void __launch_bounds__(n_threads, 1)
             const int      sp  = (it - 1) % n_stages;
             const uint32_t php = ((it - 1) / n_stages) & 1;
             mbar_wait(k_full(s), ph);
+            turn_wait();
             wgmma_fence();
             issue_qk(sc, q_base, base + off_k + s * tile_bytes); // S of this step ...
             wgmma_commit();
             mbar_wait(v_full(sp), php);
             issue_pv(acc, pf, base + off_v + sp * tile_bytes); // ... while O takes the previous step's P
             wgmma_commit();
+            turn_pass();
             wgmma_wait<1>();
             fence_regs(sc);
             mbar_arrive(k_empty(s));
@@ -341,12 +364,15 @@ __global__ void __launch_bounds__(n_threads, 1)
         const int      sp  = (n_kt - 1) % n_stages;
         const uint32_t php = ((n_kt - 1) / n_stages) & 1;
         mbar_wait(v_full(sp), php);
+        turn_wait();
         wgmma_fence();
         issue_pv(acc, pf, base + off_v + sp * tile_bytes);
         wgmma_commit();
+        turn_pass();
         wgmma_wait<0>();
         fence_regs(acc);
         mbar_arrive(v_empty(sp));
+        if (c == 0) turn_wait(); // takes warpgroup 1's last hand-over, so both barriers end balanced
     }
 
     float l0 = st.l0, l1 = st.l1;
@@ -406,34 +432,35 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 CUtensorMap make_map(const void * ptr, int rank, const cuuint64_t * dims, const cuuint64_t * strides_bytes,
                      const cuuint32_t * box) {
     CUtensorMap      map{};
-    const cuuint32_t elem_strides[3] = { 1, 1, 1 };
-    const CUresult   r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, cuuint32_t(rank), const_cast<void *>(ptr),
-                                            dims, strides_bytes, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    const cuuint32_t elem_strides[3] = {1, 1, 1};
+    const CUresult   r               = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, cuuint32_t(rank),
+                                            const_cast<void *>(ptr), dims, strides_bytes, box, elem_strides,
+                                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     LC_ASSERT(r == CUDA_SUCCESS, "CUDA: cuTensorMapEncodeTiled failed with %d", int(r));
     return map;
 }
 
 } // namespace
 
-void attn_prefill_launch_wgmma(const attn_prefill_args & a, bool pipelined, cudaStream_t stream) {
-    const cuuint64_t q_dims[3]     = { cuuint64_t(head_dim), cuuint64_t(a.n_head), cuuint64_t(a.n_q) };
-    const cuuint64_t q_strides[2]  = { cuuint64_t(head_dim) * 2, cuuint64_t(a.n_head) * head_dim * 2 };
-    const cuuint32_t q_box[3]      = { 64, 1, 64 };
-    const cuuint64_t kv_rows       = cuuint64_t(a.kv.n_pages_total) * a.kv.n_head_kv * kv_page_tokens;
-    const cuuint64_t kv_dims[2]    = { cuuint64_t(head_dim), kv_rows };
-    const cuuint64_t kv_strides[1] = { cuuint64_t(head_dim) * 2 };
-    const cuuint32_t kv_box[2]     = { 64, 64 };
-    const CUtensorMap tm_q         = make_map(a.q, 3, q_dims, q_strides, q_box);
-    const CUtensorMap tm_k         = make_map(a.kv.k_pool, 2, kv_dims, kv_strides, kv_box);
-    const CUtensorMap tm_v         = make_map(a.kv.v_pool, 2, kv_dims, kv_strides, kv_box);
+void attn_prefill_launch_wgmma(const attn_prefill_args & a, int mode, cudaStream_t stream) {
+    const cuuint64_t  q_dims[3]     = {cuuint64_t(head_dim), cuuint64_t(a.n_head), cuuint64_t(a.n_q)};
+    const cuuint64_t  q_strides[2]  = {cuuint64_t(head_dim) * 2, cuuint64_t(a.n_head) * head_dim * 2};
+    const cuuint32_t  q_box[3]      = {64, 1, 64};
+    const cuuint64_t  kv_rows       = cuuint64_t(a.kv.n_pages_total) * a.kv.n_head_kv * kv_page_tokens;
+    const cuuint64_t  kv_dims[2]    = {cuuint64_t(head_dim), kv_rows};
+    const cuuint64_t  kv_strides[1] = {cuuint64_t(head_dim) * 2};
+    const cuuint32_t  kv_box[2]     = {64, 64};
+    const CUtensorMap tm_q          = make_map(a.q, 3, q_dims, q_strides, q_box);
+    const CUtensorMap tm_k          = make_map(a.kv.k_pool, 2, kv_dims, kv_strides, kv_box);
+    const CUtensorMap tm_v          = make_map(a.kv.v_pool, 2, kv_dims, kv_strides, kv_box);
 
     const int64_t n_qt       = (a.n_q + block_q - 1) / block_q;
     const float   scale_log2 = a.scale * 1.4426950408889634f;
-    auto kern = pipelined ? (a.o_f32 ? attn_prefill_wgmma_kernel<true, true> : attn_prefill_wgmma_kernel<false, true>)
-                          : (a.o_f32 ? attn_prefill_wgmma_kernel<true, false> : attn_prefill_wgmma_kernel<false, false>);
-    const int smem = smem_bytes_for(pipelined ? 3 : 2);
+    auto      kern = mode == 2   ? (a.o_f32 ? attn_prefill_wgmma_kernel<true, 2> : attn_prefill_wgmma_kernel<false, 2>)
+                     : mode == 1 ? (a.o_f32 ? attn_prefill_wgmma_kernel<true, 1> : attn_prefill_wgmma_kernel<false, 1>)
+                                 : (a.o_f32 ? attn_prefill_wgmma_kernel<true, 0> : attn_prefill_wgmma_kernel<false, 0>);
+    const int smem = smem_bytes_for(mode >= 1 ? 3 : 2);
     LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     kern<<<dim3(unsigned(n_qt * a.n_head)), n_threads, smem, stream>>>(
         tm_q, tm_k, tm_v, a.kv.pages, a.n_q, a.pos0, a.n_head, a.kv.n_kv, a.kv.n_head_kv, scale_log2, a.o, a.lse);

@@ -18,7 +18,7 @@ status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cud
     }
     if (a.n_q < 0 || a.pos0 < 0 || a.kv.n_kv < a.pos0 + a.n_q) {
         return error(status_code::INVALID_ARGUMENT, "cuda attn_prefill: n_kv %lld < pos0 %lld + n_q %lld",
-                     (long long) a.kv.n_kv, (long long) a.pos0, (long long) a.n_q);
+                     (long long)a.kv.n_kv, (long long)a.pos0, (long long)a.n_q);
     }
     if (a.n_q == 0) return status::ok();
     if (kernel == attn_prefill_kernel::AUTO) {
@@ -27,8 +27,12 @@ status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cud
         LC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
         kernel = major == 9 ? attn_prefill_kernel::WGMMA : attn_prefill_kernel::MMA_SYNC;
     }
-    if (kernel == attn_prefill_kernel::WGMMA || kernel == attn_prefill_kernel::WGMMA_BASIC) {
-        attn_prefill_launch_wgmma(a, kernel == attn_prefill_kernel::WGMMA, stream);
+    if (kernel == attn_prefill_kernel::WGMMA) {
+        attn_prefill_launch_wgmma(a, 2, stream);
+    } else if (kernel == attn_prefill_kernel::WGMMA_OVERLAP) {
+        attn_prefill_launch_wgmma(a, 1, stream);
+    } else if (kernel == attn_prefill_kernel::WGMMA_BASIC) {
+        attn_prefill_launch_wgmma(a, 0, stream);
     } else {
         attn_prefill_launch_mma_sync(a, stream);
     }
@@ -37,19 +41,20 @@ status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cud
 
 namespace {
 
-constexpr int head_dim    = 128;
-constexpr int block_q     = 64; // query rows per block (16 per warp)
-constexpr int block_k     = 64; // keys per step: one page
-constexpr int n_threads   = 128;
-constexpr int tile_bytes  = 64 * head_dim * 2; // 64 rows of 256 B
-constexpr int smem_bytes  = tile_bytes * 5;    // Q, K[2], V[2]
+constexpr int head_dim   = 128;
+constexpr int block_q    = 64; // query rows per block (16 per warp)
+constexpr int block_k    = 64; // keys per step: one page
+constexpr int n_threads  = 128;
+constexpr int tile_bytes = 64 * head_dim * 2; // 64 rows of 256 B
+constexpr int smem_bytes = tile_bytes * 5;    // Q, K[2], V[2]
 
 // Byte offset of 16-byte chunk c (0..15) of row r in a [64][128] bf16 tile; the XOR swizzle makes the 8 rows
 // that one ldmatrix phase reads fall in 8 different bank groups.
-__device__ __forceinline__ uint32_t tile_off(int r, int c) { return r * 256 + ((c ^ (r & 7)) << 4); }
+__device__ __forceinline__ uint32_t tile_off(int r, int c) {
+    return r * 256 + ((c ^ (r & 7)) << 4);
+}
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2,
-                                            uint32_t & r3) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
@@ -84,26 +89,26 @@ __global__ void __launch_bounds__(n_threads)
                             const int32_t * __restrict__ pages, int64_t n_kv, int n_head_kv, float scale_log2,
                             void * __restrict__ o, float * __restrict__ lse) {
     extern __shared__ __align__(128) uint8_t smem[];
-    const int tid  = threadIdx.x;
-    const int warp = tid >> 5;
-    const int lane = tid & 31;
-    const int g    = lane >> 2;
-    const int t    = lane & 3;
+    const int                                tid  = threadIdx.x;
+    const int                                warp = tid >> 5;
+    const int                                lane = tid & 31;
+    const int                                g    = lane >> 2;
+    const int                                t    = lane & 3;
 
     const int64_t n_qt = (n_q + block_q - 1) / block_q;
     const int64_t qt   = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
     const int     h    = int(blockIdx.x % n_head);
     const int     hk   = h / (n_head / n_head_kv);
 
-    const uint32_t s_q    = smem_u32(smem);
+    const uint32_t s_q = smem_u32(smem);
     // K buffer b at s_q + (1 + b) * tile_bytes, V buffer b at s_q + (3 + b) * tile_bytes
 
-    const int64_t q_row0   = qt * block_q;
-    const int64_t last_row = min(q_row0 + block_q - 1, n_q - 1);
-    const int     n_kt     = int((pos0 + last_row) / block_k) + 1;
+    const int64_t q_row0     = qt * block_q;
+    const int64_t last_row   = min(q_row0 + block_q - 1, n_q - 1);
+    const int     n_kt       = int((pos0 + last_row) / block_k) + 1;
     const size_t  page_elems = size_t(n_head_kv) * block_k * head_dim;
 
-    {   // Q tile: rows past n_q are zeros
+    { // Q tile: rows past n_q are zeros
         const int c = tid & 15;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -126,8 +131,8 @@ __global__ void __launch_bounds__(n_threads)
     float    acc[16][4];
 #pragma unroll
     for (int i = 0; i < 16; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    const int64_t row_pos0 = pos0 + q_row0 + warp * 16 + g; // position of this thread's rows g and g + 8
+    float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const int64_t row_pos0    = pos0 + q_row0 + warp * 16 + g; // position of this thread's rows g and g + 8
     const int64_t cta_min_pos = pos0 + q_row0;
 
     for (int kt = 0; kt < n_kt; ++kt) {
@@ -157,7 +162,7 @@ __global__ void __launch_bounds__(n_threads)
         for (int kk = 0; kk < 8; ++kk) {
 #pragma unroll
             for (int nn = 0; nn < 4; ++nn) {
-                uint32_t b0, b1, b2, b3;
+                uint32_t  b0, b1, b2, b3;
                 const int key = nn * 16 + (lane & 7) + ((lane >> 4) << 3);
                 ldmatrix_x4(s_kb + tile_off(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
                 mma_bf16(s[2 * nn], qf[kk], b0, b1);
@@ -193,8 +198,8 @@ __global__ void __launch_bounds__(n_threads)
         const float base1 = mn1 == -INFINITY ? 0.f : mn1;
         const float al0   = fast_exp2(m0 - base0);
         const float al1   = fast_exp2(m1 - base1);
-        m0 = mn0;
-        m1 = mn1;
+        m0                = mn0;
+        m1                = mn1;
         l0 *= al0;
         l1 *= al1;
 #pragma unroll
@@ -221,7 +226,7 @@ __global__ void __launch_bounds__(n_threads)
         for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
             for (int dd = 0; dd < 8; ++dd) {
-                uint32_t b0, b1, b2, b3;
+                uint32_t  b0, b1, b2, b3;
                 const int key = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
                 ldmatrix_x4_trans(s_vb + tile_off(key, dd * 2 + (lane >> 4)), b0, b1, b2, b3);
                 mma_bf16(acc[2 * dd], pf[kk], b0, b1);
@@ -236,23 +241,27 @@ __global__ void __launch_bounds__(n_threads)
         l0 += __shfl_xor_sync(0xffffffffu, l0, off);
         l1 += __shfl_xor_sync(0xffffffffu, l1, off);
     }
-    const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f;
-    const float inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    const int64_t r0 = q_row0 + warp * 16 + g;
-    const int64_t r1 = r0 + 8;
+    const float   inv0 = l0 > 0.f ? 1.f / l0 : 0.f;
+    const float   inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    const int64_t r0   = q_row0 + warp * 16 + g;
+    const int64_t r1   = r0 + 8;
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
         const int col = i * 8 + 2 * t;
         if (O_F32) {
             float * of = static_cast<float *>(o);
-            if (r0 < n_q) *reinterpret_cast<float2 *>(of + (size_t(r0) * n_head + h) * head_dim + col) =
-                make_float2(acc[i][0] * inv0, acc[i][1] * inv0);
-            if (r1 < n_q) *reinterpret_cast<float2 *>(of + (size_t(r1) * n_head + h) * head_dim + col) =
-                make_float2(acc[i][2] * inv1, acc[i][3] * inv1);
+            if (r0 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r0) * n_head + h) * head_dim + col) =
+                    make_float2(acc[i][0] * inv0, acc[i][1] * inv0);
+            if (r1 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r1) * n_head + h) * head_dim + col) =
+                    make_float2(acc[i][2] * inv1, acc[i][3] * inv1);
         } else {
             uint32_t * ob = static_cast<uint32_t *>(o);
-            if (r0 < n_q) ob[((size_t(r0) * n_head + h) * head_dim + col) / 2] = pack_bf16x2(acc[i][0] * inv0, acc[i][1] * inv0);
-            if (r1 < n_q) ob[((size_t(r1) * n_head + h) * head_dim + col) / 2] = pack_bf16x2(acc[i][2] * inv1, acc[i][3] * inv1);
+            if (r0 < n_q)
+                ob[((size_t(r0) * n_head + h) * head_dim + col) / 2] = pack_bf16x2(acc[i][0] * inv0, acc[i][1] * inv0);
+            if (r1 < n_q)
+                ob[((size_t(r1) * n_head + h) * head_dim + col) / 2] = pack_bf16x2(acc[i][2] * inv1, acc[i][3] * inv1);
         }
     }
     if (lse != nullptr && t == 0) {

@@ -13,11 +13,12 @@
 namespace lc::cuda {
 
 enum class attn_prefill_kernel {
-    AUTO,     // WGMMA when the device is sm_90, else MMA_SYNC
-    MMA_SYNC, // FlashAttention-2 style: 4 warps, 64 query rows, mma.sync m16n8k16, cp.async double buffer
-    WGMMA,    // Hopper: TMA producer warpgroup + 2 consumer warpgroups (128 query rows), wgmma m64n128k16,
-              // softmax overlapped with the tensor cores, 3 stages
-    WGMMA_BASIC, // the same without the overlap (S, softmax, P V in turn), 2 stages: the reference point
+    AUTO,          // WGMMA when the device is sm_90, else MMA_SYNC
+    MMA_SYNC,      // FlashAttention-2 style: 4 warps, 64 query rows, mma.sync m16n8k16, cp.async double buffer
+    WGMMA,         // Hopper: TMA producer warpgroup + 2 consumer warpgroups (128 query rows), wgmma m64n128k16,
+                   // softmax overlapped with the tensor cores within and across warpgroups, 3 stages
+    WGMMA_OVERLAP, // the same with the overlap within each warpgroup only
+    WGMMA_BASIC,   // the same with no overlap (S, softmax, P V in turn), 2 stages: the reference point
 };
 
 // Causal attention of n_q query rows against the paged cache: query i has position pos0 + i and sees keys

@@ -10,7 +10,7 @@
 #define LC_CUDA_CHECK(expr)                                                                                            \
     do {                                                                                                               \
         cudaError_t lc_cuda_err_ = (expr);                                                                             \
-        LC_ASSERT(lc_cuda_err_ == cudaSuccess, "CUDA: %s failed: %s", #expr, cudaGetErrorString(lc_cuda_err_));      \
+        LC_ASSERT(lc_cuda_err_ == cudaSuccess, "CUDA: %s failed: %s", #expr, cudaGetErrorString(lc_cuda_err_));        \
     } while (0)
 
 // After a kernel launch: launch-configuration errors surface through cudaGetLastError().
@@ -33,8 +33,12 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ float bf16_lo(uint32_t v) {
+    return __uint_as_float(v << 16);
+}
+__device__ __forceinline__ float bf16_hi(uint32_t v) {
+    return __uint_as_float(v & 0xffff0000u);
+}
 
 } // namespace lc::cuda
 #endif
