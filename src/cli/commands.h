@@ -13,6 +13,7 @@ int cmd_run(const args_t & args);
 int cmd_chat(const args_t & args);
 int cmd_bench(const args_t & args);
 int cmd_gguf(const args_t & args);
+int cmd_calibrate(const args_t & args);
 int cmd_eval(const args_t & args);
 
 } // namespace lc::cli

@@ -18,12 +18,13 @@ const subcommand k_commands[] = {
     {"chat", lc::cli::cmd_chat, "interactive chat with the model's chat template"},
     {"bench", lc::cli::cmd_bench, "speed: pp/tg tokens per second, llama-bench style"},
     {"gguf", lc::cli::cmd_gguf, "inspect a model file: metadata, tensors, types, sizes"},
+    {"calibrate", lc::cli::cmd_calibrate, "offline per-model artifacts: MInference head patterns (sidecar GGUF)"},
     {"eval", lc::cli::cmd_eval, "accuracy against dense: needle in a haystack, RULER, perplexity, fidelity"},
 };
 
 void print_usage(FILE * f) {
     std::fprintf(f, "usage: longctx <command> [options]\n\ncommands:\n");
-    for (const auto & c : k_commands) std::fprintf(f, "  %-8s %s\n", c.name, c.help);
+    for (const auto & c : k_commands) std::fprintf(f, "  %-10s %s\n", c.name, c.help);
     std::fprintf(f, "\n`longctx <command> --help` lists the options of a command and their defaults.\n");
 }
 
