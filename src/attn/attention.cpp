@@ -87,6 +87,12 @@ bool attention::sparse_active(int64_t n_q) const {
 
 void attention::build_plan(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
                            float scale, prefill_plan & plan, thread_pool & pool) {
+    prefill_plan_build(heads_, cfg_.budget, il, q, n_q, pos0, n_head, kv, scale, plan, pool);
+}
+
+void prefill_plan_build(const minference_config & heads, const prefill_budget & budget, int il, const float * q,
+                        int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, prefill_plan & plan,
+                        thread_pool & pool) {
     plan.reset(n_q, pos0, n_head);
     const int64_t N = pos0 + n_q;
     pool.run([&](int ith, int nth) {
@@ -94,7 +100,7 @@ void attention::build_plan(int il, const float * q, int64_t n_q, int64_t pos0, i
         thread_local std::vector<int32_t>              cols, offs;
         thread_local std::vector<std::vector<int32_t>> blocks;
         for (int h = ith; h < n_head; h += nth) {
-            const head_budget hb = head_budget_effective(heads_.at(il, h), cfg_.budget, N);
+            const head_budget hb = head_budget_effective(heads.at(il, h), budget, N);
             switch (hb.pattern) {
             case head_pattern::DENSE: {
                 prefill_head_plan & hp = plan.heads[size_t(h)];
@@ -135,7 +141,7 @@ void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_he
             t->attn_pairs_causal += pp.causal;
             t->attn_pairs_computed += pp.computed;
         }
-        if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, &plan_, o);
+        if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, &plan_, o, pool);
         return;
     }
     attn_dense(q, n_q, pos0, n_head, kv, scale, o, nullptr, pool, window);
@@ -144,7 +150,7 @@ void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_he
         t->attn_pairs_causal += c;
         t->attn_pairs_computed += c;
     }
-    if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, nullptr, o);
+    if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, nullptr, o, pool);
 }
 
 } // namespace lc

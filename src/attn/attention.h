@@ -22,13 +22,15 @@ struct forward_timings;
 class model;
 
 // (optional) Sees every attention call after it ran: the queries and cache as the kernels saw them, the plan
-// (nullptr when the call was dense) and the output o [n_q][n_head][head_dim]. Used by calibration (to capture
-// queries) and by fidelity evaluation (attention-mass recall and output error per layer).
+// (nullptr when the call was dense), the output o [n_q][n_head][head_dim] and the context's thread pool (free to
+// use). Used by calibration (the search runs inside the dense prefill) and by fidelity evaluation
+// (attention-mass recall and output error per layer).
 class attn_observer {
   public:
     virtual ~attn_observer()                                                                                  = default;
     virtual void on_attention(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
-                              float scale, int64_t window, const prefill_plan * plan, const float * o) = 0;
+                              float scale, int64_t window, const prefill_plan * plan, const float * o,
+                              thread_pool & pool) = 0;
 };
 
 class attention {
@@ -71,5 +73,10 @@ class attention {
 
 // The budgets head h of a pattern uses for a call ending at n_keys keys under the --prefill-budget setting.
 head_budget head_budget_effective(const head_budget & hb, const prefill_budget & b, int64_t n_keys);
+
+// The plan of layer il for one call with each head's pattern from `heads` (threads over heads).
+void prefill_plan_build(const minference_config & heads, const prefill_budget & b, int il, const float * q,
+                        int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, prefill_plan & plan,
+                        thread_pool & pool);
 
 } // namespace lc
