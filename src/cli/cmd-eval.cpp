@@ -14,6 +14,7 @@
 #include "eval/niah.h"
 #include "eval/ppl.h"
 #include "eval/results.h"
+#include "eval/ruler.h"
 
 namespace lc::cli {
 
@@ -290,6 +291,108 @@ int cmd_eval_ppl(const args_t & args) {
     return 0;
 }
 
+int cmd_eval_ruler(const args_t & args) {
+    const char * cmd = "eval ruler";
+    arg_parser   p(cmd, "longctx eval ruler [-m MODEL] [--tasks T,..] [--lengths L,..] [--samples N] [-o FILE] "
+                          "[method flags]");
+    add_eval_common_flags(p, "eval-ruler.json");
+    p.add({"", "--tasks", "T,..",
+           "tasks: all (the 11 synthetic ones) or a list of niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
+           "niah_multiquery, vt, cwe, fwe",
+           "all"});
+    p.add({"", "--lengths", "L,..", "lengths in model tokens (default: 4096,8192 for an 8k model; 4096..32768 for 32k)",
+           ""});
+    p.add({"", "--samples", "N", "samples per task and length (RULER: 500)", "5"});
+    p.add({"", "--dict", "FILE", "word list (Debian wamerican)", "/usr/share/dict/american-english"});
+    p.add({"", "--haystack", "DIR",
+           "essay haystack (*.txt); default ../shared/data/pg_essays when present, else the "
+           "essay tasks use the noise haystack",
+           ""});
+    p.add({"", "--no-chat", "", "plain prompt even when the model has a chat template", ""});
+    bool done;
+    int  rc = parse_or_help(p, args, cmd, &done);
+    if (done) return rc;
+    eval::ruler_params rp;
+    if (p.get("--tasks") == "all") {
+        rp.tasks = eval::ruler_task_names();
+    } else {
+        const std::string s = p.get("--tasks");
+        size_t            a = 0;
+        while (a <= s.size()) {
+            const size_t b = s.find(',', a);
+            rp.tasks.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
+            if (b == std::string::npos) break;
+            a = b + 1;
+        }
+        const auto & all = eval::ruler_task_names();
+        for (const auto & t : rp.tasks)
+            if (std::find(all.begin(), all.end(), t) == all.end())
+                return fail(cmd, error(status_code::INVALID_ARGUMENT, "--tasks: unknown task '%s'", t.c_str()));
+    }
+    auto ns = p.get_int("--samples", 1, 100000);
+    if (!ns) return fail(cmd, ns.get_status());
+    rp.samples = int(*ns);
+    auto sd    = p.get_int("--seed", 0, INT64_MAX);
+    if (!sd) return fail(cmd, sd.get_status());
+    rp.seed = uint64_t(*sd);
+    auto lm = load_model(p);
+    if (!lm) return fail(cmd, lm.get_status());
+    const int64_t n_ctx_train = lm->mdl->hparams().n_ctx_train;
+    if (p.has("--lengths")) {
+        auto l = p.get_int_list("--lengths", 256, int64_t(1) << 31);
+        if (!l) return fail(cmd, l.get_status());
+        rp.lengths = *l;
+    } else {
+        for (int64_t L : {4096, 8192, 16384, 32768})
+            if (L <= n_ctx_train) rp.lengths.push_back(L);
+    }
+    const int64_t     max_len = *std::max_element(rp.lengths.begin(), rp.lengths.end());
+    const std::string dir     = p.has("--haystack") ? p.get("--haystack") : default_haystack_dir();
+    auto              words   = eval::ruler_words_load(p.get("--dict"), dir);
+    if (!words) return fail(cmd, words.get_status());
+    if (words->essay.empty()) LC_LOG_W("eval ruler: no essay haystack; essay tasks use the noise haystack");
+    auto st = eval_setup_create(p, std::move(*lm), max_len);
+    if (!st) return fail(cmd, st.get_status());
+    const tokenizer & tok      = *st->lm.tok;
+    const bool        use_chat = !p.has("--no-chat") && !tok.chat_template().empty();
+    json &            meta     = st->meta;
+    meta["task"]               = "ruler";
+    meta["template"]           = eval::ruler_template_version;
+    meta["words"]              = words->words_id;
+    meta["essays"]             = words->essay_id;
+    meta["seed"]               = rp.seed;
+    meta["chat"]               = use_chat;
+    meta["tasks_note"]         = "11 synthetic tasks (qa_1, qa_2 need SQuAD/HotpotQA): means are over the tasks run";
+    meta["identity"]           = json{{"task", "ruler"},           {"template", eval::ruler_template_version},
+                            {"model_sha256", st->sha},   {"words", words->words_id},
+                            {"essays", words->essay_id}, {"seed", rp.seed},
+                            {"chat", use_chat},          {"methods", st->methods}};
+    const std::string out_path = p.get("--out");
+    auto              out      = eval::result_file::open(out_path, "ruler", meta, p.has("--overwrite"));
+    if (!out) return fail(cmd, out.get_status());
+    LC_LOG_I("eval ruler: %s, %zu tasks x %zu lengths x %d samples, %s", st->lm.mdl->hparams().name.c_str(),
+             rp.tasks.size(), rp.lengths.size(), rp.samples, use_chat ? "chat template" : "plain prompt");
+    eval::eval_env env;
+    env.mdl      = st->lm.mdl.get();
+    env.tok      = &tok;
+    env.slots    = &st->slots;
+    env.use_chat = use_chat;
+    env.chunk    = st->cp.n_ubatch;
+    if (status s = eval::ruler_run(rp, *words, env, *out); !s) return fail(cmd, s);
+    auto doc = eval::result_file::load(out_path);
+    if (!doc) return fail(cmd, doc.get_status());
+    auto rows = eval::ruler_summary(*doc);
+    if (!rows) return fail(cmd, rows.get_status());
+    for (const auto & r : *rows) {
+        std::printf("L=%-6lld %-40s mean %6.2f over %zu tasks (%d samples):", (long long)r.length, r.label.c_str(),
+                    r.mean, r.task_scores.size(), r.n_samples);
+        for (const auto & [t, sc] : r.task_scores) std::printf(" %s %.1f", t.c_str(), sc);
+        std::printf("\n");
+    }
+    std::printf("results: %s\n", out_path.c_str());
+    return 0;
+}
+
 int cmd_eval_niah(const args_t & args) {
     const char * cmd = "eval niah";
     arg_parser   p(cmd, "longctx eval niah [-m MODEL] [--needle classic|numeric|passkey] [--lengths L,..] "
@@ -445,6 +548,7 @@ int cmd_eval_niah(const args_t & args) {
 void print_eval_usage(FILE * f) {
     std::fprintf(f, "usage: longctx eval <task> [options]\n\ntasks:\n"
                     "  niah      needle in a haystack: classic, numeric needle, passkey; JSON + SVG heatmap\n"
+                    "  ruler     RULER synthetic tasks: 8 NIAH variants, variable tracking, common/frequent words\n"
                     "  ppl       long-text perplexity: prefill (A), sliding window (B), teacher-forced decode (C)\n"
                     "  fidelity  agreement with dense over long text: KL and top-1 of next-token distributions\n"
                     "\n`longctx eval <task> --help` lists the options of a task.\n");
@@ -466,7 +570,9 @@ int cmd_eval(const args_t & args) {
     if (task == "niah") return cmd_eval_niah(rest);
     if (task == "fidelity") return cmd_eval_fidelity(rest);
     if (task == "ppl") return cmd_eval_ppl(rest);
-    std::fprintf(stderr, "longctx eval: unknown task '%s'; tasks: niah, ppl, fidelity (see longctx eval --help)\n",
+    if (task == "ruler") return cmd_eval_ruler(rest);
+    std::fprintf(stderr,
+                 "longctx eval: unknown task '%s'; tasks: niah, ruler, ppl, fidelity (see longctx eval --help)\n",
                  task.c_str());
     return 2;
 }
