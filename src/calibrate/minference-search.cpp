@@ -71,12 +71,15 @@ class searcher : public attn_observer {
     }
 
     // Scales each candidate's budgets until its kernel time matches the target's (time is close to linear in the
-    // budget, so target / measured is the next factor).
+    // budget below the prompt length, so target / measured is the next factor).
     void retime(int il, const float * q, int64_t n_q, int n_head, const kv_view & kv, float scale) {
         const head_budget target{head_pattern::A_SHAPE, 128, std::max<int64_t>(1, p_.target_keys - 128)};
         res_.target_time_s = time_plan(target, il, q, n_q, n_head, kv, scale);
         for (minference_candidate & c : res_.candidates) {
-            double f = 1.0;
+            // Start from the budget whose nominal keys per query match the target, then correct by measured time.
+            const double nominal = c.initial.pattern == head_pattern::BLOCK ? 64.0 * double(c.initial.a)
+                                                                             : double(c.initial.a + c.initial.b);
+            double f = double(p_.target_keys) / nominal;
             for (int round = 0; round < p_.n_retime; ++round) {
                 c.time_s = time_plan(scaled(c.initial, f), il, q, n_q, n_head, kv, scale);
                 f        = std::clamp(f * res_.target_time_s / std::max(c.time_s, 1e-9), 1e-3, 1e4);

@@ -19,7 +19,7 @@ struct minference_search_params {
     // The cost every candidate is re-timed to: an A-shape plan in which each query sees about this many keys
     // (128 sink + the rest local), at the calibration length.
     int64_t target_keys = 4096;
-    int     n_retime    = 3;      // re-timing rounds (budgets scaled by target / measured time each round)
+    int     n_retime    = 3;      // re-timing rounds (0: budgets from nominal keys per query only)
     double  tolerance   = 5e-3;   // an output element counts as wrong when off by more than this
     int     n_threads   = 0;      // 0: hardware concurrency
 };
