@@ -13,6 +13,7 @@
 #include "eval/haystack.h"
 #include "eval/niah.h"
 #include "eval/ppl.h"
+#include "eval/report.h"
 #include "eval/results.h"
 #include "eval/ruler.h"
 
@@ -545,12 +546,72 @@ int cmd_eval_niah(const args_t & args) {
     return 0;
 }
 
+int cmd_eval_report(const args_t & args) {
+    const char * cmd = "eval report";
+    arg_parser   p(cmd, "longctx eval report FILE.json... [-o REPORT.md] [--plots DIR]");
+    p.add({"-o", "--out", "FILE", "markdown report (-: stdout)", "-"});
+    p.add({"", "--plots", "DIR", "write accuracy-vs-density.svg, speed-vs-density.svg and the niah heatmaps here", ""});
+    if (status st = p.parse(args); !st) return fail(cmd, st);
+    if (p.help_requested()) {
+        p.print_help();
+        return 0;
+    }
+    if (p.positional().empty())
+        return fail(cmd, error(status_code::INVALID_ARGUMENT, "give one or more result files (eval-*.json)"));
+    std::vector<eval::report_input> in;
+    for (const auto & path : p.positional()) {
+        auto d = eval::result_file::load(path);
+        if (!d) return fail(cmd, d.get_status());
+        in.push_back({path, std::move(*d)});
+    }
+    auto md = eval::report_markdown(in);
+    if (!md) return fail(cmd, md.get_status());
+    if (p.has("--plots")) {
+        const std::string dir = p.get("--plots");
+        std::error_code   ec;
+        std::filesystem::create_directories(dir, ec);
+        auto pts = eval::report_points(in);
+        if (!pts) return fail(cmd, pts.get_status());
+        std::string links;
+        // Links relative to the report's folder.
+        const std::string md_dir =
+            p.get("--out") == "-" ? std::string(".") : std::filesystem::absolute(p.get("--out")).parent_path().string();
+        auto link = [&](const std::string & name) {
+            const std::string rel =
+                std::filesystem::relative(std::filesystem::absolute(dir + "/" + name), md_dir, ec).string();
+            return "![" + name + "](" + (rel.empty() ? dir + "/" + name : rel) + ")\n";
+        };
+        for (const auto & [name, svg] :
+             {std::pair{std::string("accuracy-vs-density.svg"), eval::report_accuracy_svg(*pts)},
+              {std::string("speed-vs-density.svg"), eval::report_speed_svg(*pts)}}) {
+            if (status st = eval::write_file_atomic(dir + "/" + name, svg); !st) return fail(cmd, st);
+            links += link(name);
+        }
+        for (const auto & f : in) {
+            if (f.doc["eval"] != "niah") continue;
+            auto svg = eval::niah_heatmap_svg(f.doc);
+            if (!svg) return fail(cmd, svg.get_status());
+            const std::string name = std::filesystem::path(replace_ext(f.path, ".svg")).filename().string();
+            if (status st = eval::write_file_atomic(dir + "/" + name, *svg); !st) return fail(cmd, st);
+            links += link(name);
+        }
+        *md += "## Plots\n\n" + links;
+    }
+    if (p.get("--out") == "-") {
+        std::fwrite(md->data(), 1, md->size(), stdout);
+    } else if (status st = eval::write_file_atomic(p.get("--out"), *md); !st) {
+        return fail(cmd, st);
+    }
+    return 0;
+}
+
 void print_eval_usage(FILE * f) {
     std::fprintf(f, "usage: longctx eval <task> [options]\n\ntasks:\n"
                     "  niah      needle in a haystack: classic, numeric needle, passkey; JSON + SVG heatmap\n"
                     "  ruler     RULER synthetic tasks: 8 NIAH variants, variable tracking, common/frequent words\n"
                     "  ppl       long-text perplexity: prefill (A), sliding window (B), teacher-forced decode (C)\n"
                     "  fidelity  agreement with dense over long text: KL and top-1 of next-token distributions\n"
+                    "  report    markdown tables and SVG plots (accuracy and speed versus density) from result files\n"
                     "\n`longctx eval <task> --help` lists the options of a task.\n");
 }
 
@@ -571,9 +632,11 @@ int cmd_eval(const args_t & args) {
     if (task == "fidelity") return cmd_eval_fidelity(rest);
     if (task == "ppl") return cmd_eval_ppl(rest);
     if (task == "ruler") return cmd_eval_ruler(rest);
-    std::fprintf(stderr,
-                 "longctx eval: unknown task '%s'; tasks: niah, ruler, ppl, fidelity (see longctx eval --help)\n",
-                 task.c_str());
+    if (task == "report") return cmd_eval_report(rest);
+    std::fprintf(
+        stderr,
+        "longctx eval: unknown task '%s'; tasks: niah, ruler, ppl, fidelity, report (see longctx eval --help)\n",
+        task.c_str());
     return 2;
 }
 

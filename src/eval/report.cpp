@@ -1,0 +1,183 @@
+// Markdown tables and density plots from eval result files.
+#include "eval/report.h"
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+#include "eval/ppl.h"
+#include "eval/ruler.h"
+#include "eval/svg.h"
+
+namespace lc::eval {
+
+namespace {
+std::string f2(double v, const char * fmt = "%.2f") {
+    char b[64];
+    std::snprintf(b, sizeof(b), fmt, v);
+    return b;
+}
+std::string base(const std::string & p) {
+    return std::filesystem::path(p).filename().string();
+}
+} // namespace
+
+result<std::vector<report_point>> report_points(const std::vector<report_input> & in) {
+    std::vector<report_point> out;
+    try {
+        for (const auto & f : in) {
+            const std::string                   ev = f.doc.at("eval").get<std::string>();
+            std::map<std::string, report_point> acc;
+            std::vector<std::string>            order;
+            std::map<std::string, double>       tok, secs;
+            for (const auto & rec : f.doc.at("records")) {
+                const int64_t n_tok = rec.contains("n_prompt")       ? rec["n_prompt"].get<int64_t>()
+                                      : rec.contains("n_tokens_run") ? rec["n_tokens_run"].get<int64_t>()
+                                      : rec.contains("length")       ? rec["length"].get<int64_t>()
+                                                                     : 0;
+                for (const auto & run : rec.at("runs")) {
+                    const std::string lab = run.at("label").get<std::string>();
+                    if (!acc.count(lab)) {
+                        order.push_back(lab);
+                        acc[lab] = report_point{base(f.path), ev, lab, 0.0, 0.0, 0.0, 0};
+                    }
+                    report_point & p = acc[lab];
+                    p.density += run.value("density", 1.0);
+                    double s = std::nan("");
+                    if (ev == "niah") s = 100.0 * run.at("score").get<double>();
+                    if (ev == "ruler") s = 100.0 * run.at("score").get<double>();
+                    if (ev == "fidelity") s = 100.0 * (lab == "dense" ? 1.0 : rec.at("top1_agree").get<double>());
+                    p.score += s;
+                    p.n += 1;
+                    tok[lab] += double(n_tok);
+                    secs[lab] += run.value("prefill_s", 0.0);
+                }
+            }
+            for (const auto & lab : order) {
+                report_point p = acc[lab];
+                p.density /= p.n;
+                p.score /= p.n;
+                p.score = std::round(p.score * 100.0) / 100.0;
+                p.speed = secs[lab] > 0 ? tok[lab] / secs[lab] : 0.0;
+                out.push_back(p);
+            }
+        }
+    } catch (const json::exception & e) {
+        return error(status_code::INVALID_FILE, "eval report: malformed result file: %s", e.what());
+    }
+    return out;
+}
+
+result<std::string> report_markdown(const std::vector<report_input> & in) {
+    LC_ASSIGN_OR_RETURN(std::vector<report_point> pts, report_points(in));
+    std::string md = "# longctx eval report\n\n";
+    try {
+        for (const auto & f : in) {
+            const std::string ev   = f.doc.at("eval").get<std::string>();
+            const json &      meta = f.doc.at("meta");
+            md += "## " + base(f.path) + " (" + meta.value("task", ev) + ")\n\n";
+            md += "Model: " + meta.value("model_name", std::string("?")) + " (" +
+                  meta.value("weights", std::string("")) + ", sha256 " +
+                  meta.value("model_sha256", std::string("?")).substr(0, 12) + "), build " +
+                  meta.value("build", std::string("?")) + ", " + std::to_string(f.doc["records"].size()) + " records";
+            if (meta.contains("template")) md += ", template " + meta["template"].get<std::string>();
+            if (meta.contains("haystack")) md += ", haystack " + meta["haystack"].get<std::string>().substr(0, 40);
+            if (meta.contains("corpus")) md += ", corpus " + meta["corpus"].get<std::string>().substr(0, 40);
+            md += ".\n\n";
+            if (ev == "niah" || ev == "fidelity") {
+                const char * what = ev == "niah" ? "score (%)" : "top-1 agreement (%)";
+                md += std::string("| method | density | ") + what + " | vs dense | prefill tok/s | runs |\n";
+                md += "| --- | ---: | ---: | ---: | ---: | ---: |\n";
+                double dense_score = std::nan("");
+                for (const auto & p : pts)
+                    if (p.file == base(f.path) && p.label == "dense") dense_score = p.score;
+                for (const auto & p : pts) {
+                    if (p.file != base(f.path)) continue;
+                    md += "| " + p.label + " | " + f2(p.density, "%.3f") + " | " + f2(p.score) + " | " +
+                          (std::isnan(dense_score) ? "-" : f2(p.score - dense_score, "%+.2f")) + " | " +
+                          f2(p.speed, "%.0f") + " | " + std::to_string(p.n) + " |\n";
+                }
+                if (ev == "fidelity") {
+                    md += "\n| length | doc | KL mean | KL max | top-1 |\n| ---: | ---: | ---: | ---: | ---: |\n";
+                    for (const auto & r : f.doc["records"])
+                        md += "| " + std::to_string(r.at("length").get<int64_t>()) + " | " +
+                              std::to_string(r.at("doc").get<int>()) + " | " +
+                              f2(r.at("kl_mean").get<double>(), "%.4g") + " | " +
+                              f2(r.at("kl_max").get<double>(), "%.4g") + " | " +
+                              f2(r.at("top1_agree").get<double>(), "%.4f") + " |\n";
+                }
+            } else if (ev == "ruler") {
+                LC_ASSIGN_OR_RETURN(auto rows, ruler_summary(f.doc));
+                std::vector<std::string> tasks;
+                for (const auto & r : rows)
+                    for (const auto & [t, s] : r.task_scores)
+                        if (std::find(tasks.begin(), tasks.end(), t) == tasks.end()) tasks.push_back(t);
+                md += "| length | method | mean |";
+                for (const auto & t : tasks) md += " " + t + " |";
+                md += "\n| ---: | --- | ---: |";
+                for (size_t i = 0; i < tasks.size(); ++i) md += " ---: |";
+                md += "\n";
+                for (const auto & r : rows) {
+                    md += "| " + std::to_string(r.length) + " | " + r.label + " | " + f2(r.mean) + " |";
+                    for (const auto & t : tasks) {
+                        std::string v = "-";
+                        for (const auto & [tt, s] : r.task_scores)
+                            if (tt == t) v = f2(s, "%.1f");
+                        md += " " + v + " |";
+                    }
+                    md += "\n";
+                }
+                md += "\nMeans are over the tasks run (" + std::to_string(tasks.size()) +
+                      " of RULER's 13; qa_1 and qa_2 need data sets the project does not hold).\n";
+            } else if (ev == "ppl") {
+                LC_ASSIGN_OR_RETURN(auto rows, ppl_summary(f.doc));
+                md += "| setting | method | tokens | ppl | vs dense |\n| --- | --- | ---: | ---: | ---: |\n";
+                std::map<std::string, double> dense;
+                for (const auto & r : rows)
+                    if (r.label == "dense") dense[r.group] = r.ppl;
+                for (const auto & r : rows)
+                    md += "| " + r.group + " | " + r.label + " | " + std::to_string(r.n_scored) + " | " +
+                          f2(r.ppl, "%.4f") + " | " +
+                          (dense.count(r.group) ? f2(r.ppl - dense[r.group], "%+.4f") : std::string("-")) + " |\n";
+                md += "\nMicro averages (all scored tokens pooled).\n";
+            } else {
+                md += "(unknown eval '" + ev + "')\n";
+            }
+            md += "\n";
+        }
+    } catch (const json::exception & e) {
+        return error(status_code::INVALID_FILE, "eval report: malformed result file: %s", e.what());
+    }
+    return md;
+}
+
+namespace {
+std::string density_chart(const std::vector<report_point> & pts, bool speed) {
+    std::vector<chart_series>     series;
+    std::map<std::string, size_t> at;
+    for (const auto & p : pts) {
+        const double y = speed ? p.speed : p.score;
+        if (std::isnan(y)) continue;
+        const std::string name = p.file;
+        if (!at.count(name)) {
+            at[name] = series.size();
+            series.push_back({name, {}, {}, false});
+        }
+        series[at[name]].x.push_back(p.density);
+        series[at[name]].y.push_back(y);
+    }
+    return svg_chart(speed ? "prefill speed versus attention density" : "accuracy versus attention density",
+                     "density (computed / causal query-key pairs)", speed ? "prefill tokens per second" : "score (%)",
+                     series);
+}
+} // namespace
+
+std::string report_accuracy_svg(const std::vector<report_point> & pts) {
+    return density_chart(pts, false);
+}
+
+std::string report_speed_svg(const std::vector<report_point> & pts) {
+    return density_chart(pts, true);
+}
+
+} // namespace lc::eval

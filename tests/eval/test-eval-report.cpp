@@ -1,0 +1,64 @@
+// eval report: tables and density plots from hand-made result files of each eval.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "eval/report.h"
+
+using namespace lc;
+using namespace lc::eval;
+
+namespace {
+json niah_doc() {
+    // Two cells; dense scores 1 and 1, the method 1 and 0 at density 0.5 and 0.3; prefill 1000 tokens in 2 s / 1 s.
+    json d = {{"eval", "niah"}, {"meta", {{"task", "niah-numeric"}, {"model_name", "m"}}}, {"records", json::array()}};
+    for (int i = 0; i < 2; ++i)
+        d["records"].push_back({{"key", std::to_string(i)},
+                                {"length", 1000},
+                                {"depth", 50 * i},
+                                {"n_prompt", 1000},
+                                {"runs",
+                                 {{{"label", "dense"}, {"score", 1.0}, {"density", 1.0}, {"prefill_s", 2.0}},
+                                  {{"label", "prefill=vslash budget=1x"},
+                                   {"score", i == 0 ? 1.0 : 0.0},
+                                   {"density", i == 0 ? 0.5 : 0.3},
+                                   {"prefill_s", 1.0}}}}});
+    return d;
+}
+json ppl_doc() {
+    // nll sums ln(4) * 10 over 10 tokens -> ppl 4; the method ln(5) * 10 -> 5.
+    json d = {{"eval", "ppl"}, {"meta", {{"task", "ppl-prefill"}}}, {"records", json::array()}};
+    d["records"].push_back({{"key", "A"},
+                            {"protocol", "prefill"},
+                            {"length", 11},
+                            {"runs",
+                             {{{"label", "dense"}, {"nll_sum", 10 * std::log(4.0)}, {"n_scored", 10}},
+                              {{"label", "m"}, {"nll_sum", 10 * std::log(5.0)}, {"n_scored", 10}}}}});
+    return d;
+}
+} // namespace
+
+TEST(eval_report, points_and_tables) {
+    std::vector<report_input> in  = {{"dir/a.json", niah_doc()}, {"b.json", ppl_doc()}};
+    auto                      pts = report_points(in);
+    ASSERT_TRUE(pts);
+    ASSERT_EQ(pts->size(), 4u);
+    EXPECT_EQ((*pts)[0].file, "a.json");
+    EXPECT_EQ((*pts)[0].label, "dense");
+    EXPECT_DOUBLE_EQ((*pts)[0].score, 100.0);
+    EXPECT_DOUBLE_EQ((*pts)[0].speed, 500.0); // 2000 tokens in 4 s
+    EXPECT_DOUBLE_EQ((*pts)[1].score, 50.0);
+    EXPECT_DOUBLE_EQ((*pts)[1].density, 0.4);
+    EXPECT_DOUBLE_EQ((*pts)[1].speed, 1000.0);
+    EXPECT_TRUE(std::isnan((*pts)[2].score)); // ppl has no score
+    auto md = report_markdown(in);
+    ASSERT_TRUE(md);
+    EXPECT_NE(md->find("| prefill=vslash budget=1x | 0.400 | 50.00 | -50.00 | 1000 | 2 |"), std::string::npos) << *md;
+    EXPECT_NE(md->find("| A L=11 | m | 10 | 5.0000 | +1.0000 |"), std::string::npos) << *md;
+    const std::string svg = report_accuracy_svg(*pts);
+    EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n");
+    EXPECT_NE(svg.find("a.json"), std::string::npos);
+    EXPECT_NE(report_speed_svg(*pts).find("prefill tokens per second"), std::string::npos);
+    EXPECT_FALSE(report_markdown(
+        {{"x.json", json{{"eval", "niah"}, {"meta", json::object()}, {"records", {{{"runs", {{{"nolabel", 1}}}}}}}}}}));
+}
