@@ -219,7 +219,7 @@ void bench_decode(int64_t N, int B, void * flush, size_t flush_bytes, int n_spli
     std::vector<int32_t> hl(static_cast<size_t>(B), static_cast<int32_t>(N));
     LC_CUDA_CHECK(cudaMemcpy(pages, hp.data(), n_pages * 4, cudaMemcpyHostToDevice));
     LC_CUDA_CHECK(cudaMemcpy(lens, hl.data(), B * 4, cudaMemcpyHostToDevice));
-    const int    n_split  = n_split_arg > 0 ? n_split_arg : cuda::attn_decode_n_split(B, H, HKV, N);
+    const int    n_split  = n_split_arg > 0 ? n_split_arg : cuda::attn_decode_n_split(B, H, HKV, D, N);
     const size_t ws_bytes = cuda::attn_decode_workspace_bytes(B, H, D, n_split);
     LC_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
 

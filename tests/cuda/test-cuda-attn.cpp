@@ -67,7 +67,8 @@ struct paged_pool {
     int64_t             n_pages = 0;
     std::vector<bf16_t> k, v;     // [n_pages][n_head_kv][64][head_dim]
     std::vector<fp16_t> k16, v16; // the same values in fp16, for the CPU reference
-    paged_pool(int n_head_kv_, int64_t n_pages_, std::mt19937 & rng) : n_head_kv(n_head_kv_), n_pages(n_pages_) {
+    paged_pool(int n_head_kv_, int head_dim_, int64_t n_pages_, std::mt19937 & rng)
+        : n_head_kv(n_head_kv_), head_dim(head_dim_), n_pages(n_pages_) {
         const size_t n = size_t(n_pages) * n_head_kv * 64 * head_dim;
         k              = random_bf16(n, rng);
         v              = random_bf16(n, rng);
@@ -115,14 +116,15 @@ struct prefill_case {
     int64_t n_q, pos0;
     int     n_head, n_head_kv;
     bool    o_f32;
+    int     head_dim = 128;
 };
 
 void run_prefill(const prefill_case & pc, cuda::attn_prefill_kernel kernel, uint32_t seed) {
     std::mt19937         rng(seed);
-    const int            D       = 128;
+    const int            D       = pc.head_dim;
     const int64_t        n_kv    = pc.pos0 + pc.n_q;
     const int64_t        n_pages = (n_kv + 63) / 64;
-    paged_pool           pp(pc.n_head_kv, n_pages + 3, rng);
+    paged_pool           pp(pc.n_head_kv, D, n_pages + 3, rng);
     std::vector<int32_t> pages(size_t(pp.n_pages));
     std::iota(pages.begin(), pages.end(), 0);
     std::shuffle(pages.begin(), pages.end(), rng);
@@ -181,12 +183,14 @@ void run_prefill(const prefill_case & pc, cuda::attn_prefill_kernel kernel, uint
     double                   max_lse = 0;
     for (size_t i = 0; i < lse.size(); ++i) max_lse = std::max(max_lse, std::fabs(double(lse[i]) - lse_ref[i]));
     EXPECT_LT(max_lse, k_lse_abs_max) << "lse, n_q " << pc.n_q << " pos0 " << pc.pos0;
-    std::printf("prefill %s n_q=%lld pos0=%lld n_head=%d n_head_kv=%d o_%s: nmse=%.2e max|dlse|=%.2e\n",
+    std::printf("prefill %s D=%d n_q=%lld pos0=%lld n_head=%d n_head_kv=%d o_%s: nmse=%.2e max|dlse|=%.2e\n",
                 kernel == cuda::attn_prefill_kernel::WGMMA           ? "wgmma"
                 : kernel == cuda::attn_prefill_kernel::WGMMA_OVERLAP ? "wgmma_overlap"
                 : kernel == cuda::attn_prefill_kernel::WGMMA_BASIC   ? "wgmma_basic"
+                : kernel == cuda::attn_prefill_kernel::AUTO          ? "auto"
                                                                      : "mma_sync",
-                (long long)pc.n_q, (long long)pc.pos0, pc.n_head, pc.n_head_kv, pc.o_f32 ? "f32" : "bf16", e, max_lse);
+                D, (long long)pc.n_q, (long long)pc.pos0, pc.n_head, pc.n_head_kv, pc.o_f32 ? "f32" : "bf16", e,
+                max_lse);
 }
 
 const prefill_case k_prefill_cases[] = {
@@ -197,10 +201,20 @@ const prefill_case k_prefill_cases[] = {
     {1, 200, 4, 1, true},    // a single query row
 };
 
+// Other head sizes (mma.sync only): SmolLM2-135M (9 heads, 3 KV heads, 64) and Gemma 3 270M (4, 1, 256).
+const prefill_case k_prefill_cases_other_d[] = {
+    {500, 100, 9, 3, true, 64},
+    {70, 0, 6, 2, false, 64},
+    {300, 40, 4, 1, true, 256},
+    {65, 0, 2, 2, false, 256},
+};
+
 TEST(cuda_attn, prefill_mma_sync_matches_reference) {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
     uint32_t seed = 1;
     for (const auto & pc : k_prefill_cases) run_prefill(pc, cuda::attn_prefill_kernel::MMA_SYNC, seed++);
+    for (const auto & pc : k_prefill_cases_other_d) run_prefill(pc, cuda::attn_prefill_kernel::MMA_SYNC, seed++);
+    for (const auto & pc : k_prefill_cases_other_d) run_prefill(pc, cuda::attn_prefill_kernel::AUTO, seed++);
 }
 
 TEST(cuda_attn, prefill_wgmma_matches_reference) {
@@ -221,24 +235,26 @@ TEST(cuda_attn, prefill_rejects_bad_shapes) {
     a.n_q          = 4;
     a.n_head       = 8;
     a.kv.n_head_kv = 8;
-    a.kv.head_dim  = 64;
+    a.kv.head_dim  = 96;
     a.kv.n_kv      = 4;
     EXPECT_EQ(cuda::attn_prefill(a, cuda::attn_prefill_kernel::AUTO, nullptr).code(), status_code::UNSUPPORTED);
+    a.kv.head_dim = 64;
+    EXPECT_EQ(cuda::attn_prefill(a, cuda::attn_prefill_kernel::WGMMA, nullptr).code(), status_code::UNSUPPORTED);
     a.kv.head_dim = 128;
     a.kv.n_kv     = 3;
     EXPECT_EQ(cuda::attn_prefill(a, cuda::attn_prefill_kernel::AUTO, nullptr).code(), status_code::INVALID_ARGUMENT);
 }
 
-void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, int n_split, bool o_f32, uint32_t seed) {
+void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, int n_split, bool o_f32, uint32_t seed,
+                int D = 128) {
     std::mt19937 rng(seed);
-    const int    D        = 128;
     const int    n_seq    = int(lens.size());
     int64_t      n_kv_max = 1, stride = 1;
     for (int32_t l : lens) n_kv_max = std::max<int64_t>(n_kv_max, l);
     stride              = (n_kv_max + 63) / 64;
     int64_t total_pages = 0;
     for (int32_t l : lens) total_pages += (l + 63) / 64;
-    paged_pool           pp(n_head_kv, total_pages + 2, rng);
+    paged_pool           pp(n_head_kv, D, total_pages + 2, rng);
     std::vector<int32_t> perm(size_t(pp.n_pages));
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), rng);
@@ -266,7 +282,7 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
     dev_buf<uint8_t> dout(o_bytes);
     CK(cudaMemset(dout.p, 0xff, o_bytes));
     CK(cudaMemset(dlse.p, 0xff, lse_ref.size() * 4));
-    const int        ns       = n_split > 0 ? n_split : cuda::attn_decode_n_split(n_seq, n_head, n_head_kv, n_kv_max);
+    const int        ns = n_split > 0 ? n_split : cuda::attn_decode_n_split(n_seq, n_head, n_head_kv, D, n_kv_max);
     const size_t     ws_bytes = cuda::attn_decode_workspace_bytes(n_seq, n_head, D, ns);
     dev_buf<uint8_t> ws(ws_bytes);
 
@@ -320,8 +336,24 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
         if (lens[s] != 0) continue;
         for (int i = 0; i < n_head * D; ++i) EXPECT_EQ(o[size_t(s) * n_head * D + i], 0.f);
     }
-    std::printf("decode n_seq=%d n_head=%d n_head_kv=%d n_split=%d o_%s: nmse=%.2e max|dlse|=%.2e\n", n_seq, n_head,
-                n_head_kv, ns, o_f32 ? "f32" : "bf16", e, max_lse);
+    std::printf("decode D=%d n_seq=%d n_head=%d n_head_kv=%d n_split=%d o_%s: nmse=%.2e max|dlse|=%.2e\n", D, n_seq,
+                n_head, n_head_kv, ns, o_f32 ? "f32" : "bf16", e, max_lse);
+}
+
+TEST(cuda_attn, decode_rejects_bad_shapes) {
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
+    cuda::attn_decode_args a;
+    a.n_seq     = 1;
+    a.n_head    = 16;
+    a.n_head_kv = 1;
+    a.head_dim  = 128;
+    EXPECT_EQ(cuda::attn_decode(a, nullptr).code(), status_code::UNSUPPORTED); // 16 query heads per KV head
+    a.n_head_kv = 2;
+    a.head_dim  = 80;
+    EXPECT_EQ(cuda::attn_decode(a, nullptr).code(), status_code::UNSUPPORTED);
+    a.head_dim = 128;
+    a.n_kv_max = 64;
+    EXPECT_EQ(cuda::attn_decode(a, nullptr).code(), status_code::INVALID_ARGUMENT); // no workspace
 }
 
 TEST(cuda_attn, decode_matches_reference) {
@@ -332,7 +364,13 @@ TEST(cuda_attn, decode_matches_reference) {
     run_decode({777, 1500}, 16, 2, 0, true, 14);             // GQA 8
     run_decode({777, 1500}, 8, 8, 3, true, 15);              // MHA
     run_decode({300}, 16, 8, 0, true, 16);                   // GQA 2
-    run_decode({2000, 5}, 32, 8, 50, true, 17);              // more splits than pages: one page each, empty tails
+    run_decode({2000, 5}, 32, 8, 50, true, 17);
+    run_decode({1000, 77, 3000}, 9, 3, 0, true, 18, 64); // SmolLM2-135M heads
+    run_decode({700, 64}, 24, 8, 0, false, 19);          // GQA 3
+    run_decode({500, 1500}, 4, 1, 0, true, 20, 256);     // Gemma 3 270M heads
+    run_decode(
+        {300}, 6, 1, 2, true, 21,
+        256); // GQA 6 at 256: the spilling instance              // more splits than pages: one page each, empty tails
 }
 
 } // namespace

@@ -21,7 +21,7 @@ namespace lc::cuda {
 //   o:      [n_seq][n_head][head_dim], f32 when o_f32 else bf16;  lse: [n_seq][n_head] f32 (optional)
 //   workspace: attn_decode_workspace_bytes() bytes of device memory for the partial states
 // The query sees every cached key (the new token's K/V are written to the cache first).
-// Supported: head_dim 128, n_head / n_head_kv in {1, 2, 4, 8}. Errors: UNSUPPORTED for other shapes,
+// Supported: head_dim 64, 128, 256; n_head / n_head_kv in 1..8. Errors: UNSUPPORTED for other shapes,
 // INVALID_ARGUMENT for a workspace that is too small. Asynchronous on `stream`.
 struct attn_decode_args {
     const bf16_t *  q               = nullptr;
@@ -45,7 +45,7 @@ struct attn_decode_args {
 };
 
 // Splits of the key range per (sequence, KV head) that attn_decode() uses for this shape (n_split = 0).
-int    attn_decode_n_split(int n_seq, int n_head, int n_head_kv, int64_t n_kv_max);
+int    attn_decode_n_split(int n_seq, int n_head, int n_head_kv, int head_dim, int64_t n_kv_max);
 size_t attn_decode_workspace_bytes(int n_seq, int n_head, int head_dim, int n_split);
 
 status attn_decode(const attn_decode_args & a, cudaStream_t stream);

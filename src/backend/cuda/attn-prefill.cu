@@ -8,9 +8,13 @@
 namespace lc::cuda {
 
 status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cudaStream_t stream) {
-    if (a.kv.head_dim != 128) {
-        return error(status_code::UNSUPPORTED, "cuda attn_prefill: head_dim %d; this build supports 128",
-                     a.kv.head_dim);
+    const int D = a.kv.head_dim;
+    if (D != 64 && D != 128 && D != 256) {
+        return error(status_code::UNSUPPORTED, "cuda attn_prefill: head_dim %d; this build supports 64, 128, 256", D);
+    }
+    if (D != 128 && (kernel == attn_prefill_kernel::WGMMA || kernel == attn_prefill_kernel::WGMMA_OVERLAP ||
+                     kernel == attn_prefill_kernel::WGMMA_BASIC)) {
+        return error(status_code::UNSUPPORTED, "cuda attn_prefill: the wgmma kernels support head_dim 128, not %d", D);
     }
     if (a.kv.n_head_kv <= 0 || a.n_head % a.kv.n_head_kv != 0) {
         return error(status_code::UNSUPPORTED, "cuda attn_prefill: n_head %d is not a multiple of n_head_kv %d",
@@ -25,7 +29,7 @@ status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cud
         int dev = 0, major = 0;
         LC_CUDA_CHECK(cudaGetDevice(&dev));
         LC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-        kernel = major == 9 ? attn_prefill_kernel::WGMMA : attn_prefill_kernel::MMA_SYNC;
+        kernel = major == 9 && D == 128 ? attn_prefill_kernel::WGMMA : attn_prefill_kernel::MMA_SYNC;
     }
     if (kernel == attn_prefill_kernel::WGMMA) {
         attn_prefill_launch_wgmma(a, 2, stream);
@@ -41,17 +45,21 @@ status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cud
 
 namespace {
 
-constexpr int head_dim   = 128;
-constexpr int block_q    = 64; // query rows per block (16 per warp)
-constexpr int block_k    = 64; // keys per step: one page
-constexpr int n_threads  = 128;
-constexpr int tile_bytes = 64 * head_dim * 2; // 64 rows of 256 B
-constexpr int smem_bytes = tile_bytes * 5;    // Q, K[2], V[2]
+constexpr int block_q   = 64; // query rows per block (16 per warp)
+constexpr int block_k   = 64; // keys per step: one page
+constexpr int n_threads = 128;
+// Shared memory: Q, K[2], V[2], each 64 rows of D bf16
+__host__ __device__ constexpr int tile_bytes_for(int D) {
+    return 64 * D * 2;
+}
+__host__ __device__ constexpr int smem_bytes_for(int D) {
+    return 5 * tile_bytes_for(D);
+}
 
-// Byte offset of 16-byte chunk c (0..15) of row r in a [64][128] bf16 tile; the XOR swizzle makes the 8 rows
+// Byte offset of 16-byte chunk c (0..D/8-1) of row r in a [64][D] bf16 tile; the XOR swizzle makes the 8 rows
 // that one ldmatrix phase reads fall in 8 different bank groups.
-__device__ __forceinline__ uint32_t tile_off(int r, int c) {
-    return r * 256 + ((c ^ (r & 7)) << 4);
+template <int D> __device__ __forceinline__ uint32_t tile_off(int r, int c) {
+    return r * (D * 2) + ((c ^ (r & 7)) << 4);
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
@@ -72,22 +80,30 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// One 64 x 128 page block (K or V of one KV head) into a swizzled tile; rows >= n_valid become zeros.
+// One 64 x D page block (K or V of one KV head) into a swizzled tile; rows >= n_valid become zeros.
+template <int D>
 __device__ __forceinline__ void load_page(uint32_t dst, const __nv_bfloat16 * src, int n_valid, int tid) {
-    const int c = tid & 15;
+    constexpr int CPR = D / 8;           // 16-byte chunks per row
+    constexpr int RPI = n_threads / CPR; // rows per iteration
+    const int     c   = tid % CPR;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int r = (tid >> 4) + 8 * i;
-        cp_async_16(dst + tile_off(r, c), src + r * head_dim + c * 8, r < n_valid ? 16 : 0);
+    for (int i = 0; i < 64 / RPI; ++i) {
+        const int r = tid / CPR + RPI * i;
+        cp_async_16(dst + tile_off<D>(r, c), src + r * D + c * 8, r < n_valid ? 16 : 0);
     }
 }
 
-template <bool O_F32>
+// D: head_dim (64, 128, 256). Q fragments stay in registers up to D = 128; at 256 they are re-read from shared
+// memory each step (the O accumulators alone take 128 registers there).
+template <int D, bool O_F32>
 __global__ void __launch_bounds__(n_threads)
     attn_prefill_mma_kernel(const __nv_bfloat16 * __restrict__ q, int64_t n_q, int64_t pos0, int n_head,
                             const __nv_bfloat16 * __restrict__ k_pool, const __nv_bfloat16 * __restrict__ v_pool,
                             const int32_t * __restrict__ pages, int64_t n_kv, int n_head_kv, float scale_log2,
                             void * __restrict__ o, float * __restrict__ lse) {
+    constexpr int     tile_bytes = tile_bytes_for(D);
+    constexpr int     KD         = D / 16; // k-steps of Q K^T, and 16-column pairs of O
+    constexpr bool    Q_IN_REGS  = D <= 128;
     extern __shared__ __align__(128) uint8_t smem[];
     const int                                tid  = threadIdx.x;
     const int                                warp = tid >> 5;
@@ -106,31 +122,34 @@ __global__ void __launch_bounds__(n_threads)
     const int64_t q_row0     = qt * block_q;
     const int64_t last_row   = min(q_row0 + block_q - 1, n_q - 1);
     const int     n_kt       = int((pos0 + last_row) / block_k) + 1;
-    const size_t  page_elems = size_t(n_head_kv) * block_k * head_dim;
+    const size_t  page_elems = size_t(n_head_kv) * block_k * D;
 
     { // Q tile: rows past n_q are zeros
-        const int c = tid & 15;
+        constexpr int CPR = D / 8, RPI = n_threads / CPR;
+        const int     c = tid % CPR;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int     r   = (tid >> 4) + 8 * i;
+        for (int i = 0; i < 64 / RPI; ++i) {
+            const int     r   = tid / CPR + RPI * i;
             const int64_t row = min(q_row0 + r, n_q - 1);
-            cp_async_16(s_q + tile_off(r, c), q + (size_t(row) * n_head + h) * head_dim + c * 8,
-                        q_row0 + r < n_q ? 16 : 0);
+            cp_async_16(s_q + tile_off<D>(r, c), q + (size_t(row) * n_head + h) * D + c * 8, q_row0 + r < n_q ? 16 : 0);
         }
     }
     auto load_kv = [&](int kt, int buf) {
-        const size_t base = size_t(pages[kt]) * page_elems + size_t(hk) * block_k * head_dim;
+        const size_t base = size_t(pages[kt]) * page_elems + size_t(hk) * block_k * D;
         const int    nv   = int(min(int64_t(block_k), n_kv - int64_t(kt) * block_k));
-        load_page(s_q + (1 + buf) * tile_bytes, k_pool + base, nv, tid);
-        load_page(s_q + (3 + buf) * tile_bytes, v_pool + base, nv, tid);
+        load_page<D>(s_q + (1 + buf) * tile_bytes, k_pool + base, nv, tid);
+        load_page<D>(s_q + (3 + buf) * tile_bytes, v_pool + base, nv, tid);
     };
     load_kv(0, 0);
     cp_async_commit();
 
-    uint32_t qf[8][4];
-    float    acc[16][4];
+    uint32_t qf[Q_IN_REGS ? KD : 1][4];
+    float    acc[D / 8][4];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    auto q_frag = [&](int kk, uint32_t(&f)[4]) {
+        ldmatrix_x4(s_q + tile_off<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), f[0], f[1], f[2], f[3]);
+    };
     float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     const int64_t row_pos0    = pos0 + q_row0 + warp * 16 + g; // position of this thread's rows g and g + 8
     const int64_t cta_min_pos = pos0 + q_row0;
@@ -147,11 +166,10 @@ __global__ void __launch_bounds__(n_threads)
         __syncthreads();
         const uint32_t s_kb = s_q + (1 + buf) * tile_bytes;
         const uint32_t s_vb = s_q + (3 + buf) * tile_bytes;
-        if (kt == 0) {
+        if constexpr (Q_IN_REGS) {
+            if (kt == 0) {
 #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                ldmatrix_x4(s_q + tile_off(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0], qf[kk][1],
-                            qf[kk][2], qf[kk][3]);
+                for (int kk = 0; kk < KD; ++kk) q_frag(kk, qf[kk]);
             }
         }
         // S = Q K^T: 16 rows x 64 keys per warp
@@ -159,14 +177,17 @@ __global__ void __launch_bounds__(n_threads)
 #pragma unroll
         for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
+        for (int kk = 0; kk < KD; ++kk) {
+            uint32_t qs[4];
+            if constexpr (!Q_IN_REGS) q_frag(kk, qs);
+            const uint32_t(&a)[4] = Q_IN_REGS ? qf[Q_IN_REGS ? kk : 0] : qs;
 #pragma unroll
             for (int nn = 0; nn < 4; ++nn) {
                 uint32_t  b0, b1, b2, b3;
                 const int key = nn * 16 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(s_kb + tile_off(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                mma_bf16(s[2 * nn], qf[kk], b0, b1);
-                mma_bf16(s[2 * nn + 1], qf[kk], b2, b3);
+                ldmatrix_x4(s_kb + tile_off<D>(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                mma_bf16(s[2 * nn], a, b0, b1);
+                mma_bf16(s[2 * nn + 1], a, b2, b3);
             }
         }
         // causal mask on the tiles that reach past the first row of the block
@@ -203,7 +224,7 @@ __global__ void __launch_bounds__(n_threads)
         l0 *= al0;
         l1 *= al1;
 #pragma unroll
-        for (int i = 0; i < 16; ++i) {
+        for (int i = 0; i < D / 8; ++i) {
             acc[i][0] *= al0;
             acc[i][1] *= al0;
             acc[i][2] *= al1;
@@ -225,10 +246,10 @@ __global__ void __launch_bounds__(n_threads)
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
 #pragma unroll
-            for (int dd = 0; dd < 8; ++dd) {
+            for (int dd = 0; dd < KD; ++dd) {
                 uint32_t  b0, b1, b2, b3;
                 const int key = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-                ldmatrix_x4_trans(s_vb + tile_off(key, dd * 2 + (lane >> 4)), b0, b1, b2, b3);
+                ldmatrix_x4_trans(s_vb + tile_off<D>(key, dd * 2 + (lane >> 4)), b0, b1, b2, b3);
                 mma_bf16(acc[2 * dd], pf[kk], b0, b1);
                 mma_bf16(acc[2 * dd + 1], pf[kk], b2, b3);
             }
@@ -246,22 +267,22 @@ __global__ void __launch_bounds__(n_threads)
     const int64_t r0   = q_row0 + warp * 16 + g;
     const int64_t r1   = r0 + 8;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < D / 8; ++i) {
         const int col = i * 8 + 2 * t;
         if (O_F32) {
             float * of = static_cast<float *>(o);
             if (r0 < n_q)
-                *reinterpret_cast<float2 *>(of + (size_t(r0) * n_head + h) * head_dim + col) =
+                *reinterpret_cast<float2 *>(of + (size_t(r0) * n_head + h) * D + col) =
                     make_float2(acc[i][0] * inv0, acc[i][1] * inv0);
             if (r1 < n_q)
-                *reinterpret_cast<float2 *>(of + (size_t(r1) * n_head + h) * head_dim + col) =
+                *reinterpret_cast<float2 *>(of + (size_t(r1) * n_head + h) * D + col) =
                     make_float2(acc[i][2] * inv1, acc[i][3] * inv1);
         } else {
             uint32_t * ob = static_cast<uint32_t *>(o);
             if (r0 < n_q)
-                ob[((size_t(r0) * n_head + h) * head_dim + col) / 2] = pack_bf16x2(acc[i][0] * inv0, acc[i][1] * inv0);
+                ob[((size_t(r0) * n_head + h) * D + col) / 2] = pack_bf16x2(acc[i][0] * inv0, acc[i][1] * inv0);
             if (r1 < n_q)
-                ob[((size_t(r1) * n_head + h) * head_dim + col) / 2] = pack_bf16x2(acc[i][2] * inv1, acc[i][3] * inv1);
+                ob[((size_t(r1) * n_head + h) * D + col) / 2] = pack_bf16x2(acc[i][2] * inv1, acc[i][3] * inv1);
         }
     }
     if (lse != nullptr && t == 0) {
@@ -271,19 +292,34 @@ __global__ void __launch_bounds__(n_threads)
     }
 }
 
-} // namespace
-
-void attn_prefill_launch_mma_sync(const attn_prefill_args & a, cudaStream_t stream) {
+template <int D> void launch_mma(const attn_prefill_args & a, cudaStream_t stream) {
     const int64_t n_qt       = (a.n_q + block_q - 1) / block_q;
     const float   scale_log2 = a.scale * 1.4426950408889634f;
     const auto *  q          = reinterpret_cast<const __nv_bfloat16 *>(a.q);
     const auto *  k          = reinterpret_cast<const __nv_bfloat16 *>(a.kv.k_pool);
     const auto *  v          = reinterpret_cast<const __nv_bfloat16 *>(a.kv.v_pool);
-    auto          kern       = a.o_f32 ? attn_prefill_mma_kernel<true> : attn_prefill_mma_kernel<false>;
-    LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    kern<<<dim3(unsigned(n_qt * a.n_head)), n_threads, smem_bytes, stream>>>(
+    auto          kern       = a.o_f32 ? attn_prefill_mma_kernel<D, true> : attn_prefill_mma_kernel<D, false>;
+    constexpr int smem       = smem_bytes_for(D);
+    LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kern<<<dim3(unsigned(n_qt * a.n_head)), n_threads, smem, stream>>>(
         q, a.n_q, a.pos0, a.n_head, k, v, a.kv.pages, a.kv.n_kv, a.kv.n_head_kv, scale_log2, a.o, a.lse);
     LC_CUDA_CHECK_LAUNCH();
+}
+
+} // namespace
+
+void attn_prefill_launch_mma_sync(const attn_prefill_args & a, cudaStream_t stream) {
+    switch (a.kv.head_dim) {
+    case 64:
+        launch_mma<64>(a, stream);
+        break;
+    case 128:
+        launch_mma<128>(a, stream);
+        break;
+    default:
+        launch_mma<256>(a, stream);
+        break;
+    }
 }
 
 } // namespace lc::cuda

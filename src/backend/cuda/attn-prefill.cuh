@@ -13,7 +13,7 @@
 namespace lc::cuda {
 
 enum class attn_prefill_kernel {
-    AUTO,          // WGMMA when the device is sm_90, else MMA_SYNC
+    AUTO,          // WGMMA when the device is sm_90 and head_dim is 128, else MMA_SYNC
     MMA_SYNC,      // FlashAttention-2 style: 4 warps, 64 query rows, mma.sync m16n8k16, cp.async double buffer
     WGMMA,         // Hopper: TMA producer warpgroup + 2 consumer warpgroups (128 query rows), wgmma m64n128k16,
                    // softmax overlapped with the tensor cores within and across warpgroups, 3 stages
@@ -26,7 +26,8 @@ enum class attn_prefill_kernel {
 //   q:   [n_q][n_head][head_dim] bf16 (device)
 //   o:   [n_q][n_head][head_dim], f32 when o_f32 else bf16 (device)
 //   lse: [n_q][n_head] f32, natural log of the softmax denominator of the scaled scores (device; optional)
-// Softmax statistics and accumulation are f32. Supported: head_dim 128, n_head % n_head_kv == 0.
+// Softmax statistics and accumulation are f32. Supported: head_dim 64, 128, 256 (the wgmma kernels: 128; AUTO
+// picks mma.sync for the others), n_head % n_head_kv == 0.
 // Errors: UNSUPPORTED for other shapes, INVALID_ARGUMENT when kv.n_kv < pos0 + n_q.
 // Asynchronous on `stream`; launch errors abort (LC_CUDA_CHECK).
 struct attn_prefill_args {
