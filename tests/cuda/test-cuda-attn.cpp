@@ -117,6 +117,7 @@ struct prefill_case {
     int     n_head, n_head_kv;
     bool    o_f32;
     int     head_dim = 128;
+    int64_t window   = 0;
 };
 
 void run_prefill(const prefill_case & pc, cuda::attn_prefill_kernel kernel, uint32_t seed) {
@@ -136,7 +137,7 @@ void run_prefill(const prefill_case & pc, cuda::attn_prefill_kernel kernel, uint
 
     std::vector<float> o_ref(qf.size()), lse_ref(size_t(pc.n_q) * pc.n_head);
     attn_dense_ref(qf.data(), pc.n_q, pc.pos0, pc.n_head, pp.view(pages.data(), n_kv), scale, o_ref.data(),
-                   lse_ref.data(), pool());
+                   lse_ref.data(), pool(), pc.window);
 
     dev_buf<bf16_t>  dq(q), dk(pp.k), dv(pp.v);
     dev_buf<int32_t> dpages(pages);
@@ -159,6 +160,7 @@ void run_prefill(const prefill_case & pc, cuda::attn_prefill_kernel kernel, uint
     a.kv.n_head_kv     = pc.n_head_kv;
     a.kv.head_dim      = D;
     a.scale            = scale;
+    a.window           = pc.window;
     a.o                = dout.p;
     a.o_f32            = pc.o_f32;
     a.lse              = dlse.p;
@@ -199,14 +201,17 @@ const prefill_case k_prefill_cases[] = {
     {256, 0, 8, 8, false},   // MHA, whole blocks, bf16 output
     {129, 1, 16, 2, true},   // GQA 8, one row past a block
     {1, 200, 4, 1, true},    // a single query row
+    // sliding windows (Gemma 3's local layers): narrower than a step, across steps, chunked, one key
+    {700, 0, 8, 2, true, 128, 100},
+    {400, 333, 8, 4, false, 128, 300},
+    {260, 5, 4, 1, true, 128, 1},
+    {300, 0, 4, 1, true, 128, 5000}, // wider than the sequence: plain causal
 };
 
 // Other head sizes (mma.sync only): SmolLM2-135M (9 heads, 3 KV heads, 64) and Gemma 3 270M (4, 1, 256).
 const prefill_case k_prefill_cases_other_d[] = {
-    {500, 100, 9, 3, true, 64},
-    {70, 0, 6, 2, false, 64},
-    {300, 40, 4, 1, true, 256},
-    {65, 0, 2, 2, false, 256},
+    {500, 100, 9, 3, true, 64}, {70, 0, 6, 2, false, 64},      {300, 40, 4, 1, true, 256},
+    {65, 0, 2, 2, false, 256},  {300, 50, 9, 3, true, 64, 77}, {200, 0, 4, 1, true, 256, 128},
 };
 
 TEST(cuda_attn, prefill_mma_sync_matches_reference) {
@@ -246,7 +251,7 @@ TEST(cuda_attn, prefill_rejects_bad_shapes) {
 }
 
 void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, int n_split, bool o_f32, uint32_t seed,
-                int D = 128) {
+                int D = 128, int64_t window = 0) {
     std::mt19937 rng(seed);
     const int    n_seq    = int(lens.size());
     int64_t      n_kv_max = 1, stride = 1;
@@ -272,7 +277,7 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
         std::vector<float> qf(size_t(n_head) * D);
         for (size_t i = 0; i < qf.size(); ++i) qf[i] = bf16_to_fp32(q[size_t(s) * n_head * D + i]);
         attn_dense_ref(qf.data(), 1, lens[s] - 1, n_head, pp.view(pages.data() + s * stride, lens[s]), scale,
-                       o_ref.data() + size_t(s) * n_head * D, lse_ref.data() + size_t(s) * n_head, pool());
+                       o_ref.data() + size_t(s) * n_head * D, lse_ref.data() + size_t(s) * n_head, pool(), window);
     }
 
     dev_buf<bf16_t>  dq(q), dk(pp.k), dv(pp.v);
@@ -282,7 +287,8 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
     dev_buf<uint8_t> dout(o_bytes);
     CK(cudaMemset(dout.p, 0xff, o_bytes));
     CK(cudaMemset(dlse.p, 0xff, lse_ref.size() * 4));
-    const int        ns = n_split > 0 ? n_split : cuda::attn_decode_n_split(n_seq, n_head, n_head_kv, D, n_kv_max);
+    const int64_t    span     = window > 0 ? std::min<int64_t>(n_kv_max, window + 63) : n_kv_max;
+    const int        ns       = n_split > 0 ? n_split : cuda::attn_decode_n_split(n_seq, n_head, n_head_kv, D, span);
     const size_t     ws_bytes = cuda::attn_decode_workspace_bytes(n_seq, n_head, D, ns);
     dev_buf<uint8_t> ws(ws_bytes);
 
@@ -299,6 +305,7 @@ void run_decode(const std::vector<int32_t> & lens, int n_head, int n_head_kv, in
     a.n_kv            = dlens.p;
     a.n_kv_max        = n_kv_max;
     a.scale           = scale;
+    a.window          = window;
     a.o               = dout.p;
     a.o_f32           = o_f32;
     a.lse             = dlse.p;

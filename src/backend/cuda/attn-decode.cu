@@ -6,6 +6,7 @@
 #include "backend/cuda/cuda-common.cuh"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
 namespace lc::cuda {
@@ -44,7 +45,7 @@ __global__ void __launch_bounds__(n_threads)
     attn_decode_split_kernel(const uint16_t * __restrict__ q, int      n_head, const uint16_t * __restrict__ k_pool,
                              const uint16_t * __restrict__ v_pool, int n_head_kv, const int32_t * __restrict__ pages,
                              int64_t pages_stride, const int32_t * __restrict__ n_kv, int pages_per_split,
-                             float scale_log2, float * __restrict__ o_part, float * __restrict__ lse_part) {
+                             float scale_log2, int window, float * __restrict__ o_part, float * __restrict__ lse_part) {
     constexpr int TPR     = D / 8;                // threads per token row
     constexpr int RPP     = n_threads / TPR;      // rows per pass of the block
     constexpr int NP      = kv_page_tokens / RPP; // passes per page = loads per thread per page, K and V each
@@ -66,7 +67,8 @@ __global__ void __launch_bounds__(n_threads)
     }
 
     const int n       = n_kv[b];
-    const int p_begin = split * pages_per_split;
+    const int t_lo    = window > 0 ? max(0, n - window) : 0; // first key the query sees
+    const int p_begin = t_lo / kv_page_tokens + split * pages_per_split;
     const int p_end   = min(p_begin + pages_per_split, (n + kv_page_tokens - 1) / kv_page_tokens);
 
     float m[G], l[G], acc[G][8];
@@ -124,13 +126,17 @@ __global__ void __launch_bounds__(n_threads)
                 for (int off2 = TPR / 2; off2 >= 1; off2 >>= 1) s[i][g] += __shfl_xor_sync(0xffffffffu, s[i][g], off2);
             }
         }
-        const int valid = n - p * kv_page_tokens; // tokens r + RPP i < valid are real
+        const int valid = n - p * kv_page_tokens;    // tokens r + RPP i < valid are real
+        const int first = t_lo - p * kv_page_tokens; // and those >= first are in the window
 #pragma unroll
         for (int i = 0; i < NP; ++i) {
             if (r + RPP * i >= valid) {
 #pragma unroll
                 for (int g = 0; g < G; ++g) s[i][g] = -INFINITY;
                 vr[i] = make_uint4(0, 0, 0, 0); // rows past n_kv may hold anything
+            } else if (r + RPP * i < first) {
+#pragma unroll
+                for (int g = 0; g < G; ++g) s[i][g] = -INFINITY;
             }
         }
 #pragma unroll
@@ -232,6 +238,12 @@ __global__ void __launch_bounds__(256)
     if (lse != nullptr && d == 0) lse[row] = L > 0.f ? mm + __logf(L) : -INFINITY;
 }
 
+// Tokens a query's keys can span in the page grid: a window of w tokens starting mid-page touches up to
+// w + 63 tokens' worth of pages.
+int64_t decode_span(int64_t n_kv_max, int64_t window) {
+    return window > 0 ? std::min(n_kv_max, window + kv_page_tokens - 1) : n_kv_max;
+}
+
 int device_sm_count() {
     int dev = 0, n_sm = 0;
     LC_CUDA_CHECK(cudaGetDevice(&dev));
@@ -240,7 +252,7 @@ int device_sm_count() {
 }
 
 using split_kernel_fn = void (*)(const uint16_t *, int, const uint16_t *, const uint16_t *, int, const int32_t *,
-                                 int64_t, const int32_t *, int, float, float *, float *);
+                                 int64_t, const int32_t *, int, float, int, float *, float *);
 
 // Two pages of K and V in registers plus the state must stay under ~230 registers (255 with addressing).
 constexpr bool prefetch_fits(int D, int G) {
@@ -315,22 +327,26 @@ status attn_decode(const attn_decode_args & a, cudaStream_t stream) {
                      "1..8 query heads per KV head",
                      a.head_dim, a.n_head, a.n_head_kv);
     }
+    if (a.window < 0 || a.window > INT32_MAX) {
+        return error(status_code::INVALID_ARGUMENT, "cuda attn_decode: window %lld out of range", (long long)a.window);
+    }
     if (a.n_seq <= 0) return status::ok();
-    const int n_split =
-        a.n_split > 0 ? a.n_split : attn_decode_n_split(a.n_seq, a.n_head, a.n_head_kv, a.head_dim, a.n_kv_max);
-    const size_t need = attn_decode_workspace_bytes(a.n_seq, a.n_head, a.head_dim, n_split);
+    const int    n_split = a.n_split > 0 ? a.n_split
+                                         : attn_decode_n_split(a.n_seq, a.n_head, a.n_head_kv, a.head_dim,
+                                                               decode_span(a.n_kv_max, a.window));
+    const size_t need    = attn_decode_workspace_bytes(a.n_seq, a.n_head, a.head_dim, n_split);
     if (a.workspace == nullptr || a.workspace_bytes < need) {
         return error(status_code::INVALID_ARGUMENT, "cuda attn_decode: workspace of %zu bytes; this shape needs %zu",
                      a.workspace_bytes, need);
     }
-    const int64_t n_pages         = (a.n_kv_max + kv_page_tokens - 1) / kv_page_tokens;
+    const int64_t n_pages         = (decode_span(a.n_kv_max, a.window) + kv_page_tokens - 1) / kv_page_tokens;
     const int     pages_per_split = int(std::max<int64_t>(1, (n_pages + n_split - 1) / n_split));
     float *       o_part          = static_cast<float *>(a.workspace);
     float *       lse_part        = o_part + size_t(a.n_seq) * a.n_head * n_split * a.head_dim;
     const float   scale_log2      = a.scale * 1.4426950408889634f;
     const dim3    grid(unsigned(n_split), unsigned(a.n_head_kv), unsigned(a.n_seq));
     fn<<<grid, n_threads, 0, stream>>>(a.q, a.n_head, a.k_pool, a.v_pool, a.n_head_kv, a.pages, a.pages_stride, a.n_kv,
-                                       pages_per_split, scale_log2, o_part, lse_part);
+                                       pages_per_split, scale_log2, int(a.window), o_part, lse_part);
     LC_CUDA_CHECK_LAUNCH();
     const unsigned n_rows = unsigned(a.n_seq * a.n_head);
     if (a.o_f32) {

@@ -36,6 +36,7 @@ struct attn_decode_args {
     const int32_t * n_kv            = nullptr;
     int64_t         n_kv_max        = 0;
     float           scale           = 0;
+    int64_t         window          = 0; // > 0: sliding window, the query sees only the last `window` keys
     void *          o               = nullptr;
     bool            o_f32           = true;
     float *         lse             = nullptr;
@@ -45,6 +46,7 @@ struct attn_decode_args {
 };
 
 // Splits of the key range per (sequence, KV head) that attn_decode() uses for this shape (n_split = 0).
+// n_kv_max: the longest key span (with a window w: min(n_kv_max, w + 63)).
 int    attn_decode_n_split(int n_seq, int n_head, int n_head_kv, int head_dim, int64_t n_kv_max);
 size_t attn_decode_workspace_bytes(int n_seq, int n_head, int head_dim, int n_split);
 

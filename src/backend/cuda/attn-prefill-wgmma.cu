@@ -98,18 +98,21 @@ struct row_state {
     float l0 = 0.f, l1 = 0.f;             // running sums (this thread's columns only; reduced at the end)
 };
 
-// One step of the online softmax over a 64 x 128 score block held as wgmma accumulators: causal mask (keys
-// key0 + col > row position), new running max, sc -> probabilities (f32, in place), al = rescale factors of O.
+// One step of the online softmax over a 64 x 128 score block held as wgmma accumulators: causal and window mask
+// (keys key0 + col > row position, or <= lo = row position - window, for rows g and g + 8; -1 without a window),
+// new running max, sc ->
+// probabilities (f32, in place), al = rescale factors of O.
 __device__ __forceinline__ void softmax_step(float (&sc)[64], row_state & st, bool need_mask, int64_t key0,
-                                             int64_t row_pos, int t, float scale_log2, float & al0, float & al1) {
+                                             int64_t row_pos, int64_t lo0, int64_t lo1, int t, float scale_log2,
+                                             float & al0, float & al1) {
     if (need_mask) {
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
             const int64_t key = key0 + i * 8 + 2 * t;
-            if (key > row_pos) sc[4 * i + 0] = -INFINITY;
-            if (key + 1 > row_pos) sc[4 * i + 1] = -INFINITY;
-            if (key > row_pos + 8) sc[4 * i + 2] = -INFINITY;
-            if (key + 1 > row_pos + 8) sc[4 * i + 3] = -INFINITY;
+            if (key > row_pos || key <= lo0) sc[4 * i + 0] = -INFINITY;
+            if (key + 1 > row_pos || key + 1 <= lo0) sc[4 * i + 1] = -INFINITY;
+            if (key > row_pos + 8 || key <= lo1) sc[4 * i + 2] = -INFINITY;
+            if (key + 1 > row_pos + 8 || key + 1 <= lo1) sc[4 * i + 3] = -INFINITY;
         }
     }
     float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -188,7 +191,7 @@ template <bool O_F32, int MODE>
 __global__ void __launch_bounds__(n_threads, 1)
     attn_prefill_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                               const __grid_constant__ CUtensorMap tm_v, const int32_t * __restrict__ pages, int64_t n_q,
-                              int64_t pos0, int n_head, int64_t n_kv, int n_head_kv, float scale_log2,
+                              int64_t pos0, int n_head, int64_t n_kv, int n_head_kv, float scale_log2, int64_t window,
                               void * __restrict__ o, float * __restrict__ lse) {
     constexpr bool PIPELINED = MODE >= 1;
     constexpr bool PINGPONG  = MODE == 2;
@@ -202,14 +205,17 @@ __global__ void __launch_bounds__(n_threads, 1)
     const int                                 tid  = threadIdx.x;
     const int                                 wg   = tid >> 7;
 
-    const int64_t n_qt        = (n_q + block_q - 1) / block_q;
-    const int64_t qt          = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
-    const int     h           = int(blockIdx.x % n_head);
-    const int     hk          = h / (n_head / n_head_kv);
-    const int64_t q_row0      = qt * block_q;
-    const int64_t last_row    = min(q_row0 + block_q - 1, n_q - 1);
-    const int     n_kt        = int((pos0 + last_row) / block_k) + 1;
-    const int     n_pages_seq = int((n_kv + kv_page_tokens - 1) / kv_page_tokens);
+    const int64_t n_qt     = (n_q + block_q - 1) / block_q;
+    const int64_t qt       = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
+    const int     h        = int(blockIdx.x % n_head);
+    const int     hk       = h / (n_head / n_head_kv);
+    const int64_t q_row0   = qt * block_q;
+    const int64_t last_row = min(q_row0 + block_q - 1, n_q - 1);
+    const int     n_kt     = int((pos0 + last_row) / block_k) + 1;
+    // with a sliding window the steps below kt_lo hold no key any row sees
+    const int kt_lo       = window > 0 ? int(max(int64_t(0), pos0 + q_row0 - window + 1) / block_k) : 0;
+    const int n_steps     = n_kt - kt_lo;
+    const int n_pages_seq = int((n_kv + kv_page_tokens - 1) / kv_page_tokens);
 
     const uint32_t bar_q   = base + off_bar;
     auto           k_full  = [&](int s) { return bar_q + 8 * (1 + s); };
@@ -238,7 +244,7 @@ __global__ void __launch_bounds__(n_threads, 1)
                                 bar_q);
                 }
             }
-            for (int it = 0; it < n_kt; ++it) {
+            for (int it = 0; it < n_steps; ++it) {
                 const int kt = n_kt - 1 - it; // the masked diagonal steps first
                 const int s  = it % n_stages;
                 const int ph = (it / n_stages) & 1;
@@ -282,13 +288,18 @@ __global__ void __launch_bounds__(n_threads, 1)
     const int64_t  row_pos    = pos0 + q_row0 + c * 64 + w * 16 + (lane >> 2); // rows g and g + 8 of this thread
     const int64_t  wg_min_pos = pos0 + q_row0 + c * 64;
     const uint32_t q_base     = base + c * 8192;
-    auto           need_mask  = [&](int kt) { return int64_t(kt) * block_k + block_k - 1 > wg_min_pos; };
+    const int64_t  lo0        = window > 0 ? row_pos - window : -1; // keys <= lo are outside the window
+    const int64_t  lo1        = window > 0 ? row_pos + 8 - window : -1;
+    auto           need_mask  = [&](int kt) {
+        return int64_t(kt) * block_k + block_k - 1 > wg_min_pos ||
+               (window > 0 && int64_t(kt) * block_k <= wg_min_pos + 63 - window);
+    };
 
     mbar_wait(bar_q, 0);
     float    sc[64];
     uint32_t pf[8][4];
     if constexpr (!PIPELINED) {
-        for (int it = 0; it < n_kt; ++it) {
+        for (int it = 0; it < n_steps; ++it) {
             const int      kt = n_kt - 1 - it;
             const int      s  = it % n_stages;
             const uint32_t ph = (it / n_stages) & 1;
@@ -300,7 +311,7 @@ __global__ void __launch_bounds__(n_threads, 1)
             fence_regs(sc);
             mbar_arrive(k_empty(s));
             float al0, al1;
-            softmax_step(sc, st, need_mask(kt), int64_t(kt) * block_k, row_pos, t, scale_log2, al0, al1);
+            softmax_step(sc, st, need_mask(kt), int64_t(kt) * block_k, row_pos, lo0, lo1, t, scale_log2, al0, al1);
             rescale(acc, al0, al1);
             pack_p(sc, pf);
             mbar_wait(v_full(s), ph);
@@ -332,10 +343,10 @@ __global__ void __launch_bounds__(n_threads, 1)
             fence_regs(sc);
             mbar_arrive(k_empty(0));
             float al0, al1;
-            softmax_step(sc, st, need_mask(kt), int64_t(kt) * block_k, row_pos, t, scale_log2, al0, al1);
+            softmax_step(sc, st, need_mask(kt), int64_t(kt) * block_k, row_pos, lo0, lo1, t, scale_log2, al0, al1);
             pack_p(sc, pf);
         }
-        for (int it = 1; it < n_kt; ++it) {
+        for (int it = 1; it < n_steps; ++it) {
             const int      kt  = n_kt - 1 - it;
             const int      s   = it % n_stages;
             const uint32_t ph  = (it / n_stages) & 1;
@@ -354,15 +365,15 @@ __global__ void __launch_bounds__(n_threads, 1)
             fence_regs(sc);
             mbar_arrive(k_empty(s));
             float al0, al1;
-            softmax_step(sc, st, need_mask(kt), int64_t(kt) * block_k, row_pos, t, scale_log2, al0, al1);
+            softmax_step(sc, st, need_mask(kt), int64_t(kt) * block_k, row_pos, lo0, lo1, t, scale_log2, al0, al1);
             wgmma_wait<0>();
             fence_regs(acc);
             mbar_arrive(v_empty(sp));
             rescale(acc, al0, al1);
             pack_p(sc, pf);
         }
-        const int      sp  = (n_kt - 1) % n_stages;
-        const uint32_t php = ((n_kt - 1) / n_stages) & 1;
+        const int      sp  = (n_steps - 1) % n_stages;
+        const uint32_t php = ((n_steps - 1) / n_stages) & 1;
         mbar_wait(v_full(sp), php);
         turn_wait();
         wgmma_fence();
@@ -462,8 +473,9 @@ void attn_prefill_launch_wgmma(const attn_prefill_args & a, int mode, cudaStream
                                  : (a.o_f32 ? attn_prefill_wgmma_kernel<true, 0> : attn_prefill_wgmma_kernel<false, 0>);
     const int smem = smem_bytes_for(mode >= 1 ? 3 : 2);
     LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    kern<<<dim3(unsigned(n_qt * a.n_head)), n_threads, smem, stream>>>(
-        tm_q, tm_k, tm_v, a.kv.pages, a.n_q, a.pos0, a.n_head, a.kv.n_kv, a.kv.n_head_kv, scale_log2, a.o, a.lse);
+    kern<<<dim3(unsigned(n_qt * a.n_head)), n_threads, smem, stream>>>(tm_q, tm_k, tm_v, a.kv.pages, a.n_q, a.pos0,
+                                                                       a.n_head, a.kv.n_kv, a.kv.n_head_kv, scale_log2,
+                                                                       a.window, a.o, a.lse);
     LC_CUDA_CHECK_LAUNCH();
 }
 

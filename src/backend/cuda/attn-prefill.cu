@@ -20,7 +20,7 @@ status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cud
         return error(status_code::UNSUPPORTED, "cuda attn_prefill: n_head %d is not a multiple of n_head_kv %d",
                      a.n_head, a.kv.n_head_kv);
     }
-    if (a.n_q < 0 || a.pos0 < 0 || a.kv.n_kv < a.pos0 + a.n_q) {
+    if (a.n_q < 0 || a.pos0 < 0 || a.window < 0 || a.kv.n_kv < a.pos0 + a.n_q) {
         return error(status_code::INVALID_ARGUMENT, "cuda attn_prefill: n_kv %lld < pos0 %lld + n_q %lld",
                      (long long)a.kv.n_kv, (long long)a.pos0, (long long)a.n_q);
     }
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(n_threads)
     attn_prefill_mma_kernel(const __nv_bfloat16 * __restrict__ q, int64_t n_q, int64_t pos0, int n_head,
                             const __nv_bfloat16 * __restrict__ k_pool, const __nv_bfloat16 * __restrict__ v_pool,
                             const int32_t * __restrict__ pages, int64_t n_kv, int n_head_kv, float scale_log2,
-                            void * __restrict__ o, float * __restrict__ lse) {
+                            int64_t window, void * __restrict__ o, float * __restrict__ lse) {
     constexpr int     tile_bytes = tile_bytes_for(D);
     constexpr int     KD         = D / 16; // k-steps of Q K^T, and 16-column pairs of O
     constexpr bool    Q_IN_REGS  = D <= 128;
@@ -140,7 +140,9 @@ __global__ void __launch_bounds__(n_threads)
         load_page<D>(s_q + (1 + buf) * tile_bytes, k_pool + base, nv, tid);
         load_page<D>(s_q + (3 + buf) * tile_bytes, v_pool + base, nv, tid);
     };
-    load_kv(0, 0);
+    // with a sliding window the first steps hold no key any row sees
+    const int kt_lo = window > 0 ? int(max(int64_t(0), pos0 + q_row0 - window + 1) / block_k) : 0;
+    load_kv(kt_lo, 0);
     cp_async_commit();
 
     uint32_t qf[Q_IN_REGS ? KD : 1][4];
@@ -153,9 +155,13 @@ __global__ void __launch_bounds__(n_threads)
     float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     const int64_t row_pos0    = pos0 + q_row0 + warp * 16 + g; // position of this thread's rows g and g + 8
     const int64_t cta_min_pos = pos0 + q_row0;
+    const int64_t cta_max_pos = pos0 + last_row;
+    // sliding window: row p sees keys p - window < j <= p; lo = the last key it does not see (-1: none)
+    const int64_t lo0 = window > 0 ? row_pos0 - window : -1;
+    const int64_t lo1 = window > 0 ? row_pos0 + 8 - window : -1;
 
-    for (int kt = 0; kt < n_kt; ++kt) {
-        const int buf = kt & 1;
+    for (int kt = kt_lo; kt < n_kt; ++kt) {
+        const int buf = (kt - kt_lo) & 1;
         if (kt + 1 < n_kt) {
             load_kv(kt + 1, buf ^ 1);
             cp_async_commit();
@@ -167,7 +173,7 @@ __global__ void __launch_bounds__(n_threads)
         const uint32_t s_kb = s_q + (1 + buf) * tile_bytes;
         const uint32_t s_vb = s_q + (3 + buf) * tile_bytes;
         if constexpr (Q_IN_REGS) {
-            if (kt == 0) {
+            if (kt == kt_lo) {
 #pragma unroll
                 for (int kk = 0; kk < KD; ++kk) q_frag(kk, qf[kk]);
             }
@@ -190,15 +196,17 @@ __global__ void __launch_bounds__(n_threads)
                 mma_bf16(s[2 * nn + 1], a, b2, b3);
             }
         }
-        // causal mask on the tiles that reach past the first row of the block
-        if (int64_t(kt) * block_k + block_k - 1 > cta_min_pos) {
+        // causal mask on the steps that reach past the first row of the block, window mask on those that start
+        // at or below the last row's window
+        if (int64_t(kt) * block_k + block_k - 1 > cta_min_pos ||
+            (window > 0 && int64_t(kt) * block_k <= cta_max_pos - window)) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int64_t key = int64_t(kt) * block_k + j * 8 + 2 * t;
-                if (key > row_pos0) s[j][0] = -INFINITY;
-                if (key + 1 > row_pos0) s[j][1] = -INFINITY;
-                if (key > row_pos0 + 8) s[j][2] = -INFINITY;
-                if (key + 1 > row_pos0 + 8) s[j][3] = -INFINITY;
+                if (key > row_pos0 || key <= lo0) s[j][0] = -INFINITY;
+                if (key + 1 > row_pos0 || key + 1 <= lo0) s[j][1] = -INFINITY;
+                if (key > row_pos0 + 8 || key <= lo1) s[j][2] = -INFINITY;
+                if (key + 1 > row_pos0 + 8 || key + 1 <= lo1) s[j][3] = -INFINITY;
             }
         }
         // online softmax in the log2 domain
@@ -302,7 +310,7 @@ template <int D> void launch_mma(const attn_prefill_args & a, cudaStream_t strea
     constexpr int smem       = smem_bytes_for(D);
     LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     kern<<<dim3(unsigned(n_qt * a.n_head)), n_threads, smem, stream>>>(
-        q, a.n_q, a.pos0, a.n_head, k, v, a.kv.pages, a.kv.n_kv, a.kv.n_head_kv, scale_log2, a.o, a.lse);
+        q, a.n_q, a.pos0, a.n_head, k, v, a.kv.pages, a.kv.n_kv, a.kv.n_head_kv, scale_log2, a.window, a.o, a.lse);
     LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -28,7 +28,7 @@ enum class attn_prefill_kernel {
 //   lse: [n_q][n_head] f32, natural log of the softmax denominator of the scaled scores (device; optional)
 // Softmax statistics and accumulation are f32. Supported: head_dim 64, 128, 256 (the wgmma kernels: 128; AUTO
 // picks mma.sync for the others), n_head % n_head_kv == 0.
-// Errors: UNSUPPORTED for other shapes, INVALID_ARGUMENT when kv.n_kv < pos0 + n_q.
+// Errors: UNSUPPORTED for other shapes, INVALID_ARGUMENT when kv.n_kv < pos0 + n_q or window < 0.
 // Asynchronous on `stream`; launch errors abort (LC_CUDA_CHECK).
 struct attn_prefill_args {
     const bf16_t * q      = nullptr;
@@ -36,10 +36,11 @@ struct attn_prefill_args {
     int64_t        pos0   = 0;
     int            n_head = 0;
     attn_kv_paged  kv;
-    float          scale = 0;
-    void *         o     = nullptr;
-    bool           o_f32 = true;
-    float *        lse   = nullptr;
+    float          scale  = 0;
+    int64_t        window = 0; // > 0: sliding window, query p sees keys p - window < j <= p (attn_dense_ref's)
+    void *         o      = nullptr;
+    bool           o_f32  = true;
+    float *        lse    = nullptr;
 };
 
 status attn_prefill(const attn_prefill_args & a, attn_prefill_kernel kernel, cudaStream_t stream);
