@@ -28,6 +28,7 @@ result<std::unique_ptr<context>> context::create(const model & m, const context_
     c->n_ubatch_ = p.n_ubatch;
     c->kv_       = std::make_unique<kv_cache>(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
     LC_ASSIGN_OR_RETURN(c->attn_, attention::create(m, p.attn));
+    c->policy_ = std::make_unique<kv_policy_full>();
     return c;
 }
 
@@ -58,7 +59,7 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
         if (progress) progress(i + nb, n);
     }
     n_logits_ = all_logits ? n : 1;
-    return status::ok();
+    return n > 1 ? policy_->on_prefill_end(*kv_, 0, n_past_) : policy_->on_decode_step(*kv_, 0, n_past_);
 }
 
 const float * context::logits() const {

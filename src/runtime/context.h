@@ -10,6 +10,7 @@
 #include "attn/attn-config.h"
 #include "core/thread-pool.h"
 #include "kv/kv-cache.h"
+#include "kv/kv-policy.h"
 #include "model/forward.h"
 #include "model/model.h"
 
@@ -46,6 +47,7 @@ class context {
     const kv_cache &        kv() const { return *kv_; }
     const forward_timings & timings() const { return timings_; }
     attention &             attn() { return *attn_; }
+    const kv_policy &       policy() const { return *policy_; }
     void                    reset_timings() { timings_ = {}; }
 
   private:
@@ -54,6 +56,7 @@ class context {
     thread_pool               pool_;
     std::unique_ptr<kv_cache> kv_;
     std::unique_ptr<attention> attn_;
+    std::unique_ptr<kv_policy> policy_;
     forward_scratch           scratch_;
     forward_timings           timings_;
     std::vector<float>        logits_;
