@@ -148,8 +148,7 @@ result<niah_kind> niah_kind_parse(const std::string & s) {
     if (s == "classic") return niah_kind::CLASSIC;
     if (s == "numeric") return niah_kind::NUMERIC;
     if (s == "passkey") return niah_kind::PASSKEY;
-    return error(status_code::INVALID_ARGUMENT, "eval niah: --needle '%s' is not one of classic, numeric, passkey",
-                 s.c_str());
+    return error(status_code::INVALID_ARGUMENT, "--needle '%s' is not one of classic, numeric, passkey", s.c_str());
 }
 
 const char * niah_template_version(niah_kind k) {

@@ -45,7 +45,7 @@ result<ppl_protocol> ppl_protocol_parse(const std::string & s) {
     if (s == "sliding" || s == "B") return ppl_protocol::SLIDING;
     if (s == "decode" || s == "C") return ppl_protocol::DECODE;
     return error(status_code::INVALID_ARGUMENT,
-                 "eval ppl: --protocol '%s' is not one of prefill (A), sliding (B), "
+                 "--protocol '%s' is not one of prefill (A), sliding (B), "
                  "decode (C)",
                  s.c_str());
 }

@@ -102,18 +102,18 @@ TEST(eval_ppl, protocols_agree_on_the_real_model) {
     context_params cp;
     cp.n_ctx     = 256;
     cp.n_threads = 2;
-    cp.n_ubatch  = 32;
+    cp.n_ubatch  = 16;
     auto slots   = method_slots_create(*rm.m, cp);
     ASSERT_TRUE(slots);
     ASSERT_EQ(slots->size(), 1u);
     const std::vector<int32_t> body = encode_plain(*rm.tok, k_text);
-    ASSERT_GE(body.size(), 80u);
-    const int64_t L = 80;
+    ASSERT_GE(body.size(), 48u);
+    const int64_t L = 48;
     eval_env      env;
     env.mdl   = rm.m.get();
     env.tok   = rm.tok.get();
     env.slots = &*slots;
-    env.chunk = 32;
+    env.chunk = 16;
 
     auto run = [&](const ppl_params & p) {
         const std::string path = std::string(LC_BINARY_DIR) + "/test-eval-ppl.json";
@@ -143,8 +143,9 @@ TEST(eval_ppl, protocols_agree_on_the_real_model) {
     EXPECT_DOUBLE_EQ(rb[0].ppl, ra[0].ppl); // the same pass
 
     // C with P = 1 scores positions 1..L-1 one decode step at a time: the same computation as A in chunks of one
-    // token. Against A in chunks of 32 the engine's batched and single-token paths round differently (measured
-    // 0.8% of the mean NLL on this text with SmolLM2 Q4_1).
+    // token. Against A in chunks of 16 the engine's batched and single-token paths round differently: measured
+    // 2.5% of the mean NLL on these 48 tokens (0.8% on 80 KJV tokens in chunks of 32) with SmolLM2 Q4_1; the bound
+    // only catches a scoring bug (a shifted target moves the NLL by far more).
     ppl_params c;
     c.protocol = ppl_protocol::DECODE;
     c.prefix   = 1;
@@ -152,7 +153,7 @@ TEST(eval_ppl, protocols_agree_on_the_real_model) {
     auto rc    = run(c);
     ASSERT_EQ(rc.size(), 1u);
     EXPECT_EQ(rc[0].n_scored, L - 1);
-    EXPECT_NEAR(std::log(rc[0].ppl), std::log(ra[0].ppl), 2e-2);
+    EXPECT_NEAR(std::log(rc[0].ppl), std::log(ra[0].ppl), 5e-2);
     env.chunk = 1;
     auto ra1  = run(a);
     EXPECT_NEAR(std::log(rc[0].ppl), std::log(ra1[0].ppl), 1e-9);
