@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "eval/eval-common.h"
-#include "eval/niah.h"
 #include "eval/results.h"
 
 namespace lc::eval {

@@ -59,13 +59,6 @@ result<niah_cell> niah_cell_build(const niah_params & p, const haystack & h, con
 double niah_score(niah_kind k, const std::vector<std::string> & refs, std::string_view output);
 
 // Runs the grid, appending one record per cell to the result file (cells already in it are skipped).
-struct eval_env {
-    const model *              mdl      = nullptr;
-    const tokenizer *          tok      = nullptr;
-    std::vector<method_slot> * slots    = nullptr;
-    bool                       use_chat = false;
-    int64_t                    chunk    = 512; // tokens per decode() when all logits are kept (-ub)
-};
 status niah_run(const niah_params & p, const haystack & h, eval_env & env, result_file & out);
 
 // Heatmaps (x = length, y = depth, colour = mean score over rounds), one panel per method, from a result file.

@@ -13,6 +13,7 @@
 #include "longctx/status.h"
 #include "model/model.h"
 #include "runtime/context.h"
+#include "tokenizer/tokenizer.h"
 
 namespace lc::eval {
 
@@ -54,6 +55,16 @@ result<std::vector<method_slot>> method_slots_create(const model & m, const cont
 bool                             attn_is_dense(const attn_config & a);
 // {"label", "prefill", "budget", "sparse_min_len", "sidecar"} of a slot, for records and meta.
 json method_json(const method_slot & s);
+
+// What an eval runs on: the model, its tokenizer, the method slots (dense first), whether prompts use the chat
+// template, and the chunk size for passes that keep all logits.
+struct eval_env {
+    const model *              mdl      = nullptr;
+    const tokenizer *          tok      = nullptr;
+    std::vector<method_slot> * slots    = nullptr;
+    bool                       use_chat = false;
+    int64_t                    chunk    = 512; // tokens per decode() when all logits are kept (-ub)
+};
 
 // sha256 of the model file: the .sha256 file beside it when present (first 64 hex characters), else hashed.
 result<std::string> model_file_sha256(const std::string & path);

@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "eval/eval-common.h"
-#include "eval/niah.h"
 #include "eval/results.h"
 
 namespace lc::eval {
