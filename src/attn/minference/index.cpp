@@ -110,9 +110,15 @@ void vslash_estimate(const float * q, int64_t n_q, int64_t pos0, int n_head, int
         x        = _mm_add_ps(x, _mm_movehl_ps(x, x));
         x        = _mm_add_ss(x, _mm_movehdup_ps(x));
         vertical[size_t(t)] = _mm_cvtss_f32(x);
-        // Row r reaches key t at offset p_first + r - t (>= 0 only).
+        // Row r reaches key t at offset p_first + r - t (>= 0 only): for a fixed key the rows' offsets are
+        // consecutive, so whole vectors of rows add onto consecutive slash entries.
         const int r_lo = int(std::max<int64_t>(0, t - p_first));
-        for (int r = r_lo; r < int(nl); ++r) slash[size_t(p_first + r - t)] += a[r];
+        float *   sl   = slash.data() + (p_first + r_lo - t); // sl[r - r_lo] is the slash entry of row r
+        int       r    = r_lo;
+        if (r_lo == 0)
+            for (; r + 8 <= int(nl); r += 8)
+                _mm256_storeu_ps(sl + r, _mm256_add_ps(_mm256_loadu_ps(sl + r), _mm256_load_ps(a + r)));
+        for (; r < int(nl); ++r) sl[r - r_lo] += a[r];
     }
 }
 
