@@ -1,9 +1,12 @@
 // Qwen2.5-Coder-1.5B-Instruct Q4_K_M (qwen2 architecture: QKV biases, NEOX RoPE, separate output matrix) against
 // llama.cpp: the model-store entry, the file's hyper-parameters, tokenization and the chat template against
 // llama.cpp's token ids, then next-token logits and 64 teacher-forced greedy steps on five prompts (short text,
-// code, chat, a 1k-token essay prefix and a 1.5k-token chat). Fixtures: tests/fixtures/qwen2.5-coder/README.md.
+// code, chat, a 1k-token essay prefix and a 1.5k-token chat; the 8k one is in tests/slow/). Fixtures:
+// tests/fixtures/qwen2.5-coder/README.md.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -36,6 +39,10 @@ const std::string k_q5_question = "\n\nSummarize the essay above in three senten
 // Byte ranges of pg_essays/apple.txt used by q4 and q5 (tests/fixtures/qwen2.5-coder/prompts.json).
 constexpr size_t k_q4_bytes = 4322;
 constexpr size_t k_q5_bytes = 6347;
+// q6 (tests/slow/test-qwen2-long-parity.cpp): bytes of the joined essays, then a question.
+constexpr size_t  k_q6_bytes = 34580;
+const std::string k_q6_question =
+    "\n\nThe text above is several essays joined together. List the title or topic of each essay, one per line.";
 
 } // namespace
 
@@ -115,6 +122,16 @@ TEST(qwen2_model, tokenizer_matches_llamacpp) {
         ASSERT_GE(apple.size(), k_q5_bytes);
         cases.push_back({"q4-1k", apple.substr(0, k_q4_bytes)});
         cases.push_back({"q5-chat-1k5", chatml(apple.substr(0, k_q5_bytes) + k_q5_question)});
+        // q6: all essays in sorted file-name order joined with "\n\n", cut, then a question
+        std::vector<std::string> files;
+        for (const auto & e : std::filesystem::directory_iterator(std::filesystem::path(apple_path).parent_path()))
+            if (e.path().extension() == ".txt") files.push_back(e.path().string());
+        std::sort(files.begin(), files.end());
+        std::string concat;
+        for (const std::string & f : files) concat += (concat.empty() ? "" : "\n\n") + read_bytes(f);
+        if (test::file_exists(test::fixture_path("qwen2.5-coder/q6-chat-8k.tokens")) && concat.size() >= k_q6_bytes)
+            cases.push_back({"q6-chat-8k", chatml(concat.substr(0, k_q6_bytes) + k_q6_question)});
+        EXPECT_EQ(cases.size(), 6u) << "essays in pg_essays/ changed?";
     }
     for (const auto & [name, text] : cases) {
         const auto want = test::read_ids(test::fixture_path("qwen2.5-coder/" + name + ".tokens"));
