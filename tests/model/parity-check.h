@@ -102,8 +102,7 @@ inline parity_result parity_check(const model & m, const std::string & base, con
             << name << ": top-1 " << r.us.top_ours << " vs llama.cpp " << r.us.top_ref;
     EXPECT_LT(r.us.max_abs, lim.max_abs_logit) << name;
     EXPECT_LT(r.us.kl, lim.max_kl) << name;
-    EXPECT_GE(r.n_agree, lim.min_agree) << name << ": teacher-forced greedy agrees on only " << r.n_agree
-                                        << " of 64";
+    EXPECT_GE(r.n_agree, lim.min_agree) << name << ": teacher-forced greedy agrees on only " << r.n_agree << " of 64";
     return r;
 }
 
