@@ -407,7 +407,8 @@ int cmd_eval_niah(const args_t & args) {
            "context lengths in model tokens (default: the grid of EVAL_TASKS.md 1.5 for the "
            "model's trained context)",
            ""});
-    p.add({"", "--depths", "D,..", "needle depths in percent, a list or START:STOP:STEP", "0:100:10"});
+    p.add({"", "--depths", "D,..",
+           "needle depths in percent: a list, START:STOP:STEP or sigmoid:K (crowded at both ends)", "0:100:10"});
     p.add(
         {"", "--rounds", "N", "rounds per cell, each with its own haystack start and needle (EVAL_TASKS.md: 5)", "1"});
     p.add({"", "--haystack", "DIR",

@@ -271,8 +271,8 @@ result<std::vector<double>> parse_number_list(const std::string & s, const char 
     std::vector<double> out;
     auto                bad = [&]() {
         return error(status_code::INVALID_ARGUMENT,
-                                    "%s expects numbers separated by commas or START:STOP:STEP (e.g. 0:100:10), got '%s'", what,
-                                    s.c_str());
+                                    "%s expects numbers separated by commas, START:STOP:STEP (e.g. 0:100:10) or sigmoid:K, got '%s'",
+                                    what, s.c_str());
     };
     auto num = [](const std::string & x, double & v) {
         if (x.empty()) return false;
@@ -280,6 +280,17 @@ result<std::vector<double>> parse_number_list(const std::string & s, const char 
         v          = std::strtod(x.c_str(), &end);
         return *end == '\0' && std::isfinite(v);
     };
+    if (s.rfind("sigmoid:", 0) == 0) {
+        double k;
+        if (!num(s.substr(8), k) || k < 2 || k > 10000 || k != std::floor(k)) return bad();
+        for (int i = 0; i < int(k); ++i) {
+            const double x = 100.0 * i / (k - 1);
+            double       d = 100.0 / (1.0 + std::exp(-0.1 * (x - 50.0)));
+            d              = std::round(d * 1000.0) / 1000.0;
+            out.push_back(i == 0 ? 0.0 : i == int(k) - 1 ? 100.0 : d);
+        }
+        return out;
+    }
     if (s.find(':') != std::string::npos) {
         const size_t a = s.find(':'), b = s.find(':', a + 1);
         if (b == std::string::npos || s.find(':', b + 1) != std::string::npos) return bad();

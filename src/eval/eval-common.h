@@ -119,7 +119,9 @@ class progress {
     clock::time_point t0_, t_last_;
 };
 
-// Parses "0,25,50" or "START:STOP:STEP" (inclusive, e.g. "0:100:10") into numbers.
+// Parses "0,25,50", "START:STOP:STEP" (inclusive, e.g. "0:100:10") or "sigmoid:K" into numbers. sigmoid:K are the
+// needle depths that crowd both ends (EVAL_TASKS.md 1.1): for x in linspace(0, 100, K),
+// 100 / (1 + e^{-0.1 (x - 50)}) rounded to 3 decimals, the first and last exactly 0 and 100.
 result<std::vector<double>> parse_number_list(const std::string & s, const char * what);
 
 } // namespace lc::eval

@@ -76,6 +76,11 @@ TEST(eval_common, number_lists) {
     auto b = parse_number_list("1,2.5", "--depths");
     ASSERT_TRUE(b);
     EXPECT_EQ(*b, (std::vector<double>{1, 2.5}));
+    // sigmoid:5: x = 0, 25, 50, 75, 100 -> 100 / (1 + e^{2.5}) = 7.586, 50, 100 / (1 + e^{-2.5}) = 92.414; ends exact.
+    auto c = parse_number_list("sigmoid:5", "--depths");
+    ASSERT_TRUE(c);
+    EXPECT_EQ(*c, (std::vector<double>{0, 7.586, 50, 92.414, 100}));
+    EXPECT_FALSE(parse_number_list("sigmoid:1", "--depths"));
     EXPECT_FALSE(parse_number_list("a", "--depths"));
     EXPECT_FALSE(parse_number_list("1,,2", "--depths"));
     EXPECT_FALSE(parse_number_list("0:10:0", "--depths"));
