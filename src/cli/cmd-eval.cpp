@@ -494,14 +494,16 @@ int cmd_eval_niah(const args_t & args) {
 
     json methods = json::array();
     for (const auto & s : *slots) methods.push_back(eval::method_json(s));
-    json meta                  = model_meta(*lm, *sha, *slots->front().ctx);
-    meta["task"]               = std::string("niah-") + eval::niah_kind_name(np.kind);
-    meta["template"]           = eval::niah_template_version(np.kind);
-    meta["haystack"]           = hay.id();
-    meta["seed"]               = np.seed;
-    meta["n_gen"]              = np.n_gen;
-    meta["chat"]               = np.use_chat;
-    meta["reserve"]            = np.reserve;
+    json meta        = model_meta(*lm, *sha, *slots->front().ctx);
+    meta["task"]     = std::string("niah-") + eval::niah_kind_name(np.kind);
+    meta["template"] = eval::niah_template_version(np.kind);
+    meta["haystack"] = hay.id();
+    meta["seed"]     = np.seed;
+    meta["n_gen"]    = np.n_gen;
+    meta["chat"]     = np.use_chat;
+    meta["reserve"]  = np.reserve;
+    // The lead-in: every template ends with the start of the answer sentence (EVAL_TASKS.md 1.1: record it).
+    meta["answer_prefix"]      = "answer sentence start";
     meta["methods"]            = methods;
     meta["identity"]           = json{{"task", meta["task"]}, {"template", meta["template"]},
                             {"model_sha256", *sha}, {"haystack", hay.id()},

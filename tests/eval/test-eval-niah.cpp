@@ -195,6 +195,30 @@ TEST(eval_haystack, real_tokenizer_cell) {
     EXPECT_NE(a->answer, b->answer);
 }
 
+TEST(eval_haystack, base_model_plain_prompt) {
+    // Gemma 3 270M: a base model used without a chat template; its file asks for BOS.
+    const std::string path = test::cached_model("gemma-3-270m-q4_k_m.gguf");
+    if (path.empty()) GTEST_SKIP() << "gemma-3-270m-q4_k_m.gguf not in the model cache";
+    auto f = gguf_file::open(path);
+    ASSERT_TRUE(f);
+    auto tok = tokenizer::from_gguf(**f);
+    ASSERT_TRUE(tok);
+    ASSERT_TRUE(tok->add_bos());
+    haystack    h = haystack::filler(*tok);
+    niah_params p;
+    p.kind = niah_kind::NUMERIC;
+    auto c = niah_cell_build(p, h, *tok, false, 1500, 30, 0);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->n_context, 1300);
+    EXPECT_EQ(c->prompt[0], tok->bos());
+    EXPECT_NE(c->prompt[1], tok->bos());
+    const std::string text = tok->decode(c->prompt);
+    EXPECT_EQ(text.rfind("Some important information is hidden in the text below", 0), 0u) << text.substr(0, 80);
+    const std::string tail = "\n\nAnswer: The special magic number for ";
+    EXPECT_NE(text.find(tail), std::string::npos);
+    EXPECT_EQ(text.substr(text.size() - 3), " is"); // the prompt ends with the start of the answer sentence
+}
+
 TEST(eval_prompt, plain_and_chat_assembly) {
     auto tok = smollm2_tokenizer();
     if (!tok) GTEST_SKIP() << "SmolLM2-135M-Instruct.Q4_1.gguf not in the model cache";
