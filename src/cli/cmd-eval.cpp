@@ -401,7 +401,7 @@ int cmd_eval_niah(const args_t & args) {
     add_eval_common_flags(p, "eval-niah.json");
     p.add({"", "--needle", "KIND",
            "classic (San Francisco sentence), numeric (7-digit magic number for a city) or "
-           "passkey (5-digit key in filler text)",
+           "passkey (5-digit key in filler text), multi (--needles secret pizza ingredients, fraction recovered)",
            "numeric"});
     p.add({"", "--lengths", "L,..",
            "context lengths in model tokens (default: the grid of EVAL_TASKS.md 1.5 for the "
@@ -411,6 +411,7 @@ int cmd_eval_niah(const args_t & args) {
            "needle depths in percent: a list, START:STOP:STEP or sigmoid:K (crowded at both ends)", "0:100:10"});
     p.add(
         {"", "--rounds", "N", "rounds per cell, each with its own haystack start and needle (EVAL_TASKS.md: 5)", "1"});
+    p.add({"", "--needles", "K", "multi: needles per cell (at d, then d + i * (100 - d) / K)", "3"});
     p.add({"", "--haystack", "DIR",
            "directory of *.txt files (sorted order); default ../shared/data/pg_essays "
            "when present, else the built-in filler text",
@@ -442,6 +443,9 @@ int cmd_eval_niah(const args_t & args) {
         auto n  = p.get_int("--n-predict", 0, 4096);
         if (!n) return fail(cmd, n.get_status());
         np.n_gen = int(*n) > 0 ? int(*n) : eval::niah_default_n_gen(np.kind);
+        auto kn  = p.get_int("--needles", 1, 10);
+        if (!kn) return fail(cmd, kn.get_status());
+        np.n_needles = np.kind == eval::niah_kind::MULTI ? int(*kn) : 1;
     }
     auto lm = load_model(p);
     if (!lm) return fail(cmd, lm.get_status());
@@ -502,14 +506,15 @@ int cmd_eval_niah(const args_t & args) {
     meta["n_gen"]    = np.n_gen;
     meta["chat"]     = np.use_chat;
     meta["reserve"]  = np.reserve;
+    meta["needles"]  = np.n_needles;
     // The lead-in: every template ends with the start of the answer sentence (EVAL_TASKS.md 1.1: record it).
     meta["answer_prefix"]      = "answer sentence start";
     meta["methods"]            = methods;
-    meta["identity"]           = json{{"task", meta["task"]}, {"template", meta["template"]},
-                            {"model_sha256", *sha}, {"haystack", hay.id()},
-                            {"seed", np.seed},      {"n_gen", np.n_gen},
-                            {"chat", np.use_chat},  {"reserve", np.reserve},
-                            {"methods", methods}};
+    meta["identity"]           = json{{"task", meta["task"]},  {"template", meta["template"]},
+                            {"model_sha256", *sha},  {"haystack", hay.id()},
+                            {"seed", np.seed},       {"n_gen", np.n_gen},
+                            {"chat", np.use_chat},   {"needles", np.n_needles},
+                            {"reserve", np.reserve}, {"methods", methods}};
     const std::string out_path = p.get("--out");
     auto              out      = eval::result_file::open(out_path, "niah", meta, p.has("--overwrite"));
     if (!out) return fail(cmd, out.get_status());

@@ -115,4 +115,23 @@ std::vector<int32_t> haystack_with_needle(const haystack & h, size_t first_unit,
     return hay;
 }
 
+std::vector<int32_t> haystack_with_needles(const haystack & h, size_t first_unit, int64_t length, int64_t reserve,
+                                           const std::vector<std::vector<int32_t>> & needles,
+                                           const std::vector<double> &               depths,
+                                           const std::function<bool(int32_t)> &      is_full_stop,
+                                           std::vector<int64_t> *                    pos) {
+    LC_ASSERT(needles.size() == depths.size(), "needles and depths differ in count");
+    std::vector<int32_t> hay = h.tokens(length, first_unit);
+    const int64_t        b   = std::max<int64_t>(0, length - reserve);
+    int64_t              n_n = 0;
+    for (const auto & nd : needles) n_n += int64_t(nd.size());
+    if (int64_t(hay.size()) + n_n > b) hay.resize(size_t(std::max<int64_t>(0, b - n_n)));
+    if (pos) pos->clear();
+    for (size_t i = 0; i < needles.size(); ++i) {
+        const int64_t p = needle_insert(hay, needles[i], depths[i], is_full_stop);
+        if (pos) pos->push_back(p);
+    }
+    return hay;
+}
+
 } // namespace lc::eval

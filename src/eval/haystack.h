@@ -55,4 +55,13 @@ std::vector<int32_t> haystack_with_needle(const haystack & h, size_t first_unit,
                                           const std::vector<int32_t> & needle, double depth,
                                           const std::function<bool(int32_t)> & is_full_stop, int64_t * pos);
 
+// Several needles (EVAL_TASKS.md 1.2): the haystack is cut so that it plus all needles = length - reserve, then
+// needle i is inserted at depths[i] of the growing token list, one after another (each moved back to a sentence
+// start). *pos receives each needle's insertion index at the time it was inserted.
+std::vector<int32_t> haystack_with_needles(const haystack & h, size_t first_unit, int64_t length, int64_t reserve,
+                                           const std::vector<std::vector<int32_t>> & needles,
+                                           const std::vector<double> &               depths,
+                                           const std::function<bool(int32_t)> &      is_full_stop,
+                                           std::vector<int64_t> *                    pos);
+
 } // namespace lc::eval

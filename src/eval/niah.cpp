@@ -117,6 +117,11 @@ const char * const k_cities[] = {
 };
 constexpr size_t k_n_cities = sizeof(k_cities) / sizeof(k_cities[0]);
 
+// Secret ingredients of the multi-needle variant (our own list; k of them drawn per cell).
+const char * const k_ingredients[] = {"figs",        "prosciutto", "smoked bacon", "lemons",     "goat cheese",
+                                      "truffle oil", "anchovies",  "wild honey",   "pistachios", "pickled ginger"};
+constexpr size_t   k_n_ingredients = sizeof(k_ingredients) / sizeof(k_ingredients[0]);
+
 const char * const k_classic_needle =
     "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.";
 
@@ -140,6 +145,8 @@ const char * niah_kind_name(niah_kind k) {
         return "numeric";
     case niah_kind::PASSKEY:
         return "passkey";
+    case niah_kind::MULTI:
+        return "multi";
     }
     return "?";
 }
@@ -148,7 +155,9 @@ result<niah_kind> niah_kind_parse(const std::string & s) {
     if (s == "classic") return niah_kind::CLASSIC;
     if (s == "numeric") return niah_kind::NUMERIC;
     if (s == "passkey") return niah_kind::PASSKEY;
-    return error(status_code::INVALID_ARGUMENT, "--needle '%s' is not one of classic, numeric, passkey", s.c_str());
+    if (s == "multi") return niah_kind::MULTI;
+    return error(status_code::INVALID_ARGUMENT, "--needle '%s' is not one of classic, numeric, passkey, multi",
+                 s.c_str());
 }
 
 const char * niah_template_version(niah_kind k) {
@@ -159,6 +168,8 @@ const char * niah_template_version(niah_kind k) {
         return "niah-numeric-v1";
     case niah_kind::PASSKEY:
         return "niah-passkey-v1";
+    case niah_kind::MULTI:
+        return "niah-multi-v1";
     }
     return "?";
 }
@@ -171,6 +182,8 @@ int niah_default_n_gen(niah_kind k) {
         return 32;
     case niah_kind::PASSKEY:
         return 16;
+    case niah_kind::MULTI:
+        return 64;
     }
     return 32;
 }
@@ -213,6 +226,20 @@ result<niah_cell> niah_cell_build(const niah_params & p, const haystack & h, con
         t.answer_prefix = cue + "The special magic number for " + city + " is";
         break;
     }
+    case niah_kind::MULTI: {
+        std::vector<std::string> pool(k_ingredients, k_ingredients + k_n_ingredients);
+        r.shuffle(pool);
+        const int k = std::clamp(p.n_needles, 1, int(k_n_ingredients));
+        c.refs.assign(pool.begin(), pool.begin() + k);
+        for (const auto & x : c.refs) c.answer += (c.answer.empty() ? "" : "; ") + x;
+        c.needle = "One of the secret ingredients of the perfect pizza is " + c.refs[0] + ".";
+        t.before = "Read the document below, then answer the question after it. Keep the answer short and "
+                   "direct.\n\nDocument:\n";
+        t.after  = "\n\nQuestion: What are the secret ingredients of the perfect pizza? Name all of them that the "
+                   "document mentions.";
+        t.answer_prefix = cue + "The secret ingredients of the perfect pizza are";
+        break;
+    }
     case niah_kind::PASSKEY: {
         const int64_t k = r.range(10000, 99999);
         c.answer        = std::to_string(k);
@@ -226,11 +253,26 @@ result<niah_cell> niah_cell_build(const niah_params & p, const haystack & h, con
     }
     }
     // Round 0 starts the haystack at its first unit (the reference protocol); later rounds at a seeded unit.
-    const size_t first = round == 0 ? 0 : size_t(rng(seed_combine(p.seed, uint64_t(round))).below(h.n_units()));
-    const std::vector<int32_t> needle_ids = encode_plain(tok, "\n" + c.needle + "\n");
-    auto                       stop       = [&tok](int32_t id) { return token_is_full_stop(tok, id); };
-    std::vector<int32_t>       ctx_ids =
-        haystack_with_needle(h, first, length, p.reserve, needle_ids, depth, stop, &c.needle_pos);
+    const size_t         first = round == 0 ? 0 : size_t(rng(seed_combine(p.seed, uint64_t(round))).below(h.n_units()));
+    auto                 stop  = [&tok](int32_t id) { return token_is_full_stop(tok, id); };
+    std::vector<int32_t> ctx_ids;
+    if (p.kind == niah_kind::MULTI) {
+        // Needle i at depth d + i * (100 - d) / k of the growing list (EVAL_TASKS.md 1.2).
+        std::vector<std::vector<int32_t>> ids;
+        std::vector<double>               ds;
+        const double                      k = double(c.refs.size());
+        for (size_t i = 0; i < c.refs.size(); ++i) {
+            ids.push_back(
+                encode_plain(tok, "\nOne of the secret ingredients of the perfect pizza is " + c.refs[i] + ".\n"));
+            ds.push_back(depth + double(i) * (100.0 - depth) / k);
+        }
+        std::vector<int64_t> pos;
+        ctx_ids      = haystack_with_needles(h, first, length, p.reserve, ids, ds, stop, &pos);
+        c.needle_pos = pos.empty() ? 0 : pos[0];
+    } else {
+        const std::vector<int32_t> needle_ids = encode_plain(tok, "\n" + c.needle + "\n");
+        ctx_ids = haystack_with_needle(h, first, length, p.reserve, needle_ids, depth, stop, &c.needle_pos);
+    }
     c.n_context = int64_t(ctx_ids.size());
     LC_ASSIGN_OR_RETURN(c.prompt, prompt_build(tok, use_chat, t, ctx_ids));
     return c;
@@ -245,6 +287,8 @@ double niah_score(niah_kind k, const std::vector<std::string> & refs, std::strin
         return score_any_match(clean, refs);
     case niah_kind::PASSKEY:
         return !refs.empty() && first_digit_run(clean) == refs[0] ? 1.0 : 0.0;
+    case niah_kind::MULTI:
+        return score_all_match(clean, refs);
     }
     return 0.0;
 }

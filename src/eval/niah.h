@@ -13,24 +13,26 @@
 
 namespace lc::eval {
 
-enum class niah_kind { CLASSIC, NUMERIC, PASSKEY };
+// MULTI: k needles naming secret pizza ingredients (EVAL_TASKS.md 1.2), scored by the fraction recovered.
+enum class niah_kind { CLASSIC, NUMERIC, PASSKEY, MULTI };
 
-const char *      niah_kind_name(niah_kind k); // "classic", "numeric", "passkey"
+const char *      niah_kind_name(niah_kind k); // "classic", "numeric", "passkey", "multi"
 result<niah_kind> niah_kind_parse(const std::string & s);
 // Version string of the needle, question and prompt wording of a kind ("niah-numeric-v1"); recorded with results.
 const char * niah_template_version(niah_kind k);
-// Default generation budget: classic 48, numeric 32, passkey 16 tokens.
+// Default generation budget: classic 48, numeric 32, passkey 16, multi 64 tokens.
 int niah_default_n_gen(niah_kind k);
 
 struct niah_params {
     niah_kind            kind = niah_kind::NUMERIC;
-    std::vector<int64_t> lengths;      // L in model tokens
-    std::vector<double>  depths;       // percent
-    int                  rounds   = 1; // per cell; each round has its own haystack start, city and number
-    uint64_t             seed     = 42;
-    int                  n_gen    = 0;    // 0: niah_default_n_gen
-    int64_t              reserve  = 200;  // L - reserve = haystack + needle tokens (EVAL_TASKS.md 1.1)
-    bool                 use_chat = true; // wrap in the chat template (only when the model has one)
+    std::vector<int64_t> lengths;       // L in model tokens
+    std::vector<double>  depths;        // percent
+    int                  rounds    = 1; // per cell; each round has its own haystack start, city and number
+    uint64_t             seed      = 42;
+    int                  n_gen     = 0;    // 0: niah_default_n_gen
+    int64_t              reserve   = 200;  // L - reserve = haystack + needle tokens (EVAL_TASKS.md 1.1)
+    bool                 use_chat  = true; // wrap in the chat template (only when the model has one)
+    int                  n_needles = 3;    // MULTI: k
 };
 
 struct niah_cell {
@@ -55,7 +57,7 @@ result<niah_cell> niah_cell_build(const niah_params & p, const haystack & h, con
                                   int64_t length, double depth, int round);
 
 // Score of an output (0 or 1): classic: every key phrase occurs (case-insensitive); numeric: the number occurs;
-// passkey: the first digit run of the cleaned output equals the key.
+// passkey: the first digit run of the cleaned output equals the key; multi: the fraction of ingredients named.
 double niah_score(niah_kind k, const std::vector<std::string> & refs, std::string_view output);
 
 // Runs the grid, appending one record per cell to the result file (cells already in it are skipped).

@@ -63,6 +63,9 @@ TEST(eval_scoring, niah_scores) {
     EXPECT_EQ(niah_score(niah_kind::CLASSIC, {"sandwich", "Dolores Park"}, " eat a sandwich."), 0.0);
     EXPECT_EQ(niah_score(niah_kind::NUMERIC, {"3376904"}, " 3376904."), 1.0);
     EXPECT_EQ(niah_score(niah_kind::NUMERIC, {"3376904"}, " 3376905."), 0.0);
+    // Multi: the fraction of ingredients named.
+    EXPECT_DOUBLE_EQ(niah_score(niah_kind::MULTI, {"figs", "lemons", "goat cheese"}, " figs and Goat Cheese."),
+                     2.0 / 3.0);
     // Passkey is exact: the first number must be the key, not merely contain it.
     EXPECT_EQ(niah_score(niah_kind::PASSKEY, {"12345"}, " 12345. Remember it."), 1.0);
     EXPECT_EQ(niah_score(niah_kind::PASSKEY, {"12345"}, " 123456"), 0.0);
@@ -133,6 +136,19 @@ TEST(eval_haystack, needle_at_sentence_start) {
     }
 }
 
+TEST(eval_haystack, multi_needles_into_the_growing_list) {
+    // Units give the stream 1 2 0 | 3 4 5 0 | ...; L = 16, reserve 2 -> 14 = haystack (10) + needles (2 + 2).
+    // Needle A at depth 0 -> index 0. The list now has 12 tokens: A A 1 2 0 3 4 5 0 1 2 0; needle B at depth 50:
+    // p = 6 (token 4), walks back past 3 to 5, after the full stop at index 4.
+    haystack                                h    = haystack::from_units({{1, 2, 0}, {3, 4, 5, 0}}, "test");
+    auto                                    stop = [](int32_t id) { return id == 0; };
+    std::vector<int64_t>                    pos;
+    const std::vector<std::vector<int32_t>> nd  = {{100, 100}, {200, 200}};
+    auto                                    ctx = haystack_with_needles(h, 0, 16, 2, nd, {0.0, 50.0}, stop, &pos);
+    EXPECT_EQ(ctx, (std::vector<int32_t>{100, 100, 1, 2, 0, 200, 200, 3, 4, 5, 0, 1, 2, 0}));
+    EXPECT_EQ(pos, (std::vector<int64_t>{0, 5}));
+}
+
 TEST(eval_haystack, exact_length_cut) {
     // Units of 3 and 4 tokens, wrapping: the stream is 1 2 0 | 3 4 5 0 | 1 2 0 | ...
     haystack h = haystack::from_units({{1, 2, 0}, {3, 4, 5, 0}}, "test");
@@ -189,6 +205,17 @@ TEST(eval_haystack, real_tokenizer_cell) {
             EXPECT_EQ(token_ids_sha256(c->prompt), token_ids_sha256(c2->prompt));
         }
     }
+    // Multi-needle: three ingredients, each in the text once, the context still exactly L - 200.
+    niah_params pm;
+    pm.kind      = niah_kind::MULTI;
+    pm.n_needles = 3;
+    auto m       = niah_cell_build(pm, h, *tok, true, 2000, 20, 0);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->n_context, 1800);
+    ASSERT_EQ(m->refs.size(), 3u);
+    const std::string mt = tok->decode(m->prompt);
+    for (const auto & ing : m->refs)
+        EXPECT_NE(mt.find("\nOne of the secret ingredients of the perfect pizza is " + ing + ".\n"), std::string::npos);
     // Another round: another needle.
     auto a = niah_cell_build(p, h, *tok, true, 1000, 50, 0), b = niah_cell_build(p, h, *tok, true, 1000, 50, 1);
     ASSERT_TRUE(a && b);
