@@ -65,6 +65,12 @@ json model_meta(const loaded_model & lm, const std::string & sha, const context 
                 {"build", LC_VERSION_STRING}};
 }
 
+// Writes the records not yet on disk whether the run succeeded or not; the run's error comes first.
+status flushed(status run, eval::result_file & out) {
+    status f = out.flush();
+    return run ? f : run;
+}
+
 // What every model-running eval sets up: the model, the contexts of dense and the method, the model's hash, and the
 // meta/identity of the result file.
 struct eval_setup {
@@ -174,7 +180,7 @@ int cmd_eval_fidelity(const args_t & args) {
     env.tok   = &tok;
     env.slots = &st->slots;
     env.chunk = st->cp.n_ubatch;
-    if (status s = eval::fidelity_run(fp, body, env, *out); !s) return fail(cmd, s);
+    if (status s = flushed(eval::fidelity_run(fp, body, env, *out), *out); !s) return fail(cmd, s);
     auto doc = eval::result_file::load(out_path);
     if (!doc) return fail(cmd, doc.get_status());
     std::printf("%-8s %-5s %-12s %-12s %-10s %s\n", "length", "doc", "KL mean", "KL max", "top-1", "density");
@@ -280,7 +286,7 @@ int cmd_eval_ppl(const args_t & args) {
     env.tok   = &tok;
     env.slots = &st->slots;
     env.chunk = st->cp.n_ubatch;
-    if (status s = eval::ppl_run(pp, body, env, *out); !s) return fail(cmd, s);
+    if (status s = flushed(eval::ppl_run(pp, body, env, *out), *out); !s) return fail(cmd, s);
     auto doc = eval::result_file::load(out_path);
     if (!doc) return fail(cmd, doc.get_status());
     auto rows = eval::ppl_summary(*doc);
@@ -379,7 +385,7 @@ int cmd_eval_ruler(const args_t & args) {
     env.slots    = &st->slots;
     env.use_chat = use_chat;
     env.chunk    = st->cp.n_ubatch;
-    if (status s = eval::ruler_run(rp, *words, env, *out); !s) return fail(cmd, s);
+    if (status s = flushed(eval::ruler_run(rp, *words, env, *out), *out); !s) return fail(cmd, s);
     auto doc = eval::result_file::load(out_path);
     if (!doc) return fail(cmd, doc.get_status());
     auto rows = eval::ruler_summary(*doc);
@@ -528,7 +534,7 @@ int cmd_eval_niah(const args_t & args) {
     env.tok      = &tok;
     env.slots    = &*slots;
     env.use_chat = np.use_chat;
-    if (status st = eval::niah_run(np, hay, env, *out); !st) return fail(cmd, st);
+    if (status st = flushed(eval::niah_run(np, hay, env, *out), *out); !st) return fail(cmd, st);
 
     // Plots come from the file, not from memory.
     auto doc = eval::result_file::load(out_path);

@@ -69,6 +69,8 @@ result<result_file> result_file::open(const std::string & path, const std::strin
         f.doc_ = std::move(old);
         // Keep the newest descriptive meta, identity unchanged.
         f.doc_["meta"] = std::move(meta);
+        for (const auto & r : f.doc_["records"])
+            if (r.contains("key") && r["key"].is_string()) f.keys_.insert(r["key"].get<std::string>());
         return f;
     }
     f.doc_ = json{{"eval", name}, {"format", 1}, {"meta", std::move(meta)}, {"records", json::array()}};
@@ -76,19 +78,27 @@ result<result_file> result_file::open(const std::string & path, const std::strin
 }
 
 bool result_file::has(const std::string & key) const {
-    for (const auto & r : doc_["records"])
-        if (r.contains("key") && r["key"] == key) return true;
-    return false;
+    return keys_.count(key) > 0;
 }
 
 status result_file::add(json record) {
     LC_ASSERT(record.contains("key") && record["key"].is_string(), "record without key");
+    keys_.insert(record["key"].get<std::string>());
     doc_["records"].push_back(std::move(record));
-    return save();
+    dirty_           = true;
+    const double age = std::chrono::duration<double>(std::chrono::steady_clock::now() - saved_at_).count();
+    return age >= save_interval_s ? save() : status::ok();
 }
 
-status result_file::save() const {
-    return write_file_atomic(path_, doc_.dump(1) + "\n");
+status result_file::save() {
+    LC_RETURN_IF_ERROR(write_file_atomic(path_, doc_.dump(1) + "\n"));
+    dirty_    = false;
+    saved_at_ = std::chrono::steady_clock::now();
+    return status::ok();
+}
+
+status result_file::flush() {
+    return dirty_ ? save() : status::ok();
 }
 
 bool attn_is_dense(const attn_config & a) {

@@ -3,7 +3,9 @@
 // an interrupted run resumes where it stopped (records are keyed; the identity must match to resume).
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -30,15 +32,22 @@ class result_file {
 
     bool   has(const std::string & key) const; // a record with this "key"
     size_t n_records() const { return doc_["records"].size(); }
-    // Appends the record (it must hold a string "key") and rewrites the file (temporary file, then rename).
+    // Appends the record (it must hold a string "key") and rewrites the file (temporary file, then rename) when
+    // the last write is save_interval_s old or more: an interrupted run loses at most that much work, and a grid of
+    // thousands of records does not rewrite a multi-megabyte file after each one.
     status              add(json record);
-    status              save() const;
+    status              save();
+    status              flush(); // save() if records were added since the last write
+    double              save_interval_s = 5.0;
     const json &        doc() const { return doc_; }
     const std::string & path() const { return path_; }
 
   private:
-    std::string path_;
-    json        doc_;
+    std::string                           path_;
+    json                                  doc_;
+    std::set<std::string>                 keys_;
+    bool                                  dirty_ = false;
+    std::chrono::steady_clock::time_point saved_at_{};
 };
 
 // One attention configuration under test and its context. Dense always runs; the configured method runs as a

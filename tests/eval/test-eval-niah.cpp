@@ -286,6 +286,13 @@ TEST(eval_results, resume_from_partial_file) {
     auto g = result_file::open(path, "niah", json{{"identity", id}}, false);
     ASSERT_TRUE(g);
     EXPECT_EQ(g->n_records(), 2u);
+    // Writes are throttled: within the interval a record stays in memory until flush().
+    g->save_interval_s = 3600;
+    ASSERT_TRUE(g->add(json{{"key", "L=1000,d=100,r=0"}, {"runs", json::array()}}));
+    ASSERT_TRUE(g->add(json{{"key", "L=2000,d=0,r=0"}, {"runs", json::array()}}));
+    EXPECT_EQ(result_file::load(path)->at("records").size(), 3u); // the first add wrote, the second waits
+    ASSERT_TRUE(g->flush());
+    EXPECT_EQ(result_file::load(path)->at("records").size(), 4u);
     // Other settings: refused unless overwrite.
     EXPECT_FALSE(result_file::open(path, "niah", json{{"identity", {{"seed", 43}}}}, false));
     EXPECT_FALSE(result_file::open(path, "ppl", json{{"identity", id}}, false));
