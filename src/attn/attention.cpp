@@ -144,7 +144,10 @@ void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_he
         if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, &plan_, o, pool);
         return;
     }
+    const auto t0 = std::chrono::steady_clock::now();
     attn_dense(q, n_q, pos0, n_head, kv, scale, o, nullptr, pool, window);
+    if (window != attn_window_none && t)
+        t->attn_swa_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (counted && t) {
         const int64_t c = prefill_causal_pairs(n_q, pos0) * n_head;
         t->attn_pairs_causal += c;

@@ -148,11 +148,12 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
             r.method = attn_config_describe(method);
             LC_ASSIGN_OR_RETURN(double warm, run_once(*c, r, src));
             (void)warm;
-            std::vector<double> attn, index, density;
+            std::vector<double> attn, swa, index, density;
             for (int i = 0; i < p.reps; ++i) {
                 LC_ASSIGN_OR_RETURN(double s, run_once(*c, r, src));
                 r.samples_s.push_back(s);
                 attn.push_back(c->timings().attn_s);
+                swa.push_back(c->timings().attn_swa_s);
                 index.push_back(c->timings().attn_index_s);
                 density.push_back(c->timings().density());
             }
@@ -167,6 +168,7 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
             r.sd_tps       = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
             r.kv_bytes     = c->kv().bytes_used();
             r.attn_s       = median(attn);
+            r.attn_swa_s   = median(swa);
             r.index_s      = median(index);
             r.density      = median(density);
             if (on_row) on_row(r);
@@ -180,18 +182,18 @@ std::string bench_format_md_header(const bench_env & env) {
     std::ostringstream o;
     o << "build: " << env.build_commit << ", CPU: " << env.cpu << ", threads: " << env.n_threads
       << ", ubatch: " << env.n_ubatch << ", prompts: " << env.prompt_source << "\n\n";
-    o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | index s | density |\n";
-    o << "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n";
+    o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | of which SWA s | index s | density |\n";
+    o << "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     return o.str();
 }
 
 std::string bench_format_md_row(const bench_env & env, const bench_row & r) {
     char buf[512];
     std::snprintf(buf, sizeof(buf),
-                  "| %s | %.2f MiB | %.2f M | %s | %s | %d | %s | %s | %.2f ± %.2f | %.3f | %.3f | %.1f%% |\n",
+                  "| %s | %.2f MiB | %.2f M | %s | %s | %d | %s | %s | %.2f ± %.2f | %.3f | %.3f | %.3f | %.1f%% |\n",
                   env.model_name.c_str(), double(env.model_bytes) / (1024.0 * 1024.0), double(env.n_params) / 1e6,
                   env.weight_type.c_str(), env.kv_type.c_str(), env.n_threads, r.method.c_str(), r.test.c_str(),
-                  r.mean_tps, r.sd_tps, r.attn_s, r.index_s, 100.0 * r.density);
+                  r.mean_tps, r.sd_tps, r.attn_s, r.attn_swa_s, r.index_s, 100.0 * r.density);
     return buf;
 }
 
@@ -206,7 +208,7 @@ std::string bench_format_json(const bench_env & env, const std::vector<bench_row
           << ", \"n_params\": " << env.n_params << ", \"weight_type\": \"" << env.weight_type << "\", \"kv_type\": \""
           << env.kv_type << "\", \"n_threads\": " << env.n_threads << ", \"n_ubatch\": " << env.n_ubatch
           << ", \"attention\": \"" << json_escape(r.method) << "\", \"prompts\": \"" << json_escape(env.prompt_source)
-          << "\", \"attn_s\": " << r.attn_s << ", \"index_s\": " << r.index_s << ", \"density\": " << r.density
+          << "\", \"attn_s\": " << r.attn_s << ", \"attn_swa_s\": " << r.attn_swa_s << ", \"index_s\": " << r.index_s << ", \"density\": " << r.density
           << ", \"test\": \"" << r.test << "\", \"n_prompt\": " << r.n_prompt << ", \"n_gen\": " << r.n_gen
           << ", \"depth\": " << r.depth << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps
           << ", \"stddev_ts\": " << r.sd_tps << ", \"samples_s\": [";

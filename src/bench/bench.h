@@ -38,7 +38,8 @@ struct bench_row {
     size_t              kv_bytes = 0; // KV bytes held at the end of the test
     // Medians over the repetitions of the timed part: attention time (index building included), index time, and
     // the fraction of causal (q, k) pairs computed in the layers a sparse method applies to.
-    double attn_s = 0.0, index_s = 0.0, density = 1.0;
+    // attn_swa_s: of attn_s, the sliding-window layers (dense under every method).
+    double attn_s = 0.0, attn_swa_s = 0.0, index_s = 0.0, density = 1.0;
 };
 
 struct bench_env {

@@ -24,6 +24,7 @@ struct forward_scratch {
 struct forward_timings {
     double attn_s       = 0.0;
     double attn_index_s = 0.0; // of attn_s: building sparse prefill plans (index estimation)
+    double attn_swa_s   = 0.0; // of attn_s: sliding-window layers (always windowed dense)
     double matmul_s     = 0.0;
     double other_s      = 0.0;
     // Prefill attention in the layers a sparse method may apply to (all but sliding-window layers): causal
