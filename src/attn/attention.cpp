@@ -73,8 +73,10 @@ result<std::unique_ptr<attention>> attention::create(const model & m, const attn
         }
         if (!path.empty()) {
             LC_ASSIGN_OR_RETURN(sidecar sc, sidecar_read(path, hp.n_layer, hp.n_head));
-            if (sc.minference) a->heads_ = sc.minference->config;
-            else LC_LOG_W("minference: sidecar %s has no MInference section; using the defaults", path.c_str());
+            if (sc.minference)
+                a->heads_ = sc.minference->config;
+            else
+                LC_LOG_W("minference: sidecar %s has no MInference section; using the defaults", path.c_str());
         }
         LC_LOG_I("minference: head patterns from %s", a->heads_.source.c_str());
     }
@@ -102,15 +104,9 @@ void prefill_plan_build(const minference_config & heads, const prefill_budget & 
         for (int h = ith; h < n_head; h += nth) {
             const head_budget hb = head_budget_effective(heads.at(il, h), budget, N);
             switch (hb.pattern) {
-            case head_pattern::DENSE: {
-                prefill_head_plan & hp = plan.heads[size_t(h)];
-                hp.clear();
-                for (int64_t b = 0; b < plan.n_qblk(); ++b) {
-                    hp.add_range(0, plan.q_last(b) + 1);
-                    hp.end_item();
-                }
+            case head_pattern::DENSE:
+                prefill_plan_full_head(plan, h);
                 break;
-            }
             case head_pattern::A_SHAPE:
                 a_shape_plan_head(hb.a, hb.b, plan, h);
                 break;

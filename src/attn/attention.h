@@ -27,7 +27,7 @@ class model;
 // (attention-mass recall and output error per layer).
 class attn_observer {
   public:
-    virtual ~attn_observer()                                                                                  = default;
+    virtual ~attn_observer()                      = default;
     virtual void on_attention(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
                               float scale, int64_t window, const prefill_plan * plan, const float * o,
                               thread_pool & pool) = 0;
@@ -47,8 +47,8 @@ class attention {
     // Attention of layer il: q [n_q][n_head][head_dim] at positions pos0.., keys of `kv` (n_kv >= pos0 + n_q),
     // o [n_q][n_head][head_dim]. window > 0: sliding-window layer (always dense). Adds index time and pair counts
     // to t (may be nullptr).
-    void run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
-             float * o, thread_pool & pool, int64_t window, forward_timings * t);
+    void run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
+             thread_pool & pool, int64_t window, forward_timings * t);
 
     // Whether calls of n_q queries (at the current prompt end) use a sparse plan in layers without a window.
     bool sparse_active(int64_t n_q) const;
@@ -75,8 +75,8 @@ class attention {
 head_budget head_budget_effective(const head_budget & hb, const prefill_budget & b, int64_t n_keys);
 
 // The plan of layer il for one call with each head's pattern from `heads` (threads over heads).
-void prefill_plan_build(const minference_config & heads, const prefill_budget & b, int il, const float * q,
-                        int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, prefill_plan & plan,
+void prefill_plan_build(const minference_config & heads, const prefill_budget & b, int il, const float * q, int64_t n_q,
+                        int64_t pos0, int n_head, const kv_view & kv, float scale, prefill_plan & plan,
                         thread_pool & pool);
 
 } // namespace lc

@@ -15,9 +15,8 @@ struct method_name {
     const char *   name;
 };
 constexpr method_name k_prefill_names[] = {
-    {prefill_method::DENSE, "dense"},   {prefill_method::A_SHAPE, "a-shape"},
-    {prefill_method::VSLASH, "vslash"}, {prefill_method::BLOCK, "block"},
-    {prefill_method::MINFERENCE, "minference"},
+    {prefill_method::DENSE, "dense"}, {prefill_method::A_SHAPE, "a-shape"},       {prefill_method::VSLASH, "vslash"},
+    {prefill_method::BLOCK, "block"}, {prefill_method::MINFERENCE, "minference"},
 };
 
 } // namespace
@@ -39,8 +38,8 @@ result<prefill_budget> prefill_budget_parse(const std::string & s) {
     prefill_budget b;
     std::string    num = s;
     if (!num.empty() && (num.back() == 'x' || num.back() == '%')) num.pop_back();
-    char * end = nullptr;
-    errno      = 0;
+    char * end     = nullptr;
+    errno          = 0;
     const double v = num.empty() ? NAN : std::strtod(num.c_str(), &end);
     if (num.empty() || errno != 0 || end != num.c_str() + num.size() || !std::isfinite(v) || v <= 0.0)
         return error(status_code::INVALID_ARGUMENT,
@@ -65,8 +64,10 @@ result<prefill_budget> prefill_budget_parse(const std::string & s) {
 
 std::string prefill_budget_name(const prefill_budget & b) {
     char buf[48];
-    if (b.mode == prefill_budget::kind::SCALE) std::snprintf(buf, sizeof(buf), "%gx", b.value);
-    else std::snprintf(buf, sizeof(buf), "%g%%", b.value * 100.0);
+    if (b.mode == prefill_budget::kind::SCALE)
+        std::snprintf(buf, sizeof(buf), "%gx", b.value);
+    else
+        std::snprintf(buf, sizeof(buf), "%g%%", b.value * 100.0);
     return buf;
 }
 

@@ -29,12 +29,6 @@ constexpr int64_t k_split_max      = 64;
 // Aim for this many items per thread so the dynamic schedule evens out unequal items.
 constexpr int64_t k_items_per_thread = 8;
 
-float * aligned_scratch(std::vector<float> & buf, size_t n) {
-    if (buf.size() < n + 16) buf.resize(n + 16);
-    const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
-    return reinterpret_cast<float *>((p + 63) & ~uintptr_t(63));
-}
-
 } // namespace
 
 void attn_dense(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
@@ -111,7 +105,7 @@ void attn_dense_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, int
     std::atomic<int64_t> next{0};
     pool.run([&](int, int) {
         thread_local std::vector<float> buf;
-        float *                         scratch = aligned_scratch(buf, scratch_n);
+        float *                         scratch = attn_tile_scratch(buf, scratch_n);
         for (;;) {
             const int64_t w = next.fetch_add(1, std::memory_order_relaxed);
             if (w >= n_work) break;

@@ -33,27 +33,25 @@ void attn_sparse_prefill_isa(cpu_isa isa, const prefill_plan & plan, const float
 #ifdef LC_HAVE_AVX512_KERNELS
     if (isa == cpu_isa::AVX512) fn = attn_tile_avx512;
 #endif
-    const int     head_dim = kv.head_dim;
-    const int     n_group  = n_head / kv.n_head_kv;
-    const int64_t n_qb     = plan.n_qblk();
-    const int64_t n_work   = n_qb * n_head;
+    const int     head_dim  = kv.head_dim;
+    const int     n_group   = n_head / kv.n_head_kv;
+    const int64_t n_qb      = plan.n_qblk();
+    const int64_t n_work    = n_qb * n_head;
     const size_t  scratch_n = attn_tile_scratch_floats(prefill_qblock, head_dim);
 
     std::atomic<int64_t> next{0};
     pool.run([&](int, int) {
         thread_local std::vector<float> buf;
-        if (buf.size() < scratch_n + 16) buf.resize(scratch_n + 16);
-        float * scratch =
-            reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+        float *                         scratch = attn_tile_scratch(buf, scratch_n);
         for (;;) {
             const int64_t w = next.fetch_add(1, std::memory_order_relaxed);
             if (w >= n_work) break;
             // Last query blocks (most keys under causality) first so the short ones fill the tail.
-            const int64_t            qb = n_qb - 1 - w / n_head;
-            const int                h  = int(w % n_head);
+            const int64_t             qb = n_qb - 1 - w / n_head;
+            const int                 h  = int(w % n_head);
             const prefill_head_plan & hp = plan.heads[size_t(h)];
-            const int64_t            i0 = qb * prefill_qblock;
-            const int64_t            nq = std::min<int64_t>(prefill_qblock, plan.n_q - i0);
+            const int64_t             i0 = qb * prefill_qblock;
+            const int64_t             nq = std::min<int64_t>(prefill_qblock, plan.n_q - i0);
 
             attn_tile_args a{};
             a.q               = q + (i0 * n_head + h) * head_dim;
@@ -78,14 +76,12 @@ void attn_sparse_prefill_isa(cpu_isa isa, const prefill_plan & plan, const float
             a.n_kv_heads      = 1;
             a.k_begin         = 0;
             a.k_end           = a.pos0 + nq;
-            static const int32_t none = 0; // marks the item sparse even when both lists are empty
-            a.ranges   = hp.range_off[qb + 1] > hp.range_off[qb]
-                             ? reinterpret_cast<const int32_t *>(hp.ranges.data() + hp.range_off[qb])
-                             : &none;
-            a.n_ranges = hp.range_off[qb + 1] - hp.range_off[qb];
-            a.cols     = hp.cols.data() + hp.col_off[qb];
-            a.n_cols   = hp.col_off[qb + 1] - hp.col_off[qb];
-            a.scratch  = scratch;
+            a.sparse          = true;
+            a.ranges          = reinterpret_cast<const int32_t *>(hp.ranges.data() + hp.range_off[qb]);
+            a.n_ranges        = hp.range_off[qb + 1] - hp.range_off[qb];
+            a.cols            = hp.cols.data() + hp.col_off[qb];
+            a.n_cols          = hp.col_off[qb + 1] - hp.col_off[qb];
+            a.scratch         = scratch;
             fn(a);
         }
     });

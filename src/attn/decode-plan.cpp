@@ -24,7 +24,7 @@ void attn_decode_plan_ref(const decode_plan & plan, const float * q, const kv_vi
                   hp.logw.size(), hp.idx.size());
         std::vector<int64_t> keys;
         std::vector<double>  z;
-        const float *        qh = q + size_t(h) * D;
+        const float *        qh  = q + size_t(h) * D;
         auto                 add = [&](int64_t t, double w) {
             LC_ASSERT(t >= 0 && t < kv.n_kv, "decode plan: key %lld outside the cache (%lld)", (long long)t,
                                       (long long)kv.n_kv);

@@ -23,13 +23,18 @@ void prefill_plan::reset(int64_t n_q_, int64_t pos0_, int n_head_) {
     for (prefill_head_plan & h : heads) h.clear();
 }
 
+void prefill_plan_full_head(prefill_plan & plan, int h) {
+    prefill_head_plan & hp = plan.heads[size_t(h)];
+    hp.clear();
+    for (int64_t b = 0; b < plan.n_qblk(); ++b) {
+        hp.add_range(0, plan.q_last(b) + 1);
+        hp.end_item();
+    }
+}
+
 void prefill_plan_full(prefill_plan & plan, int64_t n_q, int64_t pos0, int n_head) {
     plan.reset(n_q, pos0, n_head);
-    for (prefill_head_plan & h : plan.heads)
-        for (int64_t b = 0; b < plan.n_qblk(); ++b) {
-            h.add_range(0, plan.q_last(b) + 1);
-            h.end_item();
-        }
+    for (int h = 0; h < n_head; ++h) prefill_plan_full_head(plan, h);
 }
 
 int64_t prefill_causal_pairs(int64_t n_q, int64_t pos0) {

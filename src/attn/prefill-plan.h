@@ -60,6 +60,8 @@ struct prefill_plan {
 
 // Dense causal attention as a plan: each block sees keys [0, its last query].
 void prefill_plan_full(prefill_plan & plan, int64_t n_q, int64_t pos0, int n_head);
+// The same for head h alone (REQUIRES: plan.reset() done).
+void prefill_plan_full_head(prefill_plan & plan, int h);
 
 // Counts (query, key) pairs: causal = all pairs with key <= query; computed = the causal pairs the plan covers.
 struct prefill_plan_pairs {

@@ -182,7 +182,8 @@ std::string bench_format_md_header(const bench_env & env) {
     std::ostringstream o;
     o << "build: " << env.build_commit << ", CPU: " << env.cpu << ", threads: " << env.n_threads
       << ", ubatch: " << env.n_ubatch << ", prompts: " << env.prompt_source << "\n\n";
-    o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | of which SWA s | index s | density |\n";
+    o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | of which SWA s | index "
+         "s | density |\n";
     o << "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     return o.str();
 }
@@ -208,10 +209,10 @@ std::string bench_format_json(const bench_env & env, const std::vector<bench_row
           << ", \"n_params\": " << env.n_params << ", \"weight_type\": \"" << env.weight_type << "\", \"kv_type\": \""
           << env.kv_type << "\", \"n_threads\": " << env.n_threads << ", \"n_ubatch\": " << env.n_ubatch
           << ", \"attention\": \"" << json_escape(r.method) << "\", \"prompts\": \"" << json_escape(env.prompt_source)
-          << "\", \"attn_s\": " << r.attn_s << ", \"attn_swa_s\": " << r.attn_swa_s << ", \"index_s\": " << r.index_s << ", \"density\": " << r.density
-          << ", \"test\": \"" << r.test << "\", \"n_prompt\": " << r.n_prompt << ", \"n_gen\": " << r.n_gen
-          << ", \"depth\": " << r.depth << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps
-          << ", \"stddev_ts\": " << r.sd_tps << ", \"samples_s\": [";
+          << "\", \"attn_s\": " << r.attn_s << ", \"attn_swa_s\": " << r.attn_swa_s << ", \"index_s\": " << r.index_s
+          << ", \"density\": " << r.density << ", \"test\": \"" << r.test << "\", \"n_prompt\": " << r.n_prompt
+          << ", \"n_gen\": " << r.n_gen << ", \"depth\": " << r.depth << ", \"kv_bytes\": " << r.kv_bytes
+          << ", \"avg_ts\": " << r.mean_tps << ", \"stddev_ts\": " << r.sd_tps << ", \"samples_s\": [";
         for (size_t j = 0; j < r.samples_s.size(); ++j) o << (j ? ", " : "") << r.samples_s[j];
         o << "]}" << (i + 1 < rows.size() ? "," : "") << "\n";
     }

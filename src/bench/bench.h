@@ -44,10 +44,10 @@ struct bench_row {
 
 struct bench_env {
     std::string build_commit, cpu, model_name, model_path, weight_type, kv_type = "f16";
-    uint64_t    model_bytes = 0;
-    int64_t     n_params    = 0;
-    int         n_threads   = 0;
-    int64_t     n_ubatch    = 0;
+    uint64_t    model_bytes   = 0;
+    int64_t     n_params      = 0;
+    int         n_threads     = 0;
+    int64_t     n_ubatch      = 0;
     std::string prompt_source = "random ids"; // or the text file the prompts were cut from
 };
 

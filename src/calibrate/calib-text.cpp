@@ -64,7 +64,8 @@ result<calib_prompt> calib_from_file(const tokenizer & tok, const std::string & 
     std::stringstream ss;
     ss << in.rdbuf();
     const std::vector<int32_t> body = tok.encode(ss.str(), false, false);
-    if (body.empty()) return error(status_code::INVALID_ARGUMENT, "calibrate: --calib-file '%s' has no tokens", path.c_str());
+    if (body.empty())
+        return error(status_code::INVALID_ARGUMENT, "calibrate: --calib-file '%s' has no tokens", path.c_str());
     calib_prompt out;
     out.source = path;
     out.tokens = tok.encode("", true, false); // BOS when the model wants one

@@ -57,8 +57,7 @@ class searcher : public attn_observer {
   private:
     double time_plan(const head_budget & b, int il, const float * q, int64_t n_q, int n_head, const kv_view & kv,
                      float scale) {
-        minference_config one = minference_config_uniform(m_.hparams().n_layer, n_head, b.pattern);
-        for (auto & h : one.heads) h = b;
+        const minference_config one = minference_config_uniform(m_.hparams().n_layer, n_head, b);
         prefill_plan_build(one, prefill_budget{}, il, q, n_q, 0, n_head, kv, scale, plan_, pool());
         out_.resize(size_t(n_q) * n_head * kv.head_dim);
         double best = INFINITY;
@@ -78,8 +77,8 @@ class searcher : public attn_observer {
         for (minference_candidate & c : res_.candidates) {
             // Start from the budget whose nominal keys per query match the target, then correct by measured time.
             const double nominal = c.initial.pattern == head_pattern::BLOCK ? 64.0 * double(c.initial.a)
-                                                                             : double(c.initial.a + c.initial.b);
-            double f = double(p_.target_keys) / nominal;
+                                                                            : double(c.initial.a + c.initial.b);
+            double       f       = double(p_.target_keys) / nominal;
             for (int round = 0; round < p_.n_retime; ++round) {
                 c.time_s = time_plan(scaled(c.initial, f), il, q, n_q, n_head, kv, scale);
                 f        = std::clamp(f * res_.target_time_s / std::max(c.time_s, 1e-9), 1e-3, 1e4);
@@ -100,9 +99,8 @@ class searcher : public attn_observer {
         std::vector<int>     best(size_t(n_head), -1);
         out_.resize(size_t(n_q) * n_head * D);
         for (size_t ci = 0; ci < res_.candidates.size(); ++ci) {
-            const head_budget & b   = res_.candidates[ci].budget;
-            minference_config   one = minference_config_uniform(m_.hparams().n_layer, n_head, b.pattern);
-            for (auto & h : one.heads) h = b;
+            const head_budget &     b   = res_.candidates[ci].budget;
+            const minference_config one = minference_config_uniform(m_.hparams().n_layer, n_head, b);
             prefill_plan_build(one, prefill_budget{}, il, q, n_q, 0, n_head, kv, scale, plan_, pool());
             attn_sparse_prefill(plan_, q, kv, scale, out_.data(), nullptr, pool());
             for (int h = 0; h < n_head; ++h) {
@@ -114,7 +112,8 @@ class searcher : public attn_observer {
                 }
                 // Ties go to the cheaper candidate (the list is in no cost order after re-timing: compare times).
                 if (err < best_err[size_t(h)] ||
-                    (err == best_err[size_t(h)] && res_.candidates[ci].time_s < res_.candidates[best[size_t(h)]].time_s)) {
+                    (err == best_err[size_t(h)] &&
+                     res_.candidates[ci].time_s < res_.candidates[best[size_t(h)]].time_s)) {
                     best_err[size_t(h)] = err;
                     best[size_t(h)]     = int(ci);
                 }
@@ -140,26 +139,26 @@ class searcher : public attn_observer {
 
     thread_pool & pool() { return *pool_; }
 
-    const model &                  m_;
-    minference_search_params       p_;
-    search_progress_fn             progress_;
-    int                            n_search_ = 0;
-    int                            done_     = 0;
-    bool                           timed_    = false;
-    minference_search_result       res_;
-    prefill_plan                   plan_;
-    std::vector<float>             out_;
-    thread_pool *                  pool_ = nullptr; // the context's, during a callback
-    int64_t                        pairs_causal_ = 0, pairs_computed_ = 0;
-    double                         score_sum_    = 0;
-    int64_t                        n_scored_     = 0;
+    const model &            m_;
+    minference_search_params p_;
+    search_progress_fn       progress_;
+    int                      n_search_ = 0;
+    int                      done_     = 0;
+    bool                     timed_    = false;
+    minference_search_result res_;
+    prefill_plan             plan_;
+    std::vector<float>       out_;
+    thread_pool *            pool_         = nullptr; // the context's, during a callback
+    int64_t                  pairs_causal_ = 0, pairs_computed_ = 0;
+    double                   score_sum_ = 0;
+    int64_t                  n_scored_  = 0;
 };
 
 } // namespace
 
 result<minference_search_result> minference_search(const model & m, const std::vector<int32_t> & prompt,
                                                    const minference_search_params & p,
-                                                   const search_progress_fn & progress) {
+                                                   const search_progress_fn &       progress) {
     const model_hparams & hp = m.hparams();
     const int64_t         n  = int64_t(prompt.size());
     if (n < 2 * 64)

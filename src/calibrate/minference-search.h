@@ -19,16 +19,16 @@ struct minference_search_params {
     // The cost every candidate is re-timed to: an A-shape plan in which each query sees about this many keys
     // (128 sink + the rest local), at the calibration length.
     int64_t target_keys = 4096;
-    int     n_retime    = 3;      // re-timing rounds (0: budgets from nominal keys per query only)
-    double  tolerance   = 5e-3;   // an output element counts as wrong when off by more than this
-    int     n_threads   = 0;      // 0: hardware concurrency
+    int     n_retime    = 3;    // re-timing rounds (0: budgets from nominal keys per query only)
+    double  tolerance   = 5e-3; // an output element counts as wrong when off by more than this
+    int     n_threads   = 0;    // 0: hardware concurrency
 };
 
 struct minference_candidate {
-    head_budget budget;       // after re-timing
-    head_budget initial;      // as listed in METHODS.md
-    double      time_s  = 0;  // measured kernel time of the plan with every head on this candidate (one layer)
-    int64_t     n_heads = 0;  // heads that chose it
+    head_budget budget;      // after re-timing
+    head_budget initial;     // as listed in METHODS.md
+    double      time_s  = 0; // measured kernel time of the plan with every head on this candidate (one layer)
+    int64_t     n_heads = 0; // heads that chose it
 };
 
 struct minference_search_result {
@@ -45,6 +45,6 @@ using search_progress_fn = std::function<void(int done, int total)>;
 
 result<minference_search_result> minference_search(const model & m, const std::vector<int32_t> & prompt,
                                                    const minference_search_params & p,
-                                                   const search_progress_fn & progress = {});
+                                                   const search_progress_fn &       progress = {});
 
 } // namespace lc

@@ -9,18 +9,18 @@ namespace lc {
 
 namespace {
 
-constexpr const char * k_arch        = "longctx-sidecar";
-constexpr const char * k_model_name  = "longctx.model.name";
-constexpr const char * k_n_layer     = "longctx.model.block_count";
-constexpr const char * k_n_head      = "longctx.model.head_count";
-constexpr const char * k_mi_pattern  = "longctx.minference.pattern";  // i32 [n_layer * n_head], head_pattern
-constexpr const char * k_mi_a        = "longctx.minference.budget_a"; // i32, v / n_init / k_b
-constexpr const char * k_mi_b        = "longctx.minference.budget_b"; // i32, s / n_local / 0
-constexpr const char * k_mi_score    = "longctx.minference.score";    // f32
-constexpr const char * k_mi_src      = "longctx.minference.calib.source";
-constexpr const char * k_mi_sha      = "longctx.minference.calib.sha256";
-constexpr const char * k_mi_ntok     = "longctx.minference.calib.n_tokens";
-constexpr const char * k_mi_density  = "longctx.minference.expected_density";
+constexpr const char * k_arch       = "longctx-sidecar";
+constexpr const char * k_model_name = "longctx.model.name";
+constexpr const char * k_n_layer    = "longctx.model.block_count";
+constexpr const char * k_n_head     = "longctx.model.head_count";
+constexpr const char * k_mi_pattern = "longctx.minference.pattern";  // i32 [n_layer * n_head], head_pattern
+constexpr const char * k_mi_a       = "longctx.minference.budget_a"; // i32, v / n_init / k_b
+constexpr const char * k_mi_b       = "longctx.minference.budget_b"; // i32, s / n_local / 0
+constexpr const char * k_mi_score   = "longctx.minference.score";    // f32
+constexpr const char * k_mi_src     = "longctx.minference.calib.source";
+constexpr const char * k_mi_sha     = "longctx.minference.calib.sha256";
+constexpr const char * k_mi_ntok    = "longctx.minference.calib.n_tokens";
+constexpr const char * k_mi_density = "longctx.minference.expected_density";
 
 } // namespace
 
@@ -56,8 +56,8 @@ result<sidecar> sidecar_read(const std::string & path, int n_layer, int n_head) 
             return error(status_code::INVALID_ARGUMENT, "sidecar '%s': minference arrays must have %zu entries",
                          path.c_str(), n);
         sidecar_minference m;
-        m.config         = minference_config_uniform(n_layer, n_head, head_pattern::VSLASH);
-        m.config.source  = "sidecar " + path;
+        m.config        = minference_config_uniform(n_layer, n_head, head_pattern::VSLASH);
+        m.config.source = "sidecar " + path;
         for (size_t i = 0; i < n; ++i) {
             if (pat[i] < 0 || pat[i] > int32_t(head_pattern::BLOCK) || a[i] < 0 || b[i] < 0)
                 return error(status_code::INVALID_ARGUMENT, "sidecar '%s': bad minference entry %zu (%d, %d, %d)",

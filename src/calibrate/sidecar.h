@@ -13,9 +13,9 @@ namespace lc {
 
 struct sidecar_minference {
     minference_config config;
-    std::string       calib_source;  // file path or "builtin:kv-retrieval seed=N"
-    std::string       calib_sha256;  // of the calibration prompt's token ids
-    int64_t           calib_n_tokens = 0;
+    std::string       calib_source; // file path or "builtin:kv-retrieval seed=N"
+    std::string       calib_sha256; // of the calibration prompt's token ids
+    int64_t           calib_n_tokens   = 0;
     float             expected_density = 0.0f; // at the calibration length
 };
 

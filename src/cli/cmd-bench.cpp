@@ -8,7 +8,9 @@
 namespace lc::cli {
 
 int cmd_bench(const args_t & args) {
-    arg_parser p("bench", "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json] [-f TEXT] [--prefill M]");
+    arg_parser p(
+        "bench",
+        "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json] [-f TEXT] [--prefill M]");
     add_model_flags(p);
     p.add({"-p", "--n-prompt", "N,...", "prefill tests: prompt lengths (0: none)", "512"});
     p.add({"-n", "--n-gen", "N,...", "decode tests: tokens generated (0: none)", "128"});
@@ -61,11 +63,12 @@ int cmd_bench(const args_t & args) {
         if (!text) return fail("bench", text.get_status());
         bp.text = lm->tok->encode(*text, false, false);
         if (bp.text.empty())
-            return fail("bench", error(status_code::INVALID_ARGUMENT, "-f '%s' has no tokens", p.get("--file").c_str()));
+            return fail("bench",
+                        error(status_code::INVALID_ARGUMENT, "-f '%s' has no tokens", p.get("--file").c_str()));
         env.prompt_source = p.get("--file");
     }
-    bool header    = false;
-    auto rows      = bench_run(*lm->mdl, bp, env, [&](const bench_row & r) {
+    bool header = false;
+    auto rows   = bench_run(*lm->mdl, bp, env, [&](const bench_row & r) {
         if (fmt != "md") return;
         if (!header) std::fputs(bench_format_md_header(env).c_str(), stdout);
         header = true;

@@ -16,10 +16,6 @@ namespace lc::cli {
 
 namespace {
 
-std::string tokens_sha256(const std::vector<int32_t> & t) {
-    return sha256_hex(t.data(), t.size() * sizeof(int32_t));
-}
-
 void print_histogram(const minference_search_result & r, int64_t n_heads_searched) {
     std::printf("| candidate | budgets after re-timing | kernel time (ms) | heads | share |\n");
     std::printf("| --- | --- | ---: | ---: | ---: |\n");
@@ -68,8 +64,11 @@ int calibrate_minference(const args_t & args) {
     sidecar sc;
     if (std::ifstream(out).good()) {
         auto old = sidecar_read(out, hp.n_layer, hp.n_head);
-        if (old) sc = *old;
-        else LC_LOG_W("calibrate: replacing unreadable sidecar %s (%s)", out.c_str(), old.get_status().message().c_str());
+        if (old)
+            sc = *old;
+        else
+            LC_LOG_W("calibrate: replacing unreadable sidecar %s (%s)", out.c_str(),
+                     old.get_status().message().c_str());
     }
     sc.model_name = hp.name;
     sc.n_layer    = hp.n_layer;
@@ -84,9 +83,9 @@ int calibrate_minference(const args_t & args) {
     } else {
         int64_t n = *calib_len > 0 ? *calib_len : std::min<int64_t>(hp.n_ctx_train, 32768);
         if (n > hp.n_ctx_train)
-            return fail("calibrate", error(status_code::OUT_OF_RANGE,
-                                           "--calib-len %lld exceeds the model's context of %lld tokens",
-                                           (long long)n, (long long)hp.n_ctx_train));
+            return fail("calibrate",
+                        error(status_code::OUT_OF_RANGE, "--calib-len %lld exceeds the model's context of %lld tokens",
+                              (long long)n, (long long)hp.n_ctx_train));
         calib_prompt prompt;
         if (p.has("--calib-file")) {
             auto f = calib_from_file(*lm->tok, p.get("--calib-file"), n);
@@ -104,7 +103,7 @@ int calibrate_minference(const args_t & args) {
         auto       res = minference_search(*lm->mdl, prompt.tokens, sp, [&](int done, int total) {
             const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             LC_LOG_I("calibrate: layer %d/%d searched, %.0f s, ETA %.0f s", done, total, el,
-                     el / done * (total - done));
+                           el / done * (total - done));
         });
         if (!res) return fail("calibrate", res.get_status());
         int64_t n_heads_searched = 0;
@@ -115,7 +114,7 @@ int calibrate_minference(const args_t & args) {
                     (long long)res->n_tokens, 100.0 * res->expected_density, res->mean_score);
         mi.config           = res->config;
         mi.calib_source     = prompt.source;
-        mi.calib_sha256     = tokens_sha256(prompt.tokens);
+        mi.calib_sha256     = token_ids_sha256(prompt.tokens);
         mi.calib_n_tokens   = res->n_tokens;
         mi.expected_density = float(res->expected_density);
     }
@@ -131,14 +130,15 @@ int calibrate_minference(const args_t & args) {
 int cmd_calibrate(const args_t & args) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h") {
         std::FILE * f = args.empty() ? stderr : stdout;
-        std::fprintf(f, "usage: longctx calibrate minference [options]   (--help after the method lists them)\n"
-                        "  minference  offline per-head sparse prefill pattern search, written to MODEL.longctx.gguf\n");
+        std::fprintf(f,
+                     "usage: longctx calibrate minference [options]   (--help after the method lists them)\n"
+                     "  minference  offline per-head sparse prefill pattern search, written to MODEL.longctx.gguf\n");
         return args.empty() ? 2 : 0;
     }
     const args_t rest(args.begin() + 1, args.end());
     if (args[0] == "minference") return calibrate_minference(rest);
-    return fail("calibrate", error(status_code::INVALID_ARGUMENT, "unknown calibration '%s'; use minference",
-                                   args[0].c_str()));
+    return fail("calibrate",
+                error(status_code::INVALID_ARGUMENT, "unknown calibration '%s'; use minference", args[0].c_str()));
 }
 
 } // namespace lc::cli

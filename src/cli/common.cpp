@@ -35,7 +35,8 @@ void add_method_flags(arg_parser & p) {
            "sparse prefill budget: Nx scales each head's budgets (1x: calibrated or documented), P% or a fraction "
            "keeps that share of the prompt's columns/diagonals/blocks (100%: dense)",
            "1x"});
-    p.add({"", "--sparse-min-len", "N", "prompts shorter than this (tokens, with what the context holds) prefill densely",
+    p.add({"", "--sparse-min-len", "N",
+           "prompts shorter than this (tokens, with what the context holds) prefill densely",
            std::to_string(sparse_min_len_cpu_default)});
     p.add({"", "--sidecar", "PATH",
            "calibration sidecar (auto: MODEL.longctx.gguf beside the model when present; none: ignore it)", "auto"});

@@ -247,4 +247,16 @@ result<std::string> sha256_file_hex(const std::string & path) {
     return h.final_hex();
 }
 
+std::string token_ids_sha256(const std::vector<int32_t> & ids) {
+    std::vector<uint8_t> b(ids.size() * 4);
+    for (size_t i = 0; i < ids.size(); ++i) {
+        const uint32_t v = uint32_t(ids[i]);
+        b[4 * i + 0]     = uint8_t(v);
+        b[4 * i + 1]     = uint8_t(v >> 8);
+        b[4 * i + 2]     = uint8_t(v >> 16);
+        b[4 * i + 3]     = uint8_t(v >> 24);
+    }
+    return sha256_hex(b.data(), b.size());
+}
+
 } // namespace lc

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "longctx/status.h"
 
@@ -34,6 +35,8 @@ class sha256 {
 
 std::string sha256_to_hex(const sha256::digest & d);
 std::string sha256_hex(const void * data, size_t n_bytes);
+// sha256 of token ids as little-endian int32 (the identity of a prompt in result files and sidecars).
+std::string token_ids_sha256(const std::vector<int32_t> & ids);
 
 // Hashes a whole file (reads it in 4 MiB chunks); fails with NOT_FOUND / IO_ERROR and the path in the message.
 result<std::string> sha256_file_hex(const std::string & path);

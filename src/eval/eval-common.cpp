@@ -78,18 +78,6 @@ std::string first_digit_run(std::string_view s) {
 
 // ---- identity and randomness ----
 
-std::string token_ids_sha256(const std::vector<int32_t> & ids) {
-    std::vector<uint8_t> b(ids.size() * 4);
-    for (size_t i = 0; i < ids.size(); ++i) {
-        const uint32_t v = uint32_t(ids[i]);
-        b[4 * i + 0]     = uint8_t(v);
-        b[4 * i + 1]     = uint8_t(v >> 8);
-        b[4 * i + 2]     = uint8_t(v >> 16);
-        b[4 * i + 3]     = uint8_t(v >> 24);
-    }
-    return sha256_hex(b.data(), b.size());
-}
-
 uint64_t seed_mix(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -176,10 +164,6 @@ result<std::vector<int32_t>> prompt_build(const tokenizer & tok, bool use_chat, 
 
 // ---- running prompts ----
 
-double timings_density(const forward_timings & t) {
-    return t.density();
-}
-
 result<gen_result> generate_greedy(context & c, const tokenizer & tok, const std::vector<int32_t> & prompt, int n_max) {
     using clock = std::chrono::steady_clock;
     gen_result r;
@@ -194,7 +178,7 @@ result<gen_result> generate_greedy(context & c, const tokenizer & tok, const std
     LC_RETURN_IF_ERROR(c.decode(prompt));
     const auto    t1      = clock::now();
     const int32_t n_vocab = c.get_model().hparams().n_vocab;
-    r.density             = timings_density(c.timings());
+    r.density             = c.timings().density();
     r.index_s             = c.timings().attn_index_s;
     for (int i = 0; i < n_max; ++i) {
         const int32_t id = sampling_argmax(c.logits(), n_vocab);

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/sha256.h" // token_ids_sha256()
 #include "longctx/status.h"
 #include "model/forward.h"
 #include "runtime/context.h"
@@ -33,8 +34,6 @@ std::string first_digit_run(std::string_view s);
 
 // ---- identity and randomness ----
 
-// sha256 over the ids as little-endian int32 (64 hex characters).
-std::string token_ids_sha256(const std::vector<int32_t> & ids);
 // splitmix64 step: a well-mixed 64-bit value from x (used to derive per-cell seeds).
 uint64_t seed_mix(uint64_t x);
 uint64_t seed_combine(uint64_t a, uint64_t b);
@@ -76,10 +75,6 @@ result<std::vector<int32_t>> prompt_build(const tokenizer & tok, bool use_chat, 
 std::vector<int32_t> encode_plain(const tokenizer & tok, std::string_view text);
 
 // ---- running prompts ----
-
-// The effective attention density of what a context ran since its last reset_timings(): computed (q,k) pairs over
-// causal pairs; 1 for dense attention.
-double timings_density(const forward_timings & t);
 
 struct gen_result {
     std::vector<int32_t> ids;  // generated tokens, without the end-of-generation token

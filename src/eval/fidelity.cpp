@@ -98,10 +98,10 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
                         {"runs", json::array()}};
             json rd = method_json((*env.slots)[0]), rm = method_json((*env.slots)[1]);
             rd["prefill_s"] = t_dense;
-            rd["density"]   = timings_density(dense.timings());
+            rd["density"]   = dense.timings().density();
             rd["index_s"]   = dense.timings().attn_index_s;
             rm["prefill_s"] = t_method;
-            rm["density"]   = timings_density(method.timings());
+            rm["density"]   = method.timings().density();
             rm["index_s"]   = method.timings().attn_index_s;
             rec["runs"]     = json::array({rd, rm});
             char summary[160];

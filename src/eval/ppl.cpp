@@ -20,7 +20,7 @@ json run_json(const method_slot & s, double nll_sum, int64_t n, double prefill_s
     r["nll_sum"]   = nll_sum;
     r["n_scored"]  = n;
     r["ppl"]       = n > 0 ? std::exp(nll_sum / double(n)) : 0.0;
-    r["density"]   = timings_density(s.ctx->timings());
+    r["density"]   = s.ctx->timings().density();
     r["index_s"]   = s.ctx->timings().attn_index_s;
     r["prefill_s"] = prefill_s;
     r["decode_s"]  = decode_s;

@@ -14,8 +14,8 @@ namespace lc {
 
 class kv_policy {
   public:
-    virtual ~kv_policy()                = default;
-    virtual const char * name() const   = 0;
+    virtual ~kv_policy()              = default;
+    virtual const char * name() const = 0;
     // (optional) The policy scores tokens by accumulated attention: the attention kernels must then report
     // per-head column sums of the attention probabilities (prefill) and per-step rows (decode).
     virtual bool needs_attn_stats() const { return false; }

@@ -48,9 +48,8 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
         const bool    last  = i + nb == n;
         const int64_t n_out = all_logits ? nb : (last ? 1 : 0);
         float *       out   = all_logits ? logits_.data() + i * n_vocab : logits_.data();
-        status        st =
-            forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_, &timings_,
-                          attn_.get());
+        status        st = forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_,
+                                         &timings_, attn_.get());
         if (!st.is_ok()) {
             truncate(n_past_);
             return st;

@@ -17,8 +17,8 @@
 namespace lc {
 
 struct context_params {
-    int64_t n_ctx     = 0;   // 0: the model's trained context
-    int     n_threads = 0;   // 0: hardware concurrency
+    int64_t     n_ctx     = 0;   // 0: the model's trained context
+    int         n_threads = 0;   // 0: hardware concurrency
     int64_t     n_ubatch  = 512; // prompt tokens per forward pass (chunked prefill)
     attn_config attn;            // attention methods and budgets (dense by default)
 };
@@ -52,18 +52,18 @@ class context {
 
   private:
     context(const model & m, int n_threads) : model_(m), pool_(n_threads) {}
-    const model &             model_;
-    thread_pool               pool_;
-    std::unique_ptr<kv_cache> kv_;
+    const model &              model_;
+    thread_pool                pool_;
+    std::unique_ptr<kv_cache>  kv_;
     std::unique_ptr<attention> attn_;
     std::unique_ptr<kv_policy> policy_;
-    forward_scratch           scratch_;
-    forward_timings           timings_;
-    std::vector<float>        logits_;
-    int64_t                   n_logits_ = 0;
-    int64_t                   n_past_   = 0;
-    int64_t                   n_ctx_    = 0;
-    int64_t                   n_ubatch_ = 512;
+    forward_scratch            scratch_;
+    forward_timings            timings_;
+    std::vector<float>         logits_;
+    int64_t                    n_logits_ = 0;
+    int64_t                    n_past_   = 0;
+    int64_t                    n_ctx_    = 0;
+    int64_t                    n_ubatch_ = 512;
 };
 
 } // namespace lc

@@ -20,9 +20,9 @@
 #include "attn/attn-dense.h"
 #include "attn/attn-state.h"
 #include "backend/cpu/ref/attn-ref.h"
+#include "common/attn-util.h"
 #include "core/cpu-features.h"
 #include "kv/kv-cache.h"
-#include "common/attn-util.h"
 
 namespace {
 

@@ -51,7 +51,7 @@ prefill_plan random_plan(int64_t n_q, int64_t pos0, int n_head, uint32_t seed) {
     for (int h = 0; h < n_head; ++h) {
         lc::prefill_head_plan & hp = p.heads[size_t(h)];
         for (int64_t b = 0; b < p.n_qblk(); ++b) {
-            const int64_t    last = p.q_last(b);
+            const int64_t     last = p.q_last(b);
             std::set<int64_t> keys_in_ranges;
             if (rng() % 7 != 0) { // some items have no keys at all
                 int64_t t = int64_t(rng() % 8);
@@ -172,16 +172,16 @@ TEST(attn_sparse_prefill, causality_never_reads_future_keys) {
     lc::thread_pool pool(2);
     const int       n_head = 4, n_head_kv = 2, head_dim = 64;
     const int64_t   n_q = 256, pos0 = 100;
-    auto            cache = make_cache(n_head_kv, head_dim, pos0 + n_q, 5);
-    const auto      q     = randn(size_t(n_q * n_head * head_dim), 1.0f, 6);
-    const float     scale = 0.125f;
-    prefill_plan    plan  = random_plan(n_q, pos0, n_head, 77);
-    const out before = run_sparse(lc::cpu_isa_best(), plan, q, cache.view(), scale, pool);
+    auto            cache  = make_cache(n_head_kv, head_dim, pos0 + n_q, 5);
+    const auto      q      = randn(size_t(n_q * n_head * head_dim), 1.0f, 6);
+    const float     scale  = 0.125f;
+    prefill_plan    plan   = random_plan(n_q, pos0, n_head, 77);
+    const out       before = run_sparse(lc::cpu_isa_best(), plan, q, cache.view(), scale, pool);
 
-    const int64_t      cut = pos0 + 90; // query 90's position; keys after it become NaN
-    const size_t       row = size_t(n_head_kv * head_dim);
-    const int64_t      n   = pos0 + n_q - (cut + 1);
-    const auto         other = randn(size_t(n) * row, 300.0f, 9);
+    const int64_t cut   = pos0 + 90; // query 90's position; keys after it become NaN
+    const size_t  row   = size_t(n_head_kv * head_dim);
+    const int64_t n     = pos0 + n_q - (cut + 1);
+    const auto    other = randn(size_t(n) * row, 300.0f, 9);
     cache.kv->write(0, 0, cut + 1, n, other.data(), other.data());
     const out after = run_sparse(lc::cpu_isa_best(), plan, q, cache.view(), scale, pool);
     for (int64_t i = 0; i <= 90; ++i)
@@ -199,8 +199,8 @@ TEST(attn_sparse_prefill, empty_items_give_zero_and_neg_inf) {
     prefill_plan    plan;
     plan.reset(128, 0, 2);
     for (auto & hp : plan.heads) {
-        hp.end_item();             // block 0: nothing
-        hp.add_range(0, 10);       // block 1: keys 0..9
+        hp.end_item();       // block 0: nothing
+        hp.add_range(0, 10); // block 1: keys 0..9
         hp.end_item();
     }
     ASSERT_TRUE(lc::prefill_plan_valid(plan));
@@ -218,7 +218,7 @@ TEST(attn_sparse_prefill, empty_items_give_zero_and_neg_inf) {
 TEST(prefill_plan, pair_counts_match_brute_force) {
     for (uint32_t seed = 1; seed < 6; ++seed) {
         const int64_t      n_q = 50 + seed * 37, pos0 = seed * 29;
-        const prefill_plan plan = random_plan(n_q, pos0, 3, seed);
+        const prefill_plan plan   = random_plan(n_q, pos0, 3, seed);
         int64_t            causal = 0, computed = 0;
         for (int h = 0; h < 3; ++h)
             for (int64_t i = 0; i < n_q; ++i)
@@ -252,13 +252,13 @@ TEST(prefill_plan, add_range_merges_and_validation_rejects_bad_plans) {
     EXPECT_EQ(hp.ranges[0].end, 30);
     EXPECT_TRUE(lc::prefill_plan_valid(p));
 
-    prefill_plan bad = p;
+    prefill_plan bad     = p;
     bad.heads[0].cols[0] = 45; // inside a range
     EXPECT_FALSE(lc::prefill_plan_valid(bad));
     bad                  = p;
     bad.heads[0].cols[0] = 164; // past the last query (163)
     EXPECT_FALSE(lc::prefill_plan_valid(bad));
-    bad                       = p;
+    bad                        = p;
     bad.heads[0].ranges[1].end = 200; // past the last query
     EXPECT_FALSE(lc::prefill_plan_valid(bad));
 }

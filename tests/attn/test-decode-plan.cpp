@@ -19,14 +19,15 @@ using lc::test::randn;
 TEST(decode_plan, full_plan_equals_dense_decode) {
     lc::thread_pool pool(2);
     for (int D : {64, 128, 256}) {
-        const int     n_head = 8, n_head_kv = 2;
-        const int64_t n_kv   = 777;
-        auto          cache  = make_cache(n_head_kv, D, n_kv, 3);
-        const auto    q      = randn(size_t(n_head * D), 1.0f, 4);
-        const float   scale  = 1.0f / std::sqrt(float(D));
+        const int       n_head = 8, n_head_kv = 2;
+        const int64_t   n_kv  = 777;
+        auto            cache = make_cache(n_head_kv, D, n_kv, 3);
+        const auto      q     = randn(size_t(n_head * D), 1.0f, 4);
+        const float     scale = 1.0f / std::sqrt(float(D));
         lc::decode_plan plan;
         lc::decode_plan_full(plan, n_head, n_kv);
-        std::vector<float> o(static_cast<size_t>(n_head * D)), lse(static_cast<size_t>(n_head)), od(o.size()), lsed(lse.size());
+        std::vector<float> o(static_cast<size_t>(n_head * D)), lse(static_cast<size_t>(n_head)), od(o.size()),
+            lsed(lse.size());
         lc::attn_decode_plan_ref(plan, q.data(), cache.view(), scale, o.data(), lse.data());
         lc::attn_dense(q.data(), 1, n_kv - 1, n_head, cache.view(), scale, od.data(), lsed.data(), pool);
         const auto e = lc::test::compare(od, o, lsed, lse);
@@ -38,9 +39,9 @@ TEST(decode_plan, full_plan_equals_dense_decode) {
 
 TEST(decode_plan, parts_merge_to_the_whole_with_log_weights) {
     const int       n_head = 4, n_head_kv = 1, D = 64;
-    const int64_t   n_kv   = 500;
-    auto            cache  = make_cache(n_head_kv, D, n_kv, 5);
-    const auto      q      = randn(size_t(n_head * D), 1.0f, 6);
+    const int64_t   n_kv  = 500;
+    auto            cache = make_cache(n_head_kv, D, n_kv, 5);
+    const auto      q     = randn(size_t(n_head * D), 1.0f, 6);
     lc::decode_plan whole, a, b;
     whole.n_head = a.n_head = b.n_head = n_head;
     whole.heads.resize(n_head);
@@ -73,10 +74,10 @@ TEST(decode_plan, parts_merge_to_the_whole_with_log_weights) {
 
 // Two keys with scores s0, s1 and log-weights 0, ln 3: o = (e^s0 v0 + 3 e^s1 v1) / (e^s0 + 3 e^s1).
 TEST(decode_plan, log_weight_scales_a_tokens_weight) {
-    auto               cache = make_cache(1, 64, 2, 7);
-    const auto         q     = randn(64, 1.0f, 8);
-    const lc::kv_view  kv    = cache.view();
-    lc::decode_plan    plan;
+    auto              cache = make_cache(1, 64, 2, 7);
+    const auto        q     = randn(64, 1.0f, 8);
+    const lc::kv_view kv    = cache.view();
+    lc::decode_plan   plan;
     plan.n_head = 1;
     plan.heads.resize(1);
     plan.heads[0].idx  = {0, 1};

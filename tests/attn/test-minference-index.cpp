@@ -115,7 +115,7 @@ TEST(vslash, select_matches_brute_force) {
 TEST(vslash, plan_matches_brute_force_key_sets) {
     std::mt19937 rng(21);
     for (int rep = 0; rep < 10; ++rep) {
-        const int64_t n_q = 1 + int64_t(rng() % 300), pos0 = int64_t(rng() % 300), N = pos0 + n_q;
+        const int64_t     n_q = 1 + int64_t(rng() % 300), pos0 = int64_t(rng() % 300), N = pos0 + n_q;
         std::set<int32_t> cs, os;
         for (int i = 0; i < 40; ++i) cs.insert(int32_t(rng() % uint64_t(N)));
         for (int i = 0; i < 15; ++i) os.insert(int32_t(rng() % uint64_t(N)));
@@ -159,7 +159,7 @@ TEST(block_sparse, estimate_matches_brute_force) {
                     const int64_t       last = s.pos0 + i1 - 1;
                     std::vector<double> score;
                     for (int64_t kb = 0; kb * 64 <= last; ++kb) {
-                        const int64_t t1 = std::min<int64_t>(N, (kb + 1) * 64);
+                        const int64_t t1  = std::min<int64_t>(N, (kb + 1) * 64);
                         double        acc = 0;
                         for (int d = 0; d < s.head_dim; ++d) {
                             double kd = 0;
@@ -197,12 +197,12 @@ TEST(a_shape, plan_matches_definition_at_block_granularity) {
 
 // At full budget each pattern covers every causal pair: the sparse kernel then equals dense attention.
 TEST(minference_patterns, full_budget_equals_dense) {
-    lc::thread_pool pool(2);
-    const int       n_head = 4, n_head_kv = 2, D = 64;
-    const int64_t   n_q = 333, pos0 = 100, N = pos0 + n_q;
-    auto            cache = make_cache(n_head_kv, D, N, 8);
-    const auto      q     = randn(size_t(n_q * n_head * D), 1.0f, 9);
-    const float     scale = 0.125f;
+    lc::thread_pool    pool(2);
+    const int          n_head = 4, n_head_kv = 2, D = 64;
+    const int64_t      n_q = 333, pos0 = 100, N = pos0 + n_q;
+    auto               cache = make_cache(n_head_kv, D, N, 8);
+    const auto         q     = randn(size_t(n_q * n_head * D), 1.0f, 9);
+    const float        scale = 0.125f;
     std::vector<float> o_ref(size_t(n_q * n_head * D)), lse_ref(size_t(n_q * n_head));
     lc::attn_dense_ref(q.data(), n_q, pos0, n_head, cache.view(), scale, o_ref.data(), lse_ref.data(), pool);
 

@@ -30,14 +30,14 @@ TEST(sidecar, round_trip_and_shape_check) {
     s.n_layer    = 2;
     s.n_head     = 3;
     lc::sidecar_minference mi;
-    mi.config                = lc::minference_config_uniform(2, 3, lc::head_pattern::VSLASH);
-    mi.config.at(0, 1)       = {lc::head_pattern::A_SHAPE, 64, 512, 0.75f};
-    mi.config.at(1, 2)       = {lc::head_pattern::BLOCK, 12, 0, 0.5f};
-    mi.calib_source          = "builtin:kv-retrieval seed=1";
-    mi.calib_sha256          = "abc";
-    mi.calib_n_tokens        = 8000;
-    mi.expected_density      = 0.25f;
-    s.minference             = mi;
+    mi.config           = lc::minference_config_uniform(2, 3, lc::head_pattern::VSLASH);
+    mi.config.at(0, 1)  = {lc::head_pattern::A_SHAPE, 64, 512, 0.75f};
+    mi.config.at(1, 2)  = {lc::head_pattern::BLOCK, 12, 0, 0.5f};
+    mi.calib_source     = "builtin:kv-retrieval seed=1";
+    mi.calib_sha256     = "abc";
+    mi.calib_n_tokens   = 8000;
+    mi.expected_density = 0.25f;
+    s.minference        = mi;
     ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
 
     auto r = lc::sidecar_read(path, 2, 3);

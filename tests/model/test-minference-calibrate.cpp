@@ -54,8 +54,8 @@ TEST(calib_prompt, kv_retrieval_fits_and_is_seeded) {
 TEST(minference_search, picks_one_candidate_per_head_and_drives_the_runtime) {
     loaded l = load();
     if (!l.m) GTEST_SKIP() << "default model not in the cache";
-    const auto              prompt = lc::calib_kv_retrieval(*l.tok, 1024, 1);
-    const int               n_l = l.m->hparams().n_layer, n_h = l.m->hparams().n_head;
+    const auto                   prompt = lc::calib_kv_retrieval(*l.tok, 1024, 1);
+    const int                    n_l = l.m->hparams().n_layer, n_h = l.m->hparams().n_head;
     lc::minference_search_params p;
     p.target_keys = 256;
     p.n_retime    = 0; // budgets from the nominal keys per query only: deterministic, no timing noise

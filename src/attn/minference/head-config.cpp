@@ -44,12 +44,18 @@ head_budget head_budget_default(head_pattern p) {
     return {};
 }
 
-minference_config minference_config_uniform(int n_layer, int n_head, head_pattern p) {
+minference_config minference_config_uniform(int n_layer, int n_head, const head_budget & b) {
     minference_config c;
     c.n_layer = n_layer;
     c.n_head  = n_head;
-    c.heads.assign(size_t(n_layer) * n_head, head_budget_default(p));
-    c.source = std::string("defaults (") + head_pattern_name(p) + ")";
+    c.heads.assign(size_t(n_layer) * n_head, b);
+    c.source = std::string("uniform (") + head_pattern_name(b.pattern) + ")";
+    return c;
+}
+
+minference_config minference_config_uniform(int n_layer, int n_head, head_pattern p) {
+    minference_config c = minference_config_uniform(n_layer, n_head, head_budget_default(p));
+    c.source            = std::string("defaults (") + head_pattern_name(p) + ")";
     return c;
 }
 

@@ -31,15 +31,16 @@ head_budget head_budget_default(head_pattern p);
 struct minference_config {
     int                      n_layer = 0;
     int                      n_head  = 0;
-    std::vector<head_budget> heads; // [n_layer][n_head]
+    std::vector<head_budget> heads;  // [n_layer][n_head]
     std::string              source; // "defaults", "sidecar PATH", "json PATH"
 
     head_budget &       at(int il, int h) { return heads[size_t(il) * n_head + h]; }
     const head_budget & at(int il, int h) const { return heads[size_t(il) * n_head + h]; }
 };
 
-// Every head the same pattern with its default budgets.
+// Every head the same pattern with its default budgets, or the same budgets.
 minference_config minference_config_uniform(int n_layer, int n_head, head_pattern p);
+minference_config minference_config_uniform(int n_layer, int n_head, const head_budget & b);
 
 // Reads a MInference-style per-head JSON config: a list with one object per layer mapping the head index (as a
 // string) to [pattern, v, s, score], pattern one of "vertical_and_slash", "a_shape" (v = n_init, s = n_local)

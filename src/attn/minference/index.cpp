@@ -19,11 +19,11 @@ namespace {
 
 constexpr int k_tile = kv_page_tokens;
 
-// Indices of the k largest values (ties: lower index first), ascending by index afterwards if `sort_index`.
+// Indices of the k largest of score[0..n) (ties: the lower index), in no particular order.
 void top_k(const std::vector<float> & score, int64_t n, int64_t k, std::vector<int32_t> & out) {
     std::vector<int32_t> idx(static_cast<size_t>(n));
     std::iota(idx.begin(), idx.end(), 0);
-    k = std::min(k, n);
+    k           = std::min(k, n);
     auto better = [&](int32_t a, int32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); };
     std::nth_element(idx.begin(), idx.begin() + k, idx.end(), better);
     idx.resize(size_t(k));
@@ -39,9 +39,9 @@ void vslash_estimate(const float * q, int64_t n_q, int64_t pos0, int n_head, int
     const int     hk      = h / n_group;
     const int64_t nl      = std::min<int64_t>(vslash_last_q, n_q);
     const int64_t N       = pos0 + n_q;
-    const int64_t i0      = n_q - nl;       // first estimating query
-    const int64_t p_first = pos0 + i0;      // its position; row r has position p_first + r
-    constexpr int R       = vslash_last_q;  // rows, padded: 8 vectors of 8
+    const int64_t i0      = n_q - nl;      // first estimating query
+    const int64_t p_first = pos0 + i0;     // its position; row r has position p_first + r
+    constexpr int R       = vslash_last_q; // rows, padded: 8 vectors of 8
     LC_ASSERT(kv.n_kv >= N, "vslash: %lld keys needed, cache has %lld", (long long)N, (long long)kv.n_kv);
 
     // scratch: scores transposed st [N][64] (key-major, the 64 rows along the lanes), queries qt [D][64], one K
@@ -106,9 +106,9 @@ void vslash_estimate(const float * q, int64_t n_q, int64_t pos0, int n_head, int
             _mm256_store_ps(a + 8 * c, p);
             acc = _mm256_add_ps(acc, p);
         }
-        __m128 x = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        x        = _mm_add_ps(x, _mm_movehl_ps(x, x));
-        x        = _mm_add_ss(x, _mm_movehdup_ps(x));
+        __m128 x            = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        x                   = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        x                   = _mm_add_ss(x, _mm_movehdup_ps(x));
         vertical[size_t(t)] = _mm_cvtss_f32(x);
         // Row r reaches key t at offset p_first + r - t (>= 0 only): for a fixed key the rows' offsets are
         // consecutive, so whole vectors of rows add onto consecutive slash entries.
@@ -212,7 +212,8 @@ void block_plan_head(const std::vector<std::vector<int32_t>> & blocks, prefill_p
     hp.clear();
     for (int64_t b = 0; b < plan.n_qblk(); ++b) {
         const int64_t p1 = plan.q_last(b);
-        for (int32_t kb : blocks[size_t(b)]) hp.add_range(int64_t(kb) * k_tile, std::min<int64_t>((kb + 1) * int64_t(k_tile), p1 + 1));
+        for (int32_t kb : blocks[size_t(b)])
+            hp.add_range(int64_t(kb) * k_tile, std::min<int64_t>((kb + 1) * int64_t(k_tile), p1 + 1));
         hp.end_item();
     }
 }

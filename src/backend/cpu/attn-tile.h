@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/fp16.h"
 
@@ -40,9 +41,10 @@ struct attn_tile_args {
     int64_t         k_begin;    // key range [k_begin, k_end); may be empty
     int64_t         k_end;
 
-    // (optional) Sparse items: when ranges or cols is set, the item attends the key ranges (sorted, disjoint)
-    // and then the single key columns (sorted, in no range) instead of [k_begin, k_end), with causal masking
-    // and no window. Such items always take the transposed layout.
+    // (optional) Sparse items (sparse = true) attend the key ranges (sorted, disjoint) and then the single key
+    // columns (sorted, in no range) instead of [k_begin, k_end), with causal masking and no window. Such items
+    // always take the transposed layout.
+    bool            sparse   = false;
     const int32_t * ranges   = nullptr; // [n_ranges][2] begin, end (the layout of key_range in prefill-plan.h)
     int64_t         n_ranges = 0;
     const int32_t * cols     = nullptr; // [n_cols] key positions
@@ -60,6 +62,13 @@ inline size_t attn_tile_scratch_floats(int n_rows, int head_dim) {
     const size_t d  = size_t((head_dim + 15) / 16 * 16);
     // Qt [d][rp], Ot [d][rp], St [64][rp], KV tile [64][d], m, l, alpha, lim, nlo [rp] each.
     return 2 * d * rp + 64 * rp + 64 * d + 5 * rp;
+}
+
+// A 64-byte aligned scratch of at least n floats inside buf (grown as needed).
+inline float * attn_tile_scratch(std::vector<float> & buf, size_t n) {
+    if (buf.size() < n + 16) buf.resize(n + 16);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+    return reinterpret_cast<float *>((p + 63) & ~uintptr_t(63));
 }
 
 // Computes the normalised partial state (o, lse) of every row of the item over keys [k_begin, k_end) with
