@@ -19,7 +19,72 @@ constexpr method_name k_prefill_names[] = {
     {prefill_method::BLOCK, "block"}, {prefill_method::MINFERENCE, "minference"},
 };
 
+struct decode_name {
+    decode_kind   m;
+    const char *  name;
+};
+constexpr decode_name k_decode_names[] = {
+    {decode_kind::DENSE, "dense"}, {decode_kind::TOPK, "topk"},         {decode_kind::QUEST, "quest"},
+    {decode_kind::LOKI, "loki"},   {decode_kind::MAGICPIG, "magicpig"},
+};
+
 } // namespace
+
+const char * decode_kind_name(decode_kind m) {
+    for (const decode_name & n : k_decode_names)
+        if (n.m == m) return n.name;
+    return "?";
+}
+
+result<decode_kind> decode_kind_parse(const std::string & s) {
+    for (const decode_name & n : k_decode_names)
+        if (s == n.name) return n.m;
+    return error(status_code::INVALID_ARGUMENT,
+                 "--decode '%s' is not a method; use dense, topk, quest, loki or magicpig", s.c_str());
+}
+
+int64_t decode_budget::keys(int64_t n_kv) const {
+    if (n_kv <= 0) return 0;
+    const int64_t k = mode == kind::TOKENS ? int64_t(value) : int64_t(std::ceil(value * double(n_kv)));
+    return k < 1 ? 1 : (k > n_kv ? n_kv : k);
+}
+
+result<decode_budget> decode_budget_parse(const std::string & s) {
+    decode_budget b;
+    std::string   num = s;
+    const bool    pct = !num.empty() && num.back() == '%';
+    if (pct) num.pop_back();
+    char * end     = nullptr;
+    errno          = 0;
+    const double v = num.empty() ? NAN : std::strtod(num.c_str(), &end);
+    if (num.empty() || errno != 0 || end != num.c_str() + num.size() || !std::isfinite(v) || v <= 0.0)
+        return error(status_code::INVALID_ARGUMENT,
+                     "--decode-budget '%s' is not a budget; use a share of the cache (25%%, 0.25) or a number of "
+                     "tokens (1024)",
+                     s.c_str());
+    if (pct || v < 1.0) {
+        b.mode  = decode_budget::kind::FRACTION;
+        b.value = pct ? v / 100.0 : v;
+        if (b.value > 1.0) return error(status_code::INVALID_ARGUMENT, "--decode-budget %s: at most 100%%", s.c_str());
+    } else {
+        if (v != std::floor(v) || v > 1e12)
+            return error(status_code::INVALID_ARGUMENT,
+                         "--decode-budget %s: a number of tokens is a whole number (or write a share as 0.25 or 25%%)",
+                         s.c_str());
+        b.mode  = decode_budget::kind::TOKENS;
+        b.value = v;
+    }
+    return b;
+}
+
+std::string decode_budget_name(const decode_budget & b) {
+    char buf[48];
+    if (b.mode == decode_budget::kind::TOKENS)
+        std::snprintf(buf, sizeof(buf), "%lld", (long long)b.value);
+    else
+        std::snprintf(buf, sizeof(buf), "%g%%", b.value * 100.0);
+    return buf;
+}
 
 const char * prefill_method_name(prefill_method m) {
     for (const method_name & n : k_prefill_names)
@@ -76,6 +141,29 @@ std::string attn_config_describe(const attn_config & c) {
     if (c.prefill != prefill_method::DENSE) {
         s += " budget=" + prefill_budget_name(c.budget);
         s += " min-len=" + std::to_string(c.sparse_min_len);
+    }
+    if (c.decode != decode_kind::DENSE) {
+        s += std::string(" decode=") + decode_kind_name(c.decode);
+        if (c.decode != decode_kind::MAGICPIG) s += " decode-budget=" + decode_budget_name(c.decode_keys);
+        const decode_params & d = c.decode_opts;
+        char                  buf[96];
+        if (c.decode == decode_kind::LOKI) {
+            if (d.loki_var > 0)
+                std::snprintf(buf, sizeof(buf), " loki-var=%g", d.loki_var);
+            else
+                std::snprintf(buf, sizeof(buf), " loki-d=%g", d.loki_d);
+            s += buf;
+        } else if (c.decode == decode_kind::MAGICPIG) {
+            std::snprintf(buf, sizeof(buf), " lsh=%d,%d min-hits=%d", d.lsh_k, d.lsh_l, d.lsh_min_hits);
+            s += buf;
+        } else if (c.decode == decode_kind::QUEST) {
+            std::snprintf(buf, sizeof(buf), " quest-page=%d", d.quest_page);
+            s += buf;
+        }
+        if (d.n_sink >= 0 || d.n_local >= 0) {
+            std::snprintf(buf, sizeof(buf), " keep=%d,%d", d.n_sink, d.n_local);
+            s += buf;
+        }
     }
     return s;
 }

@@ -35,16 +35,55 @@ struct prefill_budget {
 result<prefill_budget> prefill_budget_parse(const std::string & s);
 std::string            prefill_budget_name(const prefill_budget & b); // "1x", "20%"
 
+// Sparse decode methods (METHODS.md sec. 1.4, 1.5, 3, 4): which keys each decoding query attends.
+enum class decode_kind { DENSE, TOPK, QUEST, LOKI, MAGICPIG };
+
+const char *        decode_kind_name(decode_kind k); // "dense", "topk", "quest", "loki", "magicpig"
+result<decode_kind> decode_kind_parse(const std::string & s);
+
+// How many keys a sparse decode method selects per query head (flag "25%", "0.25": that fraction of the keys
+// the layer holds; "1024": that many tokens). The always-dense part (sinks, local window) comes on top.
+struct decode_budget {
+    enum class kind { FRACTION, TOKENS };
+    kind   mode  = kind::FRACTION;
+    double value = 0.25;
+    // Keys to select out of n_kv (at least 1 when n_kv > 0, at most n_kv).
+    int64_t keys(int64_t n_kv) const;
+};
+result<decode_budget> decode_budget_parse(const std::string & s);
+std::string           decode_budget_name(const decode_budget & b); // "25%", "1024"
+
+// Parameters of the decode methods; defaults from METHODS.md.
+struct decode_params {
+    // Tokens every sparse decode layer attends densely: the first n_sink and the last n_local (the newest
+    // includes the decoding token itself). -1: the method's default (top-k, Quest, MagicPIG 4 + 64; Loki 0 + 0).
+    int n_sink  = -1;
+    int n_local = -1;
+    // Loki: rank d of the approximate scores; a value below 1 is a fraction of head_dim (0.25 -> d = D / 4).
+    // loki_var > 0 instead picks per layer the smallest d reaching that explained variance.
+    double loki_d   = 0.25;
+    double loki_var = 0.0;
+    // MagicPIG: SimHash bits per table and tables; keys colliding in at least lsh_min_hits tables are sampled.
+    int lsh_k        = 10;
+    int lsh_l        = 150;
+    int lsh_min_hits = 2;
+    // Quest: tokens per metadata page.
+    int quest_page = 16;
+};
+
 struct attn_config {
     prefill_method prefill        = prefill_method::DENSE;
     prefill_budget budget         = {};
     int64_t        sparse_min_len = sparse_min_len_cpu_default;
+    decode_kind    decode         = decode_kind::DENSE;
+    decode_budget  decode_keys    = {}; // keys each sparse decode query head selects
+    decode_params  decode_opts    = {};
     // Calibration sidecar read by MINFERENCE: "auto" (MODEL.longctx.gguf beside the model file when present),
     // "none" (the documented defaults apply), or a path.
     std::string sidecar = "auto";
 };
 
-// One line for logs and result records: "prefill=vslash budget=1x min-len=4096".
+// One line for logs and result records: "prefill=vslash budget=1x min-len=4096 decode=loki decode-budget=25%".
 std::string attn_config_describe(const attn_config & c);
 
 } // namespace lc

@@ -8,7 +8,7 @@
 
 #include "attn/attn-dense.h"
 #include "attn/attn-state.h"
-#include "attn/decode-plan.h"
+#include "attn/decode/decode-plan.h"
 #include "common/attn-util.h"
 
 namespace {

@@ -1,5 +1,5 @@
 // Decode plans and their scalar reference executor (see decode-plan.h).
-#include "attn/decode-plan.h"
+#include "attn/decode/decode-plan.h"
 
 #include <cmath>
 

@@ -1,0 +1,72 @@
+// The decode-method factory and the selection pieces shared by the methods (see decode-method.h).
+#include "attn/decode/decode-method.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "model/model.h"
+
+namespace lc {
+
+result<std::unique_ptr<decode_method>> decode_method_create(const model & m, const attn_config & c) {
+    switch (c.decode) {
+    case decode_kind::DENSE:
+        return std::unique_ptr<decode_method>();
+    case decode_kind::TOPK:
+    case decode_kind::QUEST:
+    case decode_kind::LOKI:
+    case decode_kind::MAGICPIG:
+        break;
+    }
+    return error(status_code::UNSUPPORTED, "--decode %s is not built into this engine", decode_kind_name(c.decode));
+}
+
+void decode_dense_part(int64_t n_kv, int n_sink, int n_local, std::vector<key_range> & out) {
+    out.clear();
+    const int64_t s  = std::min<int64_t>(std::max(n_sink, 0), n_kv);
+    const int64_t l0 = std::max<int64_t>(n_kv - std::max(n_local, 0), 0);
+    if (l0 <= s) {
+        if (n_kv > 0 && (s > 0 || l0 < n_kv)) out.push_back({0, int32_t(n_kv)});
+        return;
+    }
+    if (s > 0) out.push_back({0, int32_t(s)});
+    if (l0 < n_kv) out.push_back({int32_t(l0), int32_t(n_kv)});
+}
+
+void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<key_range> & dense,
+                 std::vector<int32_t> & out) {
+    out.clear();
+    size_t r = 0;
+    for (int64_t t = 0; t < n; ++t) {
+        while (r < dense.size() && dense[r].end <= t) ++r;
+        if (r < dense.size() && dense[r].begin <= t) {
+            t = dense[r].end - 1;
+            continue;
+        }
+        out.push_back(int32_t(t));
+    }
+    if (k <= 0) {
+        out.clear();
+        return;
+    }
+    if (int64_t(out.size()) <= k) return;
+    // Higher score first; NaN last; ties to the lower position.
+    auto better = [scores](int32_t a, int32_t b) {
+        const float sa = scores[a], sb = scores[b];
+        const bool  na = std::isnan(sa), nb = std::isnan(sb);
+        if (na != nb) return nb;
+        if (!na && sa != sb) return sa > sb;
+        return a < b;
+    };
+    std::nth_element(out.begin(), out.begin() + (k - 1), out.end(), better);
+    out.resize(size_t(k));
+    std::sort(out.begin(), out.end());
+}
+
+int64_t decode_head_keys(const decode_head_plan & h) {
+    int64_t n = int64_t(h.idx.size());
+    for (const key_range & r : h.dense) n += r.end - r.begin;
+    return n;
+}
+
+} // namespace lc

@@ -1,0 +1,59 @@
+// Sparse decode methods (ARCHITECTURE.md sec. 2; METHODS.md sec. 1.4, 1.5, 3, 4). Each turns the decoding query
+// of a layer into a decode plan -- an always-dense part (sinks, local window) plus the tokens it selects, with
+// log-weights for MagicPIG's importance sampling -- which one sparse decode kernel executes (attn-sparse-decode.h).
+// Methods keep per-layer metadata (Quest page bounds, Loki's low-rank keys, MagicPIG's hash tables) in step with
+// the cache: each plan() call first takes in the keys appended since that layer's previous call.
+// Thread-safety: one thread at a time (the owning context's); plan() may use the pool.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "attn/attn-config.h"
+#include "attn/decode/decode-plan.h"
+#include "core/thread-pool.h"
+#include "kv/kv-cache.h"
+#include "longctx/status.h"
+
+namespace lc {
+
+class model;
+
+class decode_method {
+  public:
+    virtual ~decode_method()          = default;
+    virtual const char * name() const = 0;
+
+    // Whether decoding in layer il uses the method; other layers decode densely (Quest's first two layers,
+    // MagicPIG's dense layers). Sliding-window layers are always windowed dense and never asked.
+    virtual bool sparse_layer(int il) const = 0;
+
+    // The plan of layer il for one decoding query: q [n_head][head_dim] f32 (post-RoPE) at position kv.n_kv - 1;
+    // kv holds the layer's keys, the query's own included. Adds the bytes the selection read (metadata, low-rank
+    // keys, hash tables, key rows) to *select_bytes. REQUIRES: sparse_layer(il).
+    virtual void plan(int il, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan,
+                      thread_pool & pool, int64_t * select_bytes) = 0;
+
+    // The cache was cut to its first n tokens (0: cleared): metadata of positions >= n is dropped.
+    virtual void truncate(int64_t n) = 0;
+};
+
+// The method of c.decode, nullptr for dense. Errors: a method that needs calibration data the sidecar lacks
+// (Loki: longctx calibrate loki), parameters that do not suit the model.
+result<std::unique_ptr<decode_method>> decode_method_create(const model & m, const attn_config & c);
+
+// The always-dense part of a plan over n_kv keys: [0, n_sink) and [n_kv - n_local, n_kv), clipped and merged
+// when they overlap; empty ranges are left out.
+void decode_dense_part(int64_t n_kv, int n_sink, int n_local, std::vector<key_range> & out);
+
+// The positions of the k highest scores among t in [0, n) outside `dense` (sorted, disjoint ranges), in
+// ascending order; ties go to the lower position; NaN scores are never chosen before finite ones. Fewer than k
+// when fewer positions are eligible. scores[t] is read only for eligible t.
+void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<key_range> & dense,
+                 std::vector<int32_t> & out);
+
+// The number of keys a plan head attends (dense ranges plus indices).
+int64_t decode_head_keys(const decode_head_plan & h);
+
+} // namespace lc
