@@ -1,6 +1,7 @@
 // Reading and writing the calibration sidecar (see sidecar.h). Keys are kept in one table below.
 #include "calibrate/sidecar.h"
 
+#include <cmath>
 #include <cstdio>
 
 #include "gguf/gguf.h"
@@ -21,6 +22,50 @@ constexpr const char * k_mi_src     = "longctx.minference.calib.source";
 constexpr const char * k_mi_sha     = "longctx.minference.calib.sha256";
 constexpr const char * k_mi_ntok    = "longctx.minference.calib.n_tokens";
 constexpr const char * k_mi_density = "longctx.minference.expected_density";
+constexpr const char * k_lk_n_kv    = "longctx.loki.head_count_kv";
+constexpr const char * k_lk_dim     = "longctx.loki.head_dim";
+constexpr const char * k_lk_fitted  = "longctx.loki.fitted";  // i32 [n_layer], 1 where the layer has a basis
+constexpr const char * k_lk_basis   = "longctx.loki.basis";   // f32 [n_layer][n_head_kv][head_dim][head_dim]
+constexpr const char * k_lk_curve   = "longctx.loki.explained"; // f32 [n_layer][n_head_kv][head_dim], cumulative
+constexpr const char * k_lk_pre     = "longctx.loki.pre_rope";
+constexpr const char * k_lk_src     = "longctx.loki.calib.source";
+constexpr const char * k_lk_sha     = "longctx.loki.calib.sha256";
+constexpr const char * k_lk_nkeys   = "longctx.loki.calib.n_keys";
+
+result<sidecar_loki> read_loki(const gguf_file & f, const std::string & path, int n_layer) {
+    sidecar_loki l;
+    LC_ASSIGN_OR_RETURN(uint32_t nkv, f.get_u32(k_lk_n_kv));
+    LC_ASSIGN_OR_RETURN(uint32_t dim, f.get_u32(k_lk_dim));
+    if (nkv == 0 || nkv > 4096 || dim == 0 || dim > 4096)
+        return error(status_code::INVALID_ARGUMENT, "sidecar '%s': bad loki shape %u KV heads x %u dims", path.c_str(),
+                     nkv, dim);
+    l.n_head_kv = int(nkv);
+    l.head_dim  = int(dim);
+    LC_ASSIGN_OR_RETURN(l.fitted, f.get_arr_i32(k_lk_fitted));
+    LC_ASSIGN_OR_RETURN(l.basis, f.get_arr_f32(k_lk_basis));
+    LC_ASSIGN_OR_RETURN(l.curve, f.get_arr_f32(k_lk_curve));
+    const size_t n_curve = size_t(n_layer) * nkv * dim;
+    if (l.fitted.size() != size_t(n_layer) || l.curve.size() != n_curve || l.basis.size() != n_curve * dim)
+        return error(status_code::INVALID_ARGUMENT,
+                     "sidecar '%s': loki arrays must have %d, %zu and %zu entries (fitted, explained, basis) but have "
+                     "%zu, %zu and %zu",
+                     path.c_str(), n_layer, n_curve, n_curve * dim, l.fitted.size(), l.curve.size(), l.basis.size());
+    for (int32_t x : l.fitted)
+        if (x != 0 && x != 1)
+            return error(status_code::INVALID_ARGUMENT, "sidecar '%s': loki.fitted entries must be 0 or 1",
+                         path.c_str());
+    for (float x : l.basis)
+        if (!std::isfinite(x))
+            return error(status_code::INVALID_ARGUMENT, "sidecar '%s': loki basis has a non-finite entry",
+                         path.c_str());
+    LC_ASSIGN_OR_RETURN(l.pre_rope, f.get_bool_or(k_lk_pre, false));
+    LC_ASSIGN_OR_RETURN(l.calib_source, f.get_str_or(k_lk_src, ""));
+    LC_ASSIGN_OR_RETURN(l.calib_sha256, f.get_str_or(k_lk_sha, ""));
+    if (f.find(k_lk_nkeys)) {
+        LC_ASSIGN_OR_RETURN(l.calib_n_keys, f.get_i64(k_lk_nkeys));
+    }
+    return l;
+}
 
 } // namespace
 
@@ -72,7 +117,21 @@ result<sidecar> sidecar_read(const std::string & path, int n_layer, int n_head) 
         LC_ASSIGN_OR_RETURN(m.expected_density, f->get_f32_or(k_mi_density, 0.0f));
         s.minference = std::move(m);
     }
+    if (f->find(k_lk_basis)) {
+        LC_ASSIGN_OR_RETURN(auto l, read_loki(*f, path, n_layer));
+        s.loki = std::move(l);
+    }
     return s;
+}
+
+status sidecar_loki_check(const sidecar_loki & l, const std::string & path, int n_layer, int n_head_kv,
+                          int head_dim) {
+    if (l.n_head_kv != n_head_kv || l.head_dim != head_dim || l.fitted.size() != size_t(n_layer))
+        return error(status_code::INVALID_ARGUMENT,
+                     "sidecar '%s': the Loki bases were made for %zu layers x %d KV heads x %d dims but the model has "
+                     "%d x %d x %d; recalibrate (longctx calibrate loki)",
+                     path.c_str(), l.fitted.size(), l.n_head_kv, l.head_dim, n_layer, n_head_kv, head_dim);
+    return status::ok();
 }
 
 status sidecar_write(const std::string & path, const sidecar & s) {
@@ -99,6 +158,18 @@ status sidecar_write(const std::string & path, const sidecar & s) {
         w.set_str(k_mi_sha, m.calib_sha256);
         w.set_i64(k_mi_ntok, m.calib_n_tokens);
         w.set_f32(k_mi_density, m.expected_density);
+    }
+    if (s.loki) {
+        const sidecar_loki & l = *s.loki;
+        w.set_u32(k_lk_n_kv, uint32_t(l.n_head_kv));
+        w.set_u32(k_lk_dim, uint32_t(l.head_dim));
+        w.set_arr_i32(k_lk_fitted, l.fitted);
+        w.set_arr_f32(k_lk_basis, l.basis);
+        w.set_arr_f32(k_lk_curve, l.curve);
+        w.set_bool(k_lk_pre, l.pre_rope);
+        w.set_str(k_lk_src, l.calib_source);
+        w.set_str(k_lk_sha, l.calib_sha256);
+        w.set_i64(k_lk_nkeys, l.calib_n_keys);
     }
     const std::string tmp = path + ".tmp";
     LC_RETURN_IF_ERROR(w.write(tmp));
