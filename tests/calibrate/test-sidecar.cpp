@@ -1,9 +1,13 @@
 // The calibration sidecar and the MInference head configs: write/read round trip, shape checks, corrupt files;
+// the Loki section (round trip beside the MInference section, shape mismatch, arrays of the wrong size);
 // the MInference JSON import on hand-written configs (patterns, defaults for unlisted heads, the block-sparse
 // rule, one-line errors); budget resolution under --prefill-budget; parsing of the method flags.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
+#include <iterator>
+#include <tuple>
 
 #include "attn/attention.h"
 #include "attn/attn-config.h"
@@ -59,6 +63,104 @@ TEST(sidecar, round_trip_and_shape_check) {
     EXPECT_NE(wrong.get_status().message().find("recalibrate"), std::string::npos);
 
     write_text(path, "not a gguf file at all");
+    EXPECT_FALSE(lc::sidecar_read(path, 2, 3).is_ok());
+}
+
+lc::sidecar_loki tiny_loki(int n_layer, int n_head_kv, int D) {
+    lc::sidecar_loki l;
+    l.n_head_kv = n_head_kv;
+    l.head_dim  = D;
+    l.fitted.assign(size_t(n_layer), 1);
+    l.fitted[0] = 0;
+    for (int i = 0; i < n_layer * n_head_kv * D * D; ++i) l.basis.push_back(float(i % 7) - 3.0f);
+    for (int i = 0; i < n_layer * n_head_kv * D; ++i) l.curve.push_back(float(i % D + 1) / float(D));
+    l.pre_rope     = true;
+    l.calib_source = "builtin:kjv sequences of 4096 tokens";
+    l.calib_sha256 = "0123";
+    l.calib_n_keys = 200000;
+    return l;
+}
+
+TEST(sidecar, loki_round_trip_keeps_minference) {
+    lc::test::temp_dir dir;
+    const std::string  path = dir.path() + "/m.longctx.gguf";
+    lc::sidecar        s;
+    s.model_name = "tiny";
+    s.n_layer    = 2;
+    s.n_head     = 6;
+    lc::sidecar_minference mi;
+    mi.config = lc::minference_config_uniform(2, 6, lc::head_pattern::VSLASH);
+    mi.config.at(1, 4) = {lc::head_pattern::A_SHAPE, 64, 512, 0.75f};
+    s.minference       = mi;
+    s.loki             = tiny_loki(2, 3, 8);
+    ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
+
+    auto r = lc::sidecar_read(path, 2, 6);
+    ASSERT_TRUE(r.is_ok()) << r.get_status().message();
+    ASSERT_TRUE(r->minference.has_value());
+    EXPECT_EQ(r->minference->config.at(1, 4).pattern, lc::head_pattern::A_SHAPE);
+    ASSERT_TRUE(r->loki.has_value());
+    const lc::sidecar_loki & l = *r->loki;
+    EXPECT_EQ(l.n_head_kv, 3);
+    EXPECT_EQ(l.head_dim, 8);
+    EXPECT_EQ(l.fitted, (std::vector<int32_t>{0, 1}));
+    EXPECT_EQ(l.basis, s.loki->basis);
+    EXPECT_EQ(l.curve, s.loki->curve);
+    EXPECT_TRUE(l.pre_rope);
+    EXPECT_EQ(l.calib_source, "builtin:kjv sequences of 4096 tokens");
+    EXPECT_EQ(l.calib_sha256, "0123");
+    EXPECT_EQ(l.calib_n_keys, 200000);
+    EXPECT_EQ(l.basis_at(1, 2)[0], s.loki->basis[size_t((1 * 3 + 2) * 64)]);
+    EXPECT_TRUE(lc::sidecar_loki_check(l, path, 2, 3, 8).is_ok());
+
+    // Shape mismatch against the model: KV heads, head dimension, layers.
+    for (auto [nl, nkv, d] : {std::tuple{2, 1, 8}, std::tuple{2, 3, 16}, std::tuple{3, 3, 8}}) {
+        const lc::status st = lc::sidecar_loki_check(l, path, nl, nkv, d);
+        ASSERT_FALSE(st.is_ok());
+        EXPECT_NE(st.message().find("recalibrate"), std::string::npos) << st.message();
+    }
+
+    // A sidecar with only a MInference section has no Loki section; rewriting it keeps both.
+    s.loki.reset();
+    ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
+    r = lc::sidecar_read(path, 2, 6);
+    ASSERT_TRUE(r.is_ok());
+    EXPECT_FALSE(r->loki.has_value());
+    EXPECT_TRUE(r->minference.has_value());
+}
+
+TEST(sidecar, loki_arrays_of_the_wrong_size_are_rejected) {
+    lc::test::temp_dir dir;
+    const std::string  path = dir.path() + "/m.longctx.gguf";
+    lc::sidecar        s;
+    s.n_layer = 2;
+    s.n_head  = 3;
+    s.loki    = tiny_loki(2, 3, 8);
+    s.loki->basis.pop_back();
+    ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
+    auto r = lc::sidecar_read(path, 2, 3);
+    ASSERT_FALSE(r.is_ok());
+    EXPECT_NE(r.get_status().message().find("loki arrays"), std::string::npos) << r.get_status().message();
+
+    s.loki        = tiny_loki(2, 3, 8);
+    s.loki->curve.resize(3);
+    ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
+    EXPECT_FALSE(lc::sidecar_read(path, 2, 3).is_ok());
+
+    s.loki            = tiny_loki(2, 3, 8);
+    s.loki->basis[5] = NAN;
+    ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
+    EXPECT_FALSE(lc::sidecar_read(path, 2, 3).is_ok());
+
+    // Truncated file: a valid sidecar cut in the middle of the basis array.
+    s.loki = tiny_loki(2, 3, 8);
+    ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
+    std::string bytes;
+    {
+        std::ifstream in(path, std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    write_text(path, bytes.substr(0, bytes.size() / 2));
     EXPECT_FALSE(lc::sidecar_read(path, 2, 3).is_ok());
 }
 
