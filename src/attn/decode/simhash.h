@@ -48,7 +48,7 @@ struct lsh_tables {
     std::vector<uint32_t> offset;
     std::vector<uint32_t> key;
 
-    size_t          n_bucket() const { return size_t(1) << K; }
+    size_t           n_bucket() const { return size_t(1) << K; }
     const uint32_t * table_offset(int t) const { return offset.data() + size_t(t) * (n_bucket() + 1); }
     const uint32_t * table_key(int t) const { return key.data() + size_t(t) * size_t(n); }
     size_t           bytes() const;
