@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "attn/attn-dense.h"
+#include "attn/attn-sparse-decode.h"
 #include "attn/attn-sparse-prefill.h"
 #include "attn/minference/index.h"
 #include "calibrate/sidecar.h"
@@ -80,6 +81,7 @@ result<std::unique_ptr<attention>> attention::create(const model & m, const attn
         }
         LC_LOG_I("minference: head patterns from %s", a->heads_.source.c_str());
     }
+    LC_ASSIGN_OR_RETURN(a->decode_, decode_method_create(m, c));
     return a;
 }
 
@@ -124,9 +126,24 @@ void prefill_plan_build(const minference_config & heads, const prefill_budget & 
     });
 }
 
-void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv_all, float scale,
                     float * o, thread_pool & pool, int64_t window, forward_timings * t) {
+    // The cache may hold stale tokens past this call (after a truncation): they are not part of the sequence.
+    kv_view kv = kv_all;
+    kv.n_kv    = pos0 + n_q;
+    if (n_q == 1 && window == attn_window_none) {
+        run_decode(il, q, pos0, n_head, kv, scale, o, pool, t);
+        return;
+    }
     const bool counted = window == attn_window_none && n_q > 1;
+    run_prefill(il, q, n_q, pos0, n_head, kv, scale, o, pool, window, t, counted);
+    // The prompt is in this layer's cache: the decode method may take in its keys now.
+    if (counted && decode_ && pos0 + n_q == prompt_end_ && decode_->sparse_layer(il)) decode_->prepare(il, kv, pool);
+}
+
+void attention::run_prefill(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
+                            float scale, float * o, thread_pool & pool, int64_t window, forward_timings * t,
+                            bool counted) {
     if (counted && sparse_active(n_q)) {
         const auto t0 = std::chrono::steady_clock::now();
         build_plan(il, q, n_q, pos0, n_head, kv, scale, plan_, pool);
@@ -150,6 +167,38 @@ void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_he
         t->attn_pairs_computed += c;
     }
     if (observer_) observer_->on_attention(il, q, n_q, pos0, n_head, kv, scale, window, nullptr, o, pool);
+}
+
+void attention::run_decode(int il, const float * q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+                           float * o, thread_pool & pool, forward_timings * t) {
+    const int64_t dense_bytes = kv.n_kv * kv.n_head_kv * 2 * kv.head_dim * int64_t(sizeof(fp16_t));
+    if (t) {
+        t->decode_calls += 1;
+        t->decode_keys_total += kv.n_kv * n_head;
+    }
+    if (!decode_ || !decode_->sparse_layer(il)) {
+        attn_dense(q, 1, pos0, n_head, kv, scale, o, nullptr, pool);
+        if (t) {
+            t->decode_keys_touched += kv.n_kv * n_head;
+            t->decode_bytes_attn += dense_bytes;
+        }
+    } else {
+        const auto t0    = std::chrono::steady_clock::now();
+        int64_t    bytes = 0;
+        decode_->plan(il, q, n_head, kv, scale, dplan_, pool, &bytes);
+        const auto t1 = std::chrono::steady_clock::now();
+        attn_sparse_decode(dplan_, q, kv, scale, o, nullptr, pool);
+        if (t) {
+            t->decode_select_s += std::chrono::duration<double>(t1 - t0).count();
+            int64_t keys = 0;
+            for (const decode_head_plan & h : dplan_.heads) keys += decode_head_keys(h);
+            t->decode_keys_touched += keys;
+            t->decode_bytes_select += bytes;
+            t->decode_bytes_attn += keys * 2 * kv.head_dim * int64_t(sizeof(fp16_t));
+            t->decode_sparse_calls += 1;
+        }
+    }
+    if (observer_) observer_->on_attention(il, q, 1, pos0, n_head, kv, scale, attn_window_none, nullptr, o, pool);
 }
 
 } // namespace lc

@@ -1,7 +1,9 @@
 // The attention of a context: runs each layer's attention call with the configured methods. Dense by default
 // (sliding-window layers always windowed dense). During a prefill whose prompt reaches --sparse-min-len, every
 // layer without a window builds a sparse prefill plan per query head from this call's queries and keys (the
-// online index of MInference, per chunk under chunked prefill) and runs the sparse kernel on it.
+// online index of MInference, per chunk under chunked prefill) and runs the sparse kernel on it. Single-token
+// calls (decode steps) in layers without a window use the decode method (--decode) where it applies: it builds a
+// decode plan and the sparse decode kernel executes it.
 // Thread-safety: one thread at a time (the owning context's).
 #pragma once
 
@@ -10,6 +12,7 @@
 #include <vector>
 
 #include "attn/attn-config.h"
+#include "attn/decode/decode-method.h"
 #include "attn/minference/head-config.h"
 #include "attn/prefill-plan.h"
 #include "core/thread-pool.h"
@@ -38,7 +41,13 @@ class attention {
     // Loads the MInference head config for --prefill minference: the sidecar (config.sidecar "auto": beside the
     // model file when present), else the documented defaults (VS(1000, 6096) for every head). Errors: a sidecar
     // that is named but unreadable or made for another shape.
+    // Also creates the decode method (errors: see decode_method_create).
     static result<std::unique_ptr<attention>> create(const model & m, const attn_config & c);
+
+    // The context's cache was cut to its first n tokens (0: cleared).
+    void truncate(int64_t n) {
+        if (decode_) decode_->truncate(n);
+    }
 
     // The number of tokens the context will hold at the end of the current prompt: sparse prefill applies to
     // this prompt's calls when it reaches sparse_min_len. Set by the context before each decode().
@@ -46,7 +55,7 @@ class attention {
 
     // Attention of layer il: q [n_q][n_head][head_dim] at positions pos0.., keys of `kv` (n_kv >= pos0 + n_q),
     // o [n_q][n_head][head_dim]. window > 0: sliding-window layer (always dense). Adds index time and pair counts
-    // to t (may be nullptr).
+    // and decode statistics to t (may be nullptr).
     void run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
              thread_pool & pool, int64_t window, forward_timings * t);
 
@@ -55,6 +64,7 @@ class attention {
 
     const attn_config &       config() const { return cfg_; }
     const minference_config & heads() const { return heads_; }
+    decode_method *           decoder() { return decode_.get(); }
     void                      set_heads(const minference_config & h) { heads_ = h; }
     void                      set_observer(attn_observer * obs) { observer_ = obs; }
 
@@ -64,11 +74,17 @@ class attention {
 
   private:
     attention(const attn_config & c) : cfg_(c) {}
-    attn_config       cfg_;
-    minference_config heads_;
-    prefill_plan      plan_;
-    int64_t           prompt_end_ = 0;
-    attn_observer *   observer_   = nullptr;
+    void run_prefill(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+                     float * o, thread_pool & pool, int64_t window, forward_timings * t, bool counted);
+    void run_decode(int il, const float * q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
+                    thread_pool & pool, forward_timings * t);
+    attn_config                    cfg_;
+    minference_config              heads_;
+    prefill_plan                   plan_;
+    std::unique_ptr<decode_method> decode_;
+    decode_plan                    dplan_;
+    int64_t                        prompt_end_ = 0;
+    attn_observer *                observer_   = nullptr;
 };
 
 // The budgets head h of a pattern uses for a call ending at n_keys keys under the --prefill-budget setting.

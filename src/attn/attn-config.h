@@ -56,7 +56,8 @@ std::string           decode_budget_name(const decode_budget & b); // "25%", "10
 // Parameters of the decode methods; defaults from METHODS.md.
 struct decode_params {
     // Tokens every sparse decode layer attends densely: the first n_sink and the last n_local (the newest
-    // includes the decoding token itself). -1: the method's default (top-k, Quest, MagicPIG 4 + 64; Loki 0 + 0).
+    // includes the decoding token itself). -1: the method's default: 4 + 64 for MagicPIG, 0 + 0 for top-k, Loki and
+    // Quest (Quest always attends its newest, incomplete page).
     int n_sink  = -1;
     int n_local = -1;
     // Loki: rank d of the approximate scores; a value below 1 is a fraction of head_dim (0.25 -> d = D / 4).

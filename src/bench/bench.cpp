@@ -148,7 +148,7 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
             r.method = attn_config_describe(method);
             LC_ASSIGN_OR_RETURN(double warm, run_once(*c, r, src));
             (void)warm;
-            std::vector<double> attn, swa, index, density;
+            std::vector<double> attn, swa, index, density, keys, select, bytes;
             for (int i = 0; i < p.reps; ++i) {
                 LC_ASSIGN_OR_RETURN(double s, run_once(*c, r, src));
                 r.samples_s.push_back(s);
@@ -156,6 +156,11 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
                 swa.push_back(c->timings().attn_swa_s);
                 index.push_back(c->timings().attn_index_s);
                 density.push_back(c->timings().density());
+                const forward_timings & t = c->timings();
+                keys.push_back(t.decode_keys_fraction());
+                select.push_back(t.decode_select_s);
+                bytes.push_back(r.n_gen > 0 ? double(t.decode_bytes_select + t.decode_bytes_attn) / double(r.n_gen)
+                                            : 0.0);
             }
             const double n_tok = double(r.n_prompt + r.n_gen);
             double       sum = 0.0, sum2 = 0.0;
@@ -163,14 +168,17 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
                 sum += n_tok / s;
                 sum2 += (n_tok / s) * (n_tok / s);
             }
-            const double k = double(r.samples_s.size());
-            r.mean_tps     = sum / k;
-            r.sd_tps       = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
-            r.kv_bytes     = c->kv().bytes_used();
-            r.attn_s       = median(attn);
-            r.attn_swa_s   = median(swa);
-            r.index_s      = median(index);
-            r.density      = median(density);
+            const double k    = double(r.samples_s.size());
+            r.mean_tps        = sum / k;
+            r.sd_tps          = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
+            r.kv_bytes        = c->kv().bytes_used();
+            r.attn_s          = median(attn);
+            r.attn_swa_s      = median(swa);
+            r.index_s         = median(index);
+            r.density         = median(density);
+            r.decode_keys     = median(keys);
+            r.select_s        = median(select);
+            r.bytes_per_token = median(bytes);
             if (on_row) on_row(r);
             out.push_back(r);
         }
@@ -183,19 +191,26 @@ std::string bench_format_md_header(const bench_env & env) {
     o << "build: " << env.build_commit << ", CPU: " << env.cpu << ", threads: " << env.n_threads
       << ", ubatch: " << env.n_ubatch << ", prompts: " << env.prompt_source << "\n\n";
     o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | of which SWA s | index "
-         "s | density |\n";
-    o << "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+         "s | density | keys | select s | MB/tok |\n";
+    o << "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+         "|\n";
     return o.str();
 }
 
 std::string bench_format_md_row(const bench_env & env, const bench_row & r) {
-    char buf[512];
+    char buf[768];
     std::snprintf(buf, sizeof(buf),
-                  "| %s | %.2f MiB | %.2f M | %s | %s | %d | %s | %s | %.2f ± %.2f | %.3f | %.3f | %.3f | %.1f%% |\n",
+                  "| %s | %.2f MiB | %.2f M | %s | %s | %d | %s | %s | %.2f ± %.2f | %.3f | %.3f | %.3f | ",
                   env.model_name.c_str(), double(env.model_bytes) / (1024.0 * 1024.0), double(env.n_params) / 1e6,
                   env.weight_type.c_str(), env.kv_type.c_str(), env.n_threads, r.method.c_str(), r.test.c_str(),
-                  r.mean_tps, r.sd_tps, r.attn_s, r.attn_swa_s, r.index_s, 100.0 * r.density);
-    return buf;
+                  r.mean_tps, r.sd_tps, r.attn_s, r.attn_swa_s, r.index_s);
+    std::string row = buf;
+    if (r.n_gen > 0)
+        std::snprintf(buf, sizeof(buf), "- | %.1f%% | %.3f | %.2f |\n", 100.0 * r.decode_keys, r.select_s,
+                      r.bytes_per_token / 1e6);
+    else
+        std::snprintf(buf, sizeof(buf), "%.1f%% | - | - | - |\n", 100.0 * r.density);
+    return row + buf;
 }
 
 std::string bench_format_json(const bench_env & env, const std::vector<bench_row> & rows) {
@@ -210,9 +225,11 @@ std::string bench_format_json(const bench_env & env, const std::vector<bench_row
           << env.kv_type << "\", \"n_threads\": " << env.n_threads << ", \"n_ubatch\": " << env.n_ubatch
           << ", \"attention\": \"" << json_escape(r.method) << "\", \"prompts\": \"" << json_escape(env.prompt_source)
           << "\", \"attn_s\": " << r.attn_s << ", \"attn_swa_s\": " << r.attn_swa_s << ", \"index_s\": " << r.index_s
-          << ", \"density\": " << r.density << ", \"test\": \"" << r.test << "\", \"n_prompt\": " << r.n_prompt
-          << ", \"n_gen\": " << r.n_gen << ", \"depth\": " << r.depth << ", \"kv_bytes\": " << r.kv_bytes
-          << ", \"avg_ts\": " << r.mean_tps << ", \"stddev_ts\": " << r.sd_tps << ", \"samples_s\": [";
+          << ", \"density\": " << r.density << ", \"decode_keys\": " << r.decode_keys
+          << ", \"select_s\": " << r.select_s << ", \"bytes_per_token\": " << r.bytes_per_token << ", \"test\": \""
+          << r.test << "\", \"n_prompt\": " << r.n_prompt << ", \"n_gen\": " << r.n_gen << ", \"depth\": " << r.depth
+          << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps << ", \"stddev_ts\": " << r.sd_tps
+          << ", \"samples_s\": [";
         for (size_t j = 0; j < r.samples_s.size(); ++j) o << (j ? ", " : "") << r.samples_s[j];
         o << "]}" << (i + 1 < rows.size() ? "," : "") << "\n";
     }

@@ -40,6 +40,9 @@ struct bench_row {
     // the fraction of causal (q, k) pairs computed in the layers a sparse method applies to.
     // attn_swa_s: of attn_s, the sliding-window layers (dense under every method).
     double attn_s = 0.0, attn_swa_s = 0.0, index_s = 0.0, density = 1.0;
+    // Decode tests, medians: fraction of the visible keys attended in the layers a sparse decode method applies
+    // to, selection time (part of attn_s), and bytes read per generated token by selection and attention.
+    double decode_keys = 1.0, select_s = 0.0, bytes_per_token = 0.0;
 };
 
 struct bench_env {

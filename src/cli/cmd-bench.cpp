@@ -8,9 +8,8 @@
 namespace lc::cli {
 
 int cmd_bench(const args_t & args) {
-    arg_parser p(
-        "bench",
-        "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json] [-f TEXT] [--prefill M]");
+    arg_parser p("bench", "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json] [-f TEXT] "
+                          "[--prefill M] [--decode M]");
     add_model_flags(p);
     p.add({"-p", "--n-prompt", "N,...", "prefill tests: prompt lengths (0: none)", "512"});
     p.add({"-n", "--n-gen", "N,...", "decode tests: tokens generated (0: none)", "128"});
@@ -52,7 +51,7 @@ int cmd_bench(const args_t & args) {
     if (!method) return fail("bench", method.get_status());
     // A sparse method runs beside dense.
     bp.methods = {attn_config{}};
-    if (method->prefill != prefill_method::DENSE) bp.methods.push_back(*method);
+    if (method->prefill != prefill_method::DENSE || method->decode != decode_kind::DENSE) bp.methods.push_back(*method);
 
     auto lm = load_model(p);
     if (!lm) return fail("bench", lm.get_status());

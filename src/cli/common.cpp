@@ -1,7 +1,9 @@
 // Shared CLI helpers (see common.h).
 #include "cli/common.h"
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -40,14 +42,69 @@ void add_method_flags(arg_parser & p) {
            std::to_string(sparse_min_len_cpu_default)});
     p.add({"", "--sidecar", "PATH",
            "calibration sidecar (auto: MODEL.longctx.gguf beside the model when present; none: ignore it)", "auto"});
+    p.add({"", "--decode", "METHOD",
+           "decode attention: dense, topk (exact, oracle), quest, loki (needs longctx calibrate loki), magicpig; "
+           "sliding-window layers stay windowed dense",
+           "dense"});
+    p.add({"", "--decode-budget", "B",
+           "keys each sparse decode query head selects: P% or a fraction of the cache, or "
+           "a number of tokens (MagicPIG samples by --lsh instead)",
+           "25%"});
+    p.add({"", "--decode-keep", "S,L",
+           "first S and last L tokens every sparse decode step attends densely (auto: 4,64 for magicpig, 0,0 "
+           "otherwise)",
+           "auto"});
+    p.add({"", "--loki-d", "D", "Loki: rank of the approximate scores (below 1: a fraction of head_dim)", "0.25"});
+    p.add({"", "--loki-var", "V", "Loki: per layer the smallest rank reaching explained variance V (0: use --loki-d)",
+           "0"});
+    p.add({"", "--lsh", "K,L", "MagicPIG: SimHash bits per table and number of tables", "10,150"});
+    p.add({"", "--lsh-min-hits", "N", "MagicPIG: tables a key must collide in to be sampled", "2"});
+    p.add({"", "--quest-page", "P", "Quest: tokens per metadata page", "16"});
 }
+
+namespace {
+
+// "A,B" -> two integers in [lo, hi]; errors name the flag.
+status parse_pair(const std::string & flag, const std::string & s, int lo, int hi, int & a, int & b) {
+    char *     end = nullptr;
+    const long x   = std::strtol(s.c_str(), &end, 10);
+    if (end == s.c_str() || *end != ',')
+        return error(status_code::INVALID_ARGUMENT, "%s '%s': expected two integers A,B", flag.c_str(), s.c_str());
+    const char * s2 = end + 1;
+    const long   y  = std::strtol(s2, &end, 10);
+    if (end == s2 || *end != '\0')
+        return error(status_code::INVALID_ARGUMENT, "%s '%s': expected two integers A,B", flag.c_str(), s.c_str());
+    if (x < lo || x > hi || y < lo || y > hi)
+        return error(status_code::OUT_OF_RANGE, "%s '%s': each value must be in %d..%d", flag.c_str(), s.c_str(), lo,
+                     hi);
+    a = int(x);
+    b = int(y);
+    return status::ok();
+}
+
+} // namespace
 
 result<attn_config> attn_config_from(const arg_parser & p) {
     attn_config c;
     LC_ASSIGN_OR_RETURN(c.prefill, prefill_method_parse(p.get("--prefill")));
     LC_ASSIGN_OR_RETURN(c.budget, prefill_budget_parse(p.get("--prefill-budget")));
     LC_ASSIGN_OR_RETURN(c.sparse_min_len, p.get_int("--sparse-min-len", 0, int64_t(1) << 40));
-    c.sidecar = p.get("--sidecar");
+    LC_ASSIGN_OR_RETURN(c.decode, decode_kind_parse(p.get("--decode")));
+    LC_ASSIGN_OR_RETURN(c.decode_keys, decode_budget_parse(p.get("--decode-budget")));
+    decode_params & d = c.decode_opts;
+    if (p.get("--decode-keep") != "auto")
+        LC_RETURN_IF_ERROR(parse_pair("--decode-keep", p.get("--decode-keep"), 0, 1 << 30, d.n_sink, d.n_local));
+    LC_ASSIGN_OR_RETURN(d.loki_d, p.get_float("--loki-d", 1e-6, 4096));
+    if (d.loki_d >= 1 && d.loki_d != std::floor(d.loki_d))
+        return error(status_code::INVALID_ARGUMENT,
+                     "--loki-d %g: a rank is a whole number (or a fraction of head_dim below 1)", d.loki_d);
+    LC_ASSIGN_OR_RETURN(d.loki_var, p.get_float("--loki-var", 0.0, 1.0));
+    LC_RETURN_IF_ERROR(parse_pair("--lsh", p.get("--lsh"), 1, 1 << 20, d.lsh_k, d.lsh_l));
+    LC_ASSIGN_OR_RETURN(int64_t hits, p.get_int("--lsh-min-hits", 1, 1 << 20));
+    d.lsh_min_hits = int(hits);
+    LC_ASSIGN_OR_RETURN(int64_t qp, p.get_int("--quest-page", 1, 4096));
+    d.quest_page = int(qp);
+    c.sidecar    = p.get("--sidecar");
     if (c.sidecar != "auto" && c.sidecar != "none" && !std::ifstream(c.sidecar).good())
         return error(status_code::NOT_FOUND, "--sidecar '%s' cannot be opened; run longctx calibrate or pass none",
                      c.sidecar.c_str());
@@ -106,6 +163,18 @@ result<std::string> read_text_file(const std::string & path) {
     ss << in.rdbuf();
     if (in.bad()) return error(status_code::IO_ERROR, "error reading '%s'", path.c_str());
     return ss.str();
+}
+
+void log_decode_attention(const context & c, const attn_config & cfg) {
+    const forward_timings & t = c.timings();
+    if (t.decode_calls == 0) return;
+    const double steps = double(std::max<int64_t>(1, t.decode_tokens));
+    LC_LOG_I("decode attention: %s, %.1f%% of the visible keys attended, selection %.3f s, %.2f MB read per token "
+             "(selection %.2f, K/V %.2f)",
+             cfg.decode == decode_kind::DENSE ? "dense" : attn_config_describe(cfg).c_str(),
+             100.0 * t.decode_keys_fraction(), t.decode_select_s,
+             double(t.decode_bytes_select + t.decode_bytes_attn) / 1e6 / steps,
+             double(t.decode_bytes_select) / 1e6 / steps, double(t.decode_bytes_attn) / 1e6 / steps);
 }
 
 void log_prefill_attention(const context & c, const attn_config & cfg) {

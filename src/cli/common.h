@@ -46,5 +46,7 @@ std::string format_bytes(double n);
 // Logs the attention of the prefill just run: method, effective density (fraction of causal (q, k) pairs
 // computed, in the layers a sparse method applies to), index-building and attention time.
 void log_prefill_attention(const context & c, const attn_config & cfg);
+// One line on the decode steps so far: keys attended, selection time, bytes read per token.
+void log_decode_attention(const context & c, const attn_config & cfg);
 
 } // namespace lc::cli

@@ -31,6 +31,22 @@ struct forward_timings {
     // (query, key) pairs, and how many of them the attention computed (equal under dense attention).
     int64_t attn_pairs_causal   = 0;
     int64_t attn_pairs_computed = 0;
+    // Decode steps (single-token calls) in the layers a sparse decode method may apply to (all but sliding-window
+    // layers): calls, those that ran a sparse decode plan, keys the queries could see (summed over query heads)
+    // and keys they attended, bytes the selection read and K/V bytes the attention read (dense: each row once per
+    // KV head; sparse: once per query head and key), and the selection time (part of attn_s).
+    int64_t decode_tokens       = 0; // single-token decode() calls of the context
+    int64_t decode_calls        = 0;
+    int64_t decode_sparse_calls = 0;
+    int64_t decode_keys_total   = 0;
+    int64_t decode_keys_touched = 0;
+    int64_t decode_bytes_select = 0;
+    int64_t decode_bytes_attn   = 0;
+    double  decode_select_s     = 0.0;
+    // Fraction of the visible keys decode attended (1 when none were counted).
+    double decode_keys_fraction() const {
+        return decode_keys_total > 0 ? double(decode_keys_touched) / double(decode_keys_total) : 1.0;
+    }
     // Fraction of causal pairs computed (1 when none were counted).
     double density() const { return attn_pairs_causal > 0 ? double(attn_pairs_computed) / attn_pairs_causal : 1.0; }
 };

@@ -58,6 +58,7 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
         if (progress) progress(i + nb, n);
     }
     n_logits_ = all_logits ? n : 1;
+    if (n == 1) timings_.decode_tokens += 1;
     return n > 1 ? policy_->on_prefill_end(*kv_, 0, n_past_) : policy_->on_decode_step(*kv_, 0, n_past_);
 }
 
@@ -72,6 +73,7 @@ const float * context::logits(int64_t i) const {
 
 void context::clear() {
     kv_->clear(0);
+    attn_->truncate(0);
     n_past_   = 0;
     n_logits_ = 0;
 }
@@ -79,6 +81,7 @@ void context::clear() {
 void context::truncate(int64_t n) {
     LC_ASSERT(n >= 0 && n <= n_past_, "truncate(%lld) with %lld tokens", (long long)n, (long long)n_past_);
     if (n == 0) kv_->clear(0);
+    attn_->truncate(n);
     n_past_ = n;
 }
 

@@ -57,7 +57,7 @@ errors compare(const std::vector<float> & o, const std::vector<float> & o_ref, c
     }
     e.nmse = den > 0 ? num / den : num;
     for (size_t i = 0; i < lse.size(); ++i) {
-        const double d = std::fabs(double(lse[i]) - double(lse_ref[i]));
+        const double d = lse[i] == lse_ref[i] ? 0.0 : std::fabs(double(lse[i]) - double(lse_ref[i])); // -inf == -inf
         e.lse_abs      = std::max(e.lse_abs, std::isnan(d) ? INFINITY : d);
     }
     return e;

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "attn/decode/quest.h"
+#include "attn/decode/topk.h"
 #include "model/model.h"
 
 namespace lc {
@@ -13,7 +15,9 @@ result<std::unique_ptr<decode_method>> decode_method_create(const model & m, con
     case decode_kind::DENSE:
         return std::unique_ptr<decode_method>();
     case decode_kind::TOPK:
+        return topk_decode_create(m.hparams(), c);
     case decode_kind::QUEST:
+        return quest_decode_create(m.hparams(), c);
     case decode_kind::LOKI:
     case decode_kind::MAGICPIG:
         break;

@@ -35,6 +35,10 @@ class decode_method {
     virtual void plan(int il, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan,
                       thread_pool & pool, int64_t * select_bytes) = 0;
 
+    // (optional) Layer il has just prefilled a prompt ending at kv.n_kv: a chance to take in its keys before the
+    // first decode step (page bounds, low-rank keys, hash tables), so that step's latency stays that of a step.
+    virtual void prepare(int il, const kv_view & kv, thread_pool & pool) {}
+
     // The cache was cut to its first n tokens (0: cleared): metadata of positions >= n is dropped.
     virtual void truncate(int64_t n) = 0;
 };

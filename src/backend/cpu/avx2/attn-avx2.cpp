@@ -2,6 +2,7 @@
 // polynomial exp2. The algorithm lives in backend/cpu/attn-tile-impl.inc, shared with the AVX-512 kernel.
 #include <immintrin.h>
 
+#include "backend/cpu/attn-gather.h"
 #include "backend/cpu/attn-tile.h"
 
 namespace lc {
@@ -88,6 +89,7 @@ struct simd_avx2 {
     }
 };
 
+#include "backend/cpu/attn-gather-impl.inc"
 #include "backend/cpu/attn-tile-impl.inc"
 
 } // namespace
@@ -108,6 +110,14 @@ void attn_tile_avx2(const attn_tile_args & a) {
 
 int attn_rows_max_avx2(int head_dim) {
     return rows_max<simd_avx2>(head_dim);
+}
+
+} // namespace lc
+
+namespace lc {
+
+void attn_gather_avx2(const attn_gather_args & a) {
+    attn_gather_entry<simd_avx2>(a);
 }
 
 } // namespace lc

@@ -3,6 +3,7 @@
 // compiled with AVX-512 flags and only called after a run-time CPUID check (core/cpu-features.h).
 #include <immintrin.h>
 
+#include "backend/cpu/attn-gather.h"
 #include "backend/cpu/attn-tile.h"
 
 // GCC 12's avx512fintrin.h initialises its "undefined" vectors from themselves, which -Wmaybe-uninitialized
@@ -14,12 +15,12 @@ namespace lc {
 namespace {
 
 struct simd_avx512 {
-    using vf                      = __m512;
-    using vi                      = __m512i;
-    static constexpr int W        = 16;
-    static constexpr int NA       = 8;
-    static constexpr int NR       = 3;
-    static constexpr int NREG     = 32;
+    using vf                  = __m512;
+    using vi                  = __m512i;
+    static constexpr int W    = 16;
+    static constexpr int NA   = 8;
+    static constexpr int NR   = 3;
+    static constexpr int NREG = 32;
     // Row layout up to 16 rows per KV head. Decode, head_dim 128, one core, ns per key and KV head, row vs
     // transposed layout: G=16 51 vs 52, G=24 98 vs 90.
     static constexpr int ROWS_MAX = 16;
@@ -91,6 +92,7 @@ struct simd_avx512 {
     }
 };
 
+#include "backend/cpu/attn-gather-impl.inc"
 #include "backend/cpu/attn-tile-impl.inc"
 
 } // namespace
@@ -111,6 +113,14 @@ void attn_tile_avx512(const attn_tile_args & a) {
 
 int attn_rows_max_avx512(int head_dim) {
     return rows_max<simd_avx512>(head_dim);
+}
+
+} // namespace lc
+
+namespace lc {
+
+void attn_gather_avx512(const attn_gather_args & a) {
+    attn_gather_entry<simd_avx512>(a);
 }
 
 } // namespace lc
