@@ -4,6 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <thread>
+
+#include "backend/cpu/ops.h"
+#include "core/thread-pool.h"
+#include "model/model.h"
+#include "runtime/context.h"
 
 namespace lc {
 
@@ -170,6 +176,88 @@ int pca_rank_for(const std::vector<float> & curve, double frac) {
     for (size_t r = 0; r < curve.size(); ++r)
         if (double(curve[r]) >= frac) return int(r) + 1;
     return int(curve.size());
+}
+
+result<sidecar_loki> loki_calibrate(const model & m, const std::vector<std::vector<int32_t>> & seqs,
+                                    const loki_calib_params & p, const loki_progress_fn & progress) {
+    const model_hparams & hp = m.hparams();
+    const int             D = hp.head_dim, n_kv_head = hp.n_head_kv;
+    int64_t               n_max = 0, n_total = 0;
+    for (const auto & s : seqs) {
+        if (s.empty()) return error(status_code::INVALID_ARGUMENT, "calibrate loki: empty calibration sequence");
+        n_max = std::max<int64_t>(n_max, int64_t(s.size()));
+        n_total += int64_t(s.size());
+    }
+    if (seqs.empty()) return error(status_code::INVALID_ARGUMENT, "calibrate loki: no calibration sequences");
+    const int n_threads =
+        p.n_threads > 0 ? p.n_threads : int(std::max(1u, std::thread::hardware_concurrency()));
+    context_params cp;
+    cp.n_ctx     = n_max;
+    cp.n_threads = n_threads;
+    LC_ASSIGN_OR_RETURN(auto ctx, context::create(m, cp));
+
+    // One accumulator per (fitted layer, KV head); the work items of the pool.
+    std::vector<int> layers;
+    for (int il = 0; il < hp.n_layer; ++il)
+        if (!m.layers()[size_t(il)].swa) layers.push_back(il);
+    std::vector<pca_accumulator> acc(layers.size() * size_t(n_kv_head), pca_accumulator(D));
+    thread_pool                  pool(n_threads);
+    int64_t                      done = 0;
+    for (const auto & s : seqs) {
+        ctx->clear();
+        LC_RETURN_IF_ERROR(ctx->decode(s));
+        const int64_t n_items = int64_t(acc.size());
+        pool.run([&](int ith, int nth) {
+            std::vector<float> rows;
+            for (int64_t it = ith; it < n_items; it += nth) {
+                const int     il = layers[size_t(it / n_kv_head)];
+                const int     g  = int(it % n_kv_head);
+                const kv_view kv = ctx->kv().view(il, 0);
+                for (int64_t t0 = 0; t0 < kv.n_kv; t0 += kv_page_tokens) {
+                    const int64_t  n = std::min<int64_t>(kv_page_tokens, kv.n_kv - t0);
+                    const fp16_t * k = kv.k_page(t0 / kv_page_tokens, g);
+                    if (!p.pre_rope) {
+                        acc[size_t(it)].add(k, n, D);
+                        continue;
+                    }
+                    // Undo RoPE: rotating by -t inverts the rotation by t the forward pass applied.
+                    rows.resize(size_t(n) * D);
+                    for (size_t i = 0; i < rows.size(); ++i) rows[i] = fp16_to_fp32(k[i]);
+                    std::vector<int64_t> pos(static_cast<size_t>(n));
+                    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = -(t0 + i);
+                    const float base = m.layers()[size_t(il)].swa ? hp.rope_freq_base_swa : hp.rope_freq_base;
+                    cpu::rope(rows.data(), n, 1, D, hp.n_rot, pos.data(), base, hp.rope_mode);
+                    acc[size_t(it)].add(rows.data(), n, D);
+                }
+            }
+        });
+        done += int64_t(s.size());
+        if (progress) progress(done, n_total);
+    }
+    ctx->clear();
+
+    sidecar_loki l;
+    l.n_head_kv = n_kv_head;
+    l.head_dim  = D;
+    l.fitted.assign(size_t(hp.n_layer), 0);
+    l.basis.assign(size_t(hp.n_layer) * n_kv_head * D * D, 0.0f);
+    l.curve.assign(size_t(hp.n_layer) * n_kv_head * D, 0.0f);
+    l.pre_rope     = p.pre_rope;
+    l.calib_n_keys = n_total;
+    std::vector<pca_fit> fits(acc.size());
+    pool.run([&](int ith, int nth) {
+        for (size_t it = size_t(ith); it < acc.size(); it += size_t(nth)) fits[it] = pca_compute(acc[it]);
+    });
+    for (size_t it = 0; it < acc.size(); ++it) {
+        const int il = layers[it / size_t(n_kv_head)];
+        const int g  = int(it % size_t(n_kv_head));
+        l.fitted[size_t(il)] = 1;
+        std::copy(fits[it].basis.begin(), fits[it].basis.end(),
+                  l.basis.begin() + ptrdiff_t((size_t(il) * n_kv_head + g) * D * D));
+        std::copy(fits[it].curve.begin(), fits[it].curve.end(),
+                  l.curve.begin() + ptrdiff_t((size_t(il) * n_kv_head + g) * D));
+    }
+    return l;
 }
 
 } // namespace lc

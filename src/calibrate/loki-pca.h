@@ -4,11 +4,16 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
+#include "calibrate/sidecar.h"
 #include "core/fp16.h"
+#include "longctx/status.h"
 
 namespace lc {
+
+class model;
 
 // Streaming covariance of D-dimensional vectors. To keep the centred covariance accurate when the mean is large
 // next to the spread (keys often have a large mean along a few dims), sums are taken of x - c where the shift c
@@ -59,5 +64,21 @@ pca_fit pca_compute(const pca_accumulator & acc);
 
 // The smallest rank r (1..dim) whose curve[r - 1] reaches frac; dim when none does.
 int pca_rank_for(const std::vector<float> & curve, double frac);
+
+struct loki_calib_params {
+    // Fit on keys with RoPE undone (each cached key rotated back by its position) instead of the cached keys.
+    bool pre_rope  = false;
+    int  n_threads = 0; // 0: hardware concurrency
+};
+
+// Called after each calibration sequence: keys per head so far, keys per head in all.
+using loki_progress_fn = std::function<void(int64_t done, int64_t total)>;
+
+// `longctx calibrate loki`: runs a dense prefill of every sequence (token ids, each starting at position 0 in an
+// empty cache), reads each layer's keys out of the KV cache and fits one PCA per (layer, KV head) over all of them.
+// Sliding-window layers (which never decode sparsely) are not fitted. Fills every field of the result except
+// calib_source and calib_sha256. Errors: an empty or too long sequence, model errors.
+result<sidecar_loki> loki_calibrate(const model & m, const std::vector<std::vector<int32_t>> & seqs,
+                                    const loki_calib_params & p, const loki_progress_fn & progress = {});
 
 } // namespace lc
