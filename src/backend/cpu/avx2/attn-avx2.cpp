@@ -89,8 +89,9 @@ struct simd_avx2 {
     }
 };
 
-#include "backend/cpu/attn-gather-impl.inc"
 #include "backend/cpu/attn-tile-impl.inc"
+// uses the helpers of attn-tile-impl.inc
+#include "backend/cpu/attn-gather-impl.inc"
 
 } // namespace
 

@@ -92,8 +92,9 @@ struct simd_avx512 {
     }
 };
 
-#include "backend/cpu/attn-gather-impl.inc"
 #include "backend/cpu/attn-tile-impl.inc"
+// uses the helpers of attn-tile-impl.inc
+#include "backend/cpu/attn-gather-impl.inc"
 
 } // namespace
 
