@@ -1,6 +1,7 @@
 // MagicPIG (METHODS.md sec. 4): SimHash codes against a scalar reference; the tables hold every middle key once per
 // table in the bucket of its code; sampling equals a brute-force collision count; the inclusion probability
-// against a brute-force binomial sum and a Monte-Carlo estimate over random hyperplanes (p = 1 - theta/pi);
+// against a brute-force binomial sum and a Monte-Carlo estimate over random hyperplanes (p = 1 - theta/pi), and its
+// interpolated log-weight against the formula;
 // the importance-weighted estimate converges to dense attention as hash seeds are added while the wrong inclusion
 // rule (u for >= 1 collision, sampling at >= 2) does not; every key sampled equals dense; table life cycle.
 #include <gtest/gtest.h>
@@ -9,7 +10,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
+#include <tuple>
 #include <vector>
 
 #include "attn/attn-dense.h"
@@ -176,10 +179,14 @@ TEST(magicpig, sampling_equals_brute_force_collision_count) {
 
 // u by brute force: sum over j >= m of C(L, j) P^j (1 - P)^(L - j) in long double with Pascal's triangle.
 long double brute_u(long double P, int L, int m) {
-    std::vector<long double> c(size_t(L) + 1, 0.0L);
-    c[0] = 1.0L;
-    for (int i = 1; i <= L; ++i)
-        for (int j = i; j > 0; --j) c[size_t(j)] += c[size_t(j - 1)];
+    static std::map<int, std::vector<long double>> rows; // Pascal's rows by L
+    std::vector<long double> &                     c = rows[L];
+    if (c.empty()) {
+        c.assign(size_t(L) + 1, 0.0L);
+        c[0] = 1.0L;
+        for (int i = 1; i <= L; ++i)
+            for (int j = i; j > 0; --j) c[size_t(j)] += c[size_t(j - 1)];
+    }
     long double s = 0.0L;
     for (int j = m; j <= L; ++j)
         s += c[size_t(j)] * std::pow(P, (long double)j) * std::pow(1.0L - P, (long double)(L - j));
@@ -208,6 +215,28 @@ TEST(magicpig, inclusion_probability_equals_binomial_tail) {
     for (double P : {0.001, 0.01, 0.1, 0.3}) {
         const double closed = 1.0 - std::pow(1.0 - P, 150) - 150 * P * std::pow(1.0 - P, 149);
         EXPECT_NEAR(u2(P), closed, 1e-12);
+    }
+}
+
+TEST(magicpig, log_weight_table_equals_exact_formula) {
+    // Interpolated -ln(u + 1e-4) against the formula in double, over random cosines and both ends of the range
+    // (K = 1, L = 300, m = 1 has its whole rise from 0 within 1e-6 of theta = pi).
+    std::vector<double> cs;
+    const auto          r = randn(2000, 0.5f, 91);
+    for (float x : r) cs.push_back(std::tanh(double(x)));
+    for (double e = 1e-14; e < 1; e *= 1.7) cs.push_back(1 - e), cs.push_back(-1 + e);
+    cs.push_back(1.0);
+    cs.push_back(-1.0);
+    for (auto [K, L, m] : {std::tuple{10, 150, 2}, std::tuple{11, 300, 2}, std::tuple{1, 300, 1}, std::tuple{16, 1, 1},
+                           std::tuple{4, 20, 2}, std::tuple{2, 200, 100}}) {
+        const lc::lsh_log_weight w(K, L, m);
+        double                   worst = 0;
+        for (double c : cs) {
+            const double P     = std::pow(1.0 - std::acos(c) / M_PI, K);
+            const double exact = -std::log(double(brute_u(P, L, m)) + 1e-4);
+            worst              = std::max(worst, std::fabs(double(w(c)) - exact));
+        }
+        EXPECT_LT(worst, 2e-4) << "K=" << K << " L=" << L << " m=" << m;
     }
 }
 

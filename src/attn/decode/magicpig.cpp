@@ -92,6 +92,31 @@ double simhash_collision_prob(double cos_theta, int K) {
     return std::pow(1.0 - std::acos(c) / M_PI, double(K));
 }
 
+lsh_log_weight::lsh_log_weight(int K, int L, int min_hits)
+    : K_(K), incl_(L, min_hits), tab_(size_t(n_cell) + 1), exact_(size_t(n_cell), 0) {
+    const double h = 2.0 / n_cell;
+    for (int i = 0; i <= n_cell; ++i) tab_[size_t(i)] = float(exact(std::acos(std::min(1.0, -1.0 + i * h))));
+    for (int i = 0; i < n_cell; ++i)
+        for (double f : {0.125, 0.25, 0.5, 0.75, 0.875}) {
+            const double lerp = tab_[size_t(i)] + f * (double(tab_[size_t(i) + 1]) - tab_[size_t(i)]);
+            if (std::fabs(lerp - exact(std::acos(-1.0 + (i + f) * h))) > 1e-4) exact_[size_t(i)] = 1;
+        }
+}
+
+double lsh_log_weight::exact(double theta) const {
+    const double p = 1.0 - theta / M_PI;
+    return -std::log(incl_(p > 0.0 ? std::pow(p, double(K_)) : 0.0) + 1e-4);
+}
+
+float lsh_log_weight::operator()(double cos_theta) const {
+    const double c = std::min(1.0, std::max(-1.0, cos_theta));
+    const double x = (c + 1.0) * (n_cell / 2.0);
+    const int    i = std::min(int(x), n_cell - 1);
+    if (exact_[size_t(i)]) return float(exact(std::acos(c)));
+    const double f = x - i;
+    return float(tab_[size_t(i)] + f * (double(tab_[size_t(i) + 1]) - tab_[size_t(i)]));
+}
+
 int64_t lsh_tables_sample(const lsh_tables & tb, const uint16_t * qc, int min_hits, uint16_t * cnt,
                           std::vector<uint32_t> & touched, std::vector<uint32_t> & out) {
     const uint16_t m      = uint16_t(std::min(min_hits, 65535));
@@ -117,7 +142,7 @@ int64_t lsh_tables_sample(const lsh_tables & tb, const uint16_t * qc, int min_hi
 
 magicpig_decode::magicpig_decode(int n_layer, int n_head_kv, int head_dim, const magicpig_params & p)
     : p_(p), n_head_kv_(n_head_kv), head_dim_(head_dim), W_(simhash_matrix_make(head_dim, p.K, p.L, p.seed)),
-      incl_(p.L, p.min_hits), layers_(size_t(n_layer)) {}
+      logw_(p.K, p.L, p.min_hits), layers_(size_t(n_layer)) {}
 
 const lsh_tables * magicpig_decode::tables(int il, int h) const {
     if (il < 0 || il >= int(layers_.size())) return nullptr;
@@ -212,7 +237,7 @@ void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & 
             sc.hits.clear();
             const int64_t walked = lsh_tables_sample(tb, sc.codes.data() + size_t(h - h0) * size_t(L), p_.min_hits,
                                                      sc.cnt.data(), sc.touched, sc.hits);
-            std::sort(sc.hits.begin(), sc.hits.end());
+            const int64_t n_hit  = int64_t(sc.hits.size());
 
             double qq = 0.0, qmu = 0.0;
             for (int d = 0; d < D; ++d) {
@@ -220,16 +245,29 @@ void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & 
                 qmu += double(qh[d]) * tb.mu[size_t(d)];
             }
             const double qn = std::sqrt(qq);
-            hp.idx.reserve(sc.hits.size());
-            hp.logw.reserve(sc.hits.size());
-            for (uint32_t i : sc.hits) {
-                const int64_t t     = begin + i;
-                const double  qk    = dot_f32_f16(qh, kv.k_row(t, hk), D);
-                const double  denom = qn * double(tb.norm[i]);
-                const double  c     = denom > 0.0 ? (qk - qmu) / denom : 0.0;
-                const double  u     = incl_(simhash_collision_prob(c, p_.K));
-                hp.idx.push_back(int32_t(t));
-                hp.logw.push_back(float(-std::log(u + 1e-4)));
+            hp.idx.resize(size_t(n_hit));
+            hp.logw.resize(size_t(n_hit));
+            // Ascending positions (the kernel then reads rows in cache order): a bitmap over the hit range, scanned
+            // word by word, instead of a sort (n/64 words at most).
+            if (n_hit > 0) {
+                uint32_t lo = sc.hits[0], hi = sc.hits[0];
+                for (uint32_t i : sc.hits) lo = std::min(lo, i), hi = std::max(hi, i);
+                const size_t w0 = lo / 64, w1 = hi / 64 + 1;
+                if (sc.bits.size() < w1) sc.bits.resize(w1, 0); // zero between calls
+                for (uint32_t i : sc.hits) sc.bits[i / 64] |= uint64_t(1) << (i % 64);
+                size_t j = 0;
+                for (size_t w = w0; w < w1; ++w)
+                    for (uint64_t x = sc.bits[w]; x; x &= x - 1)
+                        sc.hits[j++] = uint32_t(w * 64 + size_t(__builtin_ctzll(x)));
+                for (size_t w = w0; w < w1; ++w) sc.bits[w] = 0;
+            }
+            for (int64_t j = 0; j < n_hit; ++j) {
+                const uint32_t i     = sc.hits[size_t(j)];
+                const int64_t  t     = begin + i;
+                const double   qk    = dot_f32_f16(qh, kv.k_row(t, hk), D);
+                const double   denom = qn * double(tb.norm[i]);
+                hp.idx[size_t(j)]    = int32_t(t);
+                hp.logw[size_t(j)]   = logw_(denom > 0.0 ? (qk - qmu) / denom : 0.0);
             }
             bytes[size_t(ith)] +=
                 int64_t(D) * 4 + int64_t(L) * 8 + walked * 6 + int64_t(sc.hits.size()) * (int64_t(D) * 2 + 4);

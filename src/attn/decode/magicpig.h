@@ -44,6 +44,27 @@ class lsh_inclusion {
 // Per-table collision probability of SimHash with K bits for vectors at cosine c: (1 - acos(c) / pi)^K.
 double simhash_collision_prob(double cos_theta, int K);
 
+// The log-weight of a sampled key as a function of its cosine c to the query: -ln(u(P) + 1e-4) with
+// P = (1 - acos(c) / pi)^K, u = lsh_inclusion(L, min_hits). Exact evaluation costs an acos, ~5 more
+// transcendental functions and a series; the table interpolates linearly on 4096 cells over c in [-1, 1]
+// (error ~2e-6 at K = 10, L = 150, m = 2) and evaluates exactly in the cells where a check at construction (5
+// points per cell) finds the interpolation off by more than 1e-4: the cells next to c = +-1, where acos has a
+// square-root edge, and e.g. at K = 1, L = 300, m = 1 the cells near c = -1 where u rises from 0 to ~1.
+class lsh_log_weight {
+  public:
+    lsh_log_weight(int K, int L, int min_hits);
+    double exact(double theta) const;
+    // From the cosine (clamped to [-1, 1]).
+    float operator()(double cos_theta) const;
+
+  private:
+    static constexpr int n_cell = 4096;
+    int                  K_     = 0;
+    lsh_inclusion        incl_;
+    std::vector<float>   tab_;   // [n_cell + 1] values at c = -1 + 2 i / n_cell
+    std::vector<uint8_t> exact_; // [n_cell] 1: evaluate exactly in this cell
+};
+
 // The keys of one head's tables that collide with query codes qc [L] in at least min_hits tables: appends their
 // indices i (relative to tb.begin) to `out` in no particular order. cnt [tb.n] is scratch that must be all zero
 // on entry and is all zero on return; `touched` is scratch. Returns the bucket entries walked.
@@ -84,6 +105,7 @@ class magicpig_decode final : public decode_method {
     struct scratch {
         std::vector<uint16_t> cnt;
         std::vector<uint32_t> touched, hits;
+        std::vector<uint64_t> bits; // [n / 64] hit bitmap, zero between uses
         std::vector<uint16_t> codes;
     };
     void build(layer_state & st, const kv_view & kv, thread_pool & pool);
@@ -91,7 +113,7 @@ class magicpig_decode final : public decode_method {
     magicpig_params          p_;
     int                      n_head_kv_ = 0, head_dim_ = 0;
     simhash_matrix           W_;
-    lsh_inclusion            incl_;
+    lsh_log_weight           logw_;
     std::vector<layer_state> layers_;
     std::vector<scratch>     scratch_; // per pool thread
     double                   build_seconds_ = 0.0;
