@@ -34,6 +34,10 @@ float dot_f32_f16(const float * q, const fp16_t * k, int D) {
     return s;
 }
 
+inline void prefetch_row(const fp16_t * k, int D) {
+    for (int d = 0; d < D; d += 32) _mm_prefetch((const char *)(k + d), _MM_HINT_T0);
+}
+
 } // namespace
 
 status magicpig_params_check(const magicpig_params & p) {
@@ -45,8 +49,8 @@ status magicpig_params_check(const magicpig_params & p) {
         return error(status_code::INVALID_ARGUMENT, "--lsh K,L: L = %d tables; use at least 1 (default 150)", p.L);
     if (p.min_hits < 1 || p.min_hits > p.L)
         return error(status_code::INVALID_ARGUMENT,
-                     "--lsh K,L: a key is sampled after min_hits = %d collisions, which must be in 1..L = 1..%d "
-                     "(default 2)",
+                     "--lsh-min-hits %d: a key is sampled after that many collisions, which must be in 1..L "
+                     "(--lsh K,L: L = %d; default 2)",
                      p.min_hits, p.L);
     if (p.n_sink < 0 || p.n_local < 0)
         return error(status_code::INVALID_ARGUMENT, "magicpig: negative sink (%d) or local window (%d)", p.n_sink,
@@ -122,7 +126,20 @@ int64_t lsh_tables_sample(const lsh_tables & tb, const uint16_t * qc, int min_hi
     const uint16_t m      = uint16_t(std::min(min_hits, 65535));
     int64_t        walked = 0;
     touched.clear();
+    // Every table's bucket lies in a different region of memory (tables of one head: 4 n L bytes, far beyond the
+    // caches at long context), so each table costs two dependent misses (offset, then keys): prefetch the offsets
+    // 16 tables ahead and the bucket's keys 8 tables ahead so the misses overlap.
+    constexpr int ahead_of = 16, ahead_key = 8;
+    for (int t = 0; t < std::min(ahead_of, tb.L); ++t)
+        _mm_prefetch((const char *)(tb.table_offset(t) + qc[t]), _MM_HINT_T0);
     for (int t = 0; t < tb.L; ++t) {
+        if (t + ahead_of < tb.L)
+            _mm_prefetch((const char *)(tb.table_offset(t + ahead_of) + qc[t + ahead_of]), _MM_HINT_T0);
+        if (t + ahead_key < tb.L) {
+            const uint32_t * of2 = tb.table_offset(t + ahead_key) + qc[t + ahead_key];
+            const uint32_t * ky2 = tb.table_key(t + ahead_key);
+            for (uint32_t e = of2[0]; e < of2[1]; e += 16) _mm_prefetch((const char *)(ky2 + e), _MM_HINT_T0);
+        }
         const uint32_t * of = tb.table_offset(t);
         const uint32_t * ky = tb.table_key(t);
         const uint32_t   e0 = of[qc[t]], e1 = of[qc[t] + 1];
@@ -261,7 +278,15 @@ void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & 
                         sc.hits[j++] = uint32_t(w * 64 + size_t(__builtin_ctzll(x)));
                 for (size_t w = w0; w < w1; ++w) sc.bits[w] = 0;
             }
+            constexpr int64_t ahead = 8; // key rows and norms prefetched this many hits ahead
+            for (int64_t j = 0; j < std::min(ahead, n_hit); ++j)
+                prefetch_row(kv.k_row(begin + sc.hits[size_t(j)], hk), D);
             for (int64_t j = 0; j < n_hit; ++j) {
+                if (j + ahead < n_hit) {
+                    const uint32_t ia = sc.hits[size_t(j + ahead)];
+                    prefetch_row(kv.k_row(begin + ia, hk), D);
+                    _mm_prefetch((const char *)(tb.norm.data() + ia), _MM_HINT_T0);
+                }
                 const uint32_t i     = sc.hits[size_t(j)];
                 const int64_t  t     = begin + i;
                 const double   qk    = dot_f32_f16(qh, kv.k_row(t, hk), D);
@@ -278,7 +303,7 @@ void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & 
         for (int64_t b : bytes) *select_bytes += b;
 }
 
-result<std::unique_ptr<decode_method>> magicpig_decode_create(const model & m, const attn_config & c) {
+result<std::unique_ptr<decode_method>> magicpig_decode_create(const model_hparams & hp, const attn_config & c) {
     const decode_params & o = c.decode_opts;
     magicpig_params       p;
     p.K        = o.lsh_k;
@@ -287,8 +312,11 @@ result<std::unique_ptr<decode_method>> magicpig_decode_create(const model & m, c
     p.n_sink   = o.n_sink >= 0 ? o.n_sink : 4;
     p.n_local  = o.n_local >= 0 ? o.n_local : 64;
     LC_RETURN_IF_ERROR(magicpig_params_check(p));
-    const model_hparams & hp = m.hparams();
     return std::unique_ptr<decode_method>(std::make_unique<magicpig_decode>(hp.n_layer, hp.n_head_kv, hp.head_dim, p));
+}
+
+result<std::unique_ptr<decode_method>> magicpig_decode_create(const model & m, const attn_config & c) {
+    return magicpig_decode_create(m.hparams(), c);
 }
 
 } // namespace lc

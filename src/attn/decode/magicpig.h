@@ -13,6 +13,8 @@
 
 namespace lc {
 
+struct model_hparams;
+
 struct magicpig_params {
     int      K        = 10;  // bits per table (2^K buckets), 1..16
     int      L        = 150; // tables
@@ -120,6 +122,8 @@ class magicpig_decode final : public decode_method {
 };
 
 // The method for --decode magicpig with c.decode_opts (lsh_k, lsh_l, lsh_min_hits, n_sink, n_local; -1: 4 / 64).
+// Errors: INVALID_ARGUMENT from magicpig_params_check().
+result<std::unique_ptr<decode_method>> magicpig_decode_create(const model_hparams & hp, const attn_config & c);
 result<std::unique_ptr<decode_method>> magicpig_decode_create(const model & m, const attn_config & c);
 
 } // namespace lc
