@@ -73,10 +73,12 @@ class lsh_log_weight {
 int64_t lsh_tables_sample(const lsh_tables & tb, const uint16_t * qc, int min_hits, uint16_t * cnt,
                           std::vector<uint32_t> & touched, std::vector<uint32_t> & out);
 
-// Selection bytes counted per query head (select_bytes of plan()): the query (D f32) and its share of W
-// (D*K*L f32 divided among the query heads hashed together), per table two bucket offsets and each walked entry
-// (4-byte index plus the 2-byte collision counter), and per sampled key its fp16 key row and its norm.
-// Building the tables (once per prompt, reading every middle key) is not counted; see build_seconds().
+// Selection bytes of plan() (select_bytes): W (D*K*L f32) once per pool thread, each thread hashing its own
+// query heads in one pass; per query head the query (D f32), two bucket offsets per table, each walked bucket
+// entry (4-byte index plus the 2-byte collision counter), and per sampled key its fp16 key row and its norm.
+// At K = 10, L = 150 and 32k keys that is ~4 MB a step for Gemma 3 270M (W alone 1.5 MB per thread at D = 256)
+// and ~2 MB for SmolLM2. Building the tables (once per prompt, reading every middle key) is not counted; see
+// build_seconds(). Tables take 4 L + 4 bytes per middle key and KV head (plus 4 L 2^K bytes of offsets).
 // Thread-safety: one thread at a time (decode_method).
 class magicpig_decode final : public decode_method {
   public:
