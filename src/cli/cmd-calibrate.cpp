@@ -181,8 +181,8 @@ int calibrate_loki(const args_t & args) {
     p.add({"", "--calib-len", "N", "tokens per calibration sequence (0: min(4096, the model's context))", "0"});
     p.add({"", "--calib-keys", "K", "keys per (layer, KV head) to fit on: sequences are run until this many", "200000"});
     p.add({"", "--pre-rope", "",
-           "fit on keys with RoPE undone (decode then scores un-rotated query and keys, leaving out the relative "
-           "rotation; the default post-RoPE basis scores the cached keys exactly as Loki does)",
+           "fit on keys with RoPE undone, for analysis (their rank is lower); --decode loki needs the default "
+           "post-RoPE basis",
            ""});
     p.add({"-o", "--output", "PATH", "sidecar to write (default: MODEL.longctx.gguf beside the model)", ""});
     if (status st = p.parse(args); !st) return fail("calibrate", st);

@@ -1,7 +1,7 @@
 // Loki sparse decode: at full budget the plan equals dense decoding; at d = D the selection is the exact top-k
 // (scores in double, near-ties aside); keys taken in across several plan() calls give the same plans as all at
 // once; truncate() drops the low-rank rows past the cut; the AVX2 score pass equals its scalar reference; ranks
-// from a fraction, a count or an explained-variance target.
+// from a fraction, a count or an explained-variance target; pre-RoPE bases are refused.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -270,6 +270,10 @@ TEST(loki, ranks_from_fraction_count_and_variance) {
     EXPECT_FALSE((*m)->sparse_layer(1));
     EXPECT_STREQ((*m)->name(), "loki");
     EXPECT_FALSE(lc::loki_decode_create(l, 4, loki_config(0.25, {})).is_ok());
+    l.pre_rope = true;
+    auto pre   = lc::loki_decode_create(l, 3, loki_config(0.25, {}));
+    ASSERT_FALSE(pre.is_ok());
+    EXPECT_NE(pre.get_status().message().find("pre-RoPE"), std::string::npos);
 }
 
 TEST(loki, selection_bytes_are_the_low_rank_keys_and_bases) {

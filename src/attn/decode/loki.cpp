@@ -23,10 +23,10 @@ constexpr int64_t k_item_tokens = 1024;
 
 class loki_decode : public decode_method {
   public:
-    loki_decode(const sidecar_loki & l, std::vector<int> ranks, const attn_config & c, const loki_rope & rope)
-        : pre_rope_(l.pre_rope), n_head_kv_(l.n_head_kv), dim_(l.head_dim), budget_(c.decode_keys),
+    loki_decode(const sidecar_loki & l, std::vector<int> ranks, const attn_config & c)
+        : n_head_kv_(l.n_head_kv), dim_(l.head_dim), budget_(c.decode_keys),
           n_sink_(c.decode_opts.n_sink < 0 ? 0 : c.decode_opts.n_sink),
-          n_local_(c.decode_opts.n_local < 0 ? 0 : c.decode_opts.n_local), rope_(rope) {
+          n_local_(c.decode_opts.n_local < 0 ? 0 : c.decode_opts.n_local) {
         layers_.resize(ranks.size());
         for (size_t il = 0; il < ranks.size(); ++il) {
             layer_state & st = layers_[il];
@@ -65,18 +65,11 @@ class loki_decode : public decode_method {
     };
 
     void take_in(int il, const kv_view & kv, thread_pool & pool);
-    // x [head_dim] at position pos with RoPE undone, in place (pre-RoPE bases only).
-    void unrotate(int il, float * x, int64_t pos) const {
-        const int64_t neg = -pos;
-        cpu::rope(x, 1, 1, dim_, rope_.n_rot, &neg, rope_.freq_base[size_t(il)], rope_.mode);
-    }
 
-    bool                     pre_rope_;
     int                      n_head_kv_;
     int                      dim_;
     decode_budget            budget_;
     int                      n_sink_, n_local_;
-    loki_rope                rope_;
     std::vector<layer_state> layers_;
     std::vector<float>       qd_;     // [n_head][d_pad] rotated queries
     std::vector<float>       scores_; // [n_head][n_kv]
@@ -107,7 +100,6 @@ void loki_decode::take_in(int il, const kv_view & kv, thread_pool & pool) {
             for (int64_t t = ta; t < tb; ++t) {
                 const fp16_t * k = kv.k_row(t, g);
                 for (int i = 0; i < dim_; ++i) x[size_t(i)] = fp16_to_fp32(k[i]);
-                if (pre_rope_) unrotate(il, x.data(), t);
                 std::fill(y.begin(), y.end(), 0.0f);
                 for (int i = 0; i < dim_; ++i) {
                     const float   xi = x[size_t(i)];
@@ -149,17 +141,15 @@ void loki_decode::plan(int il, const float * q, int n_head, const kv_view & kv, 
         return;
     }
 
-    // q' = q P_g[:, :d] per query head (un-rotated first for pre-RoPE bases).
+    // q' = q P_g[:, :d] per query head.
     qd_.assign(size_t(n_head) * dp, 0.0f);
-    std::vector<float> x(static_cast<size_t>(dim_));
     for (int h = 0; h < n_head; ++h) {
         const int     g = h / G;
         const float * P = st.proj.data() + size_t(g) * dim_ * dp;
-        std::copy(q + size_t(h) * dim_, q + size_t(h + 1) * dim_, x.begin());
-        if (pre_rope_) unrotate(il, x.data(), T - 1);
-        float * y = qd_.data() + size_t(h) * dp;
+        const float * x = q + size_t(h) * dim_;
+        float *       y = qd_.data() + size_t(h) * dp;
         for (int i = 0; i < dim_; ++i)
-            for (int j = 0; j < dp; ++j) y[j] += x[size_t(i)] * P[size_t(i) * dp + j];
+            for (int j = 0; j < dp; ++j) y[j] += x[i] * P[size_t(i) * dp + j];
     }
 
     // Score pass: items (KV head, token range); each scores the G query heads of its KV head.
@@ -283,15 +273,16 @@ result<std::vector<int>> loki_ranks(const sidecar_loki & l, int n_layer, const d
     return r;
 }
 
-result<std::unique_ptr<decode_method>> loki_decode_create(const sidecar_loki & l, int n_layer, const attn_config & c,
-                                                          const loki_rope & rope) {
+result<std::unique_ptr<decode_method>> loki_decode_create(const sidecar_loki & l, int n_layer, const attn_config & c) {
     if (l.fitted.size() != size_t(n_layer))
         return error(status_code::INVALID_ARGUMENT, "loki: the bases cover %zu layers, not %d", l.fitted.size(),
                      n_layer);
-    if (l.pre_rope && (rope.freq_base.size() != size_t(n_layer) || rope.n_rot <= 0))
-        return error(status_code::INVALID_ARGUMENT, "loki: a pre-RoPE basis needs the model's RoPE parameters");
+    if (l.pre_rope)
+        return error(status_code::INVALID_ARGUMENT,
+                     "loki: the bases were fitted on pre-RoPE keys (calibrate loki --pre-rope), which decode cannot "
+                     "score; recalibrate without --pre-rope");
     LC_ASSIGN_OR_RETURN(std::vector<int> ranks, loki_ranks(l, n_layer, c.decode_opts));
-    return std::unique_ptr<decode_method>(new loki_decode(l, std::move(ranks), c, rope));
+    return std::unique_ptr<decode_method>(new loki_decode(l, std::move(ranks), c));
 }
 
 result<std::unique_ptr<decode_method>> loki_decode_create(const model & m, const attn_config & c) {
@@ -315,12 +306,7 @@ result<std::unique_ptr<decode_method>> loki_decode_create(const model & m, const
             return error(status_code::NOT_FOUND,
                          "--decode loki: sidecar %s has no basis for layer %d; recalibrate (longctx calibrate loki)",
                          path.c_str(), il);
-    loki_rope rope;
-    rope.n_rot = hp.n_rot;
-    rope.mode  = hp.rope_mode;
-    for (int il = 0; il < hp.n_layer; ++il)
-        rope.freq_base.push_back(m.layers()[size_t(il)].swa ? hp.rope_freq_base_swa : hp.rope_freq_base);
-    LC_ASSIGN_OR_RETURN(auto method, loki_decode_create(*sc.loki, hp.n_layer, c, rope));
+    LC_ASSIGN_OR_RETURN(auto method, loki_decode_create(*sc.loki, hp.n_layer, c));
     std::vector<int> ranks = *loki_ranks(*sc.loki, hp.n_layer, c.decode_opts);
     std::string      rs;
     for (int il = 0; il < hp.n_layer; ++il)
@@ -328,9 +314,8 @@ result<std::unique_ptr<decode_method>> loki_decode_create(const model & m, const
             if (!rs.empty()) rs += ' ';
             rs += std::to_string(ranks[size_t(il)]);
         }
-    LC_LOG_I("loki: %s bases from %s (%lld keys per head, %s); ranks per layer: %s",
-             sc.loki->pre_rope ? "pre-RoPE" : "post-RoPE", path.c_str(), (long long)sc.loki->calib_n_keys,
-             sc.loki->calib_source.c_str(), rs.c_str());
+    LC_LOG_I("loki: bases from %s (%lld keys per head, %s); ranks per layer: %s", path.c_str(),
+             (long long)sc.loki->calib_n_keys, sc.loki->calib_source.c_str(), rs.c_str());
     return method;
 }
 

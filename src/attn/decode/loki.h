@@ -7,10 +7,10 @@
 // up to 8, the padding dims zero), so the score pass streams one contiguous array with 8 scores per FMA chain.
 // Because P is orthonormal, q . k = (q P) . (k P): exact attention over the selected keys reads the original keys
 // in the cache, so the plan is the selected indices with no log-weights.
-// Pre-RoPE bases (calibrate loki --pre-rope): keys are un-rotated at their cache position before projection and
-// the query at its position n_kv - 1, so the approximate score is the dot product of the un-rotated vectors: it
-// leaves out the relative rotation between query and key (an approximation Loki's post-RoPE default does not
-// make); the exact attention is unchanged.
+// Pre-RoPE bases (calibrate loki --pre-rope) are refused: scoring un-rotated queries against un-rotated low-rank
+// keys leaves out the relative rotation between query and key, and on SmolLM2 that selection finds only 47% of
+// the exact top-25% keys even at d = D (post-RoPE: 100%); scoring exactly would need each key's low-rank part
+// rotated back to D dims, reading as much as dense. The pre-RoPE fit is kept for analysis (its lower rank).
 #pragma once
 
 #include <cstdint>
@@ -18,29 +18,19 @@
 #include <vector>
 
 #include "attn/decode/decode-method.h"
-#include "backend/cpu/ops.h"
 #include "calibrate/sidecar.h"
 #include "core/fp16.h"
 
 namespace lc {
 
-// RoPE of the model, needed only to undo it for pre-RoPE bases.
-struct loki_rope {
-    int            n_rot = 0;
-    cpu::rope_mode mode  = cpu::rope_mode::NORM;
-    // Frequency base of each layer [n_layer] (sliding-window layers have their own).
-    std::vector<float> freq_base;
-};
-
 // The Loki method of the model, with the bases of the sidecar c.sidecar ("auto": MODEL.longctx.gguf beside the
 // model file). Errors: no sidecar or no Loki section in it (run `longctx calibrate loki -m MODEL`), a section made
-// for another shape, a layer without sliding window that has no basis, a bad loki_d / loki_var.
+// for another shape or fitted on pre-RoPE keys, a layer without sliding window that has no basis, a bad loki_d /
+// loki_var.
 result<std::unique_ptr<decode_method>> loki_decode_create(const model & m, const attn_config & c);
 
-// From a Loki section directly (tests, tools): sparse_layer(il) is true where the section has a basis. rope is
-// needed only when l.pre_rope.
-result<std::unique_ptr<decode_method>> loki_decode_create(const sidecar_loki & l, int n_layer, const attn_config & c,
-                                                          const loki_rope & rope = {});
+// From a Loki section directly (tests, tools): sparse_layer(il) is true where the section has a basis.
+result<std::unique_ptr<decode_method>> loki_decode_create(const sidecar_loki & l, int n_layer, const attn_config & c);
 
 // The rank d of each layer that the parameters pick (METHODS.md sec. 3.2): loki_var > 0: the smallest d whose
 // explained variance (curve averaged over KV heads) reaches loki_var; else loki_d (< 1: that fraction of
