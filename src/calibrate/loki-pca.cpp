@@ -43,8 +43,7 @@ void pca_accumulator::add(const float * x, int64_t n, int64_t stride) {
         if (n_ == 0 && r0 == 0)
             for (int i = 0; i < D; ++i) shift_[size_t(i)] = x[i];
         for (int64_t k = 0; k < nb; ++k)
-            for (int i = 0; i < D; ++i)
-                buf_[size_t(k * D + i)] = double(x[(r0 + k) * stride + i]) - shift_[size_t(i)];
+            for (int i = 0; i < D; ++i) buf_[size_t(k * D + i)] = double(x[(r0 + k) * stride + i]) - shift_[size_t(i)];
         add_block(buf_.data(), nb);
     }
 }
@@ -75,7 +74,7 @@ void pca_accumulator::covariance(std::vector<double> & out) const {
     for (int i = 0; i < D; ++i) {
         const double mi = sum_[size_t(i)] * inv;
         for (int j = i; j < D; ++j) {
-            const double c           = sxx_[size_t(i) * D + j] * inv - mi * (sum_[size_t(j)] * inv);
+            const double c         = sxx_[size_t(i) * D + j] * inv - mi * (sum_[size_t(j)] * inv);
             out[size_t(i) * D + j] = c;
             out[size_t(j) * D + i] = c;
         }
@@ -102,20 +101,19 @@ void sym_eigen(const double * a_in, int n, std::vector<double> & evals, std::vec
                 // Rotation J (c at pp and qq, s at pq, -s at qp) with J^T A J zero at (p, q): tan(phi) = t is the
                 // smaller root of t^2 + 2 theta t - 1 = 0, theta = (a_qq - a_pp) / (2 a_pq).
                 const double theta = (at(q, q) - at(p, p)) / (2.0 * apq);
-                const double t =
-                    (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta * theta + 1.0));
+                const double t     = (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta * theta + 1.0));
                 const double c = 1.0 / std::sqrt(t * t + 1.0), s = t * c;
                 for (int k = 0; k < n; ++k) { // A J: columns p and q
                     const double akp = at(k, p), akq = at(k, q);
-                    at(k, p)         = c * akp - s * akq;
-                    at(k, q)         = s * akp + c * akq;
+                    at(k, p) = c * akp - s * akq;
+                    at(k, q) = s * akp + c * akq;
                 }
                 double * rp = &at(p, 0);
                 double * rq = &at(q, 0);
                 for (int k = 0; k < n; ++k) { // J^T (A J): rows p and q
                     const double apk = rp[k], aqk = rq[k];
-                    rp[k]            = c * apk - s * aqk;
-                    rq[k]            = s * apk + c * aqk;
+                    rp[k] = c * apk - s * aqk;
+                    rq[k] = s * apk + c * aqk;
                 }
                 at(p, q) = 0.0;
                 at(q, p) = 0.0;
@@ -189,8 +187,7 @@ result<sidecar_loki> loki_calibrate(const model & m, const std::vector<std::vect
         n_total += int64_t(s.size());
     }
     if (seqs.empty()) return error(status_code::INVALID_ARGUMENT, "calibrate loki: no calibration sequences");
-    const int n_threads =
-        p.n_threads > 0 ? p.n_threads : int(std::max(1u, std::thread::hardware_concurrency()));
+    const int      n_threads = p.n_threads > 0 ? p.n_threads : int(std::max(1u, std::thread::hardware_concurrency()));
     context_params cp;
     cp.n_ctx     = n_max;
     cp.n_threads = n_threads;
@@ -249,8 +246,8 @@ result<sidecar_loki> loki_calibrate(const model & m, const std::vector<std::vect
         for (size_t it = size_t(ith); it < acc.size(); it += size_t(nth)) fits[it] = pca_compute(acc[it]);
     });
     for (size_t it = 0; it < acc.size(); ++it) {
-        const int il = layers[it / size_t(n_kv_head)];
-        const int g  = int(it % size_t(n_kv_head));
+        const int il         = layers[it / size_t(n_kv_head)];
+        const int g          = int(it % size_t(n_kv_head));
         l.fitted[size_t(il)] = 1;
         std::copy(fits[it].basis.begin(), fits[it].basis.end(),
                   l.basis.begin() + ptrdiff_t((size_t(il) * n_kv_head + g) * D * D));

@@ -24,8 +24,8 @@ constexpr const char * k_mi_ntok    = "longctx.minference.calib.n_tokens";
 constexpr const char * k_mi_density = "longctx.minference.expected_density";
 constexpr const char * k_lk_n_kv    = "longctx.loki.head_count_kv";
 constexpr const char * k_lk_dim     = "longctx.loki.head_dim";
-constexpr const char * k_lk_fitted  = "longctx.loki.fitted";  // i32 [n_layer], 1 where the layer has a basis
-constexpr const char * k_lk_basis   = "longctx.loki.basis";   // f32 [n_layer][n_head_kv][head_dim][head_dim]
+constexpr const char * k_lk_fitted  = "longctx.loki.fitted";    // i32 [n_layer], 1 where the layer has a basis
+constexpr const char * k_lk_basis   = "longctx.loki.basis";     // f32 [n_layer][n_head_kv][head_dim][head_dim]
 constexpr const char * k_lk_curve   = "longctx.loki.explained"; // f32 [n_layer][n_head_kv][head_dim], cumulative
 constexpr const char * k_lk_pre     = "longctx.loki.pre_rope";
 constexpr const char * k_lk_src     = "longctx.loki.calib.source";
@@ -124,8 +124,7 @@ result<sidecar> sidecar_read(const std::string & path, int n_layer, int n_head) 
     return s;
 }
 
-status sidecar_loki_check(const sidecar_loki & l, const std::string & path, int n_layer, int n_head_kv,
-                          int head_dim) {
+status sidecar_loki_check(const sidecar_loki & l, const std::string & path, int n_layer, int n_head_kv, int head_dim) {
     if (l.n_head_kv != n_head_kv || l.head_dim != head_dim || l.fitted.size() != size_t(n_layer))
         return error(status_code::INVALID_ARGUMENT,
                      "sidecar '%s': the Loki bases were made for %zu layers x %d KV heads x %d dims but the model has "

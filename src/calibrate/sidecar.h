@@ -49,8 +49,7 @@ struct sidecar_loki {
 };
 
 // INVALID_ARGUMENT naming both shapes ("... recalibrate") when a Loki section was made for another model shape.
-status sidecar_loki_check(const sidecar_loki & l, const std::string & path, int n_layer, int n_head_kv,
-                          int head_dim);
+status sidecar_loki_check(const sidecar_loki & l, const std::string & path, int n_layer, int n_head_kv, int head_dim);
 
 struct sidecar {
     std::string                       model_name; // general.name of the model it was made for

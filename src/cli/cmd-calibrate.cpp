@@ -141,9 +141,10 @@ int calibrate_minference(const args_t & args) {
 result<std::vector<std::vector<int32_t>>> loki_sequences(const tokenizer & tok, const std::string & text, int64_t len,
                                                          int64_t n_keys) {
     const bool bos = tok.add_bos() && tok.bos() >= 0;
-    if (len <= (bos ? 1 : 0)) return error(status_code::INVALID_ARGUMENT, "--calib-len %lld is too short", (long long)len);
-    const int64_t n_seq  = (n_keys + len - 1) / len;
-    const int64_t n_body = n_keys - (bos ? n_seq : 0); // text tokens needed
+    if (len <= (bos ? 1 : 0))
+        return error(status_code::INVALID_ARGUMENT, "--calib-len %lld is too short", (long long)len);
+    const int64_t        n_seq  = (n_keys + len - 1) / len;
+    const int64_t        n_body = n_keys - (bos ? n_seq : 0); // text tokens needed
     std::vector<int32_t> body;
     size_t               n_bytes = size_t(std::min<int64_t>(int64_t(text.size()), n_body * 6 + 4096));
     for (;;) {
@@ -179,7 +180,8 @@ int calibrate_loki(const args_t & args) {
     add_model_flags(p);
     p.add({"", "--calib-file", "PATH", "calibration text (default: the King James Bible from Genesis 1:1)", ""});
     p.add({"", "--calib-len", "N", "tokens per calibration sequence (0: min(4096, the model's context))", "0"});
-    p.add({"", "--calib-keys", "K", "keys per (layer, KV head) to fit on: sequences are run until this many", "200000"});
+    p.add(
+        {"", "--calib-keys", "K", "keys per (layer, KV head) to fit on: sequences are run until this many", "200000"});
     p.add({"", "--pre-rope", "",
            "fit on keys with RoPE undone, for analysis (their rank is lower); --decode loki needs the default "
            "post-RoPE basis",
@@ -236,9 +238,9 @@ int calibrate_loki(const args_t & args) {
              std::chrono::duration<double>(std::chrono::steady_clock::now() - t_tok).count());
 
     loki_calib_params lp;
-    lp.pre_rope   = p.has("--pre-rope");
-    lp.n_threads  = int(*threads);
-    const auto t0 = std::chrono::steady_clock::now();
+    lp.pre_rope    = p.has("--pre-rope");
+    lp.n_threads   = int(*threads);
+    const auto t0  = std::chrono::steady_clock::now();
     auto       res = loki_calibrate(*lm->mdl, *seqs, lp, [&](int64_t done, int64_t total) {
         const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         LC_LOG_I("calibrate loki: %lld/%lld keys per head, %.0f s, ETA %.0f s", (long long)done, (long long)total, el,
@@ -275,8 +277,7 @@ int calibrate_loki(const args_t & args) {
         ++n_fit;
     }
     std::printf("\n%s keys, %d layers fitted (of %d), mean rank for 90%%: %.1f of %d; %.0f s\n",
-                res->pre_rope ? "pre-RoPE" : "post-RoPE", n_fit, hp.n_layer, n_fit ? sum_rank / n_fit : 0.0, D,
-                t_fit);
+                res->pre_rope ? "pre-RoPE" : "post-RoPE", n_fit, hp.n_layer, n_fit ? sum_rank / n_fit : 0.0, D, t_fit);
 
     sidecar sc = sidecar_load_for_update(out, hp);
     sc.loki    = std::move(*res);
@@ -290,11 +291,10 @@ int calibrate_loki(const args_t & args) {
 int cmd_calibrate(const args_t & args) {
     if (args.empty() || args[0] == "--help" || args[0] == "-h") {
         std::FILE * f = args.empty() ? stderr : stdout;
-        std::fprintf(f,
-                     "usage: longctx calibrate minference|loki [options]   (--help after the method lists them)\n"
-                     "  minference  offline per-head sparse prefill pattern search, written to MODEL.longctx.gguf\n"
-                     "  loki        offline PCA of the keys per (layer, KV head) for --decode loki, written to "
-                     "MODEL.longctx.gguf\n");
+        std::fprintf(f, "usage: longctx calibrate minference|loki [options]   (--help after the method lists them)\n"
+                        "  minference  offline per-head sparse prefill pattern search, written to MODEL.longctx.gguf\n"
+                        "  loki        offline PCA of the keys per (layer, KV head) for --decode loki, written to "
+                        "MODEL.longctx.gguf\n");
         return args.empty() ? 2 : 0;
     }
     const args_t rest(args.begin() + 1, args.end());

@@ -65,7 +65,8 @@ lc::attn_config loki_config(double d, lc::decode_budget b, int n_sink = -1, int 
 }
 
 // A one-layer cache of rows [n][n_head_kv][D] f32 in sequence 0.
-std::unique_ptr<lc::kv_cache> cache_of(int n_head_kv, int D, const std::vector<float> & k, const std::vector<float> & v) {
+std::unique_ptr<lc::kv_cache> cache_of(int n_head_kv, int D, const std::vector<float> & k,
+                                       const std::vector<float> & v) {
     const int64_t n = int64_t(k.size()) / (n_head_kv * D);
     auto          c = std::make_unique<lc::kv_cache>(1, n_head_kv, D, n + 64, 1);
     EXPECT_TRUE(c->reserve(0, n).is_ok());
@@ -101,14 +102,15 @@ TEST(loki, full_budget_equals_dense) {
             const auto      q     = randn(size_t(n_head * D), 1.0f, 12);
             const float     scale = 1.0f / std::sqrt(float(D));
             lc::decode_plan plan;
-            auto m = lc::loki_decode_create(make_bases(1, n_head_kv, D, 5), 1,
-                                            loki_config(0.25, {lc::decode_budget::kind::FRACTION, 1.0}, sink, 64));
+            auto            m = lc::loki_decode_create(make_bases(1, n_head_kv, D, 5), 1,
+                                                       loki_config(0.25, {lc::decode_budget::kind::FRACTION, 1.0}, sink, 64));
             ASSERT_TRUE(m.is_ok()) << m.get_status().message();
             ASSERT_TRUE((*m)->sparse_layer(0));
             int64_t bytes = 0;
             (*m)->plan(0, q.data(), n_head, cache.view(), scale, plan, pool, &bytes);
             for (const auto & h : plan.heads) EXPECT_EQ(lc::decode_head_keys(h), n_kv);
-            std::vector<float> o(static_cast<size_t>(n_head * D)), lse(static_cast<size_t>(n_head)), od(o.size()), lsed(lse.size());
+            std::vector<float> o(static_cast<size_t>(n_head * D)), lse(static_cast<size_t>(n_head)), od(o.size()),
+                lsed(lse.size());
             lc::attn_decode_plan_ref(plan, q.data(), cache.view(), scale, o.data(), lse.data());
             lc::attn_dense(q.data(), 1, n_kv - 1, n_head, cache.view(), scale, od.data(), lsed.data(), pool);
             const auto e = lc::test::compare(od, o, lsed, lse);
@@ -154,9 +156,9 @@ TEST(loki, full_rank_selects_the_exact_top_k) {
             const double kth = sorted[size_t(k - 1)];
             // The rotated keys are stored in fp16: with a non-trivial basis a score may move by a few 1e-3 (|q|,
             // |k| ~ 8), so keys this close to the k-th score may swap; with the identity basis only float rounding.
-            const double        eps = identity ? 1e-4 : 5e-2;
-            std::set<int32_t>   sel(idx.begin(), idx.end());
-            int                 swapped = 0;
+            const double      eps = identity ? 1e-4 : 5e-2;
+            std::set<int32_t> sel(idx.begin(), idx.end());
+            int               swapped = 0;
             for (int64_t t = 0; t < n_kv; ++t) {
                 const bool in = sel.count(int32_t(t)) > 0;
                 if (in && s[size_t(t)] < kth) {
@@ -195,15 +197,15 @@ TEST(loki, truncate_drops_rows_past_the_cut) {
     const int       n_head = 4, n_head_kv = 1, D = 64;
     const int64_t   n = 1000, cut = 501;
     const auto      ka = randn(size_t(n) * n_head_kv * D, 1.0f, 41), va = randn(ka.size(), 1.0f, 42);
-    auto            kb = ka;
+    auto            kb    = ka;
     const auto      other = randn(size_t(n - cut) * n_head_kv * D, 1.0f, 43);
     std::copy(other.begin(), other.end(), kb.begin() + cut * n_head_kv * D);
     auto       A = cache_of(n_head_kv, D, ka, va), B = cache_of(n_head_kv, D, kb, va);
     const auto q   = randn(size_t(n_head * D), 1.0f, 44);
     const auto cfg = loki_config(16, {lc::decode_budget::kind::TOKENS, 100});
     for (int64_t to : {cut, int64_t(0)}) {
-        auto m = lc::loki_decode_create(make_bases(1, n_head_kv, D, 3), 1, cfg);
-        auto f = lc::loki_decode_create(make_bases(1, n_head_kv, D, 3), 1, cfg);
+        auto            m = lc::loki_decode_create(make_bases(1, n_head_kv, D, 3), 1, cfg);
+        auto            f = lc::loki_decode_create(make_bases(1, n_head_kv, D, 3), 1, cfg);
         lc::decode_plan pa, pb, pf;
         (*m)->plan(0, q.data(), n_head, view_n(*A, n), 0.125f, pa, pool, nullptr);
         (*m)->truncate(to);
@@ -223,15 +225,19 @@ TEST(loki, truncate_drops_rows_past_the_cut) {
 
 TEST(loki, score_kernel_equals_scalar_reference) {
     for (int d_pad : {8, 16, 24, 64}) {
-        const int64_t n_tok = 1000;
-        const int64_t n_til = (n_tok + 7) / 8;
-        const auto    kf    = randn(size_t(n_til) * d_pad * 8, 1.0f, uint32_t(50 + d_pad));
+        const int64_t           n_tok = 1000;
+        const int64_t           n_til = (n_tok + 7) / 8;
+        const auto              kf    = randn(size_t(n_til) * d_pad * 8, 1.0f, uint32_t(50 + d_pad));
         std::vector<lc::fp16_t> tiles(kf.size());
         for (size_t i = 0; i < kf.size(); ++i) tiles[i] = lc::fp32_to_fp16(kf[i]);
         for (int n_q : {1, 3}) {
             const auto q = randn(size_t(n_q) * d_pad, 1.0f, uint32_t(60 + n_q));
-            for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, n_tok}, {8, 13}, {16, 16 + 8 * 37 + 5}, {992, 1000},
-                                  {0, 31}, {40, 72}}) {
+            for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, n_tok},
+                                  {8, 13},
+                                  {16, 16 + 8 * 37 + 5},
+                                  {992, 1000},
+                                  {0, 31},
+                                  {40, 72}}) {
                 std::vector<float> a(size_t(n_q) * n_tok, -7.0f), r(a.size(), -7.0f);
                 lc::loki_scores(tiles.data(), d_pad, t0, t1, q.data(), n_q, a.data(), n_tok);
                 lc::loki_scores_ref(tiles.data(), d_pad, t0, t1, q.data(), n_q, r.data(), n_tok);
@@ -281,7 +287,8 @@ TEST(loki, selection_bytes_are_the_low_rank_keys_and_bases) {
     const int       n_head = 4, n_head_kv = 2, D = 64;
     auto            cache = lc::test::make_cache(n_head_kv, D, 640, 71);
     const auto      q     = randn(size_t(n_head * D), 1.0f, 72);
-    auto m = lc::loki_decode_create(make_bases(1, n_head_kv, D, 2), 1, loki_config(16, {lc::decode_budget::kind::TOKENS, 64}));
+    auto            m     = lc::loki_decode_create(make_bases(1, n_head_kv, D, 2), 1,
+                                                   loki_config(16, {lc::decode_budget::kind::TOKENS, 64}));
     lc::decode_plan plan;
     int64_t         bytes = 0;
     (*m)->plan(0, q.data(), n_head, cache.view(), 0.125f, plan, pool, &bytes);

@@ -63,10 +63,10 @@ TEST(loki_pca, eigen_of_random_256_is_orthonormal_and_exact) {
 TEST(loki_pca, recovers_known_axes_and_variances) {
     const int    D   = 4;
     const double c30 = std::cos(M_PI / 6), s30 = std::sin(M_PI / 6), c45 = std::sqrt(0.5);
-    const double R[4][4] = {{c30, -s30, 0, 0}, {s30, c30, 0, 0}, {0, 0, c45, -c45}, {0, 0, c45, c45}};
+    const double R[4][4]  = {{c30, -s30, 0, 0}, {s30, c30, 0, 0}, {0, 0, c45, -c45}, {0, 0, c45, c45}};
     const double sigma[4] = {3, 0.5, 2, 1};
     const double mu[4]    = {1000, -500, 250, 3};
-    std::mt19937                     rng(7);
+    std::mt19937 rng(7);
     std::normal_distribution<double> nd;
     const int64_t                    n = 200000;
     std::vector<float>               x(size_t(n) * D);
@@ -89,7 +89,7 @@ TEST(loki_pca, recovers_known_axes_and_variances) {
 
     const lc::pca_fit f = lc::pca_compute(acc);
     // float keys near 1000 carry ~6e-5 rounding: negligible next to the sampling error (~0.3% at n = 2e5).
-    const double var[4] = {9, 4, 1, 0.25};
+    const double var[4]  = {9, 4, 1, 0.25};
     const int    axis[4] = {0, 2, 3, 1};
     for (int j = 0; j < D; ++j) {
         EXPECT_NEAR(f.variance[size_t(j)], var[j], 0.02 * var[j]) << j;
@@ -115,11 +115,11 @@ TEST(loki_pca, recovers_known_axes_and_variances) {
 }
 
 TEST(loki_pca, fp16_rows_match_float_rows) {
-    const int          D = 8;
-    std::mt19937       rng(3);
+    const int                       D = 8;
+    std::mt19937                    rng(3);
     std::normal_distribution<float> nd;
-    std::vector<float>  xf(1000 * D);
-    std::vector<lc::fp16_t> xh(xf.size());
+    std::vector<float>              xf(1000 * D);
+    std::vector<lc::fp16_t>         xh(xf.size());
     for (size_t i = 0; i < xf.size(); ++i) {
         xh[i] = lc::fp32_to_fp16(nd(rng) + 4.0f);
         xf[i] = lc::fp16_to_fp32(xh[i]);

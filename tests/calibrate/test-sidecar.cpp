@@ -89,7 +89,7 @@ TEST(sidecar, loki_round_trip_keeps_minference) {
     s.n_layer    = 2;
     s.n_head     = 6;
     lc::sidecar_minference mi;
-    mi.config = lc::minference_config_uniform(2, 6, lc::head_pattern::VSLASH);
+    mi.config          = lc::minference_config_uniform(2, 6, lc::head_pattern::VSLASH);
     mi.config.at(1, 4) = {lc::head_pattern::A_SHAPE, 64, 512, 0.75f};
     s.minference       = mi;
     s.loki             = tiny_loki(2, 3, 8);
@@ -142,12 +142,12 @@ TEST(sidecar, loki_arrays_of_the_wrong_size_are_rejected) {
     ASSERT_FALSE(r.is_ok());
     EXPECT_NE(r.get_status().message().find("loki arrays"), std::string::npos) << r.get_status().message();
 
-    s.loki        = tiny_loki(2, 3, 8);
+    s.loki = tiny_loki(2, 3, 8);
     s.loki->curve.resize(3);
     ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
     EXPECT_FALSE(lc::sidecar_read(path, 2, 3).is_ok());
 
-    s.loki            = tiny_loki(2, 3, 8);
+    s.loki           = tiny_loki(2, 3, 8);
     s.loki->basis[5] = NAN;
     ASSERT_TRUE(lc::sidecar_write(path, s).is_ok());
     EXPECT_FALSE(lc::sidecar_read(path, 2, 3).is_ok());

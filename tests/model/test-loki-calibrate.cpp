@@ -33,10 +33,10 @@ class recall_probe : public lc::attn_observer {
                       float scale, int64_t window, const lc::prefill_plan *, const float *,
                       lc::thread_pool & pool) override {
         if (window != 0 || pos0 + n_q != n_) return;
-        const float * ql = q + (n_q - 1) * n_head * kv.head_dim;
-        lc::kv_view   v  = kv;
-        v.n_kv           = n_;
-        const int G      = n_head / kv.n_head_kv;
+        const float * ql               = q + (n_q - 1) * n_head * kv.head_dim;
+        lc::kv_view   v                = kv;
+        v.n_kv                         = n_;
+        const int                    G = n_head / kv.n_head_kv;
         std::vector<lc::decode_plan> plans(m_.size());
         for (size_t i = 0; i < m_.size(); ++i) m_[i]->plan(il, ql, n_head, v, scale, plans[i], pool, nullptr);
         for (int h = 0; h < n_head; ++h) {
@@ -101,7 +101,7 @@ TEST(loki_calibrate, smollm2_bases_are_low_rank_and_load) {
     ASSERT_GE(ids.size(), size_t(1024));
     const std::vector<std::vector<int32_t>> seqs = {{ids.begin(), ids.begin() + 512},
                                                     {ids.begin() + 512, ids.begin() + 1024}};
-    const lc::model_hparams & hp = (*m)->hparams();
+    const lc::model_hparams &               hp   = (*m)->hparams();
 
     lc::loki_calib_params p;
     p.n_threads = 2;
@@ -158,14 +158,14 @@ TEST(loki_calibrate, smollm2_bases_are_low_rank_and_load) {
     EXPECT_TRUE((*method)->sparse_layer(hp.n_layer - 1));
 
     // Selection quality on another passage (tokens 2048..3071), 1024 keys, k = 256 per head, d = 16, 32, 64.
-    const int64_t                n = 1024;
-    const std::vector<int32_t>   eval(ids.begin() + 2048, ids.begin() + 2048 + n);
-    std::vector<lc::decode_method *> methods = {method->get()};
+    const int64_t                                   n = 1024;
+    const std::vector<int32_t>                      eval(ids.begin() + 2048, ids.begin() + 2048 + n);
+    std::vector<lc::decode_method *>                methods = {method->get()};
     std::vector<std::unique_ptr<lc::decode_method>> more;
     for (double d : {32.0, 64.0}) {
-        lc::attn_config cd     = c;
-        cd.decode_opts.loki_d  = d;
-        auto            md     = lc::loki_decode_create(**m, cd);
+        lc::attn_config cd    = c;
+        cd.decode_opts.loki_d = d;
+        auto md               = lc::loki_decode_create(**m, cd);
         ASSERT_TRUE(md.is_ok());
         more.push_back(std::move(*md));
         methods.push_back(more.back().get());

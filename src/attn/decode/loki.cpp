@@ -170,8 +170,8 @@ void loki_decode::plan(int il, const float * q, int n_head, const kv_view & kv, 
             decode_topk(scores_.data() + size_t(h) * T, T, k, dense_, plan.heads[size_t(h)].idx);
     });
     if (select_bytes)
-        *select_bytes += int64_t(n_head_kv_) * (T * dp * int64_t(sizeof(fp16_t)) +
-                                                int64_t(dim_) * dp * int64_t(sizeof(float)));
+        *select_bytes +=
+            int64_t(n_head_kv_) * (T * dp * int64_t(sizeof(fp16_t)) + int64_t(dim_) * dp * int64_t(sizeof(float)));
 }
 
 } // namespace
@@ -191,8 +191,8 @@ void loki_scores_ref(const fp16_t * tiles, int d_pad, int64_t t0, int64_t t1, co
 void loki_scores(const fp16_t * tiles, int d_pad, int64_t t0, int64_t t1, const float * qd, int n_q, float * out,
                  int64_t out_stride) {
     if (t1 <= t0) return;
-    const int64_t b0 = t0 / k_tile, b1 = (t1 + k_tile - 1) / k_tile; // tiles; the last may be partial
-    const size_t  tile_elems = size_t(d_pad) * k_tile;
+    const int64_t     b0 = t0 / k_tile, b1 = (t1 + k_tile - 1) / k_tile; // tiles; the last may be partial
+    const size_t      tile_elems = size_t(d_pad) * k_tile;
     alignas(32) float tmp[k_tile];
     for (int64_t c0 = b0; c0 < b1; c0 += k_chunk_tile) {
         const int64_t c1 = std::min(b1, c0 + k_chunk_tile);
@@ -210,10 +210,10 @@ void loki_scores(const fp16_t * tiles, int d_pad, int64_t t0, int64_t t1, const 
                     a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + o))), qj, a0);
                     a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + tile_elems + o))), qj,
                                          a1);
-                    a2 = _mm256_fmadd_ps(
-                        _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * tile_elems + o))), qj, a2);
-                    a3 = _mm256_fmadd_ps(
-                        _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 3 * tile_elems + o))), qj, a3);
+                    a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * tile_elems + o))),
+                                         qj, a2);
+                    a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 3 * tile_elems + o))),
+                                         qj, a3);
                 }
                 float * dst = oh + b * k_tile;
                 _mm256_storeu_ps(dst, a0);
@@ -291,15 +291,12 @@ result<std::unique_ptr<decode_method>> loki_decode_create(const model & m, const
     if (path == "auto") path = sidecar_path_for(m.file().path());
     const char * how = "run `longctx calibrate loki -m MODEL` to fit the key bases";
     if (path == "none")
-        return error(status_code::NOT_FOUND, "--decode loki needs a calibration sidecar (--sidecar none); %s",
-                     how);
+        return error(status_code::NOT_FOUND, "--decode loki needs a calibration sidecar (--sidecar none); %s", how);
     if (!std::ifstream(path).good())
-        return error(status_code::NOT_FOUND, "--decode loki: no calibration sidecar %s; %s", path.c_str(),
-                     how);
+        return error(status_code::NOT_FOUND, "--decode loki: no calibration sidecar %s; %s", path.c_str(), how);
     LC_ASSIGN_OR_RETURN(sidecar sc, sidecar_read(path, hp.n_layer, hp.n_head));
     if (!sc.loki)
-        return error(status_code::NOT_FOUND, "--decode loki: sidecar %s has no Loki section; %s",
-                     path.c_str(), how);
+        return error(status_code::NOT_FOUND, "--decode loki: sidecar %s has no Loki section; %s", path.c_str(), how);
     LC_RETURN_IF_ERROR(sidecar_loki_check(*sc.loki, path, hp.n_layer, hp.n_head_kv, hp.head_dim));
     for (int il = 0; il < hp.n_layer; ++il)
         if (!m.layers()[size_t(il)].swa && !sc.loki->fitted[size_t(il)])
