@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "attn/decode/loki.h"
+#include "attn/decode/magicpig.h"
 #include "attn/decode/quest.h"
 #include "attn/decode/topk.h"
 #include "model/model.h"
@@ -19,10 +21,11 @@ result<std::unique_ptr<decode_method>> decode_method_create(const model & m, con
     case decode_kind::QUEST:
         return quest_decode_create(m.hparams(), c);
     case decode_kind::LOKI:
+        return loki_decode_create(m, c);
     case decode_kind::MAGICPIG:
-        break;
+        return magicpig_decode_create(m.hparams(), c);
     }
-    return error(status_code::UNSUPPORTED, "--decode %s is not built into this engine", decode_kind_name(c.decode));
+    return error(status_code::INVALID_ARGUMENT, "unknown decode method %d", int(c.decode));
 }
 
 void decode_dense_part(int64_t n_kv, int n_sink, int n_local, std::vector<key_range> & out) {

@@ -51,6 +51,10 @@ class loki_decode : public decode_method {
     void plan(int il, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan,
               thread_pool & pool, int64_t * select_bytes) override;
 
+    void prepare(int il, const kv_view & kv, thread_pool & pool) override {
+        if (sparse_layer(il)) take_in(il, kv, pool);
+    }
+
     void truncate(int64_t n) override {
         for (layer_state & st : layers_) st.n = std::min(st.n, std::max<int64_t>(n, 0));
     }

@@ -202,6 +202,12 @@ void magicpig_decode::build(layer_state & st, const kv_view & kv, thread_pool & 
              kv.n_head_kv, p_.K, p_.L, s);
 }
 
+void magicpig_decode::prepare(int il, const kv_view & kv, thread_pool & pool) {
+    if (il < 0 || il >= int(layers_.size()) || !sparse_layer(il)) return;
+    layer_state & st = layers_[size_t(il)];
+    if (stale(st, kv)) build(st, kv, pool);
+}
+
 void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan,
                            thread_pool & pool, int64_t * select_bytes) {
     LC_ASSERT(il >= 0 && il < int(layers_.size()) && sparse_layer(il), "magicpig: layer %d is not sparse", il);
@@ -209,7 +215,7 @@ void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & 
               "magicpig: cache head_dim %d / %d KV heads / %d query heads, built for %d / %d", kv.head_dim,
               kv.n_head_kv, n_head, head_dim_, n_head_kv_);
     layer_state & st = layers_[size_t(il)];
-    if (st.n_kv_built < 0 || kv.n_kv < st.n_kv_built || kv.n_kv - st.n_kv_built > p_.rebuild_after) build(st, kv, pool);
+    if (stale(st, kv)) build(st, kv, pool);
 
     const int     D = head_dim_, L = p_.L;
     const int     n_group = n_head / n_head_kv_;

@@ -90,6 +90,8 @@ class magicpig_decode final : public decode_method {
     void plan(int il, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan,
               thread_pool & pool, int64_t * select_bytes) override;
     void truncate(int64_t n) override;
+    // Builds the layer's tables right after its prefill (the life-cycle rule of plan()).
+    void prepare(int il, const kv_view & kv, thread_pool & pool) override;
 
     const magicpig_params & params() const { return p_; }
     const simhash_matrix &  matrix() const { return W_; }
@@ -113,6 +115,10 @@ class magicpig_decode final : public decode_method {
         std::vector<uint16_t> codes;
     };
     void build(layer_state & st, const kv_view & kv, thread_pool & pool);
+    // No tables yet, the cache was cut below them, or too many tokens came after them.
+    bool stale(const layer_state & st, const kv_view & kv) const {
+        return st.n_kv_built < 0 || kv.n_kv < st.n_kv_built || kv.n_kv - st.n_kv_built > p_.rebuild_after;
+    }
 
     magicpig_params          p_;
     int                      n_head_kv_ = 0, head_dim_ = 0;
