@@ -127,13 +127,17 @@ void add_corpus_flags(arg_parser & p) {
 
 int cmd_eval_fidelity(const args_t & args) {
     const char * cmd = "eval fidelity";
-    arg_parser   p(cmd, "longctx eval fidelity [-m MODEL] --prefill METHOD [--lengths L,..] [--docs N] [--corpus kjv|"
+    arg_parser   p(cmd, "longctx eval fidelity [-m MODEL] --prefill|--decode METHOD [--lengths L,..] [--docs N] [--corpus kjv|"
                           "essays | -f FILE] [-o FILE]");
     add_eval_common_flags(p, "eval-fidelity.json");
     add_corpus_flags(p);
     p.add({"", "--lengths", "L,..", "document lengths in tokens (default: 4096, at most the trained context)", ""});
     p.add({"", "--docs", "N", "documents per length (consecutive slices of the text)", "1"});
     p.add({"", "--bucket", "N", "positions per bucket in the records", "1024"});
+    p.add({"", "--decode-tail", "N",
+           "last N tokens of each document fed as single-token decode steps (auto: 256 with a --decode method or a "
+           "KV policy, else 0)",
+           "auto"});
     bool done;
     int  rc = parse_or_help(p, args, cmd, &done);
     if (done) return rc;
@@ -146,6 +150,15 @@ int cmd_eval_fidelity(const args_t & args) {
     eval::fidelity_params fp;
     fp.docs   = int(*docs);
     fp.bucket = *bucket;
+    if (p.get("--decode-tail") != "auto") {
+        auto tail = p.get_int("--decode-tail", 0, int64_t(1) << 30);
+        if (!tail) return fail(cmd, tail.get_status());
+        fp.decode_tail = *tail;
+    } else {
+        auto a = attn_config_from(p);
+        if (!a) return fail(cmd, a.get_status());
+        fp.decode_tail = a->decode != decode_kind::DENSE ? 256 : 0;
+    }
     if (p.has("--lengths")) {
         auto l = p.get_int_list("--lengths", 2, int64_t(1) << 31);
         if (!l) return fail(cmd, l.get_status());
@@ -168,7 +181,8 @@ int cmd_eval_fidelity(const args_t & args) {
     meta["corpus"]                  = cor->id;
     meta["ubatch"]                  = st->cp.n_ubatch;
     meta["identity"]                = json{{"task", "fidelity"},        {"model_sha256", st->sha}, {"corpus", cor->id},
-                            {"ubatch", st->cp.n_ubatch}, {"bucket", fp.bucket},     {"methods", st->methods}};
+                            {"ubatch", st->cp.n_ubatch}, {"bucket", fp.bucket},     {"methods", st->methods},
+                            {"decode_tail", fp.decode_tail}};
     const std::string out_path      = p.get("--out");
     auto              out           = eval::result_file::open(out_path, "fidelity", meta, p.has("--overwrite"));
     if (!out) return fail(cmd, out.get_status());
@@ -183,11 +197,18 @@ int cmd_eval_fidelity(const args_t & args) {
     if (status s = flushed(eval::fidelity_run(fp, body, env, *out), *out); !s) return fail(cmd, s);
     auto doc = eval::result_file::load(out_path);
     if (!doc) return fail(cmd, doc.get_status());
-    std::printf("%-8s %-5s %-12s %-12s %-10s %s\n", "length", "doc", "KL mean", "KL max", "top-1", "density");
-    for (const auto & r : (*doc)["records"])
-        std::printf("%-8lld %-5d %-12.4g %-12.4g %-10.4f %.4f\n", (long long)r["length"].get<int64_t>(),
+    std::printf("%-8s %-5s %-12s %-12s %-10s %-9s %-12s %-12s %s\n", "length", "doc", "KL mean", "KL max", "top-1",
+                "density", "decode KL", "decode top-1", "decode keys");
+    for (const auto & r : (*doc)["records"]) {
+        std::printf("%-8lld %-5d %-12.4g %-12.4g %-10.4f %-9.4f", (long long)r["length"].get<int64_t>(),
                     r["doc"].get<int>(), r["kl_mean"].get<double>(), r["kl_max"].get<double>(),
                     r["top1_agree"].get<double>(), r["runs"][1]["density"].get<double>());
+        if (r.contains("decode_tail"))
+            std::printf(" %-12.4g %-12.4f %.4f\n", r["decode_kl_mean"].get<double>(),
+                        r["decode_top1_agree"].get<double>(), r["runs"][1]["decode_keys"].get<double>());
+        else
+            std::printf(" -            -            -\n");
+    }
     std::printf("results: %s\n", out_path.c_str());
     return 0;
 }

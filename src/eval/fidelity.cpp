@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include "core/log.h"
 #include "runtime/sampling.h"
@@ -51,23 +52,27 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
             double              t_dense = 0, t_method = 0;
             std::vector<double> kl(size_t(L), 0.0);
             std::vector<char>   agree(size_t(L), 0);
-            for (int64_t i = 0; i < L; i += chunk) {
-                const int64_t              nb = std::min(chunk, L - i);
+            const int64_t tail   = std::min(p.decode_tail, L - 1);
+            const int64_t n_pref = L - tail;
+            auto          step   = [&](int64_t i, int64_t nb) -> status {
                 const std::vector<int32_t> part(ids.begin() + i, ids.begin() + i + nb);
                 auto                       t0 = clock::now();
-                LC_RETURN_IF_ERROR(dense.decode(part, true));
+                LC_RETURN_IF_ERROR(dense.decode(part, nb > 1));
                 auto t1 = clock::now();
-                LC_RETURN_IF_ERROR(method.decode(part, true));
+                LC_RETURN_IF_ERROR(method.decode(part, nb > 1));
                 auto t2 = clock::now();
                 t_dense += std::chrono::duration<double>(t1 - t0).count();
                 t_method += std::chrono::duration<double>(t2 - t1).count();
                 for (int64_t k = 0; k < nb; ++k) {
-                    const float * a      = dense.logits(k);
-                    const float * b      = method.logits(k);
+                    const float * a      = nb > 1 ? dense.logits(k) : dense.logits();
+                    const float * b      = nb > 1 ? method.logits(k) : method.logits();
                     kl[size_t(i + k)]    = logits_kl(a, b, n_vocab);
                     agree[size_t(i + k)] = sampling_argmax(a, n_vocab) == sampling_argmax(b, n_vocab);
                 }
-            }
+                return status::ok();
+            };
+            for (int64_t i = 0; i < n_pref; i += chunk) LC_RETURN_IF_ERROR(step(i, std::min(chunk, n_pref - i)));
+            for (int64_t i = n_pref; i < L; ++i) LC_RETURN_IF_ERROR(step(i, 1));
             json    buckets = json::array();
             double  kl_sum = 0, kl_max = 0;
             int64_t n_agree = 0;
@@ -104,9 +109,29 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
             rm["density"]   = method.timings().density();
             rm["index_s"]   = method.timings().attn_index_s;
             rec["runs"]     = json::array({rd, rm});
-            char summary[160];
+            if (tail > 0) {
+                // Position n_pref - 1 is the prefill's last logits; the decode steps score n_pref .. L-1.
+                double  tk = 0;
+                int64_t ta = 0;
+                for (int64_t t = n_pref; t < L; ++t) {
+                    tk += kl[size_t(t)];
+                    ta += agree[size_t(t)];
+                }
+                rec["decode_tail"]       = tail;
+                rec["decode_kl_mean"]    = tk / double(tail);
+                rec["decode_top1_agree"] = double(ta) / double(tail);
+                rm["decode_keys"]        = method.timings().decode_keys_fraction();
+                rec["runs"]              = json::array({rd, rm});
+            }
+            char summary[256];
             std::snprintf(summary, sizeof(summary), "KL %.3g, top-1 %.4f, density %.3f", kl_sum / double(L),
                           double(n_agree) / double(L), rm["density"].get<double>());
+            if (tail > 0) {
+                const size_t n = std::strlen(summary);
+                std::snprintf(summary + n, sizeof(summary) - n, "; decode: KL %.3g, top-1 %.4f, keys %.3f",
+                              rec["decode_kl_mean"].get<double>(), rec["decode_top1_agree"].get<double>(),
+                              rm["decode_keys"].get<double>());
+            }
             LC_RETURN_IF_ERROR(out.add(std::move(rec)));
             prog.step(key + ": " + summary);
         }

@@ -1,6 +1,9 @@
 // Fidelity to dense attention on long text (METHODS.md sec. 6), independent of the model's skill: the same tokens
 // run once densely and once with the method under test, chunk by chunk (-ub tokens, all logits kept), and every
 // position's next-token distributions compared: KL(dense || method) and top-1 agreement, overall and per bucket.
+// With decode_tail > 0 the last decode_tail tokens of each document are fed one at a time (teacher-forced decode
+// steps, EVAL_TASKS.md sec. 3.5), so that decode methods and KV policies act; the record then also reports KL and
+// top-1 over those positions alone and the share of the cache the method's decode steps attended.
 // The per-layer attention-mass recall and output error need a hook inside the attention code and are not here yet.
 #pragma once
 
@@ -17,6 +20,7 @@ struct fidelity_params {
     std::vector<int64_t> lengths;       // tokens per document (BOS included)
     int                  docs   = 1;    // documents per length: consecutive slices of the text
     int64_t              bucket = 1024; // positions per bucket in the record
+    int64_t              decode_tail = 0; // last positions of each document run as single-token decode steps
 };
 
 // The n tokens of document j of a token stream (body: the text without BOS): BOS (when the file's flag says so)

@@ -102,7 +102,7 @@ status result_file::flush() {
 }
 
 bool attn_is_dense(const attn_config & a) {
-    return a.prefill == prefill_method::DENSE;
+    return a.prefill == prefill_method::DENSE && a.decode == decode_kind::DENSE;
 }
 
 result<std::vector<method_slot>> method_slots_create(const model & m, const context_params & cp) {
@@ -129,7 +129,9 @@ json method_json(const method_slot & s) {
                 {"prefill", prefill_method_name(s.attn.prefill)},
                 {"budget", prefill_budget_name(s.attn.budget)},
                 {"sparse_min_len", s.attn.sparse_min_len},
-                {"sidecar", s.attn.sidecar}};
+                {"sidecar", s.attn.sidecar},
+                {"decode", decode_kind_name(s.attn.decode)},
+                {"decode_budget", decode_budget_name(s.attn.decode_keys)}};
 }
 
 result<std::string> model_file_sha256(const std::string & path) {
