@@ -1,11 +1,25 @@
 // `longctx bench`: llama-bench-style speed tests, markdown or JSON on stdout.
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "bench/bench.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 
 namespace lc::cli {
+
+namespace {
+
+std::vector<std::string> split_list(const std::string & s) {
+    std::vector<std::string> out;
+    size_t                   b = 0;
+    for (size_t e; (e = s.find(',', b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
+    out.push_back(s.substr(b));
+    return out;
+}
+
+} // namespace
 
 int cmd_bench(const args_t & args) {
     arg_parser p("bench", "longctx bench [-m MODEL] [-p 512,4096] [-n 128] [-d 0,4096] [-r 5] [-o md|json] [-f TEXT] "
@@ -47,11 +61,17 @@ int cmd_bench(const args_t & args) {
     bp.reps      = int(*nr);
     bp.n_ubatch  = *ub;
     bp.n_threads = int(*nt);
-    auto method  = attn_config_from(p);
+    auto method  = attn_config_from(p, true);
     if (!method) return fail("bench", method.get_status());
-    // A sparse method runs beside dense.
+    // Sparse methods run beside dense; --decode may list several (topk,loki,...), each run in turn.
     bp.methods = {attn_config{}};
-    if (method->prefill != prefill_method::DENSE || method->decode != decode_kind::DENSE) bp.methods.push_back(*method);
+    for (const std::string & d : split_list(p.get("--decode"))) {
+        auto kind = decode_kind_parse(d);
+        if (!kind) return fail("bench", kind.get_status());
+        attn_config c = *method;
+        c.decode      = *kind;
+        if (c.prefill != prefill_method::DENSE || c.decode != decode_kind::DENSE) bp.methods.push_back(c);
+    }
 
     auto lm = load_model(p);
     if (!lm) return fail("bench", lm.get_status());

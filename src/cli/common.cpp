@@ -84,12 +84,13 @@ status parse_pair(const std::string & flag, const std::string & s, int lo, int h
 
 } // namespace
 
-result<attn_config> attn_config_from(const arg_parser & p) {
+result<attn_config> attn_config_from(const arg_parser & p, bool decode_list) {
     attn_config c;
     LC_ASSIGN_OR_RETURN(c.prefill, prefill_method_parse(p.get("--prefill")));
     LC_ASSIGN_OR_RETURN(c.budget, prefill_budget_parse(p.get("--prefill-budget")));
     LC_ASSIGN_OR_RETURN(c.sparse_min_len, p.get_int("--sparse-min-len", 0, int64_t(1) << 40));
-    LC_ASSIGN_OR_RETURN(c.decode, decode_kind_parse(p.get("--decode")));
+    const std::string dec = p.get("--decode");
+    LC_ASSIGN_OR_RETURN(c.decode, decode_kind_parse(decode_list ? dec.substr(0, dec.find(',')) : dec));
     LC_ASSIGN_OR_RETURN(c.decode_keys, decode_budget_parse(p.get("--decode-budget")));
     decode_params & d = c.decode_opts;
     if (p.get("--decode-keep") != "auto")

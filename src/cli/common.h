@@ -32,7 +32,8 @@ struct loaded_model {
 // Resolves -m (a path or a known model name; empty: the default model, fetched into the cache on first use),
 // loads it and its tokenizer.
 result<loaded_model>    load_model(const arg_parser & p);
-result<attn_config>     attn_config_from(const arg_parser & p);
+// decode_list: --decode may be a comma-separated list (bench); the first method is parsed, the caller walks the rest.
+result<attn_config> attn_config_from(const arg_parser & p, bool decode_list = false);
 result<context_params>  context_params_from(const arg_parser & p);
 result<sampling_params> sampling_params_from(const arg_parser & p);
 
