@@ -46,11 +46,15 @@ TEST(decode_dense_part, worked_examples) {
 
 TEST(decode_topk, equals_a_full_sort) {
     std::mt19937 rng(5);
-    for (int trial = 0; trial < 200; ++trial) {
-        const int64_t      n = 1 + rng() % 300;
+    for (int trial = 0; trial < 400; ++trial) {
+        const int64_t      n = 1 + rng() % (trial < 300 ? 300 : 20000);
         std::vector<float> s(static_cast<size_t>(n));
         for (auto & x : s) x = float(int(rng() % 20)) - 10.0f; // many ties
         if (trial % 3 == 0) s[size_t(rng() % n)] = NAN;
+        if (trial % 5 == 0) s[size_t(rng() % n)] = -INFINITY;
+        if (trial % 7 == 0) s[size_t(rng() % n)] = 1e30f; // a far outlier squeezes the histogram
+        if (trial % 11 == 0)
+            for (auto & x : s) x = float(rng() % 100000) * 1e-3f; // few ties
         std::vector<key_range> dense;
         lc::decode_dense_part(n, int(rng() % 5), int(rng() % 20), dense);
         const int64_t        k = int64_t(rng() % (n + 2));

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "attn/decode/loki.h"
 #include "attn/decode/magicpig.h"
@@ -43,31 +44,87 @@ void decode_dense_part(int64_t n_kv, int n_sink, int n_local, std::vector<key_ra
 void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<key_range> & dense,
                  std::vector<int32_t> & out) {
     out.clear();
-    size_t r = 0;
-    for (int64_t t = 0; t < n; ++t) {
-        while (r < dense.size() && dense[r].end <= t) ++r;
-        if (r < dense.size() && dense[r].begin <= t) {
-            t = dense[r].end - 1;
-            continue;
-        }
-        out.push_back(int32_t(t));
+    if (k <= 0 || n <= 0) return;
+    // Eligible positions are the gaps between the dense ranges.
+    thread_local std::vector<key_range> gaps;
+    gaps.clear();
+    int64_t prev = 0, n_el = 0;
+    for (const key_range & r : dense) {
+        if (r.begin > prev) gaps.push_back({int32_t(prev), std::min(r.begin, int32_t(n))});
+        prev = std::max<int64_t>(prev, r.end);
+        if (prev >= n) break;
     }
-    if (k <= 0) {
-        out.clear();
+    if (prev < n) gaps.push_back({int32_t(prev), int32_t(n)});
+    for (const key_range & g : gaps) n_el += std::max(0, g.end - g.begin);
+    if (n_el <= k) {
+        for (const key_range & g : gaps)
+            for (int32_t t = g.begin; t < g.end; ++t) out.push_back(t);
         return;
     }
-    if (int64_t(out.size()) <= k) return;
-    // Higher score first; NaN last; ties to the lower position.
-    auto better = [scores](int32_t a, int32_t b) {
-        const float sa = scores[a], sb = scores[b];
-        const bool  na = std::isnan(sa), nb = std::isnan(sb);
-        if (na != nb) return nb;
-        if (!na && sa != sb) return sa > sb;
-        return a < b;
-    };
-    std::nth_element(out.begin(), out.begin() + (k - 1), out.end(), better);
-    out.resize(size_t(k));
-    std::sort(out.begin(), out.end());
+    // The k-th highest score (NaN counted as -inf): a 1024-bin histogram between the lowest and highest finite
+    // score finds the bin that holds it, then selection among that bin's scores alone; then one pass in position
+    // order takes everything above it, and positions equal to it, lowest first, until k (finite before NaN).
+    float lo = INFINITY, hi = -INFINITY;
+    for (const key_range & g : gaps)
+        for (int32_t t = g.begin; t < g.end; ++t) {
+            const float x = scores[t];
+            if (!std::isfinite(x)) continue; // -inf, NaN: below every bin
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+        }
+    float thr;
+    if (!(hi > lo)) { // all finite scores equal (or none finite)
+        thr = hi;
+    } else {
+        constexpr int    n_bins = 1024;
+        const float      inv    = float(n_bins) / (hi - lo);
+        thread_local int64_t hist[n_bins];
+        std::fill(hist, hist + n_bins, int64_t(0));
+        auto bin = [&](float x) { return std::min(n_bins - 1, int((x - lo) * inv)); };
+        for (const key_range & g : gaps)
+            for (int32_t t = g.begin; t < g.end; ++t)
+                if (scores[t] >= lo) ++hist[bin(scores[t])];
+        int     b    = n_bins - 1;
+        int64_t seen = 0;
+        for (; b > 0 && seen + hist[b] < k; --b) seen += hist[b];
+        if (seen + hist[b] < k) { // fewer finite scores than k: the threshold is -inf (NaN and -inf fill)
+            thr = -INFINITY;
+        } else {
+            thread_local std::vector<float> v;
+            v.clear();
+            for (const key_range & g : gaps)
+                for (int32_t t = g.begin; t < g.end; ++t)
+                    if (scores[t] >= lo && bin(scores[t]) == b) v.push_back(scores[t]);
+            const int64_t r = k - seen; // the r-th highest within the bin
+            std::nth_element(v.begin(), v.begin() + (r - 1), v.end(), std::greater<float>());
+            thr = v[size_t(r - 1)];
+        }
+    }
+    // Positions equal to thr that are taken: k minus those above it.
+    int64_t above = 0;
+    for (const key_range & g : gaps)
+        for (int32_t t = g.begin; t < g.end; ++t) above += scores[t] > thr;
+    int64_t n_eq = k - above; // positions equal to thr to take
+    for (const key_range & g : gaps)
+        for (int32_t t = g.begin; t < g.end; ++t) {
+            const float x = scores[t];
+            if (x > thr)
+                out.push_back(t);
+            else if (x == thr && n_eq > 0) {
+                out.push_back(t);
+                --n_eq;
+            }
+        }
+    if (n_eq > 0 && thr == -INFINITY) { // NaN positions fill what is left, lowest first
+        const size_t m = out.size();
+        for (const key_range & g : gaps)
+            for (int32_t t = g.begin; t < g.end && n_eq > 0; ++t)
+                if (std::isnan(scores[t])) {
+                    out.push_back(t);
+                    --n_eq;
+                }
+        std::inplace_merge(out.begin(), out.begin() + ptrdiff_t(m), out.end());
+    }
 }
 
 int64_t decode_head_keys(const decode_head_plan & h) {
