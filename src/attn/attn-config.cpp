@@ -160,6 +160,7 @@ std::string attn_config_describe(const attn_config & c) {
             std::snprintf(buf, sizeof(buf), " quest-page=%d", d.quest_page);
             s += buf;
         }
+        if (d.kv_select && c.decode != decode_kind::MAGICPIG) s += " select=kv";
         if (d.n_sink >= 0 || d.n_local >= 0) {
             std::snprintf(buf, sizeof(buf), " keep=%d,%d", d.n_sink, d.n_local);
             s += buf;

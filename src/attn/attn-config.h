@@ -70,6 +70,10 @@ struct decode_params {
     int lsh_min_hits = 2;
     // Quest: tokens per metadata page.
     int quest_page = 16;
+    // Top-k, Quest and Loki select per query head (false, METHODS.md's default) or once per KV head for its group
+    // of query heads (true: a key's score is the best over the group of each head's score relative to that head's
+    // best key), so that the kernel reads each selected key once for the whole group.
+    bool kv_select = false;
 };
 
 struct attn_config {

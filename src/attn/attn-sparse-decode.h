@@ -10,7 +10,8 @@
 
 namespace lc {
 
-// q [n_head][head_dim] f32; query head h reads KV head h / (n_head / kv.n_head_kv); o [n_head][head_dim];
+// q [n_head][head_dim] f32; query head h reads KV head h / (n_head / kv.n_head_kv) and the keys of plan entry
+// h / plan.group (an entry shared by a group is read once for all its heads); o [n_head][head_dim];
 // lse (optional) [n_head]. Same result as attn_decode_plan_ref up to f32 rounding. Keys in the plan may be any
 // positions < kv.n_kv (no causal mask: a decode plan lists only visible keys).
 // REQUIRES: plan.n_head % kv.n_head_kv == 0, head_dim % 16 == 0, every key < kv.n_kv.

@@ -60,6 +60,10 @@ void add_method_flags(arg_parser & p) {
     p.add({"", "--lsh", "K,L", "MagicPIG: SimHash bits per table and number of tables", "10,150"});
     p.add({"", "--lsh-min-hits", "N", "MagicPIG: tables a key must collide in to be sampled", "2"});
     p.add({"", "--quest-page", "P", "Quest: tokens per metadata page", "16"});
+    p.add({"", "--decode-select", "head|kv",
+           "top-k, Quest, Loki: select keys per query head, or once per KV head for its group of query heads (each "
+           "selected key then read once for the group)",
+           "head"});
 }
 
 namespace {
@@ -104,8 +108,12 @@ result<attn_config> attn_config_from(const arg_parser & p, bool decode_list) {
     LC_ASSIGN_OR_RETURN(int64_t hits, p.get_int("--lsh-min-hits", 1, 1 << 20));
     d.lsh_min_hits = int(hits);
     LC_ASSIGN_OR_RETURN(int64_t qp, p.get_int("--quest-page", 1, 4096));
-    d.quest_page = int(qp);
-    c.sidecar    = p.get("--sidecar");
+    d.quest_page          = int(qp);
+    const std::string sel = p.get("--decode-select");
+    if (sel != "head" && sel != "kv")
+        return error(status_code::INVALID_ARGUMENT, "--decode-select '%s': use head or kv", sel.c_str());
+    d.kv_select = sel == "kv";
+    c.sidecar   = p.get("--sidecar");
     if (c.sidecar != "auto" && c.sidecar != "none" && !std::ifstream(c.sidecar).good())
         return error(status_code::NOT_FOUND, "--sidecar '%s' cannot be opened; run longctx calibrate or pass none",
                      c.sidecar.c_str());

@@ -253,6 +253,50 @@ TEST(quest, full_budget_equals_dense_and_metadata_follows_the_cache) {
     for (int h = 0; h < 4; ++h) EXPECT_EQ(pairs(a.heads[size_t(h)].dense), pairs(b.heads[size_t(h)].dense));
 }
 
+TEST(decode_group_scores, equals_brute_force) {
+    const int     n_head = 6, G = 3;
+    const int64_t n = 300;
+    auto          s = randn(size_t(n_head) * n, 2.0f, 30);
+    for (size_t i = 0; i < s.size(); i += 37) s[i] = NAN;
+    std::vector<key_range> dense;
+    lc::decode_dense_part(n, 4, 16, dense);
+    std::vector<float> out;
+    lc::decode_group_scores(s.data(), n_head, G, n, dense, out);
+    for (int e = 0; e < n_head / G; ++e)
+        for (int64_t t = 4; t < n - 16; ++t) {
+            double best = -INFINITY;
+            for (int h = e * G; h < (e + 1) * G; ++h) {
+                double m = -INFINITY;
+                for (int64_t u = 4; u < n - 16; ++u)
+                    if (s[size_t(h) * n + u] > m) m = s[size_t(h) * n + u];
+                const double x = double(s[size_t(h) * n + t]) - m;
+                if (x > best) best = x; // NaN compares false: ignored
+            }
+            ASSERT_NEAR(out[size_t(e) * n + t], best, 1e-5) << e << " " << t;
+        }
+}
+
+TEST(kv_select, full_budget_equals_dense_and_one_list_per_kv_head) {
+    auto cache = make_cache(2, 64, 1500, 31);
+    for (lc::decode_kind k : {lc::decode_kind::TOPK, lc::decode_kind::QUEST}) {
+        lc::attn_config c       = config(k, "100%");
+        c.decode_opts.kv_select = true;
+        auto m =
+            k == lc::decode_kind::TOPK ? lc::topk_decode_create(hparams(3), c) : lc::quest_decode_create(hparams(3), c);
+        ASSERT_TRUE(m.is_ok());
+        expect_equals_dense(**m, 2, 6, cache, 32);
+        lc::thread_pool pool(2);
+        const auto      q = randn(size_t(6 * 64), 1.0f, 33);
+        lc::decode_plan plan;
+        c.decode_keys = *lc::decode_budget_parse("10%");
+        auto m2 =
+            k == lc::decode_kind::TOPK ? lc::topk_decode_create(hparams(3), c) : lc::quest_decode_create(hparams(3), c);
+        (*m2)->plan(2, q.data(), 6, cache.view(), 0.125f, plan, pool, nullptr);
+        EXPECT_EQ(plan.group, 3);
+        EXPECT_EQ(plan.heads.size(), 2u);
+    }
+}
+
 TEST(decode_budget, parse_and_keys) {
     EXPECT_EQ(lc::decode_budget_parse("25%")->keys(1000), 250);
     EXPECT_EQ(lc::decode_budget_parse("0.25")->keys(1001), 251); // ceil

@@ -1,5 +1,6 @@
 // The sparse decode kernel against the scalar decode-plan reference on random plans: ranges and gathered
-// positions (unsorted), with and without log-weights, heads without keys, plans long enough to split across
+// positions (unsorted), with and without log-weights, per query head and shared by a KV head's group (a group of
+// 16 rows is split across kernel calls), entries without keys, plans long enough to split across
 // threads, every kernel ISA of this machine and head dims 64, 128, 256. The full plan equals dense decoding.
 #include <gtest/gtest.h>
 
@@ -21,12 +22,13 @@ using lc::test::randn;
 
 // A random plan: per head 0-3 disjoint ranges and a random subset of the other positions (shuffled), with
 // log-weights when weighted.
-lc::decode_plan random_plan(int n_head, int64_t n_kv, bool weighted, uint32_t seed) {
+lc::decode_plan random_plan(int n_head, int group, int64_t n_kv, bool weighted, uint32_t seed) {
     std::mt19937    rng(seed);
     lc::decode_plan p;
     p.n_head = n_head;
-    p.heads.resize(size_t(n_head));
-    for (int h = 0; h < n_head; ++h) {
+    p.group  = group;
+    p.heads.resize(size_t(n_head / group));
+    for (int h = 0; h < n_head / group; ++h) {
         auto &            hp = p.heads[size_t(h)];
         std::vector<char> used(size_t(n_kv), 0);
         if (h == 1) continue; // a head with no keys
@@ -55,25 +57,47 @@ TEST(sparse_decode, equals_the_reference_on_random_plans) {
     for (lc::cpu_isa isa : lc::test::isas())
         for (int D : {64, 128, 256})
             for (int64_t n_kv : {1, 70, 3000})
-                for (bool weighted : {false, true}) {
-                    const int          n_head = 6, n_head_kv = 2;
-                    auto               cache = make_cache(n_head_kv, D, n_kv, 11);
-                    const auto         q     = randn(size_t(n_head * D), 1.0f, 12);
-                    const float        scale = 1.0f / std::sqrt(float(D));
-                    const auto         plan  = random_plan(n_head, n_kv, weighted, uint32_t(D + n_kv));
-                    std::vector<float> o(size_t(n_head * D)), lse(static_cast<size_t>(n_head)), o_ref(o.size()),
-                        lse_ref(lse.size());
-                    lc::attn_decode_plan_ref(plan, q.data(), cache.view(), scale, o_ref.data(), lse_ref.data());
-                    lc::attn_sparse_decode_isa(isa, plan, q.data(), cache.view(), scale, o.data(), lse.data(), pool);
-                    const auto e    = lc::test::compare(o, o_ref, lse, lse_ref);
-                    const auto what = ::testing::Message() << lc::cpu_isa_name(isa) << " D=" << D << " n_kv=" << n_kv
-                                                           << " weighted=" << weighted;
-                    EXPECT_LT(e.max_abs, 2e-5) << what;
-                    EXPECT_LT(e.lse_abs, 2e-5) << what;
-                    // The empty head: o = 0, lse = -inf.
-                    EXPECT_TRUE(std::isinf(lse[1]) && lse[1] < 0) << what;
-                    for (int d = 0; d < D; ++d) EXPECT_EQ(o[size_t(D + d)], 0.0f) << what;
-                }
+                for (bool weighted : {false, true})
+                    for (int group : {1, 3}) {
+                        const int          n_head = 6, n_head_kv = 2;
+                        auto               cache = make_cache(n_head_kv, D, n_kv, 11);
+                        const auto         q     = randn(size_t(n_head * D), 1.0f, 12);
+                        const float        scale = 1.0f / std::sqrt(float(D));
+                        const auto         plan  = random_plan(n_head, group, n_kv, weighted, uint32_t(D + n_kv));
+                        std::vector<float> o(size_t(n_head * D)), lse(static_cast<size_t>(n_head)), o_ref(o.size()),
+                            lse_ref(lse.size());
+                        lc::attn_decode_plan_ref(plan, q.data(), cache.view(), scale, o_ref.data(), lse_ref.data());
+                        lc::attn_sparse_decode_isa(isa, plan, q.data(), cache.view(), scale, o.data(), lse.data(),
+                                                   pool);
+                        const auto e    = lc::test::compare(o, o_ref, lse, lse_ref);
+                        const auto what = ::testing::Message()
+                                          << lc::cpu_isa_name(isa) << " D=" << D << " n_kv=" << n_kv
+                                          << " weighted=" << weighted << " group=" << group;
+                        EXPECT_LT(e.max_abs, 2e-5) << what;
+                        EXPECT_LT(e.lse_abs, 2e-5) << what;
+                        // The empty entry 1: o = 0, lse = -inf for each of its heads.
+                        for (int h = group; h < 2 * group; ++h) {
+                            EXPECT_TRUE(std::isinf(lse[size_t(h)]) && lse[size_t(h)] < 0) << what;
+                            for (int d = 0; d < D; ++d) EXPECT_EQ(o[size_t(h * D + d)], 0.0f) << what;
+                        }
+                    }
+}
+
+TEST(sparse_decode, a_group_of_sixteen_heads_shares_one_list) {
+    lc::thread_pool pool(2);
+    for (lc::cpu_isa isa : lc::test::isas()) {
+        const int          n_head = 16, D = 64;
+        auto               cache = make_cache(1, D, 2000, 41);
+        const auto         q     = randn(size_t(n_head * D), 1.0f, 42);
+        const auto         plan  = random_plan(n_head, 16, 2000, true, 43);
+        std::vector<float> o(size_t(n_head * D)), lse(static_cast<size_t>(n_head)), o_ref(o.size()),
+            lse_ref(lse.size());
+        lc::attn_decode_plan_ref(plan, q.data(), cache.view(), 0.125f, o_ref.data(), lse_ref.data());
+        lc::attn_sparse_decode_isa(isa, plan, q.data(), cache.view(), 0.125f, o.data(), lse.data(), pool);
+        const auto e = lc::test::compare(o, o_ref, lse, lse_ref);
+        EXPECT_LT(e.max_abs, 2e-5) << lc::cpu_isa_name(isa);
+        EXPECT_LT(e.lse_abs, 2e-5) << lc::cpu_isa_name(isa);
+    }
 }
 
 TEST(sparse_decode, full_plan_equals_dense_decoding) {

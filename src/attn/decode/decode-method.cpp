@@ -76,8 +76,8 @@ void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<k
     if (!(hi > lo)) { // all finite scores equal (or none finite)
         thr = hi;
     } else {
-        constexpr int    n_bins = 1024;
-        const float      inv    = float(n_bins) / (hi - lo);
+        constexpr int        n_bins = 1024;
+        const float          inv    = float(n_bins) / (hi - lo);
         thread_local int64_t hist[n_bins];
         std::fill(hist, hist + n_bins, int64_t(0));
         auto bin = [&](float x) { return std::min(n_bins - 1, int((x - lo) * inv)); };
@@ -124,6 +124,35 @@ void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<k
                     --n_eq;
                 }
         std::inplace_merge(out.begin(), out.begin() + ptrdiff_t(m), out.end());
+    }
+}
+
+void decode_group_scores(const float * scores, int n_head, int G, int64_t n, const std::vector<key_range> & dense,
+                         std::vector<float> & out) {
+    out.resize(size_t(n_head / G) * size_t(n));
+    // Gaps between the dense ranges.
+    std::vector<std::pair<int64_t, int64_t>> gaps;
+    int64_t                                  prev = 0;
+    for (const key_range & r : dense) {
+        if (r.begin > prev) gaps.push_back({prev, std::min<int64_t>(r.begin, n)});
+        prev = std::max<int64_t>(prev, r.end);
+    }
+    if (prev < n) gaps.push_back({prev, n});
+    for (int e = 0; e < n_head / G; ++e) {
+        float * o = out.data() + size_t(e) * n;
+        for (const auto & g : gaps) std::fill(o + g.first, o + g.second, -INFINITY);
+        for (int h = e * G; h < (e + 1) * G; ++h) {
+            const float * s = scores + size_t(h) * n;
+            float         m = -INFINITY;
+            for (const auto & g : gaps)
+                for (int64_t t = g.first; t < g.second; ++t) m = s[t] > m ? s[t] : m;
+            if (!(m > -INFINITY)) continue;
+            for (const auto & g : gaps)
+                for (int64_t t = g.first; t < g.second; ++t) {
+                    const float x = s[t] - m;
+                    o[t]          = x > o[t] ? x : o[t];
+                }
+        }
     }
 }
 

@@ -57,6 +57,12 @@ void decode_dense_part(int64_t n_kv, int n_sink, int n_local, std::vector<key_ra
 void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<key_range> & dense,
                  std::vector<int32_t> & out);
 
+// KV-head-level selection scores: for each group of G consecutive query heads, out[t] = max over the group's heads
+// of (s_h[t] - max_t' s_h[t']), each head's scores taken relative to its best eligible key so that no head's scale
+// dominates. scores [n_head][n] -> out [n_head / G][n]; keys inside `dense` are neither read nor set.
+void decode_group_scores(const float * scores, int n_head, int G, int64_t n, const std::vector<key_range> & dense,
+                         std::vector<float> & out);
+
 // The number of keys a plan head attends (dense ranges plus indices).
 int64_t decode_head_keys(const decode_head_plan & h);
 

@@ -9,6 +9,7 @@ namespace lc {
 
 void decode_plan_full(decode_plan & plan, int n_head, int64_t n_kv) {
     plan.n_head = n_head;
+    plan.group  = 1;
     plan.heads.assign(size_t(n_head), {});
     for (decode_head_plan & h : plan.heads) h.dense.push_back({0, int32_t(n_kv)});
 }
@@ -17,8 +18,11 @@ void attn_decode_plan_ref(const decode_plan & plan, const float * q, const kv_vi
                           float * lse) {
     const int D       = kv.head_dim;
     const int n_group = plan.n_head / kv.n_head_kv;
+    LC_ASSERT(plan.group >= 1 && n_group % plan.group == 0 && int(plan.heads.size()) * plan.group == plan.n_head,
+              "decode plan: %zu entries of group %d for %d query heads (%d per KV head)", plan.heads.size(), plan.group,
+              plan.n_head, n_group);
     for (int h = 0; h < plan.n_head; ++h) {
-        const decode_head_plan & hp = plan.heads[size_t(h)];
+        const decode_head_plan & hp = plan.heads[size_t(h / plan.group)];
         const int                hk = h / n_group;
         LC_ASSERT(hp.logw.empty() || hp.logw.size() == hp.idx.size(), "decode plan: %zu log-weights for %zu indices",
                   hp.logw.size(), hp.idx.size());

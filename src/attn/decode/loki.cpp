@@ -27,6 +27,7 @@ class loki_decode : public decode_method {
         : n_head_kv_(l.n_head_kv), dim_(l.head_dim), budget_(c.decode_keys),
           n_sink_(c.decode_opts.n_sink < 0 ? 0 : c.decode_opts.n_sink),
           n_local_(c.decode_opts.n_local < 0 ? 0 : c.decode_opts.n_local) {
+        kv_select_ = c.decode_opts.kv_select;
         layers_.resize(ranks.size());
         for (size_t il = 0; il < ranks.size(); ++il) {
             layer_state & st = layers_[il];
@@ -77,6 +78,8 @@ class loki_decode : public decode_method {
     std::vector<layer_state> layers_;
     std::vector<float>       qd_;     // [n_head][d_pad] rotated queries
     std::vector<float>       scores_; // [n_head][n_kv]
+    std::vector<float>       group_;  // [n_head / G][n_kv] KV-head-level selection scores
+    bool                     kv_select_ = false;
     std::vector<key_range>   dense_;
 };
 
@@ -128,8 +131,10 @@ void loki_decode::plan(int il, const float * q, int n_head, const kv_view & kv, 
     const int     dp = st.d_pad;
     const int     G  = n_head / n_head_kv_;
 
-    plan.n_head = n_head;
-    plan.heads.resize(size_t(n_head));
+    const int GS = kv_select_ ? G : 1; // query heads per selection
+    plan.n_head  = n_head;
+    plan.group   = GS;
+    plan.heads.resize(size_t(n_head / GS));
     decode_dense_part(T, n_sink_, n_local_, dense_);
     int64_t n_dense = 0;
     for (const key_range & r : dense_) n_dense += r.end - r.begin;
@@ -169,9 +174,11 @@ void loki_decode::plan(int il, const float * q, int n_head, const kv_view & kv, 
                         scores_.data() + size_t(g) * G * T, T);
         }
     });
+    if (GS > 1) decode_group_scores(scores_.data(), n_head, GS, T, dense_, group_);
+    const float * s = GS > 1 ? group_.data() : scores_.data();
     pool.run([&](int ith, int nth) {
-        for (int h = ith; h < n_head; h += nth)
-            decode_topk(scores_.data() + size_t(h) * T, T, k, dense_, plan.heads[size_t(h)].idx);
+        for (int e = ith; e < n_head / GS; e += nth)
+            decode_topk(s + size_t(e) * T, T, k, dense_, plan.heads[size_t(e)].idx);
     });
     if (select_bytes)
         *select_bytes +=

@@ -63,7 +63,7 @@ class quest_decode final : public decode_method {
   public:
     quest_decode(int n_layer, const attn_config & c)
         : budget_(c.decode_keys), P_(c.decode_opts.quest_page), n_sink_(std::max(c.decode_opts.n_sink, 0)),
-          n_local_(std::max(c.decode_opts.n_local, 0)), layers_(size_t(n_layer)) {}
+          n_local_(std::max(c.decode_opts.n_local, 0)), kv_select_(c.decode_opts.kv_select), layers_(size_t(n_layer)) {}
 
     const char * name() const override { return "quest"; }
     bool         sparse_layer(int il) const override { return il >= 2; }
@@ -86,20 +86,27 @@ class quest_decode final : public decode_method {
             if (b < e) page_excl_.push_back({b, e});
         }
         const int64_t k_pages = (budget_.keys(T) + P_ - 1) / P_;
+        const int     GS      = kv_select_ ? G : 1; // query heads per selection
         plan.n_head           = n_head;
-        plan.heads.resize(size_t(n_head));
+        plan.group            = GS;
+        plan.heads.resize(size_t(n_head / GS));
         u_.resize(size_t(n_head) * size_t(n_full));
         if (select_bytes) *select_bytes += int64_t(H) * n_full * 2 * D * int64_t(sizeof(float));
         pool.run([&](int ith, int nth) {
-            std::vector<int32_t> sel;
             for (int h = ith; h < n_head; h += nth) {
                 const int hk = h / G;
-                float *   u  = u_.data() + size_t(h) * n_full;
                 quest_page_scores(q + size_t(h) * D, L.kmax.data() + size_t(hk) * L.cap * D,
-                                  L.kmin.data() + size_t(hk) * L.cap * D, n_full, D, u);
-                decode_topk(u, n_full, k_pages, page_excl_, sel);
+                                  L.kmin.data() + size_t(hk) * L.cap * D, n_full, D, u_.data() + size_t(h) * n_full);
+            }
+        });
+        if (GS > 1) decode_group_scores(u_.data(), n_head, GS, n_full, page_excl_, ug_);
+        const float * us = GS > 1 ? ug_.data() : u_.data();
+        pool.run([&](int ith, int nth) {
+            std::vector<int32_t> sel;
+            for (int e = ith; e < n_head / GS; e += nth) {
+                decode_topk(us + size_t(e) * n_full, n_full, k_pages, page_excl_, sel);
                 // Dense part, selected pages and the incomplete newest page, merged in position order.
-                decode_head_plan & hp = plan.heads[size_t(h)];
+                decode_head_plan & hp = plan.heads[size_t(e)];
                 hp.dense.clear();
                 hp.idx.clear();
                 hp.logw.clear();
@@ -162,7 +169,8 @@ class quest_decode final : public decode_method {
     int                    P_, n_sink_, n_local_;
     std::vector<layer>     layers_;
     std::vector<key_range> dense_, page_excl_;
-    std::vector<float>     u_;
+    bool                   kv_select_;
+    std::vector<float>     u_, ug_;
 };
 
 } // namespace

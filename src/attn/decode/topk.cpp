@@ -37,7 +37,8 @@ inline float dot_f32_f16(const float * a, const fp16_t * b, int n) {
 class topk_decode final : public decode_method {
   public:
     topk_decode(const attn_config & c)
-        : budget_(c.decode_keys), n_sink_(c.decode_opts.n_sink), n_local_(c.decode_opts.n_local) {
+        : budget_(c.decode_keys), n_sink_(c.decode_opts.n_sink), n_local_(c.decode_opts.n_local),
+          kv_select_(c.decode_opts.kv_select) {
         if (n_sink_ < 0) n_sink_ = 0;
         if (n_local_ < 0) n_local_ = 0;
     }
@@ -53,14 +54,18 @@ class topk_decode final : public decode_method {
         if (select_bytes) *select_bytes += T * kv.n_head_kv * kv.head_dim * int64_t(sizeof(fp16_t));
         decode_dense_part(T, n_sink_, n_local_, dense_);
         const int64_t k = budget_.keys(T);
+        const int     G = kv_select_ ? n_head / kv.n_head_kv : 1;
+        if (G > 1) decode_group_scores(scores_.data(), n_head, G, T, dense_, group_);
+        const float * s = G > 1 ? group_.data() : scores_.data();
         plan.n_head     = n_head;
-        plan.heads.resize(size_t(n_head));
+        plan.group      = G;
+        plan.heads.resize(size_t(n_head / G));
         pool.run([&](int ith, int nth) {
-            for (int h = ith; h < n_head; h += nth) {
-                decode_head_plan & hp = plan.heads[size_t(h)];
+            for (int e = ith; e < n_head / G; e += nth) {
+                decode_head_plan & hp = plan.heads[size_t(e)];
                 hp.dense              = dense_;
                 hp.logw.clear();
-                decode_topk(scores_.data() + size_t(h) * T, T, k, dense_, hp.idx);
+                decode_topk(s + size_t(e) * T, T, k, dense_, hp.idx);
             }
         });
     }
@@ -68,7 +73,8 @@ class topk_decode final : public decode_method {
   private:
     decode_budget          budget_;
     int                    n_sink_, n_local_;
-    std::vector<float>     scores_;
+    bool                   kv_select_;
+    std::vector<float>     scores_, group_;
     std::vector<key_range> dense_;
 };
 
