@@ -190,9 +190,10 @@ void attention::run_decode(int il, const float * q, int64_t pos0, int n_head, co
         attn_sparse_decode(dplan_, q, kv, scale, o, nullptr, pool);
         if (t) {
             t->decode_select_s += std::chrono::duration<double>(t1 - t0).count();
+            // An entry shared by a group of query heads is read once for all of them.
             int64_t keys = 0;
             for (const decode_head_plan & h : dplan_.heads) keys += decode_head_keys(h);
-            t->decode_keys_touched += keys;
+            t->decode_keys_touched += keys * dplan_.group;
             t->decode_bytes_select += bytes;
             t->decode_bytes_attn += keys * 2 * kv.head_dim * int64_t(sizeof(fp16_t));
             t->decode_sparse_calls += 1;

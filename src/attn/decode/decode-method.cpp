@@ -1,6 +1,8 @@
 // The decode-method factory and the selection pieces shared by the methods (see decode-method.h).
 #include "attn/decode/decode-method.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -127,6 +129,23 @@ void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<k
     }
 }
 
+namespace {
+
+// The largest of x[0..n) ignoring NaN (-inf when none).
+float max_finite(const float * x, int64_t n) {
+    __m256  mv = _mm256_set1_ps(-INFINITY);
+    int64_t i  = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + i), mv); // NaN in x: mv kept
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, mv);
+    float m = lanes[0];
+    for (int j = 1; j < 8; ++j) m = lanes[j] > m ? lanes[j] : m;
+    for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+} // namespace
+
 void decode_group_scores(const float * scores, int n_head, int G, int64_t n, const std::vector<key_range> & dense,
                          std::vector<float> & out) {
     out.resize(size_t(n_head / G) * size_t(n));
@@ -144,8 +163,7 @@ void decode_group_scores(const float * scores, int n_head, int G, int64_t n, con
         for (int h = e * G; h < (e + 1) * G; ++h) {
             const float * s = scores + size_t(h) * n;
             float         m = -INFINITY;
-            for (const auto & g : gaps)
-                for (int64_t t = g.first; t < g.second; ++t) m = s[t] > m ? s[t] : m;
+            for (const auto & g : gaps) m = std::max(m, max_finite(s + g.first, g.second - g.first));
             if (!(m > -INFINITY)) continue;
             for (const auto & g : gaps)
                 for (int64_t t = g.first; t < g.second; ++t) {

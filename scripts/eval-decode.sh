@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Accuracy of the sparse decode methods against dense on the real models (issue-level results in
+# docs/decode.md): teacher-forced decode fidelity, needle retrieval and the aggregation tasks of RULER.
+# Usage: scripts/eval-decode.sh [BUILD_DIR] [OUT_DIR]; needs the Loki sidecars (longctx calibrate loki -m MODEL).
+set -euo pipefail
+B=${1:-build}
+OUT=${2:-eval/results/decode}
+mkdir -p "$OUT"
+L="$B/longctx"
+S=smollm2-135m-instruct-q4_1
+G=gemma3-270m-q4_k_m
+
+run() { echo "+ $*" >&2; "$@"; }
+
+# Fidelity on long text: 8k-token KJV documents, the last 256 tokens decoded one at a time.
+for m in "topk --decode-budget 100%" "topk" "quest" "loki" "magicpig" \
+         "topk --decode-select kv" "quest --decode-select kv" "loki --decode-select kv" \
+         "topk --decode-budget 12%" "quest --decode-budget 12%"; do
+    tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
+    run "$L" eval fidelity -m $S --lengths 8192 --docs 2 --decode-tail 256 --decode $m -o "$OUT/fidelity-smollm2-8k-$tag.json"
+done
+
+# Needle (numeric) at 8k, 5 depths: the answer's later tokens are decoded with the method.
+for m in topk quest loki magicpig; do
+    run "$L" eval niah -m $S --needle numeric --lengths 8192 --depths 0:100:25 --decode $m -o "$OUT/niah-smollm2-8k-$m.json"
+done
+
+# Aggregation (common- and frequent-word extraction) at 4k: sampling against top-k at the same keys.
+for m in "magicpig" "topk --decode-budget 12%" "quest --decode-budget 12%" "loki --decode-budget 12%"; do
+    tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
+    run "$L" eval ruler -m $S --tasks cwe,fwe --lengths 4096 --samples 5 --decode $m -o "$OUT/ruler-agg-smollm2-4k-$tag.json"
+done
+
+# Gemma 3 at 32k: fidelity of the last 128 tokens.
+for m in "topk --decode-budget 100%" "quest --decode-select kv" "loki --decode-select kv" "magicpig"; do
+    tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
+    run "$L" eval fidelity -m $G --lengths 32768 --decode-tail 128 --decode $m -o "$OUT/fidelity-gemma3-32k-$tag.json"
+done
