@@ -230,7 +230,7 @@ TEST(loki, score_kernel_equals_scalar_reference) {
         const auto              kf    = randn(size_t(n_til) * d_pad * 8, 1.0f, uint32_t(50 + d_pad));
         std::vector<lc::fp16_t> tiles(kf.size());
         for (size_t i = 0; i < kf.size(); ++i) tiles[i] = lc::fp32_to_fp16(kf[i]);
-        for (int n_q : {1, 3}) {
+        for (int n_q : {1, 3, 4, 6}) {
             const auto q = randn(size_t(n_q) * d_pad, 1.0f, uint32_t(60 + n_q));
             for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, n_tok},
                                   {8, 13},

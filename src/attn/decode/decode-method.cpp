@@ -43,6 +43,54 @@ void decode_dense_part(int64_t n_kv, int n_sink, int n_local, std::vector<key_ra
     if (l0 < n_kv) out.push_back({int32_t(l0), int32_t(n_kv)});
 }
 
+namespace {
+
+struct float_range {
+    float lo, hi;
+};
+
+// The lowest and highest finite values of x[0..n) (lo = +inf, hi = -inf when there are none).
+float_range finite_range(const float * x, int64_t n) {
+    const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
+    __m256       lo = pinf, hi = ninf;
+    int64_t      i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v   = _mm256_loadu_ps(x + i);
+        const __m256 fin = _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_EQ_OQ); // NaN for inf, NaN
+        lo               = _mm256_min_ps(lo, _mm256_blendv_ps(pinf, v, fin));
+        hi               = _mm256_max_ps(hi, _mm256_blendv_ps(ninf, v, fin));
+    }
+    alignas(32) float l[8], h[8];
+    _mm256_store_ps(l, lo);
+    _mm256_store_ps(h, hi);
+    float_range r{l[0], h[0]};
+    for (int j = 1; j < 8; ++j) {
+        r.lo = std::min(r.lo, l[j]);
+        r.hi = std::max(r.hi, h[j]);
+    }
+    for (; i < n; ++i)
+        if (std::isfinite(x[i])) {
+            r.lo = std::min(r.lo, x[i]);
+            r.hi = std::max(r.hi, x[i]);
+        }
+    return r;
+}
+
+// The largest of x[0..n) ignoring NaN (-inf when none).
+float max_finite(const float * x, int64_t n) {
+    __m256  mv = _mm256_set1_ps(-INFINITY);
+    int64_t i  = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + i), mv); // NaN in x: mv kept
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, mv);
+    float m = lanes[0];
+    for (int j = 1; j < 8; ++j) m = lanes[j] > m ? lanes[j] : m;
+    for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+} // namespace
+
 void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<key_range> & dense,
                  std::vector<int32_t> & out) {
     out.clear();
@@ -64,19 +112,21 @@ void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<k
         return;
     }
     // The k-th highest score (NaN counted as -inf): a 1024-bin histogram between the lowest and highest finite
-    // score finds the bin that holds it, then selection among that bin's scores alone; then one pass in position
-    // order takes everything above it, and positions equal to it, lowest first, until k (finite before NaN).
+    // score finds the bin that holds it, then selection among that bin's scores alone; then one branch-free pass
+    // in position order takes everything above it, and positions equal to it, lowest first, until k (finite
+    // before NaN).
     float lo = INFINITY, hi = -INFINITY;
-    for (const key_range & g : gaps)
-        for (int32_t t = g.begin; t < g.end; ++t) {
-            const float x = scores[t];
-            if (!std::isfinite(x)) continue; // -inf, NaN: below every bin
-            lo = x < lo ? x : lo;
-            hi = x > hi ? x : hi;
-        }
-    float thr;
-    if (!(hi > lo)) { // all finite scores equal (or none finite)
+    for (const key_range & g : gaps) {
+        const float_range r = finite_range(scores + g.begin, g.end - g.begin);
+        lo                  = std::min(lo, r.lo);
+        hi                  = std::max(hi, r.hi);
+    }
+    float   thr;
+    int64_t above = 0; // scores > thr
+    if (!(hi > lo)) {  // all finite scores equal (or none finite: hi = -inf)
         thr = hi;
+        for (const key_range & g : gaps)
+            for (int32_t t = g.begin; t < g.end; ++t) above += scores[t] > thr;
     } else {
         constexpr int        n_bins = 1024;
         const float          inv    = float(n_bins) / (hi - lo);
@@ -90,61 +140,49 @@ void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<k
         int64_t seen = 0;
         for (; b > 0 && seen + hist[b] < k; --b) seen += hist[b];
         if (seen + hist[b] < k) { // fewer finite scores than k: the threshold is -inf (NaN and -inf fill)
-            thr = -INFINITY;
+            thr   = -INFINITY;
+            above = seen + hist[b];
         } else {
             thread_local std::vector<float> v;
-            v.clear();
+            v.resize(size_t(hist[b]));
+            size_t nv = 0;
             for (const key_range & g : gaps)
-                for (int32_t t = g.begin; t < g.end; ++t)
-                    if (scores[t] >= lo && bin(scores[t]) == b) v.push_back(scores[t]);
+                for (int32_t t = g.begin; t < g.end; ++t) {
+                    const float x = scores[t];
+                    if (nv < v.size()) v[nv] = x;
+                    nv += x >= lo && bin(x) == b;
+                }
             const int64_t r = k - seen; // the r-th highest within the bin
             std::nth_element(v.begin(), v.begin() + (r - 1), v.end(), std::greater<float>());
-            thr = v[size_t(r - 1)];
+            thr   = v[size_t(r - 1)];
+            above = seen;
+            for (float x : v) above += x > thr;
         }
     }
-    // Positions equal to thr that are taken: k minus those above it.
-    int64_t above = 0;
-    for (const key_range & g : gaps)
-        for (int32_t t = g.begin; t < g.end; ++t) above += scores[t] > thr;
-    int64_t n_eq = k - above; // positions equal to thr to take
+    const int64_t n_eq = k - above; // positions equal to thr to take
+    out.resize(size_t(n_el));
+    size_t  n_out = 0;
+    int64_t e     = 0;
     for (const key_range & g : gaps)
         for (int32_t t = g.begin; t < g.end; ++t) {
-            const float x = scores[t];
-            if (x > thr)
-                out.push_back(t);
-            else if (x == thr && n_eq > 0) {
-                out.push_back(t);
-                --n_eq;
-            }
+            const float x  = scores[t];
+            const bool  eq = x == thr && e < n_eq;
+            e += eq;
+            out[n_out] = t;
+            n_out += (x > thr) | eq;
         }
-    if (n_eq > 0 && thr == -INFINITY) { // NaN positions fill what is left, lowest first
+    out.resize(n_out);
+    if (e < n_eq && thr == -INFINITY) { // NaN positions fill what is left, lowest first
         const size_t m = out.size();
         for (const key_range & g : gaps)
-            for (int32_t t = g.begin; t < g.end && n_eq > 0; ++t)
+            for (int32_t t = g.begin; t < g.end && e < n_eq; ++t)
                 if (std::isnan(scores[t])) {
                     out.push_back(t);
-                    --n_eq;
+                    ++e;
                 }
         std::inplace_merge(out.begin(), out.begin() + ptrdiff_t(m), out.end());
     }
 }
-
-namespace {
-
-// The largest of x[0..n) ignoring NaN (-inf when none).
-float max_finite(const float * x, int64_t n) {
-    __m256  mv = _mm256_set1_ps(-INFINITY);
-    int64_t i  = 0;
-    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + i), mv); // NaN in x: mv kept
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, mv);
-    float m = lanes[0];
-    for (int j = 1; j < 8; ++j) m = lanes[j] > m ? lanes[j] : m;
-    for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-    return m;
-}
-
-} // namespace
 
 void decode_group_scores(const float * scores, int n_head, int G, int64_t n, const std::vector<key_range> & dense,
                          std::vector<float> & out) {

@@ -199,53 +199,82 @@ void loki_scores_ref(const fp16_t * tiles, int d_pad, int64_t t0, int64_t t1, co
         }
 }
 
+namespace {
+
+// Scores of NH query heads (rows of qd) over the tokens of tiles [b0, b1), all 8 of each written (the caller cuts
+// a partial last tile): out[h * out_stride + (b - b0) * 8 + i]. Two tiles per step so that each converted fp16
+// vector feeds 2 x NH FMA chains (the heads of one KV head share every load and conversion).
+template <int NH>
+void loki_scores_full(const fp16_t * tiles, int d_pad, int64_t b0, int64_t b1, const float * qd, float * out,
+                      int64_t out_stride) {
+    const size_t tile_elems = size_t(d_pad) * k_tile;
+    int64_t      b          = b0;
+    for (; b + 2 <= b1; b += 2) {
+        const fp16_t * p = tiles + size_t(b) * tile_elems;
+        __m256         a0[NH], a1[NH];
+        for (int h = 0; h < NH; ++h) a0[h] = a1[h] = _mm256_setzero_ps();
+        for (int j = 0; j < d_pad; ++j) {
+            const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + size_t(j) * k_tile)));
+            const __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + tile_elems + size_t(j) * k_tile)));
+            for (int h = 0; h < NH; ++h) {
+                const __m256 qj = _mm256_broadcast_ss(qd + size_t(h) * d_pad + j);
+                a0[h]           = _mm256_fmadd_ps(x0, qj, a0[h]);
+                a1[h]           = _mm256_fmadd_ps(x1, qj, a1[h]);
+            }
+        }
+        for (int h = 0; h < NH; ++h) {
+            _mm256_storeu_ps(out + size_t(h) * out_stride + (b - b0) * k_tile, a0[h]);
+            _mm256_storeu_ps(out + size_t(h) * out_stride + (b - b0) * k_tile + k_tile, a1[h]);
+        }
+    }
+    for (; b < b1; ++b) {
+        const fp16_t * p = tiles + size_t(b) * tile_elems;
+        __m256         a0[NH];
+        for (int h = 0; h < NH; ++h) a0[h] = _mm256_setzero_ps();
+        for (int j = 0; j < d_pad; ++j) {
+            const __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + size_t(j) * k_tile)));
+            for (int h = 0; h < NH; ++h)
+                a0[h] = _mm256_fmadd_ps(x0, _mm256_broadcast_ss(qd + size_t(h) * d_pad + j), a0[h]);
+        }
+        for (int h = 0; h < NH; ++h) _mm256_storeu_ps(out + size_t(h) * out_stride + (b - b0) * k_tile, a0[h]);
+    }
+}
+
+} // namespace
+
 void loki_scores(const fp16_t * tiles, int d_pad, int64_t t0, int64_t t1, const float * qd, int n_q, float * out,
                  int64_t out_stride) {
     if (t1 <= t0) return;
-    const int64_t     b0 = t0 / k_tile, b1 = (t1 + k_tile - 1) / k_tile; // tiles; the last may be partial
-    const size_t      tile_elems = size_t(d_pad) * k_tile;
-    alignas(32) float tmp[k_tile];
-    for (int64_t c0 = b0; c0 < b1; c0 += k_chunk_tile) {
-        const int64_t c1 = std::min(b1, c0 + k_chunk_tile);
-        for (int h = 0; h < n_q; ++h) {
-            const float * qh = qd + size_t(h) * d_pad;
-            float *       oh = out + size_t(h) * out_stride;
-            int64_t       b  = c0;
-            // Four tiles at a time: four independent FMA chains hide the FMA latency.
-            for (; b + 4 <= c1 && (b + 4) * k_tile <= t1; b += 4) {
-                const fp16_t * p  = tiles + size_t(b) * tile_elems;
-                __m256         a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                for (int j = 0; j < d_pad; ++j) {
-                    const __m256 qj = _mm256_broadcast_ss(qh + j);
-                    const size_t o  = size_t(j) * k_tile;
-                    a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + o))), qj, a0);
-                    a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + tile_elems + o))), qj,
-                                         a1);
-                    a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * tile_elems + o))),
-                                         qj, a2);
-                    a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 3 * tile_elems + o))),
-                                         qj, a3);
-                }
-                float * dst = oh + b * k_tile;
-                _mm256_storeu_ps(dst, a0);
-                _mm256_storeu_ps(dst + 8, a1);
-                _mm256_storeu_ps(dst + 16, a2);
-                _mm256_storeu_ps(dst + 24, a3);
-            }
-            for (; b < c1; ++b) {
-                const fp16_t * p = tiles + size_t(b) * tile_elems;
-                __m256         a = _mm256_setzero_ps();
-                for (int j = 0; j < d_pad; ++j)
-                    a = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + size_t(j) * k_tile))),
-                                        _mm256_broadcast_ss(qh + j), a);
-                const int64_t tb = b * k_tile, te = std::min(t1, tb + k_tile);
-                if (te - tb == k_tile) {
-                    _mm256_storeu_ps(oh + tb, a);
-                } else {
-                    _mm256_store_ps(tmp, a);
-                    for (int64_t t = tb; t < te; ++t) oh[t] = tmp[t - tb];
-                }
-            }
+    LC_ASSERT(t0 % k_tile == 0, "loki: score ranges start on a tile (t0 = %lld)", (long long)t0);
+    const int64_t b0 = t0 / k_tile, b_full = t1 / k_tile; // full tiles [b0, b_full), then maybe a partial one
+    auto          run = [&](int nh, int64_t c0, int64_t c1, const float * q, float * o, int64_t stride) {
+        switch (nh) {
+        case 1:
+            loki_scores_full<1>(tiles, d_pad, c0, c1, q, o, stride);
+            break;
+        case 2:
+            loki_scores_full<2>(tiles, d_pad, c0, c1, q, o, stride);
+            break;
+        case 3:
+            loki_scores_full<3>(tiles, d_pad, c0, c1, q, o, stride);
+            break;
+        default:
+            loki_scores_full<4>(tiles, d_pad, c0, c1, q, o, stride);
+            break;
+        }
+    };
+    for (int h0 = 0; h0 < n_q; h0 += 4) {
+        const int     nh = std::min(4, n_q - h0);
+        const float * q  = qd + size_t(h0) * d_pad;
+        float *       o  = out + size_t(h0) * out_stride;
+        for (int64_t c0 = b0; c0 < b_full; c0 += k_chunk_tile)
+            run(nh, c0, std::min(b_full, c0 + k_chunk_tile), q, o + c0 * k_tile, out_stride);
+        if (b_full * k_tile < t1) { // the partial last tile, through a buffer
+            alignas(32) float tmp[4 * k_tile];
+            run(nh, b_full, b_full + 1, q, tmp, k_tile);
+            for (int h = 0; h < nh; ++h)
+                for (int64_t t = b_full * k_tile; t < t1; ++t)
+                    o[size_t(h) * out_stride + t] = tmp[h * k_tile + (t - b_full * k_tile)];
         }
     }
 }
