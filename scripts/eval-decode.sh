@@ -12,12 +12,12 @@ G=gemma3-270m-q4_k_m
 
 run() { echo "+ $*" >&2; "$@"; }
 
-# Fidelity on long text: 8k-token KJV documents, the last 256 tokens decoded one at a time.
+# Fidelity on long text: 8k-token documents of the essays (not the KJV the Loki bases were fitted on), the last 256 tokens decoded one at a time.
 for m in "topk --decode-budget 100%" "topk" "quest" "loki" "magicpig" \
          "topk --decode-select kv" "quest --decode-select kv" "loki --decode-select kv" \
          "topk --decode-budget 12%" "quest --decode-budget 12%"; do
     tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
-    run "$L" eval fidelity -m $S --lengths 8192 --docs 2 --decode-tail 256 --decode $m -o "$OUT/fidelity-smollm2-8k-$tag.json"
+    run "$L" eval fidelity -m $S --corpus essays --lengths 8192 --docs 2 --decode-tail 256 --decode $m -o "$OUT/fidelity-smollm2-8k-$tag.json"
 done
 
 # Needle (numeric) at 8k, 5 depths: the answer's later tokens are decoded with the method.
@@ -34,5 +34,5 @@ done
 # Gemma 3 at 32k: fidelity of the last 128 tokens.
 for m in "topk --decode-budget 100%" "quest --decode-select kv" "loki --decode-select kv" "magicpig"; do
     tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
-    run "$L" eval fidelity -m $G --lengths 32768 --decode-tail 128 --decode $m -o "$OUT/fidelity-gemma3-32k-$tag.json"
+    run "$L" eval fidelity -m $G --corpus essays --lengths 32768 --decode-tail 128 --decode $m -o "$OUT/fidelity-gemma3-32k-$tag.json"
 done

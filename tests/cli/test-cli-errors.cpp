@@ -81,6 +81,13 @@ TEST_F(cli_errors, usage) {
     expect_one_line_error("run -p hi -t 0", 2, "--threads 0 is out of range");
     expect_one_line_error("bench -o xml", 2, "-o must be md or json");
     expect_one_line_error("bench -p 512,abc", 2, "comma-separated list of integers");
+    expect_one_line_error("run -p hi --decode fast", 2, "--decode 'fast' is not a method");
+    expect_one_line_error("bench --decode topk,fast", 2, "--decode 'fast' is not a method");
+    expect_one_line_error("run -p hi --decode-budget 150%", 2, "--decode-budget 150%: at most 100%");
+    expect_one_line_error("run -p hi --decode-budget 12.5", 2, "a number of tokens is a whole number");
+    expect_one_line_error("run -p hi --lsh 10", 2, "--lsh '10': expected two integers");
+    expect_one_line_error("run -p hi --decode-select both", 2, "--decode-select 'both': use head or kv");
+    expect_one_line_error("run -p hi --loki-d 2.5", 2, "--loki-d 2.5: a rank is a whole number");
 }
 
 TEST_F(cli_errors, missing_and_corrupt_model_files) {
@@ -110,4 +117,6 @@ TEST_F(cli_errors, prompt_longer_than_context) {
     expect_one_line_error("run -m " + model + " -c 16 -n 4 -p '" + text + "'", 1, "exceeds the context of 16 tokens");
     expect_one_line_error("run -m " + model + " -c 100000 -p hi", 1, "exceeds llama.context_length 8192");
     expect_one_line_error("run -m " + model + " -f " + dir.file("missing.txt"), 1, "missing.txt");
+    expect_one_line_error("run -m " + model + " -p hi --decode magicpig --lsh 20,150", 2, "outside 1..16");
+    expect_one_line_error("run -m " + model + " -p hi --decode loki --sidecar none", 1, "longctx calibrate loki");
 }
