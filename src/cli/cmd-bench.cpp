@@ -34,14 +34,8 @@ int cmd_bench(const args_t & args) {
     p.add({"-f", "--file", "PATH", "cut prompts from this text (tokenized, repeated as needed) instead of random ids",
            ""});
     add_method_flags(p);
-    if (status st = p.parse(args); !st) return fail("bench", st);
-    if (p.help_requested()) {
-        p.print_help();
-        return 0;
-    }
-    if (!p.positional().empty())
-        return fail("bench",
-                    error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
+    bool done;
+    if (int rc = parse_or_help(p, args, "bench", &done); done) return rc;
     bench_params bp;
     auto         np = p.get_int_list("--n-prompt", 0, 1 << 24);
     auto         ng = p.get_int_list("--n-gen", 0, 1 << 24);

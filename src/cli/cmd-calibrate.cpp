@@ -61,14 +61,8 @@ int calibrate_minference(const args_t & args) {
            "every candidate is re-timed to cost what an A-shape of K visible keys per query costs", "4096"});
     p.add({"", "--import-json", "PATH", "import a MInference per-head JSON config instead of searching", ""});
     p.add({"-o", "--output", "PATH", "sidecar to write (default: MODEL.longctx.gguf beside the model)", ""});
-    if (status st = p.parse(args); !st) return fail("calibrate", st);
-    if (p.help_requested()) {
-        p.print_help();
-        return 0;
-    }
-    if (!p.positional().empty())
-        return fail("calibrate",
-                    error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
+    bool done;
+    if (int rc = parse_or_help(p, args, "calibrate", &done); done) return rc;
     auto calib_len = p.get_int("--calib-len", 0, 1 << 22);
     auto seed      = p.get_int("--calib-seed", 0, INT64_MAX);
     auto target    = p.get_int("--target-keys", 64, 1 << 22);
@@ -187,14 +181,8 @@ int calibrate_loki(const args_t & args) {
            "post-RoPE basis",
            ""});
     p.add({"-o", "--output", "PATH", "sidecar to write (default: MODEL.longctx.gguf beside the model)", ""});
-    if (status st = p.parse(args); !st) return fail("calibrate", st);
-    if (p.help_requested()) {
-        p.print_help();
-        return 0;
-    }
-    if (!p.positional().empty())
-        return fail("calibrate",
-                    error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
+    bool done;
+    if (int rc = parse_or_help(p, args, "calibrate", &done); done) return rc;
     auto calib_len  = p.get_int("--calib-len", 0, 1 << 22);
     auto calib_keys = p.get_int("--calib-keys", 1, int64_t(1) << 32);
     auto threads    = p.get_int("--threads", 1, 1024);

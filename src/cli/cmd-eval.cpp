@@ -32,19 +32,6 @@ void add_eval_common_flags(arg_parser & p, const std::string & default_out) {
 }
 
 // Usage errors first, then --help.
-int parse_or_help(arg_parser & p, const args_t & args, const char * cmd, bool * done) {
-    *done = true;
-    if (status st = p.parse(args); !st) return fail(cmd, st);
-    if (p.help_requested()) {
-        p.print_help();
-        return 0;
-    }
-    if (!p.positional().empty())
-        return fail(cmd, error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
-    *done = false;
-    return 0;
-}
-
 std::string replace_ext(const std::string & path, const std::string & ext) {
     std::filesystem::path p(path);
     p.replace_extension(ext);
@@ -127,8 +114,9 @@ void add_corpus_flags(arg_parser & p) {
 
 int cmd_eval_fidelity(const args_t & args) {
     const char * cmd = "eval fidelity";
-    arg_parser   p(cmd, "longctx eval fidelity [-m MODEL] --prefill|--decode METHOD [--lengths L,..] [--docs N] [--corpus kjv|"
-                          "essays | -f FILE] [-o FILE]");
+    arg_parser   p(cmd,
+                   "longctx eval fidelity [-m MODEL] --prefill|--decode METHOD [--lengths L,..] [--docs N] [--corpus kjv|"
+                     "essays | -f FILE] [-o FILE]");
     add_eval_common_flags(p, "eval-fidelity.json");
     add_corpus_flags(p);
     p.add({"", "--lengths", "L,..", "document lengths in tokens (default: 4096, at most the trained context)", ""});
@@ -180,11 +168,11 @@ int cmd_eval_fidelity(const args_t & args) {
     meta["task"]                    = "fidelity";
     meta["corpus"]                  = cor->id;
     meta["ubatch"]                  = st->cp.n_ubatch;
-    meta["identity"]                = json{{"task", "fidelity"},        {"model_sha256", st->sha}, {"corpus", cor->id},
-                            {"ubatch", st->cp.n_ubatch}, {"bucket", fp.bucket},     {"methods", st->methods},
+    meta["identity"]           = json{{"task", "fidelity"},           {"model_sha256", st->sha}, {"corpus", cor->id},
+                            {"ubatch", st->cp.n_ubatch},    {"bucket", fp.bucket},     {"methods", st->methods},
                             {"decode_tail", fp.decode_tail}};
-    const std::string out_path      = p.get("--out");
-    auto              out           = eval::result_file::open(out_path, "fidelity", meta, p.has("--overwrite"));
+    const std::string out_path = p.get("--out");
+    auto              out      = eval::result_file::open(out_path, "fidelity", meta, p.has("--overwrite"));
     if (!out) return fail(cmd, out.get_status());
     LC_LOG_I("eval fidelity: %s, %s (%zu tokens), %s against dense, chunks of %lld tokens",
              st->lm.mdl->hparams().name.c_str(), cor->id.c_str(), body.size(), st->slots[1].label.c_str(),

@@ -28,6 +28,19 @@ void add_context_flags(arg_parser & p) {
     add_method_flags(p);
 }
 
+int parse_or_help(arg_parser & p, const args_t & args, const char * cmd, bool * done) {
+    *done = true;
+    if (status st = p.parse(args); !st) return fail(cmd, st);
+    if (p.help_requested()) {
+        p.print_help();
+        return 0;
+    }
+    if (!p.positional().empty())
+        return fail(cmd, error(status_code::INVALID_ARGUMENT, "unexpected argument '%s'", p.positional()[0].c_str()));
+    *done = false;
+    return 0;
+}
+
 void add_method_flags(arg_parser & p) {
     p.add({"", "--prefill", "METHOD",
            "prefill attention: dense, a-shape, vslash, block, minference (per-head patterns from the sidecar); on "

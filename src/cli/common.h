@@ -7,6 +7,7 @@
 
 #include "attn/attn-config.h"
 #include "cli/args.h"
+#include "cli/commands.h"
 #include "model/model.h"
 #include "runtime/context.h"
 #include "runtime/sampling.h"
@@ -29,11 +30,15 @@ struct loaded_model {
     std::unique_ptr<tokenizer> tok;
 };
 
+// Parses args into p; on an error prints it (returns the exit code), on --help prints the help (returns 0),
+// rejects positional arguments. *done: the caller returns the result at once.
+int parse_or_help(arg_parser & p, const args_t & args, const char * cmd, bool * done);
+
 // Resolves -m (a path or a known model name; empty: the default model, fetched into the cache on first use),
 // loads it and its tokenizer.
-result<loaded_model>    load_model(const arg_parser & p);
+result<loaded_model> load_model(const arg_parser & p);
 // decode_list: --decode may be a comma-separated list (bench); the first method is parsed, the caller walks the rest.
-result<attn_config> attn_config_from(const arg_parser & p, bool decode_list = false);
+result<attn_config>     attn_config_from(const arg_parser & p, bool decode_list = false);
 result<context_params>  context_params_from(const arg_parser & p);
 result<sampling_params> sampling_params_from(const arg_parser & p);
 
