@@ -56,10 +56,14 @@ std::string           decode_budget_name(const decode_budget & b); // "25%", "10
 // Parameters of the decode methods; defaults from METHODS.md.
 struct decode_params {
     // Tokens every sparse decode layer attends densely: the first n_sink and the last n_local (the newest
-    // includes the decoding token itself). -1: the method's default: 4 + 64 for MagicPIG, 0 + 0 for top-k, Loki and
-    // Quest (Quest always attends its newest, incomplete page).
-    int n_sink  = -1;
-    int n_local = -1;
+    // includes the decoding token itself). -1: the default, 4 + 64 for every method (METHODS.md's MagicPIG
+    // setting; without it Quest and Loki lose the attention sink and the recent tokens on the real models, see
+    // docs/decode.md). Quest also always attends its newest, incomplete page.
+    static constexpr int default_sink = 4, default_local = 64;
+    int                  n_sink  = -1;
+    int                  n_local = -1;
+    int                  sink() const { return n_sink >= 0 ? n_sink : default_sink; }
+    int                  local() const { return n_local >= 0 ? n_local : default_local; }
     // Loki: rank d of the approximate scores; a value below 1 is a fraction of head_dim (0.25 -> d = D / 4).
     // loki_var > 0 instead picks per layer the smallest d reaching that explained variance.
     double loki_d   = 0.25;

@@ -64,9 +64,9 @@ void add_method_flags(arg_parser & p) {
            "a number of tokens (MagicPIG samples by --lsh instead)",
            "25%"});
     p.add({"", "--decode-keep", "S,L",
-           "first S and last L tokens every sparse decode step attends densely (auto: 4,64 for magicpig, 0,0 "
-           "otherwise)",
-           "auto"});
+           "first S and last L tokens every sparse decode step attends densely (0,0: only what the method "
+           "selects)",
+           "4,64"});
     p.add({"", "--loki-d", "D", "Loki: rank of the approximate scores (below 1: a fraction of head_dim)", "0.25"});
     p.add({"", "--loki-var", "V", "Loki: per layer the smallest rank reaching explained variance V (0: use --loki-d)",
            "0"});
@@ -110,7 +110,7 @@ result<attn_config> attn_config_from(const arg_parser & p, bool decode_list) {
     LC_ASSIGN_OR_RETURN(c.decode, decode_kind_parse(decode_list ? dec.substr(0, dec.find(',')) : dec));
     LC_ASSIGN_OR_RETURN(c.decode_keys, decode_budget_parse(p.get("--decode-budget")));
     decode_params & d = c.decode_opts;
-    if (p.get("--decode-keep") != "auto")
+    if (p.get("--decode-keep") != "4,64")
         LC_RETURN_IF_ERROR(parse_pair("--decode-keep", p.get("--decode-keep"), 0, 1 << 30, d.n_sink, d.n_local));
     LC_ASSIGN_OR_RETURN(d.loki_d, p.get_float("--loki-d", 1e-6, 4096));
     if (d.loki_d >= 1 && d.loki_d != std::floor(d.loki_d))

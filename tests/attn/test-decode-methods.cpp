@@ -91,10 +91,13 @@ TEST(decode_scores_exact, equals_the_reference) {
     }
 }
 
+// Pure selection: no always-dense sink or local window unless a test adds one.
 lc::attn_config config(lc::decode_kind k, const std::string & budget) {
     lc::attn_config c;
-    c.decode      = k;
-    c.decode_keys = *lc::decode_budget_parse(budget);
+    c.decode              = k;
+    c.decode_keys         = *lc::decode_budget_parse(budget);
+    c.decode_opts.n_sink  = 0;
+    c.decode_opts.n_local = 0;
     return c;
 }
 
@@ -251,6 +254,38 @@ TEST(quest, full_budget_equals_dense_and_metadata_follows_the_cache) {
     (*m3)->prepare(2, full.view(), pool);
     (*m3)->plan(2, q.data(), 4, full.view(), 0.1f, b, pool, nullptr);
     for (int h = 0; h < 4; ++h) EXPECT_EQ(pairs(a.heads[size_t(h)].dense), pairs(b.heads[size_t(h)].dense));
+}
+
+TEST(decode_keep, default_is_four_sinks_and_sixty_four_local_for_top_k_and_quest) {
+    lc::thread_pool pool(2);
+    const int       D = 64;
+    const int64_t   n_kv = 1000;
+    auto            cache = make_cache(1, D, n_kv, 40);
+    const auto      q     = randn(size_t(2 * D), 1.0f, 41);
+    for (lc::decode_kind k : {lc::decode_kind::TOPK, lc::decode_kind::QUEST}) {
+        lc::attn_config c;
+        c.decode      = k;
+        c.decode_keys = *lc::decode_budget_parse("64");
+        auto m =
+            k == lc::decode_kind::TOPK ? lc::topk_decode_create(hparams(3), c) : lc::quest_decode_create(hparams(3), c);
+        ASSERT_TRUE(m.is_ok());
+        lc::decode_plan plan;
+        (*m)->plan(2, q.data(), 2, cache.view(), 0.125f, plan, pool, nullptr);
+        for (const auto & hp : plan.heads) {
+            // The sinks and the last 64 tokens are attended whatever the scores.
+            std::vector<char> in(size_t(n_kv), 0);
+            for (const key_range & r : hp.dense)
+                for (int32_t t = r.begin; t < r.end; ++t) in[size_t(t)] = 1;
+            for (int32_t t : hp.idx) {
+                EXPECT_FALSE(in[size_t(t)]) << "selected twice: " << t;
+                in[size_t(t)] = 1;
+            }
+            for (int64_t t = 0; t < 4; ++t) EXPECT_TRUE(in[size_t(t)]) << lc::decode_kind_name(k) << " sink " << t;
+            for (int64_t t = n_kv - 64; t < n_kv; ++t)
+                EXPECT_TRUE(in[size_t(t)]) << lc::decode_kind_name(k) << " local " << t;
+            if (k == lc::decode_kind::TOPK) EXPECT_EQ(hp.idx.size(), 64u); // the budget comes on top
+        }
+    }
 }
 
 TEST(decode_group_scores, equals_brute_force) {

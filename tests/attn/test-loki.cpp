@@ -54,7 +54,7 @@ lc::sidecar_loki make_bases(int n_layer, int n_head_kv, int D, uint32_t seed, bo
     return l;
 }
 
-lc::attn_config loki_config(double d, lc::decode_budget b, int n_sink = -1, int n_local = -1) {
+lc::attn_config loki_config(double d, lc::decode_budget b, int n_sink = 0, int n_local = 0) {
     lc::attn_config c;
     c.decode              = lc::decode_kind::LOKI;
     c.decode_keys         = b;

@@ -145,8 +145,10 @@ TEST(loki_calibrate, smollm2_bases_are_low_rank_and_load) {
     sc.n_head  = hp.n_head;
     ASSERT_TRUE(lc::sidecar_write(sc_path, sc).is_ok());
     lc::attn_config c;
-    c.decode  = lc::decode_kind::LOKI;
-    c.sidecar = sc_path;
+    c.decode              = lc::decode_kind::LOKI;
+    c.sidecar             = sc_path;
+    c.decode_opts.n_sink  = 0; // selection alone is compared with exact top-k
+    c.decode_opts.n_local = 0;
     auto none = lc::loki_decode_create(**m, c);
     ASSERT_FALSE(none.is_ok());
     EXPECT_NE(none.get_status().message().find("calibrate loki"), std::string::npos) << none.get_status().message();

@@ -25,8 +25,7 @@ class loki_decode : public decode_method {
   public:
     loki_decode(const sidecar_loki & l, std::vector<int> ranks, const attn_config & c)
         : n_head_kv_(l.n_head_kv), dim_(l.head_dim), budget_(c.decode_keys),
-          n_sink_(c.decode_opts.n_sink < 0 ? 0 : c.decode_opts.n_sink),
-          n_local_(c.decode_opts.n_local < 0 ? 0 : c.decode_opts.n_local) {
+          n_sink_(c.decode_opts.sink()), n_local_(c.decode_opts.local()) {
         kv_select_ = c.decode_opts.kv_select;
         layers_.resize(ranks.size());
         for (size_t il = 0; il < ranks.size(); ++il) {

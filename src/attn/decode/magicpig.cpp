@@ -315,8 +315,8 @@ result<std::unique_ptr<decode_method>> magicpig_decode_create(const model_hparam
     p.K        = o.lsh_k;
     p.L        = o.lsh_l;
     p.min_hits = o.lsh_min_hits;
-    p.n_sink   = o.n_sink >= 0 ? o.n_sink : 4;
-    p.n_local  = o.n_local >= 0 ? o.n_local : 64;
+    p.n_sink   = o.sink();
+    p.n_local  = o.local();
     LC_RETURN_IF_ERROR(magicpig_params_check(p));
     return std::unique_ptr<decode_method>(std::make_unique<magicpig_decode>(hp.n_layer, hp.n_head_kv, hp.head_dim, p));
 }

@@ -62,8 +62,8 @@ void push_range(std::vector<key_range> & r, int32_t b, int32_t e) {
 class quest_decode final : public decode_method {
   public:
     quest_decode(int n_layer, const attn_config & c)
-        : budget_(c.decode_keys), P_(c.decode_opts.quest_page), n_sink_(std::max(c.decode_opts.n_sink, 0)),
-          n_local_(std::max(c.decode_opts.n_local, 0)), kv_select_(c.decode_opts.kv_select), layers_(size_t(n_layer)) {}
+        : budget_(c.decode_keys), P_(c.decode_opts.quest_page), n_sink_(c.decode_opts.sink()),
+          n_local_(c.decode_opts.local()), layers_(size_t(n_layer)), kv_select_(c.decode_opts.kv_select) {}
 
     const char * name() const override { return "quest"; }
     bool         sparse_layer(int il) const override { return il >= 2; }

@@ -37,11 +37,8 @@ inline float dot_f32_f16(const float * a, const fp16_t * b, int n) {
 class topk_decode final : public decode_method {
   public:
     topk_decode(const attn_config & c)
-        : budget_(c.decode_keys), n_sink_(c.decode_opts.n_sink), n_local_(c.decode_opts.n_local),
-          kv_select_(c.decode_opts.kv_select) {
-        if (n_sink_ < 0) n_sink_ = 0;
-        if (n_local_ < 0) n_local_ = 0;
-    }
+        : budget_(c.decode_keys), n_sink_(c.decode_opts.sink()), n_local_(c.decode_opts.local()),
+          kv_select_(c.decode_opts.kv_select) {}
     const char * name() const override { return "topk"; }
     bool         sparse_layer(int) const override { return true; }
     void         truncate(int64_t) override {}
