@@ -45,9 +45,10 @@ TEST(decode_dense_part, worked_examples) {
 }
 
 TEST(decode_topk, equals_a_full_sort) {
-    std::mt19937 rng(5);
+    std::mt19937    rng(5);
+    lc::thread_pool pool(3);
     for (int trial = 0; trial < 400; ++trial) {
-        const int64_t      n = 1 + rng() % (trial < 300 ? 300 : 20000);
+        const int64_t      n = 1 + rng() % (trial < 300 ? 300 : 40000);
         std::vector<float> s(static_cast<size_t>(n));
         for (auto & x : s) x = float(int(rng() % 20)) - 10.0f; // many ties
         if (trial % 3 == 0) s[size_t(rng() % n)] = NAN;
@@ -58,8 +59,9 @@ TEST(decode_topk, equals_a_full_sort) {
         std::vector<key_range> dense;
         lc::decode_dense_part(n, int(rng() % 5), int(rng() % 20), dense);
         const int64_t        k = int64_t(rng() % (n + 2));
-        std::vector<int32_t> got;
+        std::vector<int32_t> got, got_pool;
         lc::decode_topk(s.data(), n, k, dense, got);
+        lc::decode_topk(s.data(), n, k, dense, got_pool, &pool); // long vectors split across 3 threads
         // Brute force: eligible positions sorted by (finite score desc, NaN last, position asc), first k, sorted.
         std::vector<int32_t> el;
         for (int64_t t = 0; t < n; ++t) {
@@ -75,6 +77,7 @@ TEST(decode_topk, equals_a_full_sort) {
         el.resize(size_t(std::min<int64_t>(k, int64_t(el.size()))));
         std::sort(el.begin(), el.end());
         EXPECT_EQ(got, el) << "trial " << trial;
+        EXPECT_EQ(got_pool, el) << "trial " << trial << " (pool) n " << n << " k " << k << " sizes " << got_pool.size() << " " << el.size();
     }
 }
 
@@ -295,8 +298,20 @@ TEST(decode_group_scores, equals_brute_force) {
     for (size_t i = 0; i < s.size(); i += 37) s[i] = NAN;
     std::vector<key_range> dense;
     lc::decode_dense_part(n, 4, 16, dense);
-    std::vector<float> out;
+    std::vector<float> out, out_pool;
     lc::decode_group_scores(s.data(), n_head, G, n, dense, out);
+    lc::thread_pool pool(3);
+    std::vector<float> long_s = randn(size_t(n_head) * 20000, 2.0f, 31); // long enough to be split
+    for (size_t i = 0; i < long_s.size(); i += 101) long_s[i] = NAN;
+    std::vector<key_range> long_dense;
+    lc::decode_dense_part(20000, 4, 64, long_dense);
+    std::vector<float> long_out;
+    lc::decode_group_scores(long_s.data(), n_head, G, 20000, long_dense, long_out);
+    lc::decode_group_scores(long_s.data(), n_head, G, 20000, long_dense, out_pool, &pool);
+    for (size_t i = 0; i < long_out.size(); ++i) {
+        const bool in_dense = i % 20000 < 4 || i % 20000 >= 20000 - 64;
+        if (!in_dense) ASSERT_EQ(out_pool[i], long_out[i]) << i;
+    }
     for (int e = 0; e < n_head / G; ++e)
         for (int64_t t = 4; t < n - 16; ++t) {
             double best = -INFINITY;

@@ -53,15 +53,22 @@ void decode_dense_part(int64_t n_kv, int n_sink, int n_local, std::vector<key_ra
 
 // The positions of the k highest scores among t in [0, n) outside `dense` (sorted, disjoint ranges), in
 // ascending order; ties go to the lower position; NaN scores are never chosen before finite ones. Fewer than k
-// when fewer positions are eligible. scores[t] is read only for eligible t.
+// when fewer positions are eligible. scores[t] is read only for eligible t. With a pool, a long vector is split
+// across its threads (REQUIRES: not called from inside that pool's run()).
 void decode_topk(const float * scores, int64_t n, int64_t k, const std::vector<key_range> & dense,
-                 std::vector<int32_t> & out);
+                 std::vector<int32_t> & out, thread_pool * pool = nullptr);
+
+// decode_topk of n_lists score rows (scores [n_lists][n]) into plan.heads[e].idx: one list per pool thread when
+// there are at least as many lists as threads, else each list split across the threads.
+void decode_topk_lists(const float * scores, int n_lists, int64_t n, int64_t k, const std::vector<key_range> & dense,
+                       decode_plan & plan, thread_pool & pool);
 
 // KV-head-level selection scores: for each group of G consecutive query heads, out[t] = max over the group's heads
 // of (s_h[t] - max_t' s_h[t']), each head's scores taken relative to its best eligible key so that no head's scale
-// dominates. scores [n_head][n] -> out [n_head / G][n]; keys inside `dense` are neither read nor set.
+// dominates. scores [n_head][n] -> out [n_head / G][n]; keys inside `dense` are neither read nor set. With a pool,
+// long vectors are split across its threads (REQUIRES: not called from inside that pool's run()).
 void decode_group_scores(const float * scores, int n_head, int G, int64_t n, const std::vector<key_range> & dense,
-                         std::vector<float> & out);
+                         std::vector<float> & out, thread_pool * pool = nullptr);
 
 // The number of keys a plan head attends (dense ranges plus indices).
 int64_t decode_head_keys(const decode_head_plan & h);

@@ -173,12 +173,8 @@ void loki_decode::plan(int il, const float * q, int n_head, const kv_view & kv, 
                         scores_.data() + size_t(g) * G * T, T);
         }
     });
-    if (GS > 1) decode_group_scores(scores_.data(), n_head, GS, T, dense_, group_);
-    const float * s = GS > 1 ? group_.data() : scores_.data();
-    pool.run([&](int ith, int nth) {
-        for (int e = ith; e < n_head / GS; e += nth)
-            decode_topk(s + size_t(e) * T, T, k, dense_, plan.heads[size_t(e)].idx);
-    });
+    if (GS > 1) decode_group_scores(scores_.data(), n_head, GS, T, dense_, group_, &pool);
+    decode_topk_lists(GS > 1 ? group_.data() : scores_.data(), n_head / GS, T, k, dense_, plan, pool);
     if (select_bytes)
         *select_bytes +=
             int64_t(n_head_kv_) * (T * dp * int64_t(sizeof(fp16_t)) + int64_t(dim_) * dp * int64_t(sizeof(float)));

@@ -99,7 +99,7 @@ class quest_decode final : public decode_method {
                                   L.kmin.data() + size_t(hk) * L.cap * D, n_full, D, u_.data() + size_t(h) * n_full);
             }
         });
-        if (GS > 1) decode_group_scores(u_.data(), n_head, GS, n_full, page_excl_, ug_);
+        if (GS > 1) decode_group_scores(u_.data(), n_head, GS, n_full, page_excl_, ug_, &pool);
         const float * us = GS > 1 ? ug_.data() : u_.data();
         pool.run([&](int ith, int nth) {
             std::vector<int32_t> sel;

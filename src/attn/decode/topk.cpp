@@ -52,19 +52,15 @@ class topk_decode final : public decode_method {
         decode_dense_part(T, n_sink_, n_local_, dense_);
         const int64_t k = budget_.keys(T);
         const int     G = kv_select_ ? n_head / kv.n_head_kv : 1;
-        if (G > 1) decode_group_scores(scores_.data(), n_head, G, T, dense_, group_);
-        const float * s = G > 1 ? group_.data() : scores_.data();
-        plan.n_head     = n_head;
-        plan.group      = G;
+        if (G > 1) decode_group_scores(scores_.data(), n_head, G, T, dense_, group_, &pool);
+        plan.n_head = n_head;
+        plan.group  = G;
         plan.heads.resize(size_t(n_head / G));
-        pool.run([&](int ith, int nth) {
-            for (int e = ith; e < n_head / G; e += nth) {
-                decode_head_plan & hp = plan.heads[size_t(e)];
-                hp.dense              = dense_;
-                hp.logw.clear();
-                decode_topk(s + size_t(e) * T, T, k, dense_, hp.idx);
-            }
-        });
+        for (decode_head_plan & hp : plan.heads) {
+            hp.dense = dense_;
+            hp.logw.clear();
+        }
+        decode_topk_lists(G > 1 ? group_.data() : scores_.data(), n_head / G, T, k, dense_, plan, pool);
     }
 
   private:
