@@ -2,6 +2,7 @@
 // polynomial exp2. The algorithm lives in backend/cpu/attn-tile-impl.inc, shared with the AVX-512 kernel.
 #include <immintrin.h>
 
+#include "backend/cpu/attn-colsum.h"
 #include "backend/cpu/attn-gather.h"
 #include "backend/cpu/attn-tile.h"
 
@@ -92,6 +93,8 @@ struct simd_avx2 {
 #include "backend/cpu/attn-tile-impl.inc"
 // uses the helpers of attn-tile-impl.inc
 #include "backend/cpu/attn-gather-impl.inc"
+// uses the helpers of attn-tile-impl.inc
+#include "backend/cpu/attn-colsum-impl.inc"
 
 } // namespace
 
@@ -119,6 +122,14 @@ namespace lc {
 
 void attn_gather_avx2(const attn_gather_args & a) {
     attn_gather_entry<simd_avx2>(a);
+}
+
+} // namespace lc
+
+namespace lc {
+
+void attn_colsum_avx2(const attn_colsum_args & a) {
+    attn_colsum_entry<simd_avx2>(a);
 }
 
 } // namespace lc

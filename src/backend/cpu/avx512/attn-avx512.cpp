@@ -3,6 +3,7 @@
 // compiled with AVX-512 flags and only called after a run-time CPUID check (core/cpu-features.h).
 #include <immintrin.h>
 
+#include "backend/cpu/attn-colsum.h"
 #include "backend/cpu/attn-gather.h"
 #include "backend/cpu/attn-tile.h"
 
@@ -95,6 +96,8 @@ struct simd_avx512 {
 #include "backend/cpu/attn-tile-impl.inc"
 // uses the helpers of attn-tile-impl.inc
 #include "backend/cpu/attn-gather-impl.inc"
+// uses the helpers of attn-tile-impl.inc
+#include "backend/cpu/attn-colsum-impl.inc"
 
 } // namespace
 
@@ -122,6 +125,14 @@ namespace lc {
 
 void attn_gather_avx512(const attn_gather_args & a) {
     attn_gather_entry<simd_avx512>(a);
+}
+
+} // namespace lc
+
+namespace lc {
+
+void attn_colsum_avx512(const attn_colsum_args & a) {
+    attn_colsum_entry<simd_avx512>(a);
 }
 
 } // namespace lc
