@@ -1,5 +1,5 @@
 // Attention column-sum dispatcher: packs the pre-scaled queries (transposed) and the base-2 lse once, cuts the
-// keys into (KV head, page range) items that own their columns, and runs the ISA kernel on each from a shared
+// keys into (KV heads, page range) items that own their columns, and runs the ISA kernel on each from a shared
 // atomic counter. See attn-stats.h.
 #include "attn/attn-stats.h"
 
@@ -104,14 +104,18 @@ void attn_colsum_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, in
     }
 
     // Keys some query sees: from the first query's window start to the last query.
-    const int64_t k_lo     = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
-    const int64_t k_hi     = pos0 + n_q;
-    const int64_t pg0      = k_lo / kv_page_tokens;
-    const int64_t n_pages  = (k_hi + kv_page_tokens - 1) / kv_page_tokens - pg0;
-    const int64_t want     = k_items_per_thread * nth;
-    const int64_t span     = std::max<int64_t>(1, (n_pages * n_head_kv + want - 1) / want); // pages per item
+    const int64_t k_lo    = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
+    const int64_t k_hi    = pos0 + n_q;
+    const int64_t pg0     = k_lo / kv_page_tokens;
+    const int64_t n_pages = (k_hi + kv_page_tokens - 1) / kv_page_tokens - pg0;
+    const int64_t want    = k_items_per_thread * nth;
+    // Items walk whole pages (all KV heads) so that reads are contiguous; heads are split across items only when
+    // the pages are too few to give every thread its share (short prefill chunks at the start of a sequence).
+    const int64_t n_hg     = n_pages >= want ? 1 : n_head_kv;
+    const int64_t hpg      = n_head_kv / n_hg;
+    const int64_t span     = std::max<int64_t>(1, (n_pages * n_hg + want - 1) / want); // pages per item
     const int64_t n_spans  = (n_pages + span - 1) / span;
-    const int64_t n_work   = n_spans * n_head_kv;
+    const int64_t n_work   = n_spans * n_hg;
     const size_t  scratchn = attn_colsum_scratch_floats(G, D);
 
     std::atomic<int64_t> next{0};
@@ -122,8 +126,8 @@ void attn_colsum_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, in
             const int64_t w = next.fetch_add(1, std::memory_order_relaxed);
             if (w >= n_work) break;
             // Early pages first: every query sees them, so the cheap pages near the diagonal fill the tail.
-            const int64_t s  = w / n_head_kv;
-            const int     hk = int(w % n_head_kv);
+            const int64_t s  = w / n_hg;
+            const int     hk = int(w % n_hg * hpg);
 
             attn_colsum_args a{};
             a.qt            = qt + int64_t(hk) * G * D * nqp;
@@ -140,6 +144,7 @@ void attn_colsum_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, in
             a.pages         = kv.pages;
             a.page_elems    = kv.page_elems;
             a.kv_head       = hk;
+            a.n_kv_heads    = int(hpg);
             a.k_begin       = std::max(k_lo, (pg0 + s * span) * kv_page_tokens);
             a.k_end         = std::min(k_hi, (pg0 + (s + 1) * span) * kv_page_tokens);
             a.per_kv_head   = per_kv_head;

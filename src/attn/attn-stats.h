@@ -19,7 +19,7 @@ namespace lc {
 // GQA group summed (per_kv_head = true: r = h / (n_head / n_head_kv), n_head_kv rows).
 // q: [n_q][n_head][head_dim] f32, as given to attn_dense(); lse: [n_q][n_head], the lse attn_dense() returned for
 // the same q, kv, scale and window (natural log). colsum: f32, accumulated (+=), never cleared.
-// Work items are (KV head, range of pages): each column is written by one thread, so the result does not depend
+// Work items are (KV heads, range of pages): each column is written by one thread, so the result does not depend
 // on the number of threads or the schedule.
 // REQUIRES: kv.n_kv >= pos0 + n_q, n_head % kv.n_head_kv == 0, pos0 + n_q < 2^31, colsum_stride >= kv.n_kv.
 void attn_colsum(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,

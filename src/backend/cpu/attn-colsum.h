@@ -1,7 +1,7 @@
-// Per-ISA CPU kernels for the attention column sums (attn/attn-stats.h): one work item is one KV head times one
-// page-aligned range of keys; it adds to each of its key columns the softmax probabilities that the queries of the
-// block give that key, recomputed from q . k and the row log-sum-exp. The dispatcher (attn/attn-stats.cpp) cuts
-// the problem into items so that each item owns its columns.
+// Per-ISA CPU kernels for the attention column sums (attn/attn-stats.h): one work item is one or more consecutive KV
+// heads times one page-aligned range of keys; it adds to each of its key columns the softmax probabilities that the
+// queries of the block give that key, recomputed from q . k and the row log-sum-exp. The dispatcher
+// (attn/attn-stats.cpp) cuts the problem into items so that each item owns its columns.
 #pragma once
 
 #include <cstddef>
@@ -30,9 +30,11 @@ struct attn_colsum_args {
     const fp16_t *  k_pool;
     const int32_t * pages;
     size_t          page_elems;
-    int             kv_head;
-    int64_t         k_begin; // key range [k_begin, k_end), within the keys some query sees
-    int64_t         k_end;
+    int             kv_head;    // first KV head of the item
+    int             n_kv_heads; // consecutive KV heads in the item, >= 1; qt, lse2 and colsum advance by
+                                // n_group heads (rows: n_group, or 1 per_kv_head) per KV head
+    int64_t k_begin;            // key range [k_begin, k_end), within the keys some query sees
+    int64_t k_end;
 
     bool    per_kv_head; // true: one output row for the group; false: one per query head g
     float * colsum;      // colsum[row * colsum_stride + t] += probability mass of key t
@@ -47,7 +49,8 @@ inline size_t attn_colsum_scratch_floats(int n_group, int head_dim) {
     return 64 * d + 64 * 16 + size_t(n_group) * 64 + d + 16;
 }
 
-// Adds the item's column sums to a.colsum. Thread-safe for items with disjoint (KV head, key range).
+// Adds the item's column sums to a.colsum. Thread-safe for items with disjoint (KV heads, key range). Pages are walked
+// once, each page's KV heads in turn, so that reads are contiguous (decode is bound by them).
 void attn_colsum_avx2(const attn_colsum_args & a);
 void attn_colsum_avx512(const attn_colsum_args & a); // only in builds with LC_HAVE_AVX512_KERNELS
 
