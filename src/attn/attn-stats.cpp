@@ -67,26 +67,34 @@ void attn_colsum_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, in
     const int     nth       = pool.n_threads();
     const int64_t nqp       = (n_q + 15) / 16 * 16;
 
-    // qt [n_head][D][nqp], lse2 [n_head][nqp], lim [nqp], nlo [nqp].
+    // qt [n_head][D][nqp], lse2 [n_head][nqp], lim [nqp], nlo [nqp], qr [n_head][n_q][D]; every part starts
+    // 64-byte aligned (nqp is a multiple of 16).
     thread_local std::vector<float> pack_buf;
-    float *     qt   = aligned_floats(pack_buf, size_t(n_head) * size_t(D + 1) * size_t(nqp) + 2 * size_t(nqp));
+    float *     qt   = aligned_floats(pack_buf, size_t(n_head) * size_t(D + 1) * size_t(nqp) + 2 * size_t(nqp) +
+                                                    size_t(n_head) * size_t(n_q) * size_t(D));
     float *     lse2 = qt + int64_t(n_head) * D * nqp;
     int32_t *   lim  = reinterpret_cast<int32_t *>(lse2 + int64_t(n_head) * nqp);
     int32_t *   nlo  = lim + nqp;
+    float *     qr   = reinterpret_cast<float *>(nlo + nqp);
     const float qs   = scale * k_log2e;
-    auto        pack = [&](int64_t h0, int64_t h1) {
+    // Row-major first, then transposed 16 queries at a time so that the writes of qt are whole cache lines.
+    auto pack = [&](int64_t h0, int64_t h1) {
         for (int64_t h = h0; h < h1; ++h) {
+            for (int64_t i = 0; i < n_q; ++i) {
+                const float * src = q + (i * n_head + h) * D;
+                float *       dst = qr + (h * n_q + i) * D;
+                for (int d = 0; d < D; ++d) dst[d] = src[d] * qs;
+            }
             float * qh = qt + h * D * nqp;
-            for (int64_t i = 0; i < nqp; ++i) {
-                if (i < n_q) {
-                    const float * src = q + (i * n_head + h) * D;
-                    for (int d = 0; d < D; ++d) qh[d * nqp + i] = src[d] * qs;
-                    lse2[h * nqp + i] = lse[i * n_head + h] * k_log2e;
-                } else {
-                    for (int d = 0; d < D; ++d) qh[d * nqp + i] = 0.0f;
-                    lse2[h * nqp + i] = INFINITY; // padding lanes: probability exactly 0
+            for (int64_t i0 = 0; i0 < nqp; i0 += 16) {
+                const int64_t ni = std::min<int64_t>(16, n_q - i0); // real queries of the block (may be <= 0)
+                for (int d = 0; d < D; ++d) {
+                    float * out = qh + d * nqp + i0;
+                    for (int64_t ii = 0; ii < 16; ++ii) out[ii] = ii < ni ? qr[(h * n_q + i0 + ii) * D + d] : 0.0f;
                 }
             }
+            for (int64_t i = 0; i < nqp; ++i) // padding lanes: +inf, probability exactly 0
+                lse2[h * nqp + i] = i < n_q ? lse[i * n_head + h] * k_log2e : INFINITY;
         }
     };
     for (int64_t i = 0; i < nqp; ++i) {
@@ -131,6 +139,7 @@ void attn_colsum_isa(cpu_isa isa, const float * q, int64_t n_q, int64_t pos0, in
 
             attn_colsum_args a{};
             a.qt            = qt + int64_t(hk) * G * D * nqp;
+            a.qr            = qr + int64_t(hk) * G * n_q * D;
             a.lse2          = lse2 + int64_t(hk) * G * nqp;
             a.lim           = lim;
             a.nlo           = nlo;

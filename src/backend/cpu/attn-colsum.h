@@ -12,10 +12,11 @@
 namespace lc {
 
 // Row (query i, query head g of the item's KV head). The dispatcher packs, once per call, for every query head:
-// the pre-scaled queries transposed, qt [head_dim][nqp], and lse2 [nqp] = lse * log2(e), padding lanes
-// (i >= n_q) +inf so that they contribute exactly 0.
+// the pre-scaled queries transposed, qt [head_dim][nqp], and row-major, qr [n_q][head_dim], and lse2 [nqp] = lse *
+// log2(e), padding lanes (i >= n_q) +inf so that they contribute exactly 0.
 struct attn_colsum_args {
     const float *   qt;      // qt[g * head_dim * nqp + d * nqp + i] = scale * log2(e) * q(i, g)[d]; 64-byte aligned
+    const float *   qr;      // qr[g * n_q * head_dim + i * head_dim + d]: the same queries row-major; 64-byte aligned
     const float *   lse2;    // lse2[g * nqp + i]; 64-byte aligned
     const int32_t * lim;     // [nqp] last visible key of query i: pos0 + i; 64-byte aligned
     const int32_t * nlo;     // [nqp] window - 1 - (pos0 + i) with a window, INT32_MAX without; 64-byte aligned
@@ -45,8 +46,8 @@ struct attn_colsum_args {
 
 inline size_t attn_colsum_scratch_floats(int n_group, int head_dim) {
     const size_t d = size_t((head_dim + 15) / 16 * 16);
-    // K tile [64][d], column accumulators [64][16], per-row accumulators [n_group][64], one query row [d], [16].
-    return 64 * d + 64 * 16 + size_t(n_group) * 64 + d + 16;
+    // K tile [64][d], column accumulators [64][16], per-row accumulators [n_group][64], [16].
+    return 64 * d + 64 * 16 + size_t(n_group) * 64 + 16;
 }
 
 // Adds the item's column sums to a.colsum. Thread-safe for items with disjoint (KV heads, key range). Pages are walked
