@@ -152,25 +152,27 @@ TEST(attn_stats, matches_reference) {
                 worst_all, worst_lse);
 }
 
-TEST(attn_stats, decode_long_matches_reference) {
-    // One query over many pages: the keys are split across threads.
+TEST(attn_stats, long_context_matches_reference) {
+    // Enough pages that items take all KV heads of a page range (the dispatcher splits heads only when pages are
+    // few): decode (the row layout, keys split across threads) and a late prefill chunk (the transposed layout).
     lc::thread_pool pool(3);
-    for (int64_t window : {int64_t(0), int64_t(1000)}) {
-        problem p = make_problem(9, 3, 64, 1, 2999, 3000, window, 77, pool);
-        for (bool per_kv : {false, true}) {
-            const int64_t            stride = p.n_kv;
-            const std::vector<float> zero(size_t(n_rows(p, per_kv) * stride), 0.0f);
-            std::vector<float>       ref = zero;
-            EXPECT_LT(lc::attn_colsum_ref(p.q.data(), 1, p.pos0, p.n_head, p.cache.view(), p.scale, p.lse.data(),
-                                          per_kv, ref.data(), stride, pool, window),
-                      k_max_lse_abs);
-            for (lc::cpu_isa isa : isas()) {
-                double worst;
-                EXPECT_TRUE(close(run_opt(isa, p, per_kv, stride, zero, pool), ref, zero, worst))
-                    << describe(p, isa, per_kv) << " worst / tolerance " << worst;
+    for (int64_t n_q : {int64_t(1), int64_t(100)})
+        for (int64_t window : {int64_t(0), int64_t(1000)}) {
+            problem p = make_problem(9, 3, 64, n_q, 3000 - n_q, 3000, window, uint32_t(77 + n_q), pool);
+            for (bool per_kv : {false, true}) {
+                const int64_t            stride = p.n_kv;
+                const std::vector<float> zero(size_t(n_rows(p, per_kv) * stride), 0.0f);
+                std::vector<float>       ref = zero;
+                EXPECT_LT(lc::attn_colsum_ref(p.q.data(), n_q, p.pos0, p.n_head, p.cache.view(), p.scale, p.lse.data(),
+                                              per_kv, ref.data(), stride, pool, window),
+                          k_max_lse_abs);
+                for (lc::cpu_isa isa : isas()) {
+                    double worst;
+                    EXPECT_TRUE(close(run_opt(isa, p, per_kv, stride, zero, pool), ref, zero, worst))
+                        << describe(p, isa, per_kv) << " worst / tolerance " << worst;
+                }
             }
         }
-    }
 }
 
 TEST(attn_stats, rows_sum_to_n_q_and_unseen_columns_stay_zero) {
