@@ -20,7 +20,9 @@ namespace lc {
 // q: [n_q][n_head][head_dim] f32, as given to attn_dense(); lse: [n_q][n_head], the lse attn_dense() returned for
 // the same q, kv, scale and window (natural log). colsum: f32, accumulated (+=), never cleared.
 // Work items are (KV heads, range of pages): each column is written by one thread, so the result does not depend
-// on the number of threads or the schedule.
+// on the number of threads or the schedule. Memory: the queries are packed (pre-scaled, row-major and transposed)
+// into a buffer of the calling thread, about 2 * n_q * n_head * head_dim floats, kept for later calls; call it per
+// prefill chunk rather than over a whole long prompt at once.
 // REQUIRES: kv.n_kv >= pos0 + n_q, n_head % kv.n_head_kv == 0, pos0 + n_q < 2^31, colsum_stride >= kv.n_kv.
 void attn_colsum(const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
                  const float * lse, bool per_kv_head, float * colsum, int64_t colsum_stride, thread_pool & pool,
