@@ -138,17 +138,35 @@ void attention::run(int il, const float * q, int64_t n_q, int64_t pos0, int n_he
     const bool counted = window == attn_window_none && n_q > 1;
     run_prefill(il, q, n_q, pos0, n_head, kv, scale, o, pool, window, t, counted);
     // The prompt is in this layer's cache: the decode method may take in its keys now.
-    if (counted && decode_ && pos0 + n_q == prompt_end_ && decode_->sparse_layer(il)) decode_->prepare(il, kv, pool);
+    if (counted && decode_ && last_chunk_ && decode_->sparse_layer(il)) decode_->prepare(il, kv, pool);
+}
+
+void attention::add_stats(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
+                          float scale, thread_pool & pool, forward_timings * t) {
+    int64_t stride = 0;
+    float * buf    = stats_->colsum(il, kv.n_kv, &stride);
+    if (!buf) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    attn_colsum(q, n_q, pos0, n_head, kv, scale, lse_.data(), false, buf, stride, pool);
+    if (t) t->attn_stats_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void attention::run_prefill(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
                             float scale, float * o, thread_pool & pool, int64_t window, forward_timings * t,
                             bool counted) {
+    // Column sums for a KV policy use the lse of the attention that ran (under a sparse plan, keys outside it add
+    // the mass the plan left out).
+    float * lse = nullptr;
+    if (stats_ && window == attn_window_none) {
+        lse_.resize(size_t(n_q) * size_t(n_head));
+        lse = lse_.data();
+    }
     if (counted && sparse_active(n_q)) {
         const auto t0 = std::chrono::steady_clock::now();
         build_plan(il, q, n_q, pos0, n_head, kv, scale, plan_, pool);
         if (t) t->attn_index_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        attn_sparse_prefill(plan_, q, kv, scale, o, nullptr, pool);
+        attn_sparse_prefill(plan_, q, kv, scale, o, lse, pool);
+        if (lse) add_stats(il, q, n_q, pos0, n_head, kv, scale, pool, t);
         if (t) {
             const prefill_plan_pairs pp = prefill_plan_count(plan_);
             t->attn_pairs_causal += pp.causal;
@@ -158,7 +176,8 @@ void attention::run_prefill(int il, const float * q, int64_t n_q, int64_t pos0, 
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    attn_dense(q, n_q, pos0, n_head, kv, scale, o, nullptr, pool, window);
+    attn_dense(q, n_q, pos0, n_head, kv, scale, o, lse, pool, window);
+    if (lse) add_stats(il, q, n_q, pos0, n_head, kv, scale, pool, t);
     if (window != attn_window_none && t)
         t->attn_swa_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (counted && t) {
@@ -176,8 +195,13 @@ void attention::run_decode(int il, const float * q, int64_t pos0, int n_head, co
         t->decode_calls += 1;
         t->decode_keys_total += kv.n_kv * n_head;
     }
+    float * lse = nullptr;
+    if (stats_) {
+        lse_.resize(size_t(n_head));
+        lse = lse_.data();
+    }
     if (!decode_ || !decode_->sparse_layer(il)) {
-        attn_dense(q, 1, pos0, n_head, kv, scale, o, nullptr, pool);
+        attn_dense(q, 1, pos0, n_head, kv, scale, o, lse, pool);
         if (t) {
             t->decode_keys_touched += kv.n_kv * n_head;
             t->decode_bytes_attn += dense_bytes;
@@ -187,7 +211,7 @@ void attention::run_decode(int il, const float * q, int64_t pos0, int n_head, co
         int64_t    bytes = 0;
         decode_->plan(il, q, n_head, kv, scale, dplan_, pool, &bytes);
         const auto t1 = std::chrono::steady_clock::now();
-        attn_sparse_decode(dplan_, q, kv, scale, o, nullptr, pool);
+        attn_sparse_decode(dplan_, q, kv, scale, o, lse, pool);
         if (t) {
             t->decode_select_s += std::chrono::duration<double>(t1 - t0).count();
             // An entry shared by a group of query heads is read once for all of them.
@@ -199,6 +223,7 @@ void attention::run_decode(int il, const float * q, int64_t pos0, int n_head, co
             t->decode_sparse_calls += 1;
         }
     }
+    if (lse) add_stats(il, q, 1, pos0, n_head, kv, scale, pool, t);
     if (observer_) observer_->on_attention(il, q, 1, pos0, n_head, kv, scale, attn_window_none, nullptr, o, pool);
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "attn/attn-config.h"
+#include "attn/attn-stats.h"
 #include "attn/decode/decode-method.h"
 #include "attn/minference/head-config.h"
 #include "attn/prefill-plan.h"
@@ -48,12 +49,22 @@ class attention {
     void truncate(int64_t n) {
         if (decode_) decode_->truncate(n);
     }
+    // A KV policy rewrote layer il's cache (evicted or merged tokens): the decode method's metadata of the layer is
+    // rebuilt on its next call.
+    void invalidate(int il) {
+        if (decode_) decode_->invalidate(il);
+    }
+    // Whether the next forward call is the last chunk of a prompt (the decode method takes in the prompt's keys).
+    void set_last_chunk(bool last) { last_chunk_ = last; }
+    // (optional) Receives the column sums of the attention probabilities of every call in layers without a window
+    // (a KV policy's scores); nullptr: none are computed.
+    void set_stats_sink(attn_stats_sink * s) { stats_ = s; }
 
     // The number of tokens the context will hold at the end of the current prompt: sparse prefill applies to
     // this prompt's calls when it reaches sparse_min_len. Set by the context before each decode().
     void set_prompt_end(int64_t n_tokens) { prompt_end_ = n_tokens; }
 
-    // Attention of layer il: q [n_q][n_head][head_dim] at positions pos0.., keys of `kv` (n_kv >= pos0 + n_q),
+    // Attention of layer il: q [n_q][n_head][head_dim] at cache slots pos0.., keys of `kv` (n_kv >= pos0 + n_q),
     // o [n_q][n_head][head_dim]. window > 0: sliding-window layer (always dense). Adds index time and pair counts
     // and decode statistics to t (may be nullptr).
     void run(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale, float * o,
@@ -83,8 +94,13 @@ class attention {
     prefill_plan                   plan_;
     std::unique_ptr<decode_method> decode_;
     decode_plan                    dplan_;
+    void add_stats(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv, float scale,
+                   thread_pool & pool, forward_timings * t);
     int64_t                        prompt_end_ = 0;
+    bool                           last_chunk_ = true;
     attn_observer *                observer_   = nullptr;
+    attn_stats_sink *              stats_      = nullptr;
+    std::vector<float>             lse_;
 };
 
 // The budgets head h of a pattern uses for a call ending at n_keys keys under the --prefill-budget setting.

@@ -136,6 +136,22 @@ std::string prefill_budget_name(const prefill_budget & b) {
     return buf;
 }
 
+const char * kv_method_name(kv_method k) {
+    switch (k) {
+    case kv_method::FULL: return "full";
+    case kv_method::STREAMING: return "streaming";
+    case kv_method::H2O: return "h2o";
+    case kv_method::D2O: return "d2o";
+    }
+    return "?";
+}
+
+result<kv_method> kv_method_parse(const std::string & s) {
+    for (kv_method k : {kv_method::FULL, kv_method::STREAMING, kv_method::H2O, kv_method::D2O})
+        if (s == kv_method_name(k)) return k;
+    return error(status_code::INVALID_ARGUMENT, "--kv '%s': use full, streaming, h2o or d2o", s.c_str());
+}
+
 std::string attn_config_describe(const attn_config & c) {
     std::string s = std::string("prefill=") + prefill_method_name(c.prefill);
     if (c.prefill != prefill_method::DENSE) {
@@ -164,6 +180,28 @@ std::string attn_config_describe(const attn_config & c) {
         if (d.n_sink >= 0 || d.n_local >= 0) {
             std::snprintf(buf, sizeof(buf), " keep=%d,%d", d.n_sink, d.n_local);
             s += buf;
+        }
+    }
+    if (c.kv != kv_method::FULL) {
+        const kv_params & k = c.kv_opts;
+        s += std::string(" kv=") + kv_method_name(c.kv) + " kv-budget=" + decode_budget_name(k.budget);
+        char buf[96];
+        if (k.n_sink >= 0) {
+            std::snprintf(buf, sizeof(buf), " kv-sink=%d", k.n_sink);
+            s += buf;
+        }
+        if (k.recent_share != 0.5 && c.kv != kv_method::STREAMING) {
+            std::snprintf(buf, sizeof(buf), " kv-recent=%g", k.recent_share);
+            s += buf;
+        }
+        if (k.evict_every != 64) s += " evict-every=" + std::to_string(k.evict_every);
+        if (c.kv == kv_method::D2O) {
+            if (k.merge != d2o_merge::REFERENCE) s += k.merge == d2o_merge::SOFTMAX ? " merge=softmax" : " merge=off";
+            if (k.whole_layers != std::vector<int>{0, 1, -1}) {
+                std::string w;
+                for (int l : k.whole_layers) w += (w.empty() ? "" : ",") + std::to_string(l);
+                s += " whole=" + (w.empty() ? std::string("none") : w);
+            }
         }
     }
     return s;

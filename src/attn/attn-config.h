@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "longctx/status.h"
 
@@ -80,6 +81,34 @@ struct decode_params {
     bool kv_select = false;
 };
 
+// KV-cache policies (METHODS.md sec. 1.2, 1.3, 5): what the cache keeps (src/kv/kv-policy.h).
+enum class kv_method { FULL, STREAMING, H2O, D2O };
+const char *      kv_method_name(kv_method k); // "full", "streaming", "h2o", "d2o"
+result<kv_method> kv_method_parse(const std::string & s);
+
+// D2O's merge rule (METHODS.md sec. 5.3): REFERENCE (the reference code's average weighted by similarity),
+// SOFTMAX (the paper's softmax weights) or OFF (evicted tokens are dropped).
+enum class d2o_merge { REFERENCE, SOFTMAX, OFF };
+
+struct kv_params {
+    // Tokens each compressed layer keeps, as a share of the tokens in the context (FRACTION) or a number (TOKENS);
+    // decode_budget's parsing ("20%", "0.2", "2048").
+    decode_budget budget = {decode_budget::kind::FRACTION, 0.2};
+    // First tokens always kept (-1: the method's default: StreamingLLM and D2O 4, H2O 0).
+    int n_sink = -1;
+    // Share of the budget (past the sinks) that is the recent window; the rest are heavy hitters (H2O, D2O:
+    // r_recent / (r_heavy + r_recent) = 0.5). StreamingLLM keeps only the window.
+    double recent_share = 0.5;
+    // Decode: the policy evicts once a layer holds evict_every tokens over its budget (1: one token every step,
+    // as H2O and D2O describe; 64: a page at a time, the cache then holds up to 63 tokens over budget).
+    int evict_every = 64;
+    // D2O: merge rule, EMA of the merge threshold (tau = alpha * tau + beta * mean similarity), and the layers kept
+    // whole (negative: from the end; default the first two and the last).
+    d2o_merge        merge = d2o_merge::REFERENCE;
+    double           alpha = 0.5, beta = 0.5;
+    std::vector<int> whole_layers = {0, 1, -1};
+};
+
 struct attn_config {
     prefill_method prefill        = prefill_method::DENSE;
     prefill_budget budget         = {};
@@ -90,6 +119,8 @@ struct attn_config {
     // Calibration sidecar read by MINFERENCE: "auto" (MODEL.longctx.gguf beside the model file when present),
     // "none" (the documented defaults apply), or a path.
     std::string sidecar = "auto";
+    kv_method   kv      = kv_method::FULL;
+    kv_params   kv_opts = {};
 };
 
 // One line for logs and result records: "prefill=vslash budget=1x min-len=4096 decode=loki decode-budget=25%".

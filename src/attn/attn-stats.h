@@ -12,6 +12,17 @@
 
 namespace lc {
 
+// Where the attention of a context adds the column sums of its attention probabilities for a KV policy (H2O, D2O).
+// Implemented by the policy; the attention calls colsum() for every call of a layer without a window, then
+// attn_colsum() per query head into the buffer it returns.
+class attn_stats_sink {
+  public:
+    virtual ~attn_stats_sink() = default;
+    // The buffer of layer il for n_kv slots: [n_head][*stride] f32 (stride >= n_kv), slots the previous call did
+    // not cover set to zero; nullptr when the layer is not tracked.
+    virtual float * colsum(int il, int64_t n_kv, int64_t * stride) = 0;
+};
+
 // Adds to colsum[r * colsum_stride + j] the attention probability of key j summed over the n_q queries of the
 // block, for j in [0, kv.n_kv): query i at position pos0 + i sees keys j <= pos0 + i, and with window > 0 only
 // j > pos0 + i - window (exactly the masking of attn_dense()); columns no query sees are not touched.

@@ -51,11 +51,12 @@ double median(std::vector<double> v) {
 
 // One timed repetition; returns seconds of the timed part. The context's timings cover the timed part only.
 // Decode tests after a depth reuse the depth prefix a previous repetition left in the context (cut back to it),
-// so that only the first repetition pays for the prefill.
+// so that only the first repetition pays for the prefill; under a KV policy that evicted tokens every repetition
+// prefills again.
 result<double> run_once(context & c, const bench_row & r, token_source & src, bool reuse_depth) {
     src.rewind(); // every repetition and method sees the same text
-    if (reuse_depth && r.n_gen > 0 && r.depth > 0 && c.n_past() >= r.depth) {
-        c.truncate(r.depth);
+    if (reuse_depth && r.n_gen > 0 && r.depth > 0 && c.n_past() >= r.depth && c.can_truncate(r.depth)) {
+        LC_RETURN_IF_ERROR(c.truncate(r.depth));
         src.take(r.depth);
     } else {
         c.clear();
@@ -198,9 +199,9 @@ std::string bench_format_md_header(const bench_env & env) {
     o << "build: " << env.build_commit << ", CPU: " << env.cpu << ", threads: " << env.n_threads
       << ", ubatch: " << env.n_ubatch << ", prompts: " << env.prompt_source << "\n\n";
     o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | of which SWA s | index "
-         "s | density | keys | select s | MB/tok |\n";
+         "s | density | keys | select s | MB/tok | KV MiB |\n";
     o << "| --- | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-         "|\n";
+         "| ---: |\n";
     return o.str();
 }
 
@@ -213,10 +214,11 @@ std::string bench_format_md_row(const bench_env & env, const bench_row & r) {
                   r.mean_tps, r.sd_tps, r.attn_s, r.attn_swa_s, r.index_s);
     std::string row = buf;
     if (r.n_gen > 0)
-        std::snprintf(buf, sizeof(buf), "- | %.1f%% | %.3f | %.2f |\n", 100.0 * r.decode_keys, r.select_s,
-                      r.bytes_per_token / 1e6);
+        std::snprintf(buf, sizeof(buf), "- | %.1f%% | %.3f | %.2f | %.2f |\n", 100.0 * r.decode_keys, r.select_s,
+                      r.bytes_per_token / 1e6, double(r.kv_bytes) / (1024.0 * 1024.0));
     else
-        std::snprintf(buf, sizeof(buf), "%.1f%% | - | - | - |\n", 100.0 * r.density);
+        std::snprintf(buf, sizeof(buf), "%.1f%% | - | - | - | %.2f |\n", 100.0 * r.density,
+                      double(r.kv_bytes) / (1024.0 * 1024.0));
     return row + buf;
 }
 

@@ -57,14 +57,21 @@ int cmd_bench(const args_t & args) {
     bp.n_threads = int(*nt);
     auto method  = attn_config_from(p, true);
     if (!method) return fail("bench", method.get_status());
-    // Sparse methods run beside dense; --decode may list several (topk,loki,...), each run in turn.
+    // Sparse methods run beside dense; --decode and --kv may list several (topk,loki,... / h2o,d2o), each
+    // combination run in turn.
     bp.methods = {attn_config{}};
     for (const std::string & d : split_list(p.get("--decode"))) {
         auto kind = decode_kind_parse(d);
         if (!kind) return fail("bench", kind.get_status());
-        attn_config c = *method;
-        c.decode      = *kind;
-        if (c.prefill != prefill_method::DENSE || c.decode != decode_kind::DENSE) bp.methods.push_back(c);
+        for (const std::string & k : split_list(p.get("--kv"))) {
+            auto kvm = kv_method_parse(k);
+            if (!kvm) return fail("bench", kvm.get_status());
+            attn_config c = *method;
+            c.decode      = *kind;
+            c.kv          = *kvm;
+            if (c.prefill != prefill_method::DENSE || c.decode != decode_kind::DENSE || c.kv != kv_method::FULL)
+                bp.methods.push_back(c);
+        }
     }
 
     auto lm = load_model(p);

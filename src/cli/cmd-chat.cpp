@@ -71,7 +71,8 @@ int cmd_chat(const args_t & args) {
                             error(status_code::OUT_OF_RANGE, "the message alone (%zu tokens) does not fit in -c %lld",
                                   all.size(), (long long)c.n_ctx()));
         }
-        c.truncate(int64_t(keep));
+        if (!c.can_truncate(int64_t(keep))) keep = 0; // the KV policy evicted tokens: prefill the conversation again
+        if (status st = c.truncate(int64_t(keep)); !st) return fail("chat", st);
         in_cache.resize(keep);
         std::vector<int32_t> fresh(all.begin() + std::ptrdiff_t(keep), all.end());
         if (status st = c.decode(fresh); !st) return fail("chat", st);

@@ -145,7 +145,7 @@ int cmd_eval_fidelity(const args_t & args) {
     } else {
         auto a = attn_config_from(p);
         if (!a) return fail(cmd, a.get_status());
-        fp.decode_tail = a->decode != decode_kind::DENSE ? 256 : 0;
+        fp.decode_tail = a->decode != decode_kind::DENSE || a->kv != kv_method::FULL ? 256 : 0;
     }
     if (p.has("--lengths")) {
         auto l = p.get_int_list("--lengths", 2, int64_t(1) << 31);

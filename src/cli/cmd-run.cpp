@@ -136,6 +136,7 @@ int cmd_run(const args_t & args) {
     LC_LOG_I("timings: matmul %.2f s, attention %.2f s, other %.2f s; KV cache %s for %lld tokens (fp16)", tm.matmul_s,
              tm.attn_s, tm.other_s, format_bytes(double(c.kv().bytes_used())).c_str(), (long long)c.n_past());
     log_decode_attention(c, cp->attn);
+    log_kv_policy(c);
     if (!sp.greedy()) LC_LOG_I("sampling: seed %llu", (unsigned long long)smp.seed());
     return 0;
 }

@@ -77,6 +77,21 @@ void add_method_flags(arg_parser & p) {
            "top-k, Quest, Loki: select keys per query head, or once per KV head for its group of query heads (each "
            "selected key then read once for the group)",
            "head"});
+    p.add({"", "--kv", "POLICY",
+           "KV cache policy: full, streaming (sinks + recent window), h2o (heavy hitters + recent), d2o (layer "
+           "budgets, heavy hitters + recent, merging of evicted tokens); sliding-window layers are never compressed",
+           "full"});
+    p.add({"", "--kv-budget", "B",
+           "tokens each compressed layer keeps: P% or a fraction of the tokens in the context, or a number of tokens "
+           "(D2O: the mean over layers, the layers it keeps whole included)",
+           "20%"});
+    p.add({"", "--kv-sink", "N", "first tokens the KV policy always keeps (-1: streaming and d2o 4, h2o 0)", "-1"});
+    p.add({"", "--kv-recent", "R", "H2O, D2O: share of the budget past the sinks that is the recent window", "0.5"});
+    p.add({"", "--kv-evict-every", "N",
+           "decode: evict once a layer is N tokens over its budget (1: every step; 64: a page at a time)", "64"});
+    p.add({"", "--d2o-merge", "RULE", "D2O merging of evicted tokens: ref (reference code), softmax (paper), off",
+           "ref"});
+    p.add({"", "--d2o-whole", "LIST", "D2O: layers kept whole (negative: from the end; none)", "0,1,-1"});
 }
 
 namespace {
@@ -126,6 +141,45 @@ result<attn_config> attn_config_from(const arg_parser & p, bool decode_list) {
     if (sel != "head" && sel != "kv")
         return error(status_code::INVALID_ARGUMENT, "--decode-select '%s': use head or kv", sel.c_str());
     d.kv_select = sel == "kv";
+    const std::string kvs = p.get("--kv");
+    LC_ASSIGN_OR_RETURN(c.kv, kv_method_parse(decode_list ? kvs.substr(0, kvs.find(',')) : kvs));
+    kv_params & k = c.kv_opts;
+    {
+        auto b = decode_budget_parse(p.get("--kv-budget"));
+        if (!b)
+            return error(status_code::INVALID_ARGUMENT,
+                         "--kv-budget '%s' is not a budget; use a share of the context (20%%, 0.2) or a number of "
+                         "tokens (2048)",
+                         p.get("--kv-budget").c_str());
+        k.budget = *b;
+    }
+    LC_ASSIGN_OR_RETURN(int64_t ks, p.get_int("--kv-sink", -1, 1 << 30));
+    k.n_sink = int(ks);
+    LC_ASSIGN_OR_RETURN(k.recent_share, p.get_float("--kv-recent", 0.0, 1.0));
+    LC_ASSIGN_OR_RETURN(int64_t ke, p.get_int("--kv-evict-every", 1, 1 << 30));
+    k.evict_every         = int(ke);
+    const std::string mr = p.get("--d2o-merge");
+    if (mr == "ref")
+        k.merge = d2o_merge::REFERENCE;
+    else if (mr == "softmax")
+        k.merge = d2o_merge::SOFTMAX;
+    else if (mr == "off")
+        k.merge = d2o_merge::OFF;
+    else
+        return error(status_code::INVALID_ARGUMENT, "--d2o-merge '%s': use ref, softmax or off", mr.c_str());
+    k.whole_layers.clear();
+    if (const std::string w = p.get("--d2o-whole"); w != "none") {
+        std::stringstream ss(w);
+        std::string       item;
+        while (std::getline(ss, item, ',')) {
+            char *     end = nullptr;
+            const long v   = std::strtol(item.c_str(), &end, 10);
+            if (item.empty() || *end != '\0' || v < -100000 || v > 100000)
+                return error(status_code::INVALID_ARGUMENT,
+                             "--d2o-whole '%s': expected layer numbers separated by commas, or none", w.c_str());
+            k.whole_layers.push_back(int(v));
+        }
+    }
     c.sidecar   = p.get("--sidecar");
     if (c.sidecar != "auto" && c.sidecar != "none" && !std::ifstream(c.sidecar).good())
         return error(status_code::NOT_FOUND, "--sidecar '%s' cannot be opened; run longctx calibrate or pass none",
@@ -185,6 +239,29 @@ result<std::string> read_text_file(const std::string & path) {
     ss << in.rdbuf();
     if (in.bad()) return error(status_code::IO_ERROR, "error reading '%s'", path.c_str());
     return ss.str();
+}
+
+void log_kv_policy(const context & c) {
+    const std::vector<kv_layer_report> rep = c.policy().report(0);
+    if (rep.empty()) return;
+    int64_t     ev = 0, mg = 0;
+    std::string per;
+    for (size_t il = 0; il < rep.size(); ++il) {
+        ev += rep[il].evicted;
+        mg += rep[il].merged;
+        if (!rep[il].managed) continue;
+        char buf[64];
+        std::snprintf(buf, sizeof(buf), "%s%zu:%lld/%lld", per.empty() ? "" : " ", il, (long long)rep[il].evicted,
+                      (long long)rep[il].merged);
+        per += buf;
+    }
+    LC_LOG_I("kv policy %s: KV cache holds %s of %s for %lld tokens (%.1f%%); %lld tokens evicted, %lld of them "
+             "merged (per KV head, summed over layers)",
+             c.policy().name(), format_bytes(double(c.kv_bytes_held())).c_str(),
+             format_bytes(double(c.kv_bytes_full())).c_str(), (long long)c.n_past(),
+             c.kv_bytes_full() ? 100.0 * double(c.kv_bytes_held()) / double(c.kv_bytes_full()) : 100.0,
+             (long long)ev, (long long)mg);
+    LC_LOG_I("kv policy: evicted/merged per compressed layer: %s", per.c_str());
 }
 
 void log_decode_attention(const context & c, const attn_config & cfg) {

@@ -53,6 +53,8 @@ std::string format_bytes(double n);
 // computed, in the layers a sparse method applies to), index-building and attention time.
 void log_prefill_attention(const context & c, const attn_config & cfg);
 // One line on the decode steps so far: keys attended, selection time, bytes read per token.
+// Logs the KV bytes held against a full cache and the tokens the KV policy evicted and merged (nothing for full).
+void log_kv_policy(const context & c);
 void log_decode_attention(const context & c, const attn_config & cfg);
 
 } // namespace lc::cli

@@ -59,7 +59,7 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
                 auto                       t0 = clock::now();
                 LC_RETURN_IF_ERROR(dense.decode(part, nb > 1));
                 auto t1 = clock::now();
-                LC_RETURN_IF_ERROR(method.decode(part, nb > 1));
+                LC_RETURN_IF_ERROR(method.decode(part, nb > 1, {}, nb == 1 || i + nb == n_pref));
                 auto t2 = clock::now();
                 t_dense += std::chrono::duration<double>(t1 - t0).count();
                 t_method += std::chrono::duration<double>(t2 - t1).count();
@@ -108,6 +108,8 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
             rm["prefill_s"] = t_method;
             rm["density"]   = method.timings().density();
             rm["index_s"]   = method.timings().attn_index_s;
+            rm["kv_bytes"]      = method.kv_bytes_held(); // at the end of the document
+            rm["kv_bytes_full"] = method.kv_bytes_full();
             rec["runs"]     = json::array({rd, rm});
             if (tail > 0) {
                 // Position n_pref - 1 is the prefill's last logits; the decode steps score n_pref .. L-1.

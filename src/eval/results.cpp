@@ -102,7 +102,7 @@ status result_file::flush() {
 }
 
 bool attn_is_dense(const attn_config & a) {
-    return a.prefill == prefill_method::DENSE && a.decode == decode_kind::DENSE;
+    return a.prefill == prefill_method::DENSE && a.decode == decode_kind::DENSE && a.kv == kv_method::FULL;
 }
 
 result<std::vector<method_slot>> method_slots_create(const model & m, const context_params & cp) {
@@ -131,7 +131,9 @@ json method_json(const method_slot & s) {
                 {"sparse_min_len", s.attn.sparse_min_len},
                 {"sidecar", s.attn.sidecar},
                 {"decode", decode_kind_name(s.attn.decode)},
-                {"decode_budget", decode_budget_name(s.attn.decode_keys)}};
+                {"decode_budget", decode_budget_name(s.attn.decode_keys)},
+                {"kv", kv_method_name(s.attn.kv)},
+                {"kv_budget", decode_budget_name(s.attn.kv_opts.budget)}};
 }
 
 result<std::string> model_file_sha256(const std::string & path) {

@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstring>
 #include <functional>
 #include <utility>
 
@@ -39,8 +41,8 @@ kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, 
     n_pages_ = (n_ctx_max + kv_page_tokens - 1) / kv_page_tokens + (n_seq_max - 1);
     LC_ASSERT(n_pages_ <= INT32_MAX, "kv: %lld pages do not fit 32-bit page ids", (long long)n_pages_);
     page_elems_ = size_t(n_head_kv) * kv_page_tokens * size_t(head_dim);
-    pages_.resize(size_t(n_seq_max));
-    n_tokens_.assign(size_t(n_seq_max), 0);
+    pages_.resize(size_t(n_layer) * size_t(n_seq_max));
+    n_slots_.assign(size_t(n_layer) * size_t(n_seq_max), 0);
 
     const size_t n_bytes = size_t(n_layer) * 2 * pool_elems() * sizeof(fp16_t);
     if (n_bytes > 0) {
@@ -55,8 +57,11 @@ kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, 
         }
     }
     // Lowest id at the back so that pop_back() hands out low ids first and touched memory stays compact.
-    free_.resize(size_t(n_pages_));
-    for (int64_t i = 0; i < n_pages_; ++i) free_[size_t(i)] = int32_t(n_pages_ - 1 - i);
+    free_.resize(size_t(n_layer));
+    for (std::vector<int32_t> & fl : free_) {
+        fl.resize(size_t(n_pages_));
+        for (int64_t i = 0; i < n_pages_; ++i) fl[size_t(i)] = int32_t(n_pages_ - 1 - i);
+    }
 }
 
 kv_cache::~kv_cache() {
@@ -87,11 +92,11 @@ kv_cache & kv_cache::operator=(kv_cache && o) noexcept {
     base_           = std::exchange(o.base_, nullptr);
     free_           = std::move(o.free_);
     pages_          = std::move(o.pages_);
-    n_tokens_       = std::move(o.n_tokens_);
+    n_slots_        = std::move(o.n_slots_);
     o.n_pages_      = 0;
     o.free_.clear();
     o.pages_.clear();
-    o.n_tokens_.clear();
+    o.n_slots_.clear();
     o.n_seq_max_ = 0;
     return *this;
 }
@@ -107,49 +112,101 @@ status kv_cache::reserve(int seq, int64_t n_tokens) {
                      "kv: sequence %d needs %lld tokens but the cache holds at most %lld; raise the context size (-c)",
                      seq, (long long)n_tokens, (long long)n_ctx_max_);
     }
-    std::vector<int32_t> & table  = pages_[size_t(seq)];
-    const int64_t          n_need = (n_tokens + kv_page_tokens - 1) / kv_page_tokens - int64_t(table.size());
-    if (n_need <= 0) return status::ok();
-    if (!base_) {
-        return error(status_code::RESOURCE_EXHAUSTED,
-                     "kv: no memory for the cache (reserving %lld tokens x %d layers failed); lower -c",
-                     (long long)n_ctx_max_, n_layer_);
+    const int64_t n_pages_need = (n_tokens + kv_page_tokens - 1) / kv_page_tokens;
+    // Check every layer first so that an error changes nothing.
+    for (int il = 0; il < n_layer_; ++il) {
+        const int64_t n_need = n_pages_need - int64_t(pages_[idx(il, seq)].size());
+        if (n_need <= 0) continue;
+        if (!base_) {
+            return error(status_code::RESOURCE_EXHAUSTED,
+                         "kv: no memory for the cache (reserving %lld tokens x %d layers failed); lower -c",
+                         (long long)n_ctx_max_, n_layer_);
+        }
+        if (n_need > int64_t(free_[size_t(il)].size())) {
+            return error(status_code::RESOURCE_EXHAUSTED,
+                         "kv: sequence %d needs %lld more pages of %d tokens in layer %d but %zu of %lld are free (%d "
+                         "sequences share %lld tokens); finish or clear other sequences, or raise -c",
+                         seq, (long long)n_need, kv_page_tokens, il, free_[size_t(il)].size(), (long long)n_pages_,
+                         n_seq_max_, (long long)n_ctx_max_);
+        }
     }
-    if (n_need > int64_t(free_.size())) {
-        return error(status_code::RESOURCE_EXHAUSTED,
-                     "kv: sequence %d needs %lld more pages of %d tokens but %zu of %lld are free (%d sequences share "
-                     "%lld tokens); finish or clear other sequences, or raise -c",
-                     seq, (long long)n_need, kv_page_tokens, free_.size(), (long long)n_pages_, n_seq_max_,
-                     (long long)n_ctx_max_);
-    }
-    for (int64_t i = 0; i < n_need; ++i) {
-        table.push_back(free_.back());
-        free_.pop_back();
+    for (int il = 0; il < n_layer_; ++il) {
+        std::vector<int32_t> & table = pages_[idx(il, seq)];
+        std::vector<int32_t> & fl    = free_[size_t(il)];
+        while (int64_t(table.size()) < n_pages_need) {
+            table.push_back(fl.back());
+            fl.pop_back();
+        }
     }
     return status::ok();
 }
 
-void kv_cache::write(int il, int seq, int64_t pos, int64_t n, const float * k, const float * v) {
+status kv_cache::reserve_append(int seq, int64_t n_more) {
+    if (seq < 0 || seq >= n_seq_max_) {
+        return error(status_code::INVALID_ARGUMENT, "kv: sequence %d out of range; the cache holds %d sequences", seq,
+                     n_seq_max_);
+    }
+    if (n_more < 0) return error(status_code::INVALID_ARGUMENT, "kv: reserve of %lld tokens", (long long)n_more);
+    // Layers differ only after compaction; reserve() grows each to the longest, so reserve per layer instead.
+    int64_t n_min = INT64_MAX, n_max = 0;
+    for (int il = 0; il < n_layer_; ++il) {
+        n_min = std::min(n_min, n_slots_[idx(il, seq)]);
+        n_max = std::max(n_max, n_slots_[idx(il, seq)]);
+    }
+    if (n_min == n_max) return reserve(seq, n_max + n_more);
+    if (n_max + n_more > n_ctx_max_) {
+        return error(status_code::OUT_OF_RANGE,
+                     "kv: sequence %d needs %lld tokens but the cache holds at most %lld; raise the context size (-c)",
+                     seq, (long long)(n_max + n_more), (long long)n_ctx_max_);
+    }
+    for (int il = 0; il < n_layer_; ++il) {
+        const int64_t n_need = (n_slots_[idx(il, seq)] + n_more + kv_page_tokens - 1) / kv_page_tokens -
+                               int64_t(pages_[idx(il, seq)].size());
+        if (n_need > int64_t(free_[size_t(il)].size())) {
+            return error(status_code::RESOURCE_EXHAUSTED,
+                         "kv: sequence %d needs %lld more pages of %d tokens in layer %d but %zu of %lld are free (%d "
+                         "sequences share %lld tokens); finish or clear other sequences, or raise -c",
+                         seq, (long long)n_need, kv_page_tokens, il, free_[size_t(il)].size(), (long long)n_pages_,
+                         n_seq_max_, (long long)n_ctx_max_);
+        }
+    }
+    for (int il = 0; il < n_layer_; ++il) {
+        const int64_t          n_pages_need = (n_slots_[idx(il, seq)] + n_more + kv_page_tokens - 1) / kv_page_tokens;
+        std::vector<int32_t> & table        = pages_[idx(il, seq)];
+        std::vector<int32_t> & fl           = free_[size_t(il)];
+        while (int64_t(table.size()) < n_pages_need) {
+            table.push_back(fl.back());
+            fl.pop_back();
+        }
+    }
+    return status::ok();
+}
+
+size_t kv_cache::row_offset(int il, int seq, int64_t slot, int h) const {
+    const std::vector<int32_t> & table = pages_[idx(il, seq)];
+    return size_t(table[size_t(slot / kv_page_tokens)]) * page_elems_ +
+           size_t(h) * kv_page_tokens * size_t(head_dim_) + size_t(slot % kv_page_tokens) * size_t(head_dim_);
+}
+
+void kv_cache::write(int il, int seq, int64_t slot, int64_t n, const float * k, const float * v) {
     LC_ASSERT(il >= 0 && il < n_layer_, "kv: layer %d out of range (n_layer %d)", il, n_layer_);
     LC_ASSERT(seq >= 0 && seq < n_seq_max_, "kv: sequence %d out of range (n_seq_max %d)", seq, n_seq_max_);
-    const std::vector<int32_t> & table = pages_[size_t(seq)];
-    LC_ASSERT(pos >= 0 && n >= 0 && pos + n <= int64_t(table.size()) * kv_page_tokens,
-              "kv: write of tokens [%lld, %lld) of sequence %d beyond its %zu reserved pages", (long long)pos,
-              (long long)(pos + n), seq, table.size());
+    const std::vector<int32_t> & table = pages_[idx(il, seq)];
+    LC_ASSERT(slot >= 0 && n >= 0 && slot + n <= int64_t(table.size()) * kv_page_tokens,
+              "kv: write of slots [%lld, %lld) of layer %d, sequence %d beyond its %zu reserved pages",
+              (long long)slot, (long long)(slot + n), il, seq, table.size());
     fp16_t *     kp  = k_pool(il);
     fp16_t *     vp  = v_pool(il);
     const size_t tok = size_t(n_head_kv_) * size_t(head_dim_);
     for (int64_t i = 0; i < n; ++i) {
-        const int64_t t = pos + i;
-        const size_t  off =
-            size_t(table[size_t(t / kv_page_tokens)]) * page_elems_ + size_t(t % kv_page_tokens) * size_t(head_dim_);
         for (int h = 0; h < n_head_kv_; ++h) {
-            const size_t dst = off + size_t(h) * kv_page_tokens * size_t(head_dim_);
+            const size_t dst = row_offset(il, seq, slot + i, h);
             row_to_fp16(kp + dst, k + size_t(i) * tok + size_t(h) * size_t(head_dim_), head_dim_);
             row_to_fp16(vp + dst, v + size_t(i) * tok + size_t(h) * size_t(head_dim_), head_dim_);
         }
     }
-    n_tokens_[size_t(seq)] = std::max(n_tokens_[size_t(seq)], pos + n);
+    int64_t & ns = n_slots_[idx(il, seq)];
+    ns           = std::max(ns, slot + n);
 }
 
 kv_view kv_cache::view(int il, int seq) const {
@@ -158,37 +215,105 @@ kv_view kv_cache::view(int il, int seq) const {
     kv_view v;
     v.k_pool     = base_ ? k_pool(il) : nullptr;
     v.v_pool     = base_ ? v_pool(il) : nullptr;
-    v.pages      = pages_[size_t(seq)].data();
-    v.n_kv       = n_tokens_[size_t(seq)];
+    v.pages      = pages_[idx(il, seq)].data();
+    v.n_kv       = n_slots_[idx(il, seq)];
     v.n_head_kv  = n_head_kv_;
     v.head_dim   = head_dim_;
     v.page_elems = page_elems_;
     return v;
 }
 
+int64_t kv_cache::n_slots(int il, int seq) const {
+    LC_ASSERT(il >= 0 && il < n_layer_, "kv: layer %d out of range (n_layer %d)", il, n_layer_);
+    LC_ASSERT(seq >= 0 && seq < n_seq_max_, "kv: sequence %d out of range (n_seq_max %d)", seq, n_seq_max_);
+    return n_slots_[idx(il, seq)];
+}
+
 int64_t kv_cache::n_tokens(int seq) const {
     LC_ASSERT(seq >= 0 && seq < n_seq_max_, "kv: sequence %d out of range (n_seq_max %d)", seq, n_seq_max_);
-    return n_tokens_[size_t(seq)];
+    int64_t n = 0;
+    for (int il = 0; il < n_layer_; ++il) n = std::max(n, n_slots_[idx(il, seq)]);
+    return n;
+}
+
+void kv_cache::shrink_table(int il, int seq, int64_t n) {
+    std::vector<int32_t> & table = pages_[idx(il, seq)];
+    std::vector<int32_t> & fl    = free_[size_t(il)];
+    const size_t           keep  = size_t((n + kv_page_tokens - 1) / kv_page_tokens);
+    if (table.size() <= keep) return;
+    // Keep the free list sorted high to low so that low ids are handed out first again.
+    fl.insert(fl.end(), table.begin() + std::ptrdiff_t(keep), table.end());
+    std::sort(fl.begin(), fl.end(), std::greater<int32_t>());
+    table.resize(keep);
 }
 
 void kv_cache::clear(int seq) {
+    truncate(seq, 0);
+}
+
+void kv_cache::truncate(int seq, int64_t n) {
     LC_ASSERT(seq >= 0 && seq < n_seq_max_, "kv: sequence %d out of range (n_seq_max %d)", seq, n_seq_max_);
-    std::vector<int32_t> & table = pages_[size_t(seq)];
-    // Keep the free list sorted high to low so that low ids are handed out first again.
-    free_.insert(free_.end(), table.begin(), table.end());
-    std::sort(free_.begin(), free_.end(), std::greater<int32_t>());
-    table.clear();
-    n_tokens_[size_t(seq)] = 0;
+    LC_ASSERT(n >= 0, "kv: truncate to %lld slots", (long long)n);
+    for (int il = 0; il < n_layer_; ++il) {
+        int64_t & ns = n_slots_[idx(il, seq)];
+        ns           = std::min(ns, n);
+        shrink_table(il, seq, n);
+    }
+}
+
+void kv_cache::keep_rows(int il, int seq, int h, const int32_t * keep, int64_t n_keep) {
+    LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_ && h >= 0 && h < n_head_kv_,
+              "kv: keep_rows of layer %d, sequence %d, KV head %d", il, seq, h);
+    const int64_t ns = n_slots_[idx(il, seq)];
+    LC_ASSERT(n_keep >= 0 && n_keep <= ns, "kv: keeping %lld of %lld slots", (long long)n_keep, (long long)ns);
+    fp16_t *     kp  = k_pool(il);
+    fp16_t *     vp  = v_pool(il);
+    const size_t row = size_t(head_dim_) * sizeof(fp16_t);
+    int32_t      prev = -1;
+    for (int64_t i = 0; i < n_keep; ++i) {
+        const int32_t s = keep[i];
+        LC_ASSERT(s > prev && s < ns, "kv: keep list not ascending or out of range at %lld (%d)", (long long)i, s);
+        prev = s;
+        if (s == i) continue; // s >= i always: moving forward never overwrites a row still to be read
+        const size_t src = row_offset(il, seq, s, h), dst = row_offset(il, seq, i, h);
+        std::memcpy(kp + dst, kp + src, row);
+        std::memcpy(vp + dst, vp + src, row);
+    }
+}
+
+void kv_cache::finish_keep(int il, int seq, int64_t n_keep) {
+    LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_, "kv: finish_keep of layer %d, sequence %d",
+              il, seq);
+    int64_t & ns = n_slots_[idx(il, seq)];
+    LC_ASSERT(n_keep >= 0 && n_keep <= ns, "kv: keeping %lld of %lld slots", (long long)n_keep, (long long)ns);
+    ns = n_keep;
+    shrink_table(il, seq, n_keep);
+}
+
+fp16_t * kv_cache::k_row(int il, int seq, int64_t slot, int h) {
+    LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_ && h >= 0 && h < n_head_kv_ && slot >= 0 &&
+                  slot < n_slots_[idx(il, seq)],
+              "kv: row %lld of layer %d, sequence %d, KV head %d", (long long)slot, il, seq, h);
+    return k_pool(il) + row_offset(il, seq, slot, h);
+}
+
+fp16_t * kv_cache::v_row(int il, int seq, int64_t slot, int h) {
+    LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_ && h >= 0 && h < n_head_kv_ && slot >= 0 &&
+                  slot < n_slots_[idx(il, seq)],
+              "kv: row %lld of layer %d, sequence %d, KV head %d", (long long)slot, il, seq, h);
+    return v_pool(il) + row_offset(il, seq, slot, h);
 }
 
 size_t kv_cache::bytes_allocated() const {
-    return size_t(n_pages_ - int64_t(free_.size())) * page_bytes() * 2 * size_t(n_layer_);
+    size_t n = 0;
+    for (const std::vector<int32_t> & t : pages_) n += t.size();
+    return n * page_bytes() * 2;
 }
 
 size_t kv_cache::bytes_used() const {
     int64_t n = 0;
-    for (int64_t t : n_tokens_) n += t;
-    return size_t(n) * size_t(n_head_kv_) * size_t(head_dim_) * sizeof(fp16_t) * 2 * size_t(n_layer_);
+    for (int64_t t : n_slots_) n += t;
+    return size_t(n) * slot_bytes();
 }
 
 } // namespace lc

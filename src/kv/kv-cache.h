@@ -1,5 +1,8 @@
-// Paged KV cache: per layer one K pool and one V pool of 64-token pages in fp16, and per sequence one page
-// table shared by all layers (logical page p of a sequence is physical page table[p] in every layer's pool).
+// Paged KV cache: per layer one K pool and one V pool of 64-token pages in fp16, and per (layer, sequence) a page
+// table and a slot count. Slots are a layer's cache rows in order; without eviction slot t holds position t in every
+// layer. A KV policy (kv-policy.h) may compact a layer (keep_rows()), after which its slots hold the kept tokens in
+// position order and fewer pages; the RoPE position of a token is baked into its key, so attention needs only
+// slots. Layers may then hold different numbers of slots.
 #pragma once
 
 #include <cstddef>
@@ -15,13 +18,13 @@ constexpr int kv_page_tokens = 64;
 
 // Read-only view of one layer of one sequence, as attention kernels see it. A page holds, for every KV head,
 // 64 token rows of head_dim fp16: page layout [n_head_kv][64][head_dim], row-major.
-// Rows past n_kv on the last page are garbage. The view is invalidated by reserve() and clear() of its sequence
-// and by destroying the cache.
+// Rows past n_kv on the last page are garbage. The view is invalidated by reserve(), reserve_append(), clear(),
+// truncate() and keep_rows() of its sequence and by destroying the cache.
 struct kv_view {
     const fp16_t *  k_pool     = nullptr; // [n_pages_total][n_head_kv][64][head_dim] fp16
     const fp16_t *  v_pool     = nullptr; // same layout as k_pool
     const int32_t * pages      = nullptr; // [ceil(n_kv / 64)] physical page ids
-    int64_t         n_kv       = 0;       // valid tokens (positions 0..n_kv-1)
+    int64_t         n_kv       = 0;       // valid slots 0..n_kv-1
     int             n_head_kv  = 0;
     int             head_dim   = 0;
     size_t          page_elems = 0; // n_head_kv * 64 * head_dim
@@ -44,11 +47,12 @@ struct kv_view {
 // (mmap with MAP_NORESERVE); the OS backs a page with memory the first time it is written, and the free list
 // hands out the lowest page ids first, so a 128k-token cache costs only what its sequences have used.
 // clear() returns pages to the free list but not their memory to the OS.
-// Capacity: n_ctx_max tokens in total, shared by up to n_seq_max sequences; one sequence may take all of it.
-// The pool has ceil(n_ctx_max / 64) + n_seq_max - 1 pages so that partly filled last pages never make a set
-// of sequences that fits in n_ctx_max tokens fail.
-// Thread-safety: const methods may run concurrently; reserve(), write() and clear() need external locking,
-// except that write() calls for different sequences may run concurrently.
+// Capacity: n_ctx_max tokens per layer in total, shared by up to n_seq_max sequences; one sequence may take all
+// of it. Each layer's pool has ceil(n_ctx_max / 64) + n_seq_max - 1 pages so that partly filled last pages never
+// make a set of sequences that fits in n_ctx_max tokens fail. Pages a compaction frees go back to their layer's
+// free list (their memory stays with the process).
+// Thread-safety: const methods may run concurrently; the others need external locking, except that write() and
+// mutable row access for different (layer, sequence) pairs may run concurrently.
 class kv_cache {
   public:
     kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, int n_seq_max = 1);
@@ -58,26 +62,45 @@ class kv_cache {
     kv_cache(kv_cache && other) noexcept;
     kv_cache & operator=(kv_cache && other) noexcept;
 
-    // Grows the page table of `seq` to hold n_tokens tokens (never shrinks). Errors: INVALID_ARGUMENT for a bad
-    // seq, OUT_OF_RANGE when n_tokens > n_ctx_max, RESOURCE_EXHAUSTED when too few pages are free (other
-    // sequences hold them) or the address space could not be reserved. On error nothing changes.
+    // Grows the page tables of `seq` so that every layer holds at least n_tokens slots (never shrinks). Errors:
+    // INVALID_ARGUMENT for a bad seq, OUT_OF_RANGE when n_tokens > n_ctx_max, RESOURCE_EXHAUSTED when too few pages
+    // are free (other sequences hold them) or the address space could not be reserved. On error nothing changes.
     status reserve(int seq, int64_t n_tokens);
+    // As reserve(), for n_more slots after each layer's current n_slots(il, seq).
+    status reserve_append(int seq, int64_t n_more);
 
-    // Stores tokens pos..pos+n-1 of layer il, converting f32 to fp16 (round to nearest even).
-    // k, v: [n][n_head_kv][head_dim] f32. Sets n_tokens(seq) to max(n_tokens(seq), pos + n).
-    // REQUIRES: reserve(seq, pos + n) succeeded; 0 <= il < n_layer.
-    void write(int il, int seq, int64_t pos, int64_t n, const float * k, const float * v);
+    // Stores tokens in slots slot..slot+n-1 of layer il, converting f32 to fp16 (round to nearest even).
+    // k, v: [n][n_head_kv][head_dim] f32. Sets n_slots(il, seq) to max(n_slots(il, seq), slot + n).
+    // REQUIRES: the layer's table holds slot + n slots (reserve); 0 <= il < n_layer.
+    void write(int il, int seq, int64_t slot, int64_t n, const float * k, const float * v);
 
     // REQUIRES: 0 <= il < n_layer, 0 <= seq < n_seq_max.
     kv_view view(int il, int seq) const;
+    // Slots of layer il holding tokens.
+    int64_t n_slots(int il, int seq) const;
+    // The largest n_slots over the layers (every layer's, without compaction).
     int64_t n_tokens(int seq) const;
-    // Returns the pages of `seq` to the free list and sets its length to 0.
+    // Returns the pages of `seq` to the free lists and sets its slot counts to 0.
     void clear(int seq);
+    // Cuts every layer of `seq` to at most n slots and frees the pages past them.
+    void truncate(int seq, int64_t n);
+
+    // Compaction of layer il of `seq` (eviction). For KV head h, rows keep[i] move to slot i, i < n_keep.
+    // REQUIRES: keep strictly ascending, keep[n_keep - 1] < n_slots(il, seq). Every KV head of the layer must be
+    // given the same n_keep before finish_keep() sets the slot count and frees the pages past it.
+    void keep_rows(int il, int seq, int h, const int32_t * keep, int64_t n_keep);
+    void finish_keep(int il, int seq, int64_t n_keep);
+
+    // Mutable fp16 rows (merging rewrites kept tokens in place). REQUIRES: slot < n_slots(il, seq).
+    fp16_t * k_row(int il, int seq, int64_t slot, int h);
+    fp16_t * v_row(int il, int seq, int64_t slot, int h);
 
     // Bytes of the pages currently owned by sequences (all layers, K and V).
     size_t bytes_allocated() const;
-    // Bytes holding written tokens: sum over sequences of n_tokens * bytes per token (all layers, K and V).
+    // Bytes holding tokens: the slots of every (layer, sequence) times the bytes of one slot (K and V).
     size_t bytes_used() const;
+    // Bytes of one slot of one layer (K and V, all KV heads).
+    size_t slot_bytes() const { return size_t(n_head_kv_) * size_t(head_dim_) * sizeof(fp16_t) * 2; }
     // Bytes of address space reserved for the whole capacity.
     size_t bytes_reserved() const { return bytes_reserved_; }
 
@@ -87,7 +110,8 @@ class kv_cache {
     int     n_seq_max() const { return n_seq_max_; }
     int64_t n_ctx_max() const { return n_ctx_max_; }
     int64_t n_pages_total() const { return n_pages_; }
-    int64_t n_pages_free() const { return int64_t(free_.size()); }
+    // Free pages of layer il's pool.
+    int64_t n_pages_free(int il = 0) const { return int64_t(free_[size_t(il)].size()); }
     // Bytes of one page in one pool (one layer, K or V).
     size_t page_bytes() const { return page_elems_ * sizeof(fp16_t); }
 
@@ -96,6 +120,9 @@ class kv_cache {
     fp16_t * v_pool(int il) const { return base_ + size_t(2 * il + 1) * pool_elems(); }
     size_t   pool_elems() const { return size_t(n_pages_) * page_elems_; }
     void     release();
+    size_t   idx(int il, int seq) const { return size_t(il) * size_t(n_seq_max_) + size_t(seq); }
+    size_t   row_offset(int il, int seq, int64_t slot, int h) const;
+    void     shrink_table(int il, int seq, int64_t n_slots);
 
     int      n_layer_        = 0;
     int      n_head_kv_      = 0;
@@ -107,9 +134,9 @@ class kv_cache {
     size_t   bytes_reserved_ = 0;
     fp16_t * base_           = nullptr; // [n_layer][2 (K, V)][n_pages][page_elems]
 
-    std::vector<int32_t>              free_;     // free physical page ids, lowest id at the back
-    std::vector<std::vector<int32_t>> pages_;    // [n_seq_max] page tables
-    std::vector<int64_t>              n_tokens_; // [n_seq_max]
+    std::vector<std::vector<int32_t>> free_;    // [n_layer] free physical page ids, lowest id at the back
+    std::vector<std::vector<int32_t>> pages_;   // [n_layer * n_seq_max] page tables
+    std::vector<int64_t>              n_slots_; // [n_layer * n_seq_max]
 };
 
 } // namespace lc

@@ -21,7 +21,7 @@ status forward_batch_llama(const model & m, kv_cache & kv, int seq, const int32_
     const float           eps    = hp.norm_eps;
     LC_ASSERT(n_logits <= n, "n_logits %lld > n %lld", (long long)n_logits, (long long)n);
 
-    LC_RETURN_IF_ERROR(kv.reserve(seq, pos0 + n));
+    LC_RETURN_IF_ERROR(kv.reserve_append(seq, n));
     fwd::prepare(s, n, pos0, n_embd, n_q, n_kv, n_ff);
     fwd::phase_timer timer(*timings);
     LC_RETURN_IF_ERROR(m.embed(tokens, n, s.x.data()));
@@ -40,11 +40,11 @@ status forward_batch_llama(const model & m, kv_cache & kv, int seq, const int32_
         fwd::add_bias(s.v.data(), L.bv, n, n_kv);
         cpu::rope(s.q.data(), n, hp.n_head, hp.head_dim, hp.n_rot, s.pos.data(), hp.rope_freq_base, hp.rope_mode);
         cpu::rope(s.k.data(), n, hp.n_head_kv, hp.head_dim, hp.n_rot, s.pos.data(), hp.rope_freq_base, hp.rope_mode);
-        kv.write(il, seq, pos0, n, s.k.data(), s.v.data());
+        // Attention works in cache slots (equal to positions until a KV policy compacts the layer).
+        const int64_t slot0 = kv.n_slots(il, seq);
+        kv.write(il, seq, slot0, n, s.k.data(), s.v.data());
         timer.end(&forward_timings::other_s);
-        kv_view view = kv.view(il, seq);
-        view.n_kv    = pos0 + n; // the context's length is the truth; later slots may hold stale tokens
-        fwd::attend(attn, il, s.q.data(), n, pos0, hp.n_head, view, scale, s.attn.data(), pool,
+        fwd::attend(attn, il, s.q.data(), n, slot0, hp.n_head, kv.view(il, seq), scale, s.attn.data(), pool,
                     attn_window_none, timings);
         timer.end(&forward_timings::attn_s);
         cpu::matmul(L.wo, s.attn.data(), n, n_q, s.tmp.data(), n_embd, pool, s.mm);

@@ -25,6 +25,7 @@ struct forward_timings {
     double attn_s       = 0.0;
     double attn_index_s = 0.0; // of attn_s: building sparse prefill plans (index estimation)
     double attn_swa_s   = 0.0; // of attn_s: sliding-window layers (always windowed dense)
+    double attn_stats_s = 0.0; // of attn_s: column sums of the attention probabilities for a KV policy
     double matmul_s     = 0.0;
     double other_s      = 0.0;
     // Prefill attention in the layers a sparse method may apply to (all but sliding-window layers): causal
@@ -51,7 +52,8 @@ struct forward_timings {
     double density() const { return attn_pairs_causal > 0 ? double(attn_pairs_computed) / attn_pairs_causal : 1.0; }
 };
 
-// Runs tokens[0..n) at positions pos0.. of sequence `seq`, appending their K/V to the cache.
+// Runs tokens[0..n) at positions pos0.. of sequence `seq` (RoPE), appending their K/V after each layer's last
+// cache slot (equal to pos0 unless a KV policy compacted the layer).
 // logits: [n_logits][n_vocab] for the last n_logits tokens of the batch (n_logits <= n; 0 for none).
 // attn (optional): the context's attention methods; nullptr: dense attention.
 // Dispatches on the model's architecture (llama and qwen2: arch-llama.cpp; gemma3: arch-gemma3.cpp).

@@ -28,11 +28,13 @@ result<std::unique_ptr<context>> context::create(const model & m, const context_
     c->n_ubatch_ = p.n_ubatch;
     c->kv_       = std::make_unique<kv_cache>(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
     LC_ASSIGN_OR_RETURN(c->attn_, attention::create(m, p.attn));
-    c->policy_ = std::make_unique<kv_policy_full>();
+    LC_ASSIGN_OR_RETURN(c->policy_, kv_policy_create(m, p.attn, 1));
+    c->attn_->set_stats_sink(c->policy_->stats());
     return c;
 }
 
-status context::decode(const std::vector<int32_t> & tokens, bool all_logits, const progress_fn & progress) {
+status context::decode(const std::vector<int32_t> & tokens, bool all_logits, const progress_fn & progress,
+                       bool prompt_end) {
     const int64_t n = int64_t(tokens.size());
     if (n == 0) return error(status_code::INVALID_ARGUMENT, "context: nothing to decode (0 tokens)");
     if (n_past_ + n > n_ctx_)
@@ -43,15 +45,22 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
     const int64_t n_vocab = model_.hparams().n_vocab;
     logits_.resize(size_t((all_logits ? n : 1) * n_vocab));
     attn_->set_prompt_end(n_past_ + n);
+    policy_->begin(0);
+    std::vector<int64_t> slots(size_t(model_.hparams().n_layer));
     for (int64_t i = 0; i < n; i += n_ubatch_) {
         const int64_t nb    = std::min(n_ubatch_, n - i);
         const bool    last  = i + nb == n;
+        for (int il = 0; il < model_.hparams().n_layer; ++il) slots[size_t(il)] = kv_->n_slots(il, 0);
+        attn_->set_last_chunk(last);
         const int64_t n_out = all_logits ? nb : (last ? 1 : 0);
         float *       out   = all_logits ? logits_.data() + i * n_vocab : logits_.data();
         status        st = forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_,
                                          &timings_, attn_.get());
         if (!st.is_ok()) {
-            truncate(n_past_);
+            // Drop what this chunk wrote in the layers it reached.
+            for (int il = 0; il < model_.hparams().n_layer; ++il)
+                if (kv_->n_slots(il, 0) > slots[size_t(il)]) kv_->finish_keep(il, 0, slots[size_t(il)]);
+            attn_->truncate(n_past_);
             return st;
         }
         n_past_ += nb;
@@ -59,7 +68,9 @@ status context::decode(const std::vector<int32_t> & tokens, bool all_logits, con
     }
     n_logits_ = all_logits ? n : 1;
     if (n == 1) timings_.decode_tokens += 1;
-    return n > 1 ? policy_->on_prefill_end(*kv_, 0, n_past_) : policy_->on_decode_step(*kv_, 0, n_past_);
+    if (n > 1 && !prompt_end) return status::ok();
+    return n > 1 ? policy_->on_prefill_end(*kv_, 0, n_past_, *attn_, pool_)
+                 : policy_->on_decode_step(*kv_, 0, n_past_, *attn_, pool_);
 }
 
 const float * context::logits() const {
@@ -74,15 +85,30 @@ const float * context::logits(int64_t i) const {
 void context::clear() {
     kv_->clear(0);
     attn_->truncate(0);
+    policy_->truncate(0, 0);
     n_past_   = 0;
     n_logits_ = 0;
 }
 
-void context::truncate(int64_t n) {
-    LC_ASSERT(n >= 0 && n <= n_past_, "truncate(%lld) with %lld tokens", (long long)n, (long long)n_past_);
-    if (n == 0) kv_->clear(0);
+bool context::can_truncate(int64_t n) const {
+    return n >= 0 && n <= n_past_ && (n == 0 || n == n_past_ || !policy_->compressed(0));
+}
+
+status context::truncate(int64_t n) {
+    if (!can_truncate(n))
+        return error(status_code::UNSUPPORTED,
+                     "context: cannot cut %lld tokens back to %lld: %s", (long long)n_past_, (long long)n,
+                     n > n_past_ || n < 0 ? "out of range" : "the KV policy evicted tokens; clear and prefill again");
+    if (n == 0) {
+        clear();
+        return status::ok();
+    }
+    if (n == n_past_) return status::ok();
+    kv_->truncate(0, n);
     attn_->truncate(n);
+    policy_->truncate(0, n);
     n_past_ = n;
+    return status::ok();
 }
 
 } // namespace lc

@@ -32,7 +32,10 @@ class context {
 
     // Appends tokens at the current position; OUT_OF_RANGE when they do not fit in n_ctx.
     // all_logits: keep logits of every token (n x n_vocab), else only of the last one.
-    status decode(const std::vector<int32_t> & tokens, bool all_logits = false, const progress_fn & progress = {});
+    // prompt_end = false: more of the same prompt follows in the next call (the KV policy compresses only at the
+    // end of a prompt).
+    status decode(const std::vector<int32_t> & tokens, bool all_logits = false, const progress_fn & progress = {},
+                  bool prompt_end = true);
 
     const float * logits() const;          // last token's logits [n_vocab]
     const float * logits(int64_t i) const; // i-th token of the last decode() when all_logits
@@ -40,14 +43,19 @@ class context {
     int64_t       n_ctx() const { return n_ctx_; }
     int           n_threads() const { return pool_.n_threads(); }
     void          clear(); // forget all tokens
-    // Keep the first n tokens, drop the rest (REQUIRES n <= n_past()).
-    void truncate(int64_t n);
+    // Keep the first n tokens, drop the rest. UNSUPPORTED when n is out of range or the KV policy has
+    // evicted tokens (then only n == 0 and n == n_past() are possible).
+    status truncate(int64_t n);
+    bool   can_truncate(int64_t n) const;
 
     const model &           get_model() const { return model_; }
     const kv_cache &        kv() const { return *kv_; }
     const forward_timings & timings() const { return timings_; }
     attention &             attn() { return *attn_; }
     const kv_policy &       policy() const { return *policy_; }
+    // KV bytes the cache holds for the context's tokens, and what it would hold keeping every token.
+    size_t kv_bytes_held() const { return kv_->bytes_used(); }
+    size_t kv_bytes_full() const { return size_t(n_past_) * kv_->slot_bytes() * size_t(kv_->n_layer()); }
     void                    reset_timings() { timings_ = {}; }
 
   private:

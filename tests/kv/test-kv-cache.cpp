@@ -205,8 +205,8 @@ TEST(kv_cache, reserve_errors) {
 }
 
 TEST(kv_cache, bytes_accounting) {
-    // 2 layers, 3 KV heads, head_dim 64: one page of one pool is 3 * 64 * 64 * 2 = 24576 bytes; a token of
-    // all layers, K and V is 3 * 64 * 2 bytes * 2 (K, V) * 2 layers = 1536 bytes.
+    // 2 layers, 3 KV heads, head_dim 64: one page of one pool is 3 * 64 * 64 * 2 = 24576 bytes; a slot of one
+    // layer, K and V is 3 * 64 * 2 bytes * 2 (K, V) = 768 bytes.
     lc::kv_cache cache(2, 3, 64, 4096, 2);
     EXPECT_EQ(cache.page_bytes(), 24576u);
     EXPECT_EQ(cache.bytes_allocated(), 0u);
@@ -217,19 +217,22 @@ TEST(kv_cache, bytes_accounting) {
     EXPECT_EQ(cache.bytes_allocated(), 2u * 24576 * 2 * 2);
     EXPECT_EQ(cache.bytes_used(), 0u);
     std::vector<float> x = random_rows(100, 3, 64, 7);
+    EXPECT_EQ(cache.slot_bytes(), 768u);
     cache.write(0, 0, 0, 100, x.data(), x.data());
-    EXPECT_EQ(cache.bytes_used(), 100u * 1536);
-    cache.write(1, 0, 0, 60, x.data(), x.data()); // n_tokens stays the maximum written position
+    EXPECT_EQ(cache.bytes_used(), 100u * 768);
+    cache.write(1, 0, 0, 60, x.data(), x.data()); // layers count their own slots; n_tokens is the largest
+    EXPECT_EQ(cache.bytes_used(), 160u * 768);
+    EXPECT_EQ(cache.n_slots(1, 0), 60);
     EXPECT_EQ(cache.n_tokens(0), 100);
 
     ASSERT_TRUE(cache.reserve(1, 1).is_ok()); // 1 page
     cache.write(0, 1, 0, 1, x.data(), x.data());
     EXPECT_EQ(cache.bytes_allocated(), 3u * 24576 * 2 * 2);
-    EXPECT_EQ(cache.bytes_used(), 101u * 1536);
+    EXPECT_EQ(cache.bytes_used(), 161u * 768);
 
     cache.clear(0);
     EXPECT_EQ(cache.bytes_allocated(), 1u * 24576 * 2 * 2);
-    EXPECT_EQ(cache.bytes_used(), 1u * 1536);
+    EXPECT_EQ(cache.bytes_used(), 1u * 768);
 }
 
 TEST(kv_cache, large_capacity_costs_only_what_is_used) {

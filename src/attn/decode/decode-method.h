@@ -41,6 +41,10 @@ class decode_method {
 
     // The cache was cut to its first n tokens (0: cleared): metadata of positions >= n is dropped.
     virtual void truncate(int64_t n) = 0;
+
+    // Layer il's cache was rewritten (a KV policy evicted or merged tokens): its metadata is dropped and rebuilt
+    // from the cache on the next call.
+    virtual void invalidate(int il) = 0;
 };
 
 // The method of c.decode, nullptr for dense. Errors: a method that needs calibration data the sidecar lacks

@@ -59,6 +59,10 @@ class loki_decode : public decode_method {
         for (layer_state & st : layers_) st.n = std::min(st.n, std::max<int64_t>(n, 0));
     }
 
+    void invalidate(int il) override {
+        if (il >= 0 && il < int(layers_.size())) layers_[size_t(il)].n = 0;
+    }
+
   private:
     struct layer_state {
         int                              d     = 0; // rank of the approximate scores (0: no basis)

@@ -188,6 +188,13 @@ void magicpig_decode::truncate(int64_t n) {
         }
 }
 
+void magicpig_decode::invalidate(int il) {
+    if (il < 0 || il >= int(layers_.size())) return;
+    layer_state & st = layers_[size_t(il)];
+    st.n_kv_built    = -1;
+    st.heads.clear();
+}
+
 void magicpig_decode::build(layer_state & st, const kv_view & kv, thread_pool & pool) {
     const auto    t0    = std::chrono::steady_clock::now();
     const int64_t n_kv  = kv.n_kv;

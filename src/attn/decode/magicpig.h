@@ -90,6 +90,7 @@ class magicpig_decode final : public decode_method {
     void plan(int il, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan,
               thread_pool & pool, int64_t * select_bytes) override;
     void truncate(int64_t n) override;
+    void invalidate(int il) override;
     // Builds the layer's tables right after its prefill (the life-cycle rule of plan()).
     void prepare(int il, const kv_view & kv, thread_pool & pool) override;
 

@@ -70,6 +70,9 @@ class quest_decode final : public decode_method {
     void         truncate(int64_t n) override {
         for (layer & l : layers_) l.n_pages = std::min<int64_t>(l.n_pages, n / P_);
     }
+    void invalidate(int il) override {
+        if (il >= 0 && il < int(layers_.size())) layers_[size_t(il)].n_pages = 0;
+    }
 
     void plan(int il, const float * q, int n_head, const kv_view & kv, float, decode_plan & plan, thread_pool & pool,
               int64_t * select_bytes) override {

@@ -42,6 +42,7 @@ class topk_decode final : public decode_method {
     const char * name() const override { return "topk"; }
     bool         sparse_layer(int) const override { return true; }
     void         truncate(int64_t) override {}
+    void         invalidate(int) override {}
 
     void plan(int, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan, thread_pool & pool,
               int64_t * select_bytes) override {
