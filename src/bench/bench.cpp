@@ -51,13 +51,19 @@ double median(std::vector<double> v) {
 
 // One timed repetition; returns seconds of the timed part. The context's timings cover the timed part only.
 // Decode tests after a depth reuse the depth prefix a previous repetition left in the context (cut back to it),
-// so that only the first repetition pays for the prefill; under a KV policy that evicted tokens every repetition
-// prefills again.
+// so that only the first repetition pays for the prefill. Under a KV policy that evicted tokens (no cut back
+// possible) the repetitions are consecutive blocks of decode steps after that prefill while the context has room,
+// else each prefills again.
 result<double> run_once(context & c, const bench_row & r, token_source & src, bool reuse_depth) {
     src.rewind(); // every repetition and method sees the same text
     if (reuse_depth && r.n_gen > 0 && r.depth > 0 && c.n_past() >= r.depth && c.can_truncate(r.depth)) {
         LC_RETURN_IF_ERROR(c.truncate(r.depth));
         src.take(r.depth);
+    } else if (reuse_depth && r.n_gen > 0 && r.depth > 0 && c.n_past() >= r.depth &&
+               c.n_past() + r.n_gen <= c.n_ctx()) {
+        // A KV policy evicted tokens: the repetition goes on decoding after the previous one (the cache stays at
+        // its budget), with the tokens the text has next.
+        src.take(c.n_past());
     } else {
         c.clear();
         if (r.depth > 0) LC_RETURN_IF_ERROR(c.decode(src.take(r.depth)));
@@ -141,10 +147,15 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
     env.n_params     = 0;
     for (const auto & t : m.file().tensors()) env.n_params += t.n_elements();
 
+    // Room for the consecutive decode blocks of a KV policy (see run_once).
+    int64_t n_ctx_kv = n_ctx;
+    for (const auto & r : rows) n_ctx_kv = std::max(n_ctx_kv, r.depth + r.n_prompt + r.n_gen * (p.reps + 1));
+    n_ctx_kv = (n_ctx_kv + 63) / 64 * 64;
+
     std::vector<bench_row> out;
     for (const attn_config & method : p.methods) {
         context_params cp;
-        cp.n_ctx     = std::min<int64_t>(n_ctx, m.hparams().n_ctx_train);
+        cp.n_ctx     = std::min<int64_t>(method.kv == kv_method::FULL ? n_ctx : n_ctx_kv, m.hparams().n_ctx_train);
         cp.n_threads = p.n_threads;
         cp.n_ubatch  = p.n_ubatch;
         cp.attn      = method;

@@ -290,6 +290,21 @@ void kv_cache::finish_keep(int il, int seq, int64_t n_keep) {
     shrink_table(il, seq, n_keep);
 }
 
+void kv_cache::drop_front_pages(int il, int seq, int64_t n_pages) {
+    LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_, "kv: drop_front_pages of layer %d, sequence %d",
+              il, seq);
+    int64_t & ns = n_slots_[idx(il, seq)];
+    LC_ASSERT(n_pages >= 0 && n_pages * kv_page_tokens <= ns, "kv: dropping %lld pages of %lld slots",
+              (long long)n_pages, (long long)ns);
+    if (n_pages == 0) return;
+    std::vector<int32_t> & table = pages_[idx(il, seq)];
+    std::vector<int32_t> & fl    = free_[size_t(il)];
+    fl.insert(fl.end(), table.begin(), table.begin() + std::ptrdiff_t(n_pages));
+    std::sort(fl.begin(), fl.end(), std::greater<int32_t>());
+    table.erase(table.begin(), table.begin() + std::ptrdiff_t(n_pages));
+    ns -= n_pages * kv_page_tokens;
+}
+
 fp16_t * kv_cache::k_row(int il, int seq, int64_t slot, int h) {
     LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_ && h >= 0 && h < n_head_kv_ && slot >= 0 &&
                   slot < n_slots_[idx(il, seq)],

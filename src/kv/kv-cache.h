@@ -91,6 +91,10 @@ class kv_cache {
     void keep_rows(int il, int seq, int h, const int32_t * keep, int64_t n_keep);
     void finish_keep(int il, int seq, int64_t n_keep);
 
+    // Drops the first n_pages pages of layer il of `seq` (their 64 * n_pages slots) without moving any row: slot t
+    // becomes slot t - 64 * n_pages and keeps its place within a page. REQUIRES: 64 * n_pages <= n_slots(il, seq).
+    void drop_front_pages(int il, int seq, int64_t n_pages);
+
     // Mutable fp16 rows (merging rewrites kept tokens in place). REQUIRES: slot < n_slots(il, seq).
     fp16_t * k_row(int il, int seq, int64_t slot, int h);
     fp16_t * v_row(int il, int seq, int64_t slot, int h);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "attn/attention.h"
 #include "attn/decode/decode-method.h"
@@ -106,7 +107,7 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
   public:
     evict_policy(const model & m, const attn_config & c, int n_seq)
         : method_(c.kv), p_(c.kv_opts), n_layer_(m.hparams().n_layer), n_head_(m.hparams().n_head),
-          n_head_kv_(m.hparams().n_head_kv), head_dim_(m.hparams().head_dim) {
+          n_head_kv_(m.hparams().n_head_kv), head_dim_(m.hparams().head_dim), n_swa_(m.hparams().n_swa) {
         n_sink_ = p_.n_sink >= 0 ? p_.n_sink : (method_ == kv_method::H2O ? 0 : 4);
         managed_.assign(size_t(n_layer_), false);
         for (int il = 0; il < n_layer_; ++il) managed_[size_t(il)] = !m.layers()[size_t(il)].swa;
@@ -136,14 +137,18 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
 
     status on_prefill_end(kv_cache & kv, int seq, int64_t n_pos, attention & attn, thread_pool & pool) override {
         set_budgets(kv, seq, n_pos);
-        for (int il = 0; il < n_layer_; ++il)
+        for (int il = 0; il < n_layer_; ++il) {
             if (managed_[size_t(il)]) evict(kv, seq, il, attn, pool, 1);
+            if (is_swa(il)) trim_window(kv, seq, il, attn);
+        }
         return status::ok();
     }
 
     status on_decode_step(kv_cache & kv, int seq, int64_t, attention & attn, thread_pool & pool) override {
-        for (int il = 0; il < n_layer_; ++il)
+        for (int il = 0; il < n_layer_; ++il) {
             if (managed_[size_t(il)]) evict(kv, seq, il, attn, pool, p_.evict_every);
+            if (is_swa(il)) trim_window(kv, seq, il, attn);
+        }
         return status::ok();
     }
 
@@ -251,6 +256,21 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
 
     bool is_swa(int il) const { return swa_.empty() ? false : swa_[size_t(il)]; }
 
+    // A sliding-window layer only ever reads its last n_swa slots: whole pages before them go (lossless, no row
+    // moves). Dropping whole pages keeps every token's place within its page, so the kernels tile the window as
+    // they would over the full cache and the result is bit-identical.
+    void trim_window(kv_cache & kv, int seq, int il, attention & attn) {
+        const int64_t n = kv.n_slots(il, seq);
+        if (n_swa_ <= 0 || n - n_swa_ < kv_page_tokens) return;
+        const int64_t n_pages = (n - n_swa_) / kv_page_tokens;
+        kv.drop_front_pages(il, seq, n_pages);
+        layer_state & L = seqs_[size_t(seq)].layers[size_t(il)];
+        L.kept          = kv.n_slots(il, seq);
+        L.evicted += n_pages * kv_page_tokens * n_head_kv_;
+        seqs_[size_t(seq)].compressed = true;
+        attn.invalidate(il);
+    }
+
     // Evicts layer il of seq down to its budget once it holds at least `slack` slots over it.
     void evict(kv_cache & kv, int seq, int il, attention & attn, thread_pool & pool, int slack) {
         seq_state &   s = seqs_[size_t(seq)];
@@ -352,6 +372,7 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
     kv_method              method_;
     kv_params              p_;
     int                    n_layer_, n_head_, n_head_kv_, head_dim_;
+    int64_t                n_swa_;
     int                    n_sink_ = 0;
     std::vector<bool>      managed_;
     std::vector<bool>      swa_;

@@ -8,8 +8,8 @@
 //   h2o        H2O: heavy hitters by accumulated attention + a recent window, the same budget in every layer
 //   d2o        D2O: H2O's eviction with layer budgets from the variance of the prompt's column sums, merging of
 //              evicted tokens into their most similar kept token (EMA threshold), first two and last layers whole
-// Budgets are per layer, in slots, set at the end of each prompt from the tokens the context then holds. Layers a
-// policy never touches: sliding-window layers (they read only their window).
+// Budgets are per layer, in slots, set at the end of each prompt from the tokens the context then holds.
+// Sliding-window layers are not scored or budgeted; every policy but full trims them to their window (lossless).
 // Thread-safety: called by the owning context's thread only.
 #pragma once
 

@@ -178,9 +178,9 @@ struct model_fixture {
     std::vector<int32_t>       prompt;
 };
 
-model_fixture load_model(int64_t n_tokens) {
+model_fixture load_model(int64_t n_tokens, const char * file = "SmolLM2-135M-Instruct.Q4_1.gguf") {
     model_fixture     f;
-    const std::string path = lc::test::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    const std::string path = lc::test::cached_model(file);
     const std::string text = lc::test::shared_data_path("pg_essays/philosophy.txt");
     if (path.empty() || text.empty()) return f;
     auto m = lc::model::load(path);
@@ -235,6 +235,31 @@ TEST(kv_policy_model, full_budget_equals_dense_bit_for_bit) {
         EXPECT_FALSE(c->policy().compressed(0));
         EXPECT_EQ(c->kv_bytes_held(), c->kv_bytes_full());
     }
+}
+
+TEST(kv_policy_model, sliding_window_layers_trimmed_without_loss) {
+    // Gemma 3: 15 of 18 layers see only the last 512 tokens. At a 100% budget a policy drops the whole pages
+    // before their window and nothing else; the logits stay those of the full cache, bit for bit, through decode
+    // steps that drop more pages.
+    model_fixture f = load_model(900, "gemma-3-270m-q4_k_m.gguf");
+    if (!f.m) GTEST_SKIP() << "Gemma 3 270M or ../shared/data/pg_essays absent";
+    const int n_vocab = int(f.m->hparams().n_vocab);
+    auto      full    = make_ctx(*f.m, lc::kv_method::FULL, "20%");
+    auto      c       = make_ctx(*f.m, lc::kv_method::H2O, "100%");
+    ASSERT_TRUE(full->decode(f.prompt).is_ok());
+    ASSERT_TRUE(c->decode(f.prompt).is_ok());
+    EXPECT_TRUE(std::equal(full->logits(), full->logits() + n_vocab, c->logits()));
+    EXPECT_TRUE(c->policy().compressed(0));
+    const int64_t W = f.m->hparams().n_swa;
+    const int64_t n = int64_t(f.prompt.size()), kept = W + (n - W) % 64; // whole pages before the window go
+    for (int il = 0; il < f.m->hparams().n_layer; ++il)
+        EXPECT_EQ(c->kv().n_slots(il, 0), f.m->layers()[size_t(il)].swa ? kept : n) << il;
+    for (int i = 0; i < 70; ++i) {
+        ASSERT_TRUE(full->decode({f.prompt[size_t(i)]}).is_ok());
+        ASSERT_TRUE(c->decode({f.prompt[size_t(i)]}).is_ok());
+        ASSERT_TRUE(std::equal(full->logits(), full->logits() + n_vocab, c->logits())) << "step " << i;
+    }
+    EXPECT_LT(c->kv_bytes_held(), c->kv_bytes_full());
 }
 
 TEST(kv_policy_model, eviction_keeps_sinks_and_recent_rows) {
