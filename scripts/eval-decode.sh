@@ -2,6 +2,7 @@
 # Accuracy of the sparse decode methods against dense on the real models (issue-level results in
 # docs/decode.md): teacher-forced decode fidelity, needle retrieval and the aggregation tasks of RULER.
 # Usage: scripts/eval-decode.sh [BUILD_DIR] [OUT_DIR]; needs the Loki sidecars (longctx calibrate loki -m MODEL).
+# Result files resume: a rerun skips the cells already in OUT_DIR. Groups run most important first.
 set -euo pipefail
 B=${1:-build}
 OUT=${2:-eval/results/decode}
@@ -11,18 +12,19 @@ S=smollm2-135m-instruct-q4_1
 G=gemma3-270m-q4_k_m
 
 run() { echo "+ $*" >&2; "$@"; }
+tag() { echo "$1" | tr -d '%-' | tr ' ' '_'; }
 
-# Fidelity on long text: 8k-token documents of the essays (not the KJV the Loki bases were fitted on), the last 256 tokens decoded one at a time.
-# Defaults keep 4 sinks + 64 local tokens; "--decode-keep 0,0" is selection alone (Loki and Quest as published).
-# 39% is the share of keys MagicPIG samples on this model (its sparse layers), for top-k and Quest at equal keys.
-for m in "topk --decode-budget 100%" "topk" "quest" "loki" "magicpig" \
-         "quest --decode-keep 0,0" "loki --decode-keep 0,0" \
-         "topk --decode-select kv" "quest --decode-select kv" "loki --decode-select kv" \
-         "topk --decode-budget 12%" "quest --decode-budget 12%" "loki --decode-budget 12%" \
-         "topk --decode-budget 39%" "quest --decode-budget 39%"; do
-    tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
-    run "$L" eval fidelity -m $S --corpus essays --lengths 8192 --docs 2 --decode-tail 256 --decode $m -o "$OUT/fidelity-smollm2-8k-$tag.json"
-done
+# Fidelity on long text: 8k-token documents of the essays (not the KJV the Loki bases were fitted on), the last
+# 256 tokens decoded one at a time. Defaults keep 4 sinks + 64 local tokens; "--decode-keep 0,0" is selection
+# alone (Loki and Quest as published). 39% is the share of keys MagicPIG samples on this model (its sparse
+# layers), for top-k and Quest at equal keys.
+fidelity() {
+    for m in "$@"; do
+        run "$L" eval fidelity -m $S --corpus essays --lengths 8192 --docs 2 --decode-tail 256 --decode $m -o "$OUT/fidelity-smollm2-8k-$(tag "$m").json"
+    done
+}
+fidelity "topk --decode-budget 100%" "topk" "quest" "loki" "magicpig" "quest --decode-keep 0,0" "loki --decode-keep 0,0" \
+         "topk --decode-budget 39%" "quest --decode-budget 39%"
 
 # Needle (numeric) at 8k (8000 prompt tokens and the answer within the 8192-token context), 5 depths: the
 # answer's later tokens are decoded with the method.
@@ -31,13 +33,15 @@ for m in topk quest loki magicpig; do
 done
 
 # Aggregation (common- and frequent-word extraction) at 4k: sampling against top-k at the same keys.
-for m in "dense" "magicpig" "topk --decode-budget 39%" "topk --decode-budget 12%" "quest --decode-budget 12%" "loki --decode-budget 12%"; do
-    tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
-    run "$L" eval ruler -m $S --tasks cwe,fwe --lengths 4096 --samples 5 --decode $m -o "$OUT/ruler-agg-smollm2-4k-$tag.json"
+for m in "dense" "magicpig" "topk --decode-budget 39%" "quest --decode-budget 39%"; do
+    run "$L" eval ruler -m $S --tasks cwe,fwe --lengths 4096 --samples 5 --decode $m -o "$OUT/ruler-agg-smollm2-4k-$(tag "$m").json"
 done
 
-# Gemma 3 at 32k: fidelity of the last 128 tokens.
-for m in "topk --decode-budget 100%" "quest --decode-select kv" "loki --decode-select kv" "magicpig"; do
-    tag=$(echo "$m" | tr -d '%-' | tr ' ' '_')
-    run "$L" eval fidelity -m $G --corpus essays --lengths 32768 --decode-tail 128 --decode $m -o "$OUT/fidelity-gemma3-32k-$tag.json"
+# Gemma 3 at 32k: fidelity of the last 128 tokens of one document.
+for m in "loki --decode-select kv" "magicpig" "quest --decode-select kv" "topk --decode-budget 100%"; do
+    run "$L" eval fidelity -m $G --corpus essays --lengths 32768 --docs 1 --decode-tail 128 --decode $m -o "$OUT/fidelity-gemma3-32k-$(tag "$m").json"
 done
+
+# More SmolLM2 rows: KV-head-level selection, a smaller budget, Loki's rank.
+fidelity "topk --decode-select kv" "quest --decode-select kv" "loki --decode-select kv" \
+         "topk --decode-budget 12%" "quest --decode-budget 12%" "loki --decode-budget 12%" "loki --loki-d 32"
