@@ -80,13 +80,14 @@ std::string decode_cells(const json & r) {
            " | " + (std::isnan(keys) ? std::string("-") : f2(keys, "%.3f"));
 }
 
-// One row per fidelity file with a decoded tail: the method's decode KL and top-1 averaged over its records.
+// One row per fidelity file with a decoded tail: the method's decode KL and top-1 averaged over its records, the
+// keys its decode steps attended and the share of a full cache's KV bytes it held at the end of a document.
 std::string decode_summary(const std::vector<report_input> & in) {
     std::string rows;
     for (const auto & f : in) {
         if (f.doc.at("eval").get<std::string>() != "fidelity") continue;
-        double      kl = 0.0, top1 = 0.0, keys = 0.0;
-        int         n = 0, n_keys = 0;
+        double      kl = 0.0, top1 = 0.0, keys = 0.0, kv = 0.0;
+        int         n = 0, n_keys = 0, n_kv = 0;
         std::string label;
         int64_t     length = 0;
         for (const auto & r : f.doc.at("records")) {
@@ -98,17 +99,23 @@ std::string decode_summary(const std::vector<report_input> & in) {
             for (const auto & run : r.at("runs")) {
                 if (run.at("label").get<std::string>() != "dense") label = run["label"].get<std::string>();
                 if (run.contains("decode_keys")) keys += run["decode_keys"].get<double>(), ++n_keys;
+                if (run.at("label").get<std::string>() != "dense" && run.contains("kv_bytes") &&
+                    run.value("kv_bytes_full", 0.0) > 0) {
+                    kv += run["kv_bytes"].get<double>() / run["kv_bytes_full"].get<double>();
+                    ++n_kv;
+                }
             }
         }
         if (n == 0) continue;
         rows += "| " + label + " | " + std::to_string(length) + " | " + std::to_string(n) + " | " +
-                (n_keys ? f2(keys / n_keys, "%.3f") : std::string("-")) + " | " + f2(kl / n, "%.4g") + " | " +
+                (n_keys ? f2(keys / n_keys, "%.3f") : std::string("-")) + " | " +
+                (n_kv ? f2(kv / n_kv, "%.3f") : std::string("-")) + " | " + f2(kl / n, "%.4g") + " | " +
                 f2(100.0 * top1 / n, "%.2f") + " |\n";
     }
     if (rows.empty()) return "";
     return "## Decode fidelity (teacher-forced tail, against dense)\n\n"
-           "| method | length | docs | keys attended | decode KL | decode top-1 (%) |\n"
-           "| --- | ---: | ---: | ---: | ---: | ---: |\n" +
+           "| method | length | docs | keys attended | KV held | decode KL | decode top-1 (%) |\n"
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" +
            rows + "\n";
 }
 

@@ -64,7 +64,8 @@ TEST(eval_report, points_and_tables) {
 }
 
 TEST(eval_report, decode_fidelity_summary) {
-    // Two documents with a decoded tail: KL 0.1 and 0.3, top-1 0.9 and 0.7, keys 0.25 -> means 0.2, 80%, 0.250.
+    // Two documents with a decoded tail: KL 0.1 and 0.3, top-1 0.9 and 0.7, keys 0.25, KV held 200 and 300 of
+    // 1000 bytes -> means 0.2, 80%, 0.250, 0.250.
     json d = {{"eval", "fidelity"}, {"meta", {{"task", "fidelity"}}}, {"records", json::array()}};
     for (int i = 0; i < 2; ++i)
         d["records"].push_back({{"length", 4096},
@@ -76,9 +77,13 @@ TEST(eval_report, decode_fidelity_summary) {
                                 {"decode_top1_agree", i == 0 ? 0.9 : 0.7},
                                 {"runs",
                                  {{{"label", "dense"}, {"density", 1.0}},
-                                  {{"label", "decode=topk"}, {"density", 1.0}, {"decode_keys", 0.25}}}}});
+                                  {{"label", "decode=topk"},
+                                   {"density", 1.0},
+                                   {"decode_keys", 0.25},
+                                   {"kv_bytes", i == 0 ? 200 : 300},
+                                   {"kv_bytes_full", 1000}}}}});
     auto md = report_markdown({{"f.json", d}});
     ASSERT_TRUE(md);
-    EXPECT_NE(md->find("| decode=topk | 4096 | 2 | 0.250 | 0.2 | 80.00 |"), std::string::npos) << *md;
+    EXPECT_NE(md->find("| decode=topk | 4096 | 2 | 0.250 | 0.250 | 0.2 | 80.00 |"), std::string::npos) << *md;
     EXPECT_NE(md->find("| 4096 | 1 | 0.01 | 0.5 | 0.9900 | 0.3 | 0.7000 | 0.250 |"), std::string::npos) << *md;
 }
