@@ -28,8 +28,8 @@ fidelity "topk --decode-budget 100%" "topk" "quest" "loki" "magicpig" "quest --d
 
 # Needle (numeric) at 8k (8000 prompt tokens and the answer within the 8192-token context), 5 depths: the
 # answer's later tokens are decoded with the method.
-for m in topk quest loki magicpig; do
-    run "$L" eval niah -m $S --needle numeric --lengths 8000 --depths 0:100:25 --decode $m -o "$OUT/niah-smollm2-8k-$m.json"
+for m in topk quest loki magicpig "topk --decode-budget 39%" "quest --decode-budget 39%"; do
+    run "$L" eval niah -m $S --needle numeric --lengths 8000 --depths 0:100:25 --decode $m -o "$OUT/niah-smollm2-8k-$(tag "$m").json"
 done
 
 # Aggregation (common- and frequent-word extraction) at 4k: sampling against top-k at the same keys.
@@ -38,7 +38,7 @@ for m in "dense" "magicpig" "topk --decode-budget 39%" "quest --decode-budget 39
 done
 
 # Gemma 3 at 32k: fidelity of the last 128 tokens of one document.
-for m in "loki --decode-select kv" "magicpig" "quest --decode-select kv" "topk --decode-budget 100%"; do
+for m in "loki --decode-select kv" "magicpig" "quest --decode-select kv" "topk --decode-budget 100%" "topk --decode-select kv"; do
     run "$L" eval fidelity -m $G --corpus essays --lengths 32768 --docs 1 --decode-tail 128 --decode $m -o "$OUT/fidelity-gemma3-32k-$(tag "$m").json"
 done
 

@@ -329,3 +329,27 @@ TEST(kv_policy_model, d2o_merging_keeps_kv_finite_and_decodes) {
         for (int i = 0; i < f.m->hparams().n_vocab; ++i) ASSERT_TRUE(std::isfinite(c->logits()[i]));
     }
 }
+
+TEST(kv_policy_model, composes_with_sparse_prefill_and_decode) {
+    // A sparse prefill (vertical-slash), a sparse decode method (Quest, whose page bounds are rebuilt after each
+    // compaction) and D2O, together: decoding runs, evicts by pages, and the logits stay finite.
+    model_fixture f = load_model(700);
+    if (!f.m) GTEST_SKIP() << "default model or ../shared/data/pg_essays absent";
+    lc::context_params p;
+    p.n_ctx               = 2048;
+    p.n_threads           = 2;
+    p.attn.prefill        = lc::prefill_method::VSLASH;
+    p.attn.sparse_min_len = 0;
+    p.attn.budget         = *lc::prefill_budget_parse("20%");
+    p.attn.sidecar        = "none";
+    p.attn.decode         = lc::decode_kind::QUEST;
+    p.attn.kv             = lc::kv_method::D2O;
+    auto c                = lc::context::create(*f.m, p);
+    ASSERT_TRUE(c.is_ok());
+    ASSERT_TRUE((*c)->decode(f.prompt).is_ok());
+    EXPECT_LT((*c)->timings().density(), 1.0);
+    for (int i = 0; i < 80; ++i) ASSERT_TRUE((*c)->decode({f.prompt[size_t(i)]}).is_ok());
+    EXPECT_GT((*c)->timings().decode_sparse_calls, 0);
+    EXPECT_LE((*c)->kv_bytes_held(), (*c)->kv_bytes_full() / 4);
+    for (int i = 0; i < f.m->hparams().n_vocab; ++i) ASSERT_TRUE(std::isfinite((*c)->logits()[i]));
+}
