@@ -110,7 +110,11 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
           n_head_kv_(m.hparams().n_head_kv), head_dim_(m.hparams().head_dim), n_swa_(m.hparams().n_swa) {
         n_sink_ = p_.n_sink >= 0 ? p_.n_sink : (method_ == kv_method::H2O ? 0 : 4);
         managed_.assign(size_t(n_layer_), false);
-        for (int il = 0; il < n_layer_; ++il) managed_[size_t(il)] = !m.layers()[size_t(il)].swa;
+        swa_.assign(size_t(n_layer_), false);
+        for (int il = 0; il < n_layer_; ++il) {
+            swa_[size_t(il)]     = m.layers()[size_t(il)].swa;
+            managed_[size_t(il)] = !swa_[size_t(il)];
+        }
         if (method_ == kv_method::D2O) {
             for (int w : p_.whole_layers) {
                 const int il = w < 0 ? n_layer_ + w : w;
@@ -254,7 +258,7 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
         }
     }
 
-    bool is_swa(int il) const { return swa_.empty() ? false : swa_[size_t(il)]; }
+    bool is_swa(int il) const { return swa_[size_t(il)]; }
 
     // A sliding-window layer only ever reads its last n_swa slots: whole pages before them go (lossless, no row
     // moves). Dropping whole pages keeps every token's place within its page, so the kernels tile the window as
@@ -378,9 +382,6 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
     std::vector<bool>      swa_;
     std::vector<seq_state> seqs_;
     int                    cur_ = 0;
-
-  public:
-    void set_swa(std::vector<bool> swa) { swa_ = std::move(swa); }
 };
 
 } // namespace
@@ -398,11 +399,7 @@ result<std::unique_ptr<kv_policy>> kv_policy_create(const model & m, const attn_
         return error(status_code::INVALID_ARGUMENT, "--kv-recent %g: a share between 0 and 1", p.recent_share);
     if (p.evict_every < 1)
         return error(status_code::INVALID_ARGUMENT, "--kv-evict-every %d: at least 1", p.evict_every);
-    auto              pol = std::make_unique<evict_policy>(m, c, n_seq);
-    std::vector<bool> swa(size_t(hp.n_layer));
-    for (int il = 0; il < hp.n_layer; ++il) swa[size_t(il)] = m.layers()[size_t(il)].swa;
-    pol->set_swa(std::move(swa));
-    return std::unique_ptr<kv_policy>(std::move(pol));
+    return std::unique_ptr<kv_policy>(new evict_policy(m, c, n_seq));
 }
 
 } // namespace lc
