@@ -125,15 +125,19 @@ result<std::vector<method_slot>> method_slots_create(const model & m, const cont
 }
 
 json method_json(const method_slot & s) {
-    return json{{"label", s.label},
-                {"prefill", prefill_method_name(s.attn.prefill)},
-                {"budget", prefill_budget_name(s.attn.budget)},
-                {"sparse_min_len", s.attn.sparse_min_len},
-                {"sidecar", s.attn.sidecar},
-                {"decode", decode_kind_name(s.attn.decode)},
-                {"decode_budget", decode_budget_name(s.attn.decode_keys)},
-                {"kv", kv_method_name(s.attn.kv)},
-                {"kv_budget", decode_budget_name(s.attn.kv_opts.budget)}};
+    json j = {{"label", s.label},
+              {"prefill", prefill_method_name(s.attn.prefill)},
+              {"budget", prefill_budget_name(s.attn.budget)},
+              {"sparse_min_len", s.attn.sparse_min_len},
+              {"sidecar", s.attn.sidecar},
+              {"decode", decode_kind_name(s.attn.decode)},
+              {"decode_budget", decode_budget_name(s.attn.decode_keys)}};
+    // Only with a KV policy, so that result files made before KV policies existed still resume.
+    if (s.attn.kv != kv_method::FULL) {
+        j["kv"]        = kv_method_name(s.attn.kv);
+        j["kv_budget"] = decode_budget_name(s.attn.kv_opts.budget);
+    }
+    return j;
 }
 
 result<std::string> model_file_sha256(const std::string & path) {
