@@ -6,7 +6,6 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <climits>
 #include <cstring>
 #include <functional>
 #include <utility>
@@ -107,15 +106,30 @@ status kv_cache::reserve(int seq, int64_t n_tokens) {
                      n_seq_max_);
     }
     if (n_tokens < 0) return error(status_code::INVALID_ARGUMENT, "kv: reserve of %lld tokens", (long long)n_tokens);
-    if (n_tokens > n_ctx_max_) {
-        return error(status_code::OUT_OF_RANGE,
-                     "kv: sequence %d needs %lld tokens but the cache holds at most %lld; raise the context size (-c)",
-                     seq, (long long)n_tokens, (long long)n_ctx_max_);
+    return grow_tables(seq, [&](int) { return n_tokens; });
+}
+
+status kv_cache::reserve_append(int seq, int64_t n_more) {
+    if (seq < 0 || seq >= n_seq_max_) {
+        return error(status_code::INVALID_ARGUMENT, "kv: sequence %d out of range; the cache holds %d sequences", seq,
+                     n_seq_max_);
     }
-    const int64_t n_pages_need = (n_tokens + kv_page_tokens - 1) / kv_page_tokens;
+    if (n_more < 0) return error(status_code::INVALID_ARGUMENT, "kv: reserve of %lld tokens", (long long)n_more);
+    return grow_tables(seq, [&](int il) { return n_slots_[idx(il, seq)] + n_more; });
+}
+
+status kv_cache::grow_tables(int seq, const std::function<int64_t(int)> & slots_of_layer) {
     // Check every layer first so that an error changes nothing.
     for (int il = 0; il < n_layer_; ++il) {
-        const int64_t n_need = n_pages_need - int64_t(pages_[idx(il, seq)].size());
+        const int64_t n_tokens = slots_of_layer(il);
+        if (n_tokens > n_ctx_max_) {
+            return error(status_code::OUT_OF_RANGE,
+                         "kv: sequence %d needs %lld tokens but the cache holds at most %lld; raise the context size "
+                         "(-c)",
+                         seq, (long long)n_tokens, (long long)n_ctx_max_);
+        }
+        const int64_t n_need =
+            (n_tokens + kv_page_tokens - 1) / kv_page_tokens - int64_t(pages_[idx(il, seq)].size());
         if (n_need <= 0) continue;
         if (!base_) {
             return error(status_code::RESOURCE_EXHAUSTED,
@@ -131,47 +145,7 @@ status kv_cache::reserve(int seq, int64_t n_tokens) {
         }
     }
     for (int il = 0; il < n_layer_; ++il) {
-        std::vector<int32_t> & table = pages_[idx(il, seq)];
-        std::vector<int32_t> & fl    = free_[size_t(il)];
-        while (int64_t(table.size()) < n_pages_need) {
-            table.push_back(fl.back());
-            fl.pop_back();
-        }
-    }
-    return status::ok();
-}
-
-status kv_cache::reserve_append(int seq, int64_t n_more) {
-    if (seq < 0 || seq >= n_seq_max_) {
-        return error(status_code::INVALID_ARGUMENT, "kv: sequence %d out of range; the cache holds %d sequences", seq,
-                     n_seq_max_);
-    }
-    if (n_more < 0) return error(status_code::INVALID_ARGUMENT, "kv: reserve of %lld tokens", (long long)n_more);
-    // Layers differ only after compaction; reserve() grows each to the longest, so reserve per layer instead.
-    int64_t n_min = INT64_MAX, n_max = 0;
-    for (int il = 0; il < n_layer_; ++il) {
-        n_min = std::min(n_min, n_slots_[idx(il, seq)]);
-        n_max = std::max(n_max, n_slots_[idx(il, seq)]);
-    }
-    if (n_min == n_max) return reserve(seq, n_max + n_more);
-    if (n_max + n_more > n_ctx_max_) {
-        return error(status_code::OUT_OF_RANGE,
-                     "kv: sequence %d needs %lld tokens but the cache holds at most %lld; raise the context size (-c)",
-                     seq, (long long)(n_max + n_more), (long long)n_ctx_max_);
-    }
-    for (int il = 0; il < n_layer_; ++il) {
-        const int64_t n_need = (n_slots_[idx(il, seq)] + n_more + kv_page_tokens - 1) / kv_page_tokens -
-                               int64_t(pages_[idx(il, seq)].size());
-        if (n_need > int64_t(free_[size_t(il)].size())) {
-            return error(status_code::RESOURCE_EXHAUSTED,
-                         "kv: sequence %d needs %lld more pages of %d tokens in layer %d but %zu of %lld are free (%d "
-                         "sequences share %lld tokens); finish or clear other sequences, or raise -c",
-                         seq, (long long)n_need, kv_page_tokens, il, free_[size_t(il)].size(), (long long)n_pages_,
-                         n_seq_max_, (long long)n_ctx_max_);
-        }
-    }
-    for (int il = 0; il < n_layer_; ++il) {
-        const int64_t          n_pages_need = (n_slots_[idx(il, seq)] + n_more + kv_page_tokens - 1) / kv_page_tokens;
+        const int64_t          n_pages_need = (slots_of_layer(il) + kv_page_tokens - 1) / kv_page_tokens;
         std::vector<int32_t> & table        = pages_[idx(il, seq)];
         std::vector<int32_t> & fl           = free_[size_t(il)];
         while (int64_t(table.size()) < n_pages_need) {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/fp16.h"
@@ -127,6 +128,8 @@ class kv_cache {
     size_t   idx(int il, int seq) const { return size_t(il) * size_t(n_seq_max_) + size_t(seq); }
     size_t   row_offset(int il, int seq, int64_t slot, int h) const;
     void     shrink_table(int il, int seq, int64_t n_slots);
+    // Grows each layer's table of `seq` to hold slots_of_layer(il) slots, or changes nothing and says why.
+    status   grow_tables(int seq, const std::function<int64_t(int)> & slots_of_layer);
 
     int      n_layer_        = 0;
     int      n_head_kv_      = 0;

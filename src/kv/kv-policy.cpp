@@ -292,7 +292,7 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
         // Keep sets per KV head: scores summed over the head's query group.
         std::vector<std::vector<int32_t>> keep(static_cast<size_t>(n_head_kv_));
         pool.run([&](int ith, int nth) {
-            std::vector<float> sum;
+            std::vector<float> sum; // stays empty without scores (StreamingLLM: no heavy hitters to rank)
             for (int g = ith; g < n_head_kv_; g += nth) {
                 if (scored) {
                     sum.assign(size_t(n), 0.0f);
@@ -300,8 +300,6 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
                         const float * c = L.score.data() + size_t(h) * size_t(L.cap);
                         for (int64_t j = 0; j < n; ++j) sum[size_t(j)] += c[j];
                     }
-                } else {
-                    sum.assign(size_t(n), 0.0f);
                 }
                 evict_keep_set(sum.data(), n, n_sink, n_recent, n_heavy, keep[size_t(g)]);
             }
