@@ -126,6 +126,8 @@ int cmd_eval_fidelity(const args_t & args) {
            "last N tokens of each document fed as single-token decode steps (auto: 256 with a --decode method or a "
            "KV policy, else 0)",
            "auto"});
+    p.add({"", "--layer-sample", "N",
+           "per-layer attention-mass recall and output error on every N-th 64-query block (1: all; 0: off)", "4"});
     bool done;
     int  rc = parse_or_help(p, args, cmd, &done);
     if (done) return rc;
@@ -138,6 +140,9 @@ int cmd_eval_fidelity(const args_t & args) {
     eval::fidelity_params fp;
     fp.docs   = int(*docs);
     fp.bucket = *bucket;
+    auto layer_sample = p.get_int("--layer-sample", 0, 1 << 20);
+    if (!layer_sample) return fail(cmd, layer_sample.get_status());
+    fp.layer_sample = int(*layer_sample);
     if (p.get("--decode-tail") != "auto") {
         auto tail = p.get_int("--decode-tail", 0, int64_t(1) << 30);
         if (!tail) return fail(cmd, tail.get_status());
@@ -168,6 +173,7 @@ int cmd_eval_fidelity(const args_t & args) {
     meta["task"]                    = "fidelity";
     meta["corpus"]                  = cor->id;
     meta["ubatch"]                  = st->cp.n_ubatch;
+    meta["layer_sample"]            = fp.layer_sample; // not in the identity: files made before it resume
     meta["identity"]           = json{{"task", "fidelity"},           {"model_sha256", st->sha}, {"corpus", cor->id},
                             {"ubatch", st->cp.n_ubatch},    {"bucket", fp.bucket},     {"methods", st->methods},
                             {"decode_tail", fp.decode_tail}};
@@ -185,18 +191,23 @@ int cmd_eval_fidelity(const args_t & args) {
     if (status s = flushed(eval::fidelity_run(fp, body, env, *out), *out); !s) return fail(cmd, s);
     auto doc = eval::result_file::load(out_path);
     if (!doc) return fail(cmd, doc.get_status());
-    std::printf("%-8s %-5s %-12s %-12s %-10s %-9s %-12s %-12s %s\n", "length", "doc", "KL mean", "KL max", "top-1",
-                "density", "decode KL", "decode top-1", "decode keys");
+    std::printf("%-8s %-5s %-12s %-12s %-10s %-9s %-9s %-10s %-12s %-12s %s\n", "length", "doc", "KL mean", "KL max",
+                "top-1", "density", "recall", "rel err", "decode KL", "decode top-1", "decode keys");
     for (const auto & r : (*doc)["records"]) {
         std::printf("%-8lld %-5d %-12.4g %-12.4g %-10.4f %-9.4f", (long long)r["length"].get<int64_t>(),
                     r["doc"].get<int>(), r["kl_mean"].get<double>(), r["kl_max"].get<double>(),
                     r["top1_agree"].get<double>(), r["runs"][1]["density"].get<double>());
+        if (r.contains("attn_recall_mean"))
+            std::printf(" %-9.4f %-10.3g", r["attn_recall_mean"].get<double>(), r["attn_rel_err_mean"].get<double>());
+        else
+            std::printf(" %-9s %-10s", "-", "-");
         if (r.contains("decode_tail"))
             std::printf(" %-12.4g %-12.4f %.4f\n", r["decode_kl_mean"].get<double>(),
                         r["decode_top1_agree"].get<double>(), r["runs"][1]["decode_keys"].get<double>());
         else
             std::printf(" -            -            -\n");
     }
+    std::printf("recall and rel err: means over layers without a window (per layer: the file, or longctx eval report)\n");
     std::printf("results: %s\n", out_path.c_str());
     return 0;
 }

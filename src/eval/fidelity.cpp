@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/log.h"
+#include "eval/attn-fidelity.h"
 #include "runtime/sampling.h"
 
 namespace lc::eval {
@@ -35,6 +36,13 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
             if (out.has("L=" + std::to_string(L) + ",doc=" + std::to_string(j))) ++done;
         }
     progress prog("fidelity", total, done);
+    // The method's attention calls are observed for the per-layer numbers; its time is taken out of the method's.
+    fidelity_observer obs(env.mdl->hparams().n_layer, p.layer_sample);
+    struct observer_guard {
+        context & c;
+        ~observer_guard() { c.attn().set_observer(nullptr); }
+    } guard{method};
+    if (p.layer_sample > 0) method.attn().set_observer(&obs);
     for (int64_t L : p.lengths) {
         for (int j = 0; j < p.docs; ++j) {
             const std::string key = "L=" + std::to_string(L) + ",doc=" + std::to_string(j);
@@ -49,6 +57,7 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
             method.clear();
             dense.reset_timings();
             method.reset_timings();
+            obs.clear();
             double              t_dense = 0, t_method = 0;
             std::vector<double> kl(size_t(L), 0.0);
             std::vector<char>   agree(size_t(L), 0);
@@ -59,10 +68,11 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
                 auto                       t0 = clock::now();
                 LC_RETURN_IF_ERROR(dense.decode(part, nb > 1));
                 auto t1 = clock::now();
+                const double obs_s = obs.seconds();
                 LC_RETURN_IF_ERROR(method.decode(part, nb > 1, {}, nb == 1 || i + nb == n_pref));
                 auto t2 = clock::now();
                 t_dense += std::chrono::duration<double>(t1 - t0).count();
-                t_method += std::chrono::duration<double>(t2 - t1).count();
+                t_method += std::chrono::duration<double>(t2 - t1).count() - (obs.seconds() - obs_s);
                 for (int64_t k = 0; k < nb; ++k) {
                     const float * a      = nb > 1 ? dense.logits(k) : dense.logits();
                     const float * b      = nb > 1 ? method.logits(k) : method.logits();
@@ -125,7 +135,14 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
                 rm["decode_keys"]        = method.timings().decode_keys_fraction();
                 rec["runs"]              = json::array({rd, rm});
             }
-            char summary[256];
+            if (p.layer_sample > 0) {
+                const json lf = layer_fidelity_json(obs.layers());
+                for (auto it = lf.begin(); it != lf.end(); ++it) rec[it.key()] = it.value();
+                rec["layer_sample"] = p.layer_sample;
+                rm["fidelity_s"]    = obs.seconds(); // observer time, not in prefill_s
+                rec["runs"]         = json::array({rd, rm});
+            }
+            char summary[320];
             std::snprintf(summary, sizeof(summary), "KL %.3g, top-1 %.4f, density %.3f", kl_sum / double(L),
                           double(n_agree) / double(L), rm["density"].get<double>());
             if (tail > 0) {
@@ -133,6 +150,15 @@ status fidelity_run(const fidelity_params & p, const std::vector<int32_t> & body
                 std::snprintf(summary + n, sizeof(summary) - n, "; decode: KL %.3g, top-1 %.4f, keys %.3f",
                               rec["decode_kl_mean"].get<double>(), rec["decode_top1_agree"].get<double>(),
                               rm["decode_keys"].get<double>());
+            }
+            if (rec.contains("attn_recall_mean")) {
+                const size_t n = std::strlen(summary);
+                std::snprintf(summary + n, sizeof(summary) - n,
+                              "; layers: recall %.4f (worst %.4f, layer %d), rel. error %.3g (worst %.3g, layer %d)",
+                              rec["attn_recall_mean"].get<double>(), rec["attn_recall_worst"]["value"].get<double>(),
+                              rec["attn_recall_worst"]["layer"].get<int>(), rec["attn_rel_err_mean"].get<double>(),
+                              rec["attn_rel_err_worst"]["value"].get<double>(),
+                              rec["attn_rel_err_worst"]["layer"].get<int>());
             }
             LC_RETURN_IF_ERROR(out.add(std::move(rec)));
             prog.step(key + ": " + summary);

@@ -119,6 +119,61 @@ std::string decode_summary(const std::vector<report_input> & in) {
            rows + "\n";
 }
 
+// Recall, worst layer's recall, relative error and worst layer's error of a fidelity record ("-" where absent).
+std::string layer_cells(const json & r) {
+    if (!r.contains("attn_recall_mean")) return "- | - | - | -";
+    const json & rw = r.at("attn_recall_worst");
+    const json & ew = r.at("attn_rel_err_worst");
+    return f2(r["attn_recall_mean"].get<double>(), "%.4f") + " | " + f2(rw.at("value").get<double>(), "%.4f") +
+           " (L" + std::to_string(rw.at("layer").get<int>()) + ") | " +
+           f2(r["attn_rel_err_mean"].get<double>(), "%.3g") + " | " + f2(ew.at("value").get<double>(), "%.3g") +
+           " (L" + std::to_string(ew.at("layer").get<int>()) + ")";
+}
+
+// Per-layer recall and relative error of a fidelity file, averaged over its records that have them ("" when
+// none does).
+std::string layer_table(const json & doc) {
+    struct acc {
+        double rc = 0, rc_min = 0, err = 0, dec = 0;
+        int    n = 0, n_dec = 0;
+    };
+    std::map<int, acc> by_layer;
+    int                n_rec = 0, sample = 0;
+    for (const auto & r : doc.at("records")) {
+        if (!r.contains("layers")) continue;
+        ++n_rec;
+        sample = r.value("layer_sample", 0);
+        for (const auto & e : r["layers"]) {
+            acc & a = by_layer[e.at("layer").get<int>()];
+            if (e.contains("recall_mean")) {
+                a.rc += e["recall_mean"].get<double>();
+                a.rc_min += e.at("recall_min").get<double>();
+                a.err += e.at("rel_err").get<double>();
+                ++a.n;
+            }
+            if (e.contains("decode_rel_err")) a.dec += e["decode_rel_err"].get<double>(), ++a.n_dec;
+        }
+    }
+    if (by_layer.empty()) return "";
+    bool dec = false;
+    for (const auto & [il, a] : by_layer) dec = dec || a.n_dec > 0;
+    std::string md = "\nPer layer (layers without a window; means over " + std::to_string(n_rec) +
+                     " records; every " + std::to_string(sample) +
+                     "th 64-query block measured): attention-mass recall of the plan, its lowest (head, block) "
+                     "mean, and ||o - o_dense|| / ||o_dense|| given the same layer inputs.\n\n";
+    md += dec ? "| layer | recall | min recall | rel err | decode rel err |\n| ---: | ---: | ---: | ---: | ---: |\n"
+              : "| layer | recall | min recall | rel err |\n| ---: | ---: | ---: | ---: |\n";
+    for (const auto & [il, a] : by_layer) {
+        md += "| " + std::to_string(il) + " | " +
+              (a.n ? f2(a.rc / a.n, "%.4f") + " | " + f2(a.rc_min / a.n, "%.4f") + " | " + f2(a.err / a.n, "%.3g")
+                   : std::string("- | - | -")) +
+              " |";
+        if (dec) md += " " + (a.n_dec ? f2(a.dec / a.n_dec, "%.3g") : std::string("-")) + " |";
+        md += "\n";
+    }
+    return md;
+}
+
 } // namespace
 
 result<std::string> report_markdown(const std::vector<report_input> & in) {
@@ -152,21 +207,32 @@ result<std::string> report_markdown(const std::vector<report_input> & in) {
                           f2(p.speed, "%.0f") + " | " + std::to_string(p.n) + " |\n";
                 }
                 if (ev == "fidelity") {
-                    bool tail = false;
-                    for (const auto & r : f.doc["records"]) tail = tail || r.contains("decode_kl_mean");
+                    bool tail = false, layers = false;
+                    for (const auto & r : f.doc["records"]) {
+                        tail   = tail || r.contains("decode_kl_mean");
+                        layers = layers || r.contains("attn_recall_mean");
+                    }
                     md += "\n| length | doc | KL mean | KL max | top-1 |";
-                    md += tail ? " decode KL | decode top-1 | decode keys |\n| ---: | ---: | ---: | ---: | ---: | ---: | "
-                                 "---: | ---: |\n"
-                               : "\n| ---: | ---: | ---: | ---: | ---: |\n";
+                    if (layers) md += " recall | worst recall | rel err | worst rel err |";
+                    if (tail) md += " decode KL | decode top-1 | decode keys |";
+                    md += "\n| ---: | ---: | ---: | ---: | ---: |";
+                    if (layers) md += " ---: | ---: | ---: | ---: |";
+                    if (tail) md += " ---: | ---: | ---: |";
+                    md += "\n";
                     for (const auto & r : f.doc["records"]) {
                         md += "| " + std::to_string(r.at("length").get<int64_t>()) + " | " +
                               std::to_string(r.at("doc").get<int>()) + " | " +
                               f2(r.at("kl_mean").get<double>(), "%.4g") + " | " +
                               f2(r.at("kl_max").get<double>(), "%.4g") + " | " +
                               f2(r.at("top1_agree").get<double>(), "%.4f") + " |";
+                        if (layers) md += " " + layer_cells(r) + " |";
                         if (tail) md += " " + decode_cells(r) + " |";
                         md += "\n";
                     }
+                    if (layers)
+                        md += "\nrecall, rel err: means over layers without a window; worst: the layer with the "
+                              "lowest recall / highest error (L = layer index).\n" +
+                              layer_table(f.doc);
                 }
             } else if (ev == "ruler") {
                 LC_ASSIGN_OR_RETURN(auto rows, ruler_summary(f.doc));
