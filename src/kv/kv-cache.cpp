@@ -32,23 +32,23 @@ void row_to_fp16(fp16_t * dst, const float * src, int n) {
 
 } // namespace
 
-kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, int n_seq_max)
+kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, int n_seq_max, int64_t n_pages)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), n_ctx_max_(n_ctx_max), n_seq_max_(n_seq_max) {
     LC_ASSERT(n_layer > 0 && n_head_kv > 0 && head_dim > 0 && n_ctx_max >= 0 && n_seq_max > 0,
               "kv: bad shape n_layer=%d n_head_kv=%d head_dim=%d n_ctx_max=%lld n_seq_max=%d", n_layer, n_head_kv,
               head_dim, (long long)n_ctx_max, n_seq_max);
-    n_pages_ = (n_ctx_max + kv_page_tokens - 1) / kv_page_tokens + (n_seq_max - 1);
+    n_pages_ = n_pages > 0 ? n_pages : int64_t(n_layer) * (pages_for(n_ctx_max) + (n_seq_max - 1));
     LC_ASSERT(n_pages_ <= INT32_MAX, "kv: %lld pages do not fit 32-bit page ids", (long long)n_pages_);
     page_elems_ = size_t(n_head_kv) * kv_page_tokens * size_t(head_dim);
     pages_.resize(size_t(n_layer) * size_t(n_seq_max));
     n_slots_.assign(size_t(n_layer) * size_t(n_seq_max), 0);
 
-    const size_t n_bytes = size_t(n_layer) * 2 * pool_elems() * sizeof(fp16_t);
+    const size_t n_bytes = 2 * pool_elems() * sizeof(fp16_t);
     if (n_bytes > 0) {
         void * p = mmap(nullptr, n_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) {
-            LC_LOG_E("kv: could not reserve %.2f GiB of address space for %lld tokens x %d layers", gib(n_bytes),
-                     (long long)n_ctx_max, n_layer);
+            LC_LOG_E("kv: could not reserve %.2f GiB of address space for %lld pages of %d tokens", gib(n_bytes),
+                     (long long)n_pages_, kv_page_tokens);
             n_pages_ = 0; // every reserve() of a non-empty sequence now reports RESOURCE_EXHAUSTED
         } else {
             base_           = static_cast<fp16_t *>(p);
@@ -56,11 +56,8 @@ kv_cache::kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, 
         }
     }
     // Lowest id at the back so that pop_back() hands out low ids first and touched memory stays compact.
-    free_.resize(size_t(n_layer));
-    for (std::vector<int32_t> & fl : free_) {
-        fl.resize(size_t(n_pages_));
-        for (int64_t i = 0; i < n_pages_; ++i) fl[size_t(i)] = int32_t(n_pages_ - 1 - i);
-    }
+    free_.resize(size_t(n_pages_));
+    for (int64_t i = 0; i < n_pages_; ++i) free_[size_t(i)] = int32_t(n_pages_ - 1 - i);
 }
 
 kv_cache::~kv_cache() {
@@ -120,6 +117,7 @@ status kv_cache::reserve_append(int seq, int64_t n_more) {
 
 status kv_cache::grow_tables(int seq, const std::function<int64_t(int)> & slots_of_layer) {
     // Check every layer first so that an error changes nothing.
+    int64_t n_need_all = 0;
     for (int il = 0; il < n_layer_; ++il) {
         const int64_t n_tokens = slots_of_layer(il);
         if (n_tokens > n_ctx_max_) {
@@ -128,29 +126,27 @@ status kv_cache::grow_tables(int seq, const std::function<int64_t(int)> & slots_
                          "(-c)",
                          seq, (long long)n_tokens, (long long)n_ctx_max_);
         }
-        const int64_t n_need =
-            (n_tokens + kv_page_tokens - 1) / kv_page_tokens - int64_t(pages_[idx(il, seq)].size());
-        if (n_need <= 0) continue;
-        if (!base_) {
-            return error(status_code::RESOURCE_EXHAUSTED,
-                         "kv: no memory for the cache (reserving %lld tokens x %d layers failed); lower -c",
-                         (long long)n_ctx_max_, n_layer_);
-        }
-        if (n_need > int64_t(free_[size_t(il)].size())) {
-            return error(status_code::RESOURCE_EXHAUSTED,
-                         "kv: sequence %d needs %lld more pages of %d tokens in layer %d but %zu of %lld are free (%d "
-                         "sequences share %lld tokens); finish or clear other sequences, or raise -c",
-                         seq, (long long)n_need, kv_page_tokens, il, free_[size_t(il)].size(), (long long)n_pages_,
-                         n_seq_max_, (long long)n_ctx_max_);
-        }
+        n_need_all += std::max<int64_t>(0, pages_for(n_tokens) - int64_t(pages_[idx(il, seq)].size()));
+    }
+    if (n_need_all == 0) return status::ok();
+    if (!base_) {
+        return error(status_code::RESOURCE_EXHAUSTED,
+                     "kv: no memory for the cache (reserving %lld pages of %d tokens failed); lower -c",
+                     (long long)n_pages_, kv_page_tokens);
+    }
+    if (n_need_all > int64_t(free_.size())) {
+        return error(status_code::RESOURCE_EXHAUSTED,
+                     "kv: sequence %d needs %lld more pages of %d tokens but %zu of %lld are free (%.1f MiB of KV "
+                     "memory); finish or clear other sequences, or give the cache more memory",
+                     seq, (long long)n_need_all, kv_page_tokens, free_.size(), (long long)n_pages_,
+                     double(n_pages_) * double(page_bytes()) * 2.0 / (1024.0 * 1024.0));
     }
     for (int il = 0; il < n_layer_; ++il) {
-        const int64_t          n_pages_need = (slots_of_layer(il) + kv_page_tokens - 1) / kv_page_tokens;
+        const int64_t          n_pages_need = pages_for(slots_of_layer(il));
         std::vector<int32_t> & table        = pages_[idx(il, seq)];
-        std::vector<int32_t> & fl           = free_[size_t(il)];
         while (int64_t(table.size()) < n_pages_need) {
-            table.push_back(fl.back());
-            fl.pop_back();
+            table.push_back(free_.back());
+            free_.pop_back();
         }
     }
     return status::ok();
@@ -169,8 +165,8 @@ void kv_cache::write(int il, int seq, int64_t slot, int64_t n, const float * k, 
     LC_ASSERT(slot >= 0 && n >= 0 && slot + n <= int64_t(table.size()) * kv_page_tokens,
               "kv: write of slots [%lld, %lld) of layer %d, sequence %d beyond its %zu reserved pages",
               (long long)slot, (long long)(slot + n), il, seq, table.size());
-    fp16_t *     kp  = k_pool(il);
-    fp16_t *     vp  = v_pool(il);
+    fp16_t *     kp  = k_pool();
+    fp16_t *     vp  = v_pool();
     const size_t tok = size_t(n_head_kv_) * size_t(head_dim_);
     for (int64_t i = 0; i < n; ++i) {
         for (int h = 0; h < n_head_kv_; ++h) {
@@ -187,8 +183,8 @@ kv_view kv_cache::view(int il, int seq) const {
     LC_ASSERT(il >= 0 && il < n_layer_, "kv: layer %d out of range (n_layer %d)", il, n_layer_);
     LC_ASSERT(seq >= 0 && seq < n_seq_max_, "kv: sequence %d out of range (n_seq_max %d)", seq, n_seq_max_);
     kv_view v;
-    v.k_pool     = base_ ? k_pool(il) : nullptr;
-    v.v_pool     = base_ ? v_pool(il) : nullptr;
+    v.k_pool     = base_ ? k_pool() : nullptr;
+    v.v_pool     = base_ ? v_pool() : nullptr;
     v.pages      = pages_[idx(il, seq)].data();
     v.n_kv       = n_slots_[idx(il, seq)];
     v.n_head_kv  = n_head_kv_;
@@ -210,14 +206,20 @@ int64_t kv_cache::n_tokens(int seq) const {
     return n;
 }
 
+void kv_cache::release_pages(std::vector<int32_t>::const_iterator first, std::vector<int32_t>::const_iterator last) {
+    // Keep the free list sorted high to low so that low ids are handed out first again.
+    const std::ptrdiff_t n_old = std::ptrdiff_t(free_.size());
+    free_.insert(free_.end(), first, last);
+    std::sort(free_.begin() + n_old, free_.end(), std::greater<int32_t>());
+    std::inplace_merge(free_.begin(), free_.begin() + n_old, free_.end(), std::greater<int32_t>());
+}
+
 void kv_cache::shrink_table(int il, int seq, int64_t n) {
     std::vector<int32_t> & table = pages_[idx(il, seq)];
-    std::vector<int32_t> & fl    = free_[size_t(il)];
-    const size_t           keep  = size_t((n + kv_page_tokens - 1) / kv_page_tokens);
+    const size_t           keep  = size_t(pages_for(n));
     if (table.size() <= keep) return;
     // Keep the free list sorted high to low so that low ids are handed out first again.
-    fl.insert(fl.end(), table.begin() + std::ptrdiff_t(keep), table.end());
-    std::sort(fl.begin(), fl.end(), std::greater<int32_t>());
+    release_pages(table.begin() + std::ptrdiff_t(keep), table.end());
     table.resize(keep);
 }
 
@@ -240,8 +242,8 @@ void kv_cache::keep_rows(int il, int seq, int h, const int32_t * keep, int64_t n
               "kv: keep_rows of layer %d, sequence %d, KV head %d", il, seq, h);
     const int64_t ns = n_slots_[idx(il, seq)];
     LC_ASSERT(n_keep >= 0 && n_keep <= ns, "kv: keeping %lld of %lld slots", (long long)n_keep, (long long)ns);
-    fp16_t *     kp  = k_pool(il);
-    fp16_t *     vp  = v_pool(il);
+    fp16_t *     kp  = k_pool();
+    fp16_t *     vp  = v_pool();
     const size_t row = size_t(head_dim_) * sizeof(fp16_t);
     int32_t      prev = -1;
     for (int64_t i = 0; i < n_keep; ++i) {
@@ -272,9 +274,7 @@ void kv_cache::drop_front_pages(int il, int seq, int64_t n_pages) {
               (long long)n_pages, (long long)ns);
     if (n_pages == 0) return;
     std::vector<int32_t> & table = pages_[idx(il, seq)];
-    std::vector<int32_t> & fl    = free_[size_t(il)];
-    fl.insert(fl.end(), table.begin(), table.begin() + std::ptrdiff_t(n_pages));
-    std::sort(fl.begin(), fl.end(), std::greater<int32_t>());
+    release_pages(table.begin(), table.begin() + std::ptrdiff_t(n_pages));
     table.erase(table.begin(), table.begin() + std::ptrdiff_t(n_pages));
     ns -= n_pages * kv_page_tokens;
 }
@@ -283,14 +283,14 @@ fp16_t * kv_cache::k_row(int il, int seq, int64_t slot, int h) {
     LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_ && h >= 0 && h < n_head_kv_ && slot >= 0 &&
                   slot < n_slots_[idx(il, seq)],
               "kv: row %lld of layer %d, sequence %d, KV head %d", (long long)slot, il, seq, h);
-    return k_pool(il) + row_offset(il, seq, slot, h);
+    return k_pool() + row_offset(il, seq, slot, h);
 }
 
 fp16_t * kv_cache::v_row(int il, int seq, int64_t slot, int h) {
     LC_ASSERT(il >= 0 && il < n_layer_ && seq >= 0 && seq < n_seq_max_ && h >= 0 && h < n_head_kv_ && slot >= 0 &&
                   slot < n_slots_[idx(il, seq)],
               "kv: row %lld of layer %d, sequence %d, KV head %d", (long long)slot, il, seq, h);
-    return v_pool(il) + row_offset(il, seq, slot, h);
+    return v_pool() + row_offset(il, seq, slot, h);
 }
 
 size_t kv_cache::bytes_allocated() const {

@@ -1,5 +1,5 @@
-// Paged KV cache: per layer one K pool and one V pool of 64-token pages in fp16, and per (layer, sequence) a page
-// table and a slot count. Slots are a layer's cache rows in order; without eviction slot t holds position t in every
+// Paged KV cache: one K pool and one V pool of 64-token pages in fp16 shared by every layer and sequence, and per
+// (layer, sequence) a page table and a slot count. Slots are a layer's cache rows in order; without eviction slot t holds position t in every
 // layer. A KV policy (kv-policy.h) may compact a layer (keep_rows()), after which its slots hold the kept tokens in
 // position order and fewer pages; the RoPE position of a token is baked into its key, so attention needs only
 // slots. Layers may then hold different numbers of slots.
@@ -44,19 +44,21 @@ struct kv_view {
     size_t row_offset(int64_t t) const { return size_t(t % kv_page_tokens) * size_t(head_dim); }
 };
 
-// Memory: the pools of all layers are reserved up front as address space for the whole capacity
-// (mmap with MAP_NORESERVE); the OS backs a page with memory the first time it is written, and the free list
-// hands out the lowest page ids first, so a 128k-token cache costs only what its sequences have used.
-// clear() returns pages to the free list but not their memory to the OS.
-// Capacity: n_ctx_max tokens per layer in total, shared by up to n_seq_max sequences; one sequence may take all
-// of it. Each layer's pool has ceil(n_ctx_max / 64) + n_seq_max - 1 pages so that partly filled last pages never
-// make a set of sequences that fits in n_ctx_max tokens fail. Pages a compaction frees go back to their layer's
-// free list (their memory stays with the process).
+// Memory: the pools are reserved up front as address space for the whole capacity (mmap with MAP_NORESERVE);
+// the OS backs a page with memory the first time it is written, and the free list hands out the lowest page ids
+// first, so a 128k-token cache costs only what its sequences have used. clear() returns pages to the free list but
+// not their memory to the OS.
+// Capacity: a sequence holds at most n_ctx_max slots per layer; all layers and sequences draw their pages from one
+// pool of n_pages pages (one page: 64 slots of one layer, K and V). The default, n_layer x (ceil(n_ctx_max / 64) +
+// n_seq_max - 1) pages, holds n_ctx_max tokens in every layer over all sequences however their last pages are
+// filled; a smaller pool is a memory budget (a KV policy that evicts in some layers then leaves room for more
+// sequences). Pages a compaction frees go back to the pool at once (their memory stays with the process).
 // Thread-safety: const methods may run concurrently; the others need external locking, except that write() and
 // mutable row access for different (layer, sequence) pairs may run concurrently.
 class kv_cache {
   public:
-    kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, int n_seq_max = 1);
+    // n_pages <= 0: the default pool (see above).
+    kv_cache(int n_layer, int n_head_kv, int head_dim, int64_t n_ctx_max, int n_seq_max = 1, int64_t n_pages = 0);
     ~kv_cache();
     kv_cache(const kv_cache &)             = delete;
     kv_cache & operator=(const kv_cache &) = delete;
@@ -115,19 +117,22 @@ class kv_cache {
     int     n_seq_max() const { return n_seq_max_; }
     int64_t n_ctx_max() const { return n_ctx_max_; }
     int64_t n_pages_total() const { return n_pages_; }
-    // Free pages of layer il's pool.
-    int64_t n_pages_free(int il = 0) const { return int64_t(free_[size_t(il)].size()); }
+    // Pages free in the pool.
+    int64_t n_pages_free() const { return int64_t(free_.size()); }
+    // Pages n slots take in one layer.
+    static int64_t pages_for(int64_t n) { return (n + kv_page_tokens - 1) / kv_page_tokens; }
     // Bytes of one page in one pool (one layer, K or V).
     size_t page_bytes() const { return page_elems_ * sizeof(fp16_t); }
 
   private:
-    fp16_t * k_pool(int il) const { return base_ + size_t(2 * il) * pool_elems(); }
-    fp16_t * v_pool(int il) const { return base_ + size_t(2 * il + 1) * pool_elems(); }
+    fp16_t * k_pool() const { return base_; }
+    fp16_t * v_pool() const { return base_ + pool_elems(); }
     size_t   pool_elems() const { return size_t(n_pages_) * page_elems_; }
     void     release();
     size_t   idx(int il, int seq) const { return size_t(il) * size_t(n_seq_max_) + size_t(seq); }
     size_t   row_offset(int il, int seq, int64_t slot, int h) const;
     void     shrink_table(int il, int seq, int64_t n_slots);
+    void     release_pages(std::vector<int32_t>::const_iterator first, std::vector<int32_t>::const_iterator last);
     // Grows each layer's table of `seq` to hold slots_of_layer(il) slots, or changes nothing and says why.
     status   grow_tables(int seq, const std::function<int64_t(int)> & slots_of_layer);
 
@@ -139,9 +144,9 @@ class kv_cache {
     int64_t  n_pages_        = 0;
     size_t   page_elems_     = 0;
     size_t   bytes_reserved_ = 0;
-    fp16_t * base_           = nullptr; // [n_layer][2 (K, V)][n_pages][page_elems]
+    fp16_t * base_           = nullptr; // [2 (K, V)][n_pages][page_elems]
 
-    std::vector<std::vector<int32_t>> free_;    // [n_layer] free physical page ids, lowest id at the back
+    std::vector<int32_t>              free_;    // free physical page ids, highest first (lowest at the back)
     std::vector<std::vector<int32_t>> pages_;   // [n_layer * n_seq_max] page tables
     std::vector<int64_t>              n_slots_; // [n_layer * n_seq_max]
 };

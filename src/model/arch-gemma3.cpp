@@ -11,9 +11,9 @@
 
 namespace lc {
 
-status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
-                            int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
-                            forward_timings * timings, attention * attn) {
+status forward_batch_gemma3(const model & m, kv_cache & kv, const int32_t * tokens,
+                            const std::vector<forward_seq> & seqs, float * logits, thread_pool & pool,
+                            forward_scratch & s, forward_timings & timings) {
     const model_hparams & hp       = m.hparams();
     const int64_t         n_embd   = hp.n_embd;
     const int64_t         head_dim = hp.head_dim;
@@ -22,11 +22,10 @@ status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32
     const int64_t         n_ff     = hp.n_ff;
     const float           scale    = hp.attn_scale > 0.0f ? hp.attn_scale : 1.0f / std::sqrt(float(head_dim));
     const float           eps      = hp.norm_eps;
-    LC_ASSERT(n_logits <= n, "n_logits %lld > n %lld", (long long)n_logits, (long long)n);
+    const int64_t         n      = fwd::batch_tokens(seqs);
 
-    LC_RETURN_IF_ERROR(kv.reserve_append(seq, n));
-    fwd::prepare(s, n, pos0, n_embd, n_q, n_kv, n_ff);
-    fwd::phase_timer timer(*timings);
+    fwd::prepare(s, seqs, n_embd, n_q, n_kv, n_ff);
+    fwd::phase_timer timer(timings);
     LC_RETURN_IF_ERROR(m.embed(tokens, n, s.x.data()));
     for (float & v : s.x) v *= hp.embd_scale;
 
@@ -44,11 +43,9 @@ status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32
         const float base = L.swa ? hp.rope_freq_base_swa : hp.rope_freq_base;
         cpu::rope(s.q.data(), n, hp.n_head, int(head_dim), hp.n_rot, s.pos.data(), base, hp.rope_mode);
         cpu::rope(s.k.data(), n, hp.n_head_kv, int(head_dim), hp.n_rot, s.pos.data(), base, hp.rope_mode);
-        // Attention works in cache slots (equal to positions until a KV policy compacts the layer).
-        const int64_t slot0 = kv.n_slots(il, seq);
-        kv.write(il, seq, slot0, n, s.k.data(), s.v.data());
+        fwd::store_kv(kv, il, seqs, s.k.data(), s.v.data(), s.slot0);
         timer.end(&forward_timings::other_s);
-        fwd::attend(attn, il, s.q.data(), n, slot0, hp.n_head, kv.view(il, seq), scale, s.attn.data(), pool,
+        fwd::attend(seqs, s.slot0, il, s.q.data(), hp.n_head, kv, scale, s.attn.data(), pool,
                     L.swa ? hp.n_swa : attn_window_none, timings);
         timer.end(&forward_timings::attn_s);
         cpu::matmul(L.wo, s.attn.data(), n, n_q, s.tmp.data(), n_embd, pool, s.mm);
@@ -69,7 +66,7 @@ status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32
         cpu::add_inplace(s.x.data(), s.tmp.data(), n * n_embd);
     }
 
-    fwd::output_head(m, s, n, n_logits, logits, pool, timer);
+    fwd::output_head(m, s, seqs, logits, pool, timer);
     return status::ok();
 }
 

@@ -7,7 +7,15 @@
 
 namespace lc::fwd {
 
-void prepare(forward_scratch & s, int64_t n, int64_t pos0, int64_t n_embd, int64_t n_q, int64_t n_kv, int64_t n_ff) {
+int64_t batch_tokens(const std::vector<forward_seq> & seqs) {
+    int64_t n = 0;
+    for (const forward_seq & r : seqs) n += r.n;
+    return n;
+}
+
+void prepare(forward_scratch & s, const std::vector<forward_seq> & seqs, int64_t n_embd, int64_t n_q, int64_t n_kv,
+             int64_t n_ff) {
+    const int64_t n = batch_tokens(seqs);
     s.x.resize(size_t(n * n_embd));
     s.xn.resize(size_t(n * n_embd));
     s.q.resize(size_t(n * n_q));
@@ -18,7 +26,9 @@ void prepare(forward_scratch & s, int64_t n, int64_t pos0, int64_t n_embd, int64
     s.gate.resize(size_t(n * n_ff));
     s.up.resize(size_t(n * n_ff));
     s.pos.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) s.pos[size_t(i)] = pos0 + i;
+    int64_t i = 0;
+    for (const forward_seq & r : seqs)
+        for (int64_t j = 0; j < r.n; ++j) s.pos[size_t(i++)] = r.pos0 + j;
 }
 
 void matmul_group(std::initializer_list<std::pair<const cpu::matmul_weight *, float *>> outs, const float * x,
@@ -54,13 +64,33 @@ void norm_rows(const float * x, float * out, int64_t n_rows, int64_t dim, const 
     });
 }
 
-void attend(attention * attn, int il, const float * q, int64_t n, int64_t pos0, int n_head, const kv_view & kv,
-            float scale, float * o, thread_pool & pool, int64_t window, forward_timings * t) {
-    if (attn) {
-        attn->run(il, q, n, pos0, n_head, kv, scale, o, pool, window, t);
-        return;
+void store_kv(kv_cache & kv, int il, const std::vector<forward_seq> & seqs, const float * k, const float * v,
+              std::vector<int64_t> & slot0) {
+    const int64_t row = int64_t(kv.n_head_kv()) * kv.head_dim();
+    slot0.resize(seqs.size());
+    int64_t off = 0;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+        // Attention works in cache slots (equal to positions until a KV policy compacts the layer).
+        slot0[i] = kv.n_slots(il, seqs[i].seq);
+        kv.write(il, seqs[i].seq, slot0[i], seqs[i].n, k + off * row, v + off * row);
+        off += seqs[i].n;
     }
-    attn_dense(q, n, pos0, n_head, kv, scale, o, nullptr, pool, window);
+}
+
+void attend(const std::vector<forward_seq> & seqs, const std::vector<int64_t> & slot0, int il, const float * q,
+            int n_head, const kv_cache & kv, float scale, float * o, thread_pool & pool, int64_t window,
+            forward_timings & t) {
+    const int64_t row = int64_t(n_head) * kv.head_dim();
+    int64_t       off = 0;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+        const forward_seq & r  = seqs[i];
+        const kv_view       kv_r = kv.view(il, r.seq);
+        if (r.attn)
+            r.attn->run(il, q + off * row, r.n, slot0[i], n_head, kv_r, scale, o + off * row, pool, window, &t);
+        else
+            attn_dense(q + off * row, r.n, slot0[i], n_head, kv_r, scale, o + off * row, nullptr, pool, window);
+        off += r.n;
+    }
 }
 
 void add_bias(float * y, const float * b, int64_t n_tok, int64_t n) {
@@ -86,8 +116,10 @@ void glu_rows(glu act, float * g, const float * u, int64_t n_tok, int64_t n_ff, 
     });
 }
 
-void output_head(const model & m, forward_scratch & s, int64_t n, int64_t n_logits, float * logits, thread_pool & pool,
-                 phase_timer & timer) {
+void output_head(const model & m, forward_scratch & s, const std::vector<forward_seq> & seqs, float * logits,
+                 thread_pool & pool, phase_timer & timer) {
+    int64_t n_logits = 0;
+    for (const forward_seq & r : seqs) n_logits += r.n_logits;
     if (n_logits <= 0) {
         timer.end(&forward_timings::other_s);
         return;
@@ -95,8 +127,14 @@ void output_head(const model & m, forward_scratch & s, int64_t n, int64_t n_logi
     const model_hparams & hp     = m.hparams();
     const int64_t         n_embd = hp.n_embd;
     s.norm_out.resize(size_t(n_logits * n_embd));
-    norm_rows(s.x.data() + (n - n_logits) * n_embd, s.norm_out.data(), n_logits, n_embd, m.output_norm(), hp.norm_eps,
-              pool);
+    int64_t row = 0, out = 0;
+    for (const forward_seq & r : seqs) {
+        if (r.n_logits > 0)
+            norm_rows(s.x.data() + (row + r.n - r.n_logits) * n_embd, s.norm_out.data() + out * n_embd, r.n_logits,
+                      n_embd, m.output_norm(), hp.norm_eps, pool);
+        row += r.n;
+        out += r.n_logits;
+    }
     timer.end(&forward_timings::other_s);
     cpu::matmul(m.output(), s.norm_out.data(), n_logits, n_embd, logits, hp.n_vocab, pool, s.mm);
     timer.end(&forward_timings::matmul_s);

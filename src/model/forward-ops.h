@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <utility>
+#include <vector>
 
 #include "backend/cpu/matmul.h"
 #include "model/forward.h"
@@ -28,8 +29,12 @@ class phase_timer {
     clock::time_point t0_;
 };
 
-// Sizes the activation buffers for n tokens and fills s.pos with pos0..pos0+n-1.
-void prepare(forward_scratch & s, int64_t n, int64_t pos0, int64_t n_embd, int64_t n_q, int64_t n_kv, int64_t n_ff);
+// Tokens in a batch.
+int64_t batch_tokens(const std::vector<forward_seq> & seqs);
+
+// Sizes the activation buffers for the batch's tokens and fills s.pos with each run's positions.
+void prepare(forward_scratch & s, const std::vector<forward_seq> & seqs, int64_t n_embd, int64_t n_q, int64_t n_kv,
+             int64_t n_ff);
 
 // Products sharing input x ([n][ldx]); consecutive weights of one type and width share one activation
 // quantization and one parallel region. Outputs are [n][w.n_out].
@@ -43,17 +48,24 @@ void norm_rows(const float * x, float * out, int64_t n_rows, int64_t dim, const 
 // y[t] += b for each of n_tok rows of n (no-op when b is null).
 void add_bias(float * y, const float * b, int64_t n_tok, int64_t n);
 
-// Attention of layer il through the context's methods (attn), or dense when attn is nullptr.
-// q, o: [n][n_head][head_dim]; window > 0 for sliding-window layers.
-void attend(attention * attn, int il, const float * q, int64_t n, int64_t pos0, int n_head, const kv_view & kv,
-            float scale, float * o, thread_pool & pool, int64_t window, forward_timings * t);
+// Stores the batch's K/V of layer il after each sequence's last slot (k, v: [n][n_head_kv * head_dim]) and
+// returns those first slots in slot0 (one per run); then attend() runs the attention.
+void store_kv(kv_cache & kv, int il, const std::vector<forward_seq> & seqs, const float * k, const float * v,
+              std::vector<int64_t> & slot0);
+
+// Attention of layer il for every run through its methods (dense when its attn is nullptr), its queries at the
+// slots store_kv() returned. q, o: [n][n_head][head_dim]; window > 0 for sliding-window layers.
+void attend(const std::vector<forward_seq> & seqs, const std::vector<int64_t> & slot0, int il, const float * q,
+            int n_head, const kv_cache & kv, float scale, float * o, thread_pool & pool, int64_t window,
+            forward_timings & t);
 
 // Gated activation over n_tok rows of n_ff: g = act(g) * u, threads over rows.
 enum class glu { SILU, GELU_TANH };
 void glu_rows(glu act, float * g, const float * u, int64_t n_tok, int64_t n_ff, thread_pool & pool);
 
-// Final norm of the last n_logits rows of s.x and the output projection into logits [n_logits][n_vocab].
-void output_head(const model & m, forward_scratch & s, int64_t n, int64_t n_logits, float * logits, thread_pool & pool,
-                 phase_timer & timer);
+// Final norm of the rows of s.x whose logits the runs want and the output projection into logits
+// [sum n_logits][n_vocab].
+void output_head(const model & m, forward_scratch & s, const std::vector<forward_seq> & seqs, float * logits,
+                 thread_pool & pool, phase_timer & timer);
 
 } // namespace lc::fwd

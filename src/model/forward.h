@@ -16,7 +16,7 @@ namespace lc {
 // Reusable activation buffers of one context (grown on demand).
 struct forward_scratch {
     std::vector<float>   x, xn, q, k, v, attn, tmp, gate, up, norm_out;
-    std::vector<int64_t> pos;
+    std::vector<int64_t> pos, slot0;
     std::vector<uint8_t> mm;
 };
 
@@ -52,21 +52,36 @@ struct forward_timings {
     double density() const { return attn_pairs_causal > 0 ? double(attn_pairs_computed) / attn_pairs_causal : 1.0; }
 };
 
-// Runs tokens[0..n) at positions pos0.. of sequence `seq` (RoPE), appending their K/V after each layer's last
-// cache slot (equal to pos0 unless a KV policy compacted the layer).
-// logits: [n_logits][n_vocab] for the last n_logits tokens of the batch (n_logits <= n; 0 for none).
-// attn (optional): the context's attention methods; nullptr: dense attention.
+// One run of consecutive tokens of one sequence within a forward batch.
+struct forward_seq {
+    int         seq      = 0;       // KV-cache sequence
+    int64_t     n        = 0;       // tokens (> 0)
+    int64_t     pos0     = 0;       // position of the first (RoPE)
+    int64_t     n_logits = 0;       // logits wanted for its last n_logits tokens (<= n)
+    attention * attn     = nullptr; // its attention methods; nullptr: dense attention
+};
+
+// Runs a batch of tokens through the model: the runs of `seqs` one after another in `tokens`, each at its
+// positions and appending its K/V after each layer's last cache slot of its sequence (equal to pos0 unless a KV
+// policy compacted the layer). The products run once over every token of the batch (batched decode: one token of
+// each of several sequences); attention runs per sequence. Sequences must be distinct.
+// logits: the wanted rows of every run in order ([sum n_logits][n_vocab]).
+// On error (RESOURCE_EXHAUSTED: the cache has no pages left) the caller rolls the cache back.
 // Dispatches on the model's architecture (llama and qwen2: arch-llama.cpp; gemma3: arch-gemma3.cpp).
+status forward_batch(const model & m, kv_cache & kv, const int32_t * tokens, const std::vector<forward_seq> & seqs,
+                     float * logits, thread_pool & pool, forward_scratch & s, forward_timings * timings = nullptr);
+
+// One sequence: tokens[0..n) at positions pos0.., logits of the last n_logits.
 status forward_batch(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
                      int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
                      forward_timings * timings = nullptr, attention * attn = nullptr);
 
 // The per-architecture passes forward_batch() dispatches to; same contract.
-status forward_batch_llama(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
-                           int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
-                           forward_timings * timings, attention * attn);
-status forward_batch_gemma3(const model & m, kv_cache & kv, int seq, const int32_t * tokens, int64_t n, int64_t pos0,
-                            int64_t n_logits, float * logits, thread_pool & pool, forward_scratch & s,
-                            forward_timings * timings, attention * attn);
+status forward_batch_llama(const model & m, kv_cache & kv, const int32_t * tokens,
+                           const std::vector<forward_seq> & seqs, float * logits, thread_pool & pool,
+                           forward_scratch & s, forward_timings & timings);
+status forward_batch_gemma3(const model & m, kv_cache & kv, const int32_t * tokens,
+                            const std::vector<forward_seq> & seqs, float * logits, thread_pool & pool,
+                            forward_scratch & s, forward_timings & timings);
 
 } // namespace lc

@@ -23,91 +23,196 @@ result<std::unique_ptr<context>> context::create(const model & m, const context_
     if (n_threads > 1024)
         return error(status_code::INVALID_ARGUMENT, "context: -t %d is more threads than makes sense (max 1024)",
                      n_threads);
+    if (p.n_seq < 1 || p.n_seq > 4096)
+        return error(status_code::INVALID_ARGUMENT, "context: %d sequences (-np) is out of range 1..4096", p.n_seq);
     std::unique_ptr<context> c(new context(m, n_threads));
     c->n_ctx_    = n_ctx;
     c->n_ubatch_ = p.n_ubatch;
-    c->kv_       = std::make_unique<kv_cache>(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, 1);
-    LC_ASSIGN_OR_RETURN(c->attn_, attention::create(m, p.attn));
-    LC_ASSIGN_OR_RETURN(c->policy_, kv_policy_create(m, p.attn, 1));
-    c->attn_->set_stats_sink(c->policy_->stats());
+    int64_t n_pages = 0; // the default: n_ctx tokens for every sequence
+    const int64_t page_pair = int64_t(hp.n_head_kv) * hp.head_dim * kv_page_tokens * int64_t(sizeof(fp16_t)) * 2;
+    if (p.kv_memory > 0) {
+        n_pages = int64_t(p.kv_memory / size_t(page_pair));
+        if (n_pages < hp.n_layer)
+            return error(status_code::INVALID_ARGUMENT,
+                         "context: --kv-memory %zu bytes is less than one page of %d tokens per layer (%lld bytes)",
+                         p.kv_memory, kv_page_tokens, (long long)(page_pair * hp.n_layer));
+    } else {
+        n_pages = int64_t(hp.n_layer) * kv_cache::pages_for(n_ctx) * p.n_seq;
+    }
+    c->kv_ = std::make_unique<kv_cache>(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, p.n_seq, n_pages);
+    c->seqs_.resize(size_t(p.n_seq));
+    for (int seq = 0; seq < p.n_seq; ++seq) LC_RETURN_IF_ERROR(c->set_methods(seq, p.attn));
     return c;
 }
 
-status context::decode(const std::vector<int32_t> & tokens, bool all_logits, const progress_fn & progress,
-                       bool prompt_end) {
+status context::check_seq(int seq) const {
+    if (seq < 0 || seq >= n_seq())
+        return error(status_code::INVALID_ARGUMENT, "context: sequence %d out of range; the context holds %d", seq,
+                     n_seq());
+    return status::ok();
+}
+
+status context::set_methods(int seq, const attn_config & c) {
+    LC_RETURN_IF_ERROR(check_seq(seq));
+    seq_state & S = seqs_[size_t(seq)];
+    if (S.n_past > 0)
+        return error(status_code::INVALID_ARGUMENT,
+                     "context: the methods of sequence %d change only while it is empty (it holds %lld tokens)", seq,
+                     (long long)S.n_past);
+    std::unique_ptr<attention> a;
+    std::unique_ptr<kv_policy> pol;
+    LC_ASSIGN_OR_RETURN(a, attention::create(model_, c));
+    LC_ASSIGN_OR_RETURN(pol, kv_policy_create(model_, c, n_seq()));
+    a->set_stats_sink(pol->stats());
+    S.attn   = std::move(a);
+    S.policy = std::move(pol);
+    return status::ok();
+}
+
+void context::roll_back(int seq, const std::vector<int64_t> & slots) {
+    for (int il = 0; il < model_.hparams().n_layer; ++il) kv_->finish_keep(il, seq, slots[size_t(il)]);
+}
+
+status context::decode_seq(int seq, const std::vector<int32_t> & tokens, bool all_logits,
+                           const progress_fn & progress, bool prompt_end) {
+    LC_RETURN_IF_ERROR(check_seq(seq));
+    seq_state &   S = seqs_[size_t(seq)];
     const int64_t n = int64_t(tokens.size());
     if (n == 0) return error(status_code::INVALID_ARGUMENT, "context: nothing to decode (0 tokens)");
-    if (n_past_ + n > n_ctx_)
+    if (S.n_past + n > n_ctx_)
         return error(status_code::OUT_OF_RANGE,
                      "context: %lld tokens after %lld already in the context exceed -c %lld; raise -c (the model was "
                      "trained on %lld) or shorten the prompt",
-                     (long long)n, (long long)n_past_, (long long)n_ctx_, (long long)model_.hparams().n_ctx_train);
+                     (long long)n, (long long)S.n_past, (long long)n_ctx_, (long long)model_.hparams().n_ctx_train);
     const int64_t n_vocab = model_.hparams().n_vocab;
-    logits_.resize(size_t((all_logits ? n : 1) * n_vocab));
-    attn_->set_prompt_end(n_past_ + n);
-    policy_->begin(0);
+    S.logits.resize(size_t((all_logits ? n : 1) * n_vocab));
+    S.attn->set_prompt_end(S.n_past + n);
+    S.policy->begin(seq);
     std::vector<int64_t> slots(size_t(model_.hparams().n_layer));
     for (int64_t i = 0; i < n; i += n_ubatch_) {
-        const int64_t nb    = std::min(n_ubatch_, n - i);
-        const bool    last  = i + nb == n;
-        for (int il = 0; il < model_.hparams().n_layer; ++il) slots[size_t(il)] = kv_->n_slots(il, 0);
-        attn_->set_last_chunk(last);
+        const int64_t nb   = std::min(n_ubatch_, n - i);
+        const bool    last = i + nb == n;
+        for (int il = 0; il < model_.hparams().n_layer; ++il) slots[size_t(il)] = kv_->n_slots(il, seq);
+        S.attn->set_last_chunk(last);
         const int64_t n_out = all_logits ? nb : (last ? 1 : 0);
-        float *       out   = all_logits ? logits_.data() + i * n_vocab : logits_.data();
-        status        st = forward_batch(model_, *kv_, 0, tokens.data() + i, nb, n_past_, n_out, out, pool_, scratch_,
-                                         &timings_, attn_.get());
+        float *       out   = all_logits ? S.logits.data() + i * n_vocab : S.logits.data();
+        status st = forward_batch(model_, *kv_, seq, tokens.data() + i, nb, S.n_past, n_out, out, pool_, scratch_,
+                                  &timings_, S.attn.get());
         if (!st.is_ok()) {
-            // Drop what this chunk wrote in the layers it reached.
-            for (int il = 0; il < model_.hparams().n_layer; ++il)
-                if (kv_->n_slots(il, 0) > slots[size_t(il)]) kv_->finish_keep(il, 0, slots[size_t(il)]);
-            attn_->truncate(n_past_);
+            // Drop what this chunk wrote (and reserved) in every layer; earlier chunks stay.
+            roll_back(seq, slots);
+            S.attn->truncate(S.n_past);
             return st;
         }
-        n_past_ += nb;
+        S.n_past += nb;
         if (progress) progress(i + nb, n);
     }
-    n_logits_ = all_logits ? n : 1;
+    S.n_logits = all_logits ? n : 1;
     if (n == 1) timings_.decode_tokens += 1;
     if (n > 1 && !prompt_end) return status::ok();
-    return n > 1 ? policy_->on_prefill_end(*kv_, 0, n_past_, *attn_, pool_)
-                 : policy_->on_decode_step(*kv_, 0, n_past_, *attn_, pool_);
+    return n > 1 ? S.policy->on_prefill_end(*kv_, seq, S.n_past, *S.attn, pool_)
+                 : S.policy->on_decode_step(*kv_, seq, S.n_past, *S.attn, pool_);
 }
 
-const float * context::logits() const {
-    return logits_.data() + (n_logits_ - 1) * model_.hparams().n_vocab;
+status context::decode_step(const std::vector<int> & seqs, const std::vector<int32_t> & tokens) {
+    if (seqs.size() != tokens.size())
+        return error(status_code::INVALID_ARGUMENT, "context: %zu sequences but %zu tokens in a decode step",
+                     seqs.size(), tokens.size());
+    if (seqs.empty()) return error(status_code::INVALID_ARGUMENT, "context: nothing to decode (0 sequences)");
+    std::vector<forward_seq> runs(seqs.size());
+    for (size_t i = 0; i < seqs.size(); ++i) {
+        LC_RETURN_IF_ERROR(check_seq(seqs[i]));
+        for (size_t j = 0; j < i; ++j)
+            if (seqs[j] == seqs[i])
+                return error(status_code::INVALID_ARGUMENT, "context: sequence %d twice in one decode step", seqs[i]);
+        seq_state & S = seqs_[size_t(seqs[i])];
+        if (S.n_past + 1 > n_ctx_)
+            return error(status_code::OUT_OF_RANGE, "context: sequence %d is full (-c %lld tokens)", seqs[i],
+                         (long long)n_ctx_);
+        runs[i] = forward_seq{seqs[i], 1, S.n_past, 1, S.attn.get()};
+    }
+    const int     n_layer = model_.hparams().n_layer;
+    const int64_t n_vocab = model_.hparams().n_vocab;
+    std::vector<int64_t> slots(seqs.size() * size_t(n_layer));
+    for (size_t i = 0; i < seqs.size(); ++i) {
+        seq_state & S = seqs_[size_t(seqs[i])];
+        S.attn->set_prompt_end(S.n_past + 1);
+        S.attn->set_last_chunk(true);
+        S.policy->begin(seqs[i]);
+        for (int il = 0; il < n_layer; ++il) slots[i * size_t(n_layer) + size_t(il)] = kv_->n_slots(il, seqs[i]);
+    }
+    batch_logits_.resize(seqs.size() * size_t(n_vocab));
+    status st = forward_batch(model_, *kv_, tokens.data(), runs, batch_logits_.data(), pool_, scratch_, &timings_);
+    if (!st.is_ok()) {
+        for (size_t i = 0; i < seqs.size(); ++i) {
+            roll_back(seqs[i], std::vector<int64_t>(slots.begin() + std::ptrdiff_t(i * size_t(n_layer)),
+                                                    slots.begin() + std::ptrdiff_t((i + 1) * size_t(n_layer))));
+            seqs_[size_t(seqs[i])].attn->truncate(seqs_[size_t(seqs[i])].n_past);
+        }
+        return st;
+    }
+    timings_.decode_tokens += int64_t(seqs.size());
+    status first = status::ok();
+    for (size_t i = 0; i < seqs.size(); ++i) {
+        seq_state & S = seqs_[size_t(seqs[i])];
+        S.logits.assign(batch_logits_.begin() + std::ptrdiff_t(i * size_t(n_vocab)),
+                        batch_logits_.begin() + std::ptrdiff_t((i + 1) * size_t(n_vocab)));
+        S.n_logits = 1;
+        S.n_past += 1;
+        status pst = S.policy->on_decode_step(*kv_, seqs[i], S.n_past, *S.attn, pool_);
+        if (!pst.is_ok() && first.is_ok()) first = pst;
+    }
+    return first;
+}
+
+const float * context::logits_of(int seq) const {
+    const seq_state & S = seqs_[size_t(seq)];
+    LC_ASSERT(S.n_logits > 0, "context: sequence %d has no logits yet", seq);
+    return S.logits.data() + (S.n_logits - 1) * model_.hparams().n_vocab;
 }
 
 const float * context::logits(int64_t i) const {
-    LC_ASSERT(i >= 0 && i < n_logits_, "logits(%lld) of %lld", (long long)i, (long long)n_logits_);
-    return logits_.data() + i * model_.hparams().n_vocab;
+    const seq_state & S = seqs_[0];
+    LC_ASSERT(i >= 0 && i < S.n_logits, "logits(%lld) of %lld", (long long)i, (long long)S.n_logits);
+    return S.logits.data() + i * model_.hparams().n_vocab;
 }
 
-void context::clear() {
-    kv_->clear(0);
-    attn_->truncate(0);
-    policy_->truncate(0, 0);
-    n_past_   = 0;
-    n_logits_ = 0;
+size_t context::kv_bytes_held(int seq) const {
+    size_t n = 0;
+    for (int il = 0; il < kv_->n_layer(); ++il) n += size_t(kv_->n_slots(il, seq));
+    return n * kv_->slot_bytes();
 }
 
-bool context::can_truncate(int64_t n) const {
-    return n >= 0 && n <= n_past_ && (n == 0 || n == n_past_ || !policy_->compressed(0));
+void context::clear(int seq) {
+    seq_state & S = seqs_[size_t(seq)];
+    kv_->clear(seq);
+    S.attn->truncate(0);
+    S.policy->truncate(seq, 0);
+    S.n_past   = 0;
+    S.n_logits = 0;
 }
 
-status context::truncate(int64_t n) {
-    if (!can_truncate(n))
-        return error(status_code::UNSUPPORTED,
-                     "context: cannot cut %lld tokens back to %lld: %s", (long long)n_past_, (long long)n,
-                     n > n_past_ || n < 0 ? "out of range" : "the KV policy evicted tokens; clear and prefill again");
+bool context::can_truncate(int seq, int64_t n) const {
+    const seq_state & S = seqs_[size_t(seq)];
+    return n >= 0 && n <= S.n_past && (n == 0 || n == S.n_past || !S.policy->compressed(seq));
+}
+
+status context::truncate(int seq, int64_t n) {
+    LC_RETURN_IF_ERROR(check_seq(seq));
+    seq_state & S = seqs_[size_t(seq)];
+    if (!can_truncate(seq, n))
+        return error(status_code::UNSUPPORTED, "context: cannot cut %lld tokens back to %lld: %s",
+                     (long long)S.n_past, (long long)n,
+                     n > S.n_past || n < 0 ? "out of range" : "the KV policy evicted tokens; clear and prefill again");
     if (n == 0) {
-        clear();
+        clear(seq);
         return status::ok();
     }
-    if (n == n_past_) return status::ok();
-    kv_->truncate(0, n);
-    attn_->truncate(n);
-    policy_->truncate(0, n);
-    n_past_ = n;
+    if (n == S.n_past) return status::ok();
+    kv_->truncate(seq, n);
+    S.attn->truncate(n);
+    S.policy->truncate(seq, n);
+    S.n_past = n;
     return status::ok();
 }
 

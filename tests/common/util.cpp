@@ -6,7 +6,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sys/stat.h>
+
+#include <gtest/gtest.h>
+
+#include "tokenizer/tokenizer.h"
 
 namespace lc::test {
 
@@ -71,6 +76,25 @@ logit_cmp compare_logits(const float * ref, const float * ours, int n) {
         c.kl += std::exp(lpr) * (lpr - lpo);
     }
     return c;
+}
+
+model_text load_model_text(int64_t n_tokens, const std::string & model_file, const std::string & essay) {
+    model_text        f;
+    const std::string path = cached_model(model_file);
+    const std::string text = shared_data_path("pg_essays/" + essay);
+    if (path.empty() || text.empty()) return f;
+    auto m = lc::model::load(path);
+    EXPECT_TRUE(m.is_ok()) << (m.is_ok() ? "" : m.get_status().message());
+    if (!m.is_ok()) return f;
+    f.m      = std::move(*m);
+    auto tok = lc::tokenizer::from_gguf(f.m->file());
+    EXPECT_TRUE(tok.is_ok());
+    if (!tok.is_ok()) return model_text{};
+    std::ifstream     in(text);
+    const std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    f.prompt = tok->encode(s, true, false);
+    if (int64_t(f.prompt.size()) > n_tokens) f.prompt.resize(size_t(n_tokens));
+    return f;
 }
 
 } // namespace lc::test

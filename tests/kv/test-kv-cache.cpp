@@ -136,15 +136,15 @@ TEST(kv_cache, pages_across_sequences) {
     const int     n_layer = 2, n_head_kv = 1, head_dim = 16, n_seq = 3;
     const int64_t n_ctx = 64 * 10;
     lc::kv_cache  cache(n_layer, n_head_kv, head_dim, n_ctx, n_seq);
-    // 10 pages for the tokens plus one per extra sequence for partly filled last pages.
-    EXPECT_EQ(cache.n_pages_total(), 12);
-    EXPECT_EQ(cache.n_pages_free(), 12);
+    // Per layer 10 pages for the tokens plus one per extra sequence for partly filled last pages.
+    EXPECT_EQ(cache.n_pages_total(), 2 * 12);
+    EXPECT_EQ(cache.n_pages_free(), 2 * 12);
 
     // Interleaved growth: 3 sequences take pages in turn.
     const int64_t lens[n_seq] = {200, 70, 130};
     for (int64_t step = 1; step <= 4; ++step)
         for (int s = 0; s < n_seq; ++s) ASSERT_TRUE(cache.reserve(s, lens[s] * step / 4).is_ok());
-    EXPECT_EQ(cache.n_pages_free(), 12 - (4 + 2 + 3));
+    EXPECT_EQ(cache.n_pages_free(), 2 * (12 - (4 + 2 + 3)));
 
     std::set<int32_t>  seen;
     std::vector<float> data[n_seq][2];
@@ -172,9 +172,9 @@ TEST(kv_cache, pages_across_sequences) {
     // Clearing returns the pages; another sequence can then take them.
     cache.clear(0);
     EXPECT_EQ(cache.n_tokens(0), 0);
-    EXPECT_EQ(cache.n_pages_free(), 12 - 5);
+    EXPECT_EQ(cache.n_pages_free(), 2 * (12 - 5));
     ASSERT_TRUE(cache.reserve(1, 64 * 7).is_ok()); // 2 -> 7 pages
-    EXPECT_EQ(cache.n_pages_free(), 12 - 10);
+    EXPECT_EQ(cache.n_pages_free(), 2 * (12 - 10));
     for (int64_t t = 0; t < lens[2]; ++t)
         ASSERT_EQ(cache.view(1, 2).k_row(t, 0)[3], lc::fp32_to_fp16(data[2][1][size_t(t * head_dim + 3)]));
 }
@@ -202,6 +202,48 @@ TEST(kv_cache, reserve_errors) {
     // Reserving what is already held, or less, succeeds without pages.
     EXPECT_TRUE(cache.reserve(0, 500).is_ok());
     EXPECT_TRUE(cache.reserve(1, 64).is_ok());
+}
+
+TEST(kv_cache, one_pool_for_all_layers) {
+    // A pool of 10 pages for 3 layers and 2 sequences of up to 256 tokens: a memory budget, not a token count.
+    const int    n_layer = 3;
+    lc::kv_cache cache(n_layer, 1, 8, 256, 2, 10);
+    EXPECT_EQ(cache.n_pages_total(), 10);
+    EXPECT_EQ(cache.bytes_reserved(), 10u * cache.page_bytes() * 2);
+    // Sequence 0 takes 2 pages per layer (6), sequence 1 then fits one page per layer (3) but not two (6).
+    ASSERT_TRUE(cache.reserve(0, 128).is_ok());
+    ASSERT_TRUE(cache.reserve(1, 64).is_ok());
+    EXPECT_EQ(cache.n_pages_free(), 1);
+    lc::status st = cache.reserve(1, 65);
+    EXPECT_EQ(st.code(), lc::status_code::RESOURCE_EXHAUSTED);
+    EXPECT_NE(st.message().find("needs 3 more pages"), std::string::npos) << st.message();
+    EXPECT_EQ(cache.n_pages_free(), 1); // nothing taken on error
+    EXPECT_EQ(cache.view(0, 1).n_kv, 0);
+
+    // Compacting layer 2 of sequence 0 to one page frees a page that any layer of any sequence can take.
+    std::vector<float> x = random_rows(128, 1, 8, 5);
+    for (int il = 0; il < n_layer; ++il) cache.write(il, 0, 0, 128, x.data(), x.data());
+    std::vector<int32_t> keep(64);
+    for (int i = 0; i < 64; ++i) keep[size_t(i)] = 64 + i;
+    cache.keep_rows(2, 0, 0, keep.data(), 64);
+    cache.finish_keep(2, 0, 64);
+    EXPECT_EQ(cache.n_pages_free(), 2);
+    EXPECT_EQ(cache.view(2, 0).k_row(0, 0)[0], lc::fp32_to_fp16(x[64 * 8]));
+    // Sequence 1 still needs 3 pages to grow every layer to 65 slots; with 2 free it fails, with 3 it fits.
+    EXPECT_EQ(cache.reserve(1, 65).code(), lc::status_code::RESOURCE_EXHAUSTED);
+    cache.drop_front_pages(1, 0, 1);
+    EXPECT_EQ(cache.n_pages_free(), 3);
+    ASSERT_TRUE(cache.reserve(1, 65).is_ok());
+    EXPECT_EQ(cache.n_pages_free(), 0);
+    // Every page is owned once.
+    std::set<int32_t> seen;
+    for (int il = 0; il < n_layer; ++il)
+        for (int s = 0; s < 2; ++s) {
+            const lc::kv_view v = cache.view(il, s);
+            const int64_t     n = s == 0 ? (il == 0 ? 2 : 1) : 2;
+            for (int64_t p = 0; p < n; ++p) EXPECT_TRUE(seen.insert(v.pages[p]).second);
+        }
+    EXPECT_EQ(seen.size(), 10u);
 }
 
 TEST(kv_cache, bytes_accounting) {

@@ -88,13 +88,13 @@ lc::kv_cache small_cache(int64_t n) {
 
 TEST(kv_policy, keep_rows_moves_rows_per_head_and_frees_pages) {
     lc::kv_cache kv = small_cache(200); // 4 pages
-    EXPECT_EQ(kv.n_pages_free(0), kv.n_pages_total() - 4);
+    EXPECT_EQ(kv.n_pages_free(), kv.n_pages_total() - 4);
     std::vector<int32_t> k0 = {0, 1, 5, 70, 130, 199}, k1 = {2, 3, 4, 64, 65, 198};
     kv.keep_rows(0, 0, 0, k0.data(), 6);
     kv.keep_rows(0, 0, 1, k1.data(), 6);
     kv.finish_keep(0, 0, 6);
     EXPECT_EQ(kv.n_slots(0, 0), 6);
-    EXPECT_EQ(kv.n_pages_free(0), kv.n_pages_total() - 1);
+    EXPECT_EQ(kv.n_pages_free(), kv.n_pages_total() - 1);
     const lc::kv_view v = kv.view(0, 0);
     for (int i = 0; i < 6; ++i) {
         EXPECT_EQ(lc::fp16_to_fp32(v.k_row(i, 0)[1]), float(k0[size_t(i)]) + 1.0f / 2.0f);
@@ -110,7 +110,7 @@ TEST(kv_policy, keep_rows_moves_rows_per_head_and_frees_pages) {
     kv.truncate(0, 3);
     EXPECT_EQ(kv.n_slots(0, 0), 3);
     kv.clear(0);
-    EXPECT_EQ(kv.n_pages_free(0), kv.n_pages_total());
+    EXPECT_EQ(kv.n_pages_free(), kv.n_pages_total());
 }
 
 TEST(kv_policy, merge_rules_against_double_reference) {
@@ -173,26 +173,10 @@ TEST(kv_policy, merge_is_a_no_op_below_the_threshold) {
 
 namespace {
 
-struct model_fixture {
-    std::unique_ptr<lc::model> m;
-    std::vector<int32_t>       prompt;
-};
+using model_fixture = lc::test::model_text;
 
 model_fixture load_model(int64_t n_tokens, const char * file = "SmolLM2-135M-Instruct.Q4_1.gguf") {
-    model_fixture     f;
-    const std::string path = lc::test::cached_model(file);
-    const std::string text = lc::test::shared_data_path("pg_essays/philosophy.txt");
-    if (path.empty() || text.empty()) return f;
-    auto m = lc::model::load(path);
-    EXPECT_TRUE(m.is_ok());
-    f.m      = std::move(*m);
-    auto tok = lc::tokenizer::from_gguf(f.m->file());
-    EXPECT_TRUE(tok.is_ok());
-    std::ifstream     in(text);
-    const std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    f.prompt = tok->encode(s, true, false);
-    if (int64_t(f.prompt.size()) > n_tokens) f.prompt.resize(size_t(n_tokens));
-    return f;
+    return lc::test::load_model_text(n_tokens, file);
 }
 
 std::unique_ptr<lc::context> make_ctx(const lc::model & m, lc::kv_method k, const char * budget,

@@ -17,26 +17,10 @@
 
 namespace {
 
-struct fixture {
-    std::unique_ptr<lc::model> m;
-    std::vector<int32_t>       prompt;
-};
+using fixture = lc::test::model_text;
 
 fixture load(int64_t n_tokens) {
-    fixture           f;
-    const std::string path = lc::test::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf");
-    const std::string text = lc::test::shared_data_path("pg_essays/philosophy.txt");
-    if (path.empty() || text.empty()) return f;
-    auto m = lc::model::load(path);
-    EXPECT_TRUE(m.is_ok());
-    f.m      = std::move(*m);
-    auto tok = lc::tokenizer::from_gguf(f.m->file());
-    EXPECT_TRUE(tok.is_ok());
-    std::ifstream     in(text);
-    const std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    f.prompt = tok->encode(s, true, false);
-    if (int64_t(f.prompt.size()) > n_tokens) f.prompt.resize(size_t(n_tokens));
-    return f;
+    return lc::test::load_model_text(n_tokens);
 }
 
 struct run_out {
