@@ -158,8 +158,8 @@ std::string layer_table(const json & doc) {
     bool dec = false;
     for (const auto & [il, a] : by_layer) dec = dec || a.n_dec > 0;
     std::string md = "\nPer layer (layers without a window; means over " + std::to_string(n_rec) +
-                     " records; every " + std::to_string(sample) +
-                     "th 64-query block measured): attention-mass recall of the plan, its lowest (head, block) "
+                     " records; 1 in " + std::to_string(sample) +
+                     " 64-query blocks measured): attention-mass recall of the plan, its lowest (head, block) "
                      "mean, and ||o - o_dense|| / ||o_dense|| given the same layer inputs.\n\n";
     md += dec ? "| layer | recall | min recall | rel err | decode rel err |\n| ---: | ---: | ---: | ---: | ---: |\n"
               : "| layer | recall | min recall | rel err |\n| ---: | ---: | ---: | ---: |\n";
