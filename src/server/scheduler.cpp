@@ -1,0 +1,488 @@
+// Request scheduler (see scheduler.h). One iteration of the loop: drop cancelled jobs, admit queued jobs into
+// free slots while the KV budget allows, prefill one chunk of one prompt, then one decode step over every
+// generating slot, so that a long prompt never stalls the sequences already generating.
+#include "server/scheduler.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "core/log.h"
+#include "server/openai-api.h"
+
+namespace lc::server {
+
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+} // namespace
+
+// ---- gen_job ----------------------------------------------------------------------------------------------
+
+void gen_job::push(gen_event e) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        events_.push_back(std::move(e));
+    }
+    cv_.notify_one();
+}
+
+bool gen_job::pop(gen_event & e, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return false;
+    e = std::move(events_.front());
+    events_.pop_front();
+    return true;
+}
+
+result<size_t> bytes_parse(const std::string & s) {
+    char *       end = nullptr;
+    const double v   = s.empty() ? -1.0 : std::strtod(s.c_str(), &end);
+    std::string  suf = end ? std::string(end) : std::string();
+    double       mul = 1.0;
+    if (suf == "K" || suf == "KiB" || suf == "k")
+        mul = 1024.0;
+    else if (suf == "M" || suf == "MiB")
+        mul = 1024.0 * 1024.0;
+    else if (suf == "G" || suf == "GiB")
+        mul = 1024.0 * 1024.0 * 1024.0;
+    else if (suf == "T" || suf == "TiB")
+        mul = 1024.0 * 1024.0 * 1024.0 * 1024.0;
+    else if (!suf.empty() && suf != "B")
+        mul = -1.0;
+    const double b = v * mul;
+    if (s.empty() || end == s.c_str() || mul < 0 || !(v >= 0) || b > double(uint64_t(1) << 62))
+        return error(status_code::INVALID_ARGUMENT, "'%s' is not a byte count; use e.g. 512M, 2G or 1073741824",
+                     s.c_str());
+    return size_t(b);
+}
+
+// ---- the engine over one context per slot ------------------------------------------------------------------
+
+namespace {
+
+bool same_methods(const attn_config & a, const attn_config & b) {
+    return a.prefill == b.prefill && a.budget.mode == b.budget.mode && a.budget.value == b.budget.value &&
+           a.decode == b.decode && a.decode_keys.mode == b.decode_keys.mode &&
+           a.decode_keys.value == b.decode_keys.value && a.kv == b.kv &&
+           a.kv_opts.budget.mode == b.kv_opts.budget.mode && a.kv_opts.budget.value == b.kv_opts.budget.value;
+}
+
+class contexts_engine final : public seq_engine {
+  public:
+    contexts_engine(const model & m, const context_params & p, size_t kv_memory) : model_(m), params_(p) {
+        kv_memory_ = kv_memory;
+    }
+
+    status init(int n_seq) {
+        for (int i = 0; i < n_seq; ++i) {
+            LC_ASSIGN_OR_RETURN(std::unique_ptr<context> c, context::create(model_, params_));
+            ctx_.push_back(std::move(c));
+            attn_.push_back(params_.attn);
+        }
+        const kv_cache & kv = ctx_[0]->kv();
+        bytes_per_token_    = kv.slot_bytes() * size_t(kv.n_layer());
+        if (kv_memory_ == 0) kv_memory_ = bytes_per_token_ * size_t(ctx_[0]->n_ctx()) * size_t(n_seq);
+        return status::ok();
+    }
+
+    int     n_seq() const override { return int(ctx_.size()); }
+    int64_t n_ctx() const override { return ctx_[0]->n_ctx(); }
+    int32_t n_vocab() const override { return model_.hparams().n_vocab; }
+
+    status decode_seq(int seq, const std::vector<int32_t> & tokens, bool prompt_end) override {
+        LC_RETURN_IF_ERROR(room_for(tokens.size()));
+        return ctx_[size_t(seq)]->decode(tokens, false, {}, prompt_end);
+    }
+
+    status decode_step(const std::vector<int> & seqs, const std::vector<int32_t> & tokens) override {
+        LC_ASSERT(seqs.size() == tokens.size(), "decode_step: %zu sequences, %zu tokens", seqs.size(), tokens.size());
+        LC_RETURN_IF_ERROR(room_for(seqs.size()));
+        for (size_t i = 0; i < seqs.size(); ++i) LC_RETURN_IF_ERROR(ctx_[size_t(seqs[i])]->decode({tokens[i]}));
+        return status::ok();
+    }
+
+    const float * logits_of(int seq) const override { return ctx_[size_t(seq)]->logits(); }
+    int64_t       n_past(int seq) const override { return ctx_[size_t(seq)]->n_past(); }
+    void          clear(int seq) override { ctx_[size_t(seq)]->clear(); }
+
+    status set_methods(int seq, const attn_config & c) override {
+        if (ctx_[size_t(seq)]->n_past() != 0)
+            return error(status_code::INTERNAL, "set_methods: sequence %d is not empty", seq);
+        if (same_methods(attn_[size_t(seq)], c)) return status::ok();
+        context_params p = params_;
+        p.attn           = c;
+        ctx_[size_t(seq)].reset(); // free the old cache before the new one is made
+        auto made = context::create(model_, p);
+        if (!made) {
+            // Keep the slot usable with the server's methods.
+            auto back = context::create(model_, params_);
+            LC_ASSERT(back.is_ok(), "recreating a context that was created before failed: %s",
+                      back.get_status().message().c_str());
+            ctx_[size_t(seq)]  = std::move(*back);
+            attn_[size_t(seq)] = params_.attn;
+            return made.get_status();
+        }
+        ctx_[size_t(seq)]  = std::move(*made);
+        attn_[size_t(seq)] = c;
+        return status::ok();
+    }
+
+    size_t kv_bytes_held() const override {
+        size_t n = 0;
+        for (const auto & c : ctx_) n += c->kv_bytes_held();
+        return n;
+    }
+    size_t kv_bytes_capacity() const override { return kv_memory_; }
+    size_t kv_bytes_for(int64_t n_tokens) const override {
+        return size_t(std::max<int64_t>(n_tokens, 0)) * bytes_per_token_;
+    }
+
+  private:
+    status room_for(size_t n_tokens) const {
+        const size_t held = kv_bytes_held(), need = kv_bytes_for(int64_t(n_tokens));
+        if (held + need > kv_memory_)
+            return error(status_code::RESOURCE_EXHAUSTED,
+                         "kv: %zu more tokens need %zu bytes of KV cache but %zu of %zu are free (--kv-memory)",
+                         n_tokens, need, kv_memory_ - std::min(held, kv_memory_), kv_memory_);
+        return status::ok();
+    }
+
+    const model &                         model_;
+    context_params                        params_;
+    size_t                                kv_memory_       = 0;
+    size_t                                bytes_per_token_ = 0;
+    std::vector<std::unique_ptr<context>> ctx_;
+    std::vector<attn_config>              attn_;
+};
+
+} // namespace
+
+result<std::unique_ptr<seq_engine>> seq_engine_contexts(const model & m, const context_params & p, int n_seq,
+                                                        size_t kv_memory) {
+    auto e = std::make_unique<contexts_engine>(m, p, kv_memory);
+    LC_RETURN_IF_ERROR(e->init(n_seq));
+    return std::unique_ptr<seq_engine>(std::move(e));
+}
+
+// ---- scheduler ---------------------------------------------------------------------------------------------
+
+struct scheduler::slot {
+    int                      seq = 0;
+    std::shared_ptr<gen_job> job; // null: free
+    std::unique_ptr<sampler> smp;
+    size_t                   reserved    = 0; // KV bytes reserved for the job
+    int64_t                  n_prefilled = 0; // prompt tokens decoded
+    bool                     generating  = false;
+    int32_t                  next_token  = -1; // sampled, not yet decoded
+    int64_t                  n_gen       = 0;
+    std::string              text; // generated text not yet sent
+    clock_type::time_point   t_admit;
+};
+
+scheduler::scheduler(std::unique_ptr<seq_engine> engine, token_text tt, scheduler_params p, metrics & m)
+    : engine_(std::move(engine)), tt_(std::move(tt)), params_(p), metrics_(m), n_seq_(engine_->n_seq()),
+      kv_capacity_(engine_->kv_bytes_capacity()) {
+    for (int i = 0; i < n_seq_; ++i) {
+        slots_.push_back(std::make_unique<slot>());
+        slots_.back()->seq = i;
+    }
+    publish_gauges();
+}
+
+scheduler::~scheduler() {
+    stop();
+}
+
+void scheduler::start() {
+    LC_ASSERT(!thread_.joinable(), "scheduler started twice");
+    thread_ = std::thread([this] { loop(); });
+}
+
+void scheduler::stop() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+status scheduler::submit(std::shared_ptr<gen_job> job) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stop_) return error(status_code::RESOURCE_EXHAUSTED, "the server is shutting down");
+        if (int64_t(queue_.size()) >= params_.n_queue_max) {
+            metrics_.rejected_add();
+            return error(status_code::RESOURCE_EXHAUSTED,
+                         "the server is busy: %zu requests are waiting (the queue holds %lld); retry later",
+                         queue_.size(), (long long)params_.n_queue_max);
+        }
+        queue_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+    return status::ok();
+}
+
+size_t scheduler::reserve_of(const gen_job & j) const {
+    // A full cache keeps every token: the job may grow to prompt + max_tokens. A compressing policy holds at
+    // most the prompt after its prefill (then about its budget): the prompt must fit now.
+    const int64_t n = int64_t(j.prompt.size()) + (j.attn.kv == kv_method::FULL ? j.max_tokens : 0);
+    return engine_->kv_bytes_for(n);
+}
+
+void scheduler::admit() {
+    std::vector<std::shared_ptr<gen_job>> refused, cancelled;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        // Jobs that can never fit, or whose client left while they waited, leave the queue at once.
+        for (auto it = queue_.begin(); it != queue_.end();) {
+            if ((*it)->cancelled()) {
+                cancelled.push_back(*it);
+                it = queue_.erase(it);
+            } else if (reserve_of(**it) > kv_capacity_) {
+                refused.push_back(*it);
+                it = queue_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        // First come, first served: a job that does not fit yet blocks those behind it (no starvation).
+        for (auto & s : slots_) {
+            if (s->job || queue_.empty()) continue;
+            const size_t need = reserve_of(*queue_.front());
+            if (kv_reserved_ + need > kv_capacity_) break;
+            s->job = std::move(queue_.front());
+            queue_.pop_front();
+            s->reserved = need;
+            kv_reserved_ += need;
+        }
+    }
+    for (size_t i = 0; i < cancelled.size(); ++i) metrics_.cancelled_add();
+    for (auto & j : refused) {
+        gen_event e;
+        e.type  = gen_event::kind::ERROR;
+        e.error = error(status_code::INVALID_ARGUMENT,
+                        "the request needs %zu bytes of KV cache (%zu prompt tokens + max_tokens %lld) but the "
+                        "server's KV memory is %zu bytes (--kv-memory); lower max_tokens, shorten the prompt or "
+                        "use a compressing KV policy (\"kv\": \"streaming\")",
+                        reserve_of(*j), j->prompt.size(), (long long)j->max_tokens, kv_capacity_);
+        j->push(std::move(e));
+    }
+    for (auto & sp : slots_) {
+        slot & s = *sp;
+        if (!s.job || s.smp) continue;
+        // Newly admitted: set up the sequence.
+        s.n_prefilled = 0;
+        s.generating  = false;
+        s.next_token  = -1;
+        s.n_gen       = 0;
+        s.text.clear();
+        s.t_admit = clock_type::now();
+        s.smp     = std::make_unique<sampler>(s.job->sampling);
+        engine_->clear(s.seq);
+        if (status st = engine_->set_methods(s.seq, s.job->attn); !st) {
+            fail(s, st.code() == status_code::RESOURCE_EXHAUSTED
+                        ? st
+                        : error(status_code::UNSUPPORTED, "the request's methods cannot be used: %s",
+                                st.message().c_str()));
+            continue;
+        }
+        gen_event e;
+        e.type = gen_event::kind::ADMITTED;
+        s.job->push(std::move(e));
+        LC_LOG_D("serve: slot %d: %zu prompt tokens, max_tokens %lld", s.seq, s.job->prompt.size(),
+                 (long long)s.job->max_tokens);
+    }
+}
+
+void scheduler::prefill_one() {
+    const size_t n = slots_.size();
+    for (size_t k = 0; k < n; ++k) {
+        slot & s = *slots_[(next_prefill_ + k) % n];
+        if (!s.job || s.generating) continue;
+        next_prefill_                       = (next_prefill_ + k + 1) % n;
+        const auto &               prompt   = s.job->prompt;
+        const int64_t              n_prompt = int64_t(prompt.size());
+        const int64_t              n_take   = std::min(params_.n_chunk, n_prompt - s.n_prefilled);
+        const bool                 last     = s.n_prefilled + n_take == n_prompt;
+        const std::vector<int32_t> chunk(prompt.begin() + s.n_prefilled, prompt.begin() + s.n_prefilled + n_take);
+        const auto                 t0 = clock_type::now();
+        status                     st = engine_->decode_seq(s.seq, chunk, last);
+        metrics_.prompt_tokens_add(st ? n_take : 0, seconds_since(t0));
+        if (!st) {
+            fail(s, st);
+            return;
+        }
+        s.n_prefilled += n_take;
+        if (s.job->progress && n_prompt > params_.n_chunk) { // long prompts only: more than one chunk
+            gen_event e;
+            e.type       = gen_event::kind::PROGRESS;
+            e.done       = s.n_prefilled;
+            e.total      = n_prompt;
+            e.elapsed_ms = 1000.0 * seconds_since(s.t_admit);
+            s.job->push(std::move(e));
+        }
+        if (last) {
+            s.generating = true;
+            take_token(s);
+        }
+        return;
+    }
+}
+
+void scheduler::decode_all() {
+    std::vector<int>     seqs;
+    std::vector<int32_t> toks;
+    for (auto & sp : slots_) {
+        if (!sp->job || !sp->generating) continue;
+        seqs.push_back(sp->seq);
+        toks.push_back(sp->next_token);
+    }
+    if (seqs.empty()) return;
+    const auto t0 = clock_type::now();
+    status     st = engine_->decode_step(seqs, toks);
+    if (!st) {
+        // No room in the KV budget (only compressing policies grow past their reservation) or over n_ctx:
+        // the slot holding the most tokens gives up, the others try again next iteration.
+        slot * worst = nullptr;
+        for (auto & sp : slots_)
+            if (sp->job && sp->generating && (!worst || engine_->n_past(sp->seq) > engine_->n_past(worst->seq)))
+                worst = sp.get();
+        LC_LOG_W("serve: decode step over %zu sequences failed: %s", seqs.size(), st.message().c_str());
+        fail(*worst, st);
+        return;
+    }
+    metrics_.decode_tokens_add(int64_t(seqs.size()), seconds_since(t0));
+    for (auto & sp : slots_)
+        if (sp->job && sp->generating) take_token(*sp);
+}
+
+bool scheduler::take_token(slot & s) {
+    gen_job &     j  = *s.job;
+    const int32_t id = s.smp->sample(engine_->logits_of(s.seq), engine_->n_vocab());
+    if (tt_.is_eog(id)) {
+        finish(s, "stop");
+        return false;
+    }
+    ++s.n_gen;
+    s.text += tt_.piece(id);
+    const text_cut cut = text_cut_find(s.text, j.stop);
+    if (cut.stop_at != std::string::npos) {
+        s.text.resize(cut.stop_at);
+        finish(s, "stop");
+        return false;
+    }
+    if (s.n_gen >= j.max_tokens) {
+        finish(s, "length");
+        return false;
+    }
+    if (cut.safe_end > 0) {
+        gen_event e;
+        e.type = gen_event::kind::TEXT;
+        e.text = s.text.substr(0, cut.safe_end);
+        s.text.erase(0, cut.safe_end);
+        j.push(std::move(e));
+    }
+    s.next_token = id;
+    return true;
+}
+
+void scheduler::finish(slot & s, const std::string & reason) {
+    if (!s.text.empty()) {
+        gen_event e;
+        e.type = gen_event::kind::TEXT;
+        e.text = std::move(s.text);
+        s.job->push(std::move(e));
+    }
+    gen_event e;
+    e.type          = gen_event::kind::DONE;
+    e.finish_reason = reason;
+    e.n_prompt      = int64_t(s.job->prompt.size());
+    e.n_gen         = s.n_gen;
+    LC_LOG_I("serve: slot %d done: %lld prompt + %lld generated tokens in %.2f s, finish %s", s.seq,
+             (long long)e.n_prompt, (long long)e.n_gen, seconds_since(s.t_admit), reason.c_str());
+    release(s)->push(std::move(e));
+}
+
+void scheduler::fail(slot & s, const status & st) {
+    gen_event e;
+    e.type  = gen_event::kind::ERROR;
+    e.error = st;
+    LC_LOG_W("serve: slot %d failed: %s", s.seq, st.message().c_str());
+    release(s)->push(std::move(e));
+}
+
+std::shared_ptr<gen_job> scheduler::release(slot & s) {
+    // The slot's memory is free before its job's last event goes out.
+    engine_->clear(s.seq);
+    kv_reserved_ -= s.reserved;
+    s.reserved = 0;
+    s.smp.reset();
+    s.text.clear();
+    return std::move(s.job);
+}
+
+void scheduler::publish_gauges() {
+    metrics_gauges g;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        g.n_queued = int64_t(queue_.size());
+    }
+    for (auto & s : slots_) g.n_active += s->job ? 1 : 0;
+    g.n_slots           = n_seq_;
+    g.kv_bytes_used     = int64_t(engine_->kv_bytes_held());
+    g.kv_bytes_capacity = int64_t(kv_capacity_);
+    g.kv_bytes_reserved = int64_t(kv_reserved_);
+    metrics_.gauges_set(g);
+}
+
+void scheduler::loop() {
+    while (true) {
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            auto                         busy = [&] {
+                for (auto & s : slots_)
+                    if (s->job) return true;
+                return false;
+            };
+            cv_.wait(lock, [&] { return stop_ || !queue_.empty() || busy(); });
+            if (stop_) break;
+        }
+        for (auto & sp : slots_) {
+            if (sp->job && sp->job->cancelled()) {
+                LC_LOG_I("serve: slot %d: client gone, request cancelled after %lld tokens", sp->seq,
+                         (long long)sp->n_gen);
+                metrics_.cancelled_add();
+                release(*sp);
+            }
+        }
+        admit();
+        prefill_one();
+        decode_all();
+        publish_gauges();
+        // Queued jobs that cannot be admitted while nothing runs would spin here; they fit once slots free up,
+        // and with every slot free everything that can ever fit is admitted, so the wait above then sleeps.
+    }
+    // Shutdown: everything still waiting or running ends with an error.
+    std::deque<std::shared_ptr<gen_job>> left;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        left.swap(queue_);
+    }
+    const status st = error(status_code::RESOURCE_EXHAUSTED, "the server is shutting down");
+    for (auto & sp : slots_)
+        if (sp->job) fail(*sp, st);
+    for (auto & j : left) {
+        gen_event e;
+        e.type  = gen_event::kind::ERROR;
+        e.error = st;
+        j->push(std::move(e));
+    }
+}
+
+} // namespace lc::server
