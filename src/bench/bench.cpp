@@ -81,6 +81,84 @@ result<double> run_once(context & c, const bench_row & r, token_source & src, bo
     return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
+// Medians over the repetitions of what the context's timings saw.
+struct samples {
+    std::vector<double> attn, swa, index, density, keys, select, bytes;
+    void add(const forward_timings & t, int64_t n_tok_gen) {
+        attn.push_back(t.attn_s);
+        swa.push_back(t.attn_swa_s);
+        index.push_back(t.attn_index_s);
+        density.push_back(t.density());
+        keys.push_back(t.decode_keys_fraction());
+        select.push_back(t.decode_select_s);
+        bytes.push_back(n_tok_gen > 0 ? double(t.decode_bytes_select + t.decode_bytes_attn) / double(n_tok_gen)
+                                      : 0.0);
+    }
+};
+// The decode tests of one batched row (see bench.h): returns seconds per timed block and adds each block's
+// timings to sm; sets r.n_seq.
+result<std::vector<double>> run_batched(const model & m, const attn_config & method, const bench_params & p,
+                                        bench_row & r, token_source & src, std::unique_ptr<context> & c,
+                                        samples & sm) {
+    const model_hparams & hp   = m.hparams();
+    const int64_t         grow = r.n_gen * (p.reps + 1);
+    const int64_t         fill = std::max<int64_t>(r.depth, 1);
+    context_params        cp;
+    cp.n_ctx     = (fill + grow + 64 + 63) / 64 * 64;
+    cp.n_threads = p.n_threads;
+    cp.n_ubatch  = p.n_ubatch;
+    cp.attn      = method;
+    cp.kv_memory = p.kv_memory;
+    if (cp.n_ctx > hp.n_ctx_train)
+        return error(status_code::OUT_OF_RANGE, "bench: %s needs %lld tokens per sequence; the model was trained on %lld",
+                     r.test.c_str(), (long long)cp.n_ctx, (long long)hp.n_ctx_train);
+    const int64_t page_pair = int64_t(hp.n_head_kv) * hp.head_dim * kv_page_tokens * 2 * 2; // fp16 K and V
+    if (r.seq_max) {
+        if (p.kv_memory == 0)
+            return error(status_code::INVALID_ARGUMENT, "bench: -np max needs --kv-memory (the budget to fill)");
+        // Every sequence holds at least one page per layer.
+        cp.n_seq = int(std::min<int64_t>(1024, std::max<int64_t>(1, int64_t(p.kv_memory) / (page_pair * hp.n_layer))));
+    } else {
+        cp.n_seq = r.n_seq;
+    }
+    c.reset();
+    LC_ASSIGN_OR_RETURN(c, context::create(m, cp));
+    const size_t margin = c->kv_bytes_for(grow + 64); // a sequence's decode blocks, plus partly filled pages
+    int          n      = 0;
+    for (int s = 0; s < cp.n_seq; ++s) {
+        if (r.seq_max && c->kv_bytes_free() < size_t(n) * margin + c->kv_bytes_for(fill + grow + 64)) break;
+        status st = c->decode_seq(s, src.take(fill));
+        if (r.seq_max && st.code() == status_code::RESOURCE_EXHAUSTED) {
+            c->clear(s);
+            break;
+        }
+        LC_RETURN_IF_ERROR(st);
+        if (r.seq_max && c->kv_bytes_free() < size_t(n + 1) * margin) {
+            c->clear(s);
+            break;
+        }
+        ++n;
+    }
+    if (n == 0)
+        return error(status_code::RESOURCE_EXHAUSTED, "bench: --kv-memory %zu bytes holds no sequence of %lld tokens",
+                     p.kv_memory, (long long)(fill + grow));
+    r.n_seq = n;
+    std::vector<int> seqs(static_cast<size_t>(n));
+    for (int s = 0; s < n; ++s) seqs[size_t(s)] = s;
+    std::vector<double> out;
+    for (int rep = 0; rep <= p.reps; ++rep) {
+        std::vector<std::vector<int32_t>> toks;
+        for (int64_t i = 0; i < r.n_gen; ++i) toks.push_back(src.take(n));
+        c->reset_timings();
+        const auto t0 = clock_type::now();
+        for (int64_t i = 0; i < r.n_gen; ++i) LC_RETURN_IF_ERROR(c->decode_step(seqs, toks[size_t(i)]));
+        if (rep == 0) continue;
+        out.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
+        sm.add(c->timings(), r.n_gen * n);
+    }
+    return out;
+}
+
 std::string json_escape(const std::string & s) {
     std::string o;
     for (char ch : s) {
@@ -152,7 +230,43 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
     for (const auto & r : rows) n_ctx_kv = std::max(n_ctx_kv, r.depth + r.n_prompt + r.n_gen * (p.reps + 1));
     n_ctx_kv = (n_ctx_kv + 63) / 64 * 64;
 
+    // Batched decode tests: one row per decode test and batch size other than 1.
+    std::vector<bench_row> batched;
+    for (int b : p.parallel) {
+        if (b == 1) continue;
+        for (const bench_row & r0 : rows) {
+            if (r0.n_gen <= 0) continue;
+            bench_row r = r0;
+            r.n_seq     = b;
+            r.seq_max   = b == 0;
+            r.test += b == 0 ? " xmax" : " x" + std::to_string(b);
+            batched.push_back(r);
+        }
+    }
+    const bool single = std::find(p.parallel.begin(), p.parallel.end(), 1) != p.parallel.end();
+
     std::vector<bench_row> out;
+    auto finish = [&](bench_row & r, const samples & sm, const context & c) {
+        const double n_tok = double(r.n_prompt + r.n_gen) * double(std::max(r.n_seq, 1));
+        double       sum = 0.0, sum2 = 0.0;
+        for (double s : r.samples_s) {
+            sum += n_tok / s;
+            sum2 += (n_tok / s) * (n_tok / s);
+        }
+        const double k    = double(r.samples_s.size());
+        r.mean_tps        = sum / k;
+        r.sd_tps          = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
+        r.kv_bytes        = c.kv().bytes_used();
+        r.attn_s          = median(sm.attn);
+        r.attn_swa_s      = median(sm.swa);
+        r.index_s         = median(sm.index);
+        r.density         = median(sm.density);
+        r.decode_keys     = median(sm.keys);
+        r.select_s        = median(sm.select);
+        r.bytes_per_token = median(sm.bytes);
+        if (on_row) on_row(r);
+        out.push_back(r);
+    };
     for (const attn_config & method : p.methods) {
         context_params cp;
         cp.n_ctx     = std::min<int64_t>(method.kv == kv_method::FULL ? n_ctx : n_ctx_kv, m.hparams().n_ctx_train);
@@ -164,42 +278,27 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
 
         token_source src{p.text, std::mt19937_64(p.seed), m.hparams().n_vocab};
         for (bench_row r : rows) {
+            if (!single && r.n_gen > 0) continue;
             r.method = attn_config_describe(method);
             LC_ASSIGN_OR_RETURN(double warm, run_once(*c, r, src, false));
             (void)warm;
-            std::vector<double> attn, swa, index, density, keys, select, bytes;
+            samples sm;
             for (int i = 0; i < p.reps; ++i) {
                 LC_ASSIGN_OR_RETURN(double s, run_once(*c, r, src, true));
                 r.samples_s.push_back(s);
-                attn.push_back(c->timings().attn_s);
-                swa.push_back(c->timings().attn_swa_s);
-                index.push_back(c->timings().attn_index_s);
-                density.push_back(c->timings().density());
-                const forward_timings & t = c->timings();
-                keys.push_back(t.decode_keys_fraction());
-                select.push_back(t.decode_select_s);
-                bytes.push_back(r.n_gen > 0 ? double(t.decode_bytes_select + t.decode_bytes_attn) / double(r.n_gen)
-                                            : 0.0);
+                sm.add(c->timings(), r.n_gen);
             }
-            const double n_tok = double(r.n_prompt + r.n_gen);
-            double       sum = 0.0, sum2 = 0.0;
-            for (double s : r.samples_s) {
-                sum += n_tok / s;
-                sum2 += (n_tok / s) * (n_tok / s);
-            }
-            const double k    = double(r.samples_s.size());
-            r.mean_tps        = sum / k;
-            r.sd_tps          = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
-            r.kv_bytes        = c->kv().bytes_used();
-            r.attn_s          = median(attn);
-            r.attn_swa_s      = median(swa);
-            r.index_s         = median(index);
-            r.density         = median(density);
-            r.decode_keys     = median(keys);
-            r.select_s        = median(select);
-            r.bytes_per_token = median(bytes);
-            if (on_row) on_row(r);
-            out.push_back(r);
+            finish(r, sm, *c);
+        }
+        c.reset();
+        for (bench_row r : batched) {
+            r.method = attn_config_describe(method);
+            src.rewind();
+            std::unique_ptr<context> cb;
+            samples                  sm;
+            LC_ASSIGN_OR_RETURN(r.samples_s, run_batched(m, method, p, r, src, cb, sm));
+            if (r.seq_max) r.test += "=" + std::to_string(r.n_seq);
+            finish(r, sm, *cb);
         }
     }
     return out;
@@ -248,7 +347,7 @@ std::string bench_format_json(const bench_env & env, const std::vector<bench_row
           << ", \"density\": " << r.density << ", \"decode_keys\": " << r.decode_keys
           << ", \"select_s\": " << r.select_s << ", \"bytes_per_token\": " << r.bytes_per_token << ", \"test\": \""
           << r.test << "\", \"n_prompt\": " << r.n_prompt << ", \"n_gen\": " << r.n_gen << ", \"depth\": " << r.depth
-          << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps << ", \"stddev_ts\": " << r.sd_tps
+          << ", \"n_seq\": " << r.n_seq << ", \"kv_bytes\": " << r.kv_bytes << ", \"avg_ts\": " << r.mean_tps << ", \"stddev_ts\": " << r.sd_tps
           << ", \"samples_s\": [";
         for (size_t j = 0; j < r.samples_s.size(); ++j) o << (j ? ", " : "") << r.samples_s[j];
         o << "]}" << (i + 1 < rows.size() ? "," : "") << "\n";

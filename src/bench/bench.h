@@ -27,12 +27,19 @@ struct bench_params {
     std::vector<attn_config> methods = {attn_config{}};
     // Token ids the prompts are cut from (repeated as needed); empty: seeded random ids.
     std::vector<int32_t> text;
+    // Sequences decoded together in the decode tests (batched decode steps, aggregate tokens/s); 0: as many as
+    // kv_memory holds. Prefill tests run one sequence.
+    std::vector<int> parallel = {1};
+    // KV-cache memory of a batched test's context in bytes (0: room for every sequence of the test).
+    size_t kv_memory = 0;
 };
 
 struct bench_row {
     std::string         method = "dense"; // attn_config_describe() of the run
     std::string         test;             // "pp512", "tg128 @ d4096"
     int64_t             n_prompt = 0, n_gen = 0, depth = 0;
+    int                 n_seq    = 1;     // sequences decoded together (0 before a "max" test has run)
+    bool                seq_max  = false; // n_seq is as many as the KV memory held
     std::vector<double> samples_s; // seconds per repetition
     double              mean_tps = 0.0, sd_tps = 0.0;
     size_t              kv_bytes = 0; // KV bytes held at the end of the test
@@ -54,7 +61,12 @@ struct bench_env {
     std::string prompt_source = "random ids"; // or the text file the prompts were cut from
 };
 
-// Runs every test; on_row is called as each finishes (for streaming output).
+// Runs every test. A batched decode test (n_seq != 1) prefills each sequence with `depth` tokens (consecutive
+// slices of the text), then runs blocks of n_gen decode steps over all of them, one warm-up and `reps` timed,
+// each continuing the last. A "max" test admits sequences while each leaves room for its blocks' tokens (as many
+// tokens per sequence as the decode blocks add, in every layer, without counting on eviction) and stops at the
+// first that does not fit.
+// on_row is called as each finishes (for streaming output).
 result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p, bench_env & env,
                                          const std::function<void(const bench_row &)> & on_row = {});
 

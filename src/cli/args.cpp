@@ -103,6 +103,36 @@ result<double> arg_parser::get_float(const std::string & long_name, double lo, d
     return v;
 }
 
+result<size_t> parse_bytes(const std::string & s) {
+    char *            end = nullptr;
+    const double      v   = s.empty() ? -1.0 : std::strtod(s.c_str(), &end);
+    const std::string suf = end ? std::string(end) : std::string();
+    double            mul = -1.0;
+    if (suf.empty() || suf == "B")
+        mul = 1.0;
+    else if (suf == "K" || suf == "k" || suf == "KiB")
+        mul = 1024.0;
+    else if (suf == "M" || suf == "MiB")
+        mul = 1024.0 * 1024.0;
+    else if (suf == "G" || suf == "GiB")
+        mul = 1024.0 * 1024.0 * 1024.0;
+    else if (suf == "T" || suf == "TiB")
+        mul = 1024.0 * 1024.0 * 1024.0 * 1024.0;
+    const double b = v * mul;
+    if (s.empty() || end == s.c_str() || mul < 0 || !(v >= 0) || b > double(uint64_t(1) << 62))
+        return error(status_code::INVALID_ARGUMENT, "'%s' is not a byte count; use e.g. 512M, 2G or 1073741824",
+                     s.c_str());
+    return size_t(b);
+}
+
+result<size_t> arg_parser::get_bytes(const std::string & long_name) const {
+    auto b = parse_bytes(get(long_name));
+    if (!b)
+        return error(status_code::INVALID_ARGUMENT, "longctx %s: %s: %s", command_.c_str(), long_name.c_str(),
+                     b.get_status().message().c_str());
+    return b;
+}
+
 result<std::vector<int64_t>> arg_parser::get_int_list(const std::string & long_name, int64_t lo, int64_t hi) const {
     const std::string    s = get(long_name);
     std::vector<int64_t> out;

@@ -19,6 +19,9 @@ struct flag {
     std::string def; // default shown by --help and used when absent ("" = none)
 };
 
+// A byte count with an optional binary suffix (see arg_parser::get_bytes()).
+result<size_t> parse_bytes(const std::string & s);
+
 class arg_parser {
   public:
     arg_parser(std::string command, std::string usage) : command_(std::move(command)), usage_(std::move(usage)) {}
@@ -33,6 +36,8 @@ class arg_parser {
     std::string     get(const std::string & long_name) const; // value or default
     result<int64_t> get_int(const std::string & long_name, int64_t lo, int64_t hi) const;
     result<double>  get_float(const std::string & long_name, double lo, double hi) const;
+    // A byte count: a number with an optional binary suffix K, M, G, T (KiB, MiB, ...) or B: "512M", "2G", "1048576".
+    result<size_t> get_bytes(const std::string & long_name) const;
     // Comma-separated list of integers: "512,4096"
     result<std::vector<int64_t>>     get_int_list(const std::string & long_name, int64_t lo, int64_t hi) const;
     const std::vector<std::string> & positional() const { return positional_; }

@@ -1,5 +1,7 @@
 // `longctx bench`: llama-bench-style speed tests, markdown or JSON on stdout.
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,9 @@ int cmd_bench(const args_t & args) {
     p.add({"-d", "--depth", "N,...", "tokens already in the context before each test", "0"});
     p.add({"-r", "--repetitions", "N", "timed repetitions per test (after one warm-up)", "5"});
     p.add({"-ub", "--ubatch-size", "N", "prompt tokens per forward pass", "512"});
+    p.add({"-np", "--parallel", "N,...|max", "decode tests: sequences decoded together (batched decode steps); max: as "
+                                             "many as --kv-memory holds", "1"});
+    p.add({"", "--kv-memory", "BYTES", "KV-cache memory of batched tests, e.g. 512M (0: as the sequences need)", "0"});
     p.add({"-o", "--output", "md|json", "output format", "md"});
     p.add({"-f", "--file", "PATH", "cut prompts from this text (tokenized, repeated as needed) instead of random ids",
            ""});
@@ -49,6 +54,24 @@ int cmd_bench(const args_t & args) {
     const std::string fmt = p.get("--output");
     if (fmt != "md" && fmt != "json")
         return fail("bench", error(status_code::INVALID_ARGUMENT, "-o must be md or json, got '%s'", fmt.c_str()));
+    for (const std::string & v : split_list(p.get("--parallel"))) {
+        if (v == "max") {
+            bp.parallel.push_back(0);
+            continue;
+        }
+        char *     end = nullptr;
+        const long b   = std::strtol(v.c_str(), &end, 10);
+        if (v.empty() || *end != '\0' || b < 1 || b > 1024)
+            return fail("bench", error(status_code::INVALID_ARGUMENT,
+                                       "-np expects sequence counts 1..1024 or max, got '%s'", v.c_str()));
+        bp.parallel.push_back(int(b));
+    }
+    bp.parallel.erase(bp.parallel.begin()); // the default 1, replaced by the list
+    auto kvm_bytes = p.get_bytes("--kv-memory");
+    if (!kvm_bytes) return fail("bench", kvm_bytes.get_status());
+    bp.kv_memory = *kvm_bytes;
+    if (bp.kv_memory == 0 && std::find(bp.parallel.begin(), bp.parallel.end(), 0) != bp.parallel.end())
+        return fail("bench", error(status_code::INVALID_ARGUMENT, "-np max needs --kv-memory (the budget to fill)"));
     bp.n_prompt  = *np;
     bp.n_gen     = *ng;
     bp.depth     = *nd;

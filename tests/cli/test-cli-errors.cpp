@@ -83,6 +83,9 @@ TEST_F(cli_errors, usage) {
     expect_one_line_error("bench -p 512,abc", 2, "comma-separated list of integers");
     expect_one_line_error("run -p hi --decode fast", 2, "--decode 'fast' is not a method");
     expect_one_line_error("bench --decode topk,fast", 2, "--decode 'fast' is not a method");
+    expect_one_line_error("bench -np 0", 2, "-np expects sequence counts 1..1024 or max");
+    expect_one_line_error("bench --kv-memory 12X", 2, "not a byte count");
+    expect_one_line_error("bench -p 0 -n 4 -np max", 2, "-np max needs --kv-memory");
     expect_one_line_error("run -p hi --decode-budget 150%", 2, "--decode-budget 150%: at most 100%");
     expect_one_line_error("run -p hi --decode-budget 12.5", 2, "a number of tokens is a whole number");
     expect_one_line_error("run -p hi --lsh 10", 2, "--lsh '10': expected two integers");
