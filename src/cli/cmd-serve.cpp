@@ -1,6 +1,6 @@
-// `longctx serve`: an OpenAI-compatible HTTP server (docs/serve.md): loads the model, builds one sequence per
-// slot (-np) under a KV memory budget (--kv-memory), runs the scheduler thread and serves HTTP until SIGINT or
-// SIGTERM.
+// `longctx serve`: an OpenAI-compatible HTTP server (docs/serve.md): loads the model, builds a context with one
+// sequence per slot (-np) in a KV memory budget (--kv-memory), runs the scheduler thread and serves HTTP until
+// SIGINT or SIGTERM.
 #include <pthread.h>
 
 #include <csignal>
@@ -64,12 +64,14 @@ int cmd_serve(const args_t & args) {
 
     auto lm = load_model(p);
     if (!lm) return fail("serve", lm.get_status());
-    auto engine = server::seq_engine_contexts(*lm->mdl, *cp, int(*n_par), *kv_mem);
+    cp->n_seq     = int(*n_par);
+    cp->kv_memory = *kv_mem;
+    auto engine   = server::seq_engine_create(*lm->mdl, *cp);
     if (!engine) return fail("serve", engine.get_status());
     const int64_t n_ctx = (*engine)->n_ctx();
-    if ((*engine)->kv_bytes_capacity() < (*engine)->kv_bytes_for(2))
+    if ((*engine)->kv_bytes_capacity() < (*engine)->kv_bytes_for(1))
         return fail("serve", error(status_code::INVALID_ARGUMENT,
-                                   "--kv-memory %s holds less than two tokens (%zu bytes each); raise it",
+                                   "--kv-memory %s holds less than one KV page in every layer (%zu bytes); raise it",
                                    p.get("--kv-memory").c_str(), (*engine)->kv_bytes_for(1)));
 
     server::api_limits          lim;

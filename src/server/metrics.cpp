@@ -16,9 +16,15 @@ void metrics::prompt_tokens_add(int64_t n, double seconds) {
     t_prefill_ += seconds;
 }
 
-void metrics::decode_tokens_add(int64_t n, double seconds) {
+void metrics::generated_add(int64_t n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    n_gen_ += n;
+}
+
+void metrics::decode_step_add(int64_t n, double seconds) {
     std::lock_guard<std::mutex> lock(mutex_);
     n_decoded_ += n;
+    n_steps_ += 1;
     t_decode_ += seconds;
 }
 
@@ -61,7 +67,11 @@ std::string metrics::render() const {
     metric(s, "longctx_prefill_seconds_total", "counter", "time spent in prefill", t_prefill_);
     metric(s, "longctx_prefill_tokens_per_second", "gauge", "prompt tokens per second of prefill, since start",
            t_prefill_ > 0 ? double(n_prompt_) / t_prefill_ : 0.0);
-    metric(s, "longctx_generated_tokens_total", "counter", "tokens generated", double(n_decoded_));
+    metric(s, "longctx_generated_tokens_total", "counter", "tokens generated for the clients", double(n_gen_));
+    metric(s, "longctx_decode_tokens_total", "counter", "tokens through decode steps (all sequences)",
+           double(n_decoded_));
+    metric(s, "longctx_decode_steps_total", "counter",
+           "batched decode steps (generated tokens / steps is the mean batch size)", double(n_steps_));
     metric(s, "longctx_decode_seconds_total", "counter", "time spent in decode steps", t_decode_);
     metric(s, "longctx_decode_tokens_per_second", "gauge",
            "generated tokens per second of decode steps (all sequences of a batched step count), since start",

@@ -25,7 +25,8 @@ class metrics {
   public:
     void request_done(const std::string & endpoint, int http_status);
     void prompt_tokens_add(int64_t n, double seconds); // prefill work
-    void decode_tokens_add(int64_t n, double seconds); // generated tokens, time of the decode steps
+    void decode_step_add(int64_t n, double seconds);   // one decode step of n sequences and its time
+    void generated_add(int64_t n);                     // tokens sampled for the clients
     void cancelled_add() { n_cancelled_.fetch_add(1, std::memory_order_relaxed); }
     void rejected_add() { n_rejected_.fetch_add(1, std::memory_order_relaxed); }
     void gauges_set(const metrics_gauges & g);
@@ -38,6 +39,8 @@ class metrics {
     std::map<std::pair<std::string, int>, int64_t> requests_; // (endpoint, status) -> count
     int64_t                                        n_prompt_  = 0;
     int64_t                                        n_decoded_ = 0;
+    int64_t                                        n_steps_   = 0;
+    int64_t                                        n_gen_     = 0;
     double                                         t_prefill_ = 0.0;
     double                                         t_decode_  = 0.0;
     metrics_gauges                                 gauges_;

@@ -61,7 +61,7 @@ result<size_t> bytes_parse(const std::string & s) {
     return size_t(b);
 }
 
-// ---- the engine over one context per slot ------------------------------------------------------------------
+// ---- the engine over one multi-sequence context ---------------------------------------------------------
 
 namespace {
 
@@ -72,101 +72,49 @@ bool same_methods(const attn_config & a, const attn_config & b) {
            a.kv_opts.budget.mode == b.kv_opts.budget.mode && a.kv_opts.budget.value == b.kv_opts.budget.value;
 }
 
-class contexts_engine final : public seq_engine {
+// One sequence per slot of one lc::context: decode_step is one batched forward pass, the context's KV pool
+// (--kv-memory) is the budget.
+class context_engine final : public seq_engine {
   public:
-    contexts_engine(const model & m, const context_params & p, size_t kv_memory) : model_(m), params_(p) {
-        kv_memory_ = kv_memory;
-    }
+    context_engine(std::unique_ptr<context> c, const attn_config & a)
+        : ctx_(std::move(c)), attn_(size_t(ctx_->n_seq()), a) {}
 
-    status init(int n_seq) {
-        for (int i = 0; i < n_seq; ++i) {
-            LC_ASSIGN_OR_RETURN(std::unique_ptr<context> c, context::create(model_, params_));
-            ctx_.push_back(std::move(c));
-            attn_.push_back(params_.attn);
-        }
-        const kv_cache & kv = ctx_[0]->kv();
-        bytes_per_token_    = kv.slot_bytes() * size_t(kv.n_layer());
-        if (kv_memory_ == 0) kv_memory_ = bytes_per_token_ * size_t(ctx_[0]->n_ctx()) * size_t(n_seq);
-        return status::ok();
-    }
-
-    int     n_seq() const override { return int(ctx_.size()); }
-    int64_t n_ctx() const override { return ctx_[0]->n_ctx(); }
-    int32_t n_vocab() const override { return model_.hparams().n_vocab; }
+    int     n_seq() const override { return ctx_->n_seq(); }
+    int64_t n_ctx() const override { return ctx_->n_ctx(); }
+    int32_t n_vocab() const override { return ctx_->get_model().hparams().n_vocab; }
 
     status decode_seq(int seq, const std::vector<int32_t> & tokens, bool prompt_end) override {
-        LC_RETURN_IF_ERROR(room_for(tokens.size()));
-        return ctx_[size_t(seq)]->decode(tokens, false, {}, prompt_end);
+        return ctx_->decode_seq(seq, tokens, false, {}, prompt_end);
     }
-
     status decode_step(const std::vector<int> & seqs, const std::vector<int32_t> & tokens) override {
-        LC_ASSERT(seqs.size() == tokens.size(), "decode_step: %zu sequences, %zu tokens", seqs.size(), tokens.size());
-        LC_RETURN_IF_ERROR(room_for(seqs.size()));
-        for (size_t i = 0; i < seqs.size(); ++i) LC_RETURN_IF_ERROR(ctx_[size_t(seqs[i])]->decode({tokens[i]}));
-        return status::ok();
+        return ctx_->decode_step(seqs, tokens);
     }
-
-    const float * logits_of(int seq) const override { return ctx_[size_t(seq)]->logits(); }
-    int64_t       n_past(int seq) const override { return ctx_[size_t(seq)]->n_past(); }
-    void          clear(int seq) override { ctx_[size_t(seq)]->clear(); }
+    const float * logits_of(int seq) const override { return ctx_->logits_of(seq); }
+    int64_t       n_past(int seq) const override { return ctx_->n_past(seq); }
+    void          clear(int seq) override { ctx_->clear(seq); }
 
     status set_methods(int seq, const attn_config & c) override {
-        if (ctx_[size_t(seq)]->n_past() != 0)
-            return error(status_code::INTERNAL, "set_methods: sequence %d is not empty", seq);
+        // Building a method's state may cost (a sidecar read): only when it changes.
         if (same_methods(attn_[size_t(seq)], c)) return status::ok();
-        context_params p = params_;
-        p.attn           = c;
-        ctx_[size_t(seq)].reset(); // free the old cache before the new one is made
-        auto made = context::create(model_, p);
-        if (!made) {
-            // Keep the slot usable with the server's methods.
-            auto back = context::create(model_, params_);
-            LC_ASSERT(back.is_ok(), "recreating a context that was created before failed: %s",
-                      back.get_status().message().c_str());
-            ctx_[size_t(seq)]  = std::move(*back);
-            attn_[size_t(seq)] = params_.attn;
-            return made.get_status();
-        }
-        ctx_[size_t(seq)]  = std::move(*made);
+        LC_RETURN_IF_ERROR(ctx_->set_methods(seq, c));
         attn_[size_t(seq)] = c;
         return status::ok();
     }
 
-    size_t kv_bytes_held() const override {
-        size_t n = 0;
-        for (const auto & c : ctx_) n += c->kv_bytes_held();
-        return n;
-    }
-    size_t kv_bytes_capacity() const override { return kv_memory_; }
-    size_t kv_bytes_for(int64_t n_tokens) const override {
-        return size_t(std::max<int64_t>(n_tokens, 0)) * bytes_per_token_;
-    }
+    size_t kv_bytes_held() const override { return ctx_->kv_bytes_held(); }
+    size_t kv_bytes_capacity() const override { return ctx_->kv_bytes_capacity(); }
+    size_t kv_bytes_for(int64_t n_tokens) const override { return ctx_->kv_bytes_for(n_tokens); }
 
   private:
-    status room_for(size_t n_tokens) const {
-        const size_t held = kv_bytes_held(), need = kv_bytes_for(int64_t(n_tokens));
-        if (held + need > kv_memory_)
-            return error(status_code::RESOURCE_EXHAUSTED,
-                         "kv: %zu more tokens need %zu bytes of KV cache but %zu of %zu are free (--kv-memory)",
-                         n_tokens, need, kv_memory_ - std::min(held, kv_memory_), kv_memory_);
-        return status::ok();
-    }
-
-    const model &                         model_;
-    context_params                        params_;
-    size_t                                kv_memory_       = 0;
-    size_t                                bytes_per_token_ = 0;
-    std::vector<std::unique_ptr<context>> ctx_;
-    std::vector<attn_config>              attn_;
+    std::unique_ptr<context> ctx_;
+    std::vector<attn_config> attn_; // each sequence's methods
 };
 
 } // namespace
 
-result<std::unique_ptr<seq_engine>> seq_engine_contexts(const model & m, const context_params & p, int n_seq,
-                                                        size_t kv_memory) {
-    auto e = std::make_unique<contexts_engine>(m, p, kv_memory);
-    LC_RETURN_IF_ERROR(e->init(n_seq));
-    return std::unique_ptr<seq_engine>(std::move(e));
+result<std::unique_ptr<seq_engine>> seq_engine_create(const model & m, const context_params & p) {
+    LC_ASSIGN_OR_RETURN(std::unique_ptr<context> c, context::create(m, p));
+    return std::unique_ptr<seq_engine>(std::make_unique<context_engine>(std::move(c), p.attn));
 }
 
 // ---- scheduler ---------------------------------------------------------------------------------------------
@@ -357,7 +305,7 @@ void scheduler::decode_all() {
         fail(*worst, st);
         return;
     }
-    metrics_.decode_tokens_add(int64_t(seqs.size()), seconds_since(t0));
+    metrics_.decode_step_add(int64_t(seqs.size()), seconds_since(t0));
     for (auto & sp : slots_)
         if (sp->job && sp->generating) take_token(*sp);
 }
@@ -370,6 +318,7 @@ bool scheduler::take_token(slot & s) {
         return false;
     }
     ++s.n_gen;
+    metrics_.generated_add(1);
     s.text += tt_.piece(id);
     const text_cut cut = text_cut_find(s.text, j.stop);
     if (cut.stop_at != std::string::npos) {

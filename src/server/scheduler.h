@@ -52,11 +52,8 @@ class seq_engine {
 // INVALID_ARGUMENT for anything else (negative, empty, unknown suffix, over 2^62).
 result<size_t> bytes_parse(const std::string & s);
 
-// The engine over lc::context until the context holds several sequences itself: one context per slot
-// (created with the server's methods, recreated when a request asks for other ones), decode_step one forward
-// pass per sequence, and the KV budget enforced here. kv_memory 0: n_ctx tokens for each slot.
-result<std::unique_ptr<seq_engine>> seq_engine_contexts(const model & m, const context_params & p, int n_seq,
-                                                        size_t kv_memory);
+// The engine over one lc::context holding p.n_seq sequences in p.kv_memory bytes of KV cache (see context.h).
+result<std::unique_ptr<seq_engine>> seq_engine_create(const model & m, const context_params & p);
 
 // What a job reports, in order: ADMITTED (it has a slot), PROGRESS* (prompt chunks), TEXT* (pieces of output),
 // then one DONE or ERROR (which may also come first: a job that can never fit, or shutdown).

@@ -9,6 +9,7 @@
 # The `openai` package comes from a venv under $LONGCTX_CACHE (scripts/setup.sh makes it); when that is missing
 # the test makes it itself (python3 -m venv + pip install openai). Usage: test-serve-openai.py --longctx PATH
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
@@ -230,6 +231,24 @@ def run_checks(srv):
     s1 = client.completions.create(model=model, prompt=prompt, max_tokens=6, temperature=1.0, top_p=0.9, seed=7)
     s2 = client.completions.create(model=model, prompt=prompt, max_tokens=6, temperature=1.0, top_p=0.9, seed=7)
     check(s1.choices[0].text == s2.choices[0].text, f"seed 7 twice: {s1.choices[0].text!r}")
+
+    # Several requests at once: -np 2 slots decode in one batched step, the rest wait in the queue, and the
+    # greedy texts are those of the same requests alone.
+    def metric(name):
+        st, _, data = srv.raw("GET", "/metrics")
+        mm = re.search(rb"^" + name.encode() + rb" (\S+)$", data, re.M)
+        return float(mm.group(1)) if mm else 0.0
+
+    tok0, steps0 = metric("longctx_decode_tokens_total"), metric("longctx_decode_steps_total")
+    calls = [lambda: client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0)
+             .choices[0].message.content,
+             lambda: client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0).choices[0].text]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(calls[i % 2]) for i in range(4)]
+        outs = [f.result() for f in futs]
+    check(outs == [text, ctext, text, ctext], f"4 concurrent requests on 2 slots: {outs}")
+    dtok, dsteps = metric("longctx_decode_tokens_total") - tok0, metric("longctx_decode_steps_total") - steps0
+    check(dsteps > 0 and dtok / dsteps > 1.2, f"decode steps were batched: {dtok:.0f} tokens in {dsteps:.0f} steps")
 
     # Per-request methods through extra body fields.
     m = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0,
