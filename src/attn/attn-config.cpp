@@ -182,6 +182,7 @@ std::string attn_config_describe(const attn_config & c) {
             s += buf;
         }
     }
+    if (c.kv == kv_method::FULL && c.kv_opts.swa_full) s += " swa-full";
     if (c.kv != kv_method::FULL) {
         const kv_params & k = c.kv_opts;
         s += std::string(" kv=") + kv_method_name(c.kv) + " kv-budget=" + decode_budget_name(k.budget);

@@ -107,6 +107,11 @@ struct kv_params {
     d2o_merge        merge = d2o_merge::REFERENCE;
     double           alpha = 0.5, beta = 0.5;
     std::vector<int> whole_layers = {0, 1, -1};
+    // Sliding-window layers (Gemma 3's local layers) keep only their window under every policy; under full also
+    // swa_slack tokens before it, so that a sequence can be cut back by that many tokens. swa_full: keep every
+    // token there too under full (llama.cpp's --swa-full).
+    bool    swa_full  = false;
+    int64_t swa_slack = 256;
 };
 
 struct attn_config {

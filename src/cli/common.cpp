@@ -92,6 +92,8 @@ void add_method_flags(arg_parser & p) {
     p.add({"", "--d2o-merge", "RULE", "D2O merging of evicted tokens: ref (reference code), softmax (paper), off",
            "ref"});
     p.add({"", "--d2o-whole", "LIST", "D2O: layers kept whole (negative: from the end; none)", "0,1,-1"});
+    p.add({"", "--swa-full", "",
+           "--kv full: sliding-window layers keep every token (default: their window and 256 tokens before it)", ""});
 }
 
 namespace {
@@ -180,6 +182,7 @@ result<attn_config> attn_config_from(const arg_parser & p, bool decode_list) {
             k.whole_layers.push_back(int(v));
         }
     }
+    k.swa_full  = p.has("--swa-full");
     c.sidecar   = p.get("--sidecar");
     if (c.sidecar != "auto" && c.sidecar != "none" && !std::ifstream(c.sidecar).good())
         return error(status_code::NOT_FOUND, "--sidecar '%s' cannot be opened; run longctx calibrate or pass none",

@@ -260,19 +260,13 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
 
     bool is_swa(int il) const { return swa_[size_t(il)]; }
 
-    // A sliding-window layer only ever reads its last n_swa slots: whole pages before them go (lossless, no row
-    // moves). Dropping whole pages keeps every token's place within its page, so the kernels tile the window as
-    // they would over the full cache and the result is bit-identical.
     void trim_window(kv_cache & kv, int seq, int il, attention & attn) {
-        const int64_t n = kv.n_slots(il, seq);
-        if (n_swa_ <= 0 || n - n_swa_ < kv_page_tokens) return;
-        const int64_t n_pages = (n - n_swa_) / kv_page_tokens;
-        kv.drop_front_pages(il, seq, n_pages);
+        const int64_t dropped = kv_trim_window(kv, seq, il, n_swa_, 0, attn);
+        if (dropped == 0) return;
         layer_state & L = seqs_[size_t(seq)].layers[size_t(il)];
         L.kept          = kv.n_slots(il, seq);
-        L.evicted += n_pages * kv_page_tokens * n_head_kv_;
+        L.evicted += dropped * n_head_kv_;
         seqs_[size_t(seq)].compressed = true;
-        attn.invalidate(il);
     }
 
     // Evicts layer il of seq down to its budget once it holds at least `slack` slots over it.
@@ -384,8 +378,49 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
 
 } // namespace
 
+int64_t kv_trim_window(kv_cache & kv, int seq, int il, int64_t n_swa, int64_t slack, attention & attn) {
+    const int64_t n = kv.n_slots(il, seq);
+    if (n_swa <= 0 || n - n_swa - slack < kv_page_tokens) return 0;
+    const int64_t n_pages = (n - n_swa - slack) / kv_page_tokens;
+    kv.drop_front_pages(il, seq, n_pages);
+    attn.invalidate(il);
+    return n_pages * kv_page_tokens;
+}
+
+kv_policy_full::kv_policy_full(const model & m, const kv_params & p, int n_seq)
+    : n_swa_(p.swa_full ? 0 : m.hparams().n_swa), slack_(p.swa_slack) {
+    for (const layer_weights & L : m.layers()) swa_.push_back(L.swa);
+    front_.assign(size_t(n_seq), std::vector<int64_t>(swa_.size(), 0));
+}
+
+void kv_policy_full::trim(kv_cache & kv, int seq, attention & attn) {
+    if (n_swa_ <= 0) return;
+    for (size_t il = 0; il < swa_.size(); ++il)
+        if (swa_[il]) front_[size_t(seq)][il] += kv_trim_window(kv, seq, int(il), n_swa_, slack_, attn);
+}
+
+status kv_policy_full::on_prefill_end(kv_cache & kv, int seq, int64_t, attention & attn, thread_pool &) {
+    trim(kv, seq, attn);
+    return status::ok();
+}
+
+status kv_policy_full::on_decode_step(kv_cache & kv, int seq, int64_t, attention & attn, thread_pool &) {
+    trim(kv, seq, attn);
+    return status::ok();
+}
+
+void kv_policy_full::truncate(int seq, int64_t n) {
+    if (n == 0 && size_t(seq) < front_.size()) std::fill(front_[size_t(seq)].begin(), front_[size_t(seq)].end(), 0);
+}
+
+int64_t kv_policy_full::front(int seq, int il) const {
+    return size_t(seq) < front_.size() ? front_[size_t(seq)][size_t(il)] : 0;
+}
+
 result<std::unique_ptr<kv_policy>> kv_policy_create(const model & m, const attn_config & c, int n_seq) {
-    if (c.kv == kv_method::FULL) return std::unique_ptr<kv_policy>(new kv_policy_full());
+    if (c.kv_opts.swa_slack < 0)
+        return error(status_code::INVALID_ARGUMENT, "--swa-slack %lld: at least 0", (long long)c.kv_opts.swa_slack);
+    if (c.kv == kv_method::FULL) return std::unique_ptr<kv_policy>(new kv_policy_full(m, c.kv_opts, n_seq));
     const model_hparams & hp = m.hparams();
     const kv_params &     p  = c.kv_opts;
     if (c.kv == kv_method::D2O)

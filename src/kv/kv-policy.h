@@ -56,15 +56,37 @@ class kv_policy {
     virtual void truncate(int seq, int64_t n) {}
     // Whether tokens of sequence seq have been evicted (its slots no longer equal its positions).
     virtual bool compressed(int seq) const { return false; }
+    // Positions dropped from the front of layer il of seq while its slots stay consecutive positions (a trimmed
+    // sliding window of a policy that is not compressed(): slot t holds position t + front).
+    virtual int64_t front(int seq, int il) const { return 0; }
     // Per layer of sequence seq (empty for full).
     virtual std::vector<kv_layer_report> report(int seq) const { return {}; }
 };
 
-// Keeps every token: the dense baseline.
+// Keeps every token: the dense baseline. Sliding-window layers (Gemma 3's local layers) keep their window and
+// the kv_params::swa_slack tokens before it: whole pages before those go (lossless), unless kv_params::swa_full.
+// The slack lets the context cut a sequence back by up to that many tokens (chat turns, bench repetitions).
 class kv_policy_full final : public kv_policy {
   public:
+    kv_policy_full() = default;
+    kv_policy_full(const model & m, const kv_params & p, int n_seq);
     const char * name() const override { return "full"; }
+    status on_prefill_end(kv_cache & kv, int seq, int64_t n_pos, attention & attn, thread_pool & pool) override;
+    status on_decode_step(kv_cache & kv, int seq, int64_t n_pos, attention & attn, thread_pool & pool) override;
+    void   truncate(int seq, int64_t n) override;
+    int64_t front(int seq, int il) const override;
+
+  private:
+    void                              trim(kv_cache & kv, int seq, attention & attn);
+    int64_t                           n_swa_ = 0, slack_ = 0;
+    std::vector<bool>                 swa_;
+    std::vector<std::vector<int64_t>> front_; // [seq][layer] positions dropped from the front
 };
+
+// Drops the whole pages of layer il of seq that lie before its last n_swa + slack slots (a sliding-window layer
+// reads only its last n_swa). No row moves, so every token keeps its place within its page and the kernels tile
+// the window as over the full cache: the attention is bit-identical. Returns the slots dropped.
+int64_t kv_trim_window(kv_cache & kv, int seq, int il, int64_t n_swa, int64_t slack, attention & attn);
 
 // The policy of c.kv for a model and n_seq sequences. Errors: parameters that do not suit the model (a whole
 // layer out of range).

@@ -194,7 +194,15 @@ void context::clear(int seq) {
 
 bool context::can_truncate(int seq, int64_t n) const {
     const seq_state & S = seqs_[size_t(seq)];
-    return n >= 0 && n <= S.n_past && (n == 0 || n == S.n_past || !S.policy->compressed(seq));
+    if (n < 0 || n > S.n_past) return false;
+    if (n == 0 || n == S.n_past) return true;
+    if (S.policy->compressed(seq)) return false;
+    // A trimmed sliding-window layer must still hold the window of the next query (position n sees keys past
+    // n - n_swa).
+    const model_hparams & hp = model_.hparams();
+    for (int il = 0; il < hp.n_layer; ++il)
+        if (S.policy->front(seq, il) > std::max<int64_t>(0, n - hp.n_swa + 1)) return false;
+    return true;
 }
 
 status context::truncate(int seq, int64_t n) {
@@ -203,13 +211,16 @@ status context::truncate(int seq, int64_t n) {
     if (!can_truncate(seq, n))
         return error(status_code::UNSUPPORTED, "context: cannot cut %lld tokens back to %lld: %s",
                      (long long)S.n_past, (long long)n,
-                     n > S.n_past || n < 0 ? "out of range" : "the KV policy evicted tokens; clear and prefill again");
+                     n > S.n_past || n < 0 ? "out of range"
+                                           : "the KV policy evicted tokens or a sliding window was trimmed past them; "
+                                             "clear and prefill again");
     if (n == 0) {
         clear(seq);
         return status::ok();
     }
     if (n == S.n_past) return status::ok();
-    kv_->truncate(seq, n);
+    for (int il = 0; il < model_.hparams().n_layer; ++il)
+        kv_->finish_keep(il, seq, std::min(kv_->n_slots(il, seq), n - S.policy->front(seq, il)));
     S.attn->truncate(n);
     S.policy->truncate(seq, n);
     S.n_past = n;

@@ -180,8 +180,10 @@ model_fixture load_model(int64_t n_tokens, const char * file = "SmolLM2-135M-Ins
 }
 
 std::unique_ptr<lc::context> make_ctx(const lc::model & m, lc::kv_method k, const char * budget,
-                                      lc::d2o_merge merge = lc::d2o_merge::REFERENCE, int evict_every = 64) {
+                                      lc::d2o_merge merge = lc::d2o_merge::REFERENCE, int evict_every = 64,
+                                      bool swa_full = false) {
     lc::context_params p;
+    p.attn.kv_opts.swa_full   = swa_full;
     p.n_ctx                   = 2048;
     p.n_threads               = 2;
     p.attn.kv                 = k;
@@ -228,7 +230,7 @@ TEST(kv_policy_model, sliding_window_layers_trimmed_without_loss) {
     model_fixture f = load_model(900, "gemma-3-270m-q4_k_m.gguf");
     if (!f.m) GTEST_SKIP() << "Gemma 3 270M or ../shared/data/pg_essays absent";
     const int n_vocab = int(f.m->hparams().n_vocab);
-    auto      full    = make_ctx(*f.m, lc::kv_method::FULL, "20%");
+    auto      full    = make_ctx(*f.m, lc::kv_method::FULL, "20%", lc::d2o_merge::REFERENCE, 64, true);
     auto      c       = make_ctx(*f.m, lc::kv_method::H2O, "100%");
     ASSERT_TRUE(full->decode(f.prompt).is_ok());
     ASSERT_TRUE(c->decode(f.prompt).is_ok());
@@ -244,6 +246,52 @@ TEST(kv_policy_model, sliding_window_layers_trimmed_without_loss) {
         ASSERT_TRUE(std::equal(full->logits(), full->logits() + n_vocab, c->logits())) << "step " << i;
     }
     EXPECT_LT(c->kv_bytes_held(), c->kv_bytes_full());
+}
+
+TEST(kv_policy_model, full_trims_sliding_windows_with_slack_and_still_cuts_back) {
+    // Gemma 3 under --kv full: sliding-window layers keep their window and 256 tokens before it (whole pages),
+    // bit-identical to keeping everything (--swa-full), and the sequence can be cut back within the slack.
+    model_fixture f = load_model(1400, "gemma-3-270m-q4_k_m.gguf");
+    if (!f.m) GTEST_SKIP() << "Gemma 3 270M or ../shared/data/pg_essays absent";
+    const int n_vocab = int(f.m->hparams().n_vocab);
+    auto      all     = make_ctx(*f.m, lc::kv_method::FULL, "20%", lc::d2o_merge::REFERENCE, 64, true);
+    auto      c       = make_ctx(*f.m, lc::kv_method::FULL, "20%");
+    const std::vector<int32_t> prompt(f.prompt.begin(), f.prompt.begin() + 1200);
+    ASSERT_TRUE(all->decode(prompt).is_ok());
+    ASSERT_TRUE(c->decode(prompt).is_ok());
+    EXPECT_TRUE(std::equal(all->logits(), all->logits() + n_vocab, c->logits()));
+    EXPECT_FALSE(c->policy().compressed(0));
+    const int64_t W = f.m->hparams().n_swa, S = 256, n = 1200;
+    const int64_t kept = W + S + (n - W - S) % 64;
+    for (int il = 0; il < f.m->hparams().n_layer; ++il) {
+        const bool swa = f.m->layers()[size_t(il)].swa;
+        EXPECT_EQ(c->kv().n_slots(il, 0), swa ? kept : n) << il;
+        EXPECT_EQ(all->kv().n_slots(il, 0), n) << il;
+        EXPECT_EQ(c->policy().front(0, il), swa ? n - kept : 0) << il;
+    }
+    EXPECT_LT(c->kv_bytes_held(), all->kv_bytes_held());
+    // Decode steps drop more pages; the logits stay equal.
+    for (int i = 0; i < 100; ++i) {
+        ASSERT_TRUE(all->decode({f.prompt[size_t(1200 + i)]}).is_ok());
+        ASSERT_TRUE(c->decode({f.prompt[size_t(1200 + i)]}).is_ok());
+        ASSERT_TRUE(std::equal(all->logits(), all->logits() + n_vocab, c->logits())) << "step " << i;
+    }
+    // Cutting back 150 tokens is within the slack; decoding other tokens from there matches.
+    const int64_t back = n + 100 - 150;
+    ASSERT_TRUE(c->can_truncate(back));
+    ASSERT_TRUE(c->truncate(back).is_ok());
+    ASSERT_TRUE(all->truncate(back).is_ok());
+    for (int i = 0; i < 5; ++i) {
+        ASSERT_TRUE(all->decode({f.prompt[size_t(i)]}).is_ok());
+        ASSERT_TRUE(c->decode({f.prompt[size_t(i)]}).is_ok());
+        ASSERT_TRUE(std::equal(all->logits(), all->logits() + n_vocab, c->logits())) << "after the cut, step " << i;
+    }
+    // Cutting back past the slack would need dropped keys: refused, and clearing works.
+    EXPECT_FALSE(c->can_truncate(600));
+    EXPECT_EQ(c->truncate(600).code(), lc::status_code::UNSUPPORTED);
+    EXPECT_TRUE(all->can_truncate(600));
+    EXPECT_TRUE(c->truncate(0).is_ok());
+    EXPECT_EQ(c->kv_bytes_held(), 0u);
 }
 
 TEST(kv_policy_model, eviction_keeps_sinks_and_recent_rows) {
