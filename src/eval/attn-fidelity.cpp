@@ -66,9 +66,9 @@ void add_sq(const float * o, const float * ref, size_t n, double & err_sq, doubl
 }
 } // namespace
 
-void fidelity_observer::on_attention(int il, const float * q, int64_t n_q, int64_t pos0, int n_head,
-                                     const kv_view & kv, float scale, int64_t window, const prefill_plan * plan,
-                                     const float * o, thread_pool & pool) {
+void fidelity_observer::on_attention(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
+                                     float scale, int64_t window, const prefill_plan * plan, const float * o,
+                                     thread_pool & pool) {
     if (window != attn_window_none) return;
     LC_ASSERT(il >= 0 && size_t(il) < layers_.size(), "fidelity: layer %d of %zu", il, layers_.size());
     const auto       t0  = std::chrono::steady_clock::now();
@@ -117,8 +117,8 @@ void fidelity_observer::on_attention(int il, const float * q, int64_t n_q, int64
 }
 
 json layer_fidelity_json(const std::vector<layer_fidelity> & layers) {
-    json   out = json::object();
-    json   arr = json::array();
+    json   out    = json::object();
+    json   arr    = json::array();
     double rc_sum = 0, err_sum = 0, dec_sum = 0;
     int    n = 0, n_dec = 0;
     int    rc_worst = -1, err_worst = -1;

@@ -62,7 +62,7 @@ class fidelity_observer : public attn_observer {
 
     // Layers with at least one measured call, by layer index.
     std::vector<layer_fidelity> layers() const;
-    void                        clear(); // a new document
+    void                        clear();                             // a new document
     double                      seconds() const { return seconds_; } // time spent in on_attention since clear()
     int                         stride() const { return stride_; }
 

@@ -34,10 +34,10 @@ constexpr int64_t k_n_kv      = k_pos0 + k_n_q;
 struct setup {
     lc::test::test_cache cache = make_cache(k_n_head_kv, k_head_dim, k_n_kv, 11);
     // Larger queries than unit variance make the softmax peaked, so that recall differs from key coverage.
-    std::vector<float>   q     = randn(size_t(k_n_q * k_n_head * k_head_dim), 2.0f, 12);
-    float                scale = 1.0f / std::sqrt(float(k_head_dim));
-    thread_pool          pool{2};
-    kv_view              kv() const { return cache.view(); }
+    std::vector<float> q     = randn(size_t(k_n_q * k_n_head * k_head_dim), 2.0f, 12);
+    float              scale = 1.0f / std::sqrt(float(k_head_dim));
+    thread_pool        pool{2};
+    kv_view            kv() const { return cache.view(); }
 };
 
 bool in_item(const prefill_plan & p, int h, int64_t b, int64_t t) {
@@ -58,11 +58,11 @@ prefill_plan sparse_plan(uint32_t seed) {
         prefill_head_plan & hp = p.heads[size_t(h)];
         for (int64_t b = 0; b < p.n_qblk(); ++b) {
             const int64_t first = p.q_first(b), last = p.q_last(b);
-            const int64_t mid   = 8 + int64_t(rng() % uint32_t(std::max<int64_t>(1, first - 40)));
+            const int64_t mid = 8 + int64_t(rng() % uint32_t(std::max<int64_t>(1, first - 40)));
             hp.add_range(0, 4);
             hp.add_range(mid, std::min(mid + 12, last + 1));
             hp.add_range(std::max<int64_t>(0, first - 16), last + 1);
-            const size_t    n_r = hp.ranges.size() - size_t(hp.range_off.back());
+            const size_t      n_r = hp.ranges.size() - size_t(hp.range_off.back());
             std::set<int64_t> cols;
             while (cols.size() < 5) {
                 const int64_t t  = int64_t(rng() % uint32_t(last + 1));
@@ -84,18 +84,18 @@ struct brute {
 
 // Dense probabilities row by row in double over fp16 keys; recall and output error of o against dense.
 brute brute_force(const setup & s, const prefill_plan & plan, const std::vector<float> & o) {
-    const kv_view kv = s.kv();
-    const int     D  = k_head_dim;
-    brute         r;
-    double        rc_sum = 0, err = 0, ref = 0;
+    const kv_view       kv = s.kv();
+    const int           D  = k_head_dim;
+    brute               r;
+    double              rc_sum = 0, err = 0, ref = 0;
     std::vector<double> item(size_t(k_n_head) * size_t(plan.n_qblk()), 0.0);
     for (int64_t i = 0; i < k_n_q; ++i) {
         const int64_t p = k_pos0 + i;
         for (int h = 0; h < k_n_head; ++h) {
-            const int            hk = h / (k_n_head / k_n_head_kv);
-            const float *        qi = s.q.data() + (size_t(i) * k_n_head + size_t(h)) * D;
-            std::vector<double>  sc(size_t(p + 1));
-            double               mx = -INFINITY;
+            const int           hk = h / (k_n_head / k_n_head_kv);
+            const float *       qi = s.q.data() + (size_t(i) * k_n_head + size_t(h)) * D;
+            std::vector<double> sc(size_t(p + 1));
+            double              mx = -INFINITY;
             for (int64_t t = 0; t <= p; ++t) {
                 double d = 0;
                 for (int c = 0; c < D; ++c) d += double(qi[c]) * double(fp16_to_fp32(kv.k_row(t, hk)[c]));
@@ -149,8 +149,8 @@ TEST(eval_fidelity_layers, full_plan_and_dense_call_are_exact) {
     fidelity_observer obs(3, 1);
     obs.on_attention(1, s.q.data(), k_n_q, k_pos0, k_n_head, s.kv(), s.scale, attn_window_none, &full, o_full.data(),
                      s.pool);
-    obs.on_attention(2, s.q.data(), k_n_q, k_pos0, k_n_head, s.kv(), s.scale, attn_window_none, nullptr,
-                     o_dense.data(), s.pool);
+    obs.on_attention(2, s.q.data(), k_n_q, k_pos0, k_n_head, s.kv(), s.scale, attn_window_none, nullptr, o_dense.data(),
+                     s.pool);
     const auto L = obs.layers();
     ASSERT_EQ(L.size(), 2u); // layer 0 never called
     EXPECT_EQ(L[0].il, 1);
@@ -159,7 +159,7 @@ TEST(eval_fidelity_layers, full_plan_and_dense_call_are_exact) {
     // The full plan's recall comes from column sums in f32 over up to 270 keys: 1 within rounding.
     EXPECT_NEAR(L[0].recall_mean(), 1.0, 1e-5);
     EXPECT_NEAR(L[0].recall_min, 1.0, 1e-5);
-    EXPECT_LT(L[0].rel_err(), 1e-5); // the same f32 tiles, a different split: rounding only
+    EXPECT_LT(L[0].rel_err(), 1e-5);    // the same f32 tiles, a different split: rounding only
     EXPECT_EQ(L[1].recall_mean(), 1.0); // a dense call is 1 by definition
     EXPECT_LT(L[1].rel_err(), 1e-5);
     EXPECT_TRUE(std::isnan(L[0].decode_rel_err()));
@@ -189,9 +189,9 @@ TEST(eval_fidelity_layers, sparse_plan_matches_brute_force) {
 }
 
 TEST(eval_fidelity_layers, block_sampling_window_and_decode) {
-    setup              s;
-    const prefill_plan plan = sparse_plan(6);
-    const std::vector<float> o = run_plan(s, plan);
+    setup                    s;
+    const prefill_plan       plan = sparse_plan(6);
+    const std::vector<float> o    = run_plan(s, plan);
     // pos0 = 70: the call's blocks are document blocks 1, 2, 3, 4 (70 / 64 = 1); stride 2 measures those with
     // (1 + b) % 2 == 1, i.e. call blocks 0 and 2 (64 rows each).
     fidelity_observer obs(2, 2);
@@ -248,8 +248,12 @@ TEST(eval_fidelity_layers, report_tables) {
     // Two records of one file with per-layer numbers, one old record without them (still loads).
     json d = {{"eval", "fidelity"}, {"meta", {{"task", "fidelity"}}}, {"records", json::array()}};
     for (int r = 0; r < 3; ++r) {
-        json rec = {{"key", std::to_string(r)}, {"length", 4096},  {"doc", r},
-                    {"kl_mean", 0.01},          {"kl_max", 0.5},   {"top1_agree", 0.99},
+        json rec = {{"key", std::to_string(r)},
+                    {"length", 4096},
+                    {"doc", r},
+                    {"kl_mean", 0.01},
+                    {"kl_max", 0.5},
+                    {"top1_agree", 0.99},
                     {"runs", {{{"label", "dense"}, {"prefill_s", 1.0}}, {{"label", "m"}, {"prefill_s", 1.0}}}}};
         if (r < 2) {
             std::vector<layer_fidelity> L(2);
