@@ -14,7 +14,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=ON
 if [ "${ALL:-0}" = 1 ]; then
     cmake --build "$build" -j"$jobs"
 else
-    cmake --build "$build" -j"$jobs" --target longctx_cuda test-cuda-attn longctx-cuda-attn-bench longctx
+    cmake --build "$build" -j"$jobs" --target longctx_cuda test-cuda-attn test-cuda-ops test-cuda-model longctx-cuda-attn-bench longctx-cuda-run longctx
 fi
 # The CUDA tests skip themselves without a GPU; CI runs them to check they link and start.
 if [ "${RUN_TESTS:-1}" = 1 ]; then

@@ -1,0 +1,72 @@
+// The whole forward pass of a model on one NVIDIA GPU: bf16 weights (dequantized from the GGUF at load, or
+// random of a real model's shape: "synthetic"), a bf16 paged KV cache on the device, cuBLASLt GEMMs, the fused
+// ops of ops.cuh and the attention kernels (attn-prefill.cuh, attn-decode.cuh); greedy sampling on the device and
+// decode steps replayed from a CUDA graph. The same computation as arch-llama.cpp / arch-gemma3.cpp, op by op.
+// This header includes no CUDA header (STYLE.md §1): the runtime may include it wherever LC_HAVE_CUDA is set.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "longctx/status.h"
+#include "model/model.h"
+
+namespace lc::cuda {
+
+struct cuda_model_options {
+    int64_t n_ctx    = 8192; // KV cache capacity in tokens (one sequence)
+    int64_t n_ubatch = 4096; // prefill runs in chunks of at most this many tokens (bounds activation memory)
+    bool    graphs   = true; // replay single-token decode steps from a CUDA graph
+    int     device   = 0;
+};
+
+// True when a CUDA device is present and usable (tests skip without one).
+bool device_available();
+
+// Hyper-parameters of a synthetic model of a real model's shape: "llama3-8b" (Llama 3 / 3.1 8B), "llama3-1b"
+// (Llama 3.2 1B), "smollm2-135m", "qwen2.5-7b". INVALID_ARGUMENT for other names (the message lists them).
+result<model_hparams> synthetic_hparams(const std::string & name);
+
+// Thread-safety: one call at a time (one stream, one set of activation buffers).
+class cuda_model {
+  public:
+    // Dequantizes every weight of m to bf16 (through the scalar dequantizers) and uploads it; allocates the KV
+    // cache for opt.n_ctx tokens. RESOURCE_EXHAUSTED when the device memory is too small, UNSUPPORTED for shapes
+    // the attention kernels lack.
+    static result<std::unique_ptr<cuda_model>> upload(const model & m, const cuda_model_options & opt);
+    // Random weights of the given shape, generated on the device (uniform, amplitude ~ 1/sqrt(n_in); norms 1).
+    // Results are meaningless: for speed only; is_synthetic() is true and every report must say so.
+    static result<std::unique_ptr<cuda_model>> synthetic(const model_hparams & hp, const cuda_model_options & opt,
+                                                         uint64_t seed = 1);
+    ~cuda_model();
+
+    const model_hparams & hparams() const;
+    bool                  is_synthetic() const;
+    std::string           device_name() const;
+    uint64_t              weight_bytes() const; // device bytes of weights
+    uint64_t              kv_bytes() const;     // device bytes of the KV cache
+
+    // Runs tokens[0..n) at positions pos0.. of the sequence, appending their K/V to the cache.
+    // REQUIRES-like checks (INVALID_ARGUMENT): pos0 == n_past() (the cache is append-only), pos0 + n <= n_ctx.
+    // logits (optional, host): [n_logits][n_vocab] f32 for the last n_logits tokens (n_logits <= n).
+    // next (optional, host): the argmax of the last token's logits (greedy sampling on the device).
+    // n == 1 replays a CUDA graph of the decode step (opt.graphs).
+    status forward(const int32_t * tokens, int64_t n, int64_t pos0, int64_t n_logits, float * logits,
+                   int32_t * next = nullptr);
+
+    int64_t n_past() const;
+    // Forgets the sequence (n_past = 0).
+    void clear();
+    // Keeps the first min(n, n_past()) tokens (the next forward() overwrites the rest of the cache).
+    void truncate(int64_t n);
+    // Waits for the device (for timing).
+    void sync();
+
+  private:
+    cuda_model();
+    struct impl;
+    std::unique_ptr<impl> p_;
+};
+
+} // namespace lc::cuda
