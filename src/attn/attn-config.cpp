@@ -198,6 +198,7 @@ std::string attn_config_describe(const attn_config & c) {
         if (k.evict_every != 64) s += " evict-every=" + std::to_string(k.evict_every);
         if (c.kv == kv_method::D2O) {
             if (k.merge != d2o_merge::REFERENCE) s += k.merge == d2o_merge::SOFTMAX ? " merge=softmax" : " merge=off";
+            if (!k.d2o_shared) s += " d2o-budget=extra";
             if (k.whole_layers != std::vector<int>{0, 1, -1}) {
                 std::string w;
                 for (int l : k.whole_layers) w += (w.empty() ? "" : ",") + std::to_string(l);

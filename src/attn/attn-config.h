@@ -107,6 +107,10 @@ struct kv_params {
     d2o_merge        merge = d2o_merge::REFERENCE;
     double           alpha = 0.5, beta = 0.5;
     std::vector<int> whole_layers = {0, 1, -1};
+    // D2O: the whole layers count against the budget (true: the compressed layers share what is left, so that the
+    // cache holds --kv-budget of its bytes, as H2O does) or come on top of it (false: the reference code; the cache
+    // then holds more, e.g. 28% at 20% on a 30-layer model).
+    bool d2o_shared = true;
     // Sliding-window layers (Gemma 3's local layers) keep only their window under every policy; under full also
     // swa_slack tokens before it, so that a sequence can be cut back by that many tokens. swa_full: keep every
     // token there too under full (llama.cpp's --swa-full).

@@ -92,6 +92,10 @@ void add_method_flags(arg_parser & p) {
     p.add({"", "--d2o-merge", "RULE", "D2O merging of evicted tokens: ref (reference code), softmax (paper), off",
            "ref"});
     p.add({"", "--d2o-whole", "LIST", "D2O: layers kept whole (negative: from the end; none)", "0,1,-1"});
+    p.add({"", "--d2o-budget", "shared|extra",
+           "D2O: whole layers within --kv-budget (shared: the same bytes as H2O) or on top of it (extra: the reference "
+           "code)",
+           "shared"});
     p.add({"", "--swa-full", "",
            "--kv full: sliding-window layers keep every token (default: their window and 256 tokens before it)", ""});
 }
@@ -182,7 +186,11 @@ result<attn_config> attn_config_from(const arg_parser & p, bool decode_list) {
             k.whole_layers.push_back(int(v));
         }
     }
-    k.swa_full  = p.has("--swa-full");
+    const std::string db = p.get("--d2o-budget");
+    if (db != "extra" && db != "shared")
+        return error(status_code::INVALID_ARGUMENT, "--d2o-budget '%s': use extra or shared", db.c_str());
+    k.d2o_shared = db == "shared";
+    k.swa_full   = p.has("--swa-full");
     c.sidecar   = p.get("--sidecar");
     if (c.sidecar != "auto" && c.sidecar != "none" && !std::ifstream(c.sidecar).good())
         return error(status_code::NOT_FOUND, "--sidecar '%s' cannot be opened; run longctx calibrate or pass none",

@@ -218,7 +218,8 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
                                                                  : b.value;
         std::vector<double> ratio(size_t(n_layer_), std::min(rho, 1.0));
         if (method_ == kv_method::D2O && rho < 1.0) {
-            // Whole layers count against the budget, so that D2O holds as many bytes as H2O at the same --kv-budget.
+            // Whole layers come on top of the budget (the reference code), or count against it so that D2O holds as
+            // many bytes as H2O at the same --kv-budget (--d2o-budget shared).
             std::vector<int> comp;
             int              n_whole = 0;
             for (int il = 0; il < n_layer_; ++il) {
@@ -228,7 +229,9 @@ class evict_policy final : public kv_policy, public attn_stats_sink {
                     ++n_whole;
             }
             const double rho_c =
-                comp.empty() ? rho : (double(comp.size() + size_t(n_whole)) * rho - n_whole) / double(comp.size());
+                comp.empty() || !p_.d2o_shared
+                    ? rho
+                    : (double(comp.size() + size_t(n_whole)) * rho - n_whole) / double(comp.size());
             if (rho_c <= 0.01)
                 LC_LOG_W("d2o: a budget of %.1f%% leaves %.2f%% for the compressed layers once %d layers are kept "
                          "whole; each keeps at least 1%%",
