@@ -11,10 +11,7 @@
 #include <sstream>
 
 #include "core/log.h"
-
-#ifndef LC_GIT_COMMIT
-#define LC_GIT_COMMIT "unknown"
-#endif
+#include "lc-git-commit.h"
 
 namespace lc {
 

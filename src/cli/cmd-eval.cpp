@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "lc-git-commit.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "core/log.h"

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "lc-git-commit.h"
 #include "cli/commands.h"
 
 namespace {
