@@ -133,8 +133,13 @@ int cmd_run(const args_t & args) {
     LC_LOG_I("timings: prefill %zu tokens in %.2f s (%.1f tok/s), decode %lld tokens in %.2f s (%.1f tok/s)",
              prompt.size(), t_pp, double(prompt.size()) / t_pp, (long long)n_dec, t_tg,
              n_dec > 0 ? double(n_dec) / t_tg : 0.0);
-    LC_LOG_I("timings: matmul %.2f s, attention %.2f s, other %.2f s; KV cache %s for %lld tokens (fp16)", tm.matmul_s,
-             tm.attn_s, tm.other_s, format_bytes(double(c.kv().bytes_used())).c_str(), (long long)c.n_past());
+    if (c.on_gpu())
+        LC_LOG_I("timings: on the GPU; KV cache %s for %lld tokens (bf16)", format_bytes(double(c.kv_bytes_held())).c_str(),
+                 (long long)c.n_past());
+    else
+        LC_LOG_I("timings: matmul %.2f s, attention %.2f s, other %.2f s; KV cache %s for %lld tokens (fp16)",
+                 tm.matmul_s, tm.attn_s, tm.other_s, format_bytes(double(c.kv_bytes_held())).c_str(),
+                 (long long)c.n_past());
     log_decode_attention(c, cp->attn);
     log_kv_policy(c);
     if (!sp.greedy()) LC_LOG_I("sampling: seed %llu", (unsigned long long)smp.seed());

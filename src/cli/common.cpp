@@ -25,6 +25,10 @@ void add_context_flags(arg_parser & p) {
     p.add({"-c", "--ctx-size", "N", "context length in tokens (0: the model's trained context)", "0"});
     p.add({"-ub", "--ubatch-size", "N",
            "prompt tokens per forward pass (chunked prefill; sparse prefill estimates its index per chunk)", "512"});
+    p.add({"", "--device", "cpu|cuda", "where the model runs (cuda: the whole model on the GPU, dense attention)",
+           "cpu"});
+    p.add({"-ngl", "--n-gpu-layers", "N", "llama.cpp's flag: any N > 0 runs the whole model on the GPU (--device cuda)",
+           "0"});
     add_method_flags(p);
 }
 
@@ -240,6 +244,11 @@ result<context_params> context_params_from(const arg_parser & p) {
     LC_ASSIGN_OR_RETURN(int64_t t, p.get_int("--threads", 1, 1024));
     cp.n_threads = int(t);
     LC_ASSIGN_OR_RETURN(cp.n_ubatch, p.get_int("--ubatch-size", 1, 1 << 20));
+    const std::string dev = p.get("--device");
+    if (dev != "cpu" && dev != "cuda")
+        return error(status_code::INVALID_ARGUMENT, "--device '%s': use cpu or cuda", dev.c_str());
+    LC_ASSIGN_OR_RETURN(int64_t ngl, p.get_int("--n-gpu-layers", 0, 1 << 20));
+    cp.cuda = dev == "cuda" || ngl > 0;
     return cp;
 }
 

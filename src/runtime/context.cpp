@@ -5,6 +5,9 @@
 #include <thread>
 
 #include "core/log.h"
+#if LC_HAVE_CUDA
+#include "backend/cuda/cuda-model.h"
+#endif
 
 namespace lc {
 
@@ -42,8 +45,38 @@ result<std::unique_ptr<context>> context::create(const model & m, const context_
     c->kv_ = std::make_unique<kv_cache>(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, p.n_seq, n_pages);
     c->seqs_.resize(size_t(p.n_seq));
     for (int seq = 0; seq < p.n_seq; ++seq) LC_RETURN_IF_ERROR(c->set_methods(seq, p.attn));
+    if (p.cuda) {
+#if LC_HAVE_CUDA
+        if (p.n_seq != 1 || p.attn.prefill != prefill_method::DENSE || p.attn.decode != decode_kind::DENSE ||
+            p.attn.kv != kv_method::FULL)
+            return error(status_code::UNSUPPORTED,
+                         "context: the GPU runs one sequence with dense attention and a full KV cache so far (got %d "
+                         "sequences, %s)",
+                         p.n_seq, attn_config_describe(p.attn).c_str());
+        cuda::cuda_model_options o;
+        o.n_ctx = n_ctx;
+        LC_ASSIGN_OR_RETURN(std::unique_ptr<cuda::cuda_model> g, cuda::cuda_model::upload(m, o));
+        LC_LOG_I("context: model on %s (%.1f MiB of bf16 weights, KV cache %.1f MiB for %lld tokens)",
+                 g->device_name().c_str(), double(g->weight_bytes()) / (1 << 20), double(g->kv_bytes()) / (1 << 20),
+                 (long long)n_ctx);
+        c->cuda_.reset(g.release());
+#else
+        return error(status_code::UNSUPPORTED,
+                     "context: this longctx was built without the CUDA backend; rebuild with -DLONGCTX_CUDA=ON");
+#endif
+    }
     return c;
 }
+
+void context::cuda_deleter::operator()(cuda::cuda_model * p) const {
+#if LC_HAVE_CUDA
+    delete p;
+#else
+    (void)p; // never set without the backend
+#endif
+}
+
+context::~context() = default;
 
 status context::check_seq(int seq) const {
     if (seq < 0 || seq >= n_seq())
@@ -86,6 +119,7 @@ status context::decode_seq(int seq, const std::vector<int32_t> & tokens, bool al
                      (long long)n, (long long)S.n_past, (long long)n_ctx_, (long long)model_.hparams().n_ctx_train);
     const int64_t n_vocab = model_.hparams().n_vocab;
     S.logits.resize(size_t((all_logits ? n : 1) * n_vocab));
+    if (cuda_) return decode_gpu(S, tokens, all_logits, progress);
     S.attn->set_prompt_end(S.n_past + n);
     S.policy->begin(seq);
     std::vector<int64_t> slots(size_t(model_.hparams().n_layer));
@@ -114,7 +148,36 @@ status context::decode_seq(int seq, const std::vector<int32_t> & tokens, bool al
                  : S.policy->on_decode_step(*kv_, seq, S.n_past, *S.attn, pool_);
 }
 
+status context::decode_gpu(seq_state & S, const std::vector<int32_t> & tokens, bool all_logits,
+                           const progress_fn & progress) {
+#if LC_HAVE_CUDA
+    const int64_t n = int64_t(tokens.size()), n_vocab = model_.hparams().n_vocab;
+    // Chunks of at least 4096 tokens: the GPU wants large products; progress is reported per chunk.
+    const int64_t chunk = std::max<int64_t>(n_ubatch_, 4096);
+    for (int64_t i = 0; i < n; i += chunk) {
+        const int64_t nb    = std::min(chunk, n - i);
+        const bool    last  = i + nb == n;
+        const int64_t n_out = all_logits ? nb : (last ? 1 : 0);
+        float *       out   = all_logits ? S.logits.data() + i * n_vocab : S.logits.data();
+        LC_RETURN_IF_ERROR(cuda_->forward(tokens.data() + i, nb, S.n_past, n_out, n_out > 0 ? out : nullptr));
+        S.n_past += nb;
+        if (progress) progress(i + nb, n);
+    }
+    S.n_logits = all_logits ? n : 1;
+    if (n == 1) timings_.decode_tokens += 1;
+    return status::ok();
+#else
+    (void)S, (void)tokens, (void)all_logits, (void)progress;
+    return error(status_code::INTERNAL, "context: no GPU");
+#endif
+}
+
 status context::decode_step(const std::vector<int> & seqs, const std::vector<int32_t> & tokens) {
+    if (cuda_) {
+        if (seqs.size() != 1 || tokens.size() != 1 || seqs[0] != 0)
+            return error(status_code::UNSUPPORTED, "context: the GPU decodes one sequence (sequence 0)");
+        return decode_seq(0, tokens);
+    }
     if (seqs.size() != tokens.size())
         return error(status_code::INVALID_ARGUMENT, "context: %zu sequences but %zu tokens in a decode step",
                      seqs.size(), tokens.size());
@@ -185,6 +248,9 @@ size_t context::kv_bytes_held(int seq) const {
 
 void context::clear(int seq) {
     seq_state & S = seqs_[size_t(seq)];
+#if LC_HAVE_CUDA
+    if (cuda_) cuda_->clear();
+#endif
     kv_->clear(seq);
     S.attn->truncate(0);
     S.policy->truncate(seq, 0);
@@ -219,6 +285,9 @@ status context::truncate(int seq, int64_t n) {
         return status::ok();
     }
     if (n == S.n_past) return status::ok();
+#if LC_HAVE_CUDA
+    if (cuda_) cuda_->truncate(n);
+#endif
     for (int il = 0; il < model_.hparams().n_layer; ++il)
         kv_->finish_keep(il, seq, std::min(kv_->n_slots(il, seq), n - S.policy->front(seq, il)));
     S.attn->truncate(n);

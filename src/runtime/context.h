@@ -28,7 +28,15 @@ struct context_params {
     // KV-cache memory for all sequences together, in bytes (0: room for n_ctx tokens in every sequence). Pages are
     // shared by all layers and sequences, so a KV policy that evicts leaves room for more sequences.
     size_t kv_memory = 0;
+    // Run the model on the GPU (the CUDA backend, src/backend/cuda/cuda-model.h): bf16 weights and KV cache on the
+    // device, one sequence, dense attention, full KV cache. UNSUPPORTED in a build without LONGCTX_CUDA, or with
+    // other methods or several sequences.
+    bool cuda = false;
 };
+
+namespace cuda {
+class cuda_model;
+}
 
 // Called after each prompt chunk: tokens done so far and in total.
 using progress_fn = std::function<void(int64_t done, int64_t total)>;
@@ -76,7 +84,7 @@ class context {
     attention &             attn(int seq = 0) { return *seqs_[size_t(seq)].attn; }
     const kv_policy &       policy(int seq = 0) const { return *seqs_[size_t(seq)].policy; }
     // KV bytes the cache holds (for all sequences, or one), and what sequence 0 would hold keeping every token.
-    size_t kv_bytes_held() const { return kv_->bytes_used(); }
+    size_t kv_bytes_held() const { return cuda_ ? kv_bytes_full(0) : kv_->bytes_used(); }
     size_t kv_bytes_held(int seq) const;
     size_t kv_bytes_full(int seq = 0) const {
         return size_t(n_past(seq)) * kv_->slot_bytes() * size_t(kv_->n_layer());
@@ -89,7 +97,13 @@ class context {
     }
     void reset_timings() { timings_ = {}; }
 
+    ~context();
+    bool on_gpu() const { return cuda_ != nullptr; }
+
   private:
+    struct cuda_deleter {
+        void operator()(cuda::cuda_model * p) const;
+    };
     struct seq_state {
         std::unique_ptr<attention> attn;
         std::unique_ptr<kv_policy> policy;
@@ -99,6 +113,8 @@ class context {
     };
     context(const model & m, int n_threads) : model_(m), pool_(n_threads) {}
     status check_seq(int seq) const;
+    status decode_gpu(seq_state & S, const std::vector<int32_t> & tokens, bool all_logits,
+                      const progress_fn & progress);
     // Cuts every layer of seq back to the slot counts in `slots` (and frees pages reserved past them).
     void   roll_back(int seq, const std::vector<int64_t> & slots);
     const model &             model_;
@@ -108,6 +124,7 @@ class context {
     forward_scratch           scratch_;
     forward_timings           timings_;
     std::vector<float>        batch_logits_;
+    std::unique_ptr<cuda::cuda_model, cuda_deleter> cuda_; // the model on the GPU (context_params::cuda)
     int64_t                   n_ctx_    = 0;
     int64_t                   n_ubatch_ = 512;
 };

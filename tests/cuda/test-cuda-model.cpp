@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/cpu/ops.h"
+#include "common/util.h"
 #include "backend/cpu/ref/dequant.h"
 #include "backend/cuda/cuda-model.h"
 #include "core/fp16.h"
@@ -21,6 +22,7 @@
 #include "model/forward.h"
 #include "model/model-store.h"
 #include "model/model.h"
+#include "runtime/context.h"
 #include "runtime/sampling.h"
 #include "tokenizer/tokenizer.h"
 
@@ -421,3 +423,46 @@ TEST(CudaModel, SyntheticRuns) {
 }
 
 } // namespace
+
+// The context's GPU path (context_params::cuda, `longctx run --device cuda`): the same top-1 as the CPU context on
+// the prompt and a greedy continuation that starts the same (the two paths round differently, see above), cutting
+// back with truncate() and clearing work, and methods the GPU lacks are refused with UNSUPPORTED.
+TEST(CudaModel, ContextOnTheGpu) {
+    fixture     f;
+    std::string why;
+    if (!load(f, why)) GTEST_SKIP() << why;
+    const int      n_vocab = int(f.m->hparams().n_vocab);
+    context_params p;
+    p.n_ctx     = 1024;
+    p.n_threads = 4;
+    auto cpu    = context::create(*f.m, p);
+    ASSERT_TRUE(cpu.is_ok());
+    p.cuda   = true;
+    auto gpu = context::create(*f.m, p);
+    ASSERT_TRUE(gpu.is_ok()) << gpu.get_status().message();
+    ASSERT_TRUE((*gpu)->on_gpu());
+    ASSERT_TRUE((*cpu)->decode(f.prompt).is_ok());
+    ASSERT_TRUE((*gpu)->decode(f.prompt).is_ok());
+    std::vector<int32_t> gen_cpu, gen_gpu;
+    for (int i = 0; i < 8; ++i) {
+        gen_cpu.push_back(sampling_argmax((*cpu)->logits(), n_vocab));
+        gen_gpu.push_back(sampling_argmax((*gpu)->logits(), n_vocab));
+        // The CPU path's 8-bit activations move single logits by up to about 1 (as llama.cpp's do, docs/engine-core.md);
+        // the distributions stay close.
+        const test::logit_cmp d = test::compare_logits((*cpu)->logits(), (*gpu)->logits(), n_vocab);
+        EXPECT_LT(d.max_abs, 1.5) << "step " << i;
+        EXPECT_LT(d.kl, 1e-2) << "step " << i;
+        std::printf("context step %d: max |dlogit| %.3f, KL %.2e\n", i, d.max_abs, d.kl);
+        ASSERT_TRUE((*cpu)->decode({gen_cpu.back()}).is_ok());
+        ASSERT_TRUE((*gpu)->decode_step({0}, {gen_gpu.back()}).is_ok());
+    }
+    EXPECT_EQ(gen_cpu, gen_gpu);
+    // Cut back to the prompt and decode again: the same logits as the first time.
+    ASSERT_TRUE((*gpu)->truncate(int64_t(f.prompt.size()) - 1).is_ok());
+    ASSERT_TRUE((*gpu)->decode({f.prompt.back()}).is_ok());
+    EXPECT_EQ(sampling_argmax((*gpu)->logits(), n_vocab), gen_gpu[0]);
+    (*gpu)->clear();
+    EXPECT_EQ((*gpu)->n_past(), 0);
+    p.attn.kv = kv_method::H2O;
+    EXPECT_EQ(context::create(*f.m, p).get_status().code(), status_code::UNSUPPORTED);
+}
