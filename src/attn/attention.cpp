@@ -211,6 +211,7 @@ void attention::run_decode(int il, const float * q, int64_t pos0, int n_head, co
         int64_t    bytes = 0;
         decode_->plan(il, q, n_head, kv, scale, dplan_, pool, &bytes);
         const auto t1 = std::chrono::steady_clock::now();
+        if (observer_) observer_->on_decode_plan(il, dplan_);
         attn_sparse_decode(dplan_, q, kv, scale, o, lse, pool);
         if (t) {
             t->decode_select_s += std::chrono::duration<double>(t1 - t0).count();

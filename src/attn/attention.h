@@ -35,6 +35,9 @@ class attn_observer {
     virtual void on_attention(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
                               float scale, int64_t window, const prefill_plan * plan, const float * o,
                               thread_pool & pool) = 0;
+    // (optional) The plan of a sparse decode step of layer il, before on_attention() of the same call (valid
+    // during it). Dense decode steps have none.
+    virtual void on_decode_plan(int il, const decode_plan & plan) {}
 };
 
 class attention {

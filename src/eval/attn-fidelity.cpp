@@ -23,6 +23,10 @@ double layer_fidelity::decode_rel_err() const {
     return n_decode > 0 ? (dec_ref_sq > 0 ? std::sqrt(dec_err_sq / dec_ref_sq) : 0.0) : std::nan("");
 }
 
+double layer_fidelity::decode_recall() const {
+    return n_decode > 0 ? dec_recall_sum / double(n_decode) : std::nan("");
+}
+
 double plan_item_mass(const prefill_plan & plan, int h, int64_t b, const float * colsum) {
     const prefill_head_plan & hp = plan.heads[size_t(h)];
     double                    s  = 0;
@@ -77,8 +81,11 @@ void fidelity_observer::on_attention(int il, const float * q, int64_t n_q, int64
     seen_[size_t(il)]    = 1;
     if (n_q == 1) {
         o_dense_.resize(row);
-        attn_dense(q, 1, pos0, n_head, kv, scale, o_dense_.data(), nullptr, pool);
+        lse_.resize(size_t(n_head));
+        attn_dense(q, 1, pos0, n_head, kv, scale, o_dense_.data(), lse_.data(), pool);
         add_sq(o, o_dense_.data(), row, L.dec_err_sq, L.dec_ref_sq);
+        L.dec_recall_sum += dplan_ && dplan_layer_ == il ? decode_plan_mass(*dplan_, q, kv, scale, lse_.data()) : 1.0;
+        dplan_ = nullptr;
         ++L.n_decode;
     } else {
         if (plan)
@@ -116,10 +123,32 @@ void fidelity_observer::on_attention(int il, const float * q, int64_t n_q, int64
     seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+double decode_plan_mass(const decode_plan & plan, const float * q, const kv_view & kv, float scale,
+                        const float * lse) {
+    const int n_head = plan.n_head, D = kv.head_dim, G = n_head / kv.n_head_kv;
+    double    total  = 0;
+    for (int h = 0; h < n_head; ++h) {
+        const decode_head_plan & e  = plan.heads[size_t(h / plan.group)];
+        const float *            qh = q + size_t(h) * size_t(D);
+        auto mass = [&](int64_t j) {
+            const fp16_t * k = kv.k_row(j, h / G);
+            double         d = 0;
+            for (int x = 0; x < D; ++x) d += double(qh[x]) * double(fp16_to_fp32(k[x]));
+            return std::exp(double(scale) * d - double(lse[h]));
+        };
+        double m = 0;
+        for (const key_range & r : e.dense)
+            for (int64_t j = r.begin; j < r.end; ++j) m += mass(j);
+        for (int32_t j : e.idx) m += mass(j);
+        total += m;
+    }
+    return n_head > 0 ? total / n_head : 1.0;
+}
+
 json layer_fidelity_json(const std::vector<layer_fidelity> & layers) {
     json   out    = json::object();
     json   arr    = json::array();
-    double rc_sum = 0, err_sum = 0, dec_sum = 0;
+    double rc_sum = 0, err_sum = 0, dec_sum = 0, dec_rc_sum = 0;
     int    n = 0, n_dec = 0;
     int    rc_worst = -1, err_worst = -1;
     double rc_w = 0, err_w = 0;
@@ -138,7 +167,9 @@ json layer_fidelity_json(const std::vector<layer_fidelity> & layers) {
         if (L.n_decode > 0) {
             e["decode_steps"]   = L.n_decode;
             e["decode_rel_err"] = L.decode_rel_err();
+            e["decode_recall"]  = L.decode_recall();
             dec_sum += L.decode_rel_err();
+            dec_rc_sum += L.decode_recall();
             ++n_dec;
         }
         if (L.n_rows > 0 || L.n_decode > 0) arr.push_back(e);
@@ -151,7 +182,10 @@ json layer_fidelity_json(const std::vector<layer_fidelity> & layers) {
         out["attn_recall_worst"]  = {{"layer", rc_worst}, {"value", rc_w}};
         out["attn_rel_err_worst"] = {{"layer", err_worst}, {"value", err_w}};
     }
-    if (n_dec > 0) out["attn_decode_rel_err_mean"] = dec_sum / n_dec;
+    if (n_dec > 0) {
+        out["attn_decode_rel_err_mean"] = dec_sum / n_dec;
+        out["attn_decode_recall_mean"]  = dec_rc_sum / n_dec;
+    }
     return out;
 }
 

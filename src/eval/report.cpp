@@ -134,8 +134,8 @@ std::string layer_cells(const json & r) {
 // none does).
 std::string layer_table(const json & doc) {
     struct acc {
-        double rc = 0, rc_min = 0, err = 0, dec = 0;
-        int    n = 0, n_dec = 0;
+        double rc = 0, rc_min = 0, err = 0, dec = 0, dec_rc = 0;
+        int    n = 0, n_dec = 0, n_dec_rc = 0;
     };
     std::map<int, acc> by_layer;
     int                n_rec = 0, sample = 0;
@@ -152,6 +152,7 @@ std::string layer_table(const json & doc) {
                 ++a.n;
             }
             if (e.contains("decode_rel_err")) a.dec += e["decode_rel_err"].get<double>(), ++a.n_dec;
+            if (e.contains("decode_recall")) a.dec_rc += e["decode_recall"].get<double>(), ++a.n_dec_rc;
         }
     }
     if (by_layer.empty()) return "";
@@ -161,14 +162,17 @@ std::string layer_table(const json & doc) {
                      " records; 1 in " + std::to_string(sample) +
                      " 64-query blocks measured): attention-mass recall of the plan, its lowest (head, block) "
                      "mean, and ||o - o_dense|| / ||o_dense|| given the same layer inputs.\n\n";
-    md += dec ? "| layer | recall | min recall | rel err | decode rel err |\n| ---: | ---: | ---: | ---: | ---: |\n"
+    md += dec ? "| layer | recall | min recall | rel err | decode recall | decode rel err |\n| ---: | ---: | ---: | ---: | "
+                "---: | ---: |\n"
               : "| layer | recall | min recall | rel err |\n| ---: | ---: | ---: | ---: |\n";
     for (const auto & [il, a] : by_layer) {
         md += "| " + std::to_string(il) + " | " +
               (a.n ? f2(a.rc / a.n, "%.4f") + " | " + f2(a.rc_min / a.n, "%.4f") + " | " + f2(a.err / a.n, "%.3g")
                    : std::string("- | - | -")) +
               " |";
-        if (dec) md += " " + (a.n_dec ? f2(a.dec / a.n_dec, "%.3g") : std::string("-")) + " |";
+        if (dec)
+            md += " " + (a.n_dec_rc ? f2(a.dec_rc / a.n_dec_rc, "%.4f") : std::string("-")) + " | " +
+                  (a.n_dec ? f2(a.dec / a.n_dec, "%.3g") : std::string("-")) + " |";
         md += "\n";
     }
     return md;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "attn/attn-dense.h"
+#include "attn/attn-sparse-decode.h"
 #include "attn/attn-sparse-prefill.h"
 #include "attn/prefill-plan.h"
 #include "common/attn-util.h"
@@ -275,4 +276,62 @@ TEST(eval_fidelity_layers, report_tables) {
     EXPECT_NE(md->find("| 4096 | 2 | 0.01 | 0.5 | 0.9900 | - | - | - | - |"), std::string::npos) << *md;
     EXPECT_NE(md->find("| 1 | 0.7000 | 0.5000 | 0.1 |"), std::string::npos) << *md; // mean of 0.8 and 0.6
     EXPECT_NE(md->find("| 4 | 1.0000 | 1.0000 | 0 |"), std::string::npos) << *md;
+}
+
+// Decode recall: the dense mass on a decode plan's keys against a brute-force softmax in double, 1 for the full plan,
+// and the observer records it per step (1 for a step without a plan).
+TEST(attn_fidelity, decode_plan_mass_matches_brute_force) {
+    setup         s;
+    const kv_view kv = s.kv();
+    const float * q  = s.q.data(); // the first row as one decoding query per head
+    std::vector<float> o(size_t(k_n_head * k_head_dim)), lse(k_n_head);
+    attn_dense(q, 1, k_n_kv - 1, k_n_head, kv, s.scale, o.data(), lse.data(), s.pool);
+
+    decode_plan full;
+    decode_plan_full(full, k_n_head, k_n_kv);
+    EXPECT_NEAR(decode_plan_mass(full, q, kv, s.scale, lse.data()), 1.0, 1e-5);
+
+    // Per KV-head entries (group 2): a sink range, the last 16 keys and a few indexed tokens.
+    decode_plan p;
+    p.n_head = k_n_head;
+    p.group  = 2;
+    p.heads.resize(2);
+    p.heads[0].dense = {{0, 4}, {k_n_kv - 16, k_n_kv}};
+    p.heads[0].idx   = {10, 77, 150};
+    p.heads[1].dense = {{k_n_kv - 8, k_n_kv}};
+    p.heads[1].idx   = {0, 5, 99, 200, 201};
+    double want = 0;
+    for (int h = 0; h < k_n_head; ++h) {
+        std::vector<double> z(k_n_kv);
+        double              mx = -1e300, sum = 0;
+        for (int64_t j = 0; j < k_n_kv; ++j) {
+            double d = 0;
+            for (int x = 0; x < k_head_dim; ++x)
+                d += double(q[h * k_head_dim + x]) * double(fp16_to_fp32(kv.k_row(j, h / 2)[x]));
+            z[size_t(j)] = double(s.scale) * d;
+            mx           = std::max(mx, z[size_t(j)]);
+        }
+        for (double v : z) sum += std::exp(v - mx);
+        const decode_head_plan & e = p.heads[size_t(h / 2)];
+        std::set<int64_t>        keys(e.idx.begin(), e.idx.end());
+        for (const key_range & r : e.dense)
+            for (int64_t j = r.begin; j < r.end; ++j) keys.insert(j);
+        double m = 0;
+        for (int64_t j : keys) m += std::exp(z[size_t(j)] - mx) / sum;
+        want += m / k_n_head;
+    }
+    const double got = decode_plan_mass(p, q, kv, s.scale, lse.data());
+    EXPECT_NEAR(got, want, 1e-5);
+    EXPECT_LT(got, 0.9); // a sparse plan misses mass here
+
+    fidelity_observer obs(1, 1);
+    obs.on_decode_plan(0, p);
+    attn_sparse_decode(p, q, kv, s.scale, o.data(), nullptr, s.pool);
+    obs.on_attention(0, q, 1, k_n_kv - 1, k_n_head, kv, s.scale, attn_window_none, nullptr, o.data(), s.pool);
+    attn_dense(q, 1, k_n_kv - 1, k_n_head, kv, s.scale, o.data(), nullptr, s.pool);
+    obs.on_attention(0, q, 1, k_n_kv - 1, k_n_head, kv, s.scale, attn_window_none, nullptr, o.data(), s.pool);
+    const std::vector<layer_fidelity> L = obs.layers();
+    ASSERT_EQ(L.size(), 1u);
+    EXPECT_EQ(L[0].n_decode, 2);
+    EXPECT_NEAR(L[0].decode_recall(), (want + 1.0) / 2, 1e-5);
 }
