@@ -45,14 +45,12 @@ int cmd_serve(const args_t & args) {
     if (!n_predict) return fail("serve", n_predict.get_status());
     auto n_queue = p.get_int("--queue", 1, 1 << 20);
     if (!n_queue) return fail("serve", n_queue.get_status());
-    auto kv_mem = server::bytes_parse(p.get("--kv-memory"));
-    if (!kv_mem)
-        return fail("serve",
-                    error(status_code::INVALID_ARGUMENT, "--kv-memory %s", kv_mem.get_status().message().c_str()));
-    auto max_body = server::bytes_parse(p.get("--max-body"));
-    if (!max_body || *max_body == 0)
-        return fail("serve",
-                    error(status_code::INVALID_ARGUMENT, "--max-body '%s': use e.g. 8M", p.get("--max-body").c_str()));
+    auto kv_mem = p.get_bytes("--kv-memory");
+    if (!kv_mem) return fail("serve", kv_mem.get_status());
+    auto max_body = p.get_bytes("--max-body");
+    if (!max_body) return fail("serve", max_body.get_status());
+    if (*max_body == 0)
+        return fail("serve", error(status_code::INVALID_ARGUMENT, "--max-body 0: give a size, e.g. 8M"));
 
     // SIGINT/SIGTERM end the server: blocked in every thread (so before any is made: the contexts' thread pools
     // inherit the mask), then taken by one waiting thread that stops the scheduler and the HTTP server.

@@ -4,7 +4,6 @@
 #include "server/scheduler.h"
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "core/log.h"
 #include "server/openai-api.h"
@@ -37,28 +36,6 @@ bool gen_job::pop(gen_event & e, std::chrono::milliseconds timeout) {
     e = std::move(events_.front());
     events_.pop_front();
     return true;
-}
-
-result<size_t> bytes_parse(const std::string & s) {
-    char *       end = nullptr;
-    const double v   = s.empty() ? -1.0 : std::strtod(s.c_str(), &end);
-    std::string  suf = end ? std::string(end) : std::string();
-    double       mul = 1.0;
-    if (suf == "K" || suf == "KiB" || suf == "k")
-        mul = 1024.0;
-    else if (suf == "M" || suf == "MiB")
-        mul = 1024.0 * 1024.0;
-    else if (suf == "G" || suf == "GiB")
-        mul = 1024.0 * 1024.0 * 1024.0;
-    else if (suf == "T" || suf == "TiB")
-        mul = 1024.0 * 1024.0 * 1024.0 * 1024.0;
-    else if (!suf.empty() && suf != "B")
-        mul = -1.0;
-    const double b = v * mul;
-    if (s.empty() || end == s.c_str() || mul < 0 || !(v >= 0) || b > double(uint64_t(1) << 62))
-        return error(status_code::INVALID_ARGUMENT, "'%s' is not a byte count; use e.g. 512M, 2G or 1073741824",
-                     s.c_str());
-    return size_t(b);
 }
 
 // ---- the engine over one multi-sequence context ---------------------------------------------------------

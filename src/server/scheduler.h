@@ -48,10 +48,6 @@ class seq_engine {
     virtual size_t kv_bytes_for(int64_t n_tokens) const        = 0;
 };
 
-// A byte count with an optional binary suffix: "0", "1048576", "512M", "512MiB", "2G", "1.5G", "64K".
-// INVALID_ARGUMENT for anything else (negative, empty, unknown suffix, over 2^62).
-result<size_t> bytes_parse(const std::string & s);
-
 // The engine over one lc::context holding p.n_seq sequences in p.kv_memory bytes of KV cache (see context.h).
 result<std::unique_ptr<seq_engine>> seq_engine_create(const model & m, const context_params & p);
 

@@ -3,6 +3,7 @@
 #include "server/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -86,6 +87,11 @@ struct http_server::impl {
 
 void http_server::impl::routes() {
     srv.set_payload_max_length(sp.max_body_bytes);
+    // SO_REUSEADDR only: httplib's default SO_REUSEPORT would let a second server share a port in use silently.
+    srv.set_socket_options([](socket_t sock) {
+        int yes = 1;
+        setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     const size_t n_threads = size_t(std::max(2, sp.n_http_threads));
     srv.new_task_queue     = [n_threads] { return new httplib::ThreadPool(n_threads); };
 
@@ -311,10 +317,10 @@ http_server::~http_server() = default;
 status http_server::listen() {
     std::signal(SIGPIPE, SIG_IGN); // a client closing its socket must not end the process
     if (!impl_->srv.bind_to_port(impl_->sp.host, impl_->sp.port))
-        return error(status_code::IO_ERROR, "serve: cannot listen on %s:%d (in use, or not an address of this host)",
+        return error(status_code::IO_ERROR, "cannot listen on %s:%d (in use, or not an address of this host)",
                      impl_->sp.host.c_str(), impl_->sp.port);
     LC_LOG_I("serve: listening on http://%s:%d", impl_->sp.host.c_str(), impl_->sp.port);
-    if (!impl_->srv.listen_after_bind()) return error(status_code::IO_ERROR, "serve: the listening socket failed");
+    if (!impl_->srv.listen_after_bind()) return error(status_code::IO_ERROR, "the listening socket failed");
     return status::ok();
 }
 

@@ -1,7 +1,7 @@
 // The request scheduler of `longctx serve` over a scripted engine (no model): sampling, stop sequences,
 // max_tokens and end of generation, batched decode steps across slots, chunked prefill interleaved with decode,
 // progress events, the bounded queue, admission under the KV budget (wait, refuse what can never fit, never over
-// the budget), cancellation freeing the slot, shutdown. Also the --kv-memory byte parser.
+// the budget), cancellation freeing the slot, shutdown.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -357,15 +357,4 @@ TEST(scheduler, stop_ends_waiting_and_running_jobs) {
     EXPECT_EQ(drain(*running).last.type, gen_event::kind::ERROR);
     EXPECT_EQ(drain(*waiting).last.type, gen_event::kind::ERROR);
     EXPECT_EQ(r.sched->submit(make_job(1, 1)).code(), status_code::RESOURCE_EXHAUSTED);
-}
-
-TEST(scheduler, bytes_parse) {
-    EXPECT_EQ(*bytes_parse("0"), 0u);
-    EXPECT_EQ(*bytes_parse("1048576"), 1048576u);
-    EXPECT_EQ(*bytes_parse("512M"), 512u << 20);
-    EXPECT_EQ(*bytes_parse("512MiB"), 512u << 20);
-    EXPECT_EQ(*bytes_parse("2G"), size_t(2) << 30);
-    EXPECT_EQ(*bytes_parse("1.5G"), size_t(3) << 29);
-    EXPECT_EQ(*bytes_parse("64K"), 65536u);
-    for (const char * bad : {"", "-1", "2X", "G", "1e30", "nan", "12 M"}) EXPECT_FALSE(bytes_parse(bad).is_ok()) << bad;
 }
