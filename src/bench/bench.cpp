@@ -241,6 +241,8 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
         }
     }
     const bool single = std::find(p.parallel.begin(), p.parallel.end(), 1) != p.parallel.end();
+    if (p.cuda && !batched.empty())
+        return error(status_code::UNSUPPORTED, "bench: the GPU runs one sequence so far; use -np 1 with --device cuda");
 
     std::vector<bench_row> out;
     auto finish = [&](bench_row & r, const samples & sm, const context & c) {
@@ -253,7 +255,7 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
         const double k    = double(r.samples_s.size());
         r.mean_tps        = sum / k;
         r.sd_tps          = k > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / k) / (k - 1))) : 0.0;
-        r.kv_bytes        = c.kv().bytes_used();
+        r.kv_bytes        = c.kv_bytes_held();
         r.attn_s          = median(sm.attn);
         r.attn_swa_s      = median(sm.swa);
         r.index_s         = median(sm.index);
@@ -270,8 +272,10 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
         cp.n_threads = p.n_threads;
         cp.n_ubatch  = p.n_ubatch;
         cp.attn      = method;
+        cp.cuda      = p.cuda;
         LC_ASSIGN_OR_RETURN(std::unique_ptr<context> c, context::create(m, cp));
         env.n_threads = c->n_threads();
+        env.device    = c->on_gpu() ? "cuda" : "cpu";
 
         token_source src{p.text, std::mt19937_64(p.seed), m.hparams().n_vocab};
         for (bench_row r : rows) {
@@ -303,7 +307,7 @@ result<std::vector<bench_row>> bench_run(const model & m, const bench_params & p
 
 std::string bench_format_md_header(const bench_env & env) {
     std::ostringstream o;
-    o << "build: " << env.build_commit << ", CPU: " << env.cpu << ", threads: " << env.n_threads
+    o << "build: " << env.build_commit << ", device: " << env.device << ", CPU: " << env.cpu << ", threads: " << env.n_threads
       << ", ubatch: " << env.n_ubatch << ", prompts: " << env.prompt_source << "\n\n";
     o << "| model | size | params | weights | KV | threads | attention | test | t/s | attn s | of which SWA s | index "
          "s | density | keys | select s | MB/tok | KV MiB |\n";
@@ -336,7 +340,7 @@ std::string bench_format_json(const bench_env & env, const std::vector<bench_row
         const auto & r = rows[i];
         o << "  {\"build_commit\": \"" << json_escape(env.build_commit) << "\", \"cpu\": \"" << json_escape(env.cpu)
           << "\", \"model\": \"" << json_escape(env.model_name) << "\", \"model_path\": \""
-          << json_escape(env.model_path) << "\", \"model_bytes\": " << env.model_bytes
+          << json_escape(env.model_path) << "\", \"device\": \"" << env.device << "\", \"model_bytes\": " << env.model_bytes
           << ", \"n_params\": " << env.n_params << ", \"weight_type\": \"" << env.weight_type << "\", \"kv_type\": \""
           << env.kv_type << "\", \"n_threads\": " << env.n_threads << ", \"n_ubatch\": " << env.n_ubatch
           << ", \"attention\": \"" << json_escape(r.method) << "\", \"prompts\": \"" << json_escape(env.prompt_source)

@@ -32,6 +32,8 @@ struct bench_params {
     std::vector<int> parallel = {1};
     // KV-cache memory of a batched test's context in bytes (0: room for every sequence of the test).
     size_t kv_memory = 0;
+    // Run the model on the GPU (context_params::cuda; one sequence, dense attention).
+    bool cuda = false;
 };
 
 struct bench_row {
@@ -59,6 +61,7 @@ struct bench_env {
     int         n_threads     = 0;
     int64_t     n_ubatch      = 0;
     std::string prompt_source = "random ids"; // or the text file the prompts were cut from
+    std::string device        = "cpu";        // "cpu" or "cuda" (the whole model on the GPU)
 };
 
 // Runs every test. A batched decode test (n_seq != 1) prefills each sequence with `depth` tokens (consecutive

@@ -35,6 +35,8 @@ int cmd_bench(const args_t & args) {
     p.add({"-np", "--parallel", "N,...|max", "decode tests: sequences decoded together (batched decode steps); max: as "
                                              "many as --kv-memory holds", "1"});
     p.add({"", "--kv-memory", "BYTES", "KV-cache memory of batched tests, e.g. 512M (0: as the sequences need)", "0"});
+    p.add({"", "--device", "cpu|cuda", "where the model runs (cuda: the whole model on the GPU, dense attention)",
+           "cpu"});
     p.add({"-o", "--output", "md|json", "output format", "md"});
     p.add({"-f", "--file", "PATH", "cut prompts from this text (tokenized, repeated as needed) instead of random ids",
            ""});
@@ -70,6 +72,10 @@ int cmd_bench(const args_t & args) {
     auto kvm_bytes = p.get_bytes("--kv-memory");
     if (!kvm_bytes) return fail("bench", kvm_bytes.get_status());
     bp.kv_memory = *kvm_bytes;
+    if (p.get("--device") != "cpu" && p.get("--device") != "cuda")
+        return fail("bench", error(status_code::INVALID_ARGUMENT, "--device '%s': use cpu or cuda",
+                                   p.get("--device").c_str()));
+    bp.cuda = p.get("--device") == "cuda";
     if (bp.kv_memory == 0 && std::find(bp.parallel.begin(), bp.parallel.end(), 0) != bp.parallel.end())
         return fail("bench", error(status_code::INVALID_ARGUMENT, "-np max needs --kv-memory (the budget to fill)"));
     bp.n_prompt  = *np;
