@@ -338,3 +338,17 @@ TEST(openai_api, random_bodies_never_throw) {
     }
     EXPECT_LT(n_ok, 3000); // the mutations do break bodies
 }
+
+TEST(openai_api, deep_nesting_and_large_values) {
+    // 100k levels of arrays (a 200 KB body): an error, not a stack overflow, in parsing or in freeing the tree.
+    const std::string deep = "{\"prompt\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+    gen_request       r;
+    auto              e = request_parse(C, deep, limits(), r);
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->http_status, 422); // parsed: an array of arrays is a batch of token prompts
+    EXPECT_EQ(err_of(C, "{\"prompt\":" + std::string(100000, '[')).code, "invalid_json");
+    EXPECT_EQ(err_of(C, R"({"prompt":"a","max_tokens":1e400})").http_status, 400); // out of double range
+    EXPECT_EQ(err_of(C, R"({"prompt":"a","max_tokens":99999999999999999999999})").param, "max_tokens");
+    EXPECT_EQ(err_of(C, R"({"prompt":"a","seed":1.5})").param, "seed");
+    EXPECT_FALSE(parse(C, R"({"prompt":"a","seed":18446744073709551615})", r)); // uint64 max is a seed
+}
