@@ -250,6 +250,23 @@ def run_checks(srv):
     dtok, dsteps = metric("longctx_decode_tokens_total") - tok0, metric("longctx_decode_steps_total") - steps0
     check(dsteps > 0 and dtok / dsteps > 1.2, f"decode steps were batched: {dtok:.0f} tokens in {dsteps:.0f} steps")
 
+    # A burst of 16 at once on 2 slots: every one is served, and afterwards nothing is left held (no slot, no
+    # queue entry, no KV byte, no reservation).
+    def one(i):
+        return client.completions.create(model=model, prompt=f"{i} plus {i} is", max_tokens=3, temperature=0)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        burst = list(pool.map(one, range(16)))
+    check(all(b.usage.completion_tokens >= 1 for b in burst), "a burst of 16 concurrent requests is served")
+    gauges = {}
+    for _ in range(50):
+        gauges = {g: metric(g) for g in ["longctx_requests_processing", "longctx_requests_queued",
+                                         "longctx_kv_bytes_in_use", "longctx_kv_bytes_reserved"]}
+        if not any(gauges.values()):
+            break
+        time.sleep(0.1)
+    check(not any(gauges.values()), f"nothing held after the burst: {gauges}")
+
     # Per-request methods through extra body fields.
     m = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0,
                                   extra_body={"kv": "streaming", "kv_budget": 64, "decode": "topk"})
