@@ -99,6 +99,8 @@ int cmd_serve(const args_t & args) {
     srvp.n_http_threads = int(std::min<int64_t>(*n_par + *n_queue + 4, 1024));
     server::http_server srv(srvp, lim, tok, sched, met);
 
+    if (status st = srv.bind(); !st) return fail("serve", st);
+
     std::thread waiter([&] {
         int sig = 0;
         sigwait(&sigs, &sig);
@@ -106,20 +108,17 @@ int cmd_serve(const args_t & args) {
         sched.stop();
         srv.stop();
     });
-
     LC_LOG_I("serve: model %s (id '%s'), -c %lld, %lld slots, KV memory %s, %s", lm->path.c_str(), lim.model_id.c_str(),
              (long long)n_ctx, (long long)*n_par, format_bytes(double(kv_cap)).c_str(),
              attn_config_describe(cp->attn).c_str());
     sched.start();
-    status st = srv.listen();
+    const status st = srv.run();
     if (!st) {
         sched.stop();
-        pthread_kill(waiter.native_handle(), SIGTERM);
-        waiter.join();
-        return fail("serve", st);
+        pthread_kill(waiter.native_handle(), SIGTERM); // wakes the waiting thread
     }
     waiter.join();
-    return 0;
+    return st ? 0 : fail("serve", st);
 }
 
 } // namespace lc::cli

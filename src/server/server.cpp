@@ -314,11 +314,15 @@ http_server::http_server(server_params sp, api_limits lim, const tokenizer & tok
 
 http_server::~http_server() = default;
 
-status http_server::listen() {
+status http_server::bind() {
     std::signal(SIGPIPE, SIG_IGN); // a client closing its socket must not end the process
     if (!impl_->srv.bind_to_port(impl_->sp.host, impl_->sp.port))
         return error(status_code::IO_ERROR, "cannot listen on %s:%d (in use, or not an address of this host)",
                      impl_->sp.host.c_str(), impl_->sp.port);
+    return status::ok();
+}
+
+status http_server::run() {
     LC_LOG_I("serve: listening on http://%s:%d", impl_->sp.host.c_str(), impl_->sp.port);
     if (!impl_->srv.listen_after_bind()) return error(status_code::IO_ERROR, "the listening socket failed");
     return status::ok();

@@ -27,8 +27,10 @@ class http_server {
     http_server(server_params sp, api_limits lim, const tokenizer & tok, scheduler & sched, metrics & m);
     ~http_server();
 
-    // Binds and serves until stop(); UNAVAILABLE-style errors (port in use) come back as IO_ERROR.
-    status listen();
+    // Binds the listening socket: IO_ERROR when the address is in use or not this host's.
+    status bind();
+    // Serves until stop(). REQUIRES: bind() succeeded.
+    status run();
     void   stop();
 
   private:

@@ -1,9 +1,13 @@
 // Bad input to the `longctx` executable: unknown commands and flags, bad values, missing and truncated model
-// files, prompts longer than -c. Each must end with exactly one line on stderr and exit code 1 (runtime) or 2
-// (usage), never a crash. Runs the built executable; skips when it has not been built.
+// files, prompts longer than -c, `serve` on a port in use. Each must end with exactly one line on stderr and exit code
+// 1 (runtime) or 2 (usage), never a crash. Runs the built executable; skips when it has not been built.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -91,6 +95,33 @@ TEST_F(cli_errors, usage) {
     expect_one_line_error("run -p hi --lsh 10", 2, "--lsh '10': expected two integers");
     expect_one_line_error("run -p hi --decode-select both", 2, "--decode-select 'both': use head or kv");
     expect_one_line_error("run -p hi --loki-d 2.5", 2, "--loki-d 2.5: a rank is a whole number");
+}
+
+TEST_F(cli_errors, serve_flags) {
+    expect_one_line_error("serve --bogus", 2, "unknown flag '--bogus'");
+    expect_one_line_error("serve --port 70000", 2, "--port 70000 is out of range");
+    expect_one_line_error("serve -np 0", 2, "--parallel 0 is out of range");
+    expect_one_line_error("serve --kv-memory 12X", 2, "not a byte count");
+    expect_one_line_error("serve --max-body 0", 2, "--max-body 0");
+    expect_one_line_error("serve --prefill magic", 2, "--prefill 'magic' is not a method");
+    expect_one_line_error("serve extra", 2, "unexpected argument 'extra'");
+    const std::string model = test::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if (model.empty()) GTEST_SKIP() << "default model not in the cache";
+    expect_one_line_error("serve -m " + model + " -c 256 --kv-memory 1K", 2, "less than one page");
+    // A port in use: one line and exit code 1, never a second server on the same port.
+    const int sock = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(sock, 0);
+    sockaddr_in addr{};
+    addr.sin_family      = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port        = 0;
+    ASSERT_EQ(::bind(sock, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)), 0);
+    ASSERT_EQ(::listen(sock, 1), 0);
+    socklen_t len = sizeof(addr);
+    ASSERT_EQ(::getsockname(sock, reinterpret_cast<sockaddr *>(&addr), &len), 0);
+    const int port = ntohs(addr.sin_port);
+    expect_one_line_error("serve -m " + model + " -c 256 --port " + std::to_string(port), 1, "cannot listen on");
+    ::close(sock);
 }
 
 TEST_F(cli_errors, missing_and_corrupt_model_files) {
