@@ -125,7 +125,12 @@ void http_server::impl::routes() {
         send_error(res, e);
     });
     srv.set_logger([this](const httplib::Request & req, const httplib::Response & res) {
-        met.request_done(req.path, res.status);
+        // Paths outside the API count as "other": a client must not grow the metrics with made-up paths.
+        static const char * const known[]  = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
+                                              "/metrics"};
+        bool                      is_known = false;
+        for (const char * k : known) is_known |= req.path == k;
+        met.request_done(is_known ? req.path : "other", res.status);
         LC_LOG_I("serve: %s %s %d (%zu bytes in)", req.method.c_str(), req.path.c_str(), res.status, req.body.size());
     });
 

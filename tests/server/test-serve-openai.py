@@ -352,6 +352,8 @@ def run_checks(srv):
     check(gen is not None and float(gen.group(1)) > 0, "generated tokens counted")
     check(re.search(r'^longctx_requests_total\{endpoint="/v1/completions",code="400"\} [1-9]', text, re.M)
           is not None, "400s counted by endpoint")
+    check("/v1/nothing" not in text and re.search(r'^longctx_requests_total\{endpoint="other",code="404"\} [1-9]',
+                                                   text, re.M) is not None, "unknown paths count as endpoint other")
 
 
 if __name__ == "__main__":
