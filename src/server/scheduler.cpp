@@ -272,12 +272,17 @@ void scheduler::decode_all() {
     const auto t0 = clock_type::now();
     status     st = engine_->decode_step(seqs, toks);
     if (!st) {
-        // No room in the KV budget (only compressing policies grow past their reservation) or over n_ctx:
-        // the slot holding the most tokens gives up, the others try again next iteration.
-        slot * worst = nullptr;
+        // No room in the KV budget. Only compressing policies grow past their reservation (a full cache reserved
+        // prompt + max_tokens), so the generating slot with a compressing policy and the most tokens gives up
+        // (any slot with the most tokens when none compresses); the others try again next iteration.
+        slot * worst      = nullptr;
+        auto   compresses = [](const slot & s) { return s.job->attn.kv != kv_method::FULL; };
+        auto   worse_than = [&](const slot & a, const slot & b) {
+            if (compresses(a) != compresses(b)) return compresses(a);
+            return engine_->n_past(a.seq) > engine_->n_past(b.seq);
+        };
         for (auto & sp : slots_)
-            if (sp->job && sp->generating && (!worst || engine_->n_past(sp->seq) > engine_->n_past(worst->seq)))
-                worst = sp.get();
+            if (sp->job && sp->generating && (!worst || worse_than(*sp, *worst))) worst = sp.get();
         LC_LOG_W("serve: decode step over %zu sequences failed: %s", seqs.size(), st.message().c_str());
         fail(*worst, st);
         return;

@@ -304,6 +304,24 @@ TEST(scheduler, compressing_policy_needs_only_the_prompt_to_fit) {
     EXPECT_EQ(drain(*after).last.finish_reason, "length");
 }
 
+TEST(scheduler, kv_overflow_fails_the_compressing_job_not_the_full_one) {
+    // 40 tokens: F reserves 20 + 14 (full cache), C only its prompt of 2 (compressing) but keeps growing. When the
+    // budget runs out F holds the most tokens, yet C is the one past its reservation and must give up.
+    rig  r(2, 40 * k_bpt, k_never, {}, /*start=*/false);
+    auto f     = make_job(20, 14);
+    auto c     = make_job(2, 100);
+    c->attn.kv = kv_method::H2O;
+    ASSERT_TRUE(r.sched->submit(f).is_ok());
+    ASSERT_TRUE(r.sched->submit(c).is_ok());
+    r.sched->start();
+    outcome of = drain(*f);
+    outcome oc = drain(*c);
+    EXPECT_EQ(of.last.type, gen_event::kind::DONE);
+    EXPECT_EQ(of.last.n_gen, 14);
+    EXPECT_EQ(oc.last.type, gen_event::kind::ERROR);
+    EXPECT_EQ(oc.last.error.code(), status_code::RESOURCE_EXHAUSTED);
+}
+
 TEST(scheduler, bad_methods_fail_the_job_not_the_server) {
     rig  r(1, 1 << 20);
     auto j         = make_job(3, 2);
