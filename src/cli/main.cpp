@@ -20,7 +20,9 @@ const subcommand k_commands[] = {
     {"bench", lc::cli::cmd_bench, "speed: pp/tg tokens per second, llama-bench style"},
     {"gguf", lc::cli::cmd_gguf, "inspect a model file: metadata, tensors, types, sizes"},
     {"calibrate", lc::cli::cmd_calibrate, "offline per-model artifacts: MInference head patterns (sidecar GGUF)"},
+#if LC_HAVE_SERVER
     {"serve", lc::cli::cmd_serve, "OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, SSE"},
+#endif
     {"eval", lc::cli::cmd_eval, "accuracy against dense: needle in a haystack, RULER, perplexity, fidelity"},
 };
 
@@ -49,8 +51,9 @@ int main(int argc, char ** argv) {
     for (const auto & c : k_commands) {
         if (cmd == c.name) return c.fn(lc::cli::args_t(argv + 2, argv + argc));
     }
-    std::fprintf(stderr,
-                 "longctx: unknown command '%s'; commands: run, chat, serve, bench, gguf, eval (see longctx --help)\n",
-                 cmd.c_str());
+    std::string names;
+    for (const auto & c : k_commands) names += std::string(names.empty() ? "" : ", ") + c.name;
+    std::fprintf(stderr, "longctx: unknown command '%s'; commands: %s (see longctx --help)\n", cmd.c_str(),
+                 names.c_str());
     return 2;
 }

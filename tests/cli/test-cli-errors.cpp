@@ -98,6 +98,9 @@ TEST_F(cli_errors, usage) {
 }
 
 TEST_F(cli_errors, serve_flags) {
+#if !LC_HAVE_SERVER
+    GTEST_SKIP() << "built without longctx serve (-DLONGCTX_SERVER=OFF)";
+#endif
     expect_one_line_error("serve --bogus", 2, "unknown flag '--bogus'");
     expect_one_line_error("serve --port 70000", 2, "--port 70000 is out of range");
     expect_one_line_error("serve -np 0", 2, "--parallel 0 is out of range");
