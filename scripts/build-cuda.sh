@@ -10,7 +10,13 @@ jobs=${JOBS:-2}
 if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
     export PATH=/usr/local/cuda/bin:$PATH
 fi
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=ON
+# A GPU machine without cpp-httplib (libcpp-httplib-dev) builds everything but `longctx serve`.
+server=ON
+if ! pkg-config --exists cpp-httplib 2> /dev/null; then
+    echo "build-cuda: cpp-httplib not found; building without longctx serve" >&2
+    server=OFF
+fi
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=ON -DLONGCTX_SERVER=$server
 if [ "${ALL:-0}" = 1 ]; then
     cmake --build "$build" -j"$jobs"
 else
