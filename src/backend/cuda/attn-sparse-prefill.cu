@@ -1,0 +1,421 @@
+// Sparse prefill attention over a device prefill plan (attn-sparse-prefill.cuh): the dense mma.sync kernel's
+// FlashAttention-2 loop (4 warps of 16 query rows, m16n8k16 bf16, cp.async double buffer), fed 64-key steps that
+// are either a window of a key range or 64 gathered columns. Every key row is addressed through the page table,
+// so ranges need no page alignment; the key positions of a step sit in shared memory for the mask.
+#include "backend/cuda/attn-sparse-prefill.cuh"
+
+#include <cmath>
+#include <vector>
+
+#include "backend/cuda/attn-prefill-impl.cuh"
+
+namespace lc::cuda {
+
+prefill_plan_buf::~prefill_plan_buf() {
+    cudaFree(range_off);
+    cudaFree(ranges);
+    cudaFree(col_off);
+    cudaFree(cols);
+}
+
+void prefill_plan_buf::reserve(int64_t n_q, int64_t pos0, int n_head, int64_t n_ranges_, int64_t n_cols_) {
+    const int64_t n_items = n_head * ((n_q + prefill_qblock - 1) / prefill_qblock) + 1;
+    if (n_items > cap_items) {
+        LC_CUDA_CHECK(cudaFree(range_off));
+        LC_CUDA_CHECK(cudaFree(col_off));
+        LC_CUDA_CHECK(cudaMalloc(&range_off, size_t(n_items) * sizeof(int64_t)));
+        LC_CUDA_CHECK(cudaMalloc(&col_off, size_t(n_items) * sizeof(int64_t)));
+        cap_items = n_items;
+    }
+    if (n_ranges_ > cap_ranges) {
+        LC_CUDA_CHECK(cudaFree(ranges));
+        LC_CUDA_CHECK(cudaMalloc(&ranges, size_t(n_ranges_) * 2 * sizeof(int32_t)));
+        cap_ranges = n_ranges_;
+    }
+    if (n_cols_ > cap_cols) {
+        LC_CUDA_CHECK(cudaFree(cols));
+        LC_CUDA_CHECK(cudaMalloc(&cols, size_t(n_cols_) * sizeof(int32_t)));
+        cap_cols = n_cols_;
+    }
+    n_ranges       = n_ranges_;
+    n_cols         = n_cols_;
+    view.n_q       = n_q;
+    view.pos0      = pos0;
+    view.n_head    = n_head;
+    view.range_off = range_off;
+    view.ranges    = ranges;
+    view.col_off   = col_off;
+    view.cols      = cols;
+}
+
+void prefill_plan_upload(const prefill_plan & plan, prefill_plan_buf & out) {
+    const int64_t        n_qblk = plan.n_qblk();
+    std::vector<int64_t> ro(1, 0), co(1, 0);
+    std::vector<int32_t> rg, cl;
+    for (int h = 0; h < plan.n_head; ++h) {
+        const prefill_head_plan & hp = plan.heads[size_t(h)];
+        for (int64_t b = 0; b < n_qblk; ++b) {
+            for (int64_t i = hp.range_off[size_t(b)]; i < hp.range_off[size_t(b) + 1]; ++i) {
+                rg.push_back(hp.ranges[size_t(i)].begin);
+                rg.push_back(hp.ranges[size_t(i)].end);
+            }
+            for (int64_t i = hp.col_off[size_t(b)]; i < hp.col_off[size_t(b) + 1]; ++i) cl.push_back(hp.cols[size_t(i)]);
+            ro.push_back(int64_t(rg.size() / 2));
+            co.push_back(int64_t(cl.size()));
+        }
+    }
+    out.reserve(plan.n_q, plan.pos0, plan.n_head, int64_t(rg.size() / 2), int64_t(cl.size()));
+    LC_CUDA_CHECK(cudaMemcpy(out.range_off, ro.data(), ro.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+    LC_CUDA_CHECK(cudaMemcpy(out.col_off, co.data(), co.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+    if (!rg.empty())
+        LC_CUDA_CHECK(cudaMemcpy(out.ranges, rg.data(), rg.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    if (!cl.empty())
+        LC_CUDA_CHECK(cudaMemcpy(out.cols, cl.data(), cl.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+}
+
+void prefill_plan_download(const prefill_plan_buf & in, prefill_plan & plan) {
+    const prefill_plan_dev & v      = in.view;
+    const int64_t            n_qblk = v.n_qblk();
+    const size_t             n_it   = size_t(v.n_head * n_qblk + 1);
+    std::vector<int64_t>     ro(n_it), co(n_it);
+    LC_CUDA_CHECK(cudaMemcpy(ro.data(), v.range_off, n_it * sizeof(int64_t), cudaMemcpyDeviceToHost));
+    LC_CUDA_CHECK(cudaMemcpy(co.data(), v.col_off, n_it * sizeof(int64_t), cudaMemcpyDeviceToHost));
+    std::vector<int32_t> rg(size_t(ro.back()) * 2), cl(size_t(co.back()));
+    if (!rg.empty())
+        LC_CUDA_CHECK(cudaMemcpy(rg.data(), v.ranges, rg.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    if (!cl.empty()) LC_CUDA_CHECK(cudaMemcpy(cl.data(), v.cols, cl.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    plan.reset(v.n_q, v.pos0, v.n_head);
+    for (int h = 0; h < v.n_head; ++h) {
+        prefill_head_plan & hp = plan.heads[size_t(h)];
+        hp.clear();
+        for (int64_t b = 0; b < n_qblk; ++b) {
+            const size_t it = size_t(h * n_qblk + b);
+            for (int64_t i = ro[it]; i < ro[it + 1]; ++i)
+                hp.ranges.push_back(key_range{rg[size_t(2 * i)], rg[size_t(2 * i + 1)]});
+            for (int64_t i = co[it]; i < co[it + 1]; ++i) hp.cols.push_back(cl[size_t(i)]);
+            hp.end_item();
+        }
+    }
+}
+
+namespace {
+
+constexpr int n_threads = 128;
+__host__ __device__ constexpr int tile_bytes_for(int D) {
+    return 64 * D * 2;
+}
+__host__ __device__ constexpr int smem_bytes_for(int D) {
+    return 5 * tile_bytes_for(D) + 2 * 64 * 4; // Q, K[2], V[2], key positions[2]
+}
+
+template <int D> __device__ __forceinline__ uint32_t tile_off(int r, int c) {
+    return r * (D * 2) + ((c ^ (r & 7)) << 4);
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The 64-key steps of one item: the ranges in order, each cut into windows of 64 keys, then the columns 64 at a
+// time. All threads of the CTA walk the same sequence.
+struct step_iter {
+    const int32_t * ranges;
+    const int32_t * cols;
+    int64_t         ri, r_end; // range index
+    int64_t         a, b;      // range: keys [a, b); columns: cols[a .. b)
+    int64_t         c_begin, c_end;
+    bool            col, done;
+
+    __device__ void init(const int32_t * ranges_, const int32_t * cols_, int64_t r0, int64_t r1, int64_t c0,
+                         int64_t c1) {
+        ranges  = ranges_;
+        cols    = cols_;
+        ri      = r0;
+        r_end   = r1;
+        c_begin = c0;
+        c_end   = c1;
+        col     = false;
+        done    = false;
+        if (ri < r_end) {
+            a = ranges[2 * ri];
+            b = ranges[2 * ri + 1];
+        } else {
+            to_cols();
+        }
+    }
+    __device__ void to_cols() {
+        col = true;
+        a   = c_begin;
+        b   = c_end;
+        if (a >= b) done = true;
+    }
+    __device__ void next() {
+        a += 64;
+        if (a < b) return;
+        if (!col && ++ri < r_end) {
+            a = ranges[2 * ri];
+            b = ranges[2 * ri + 1];
+        } else if (!col) {
+            to_cols();
+        } else {
+            done = true;
+        }
+    }
+    // Key position of row r of the current step, -1 past its end.
+    __device__ int32_t key(int r) const {
+        if (a + r >= b) return -1;
+        return col ? cols[a + r] : int32_t(a + r);
+    }
+};
+
+template <int D, bool O_F32>
+__global__ void __launch_bounds__(n_threads)
+    attn_sparse_prefill_kernel(const __nv_bfloat16 * __restrict__ q, prefill_plan_dev plan,
+                               const __nv_bfloat16 * __restrict__ k_pool, const __nv_bfloat16 * __restrict__ v_pool,
+                               const int32_t * __restrict__ pages, int n_head_kv, float scale_log2,
+                               void * __restrict__ o, float * __restrict__ lse) {
+    constexpr int tile_bytes = tile_bytes_for(D);
+    constexpr int KD         = D / 16;
+    extern __shared__ __align__(128) uint8_t smem[];
+    int32_t * s_key = reinterpret_cast<int32_t *>(smem + 5 * tile_bytes); // [2][64]
+    const int tid   = threadIdx.x;
+    const int warp  = tid >> 5;
+    const int lane  = tid & 31;
+    const int g     = lane >> 2;
+    const int t     = lane & 3;
+
+    const int64_t n_q    = plan.n_q;
+    const int     n_head = plan.n_head;
+    const int64_t n_qt   = (n_q + 63) / 64;
+    const int64_t qt     = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
+    const int     h      = int(blockIdx.x % n_head);
+    const int     hk     = h / (n_head / n_head_kv);
+    const int64_t item   = int64_t(h) * n_qt + qt;
+
+    const uint32_t s_q      = smem_u32(smem);
+    const int64_t  q_row0   = qt * 64;
+    const size_t   page_el  = size_t(n_head_kv) * 64 * D;
+    const size_t   head_off = size_t(hk) * 64 * D;
+    {
+        constexpr int CPR = D / 8, RPI = n_threads / CPR;
+        const int     c = tid % CPR;
+#pragma unroll
+        for (int i = 0; i < 64 / RPI; ++i) {
+            const int     r   = tid / CPR + RPI * i;
+            const int64_t row = min(q_row0 + r, n_q - 1);
+            cp_async_16(s_q + tile_off<D>(r, c), q + (size_t(row) * n_head + h) * D + c * 8, q_row0 + r < n_q ? 16 : 0);
+        }
+    }
+    step_iter it;
+    it.init(plan.ranges, plan.cols, plan.range_off[item], plan.range_off[item + 1], plan.col_off[item],
+            plan.col_off[item + 1]);
+    auto load_step = [&](const step_iter & s, int buf) {
+        constexpr int CPR = D / 8, RPI = n_threads / CPR;
+        const int     c     = tid % CPR;
+        const uint32_t s_kb = s_q + (1 + buf) * tile_bytes, s_vb = s_q + (3 + buf) * tile_bytes;
+#pragma unroll
+        for (int i = 0; i < 64 / RPI; ++i) {
+            const int     r   = tid / CPR + RPI * i;
+            const int32_t key = s.key(r);
+            const int32_t kk  = key < 0 ? 0 : key;
+            const size_t  off = size_t(pages[kk >> 6]) * page_el + head_off + size_t(kk & 63) * D + c * 8;
+            cp_async_16(s_kb + tile_off<D>(r, c), k_pool + off, key < 0 ? 0 : 16);
+            cp_async_16(s_vb + tile_off<D>(r, c), v_pool + off, key < 0 ? 0 : 16);
+            if (c == 0) s_key[buf * 64 + r] = key;
+        }
+    };
+    if (!it.done) load_step(it, 0);
+    cp_async_commit();
+
+    uint32_t qf[KD][4];
+    float    acc[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const int64_t row_pos0 = plan.pos0 + q_row0 + warp * 16 + g;
+    bool          first    = true;
+    int           buf      = 0;
+
+    while (!it.done) {
+        step_iter nx = it;
+        nx.next();
+        if (!nx.done) {
+            load_step(nx, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const uint32_t s_kb = s_q + (1 + buf) * tile_bytes;
+        const uint32_t s_vb = s_q + (3 + buf) * tile_bytes;
+        if (first) {
+#pragma unroll
+            for (int kk = 0; kk < KD; ++kk)
+                ldsm_x4(s_q + tile_off<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0], qf[kk][1],
+                        qf[kk][2], qf[kk][3]);
+            first = false;
+        }
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+#pragma unroll
+            for (int nn = 0; nn < 4; ++nn) {
+                uint32_t  b0, b1, b2, b3;
+                const int key = nn * 16 + (lane & 7) + ((lane >> 4) << 3);
+                ldsm_x4(s_kb + tile_off<D>(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                mma16816(s[2 * nn], qf[kk], b0, b1);
+                mma16816(s[2 * nn + 1], qf[kk], b2, b3);
+            }
+        }
+        // mask: keys past the step's end (-1) and keys after the row (causality)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int2    kp = *reinterpret_cast<const int2 *>(s_key + buf * 64 + j * 8 + 2 * t);
+            const int64_t k0 = kp.x < 0 ? INT64_MAX : kp.x, k1 = kp.y < 0 ? INT64_MAX : kp.y;
+            if (k0 > row_pos0) s[j][0] = -INFINITY;
+            if (k1 > row_pos0) s[j][1] = -INFINITY;
+            if (k0 > row_pos0 + 8) s[j][2] = -INFINITY;
+            if (k1 > row_pos0 + 8) s[j][3] = -INFINITY;
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+        }
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0   = fmaxf(m0, mx0 * scale_log2);
+        const float mn1   = fmaxf(m1, mx1 * scale_log2);
+        const float base0 = mn0 == -INFINITY ? 0.f : mn0;
+        const float base1 = mn1 == -INFINITY ? 0.f : mn1;
+        const float al0   = fast_exp2(m0 - base0);
+        const float al1   = fast_exp2(m1 - base1);
+        m0                = mn0;
+        m1                = mn1;
+        l0 *= al0;
+        l1 *= al1;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) {
+            acc[i][0] *= al0;
+            acc[i][1] *= al0;
+            acc[i][2] *= al1;
+            acc[i][3] *= al1;
+        }
+        uint32_t pf[4][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float p0 = fast_exp2(s[j][0] * scale_log2 - base0);
+            const float p1 = fast_exp2(s[j][1] * scale_log2 - base0);
+            const float p2 = fast_exp2(s[j][2] * scale_log2 - base1);
+            const float p3 = fast_exp2(s[j][3] * scale_log2 - base1);
+            l0 += p0 + p1;
+            l1 += p2 + p3;
+            pf[j >> 1][(j & 1) * 2 + 0] = pack_bf16x2(p0, p1);
+            pf[j >> 1][(j & 1) * 2 + 1] = pack_bf16x2(p2, p3);
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+            for (int dd = 0; dd < KD; ++dd) {
+                uint32_t  b0, b1, b2, b3;
+                const int key = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                ldsm_x4_t(s_vb + tile_off<D>(key, dd * 2 + (lane >> 4)), b0, b1, b2, b3);
+                mma16816(acc[2 * dd], pf[kk], b0, b1);
+                mma16816(acc[2 * dd + 1], pf[kk], b2, b3);
+            }
+        }
+        __syncthreads();
+        it = nx;
+        buf ^= 1;
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float   inv0 = l0 > 0.f ? 1.f / l0 : 0.f;
+    const float   inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    const int64_t r0   = q_row0 + warp * 16 + g;
+    const int64_t r1   = r0 + 8;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+        const int col = i * 8 + 2 * t;
+        if (O_F32) {
+            float * of = static_cast<float *>(o);
+            if (r0 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r0) * n_head + h) * D + col) =
+                    make_float2(acc[i][0] * inv0, acc[i][1] * inv0);
+            if (r1 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r1) * n_head + h) * D + col) =
+                    make_float2(acc[i][2] * inv1, acc[i][3] * inv1);
+        } else {
+            uint32_t * ob = static_cast<uint32_t *>(o);
+            if (r0 < n_q)
+                ob[((size_t(r0) * n_head + h) * D + col) / 2] = pack_bf16x2(acc[i][0] * inv0, acc[i][1] * inv0);
+            if (r1 < n_q)
+                ob[((size_t(r1) * n_head + h) * D + col) / 2] = pack_bf16x2(acc[i][2] * inv1, acc[i][3] * inv1);
+        }
+    }
+    if (lse != nullptr && t == 0) {
+        constexpr float ln2 = 0.69314718055994531f;
+        if (r0 < n_q) lse[size_t(r0) * n_head + h] = l0 > 0.f ? (m0 + __log2f(l0)) * ln2 : -INFINITY;
+        if (r1 < n_q) lse[size_t(r1) * n_head + h] = l1 > 0.f ? (m1 + __log2f(l1)) * ln2 : -INFINITY;
+    }
+}
+
+template <int D> void launch_sparse(const attn_sparse_prefill_args & a, cudaStream_t stream) {
+    const float   scale_log2 = a.scale * 1.4426950408889634f;
+    const auto *  q          = reinterpret_cast<const __nv_bfloat16 *>(a.q);
+    const auto *  k          = reinterpret_cast<const __nv_bfloat16 *>(a.kv.k_pool);
+    const auto *  v          = reinterpret_cast<const __nv_bfloat16 *>(a.kv.v_pool);
+    auto          kern       = a.o_f32 ? attn_sparse_prefill_kernel<D, true> : attn_sparse_prefill_kernel<D, false>;
+    constexpr int smem       = smem_bytes_for(D);
+    LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kern<<<dim3(unsigned(a.plan.n_qblk() * a.plan.n_head)), n_threads, smem, stream>>>(
+        q, a.plan, k, v, a.kv.pages, a.kv.n_head_kv, scale_log2, a.o, a.lse);
+    LC_CUDA_CHECK_LAUNCH();
+}
+
+} // namespace
+
+status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stream) {
+    const int D = a.kv.head_dim;
+    if (D != 64 && D != 128)
+        return error(status_code::UNSUPPORTED, "cuda attn_sparse_prefill: head_dim %d; supported: 64, 128", D);
+    if (a.kv.n_head_kv <= 0 || a.plan.n_head % a.kv.n_head_kv != 0)
+        return error(status_code::UNSUPPORTED, "cuda attn_sparse_prefill: n_head %d is not a multiple of n_head_kv %d",
+                     a.plan.n_head, a.kv.n_head_kv);
+    if (a.plan.n_q < 0 || a.plan.pos0 < 0 || a.kv.n_kv < a.plan.pos0 + a.plan.n_q)
+        return error(status_code::INVALID_ARGUMENT, "cuda attn_sparse_prefill: n_kv %lld < pos0 %lld + n_q %lld",
+                     (long long)a.kv.n_kv, (long long)a.plan.pos0, (long long)a.plan.n_q);
+    if (a.plan.n_q == 0) return status::ok();
+    if (D == 64) {
+        launch_sparse<64>(a, stream);
+    } else {
+        launch_sparse<128>(a, stream);
+    }
+    return status::ok();
+}
+
+} // namespace lc::cuda

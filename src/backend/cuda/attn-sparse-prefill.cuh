@@ -1,0 +1,69 @@
+// Sparse prefill attention on the GPU: executes any prefill plan (attn/prefill-plan.h: per query head and
+// 64-query block, merged key ranges plus single key columns) over the paged bf16 KV cache, with the online-softmax
+// tile loop of the dense mma.sync kernel (attn-prefill.cu), emitting (o, lse). Ranges are walked 64 keys at a time
+// (any alignment: each key row is addressed through the page table), then the columns gathered 64 at a time.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "attn/prefill-plan.h"
+#include "backend/cuda/kv-paged.cuh"
+#include "longctx/status.h"
+
+namespace lc::cuda {
+
+// A prefill plan on the device, all heads flattened: item i = h * n_qblk + b (b: 64-query block).
+// Its ranges are ranges[range_off[i] .. range_off[i+1]) ({begin, end} key positions), its columns
+// cols[col_off[i] .. col_off[i+1]); same invariants as prefill_head_plan (sorted, merged, disjoint).
+struct prefill_plan_dev {
+    int64_t         n_q       = 0;
+    int64_t         pos0      = 0;
+    int             n_head    = 0;
+    const int64_t * range_off = nullptr; // [n_head * n_qblk + 1]
+    const int32_t * ranges    = nullptr; // [n_ranges][2] {begin, end}
+    const int64_t * col_off   = nullptr; // [n_head * n_qblk + 1]
+    const int32_t * cols      = nullptr; // [n_cols]
+    int64_t         n_qblk() const { return (n_q + prefill_qblock - 1) / prefill_qblock; }
+};
+
+// Owns the device arrays of a plan (grown, never shrunk, by the uploads and builders that fill it).
+struct prefill_plan_buf {
+    prefill_plan_dev view;
+    int64_t *        range_off = nullptr;
+    int32_t *        ranges    = nullptr;
+    int64_t *        col_off   = nullptr;
+    int32_t *        cols      = nullptr;
+    int64_t          cap_items = 0, cap_ranges = 0, cap_cols = 0;
+    int64_t          n_ranges = 0, n_cols = 0; // totals of the plan held
+    prefill_plan_buf() = default;
+    prefill_plan_buf(const prefill_plan_buf &) = delete;
+    prefill_plan_buf & operator=(const prefill_plan_buf &) = delete;
+    ~prefill_plan_buf();
+    // Makes room (device allocations; synchronous) and sets view's shape and pointers.
+    void reserve(int64_t n_q, int64_t pos0, int n_head, int64_t n_ranges, int64_t n_cols);
+};
+
+// Host <-> device copies (synchronous), for tests and for plans built on the CPU.
+void prefill_plan_upload(const prefill_plan & plan, prefill_plan_buf & out);
+void prefill_plan_download(const prefill_plan_buf & in, prefill_plan & plan);
+
+// q: [n_q][n_head][head_dim] bf16; o: [n_q][n_head][head_dim] f32 (o_f32) or bf16; lse (optional): [n_q][n_head]
+// f32, natural log. A query that sees no key gets o = 0, lse = -inf. Causality is applied on top of the plan.
+// GQA: query head h reads KV head h / (n_head / n_head_kv), KV is not repeated. head_dim 64 or 128.
+// Errors: UNSUPPORTED (head_dim, head ratio), INVALID_ARGUMENT (kv.n_kv < pos0 + n_q). Asynchronous on stream.
+// REQUIRES: the plan is valid (prefill_plan_valid on its host form): no key past its block's last query.
+struct attn_sparse_prefill_args {
+    const bf16_t *   q = nullptr;
+    prefill_plan_dev plan;
+    attn_kv_paged    kv;
+    float            scale = 0;
+    void *           o     = nullptr;
+    bool             o_f32 = true;
+    float *          lse   = nullptr;
+};
+
+status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stream);
+
+} // namespace lc::cuda
