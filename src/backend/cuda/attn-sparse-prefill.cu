@@ -244,7 +244,8 @@ __global__ void __launch_bounds__(n_threads)
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    const int64_t row_pos0 = plan.pos0 + q_row0 + warp * 16 + g;
+    const int64_t row_pos0    = plan.pos0 + q_row0 + warp * 16 + g;
+    const int64_t cta_min_pos = plan.pos0 + q_row0;
     bool          first    = true;
     int           buf      = 0;
 
@@ -282,9 +283,11 @@ __global__ void __launch_bounds__(n_threads)
                 mma16816(s[2 * nn + 1], qf[kk], b2, b3);
             }
         }
-        // mask: keys past the step's end (-1) and keys after the row (causality)
+        // mask: keys past the step's end (-1) and keys after the row (causality); a full window of a range that
+        // ends at or before the block's first query needs none
+        const bool need_mask = it.col || it.b - it.a < 64 || it.a + 63 > cta_min_pos;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
+        for (int j = 0; j < 8 && need_mask; ++j) {
             const int2    kp = *reinterpret_cast<const int2 *>(s_key + buf * 64 + j * 8 + 2 * t);
             const int64_t k0 = kp.x < 0 ? INT64_MAX : kp.x, k1 = kp.y < 0 ? INT64_MAX : kp.y;
             if (k0 > row_pos0) s[j][0] = -INFINITY;
