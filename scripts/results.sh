@@ -41,6 +41,6 @@ Findings (details and the speed side in docs/minference.md, docs/decode.md, docs
 
 HEAD
 "$B/longctx" eval report eval/results/*.json eval/results/minference/*.json eval/results/decode/*.json \
-    eval/results/kv/*.json --plots docs/plots -o - | sed '1d'
+    eval/results/kv/*.json --plots docs/plots -o - | sed '1d; s#](docs/plots/#](plots/#g'
 } > docs/RESULTS.md
 echo "wrote docs/RESULTS.md and docs/plots/"
