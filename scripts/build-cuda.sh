@@ -20,7 +20,11 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=ON -DLONGCTX_SE
 if [ "${ALL:-0}" = 1 ]; then
     cmake --build "$build" -j"$jobs"
 else
-    cmake --build "$build" -j"$jobs" --target longctx_cuda test-cuda-attn test-cuda-ops test-cuda-model longctx-cuda-attn-bench longctx-cuda-run longctx
+    # Every test under tests/cuda/ (ctest runs them all below) and the CUDA bench tools.
+    tests=$(for f in tests/cuda/test-*.cpp; do basename "$f" .cpp; done)
+    # shellcheck disable=SC2086
+    cmake --build "$build" -j"$jobs" --target longctx_cuda $tests longctx-cuda-attn-bench longctx-cuda-run \
+        longctx-cuda-sparse-bench longctx
 fi
 # The CUDA tests skip themselves without a GPU; CI runs them to check they link and start.
 if [ "${RUN_TESTS:-1}" = 1 ]; then
