@@ -56,30 +56,6 @@ __host__ __device__ constexpr int smem_bytes_for(int D) {
     return 5 * tile_bytes_for(D);
 }
 
-// Byte offset of 16-byte chunk c (0..D/8-1) of row r in a [64][D] bf16 tile; the XOR swizzle makes the 8 rows
-// that one ldmatrix phase reads fall in 8 different bank groups.
-template <int D> __device__ __forceinline__ uint32_t tile_off(int r, int c) {
-    return r * (D * 2) + ((c ^ (r & 7)) << 4);
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2,
-                                                  uint32_t & r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // One 64 x D page block (K or V of one KV head) into a swizzled tile; rows >= n_valid become zeros.
 template <int D>
 __device__ __forceinline__ void load_page(uint32_t dst, const __nv_bfloat16 * src, int n_valid, int tid) {

@@ -108,20 +108,17 @@ __host__ __device__ constexpr int smem_bytes_for(int D) {
     return 5 * tile_bytes_for(D) + 2 * 64 * 4; // Q, K[2], V[2], key positions[2]
 }
 
-template <int D> __device__ __forceinline__ uint32_t tile_off(int r, int c) {
-    return r * (D * 2) + ((c ^ (r & 7)) << 4);
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
 }
-__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
 }
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -265,7 +262,7 @@ __global__ void __launch_bounds__(n_threads)
         if (first) {
 #pragma unroll
             for (int kk = 0; kk < KD; ++kk)
-                ldsm_x4(s_q + tile_off<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0], qf[kk][1],
+                ldmatrix_x4(s_q + tile_off<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0], qf[kk][1],
                         qf[kk][2], qf[kk][3]);
             first = false;
         }
@@ -278,9 +275,9 @@ __global__ void __launch_bounds__(n_threads)
             for (int nn = 0; nn < 4; ++nn) {
                 uint32_t  b0, b1, b2, b3;
                 const int key = nn * 16 + (lane & 7) + ((lane >> 4) << 3);
-                ldsm_x4(s_kb + tile_off<D>(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                mma16816(s[2 * nn], qf[kk], b0, b1);
-                mma16816(s[2 * nn + 1], qf[kk], b2, b3);
+                ldmatrix_x4(s_kb + tile_off<D>(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                mma_bf16(s[2 * nn], qf[kk], b0, b1);
+                mma_bf16(s[2 * nn + 1], qf[kk], b2, b3);
             }
         }
         // mask: keys past the step's end (-1) and keys after the row (causality); a full window of a range that
@@ -341,9 +338,9 @@ __global__ void __launch_bounds__(n_threads)
             for (int dd = 0; dd < KD; ++dd) {
                 uint32_t  b0, b1, b2, b3;
                 const int key = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-                ldsm_x4_t(s_vb + tile_off<D>(key, dd * 2 + (lane >> 4)), b0, b1, b2, b3);
-                mma16816(acc[2 * dd], pf[kk], b0, b1);
-                mma16816(acc[2 * dd + 1], pf[kk], b2, b3);
+                ldmatrix_x4_trans(s_vb + tile_off<D>(key, dd * 2 + (lane >> 4)), b0, b1, b2, b3);
+                mma_bf16(acc[2 * dd], pf[kk], b0, b1);
+                mma_bf16(acc[2 * dd + 1], pf[kk], b2, b3);
             }
         }
         __syncthreads();

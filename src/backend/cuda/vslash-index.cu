@@ -34,15 +34,12 @@ template <typename T> T * grow(T *& p, size_t & cap, size_t n) {
     return p;
 }
 
-template <int D> __device__ __forceinline__ uint32_t tile_off(int r, int c) {
-    return r * (D * 2) + ((c ^ (r & 7)) << 4);
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
 }
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -96,14 +93,14 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t a[4];
-        ldsm_x4(s_q + tile_off<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), a[0], a[1], a[2], a[3]);
+        ldmatrix_x4(s_q + tile_off<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), a[0], a[1], a[2], a[3]);
 #pragma unroll
         for (int nn = 0; nn < 4; ++nn) {
             uint32_t  b0, b1, b2, b3;
             const int key = nn * 16 + (lane & 7) + ((lane >> 4) << 3);
-            ldsm_x4(s_k + tile_off<D>(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
-            mma16816(s[2 * nn], a, b0, b1);
-            mma16816(s[2 * nn + 1], a, b2, b3);
+            ldmatrix_x4(s_k + tile_off<D>(key, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+            mma_bf16(s[2 * nn], a, b0, b1);
+            mma_bf16(s[2 * nn + 1], a, b2, b3);
         }
     }
     const int ra = warp * 16 + g, rb = ra + 8;
