@@ -18,9 +18,25 @@ namespace {
 
 // Q4_K / Q5_K: chunk k (64 elements) holds sub-block 2k in the low nibbles of qs[32k..32k+32) and sub-block
 // 2k+1 in the high nibbles; Q5_K adds bit j of qh[l] as bit 4 of element l of sub-block j.
-template <bool five, int R, int C>
-void tile_k4(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
-             int64_t ldy) {
+// A Q4_K/Q5_K block's scale bytes (broadcast), mins (each twice as int16: lane pair (2j, 2j+1) meets bsums[2j],
+// bsums[2j+1]) and its two fp16 factors, unpacked.
+struct k4_row {
+    __m256i sc, mins;
+    float   wd, wdm;
+};
+
+inline k4_row unpack_k4(const uint8_t * scales, uint16_t d, uint16_t dmin) {
+    uint64_t sc8, m8;
+    unpack_scales_k4(scales, sc8, m8);
+    const __m128i mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(m8)));
+    return {_mm256_set1_epi64x(int64_t(sc8)), _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn)),
+            h2f(d), h2f(dmin)};
+}
+
+// prepped: pre holds the rows' unpacked blocks (pre[r * nb + b]); otherwise they are unpacked here.
+template <bool five, int R, int C, bool prepped>
+void tile_k4_rows(int64_t nb, const uint8_t * w, size_t w_stride, const k4_row * pre, const uint8_t * a,
+                  size_t a_stride, float * y, int64_t ldy) {
     using wblock = std::conditional_t<five, block_q5_K, block_q4_K>;
     __m256 acc[R][C];
     for (int r = 0; r < R; ++r)
@@ -31,14 +47,11 @@ void tile_k4(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, 
         float   wd[R], wdm[R];
         for (int r = 0; r < R; ++r) {
             const wblock & blk = ((const wblock *)(w + r * w_stride))[b];
-            uint64_t       sc8, m8;
-            unpack_scales_k4(blk.scales, sc8, m8);
-            sc[r] = _mm256_set1_epi64x(int64_t(sc8));
-            // each min twice as int16: lane pair (2j, 2j+1) meets bsums[2j], bsums[2j+1]
-            const __m128i mn = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(m8)));
-            mins[r]          = _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));
-            wd[r]            = h2f(blk.d);
-            wdm[r]           = h2f(blk.dmin);
+            const k4_row   u   = prepped ? pre[r * nb + b] : unpack_k4(blk.scales, blk.d, blk.dmin);
+            sc[r]              = u.sc;
+            mins[r]            = u.mins;
+            wd[r]              = u.wd;
+            wdm[r]             = u.wdm;
         }
         __m256i isum[R][C];
         for (int r = 0; r < R; ++r)
@@ -82,9 +95,21 @@ void tile_k4(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, 
 
 // Q6_K: 32 elements 128h + 32k + l (l < 32) are sub-blocks 8h+2k and 8h+2k+1; their low 4 bits are nibble
 // k>>1 of ql[64h + 32(k&1) + l], their high 2 bits are bits 2k and 2k+1 of qh[32h + l].
-template <int R, int C>
-void tile_q6_K(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
-               int64_t ldy) {
+// A Q6_K block's 16 int8 scales (broadcast to both lanes, and as int16) and its fp16 factor.
+struct q6_row {
+    __m256i sc8, sc16;
+    float   wd;
+};
+
+inline q6_row unpack_q6(const block_q6_K & blk) {
+    const __m128i s = _mm_loadu_si128((const __m128i *)blk.scales);
+    return {_mm256_broadcastsi128_si256(s), _mm256_cvtepi8_epi16(s), h2f(blk.d)};
+}
+
+// prepped, pre: as for tile_k4_rows.
+template <int R, int C, bool prepped>
+void tile_q6_K_rows(int64_t nb, const uint8_t * w, size_t w_stride, const q6_row * pre, const uint8_t * a,
+                    size_t a_stride, float * y, int64_t ldy) {
     __m256 acc[R][C];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -93,11 +118,10 @@ void tile_q6_K(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a
         __m256i sc8[R], sc16[R];
         float   wd[R];
         for (int r = 0; r < R; ++r) {
-            const block_q6_K & blk = ((const block_q6_K *)(w + r * w_stride))[b];
-            const __m128i      s   = _mm_loadu_si128((const __m128i *)blk.scales);
-            sc8[r]                 = _mm256_broadcastsi128_si256(s);
-            sc16[r]                = _mm256_cvtepi8_epi16(s);
-            wd[r]                  = h2f(blk.d);
+            const q6_row u = prepped ? pre[r * nb + b] : unpack_q6(((const block_q6_K *)(w + r * w_stride))[b]);
+            sc8[r]         = u.sc8;
+            sc16[r]        = u.sc16;
+            wd[r]          = u.wd;
         }
         __m256i isum[R][C];
         // the -32 offset: isum starts at -32 * sum_s sc_s * bsums[s]
@@ -155,15 +179,50 @@ void tile_q6_K(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a
         for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum(acc[r][c]);
 }
 
-struct q4_K_table {
-    template <int R, int C> static constexpr tile_fn fn = &tile_k4<false, R, C>;
+template <bool five, int R, int C>
+void tile_k4(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
+             int64_t ldy) {
+    tile_k4_rows<five, R, C, false>(nb, w, w_stride, nullptr, a, a_stride, y, ldy);
+}
+template <int R, int C>
+void tile_q6_K(int64_t nb, const uint8_t * w, size_t w_stride, const uint8_t * a, size_t a_stride, float * y,
+               int64_t ldy) {
+    tile_q6_K_rows<R, C, false>(nb, w, w_stride, nullptr, a, a_stride, y, ldy);
+}
+
+template <bool five> struct k4_table {
+    using prep_t = k4_row;
+    template <int R, int C> static constexpr tile_fn fn = &tile_k4<five, R, C>;
+    template <int R, int C>
+    static void pfn(int64_t nb, const uint8_t * w, size_t w_stride, const prep_t * pre, const uint8_t * a,
+                    size_t a_stride, float * y, int64_t ldy) {
+        tile_k4_rows<five, R, C, true>(nb, w, w_stride, pre, a, a_stride, y, ldy);
+    }
+    static void prep(int64_t nb, const uint8_t * w, size_t w_stride, int n_rows, prep_t * out) {
+        using wblock = std::conditional_t<five, block_q5_K, block_q4_K>;
+        for (int r = 0; r < n_rows; ++r)
+            for (int64_t b = 0; b < nb; ++b) {
+                const wblock & blk = ((const wblock *)(w + r * w_stride))[b];
+                out[r * nb + b]    = unpack_k4(blk.scales, blk.d, blk.dmin);
+            }
+    }
 };
-struct q5_K_table {
-    template <int R, int C> static constexpr tile_fn fn = &tile_k4<true, R, C>;
-};
+using q4_K_table = k4_table<false>;
+using q5_K_table = k4_table<true>;
 struct q6_K_table {
+    using prep_t = q6_row;
     template <int R, int C> static constexpr tile_fn fn = &tile_q6_K<R, C>;
+    template <int R, int C>
+    static void pfn(int64_t nb, const uint8_t * w, size_t w_stride, const prep_t * pre, const uint8_t * a,
+                    size_t a_stride, float * y, int64_t ldy) {
+        tile_q6_K_rows<R, C, true>(nb, w, w_stride, pre, a, a_stride, y, ldy);
+    }
+    static void prep(int64_t nb, const uint8_t * w, size_t w_stride, int n_rows, prep_t * out) {
+        for (int r = 0; r < n_rows; ++r)
+            for (int64_t b = 0; b < nb; ++b) out[r * nb + b] = unpack_q6(((const block_q6_K *)(w + r * w_stride))[b]);
+    }
 };
+
 
 } // namespace
 
@@ -200,13 +259,13 @@ bool gemm_tiles_k(dtype wt, int64_t n_in, const uint8_t * w, size_t w_stride, in
     const int64_t nb = n_in / QK_K;
     switch (wt) {
     case dtype::Q4_K:
-        walk_tiles<q4_K_table, 2, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles_prep<q4_K_table, 2, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q5_K:
-        walk_tiles<q5_K_table, 2, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles_prep<q5_K_table, 2, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     case dtype::Q6_K:
-        walk_tiles<q6_K_table, 2, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
+        walk_tiles_prep<q6_K_table, 2, 4, 4>(nb, w, w_stride, n_rows, a, a_stride, n_cols, y, ldy);
         return true;
     default:
         return false;
