@@ -28,6 +28,7 @@ head_pattern method_pattern(prefill_method m) {
         return head_pattern::DENSE;
     case prefill_method::VSLASH:
     case prefill_method::MINFERENCE:
+    case prefill_method::ORACLE:
         break;
     }
     return head_pattern::VSLASH;
@@ -62,6 +63,10 @@ head_budget head_budget_effective(const head_budget & hb, const prefill_budget &
 
 result<std::unique_ptr<attention>> attention::create(const model & m, const attn_config & c) {
     const model_hparams &      hp = m.hparams();
+    if (c.prefill == prefill_method::ORACLE &&
+        (c.budget.mode != prefill_budget::kind::FRACTION || c.budget.value >= 1.0))
+        return error(status_code::INVALID_ARGUMENT,
+                     "--prefill oracle keeps a share of each block's keys: give it --prefill-budget P%% below 100%%");
     std::unique_ptr<attention> a(new attention(c));
     a->heads_ = minference_config_uniform(hp.n_layer, hp.n_head, method_pattern(c.prefill));
     if (c.prefill == prefill_method::MINFERENCE) {
@@ -91,6 +96,17 @@ bool attention::sparse_active(int64_t n_q) const {
 
 void attention::build_plan(int il, const float * q, int64_t n_q, int64_t pos0, int n_head, const kv_view & kv,
                            float scale, prefill_plan & plan, thread_pool & pool) {
+    if (cfg_.prefill == prefill_method::ORACLE) {
+        plan.reset(n_q, pos0, n_head);
+        pool.run([&](int ith, int nth) {
+            thread_local std::vector<float>   mass, slash, scratch;
+            thread_local std::vector<int32_t> cols;
+            for (int h = ith; h < n_head; h += nth)
+                oracle_plan_head(q, n_q, pos0, n_head, h, kv, scale, cfg_.budget.value, plan, mass, slash, scratch,
+                                 cols);
+        });
+        return;
+    }
     prefill_plan_build(heads_, cfg_.budget, il, q, n_q, pos0, n_head, kv, scale, plan, pool);
 }
 

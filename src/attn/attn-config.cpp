@@ -16,7 +16,7 @@ struct method_name {
 };
 constexpr method_name k_prefill_names[] = {
     {prefill_method::DENSE, "dense"}, {prefill_method::A_SHAPE, "a-shape"},       {prefill_method::VSLASH, "vslash"},
-    {prefill_method::BLOCK, "block"}, {prefill_method::MINFERENCE, "minference"},
+    {prefill_method::BLOCK, "block"}, {prefill_method::MINFERENCE, "minference"}, {prefill_method::ORACLE, "oracle"},
 };
 
 struct decode_name {
@@ -96,7 +96,7 @@ result<prefill_method> prefill_method_parse(const std::string & s) {
     for (const method_name & n : k_prefill_names)
         if (s == n.name) return n.m;
     return error(status_code::INVALID_ARGUMENT,
-                 "--prefill '%s' is not a method; use dense, a-shape, vslash, block or minference", s.c_str());
+                 "--prefill '%s' is not a method; use dense, a-shape, vslash, block, minference or oracle", s.c_str());
 }
 
 result<prefill_budget> prefill_budget_parse(const std::string & s) {

@@ -11,10 +11,13 @@
 namespace lc {
 
 // Sparse prefill methods (METHODS.md sec. 2). MINFERENCE takes each head's pattern from the calibration
-// sidecar (longctx calibrate minference), or VSLASH with the documented budgets where it has none.
-enum class prefill_method { DENSE, A_SHAPE, VSLASH, BLOCK, MINFERENCE };
+// sidecar (longctx calibrate minference), or VSLASH with the documented budgets where it has none. ORACLE keeps
+// each 64-query block's heaviest key columns by the exact attention (oracle_plan_head in attn/minference/index.h):
+// an accuracy bound for the others at a given density, slower than dense.
+enum class prefill_method { DENSE, A_SHAPE, VSLASH, BLOCK, MINFERENCE, ORACLE };
 
-const char *           prefill_method_name(prefill_method m); // "dense", "a-shape", "vslash", "block", "minference"
+// "dense", "a-shape", "vslash", "block", "minference", "oracle"
+const char *           prefill_method_name(prefill_method m);
 result<prefill_method> prefill_method_parse(const std::string & s);
 
 // Sparse prefill pays for its index only on long prompts: below this many tokens (the prompt plus what the

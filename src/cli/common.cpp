@@ -47,7 +47,8 @@ int parse_or_help(arg_parser & p, const args_t & args, const char * cmd, bool * 
 
 void add_method_flags(arg_parser & p) {
     p.add({"", "--prefill", "METHOD",
-           "prefill attention: dense, a-shape, vslash, block, minference (per-head patterns from the sidecar); on "
+           "prefill attention: dense, a-shape, vslash, block, minference (per-head patterns from the sidecar), oracle "
+           "(each block's heaviest keys by the exact attention: an accuracy bound, slower than dense); on "
            "Gemma 3 only the global layers are sparse, sliding-window layers stay windowed dense",
            "dense"});
     p.add({"", "--prefill-budget", "B",

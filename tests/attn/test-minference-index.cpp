@@ -1,7 +1,7 @@
 // MInference index builders against brute-force versions on small random inputs: vertical/slash scores (double,
 // explicit softmax matrix), top-v/top-s selection with forced sinks and local band, conversion to plans (key
-// sets per query block), block-sparse pooling and selection, A-shape; and at full budget every pattern's plan
-// covers every causal pair, so the sparse kernel equals dense attention.
+// sets per query block), block-sparse pooling and selection, A-shape, the oracle's column choice; and at full
+// budget every pattern's plan covers every causal pair, so the sparse kernel equals dense attention.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -195,6 +195,58 @@ TEST(a_shape, plan_matches_definition_at_block_granularity) {
     }
 }
 
+// The oracle keeps, per 64-query block, ceil(f * n) columns whose summed attention probability (double, explicit
+// softmax rows) is at least that of every column it leaves out, up to float rounding.
+TEST(oracle, keeps_the_heaviest_columns_of_each_block) {
+    for (const shape & s : {shape{2, 1, 64, 200, 0}, shape{4, 2, 64, 150, 90}}) {
+        const int64_t N     = s.pos0 + s.n_q;
+        auto          cache = make_cache(s.n_head_kv, s.head_dim, N, 11);
+        const auto    q     = randn(size_t(s.n_q * s.n_head * s.head_dim), 1.5f, 12);
+        const float   scale = 1.0f / std::sqrt(float(s.head_dim));
+        const auto    kv    = cache.view();
+        for (double f : {0.1, 0.35}) {
+            prefill_plan plan;
+            plan.reset(s.n_q, s.pos0, s.n_head);
+            for (int h = 0; h < s.n_head; ++h) {
+                std::vector<float>   a, b, scratch;
+                std::vector<int32_t> cols;
+                lc::oracle_plan_head(q.data(), s.n_q, s.pos0, s.n_head, h, kv, scale, f, plan, a, b, scratch, cols);
+            }
+            ASSERT_TRUE(lc::prefill_plan_valid(plan));
+            for (int h = 0; h < s.n_head; ++h) {
+                const int hk = h / (s.n_head / s.n_head_kv);
+                for (int64_t blk = 0; blk < plan.n_qblk(); ++blk) {
+                    const int64_t       p0 = plan.q_first(blk), p1 = plan.q_last(blk), n = p1 + 1;
+                    std::vector<double> mass(size_t(n), 0.0);
+                    for (int64_t p = p0; p <= p1; ++p) {
+                        const int64_t       i = p - s.pos0;
+                        std::vector<double> a(size_t(p + 1));
+                        double              m = -INFINITY, sum = 0;
+                        for (int64_t t = 0; t <= p; ++t) {
+                            double dot = 0;
+                            for (int d = 0; d < s.head_dim; ++d)
+                                dot += double(q[size_t((i * s.n_head + h) * s.head_dim + d)]) *
+                                       double(lc::fp16_to_fp32(kv.k_row(t, hk)[d]));
+                            m = std::max(m, a[size_t(t)] = dot * scale);
+                        }
+                        for (double & x : a) sum += (x = std::exp(x - m));
+                        for (int64_t t = 0; t <= p; ++t) mass[size_t(t)] += a[size_t(t)] / sum;
+                    }
+                    const std::set<int64_t> kept = item_keys(plan, h, blk);
+                    ASSERT_EQ(int64_t(kept.size()), int64_t(std::ceil(f * double(n)))) << "block " << blk;
+                    double lightest_kept = INFINITY, heaviest_left = 0;
+                    for (int64_t t = 0; t < n; ++t)
+                        if (kept.count(t))
+                            lightest_kept = std::min(lightest_kept, mass[size_t(t)]);
+                        else
+                            heaviest_left = std::max(heaviest_left, mass[size_t(t)]);
+                    EXPECT_GE(lightest_kept, heaviest_left - 1e-5) << "head " << h << " block " << blk;
+                }
+            }
+        }
+    }
+}
+
 // At full budget each pattern covers every causal pair: the sparse kernel then equals dense attention.
 TEST(minference_patterns, full_budget_equals_dense) {
     lc::thread_pool    pool(2);
@@ -206,7 +258,7 @@ TEST(minference_patterns, full_budget_equals_dense) {
     std::vector<float> o_ref(size_t(n_q * n_head * D)), lse_ref(size_t(n_q * n_head));
     lc::attn_dense_ref(q.data(), n_q, pos0, n_head, cache.view(), scale, o_ref.data(), lse_ref.data(), pool);
 
-    for (int pattern = 0; pattern < 3; ++pattern) {
+    for (int pattern = 0; pattern < 4; ++pattern) {
         prefill_plan plan;
         plan.reset(n_q, pos0, n_head);
         for (int h = 0; h < n_head; ++h) {
@@ -220,8 +272,12 @@ TEST(minference_patterns, full_budget_equals_dense) {
                 std::vector<std::vector<int32_t>> blocks;
                 lc::block_estimate(q.data(), n_q, pos0, n_head, h, cache.view(), (N + 63) / 64, blocks, scratch);
                 lc::block_plan_head(blocks, plan, h);
-            } else {
+            } else if (pattern == 2) {
                 lc::a_shape_plan_head(N, N, plan, h);
+            } else {
+                std::vector<int32_t> cols;
+                lc::oracle_plan_head(q.data(), n_q, pos0, n_head, h, cache.view(), scale, 1.0, plan, a, b, scratch,
+                                     cols);
             }
         }
         ASSERT_TRUE(lc::prefill_plan_valid(plan));

@@ -230,4 +230,28 @@ void a_shape_plan_head(int64_t n_init, int64_t n_local, prefill_plan & plan, int
     }
 }
 
+void oracle_plan_head(const float * q, int64_t n_q, int64_t pos0, int n_head, int h, const kv_view & kv, float scale,
+                      double fraction, prefill_plan & plan, std::vector<float> & mass, std::vector<float> & slash,
+                      std::vector<float> & scratch, std::vector<int32_t> & cols) {
+    prefill_head_plan & hp = plan.heads[size_t(h)];
+    hp.clear();
+    const int64_t D = kv.head_dim;
+    for (int64_t b = 0; b < plan.n_qblk(); ++b) {
+        const int64_t i0 = b * prefill_qblock, nb = std::min<int64_t>(prefill_qblock, n_q - i0);
+        // The block's queries as a call of their own: its last (and only) queries are the block.
+        vslash_estimate(q + i0 * n_head * D, nb, pos0 + i0, n_head, h, kv, scale, mass, slash, scratch);
+        const int64_t n = pos0 + i0 + nb; // keys up to the block's last query
+        const int64_t k = std::min<int64_t>(n, std::max<int64_t>(1, int64_t(std::ceil(fraction * double(n)))));
+        top_k(mass, n, k, cols);
+        std::sort(cols.begin(), cols.end());
+        for (size_t i = 0; i < cols.size();) { // runs of consecutive columns as ranges
+            size_t j = i + 1;
+            while (j < cols.size() && cols[j] == cols[j - 1] + 1) ++j;
+            hp.add_range(cols[i], int64_t(cols[j - 1]) + 1);
+            i = j;
+        }
+        hp.end_item();
+    }
+}
+
 } // namespace lc

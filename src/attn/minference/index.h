@@ -51,4 +51,14 @@ void block_plan_head(const std::vector<std::vector<int32_t>> & blocks, prefill_p
 // granularity: every query sees at least its last n_local keys, at most n_local + 63).
 void a_shape_plan_head(int64_t n_init, int64_t n_local, prefill_plan & plan, int h);
 
+// Oracle (an upper bound for analysis, not a method to run for speed): for each 64-query block of the call, the
+// exact attention probabilities of its queries against every causal key (as vslash_estimate computes them for the
+// last 64 queries), summed per key column; the block keeps its ceil(fraction * n) heaviest columns, n = its last
+// query's position + 1 (ties: the lower column), written as ranges. No plan in this format that computes as
+// many pairs for the block captures more of its summed attention mass, so it bounds what any vertical-slash,
+// block-sparse or A-shape index can reach at that density. Costs a dense pass of scores on top of the attention.
+void oracle_plan_head(const float * q, int64_t n_q, int64_t pos0, int n_head, int h, const kv_view & kv, float scale,
+                      double fraction, prefill_plan & plan, std::vector<float> & mass, std::vector<float> & slash,
+                      std::vector<float> & scratch, std::vector<int32_t> & cols);
+
 } // namespace lc
