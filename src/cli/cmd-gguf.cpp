@@ -1,6 +1,8 @@
 // `longctx gguf info MODEL`: prints a GGUF file's header, every metadata key with its type and value, the
 // tensor table and per-type totals, after the same validation the engine applies when loading.
+// `longctx gguf convert -m IN -o OUT --type bf16`: rewrites the weights in BF16 (gguf/gguf-convert.h).
 #include <algorithm>
+#include <cctype>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +12,7 @@
 #include <string_view>
 
 #include "cli/commands.h"
+#include "gguf/gguf-convert.h"
 #include "gguf/gguf.h"
 
 namespace lc::cli {
@@ -22,6 +25,7 @@ constexpr size_t k_max_arr_shown = 8;  // array elements shown
 void print_help(FILE * f) {
     std::fprintf(f,
                  "usage: longctx gguf info MODEL\n"
+                 "       longctx gguf convert -m IN -o OUT --type bf16\n"
                  "\n"
                  "Prints a GGUF file's version, alignment and size, every metadata key with its type and value\n"
                  "(arrays: element type, length and the first %zu elements; strings over %zu bytes shortened),\n"
@@ -29,8 +33,16 @@ void print_help(FILE * f) {
                  "The file is validated as when loading a model; tensor types this build cannot compute with are\n"
                  "listed and marked.\n"
                  "\n"
+                 "\n"
+                 "convert writes a copy of IN with every matrix (tensors of 2+ dimensions) in BF16: dequantized by\n"
+                 "the reference dequantizers and rounded to nearest even, the weights the CUDA backend computes\n"
+                 "with, so that the CPU path can run the same weights. Norms and biases stay F32; all metadata is\n"
+                 "copied (general.file_type becomes 32, MOSTLY_BF16).\n"
+                 "\n"
                  "options:\n"
                  "  -m, --model MODEL   the file (same as the positional argument; env LONGCTX_ARG_MODEL)\n"
+                 "  -o, --output OUT    convert: the file to write\n"
+                 "  --type TYPE         convert: the target type; bf16 only\n"
                  "  -h, --help          this text\n",
                  k_max_arr_shown, k_max_str_chars);
 }
@@ -301,8 +313,10 @@ int cmd_gguf(const args_t & args) {
         print_help(stdout);
         return 0;
     }
-    if (args[0] != "info") return usage_error("unknown subcommand '%s'; the only one is 'info'", args[0].c_str());
-    std::string model;
+    if (args[0] != "info" && args[0] != "convert")
+        return usage_error("unknown subcommand '%s'; the subcommands are 'info' and 'convert'", args[0].c_str());
+    const bool  convert = args[0] == "convert";
+    std::string model, output, type;
     for (size_t i = 1; i < args.size(); ++i) {
         const std::string & a = args[i];
         if (a == "-h" || a == "--help") {
@@ -313,6 +327,12 @@ int cmd_gguf(const args_t & args) {
             if (i + 1 >= args.size()) return usage_error("%s needs a file name", a.c_str());
             if (!model.empty()) return usage_error("more than one model given ('%s')", args[i + 1].c_str());
             model = args[++i];
+        } else if (convert && (a == "-o" || a == "--output")) {
+            if (i + 1 >= args.size()) return usage_error("%s needs a file name", a.c_str());
+            output = args[++i];
+        } else if (convert && a == "--type") {
+            if (i + 1 >= args.size()) return usage_error("%s needs a type (bf16)", a.c_str());
+            type = args[++i];
         } else if (a.size() > 1 && a[0] == '-') {
             return usage_error("unknown option '%s'", a.c_str());
         } else {
@@ -324,8 +344,20 @@ int cmd_gguf(const args_t & args) {
         const char * env = std::getenv("LONGCTX_ARG_MODEL");
         if (env && *env) model = env;
     }
-    if (model.empty()) return usage_error("%s", "info needs a MODEL file");
-    return info(model);
+    if (model.empty()) return usage_error("%s", convert ? "convert needs an input file (-m IN)" : "info needs a MODEL file");
+    if (!convert) return info(model);
+    if (output.empty()) return usage_error("%s", "convert needs an output file (-o OUT)");
+    if (type.empty()) return usage_error("%s", "convert needs a target type (--type bf16)");
+    std::string t = type;
+    std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    if (t != "bf16") return usage_error("unknown --type '%s'; the only one is bf16", type.c_str());
+    const status st = gguf_convert_file(model, output, dtype::BF16);
+    if (!st.is_ok()) {
+        std::fprintf(stderr, "longctx %s\n", st.message().c_str());
+        return 1;
+    }
+    std::fprintf(stderr, "longctx gguf convert: wrote %s (BF16 matrices)\n", output.c_str());
+    return 0;
 }
 
 } // namespace lc::cli
