@@ -119,7 +119,11 @@ status context::decode_seq(int seq, const std::vector<int32_t> & tokens, bool al
                      (long long)n, (long long)S.n_past, (long long)n_ctx_, (long long)model_.hparams().n_ctx_train);
     const int64_t n_vocab = model_.hparams().n_vocab;
     S.logits.resize(size_t((all_logits ? n : 1) * n_vocab));
-    if (cuda_) return decode_gpu(S, tokens, all_logits, progress);
+    if (cuda_) {
+        // The argmax comes along (cheap); the logits stay on the device until logits_of() asks for them.
+        int32_t next = -1;
+        return decode_gpu(S, tokens, all_logits, progress, nullptr, &next);
+    }
     S.attn->set_prompt_end(S.n_past + n);
     S.policy->begin(seq);
     std::vector<int64_t> slots(size_t(model_.hparams().n_layer));
@@ -149,17 +153,37 @@ status context::decode_seq(int seq, const std::vector<int32_t> & tokens, bool al
 }
 
 status context::decode_gpu(seq_state & S, const std::vector<int32_t> & tokens, bool all_logits,
-                           const progress_fn & progress) {
+                           const progress_fn & progress, sampler * smp, int32_t * next) {
 #if LC_HAVE_CUDA
     const int64_t n = int64_t(tokens.size()), n_vocab = model_.hparams().n_vocab;
     // Chunks of at least 4096 tokens: the GPU wants large products; progress is reported per chunk.
     const int64_t chunk = std::max<int64_t>(n_ubatch_, 4096);
+    S.logits_on_gpu     = false;
     for (int64_t i = 0; i < n; i += chunk) {
-        const int64_t nb    = std::min(chunk, n - i);
-        const bool    last  = i + nb == n;
-        const int64_t n_out = all_logits ? nb : (last ? 1 : 0);
-        float *       out   = all_logits ? S.logits.data() + i * n_vocab : S.logits.data();
-        LC_RETURN_IF_ERROR(cuda_->forward(tokens.data() + i, nb, S.n_past, n_out, n_out > 0 ? out : nullptr));
+        const int64_t nb   = std::min(chunk, n - i);
+        const bool    last = i + nb == n;
+        if (all_logits) {
+            LC_RETURN_IF_ERROR(cuda_->forward(tokens.data() + i, nb, S.n_past, nb, S.logits.data() + i * n_vocab));
+        } else if (!last) {
+            LC_RETURN_IF_ERROR(cuda_->forward(tokens.data() + i, nb, S.n_past, 0, nullptr));
+        } else {
+            // The last token's logits stay on the device (logits_of() copies them when asked); the token is sampled
+            // there: the argmax, or smp's chain with the uniform number smp draws here (as its sample() would).
+            cuda::device_sampling ds;
+            const bool            draw = smp && !smp->params().greedy();
+            if (draw) {
+                const sampling_params & sp = smp->params();
+                ds.temp                    = sp.temp;
+                ds.top_k                   = sp.top_k;
+                ds.top_p                   = sp.top_p;
+                ds.min_p                   = sp.min_p;
+                ds.u                       = smp->next_uniform();
+            }
+            int32_t tok = -1;
+            LC_RETURN_IF_ERROR(cuda_->forward(tokens.data() + i, nb, S.n_past, 0, nullptr, &tok, draw ? &ds : nullptr));
+            S.logits_on_gpu = true;
+            if (next) *next = tok;
+        }
         S.n_past += nb;
         if (progress) progress(i + nb, n);
     }
@@ -167,9 +191,30 @@ status context::decode_gpu(seq_state & S, const std::vector<int32_t> & tokens, b
     if (n == 1) timings_.decode_tokens += 1;
     return status::ok();
 #else
-    (void)S, (void)tokens, (void)all_logits, (void)progress;
+    (void)S, (void)tokens, (void)all_logits, (void)progress, (void)smp, (void)next;
     return error(status_code::INTERNAL, "context: no GPU");
 #endif
+}
+
+result<int32_t> context::decode_sample(int seq, const std::vector<int32_t> & tokens, sampler & smp,
+                                       const progress_fn & progress, bool prompt_end) {
+    LC_RETURN_IF_ERROR(check_seq(seq));
+    const int32_t n_vocab = int32_t(model_.hparams().n_vocab);
+    if (!cuda_) {
+        LC_RETURN_IF_ERROR(decode_seq(seq, tokens, false, progress, prompt_end));
+        return smp.sample(logits_of(seq), n_vocab);
+    }
+    seq_state & S = seqs_[size_t(seq)];
+    if (tokens.empty()) return error(status_code::INVALID_ARGUMENT, "context: nothing to decode (0 tokens)");
+    if (S.n_past + int64_t(tokens.size()) > n_ctx_)
+        return error(status_code::OUT_OF_RANGE,
+                     "context: %zu tokens after %lld already in the context exceed -c %lld; raise -c or shorten the "
+                     "prompt",
+                     tokens.size(), (long long)S.n_past, (long long)n_ctx_);
+    S.logits.resize(size_t(n_vocab));
+    int32_t next = -1;
+    LC_RETURN_IF_ERROR(decode_gpu(S, tokens, false, progress, &smp, &next));
+    return next;
 }
 
 status context::decode_step(const std::vector<int> & seqs, const std::vector<int32_t> & tokens) {
@@ -231,12 +276,20 @@ status context::decode_step(const std::vector<int> & seqs, const std::vector<int
 const float * context::logits_of(int seq) const {
     const seq_state & S = seqs_[size_t(seq)];
     LC_ASSERT(S.n_logits > 0, "context: sequence %d has no logits yet", seq);
+#if LC_HAVE_CUDA
+    if (S.logits_on_gpu) {
+        const status st = cuda_->last_logits(S.logits.data());
+        LC_ASSERT(st.is_ok(), "context: %s", st.message().c_str());
+        S.logits_on_gpu = false;
+    }
+#endif
     return S.logits.data() + (S.n_logits - 1) * model_.hparams().n_vocab;
 }
 
 const float * context::logits(int64_t i) const {
     const seq_state & S = seqs_[0];
     LC_ASSERT(i >= 0 && i < S.n_logits, "logits(%lld) of %lld", (long long)i, (long long)S.n_logits);
+    if (S.logits_on_gpu) return logits_of(0); // n_logits is 1
     return S.logits.data() + i * model_.hparams().n_vocab;
 }
 
@@ -254,8 +307,9 @@ void context::clear(int seq) {
     kv_->clear(seq);
     S.attn->truncate(0);
     S.policy->truncate(seq, 0);
-    S.n_past   = 0;
-    S.n_logits = 0;
+    S.n_past        = 0;
+    S.n_logits      = 0;
+    S.logits_on_gpu = false;
 }
 
 bool context::can_truncate(int seq, int64_t n) const {
@@ -288,6 +342,7 @@ status context::truncate(int seq, int64_t n) {
 #if LC_HAVE_CUDA
     if (cuda_) cuda_->truncate(n);
 #endif
+    S.logits_on_gpu = false; // the device's logits row belongs to the dropped token (S.logits may be stale too)
     for (int il = 0; il < model_.hparams().n_layer; ++il)
         kv_->finish_keep(il, seq, std::min(kv_->n_slots(il, seq), n - S.policy->front(seq, il)));
     S.attn->truncate(n);

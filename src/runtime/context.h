@@ -16,6 +16,7 @@
 #include "kv/kv-policy.h"
 #include "model/forward.h"
 #include "model/model.h"
+#include "runtime/sampling.h"
 
 namespace lc {
 
@@ -55,6 +56,16 @@ class context {
     status decode(const std::vector<int32_t> & tokens, bool all_logits = false, const progress_fn & progress = {},
                   bool prompt_end = true) {
         return decode_seq(0, tokens, all_logits, progress, prompt_end);
+    }
+    // decode_seq(), then the next token from smp: on the GPU the sampler runs on the device (inside the decode
+    // step's CUDA graph) and only the token id comes back; on the CPU smp.sample(logits_of(seq)). The same seed
+    // gives the same tokens on both, up to float rounding at the sampler's boundaries (backend/cuda/sampling.cuh).
+    // The logits stay readable (logits_of() then copies them from the GPU).
+    result<int32_t> decode_sample(int seq, const std::vector<int32_t> & tokens, sampler & smp,
+                                  const progress_fn & progress = {}, bool prompt_end = true);
+    result<int32_t> decode_sample(const std::vector<int32_t> & tokens, sampler & smp,
+                                  const progress_fn & progress = {}) {
+        return decode_sample(0, tokens, smp, progress);
     }
     // One token for each of several distinct sequences (tokens[i] to seqs[i]) in one forward pass; logits_of(seq)
     // then holds each one's next-token logits. On error no sequence changes.
@@ -107,14 +118,17 @@ class context {
     struct seq_state {
         std::unique_ptr<attention> attn;
         std::unique_ptr<kv_policy> policy;
-        std::vector<float>         logits;
-        int64_t                    n_logits = 0;
-        int64_t                    n_past   = 0;
+        // On the GPU the last token's logits stay on the device until logits_of() asks (logits_on_gpu).
+        mutable std::vector<float> logits;
+        mutable bool               logits_on_gpu = false;
+        int64_t                    n_logits      = 0;
+        int64_t                    n_past        = 0;
     };
     context(const model & m, int n_threads) : model_(m), pool_(n_threads) {}
     status check_seq(int seq) const;
+    // The GPU path of decode_seq(); next (with all_logits false): the sampled token (smp, or the argmax without).
     status decode_gpu(seq_state & S, const std::vector<int32_t> & tokens, bool all_logits,
-                      const progress_fn & progress);
+                      const progress_fn & progress, sampler * smp = nullptr, int32_t * next = nullptr);
     // Cuts every layer of seq back to the slot counts in `slots` (and frees pages reserved past them).
     void   roll_back(int seq, const std::vector<int64_t> & slots);
     const model &             model_;

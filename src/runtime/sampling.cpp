@@ -241,7 +241,7 @@ int32_t sampler::sample(const float * logits, int32_t n_vocab) {
     double       sum   = 0.0;
     weight_.resize(cand_.size());
     for (size_t i = 0; i < cand_.size(); ++i) sum += weight_[i] = std::exp((double(cand_[i].logit) - m) * inv_t);
-    const double u            = double(next_u64_() >> 11) * 0x1.0p-53 * sum; // uniform in [0, sum)
+    const double u            = next_uniform() * sum; // uniform in [0, sum)
     double       cum          = 0.0;
     size_t       last_nonzero = 0;
     for (size_t i = 0; i < cand_.size(); ++i) {

@@ -56,6 +56,10 @@ class sampler {
     const sampling_params & params() const { return params_; }
     uint64_t                seed() const { return params_.seed; } // the seed in use (drawn one if random)
     void                    reseed(uint64_t seed);                // sampling_seed_random draws a new one
+    // The uniform number in [0, 1) that the next non-greedy sample() would draw (one step of the RNG, which
+    // sample() then no longer takes): a sampler elsewhere (the GPU's, backend/cuda/sampling.cuh) given this number
+    // picks the token sample() would, so a seed gives the same tokens on every device. Greedy sample() draws none.
+    double next_uniform() { return double(next_u64_() >> 11) * 0x1.0p-53; }
 
   private:
     struct cand {

@@ -1,15 +1,20 @@
 // The whole model on the GPU (backend/cuda/cuda-model.h) on SmolLM2-135M against (1) a scalar forward pass with
 // the device's bf16 numerics: logits within bf16 tolerance and the greedy continuation identical; (2) the model in
 // f32: the device closer to it than the CPU path; (3) the CPU path (model/forward.h): same top-1 on every prompt
-// row. Also chunked prefill equal to one-shot prefill, and graph-replayed decode equal to eager decode. Skips without a
-// GPU or without the model file ($LONGCTX_CUDA_TEST_MODEL, else the model cache).
+// row. Also chunked prefill equal to one-shot prefill, and graph-replayed decode equal to eager decode; the GPU path
+// against the CPU path on the model converted to BF16 (greedy texts on short, ~1k and ~6k prompts); sampling on the
+// device through the context. Skips without a GPU or without the model file ($LONGCTX_CUDA_TEST_MODEL, else the
+// model cache).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -18,6 +23,7 @@
 #include "backend/cuda/cuda-model.h"
 #include "core/fp16.h"
 #include "core/thread-pool.h"
+#include "gguf/gguf-convert.h"
 #include "kv/kv-cache.h"
 #include "model/forward.h"
 #include "model/model-store.h"
@@ -465,4 +471,229 @@ TEST(CudaModel, ContextOnTheGpu) {
     EXPECT_EQ((*gpu)->n_past(), 0);
     p.attn.kv = kv_method::H2O;
     EXPECT_EQ(context::create(*f.m, p).get_status().code(), status_code::UNSUPPORTED);
+}
+
+namespace {
+
+// An essay of pg_essays: $LONGCTX_TEST_ESSAYS/NAME, else ../shared/data/pg_essays/NAME; empty when absent.
+std::string essay_text(const std::string & name) {
+    std::string path;
+    if (const char * d = std::getenv("LONGCTX_TEST_ESSAYS")) path = std::string(d) + "/" + name;
+    if (path.empty() || !test::file_exists(path)) path = test::shared_data_path("pg_essays/" + name);
+    if (path.empty()) return "";
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Largest minus second largest logit.
+double top2_margin(const float * l, int n) {
+    float a = -INFINITY, b = -INFINITY;
+    for (int i = 0; i < n; ++i) {
+        if (l[i] > a) {
+            b = a;
+            a = l[i];
+        } else if (l[i] > b) {
+            b = l[i];
+        }
+    }
+    return double(a) - double(b);
+}
+
+} // namespace
+
+// The GPU path against the CPU path on the same weights: the model converted to BF16 (gguf_convert, the values
+// the GPU uploads), so the CPU multiplies those very weights by f32 activations (no 8-bit activations) and the two
+// differ only in the GPU's bf16 GEMM inputs and KV cache against the CPU's f32 activations and fp16 KV cache.
+// Greedy, 64 steps, on a short prompt and ~1k and ~6k tokens of pg_essays, through the context (--device cuda vs
+// --device cpu). Both are fed the CPU's tokens (teacher forcing), so the logits compare at every step; the free
+// greedy texts agree up to the first step whose argmax differs. Reported per prompt: that step, the top-2 margins
+// there on both paths, max |dlogit| and KL per step. $LONGCTX_TEST_OUT/bf16-greedy.txt gets every step's numbers.
+TEST(CudaModel, Bf16GreedyMatchesCpuPath) {
+    fixture     f;
+    std::string why;
+    if (!load(f, why)) GTEST_SKIP() << why;
+    const char *      tmp      = std::getenv("TMPDIR");
+    const std::string bf16path = std::string(tmp && *tmp ? tmp : "/tmp") + "/longctx-test-smollm2-bf16.gguf";
+    ASSERT_TRUE(gguf_convert_file(model_path(), bf16path, dtype::BF16).is_ok());
+    auto mr = model::load(bf16path);
+    ASSERT_TRUE(mr.is_ok()) << mr.get_status().message();
+    auto m  = std::move(mr).value();
+    auto tk = tokenizer::from_gguf(m->file());
+    ASSERT_TRUE(tk.is_ok());
+    const int n_vocab = int(m->hparams().n_vocab);
+
+    struct prompt {
+        const char *         name;
+        std::vector<int32_t> toks;
+    };
+    std::vector<prompt> prompts = {{"short", f.prompt}};
+    for (auto [name, essay, n] : {std::tuple{"1k", "philosophy.txt", 1024}, std::tuple{"6k", "worked.txt", 6000}}) {
+        const std::string text = essay_text(essay);
+        if (text.empty()) {
+            std::printf("%s prompt: pg_essays/%s missing, skipped\n", name, essay);
+            continue;
+        }
+        std::vector<int32_t> t = tk.value().encode(text, true, false);
+        if (int(t.size()) > n) t.resize(size_t(n));
+        prompts.push_back({name, t});
+    }
+
+    context_params p;
+    p.n_ctx     = 8192;
+    p.n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
+    auto cpu    = context::create(*m, p);
+    ASSERT_TRUE(cpu.is_ok());
+    p.cuda   = true;
+    auto gpu = context::create(*m, p);
+    ASSERT_TRUE(gpu.is_ok()) << gpu.get_status().message();
+
+    FILE * log = nullptr;
+    if (const char * o = std::getenv("LONGCTX_TEST_OUT")) log = std::fopen((std::string(o) + "/bf16-greedy.txt").c_str(), "w");
+    const int n_gen = 64;
+    for (const prompt & pr : prompts) {
+        (*cpu)->clear();
+        (*gpu)->clear();
+        ASSERT_TRUE((*cpu)->decode(pr.toks).is_ok());
+        ASSERT_TRUE((*gpu)->decode(pr.toks).is_ok());
+        int    first_diff = -1, n_agree = 0;
+        double worst_abs = 0, worst_kl = 0, sum_kl = 0, m_cpu = 0, m_gpu = 0, d_at = 0;
+        for (int step = 0; step < n_gen; ++step) {
+            const float *         lc = (*cpu)->logits();
+            const float *         lg = (*gpu)->logits();
+            const test::logit_cmp d  = test::compare_logits(lc, lg, n_vocab);
+            const int32_t         tc = sampling_argmax(lc, n_vocab), tg = sampling_argmax(lg, n_vocab);
+            n_agree += tc == tg;
+            worst_abs = std::max(worst_abs, d.max_abs);
+            worst_kl  = std::max(worst_kl, d.kl);
+            sum_kl += d.kl;
+            if (log)
+                std::fprintf(log, "%s step %d: cpu %d gpu %d, margin cpu %.4f gpu %.4f, max|dlogit| %.4f, KL %.3e\n",
+                             pr.name, step, tc, tg, top2_margin(lc, n_vocab), top2_margin(lg, n_vocab), d.max_abs,
+                             d.kl);
+            if (tc != tg) {
+                const double mc = top2_margin(lc, n_vocab), mg = top2_margin(lg, n_vocab);
+                std::printf("%s prompt: step %d argmax differs (cpu %d, gpu %d): top-2 margin cpu %.4f, gpu %.4f; "
+                            "max |dlogit| %.4f\n",
+                            pr.name, step, tc, tg, mc, mg, d.max_abs);
+                if (first_diff < 0) first_diff = step, m_cpu = mc, m_gpu = mg, d_at = d.max_abs;
+                // a flip is only acceptable on a near-tie: both margins within the bf16 noise of one logit
+                EXPECT_LT(mc, 0.1) << pr.name << " step " << step;
+            }
+            ASSERT_TRUE((*cpu)->decode({tc}).is_ok());
+            ASSERT_TRUE((*gpu)->decode({tc}).is_ok());
+        }
+        std::printf("%s prompt (%zu tokens): greedy %d of %d tokens identical before the first difference%s; argmax "
+                    "equal at %d of %d teacher-forced steps; max |dlogit| %.4f, KL max %.2e mean %.2e",
+                    pr.name, pr.toks.size(), first_diff < 0 ? n_gen : first_diff, n_gen,
+                    first_diff < 0 ? " (none)" : "", n_agree, n_gen, worst_abs, worst_kl, sum_kl / n_gen);
+        if (first_diff >= 0) std::printf("; first difference margins cpu %.4f gpu %.4f (max |dlogit| %.4f)", m_cpu, m_gpu, d_at);
+        std::printf("\n");
+        EXPECT_LT(worst_kl, 1e-2) << pr.name;
+    }
+    if (log) std::fclose(log);
+
+    // Sampled, free-running, the same seed on both paths: the texts agree until a draw falls between the two
+    // paths' CDFs (reported, not failed).
+    sampling_params sp;
+    sp.temp = 0.8f;
+    sp.seed = 7;
+    for (const prompt & pr : prompts) {
+        (*cpu)->clear();
+        (*gpu)->clear();
+        sampler              sc(sp), sg(sp);
+        std::vector<int32_t> gc, gg;
+        auto                 rc = (*cpu)->decode_sample(pr.toks, sc);
+        auto                 rg = (*gpu)->decode_sample(pr.toks, sg);
+        ASSERT_TRUE(rc.is_ok() && rg.is_ok());
+        gc.push_back(*rc);
+        gg.push_back(*rg);
+        for (int i = 1; i < n_gen; ++i) {
+            rc = (*cpu)->decode_sample({gc.back()}, sc);
+            rg = (*gpu)->decode_sample({gg.back()}, sg);
+            ASSERT_TRUE(rc.is_ok() && rg.is_ok());
+            gc.push_back(*rc);
+            gg.push_back(*rg);
+        }
+        int same = 0;
+        while (same < n_gen && gc[size_t(same)] == gg[size_t(same)]) ++same;
+        std::printf("%s prompt: sampled (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, seed 7): %d of %d tokens identical\n",
+                    pr.name, same, n_gen);
+    }
+    std::remove(bf16path.c_str());
+}
+
+// The context's decode_sample() on the GPU samples on the device from the logits it leaves there: the same
+// tokens as the CPU sampler (same seed) run on those logits copied back, for several settings; and the decode rate
+// with the sampler in the graph against copying the logits back and sampling on the host.
+TEST(CudaModel, ContextSamplesOnDevice) {
+    fixture     f;
+    std::string why;
+    if (!load(f, why)) GTEST_SKIP() << why;
+    const int      n_vocab = int(f.m->hparams().n_vocab);
+    context_params p;
+    p.n_ctx     = 2048;
+    p.n_threads = 4;
+    p.cuda      = true;
+    auto gr     = context::create(*f.m, p);
+    ASSERT_TRUE(gr.is_ok()) << gr.get_status().message();
+    context & g = **gr;
+    struct setting {
+        float   temp;
+        int32_t top_k;
+        float   top_p, min_p;
+    };
+    int n_all = 0, n_diff = 0;
+    for (const setting & s : {setting{0.8f, 40, 0.95f, 0.05f}, setting{1.0f, 0, 0.9f, 0.0f},
+                              setting{0.7f, 0, 1.0f, 0.1f}, setting{1.3f, 200, 1.0f, 0.0f}, setting{0.0f, 40, 0.95f, 0.05f}}) {
+        sampling_params sp;
+        sp.temp  = s.temp;
+        sp.top_k = s.top_k;
+        sp.top_p = s.top_p;
+        sp.min_p = s.min_p;
+        sp.seed  = 1234;
+        sampler dev(sp), host(sp);
+        g.clear();
+        auto r = g.decode_sample(f.prompt, dev);
+        ASSERT_TRUE(r.is_ok()) << r.get_status().message();
+        for (int i = 0; i < 48; ++i) {
+            const int32_t want = host.sample(g.logits(), n_vocab); // the device's logits, copied back now
+            ++n_all;
+            if (want != *r) {
+                ++n_diff;
+                std::printf("temp %.2f top_k %d top_p %.2f min_p %.2f step %d: device %d, host %d\n", double(s.temp),
+                            s.top_k, double(s.top_p), double(s.min_p), i, *r, want);
+            }
+            r = g.decode_sample({*r}, dev);
+            ASSERT_TRUE(r.is_ok()) << r.get_status().message();
+        }
+    }
+    std::printf("decode_sample on the device vs the host sampler on the same logits: %d of %d differ\n", n_diff, n_all);
+    EXPECT_LE(n_diff, 1); // a draw within float rounding of a CDF boundary may differ (test-cuda-sampling)
+
+    // decode rate: sampler on the device (no logits copied) vs logits to the host and sample there
+    sampling_params sp;
+    sp.seed = 5;
+    for (int mode = 0; mode < 2; ++mode) {
+        sampler smp(sp);
+        g.clear();
+        auto r = g.decode_sample(f.prompt, smp);
+        ASSERT_TRUE(r.is_ok());
+        int32_t    tok = *r;
+        const auto t0  = std::chrono::steady_clock::now();
+        const int  n   = 256;
+        for (int i = 0; i < n; ++i) {
+            if (mode == 0) {
+                r = g.decode_sample({tok}, smp);
+                ASSERT_TRUE(r.is_ok());
+                tok = *r;
+            } else {
+                ASSERT_TRUE(g.decode({tok}).is_ok());
+                tok = smp.sample(g.logits(), n_vocab);
+            }
+        }
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("context decode with %s: %.1f tokens/s (%d steps after a %zu-token prompt)\n",
+                    mode == 0 ? "the sampler on the device" : "logits copied back, sampled on the host", n / s, n,
+                    f.prompt.size());
+    }
 }

@@ -17,6 +17,7 @@
 #include "backend/cuda/cuda-common.cuh"
 #include "backend/cuda/gemm.cuh"
 #include "backend/cuda/ops.cuh"
+#include "backend/cuda/sampling.cuh"
 
 namespace lc::cuda {
 
@@ -114,10 +115,14 @@ struct cuda_model::impl {
     bf16_t * xn = nullptr, *q = nullptr, *att = nullptr, *h = nullptr;
     void *   dec_ws       = nullptr;
     size_t   dec_ws_bytes = 0;
+    void *   smp_ws       = nullptr; // sample_row's workspace
+    size_t   smp_ws_bytes = 0;
+    sample_params *d_smp = nullptr, *h_smp = nullptr; // the draw's settings (h_smp pinned)
+    int64_t        last_row = -1; // row of the device logits buffer holding the last token's logits (-1: none)
 
     int64_t n_past         = 0;
     int64_t n_decode_eager = 0;
-    // Decode graphs by key span (n_kv_max of attn_decode): the split-K decode is sized for the span, so one graph
+    // Decode graphs by key span and sampler (key 2 span + 1 with the sampler chain, 2 span with argmax): the split-K decode is sized for the span, so one graph
     // per power of two from 4096 up to n_ctx (at most ~6) keeps short contexts from paying for the whole cache's
     // splits (measured on llama3-8b with a 131k cache at depth 8k: 97.8 t/s with the full span, 136 sized to 33k).
     std::map<int64_t, std::pair<cudaGraph_t, cudaGraphExec_t>> graphs;
@@ -130,6 +135,7 @@ struct cuda_model::impl {
         gemm.reset();
         for (void * p : allocs) cudaFree(p);
         if (h_in) cudaFreeHost(h_in);
+        if (h_smp) cudaFreeHost(h_smp);
         if (stream) cudaStreamDestroy(stream);
     }
 
@@ -197,7 +203,11 @@ struct cuda_model::impl {
         const int n_split = attn_decode_n_split(1, hp.n_head, hp.n_head_kv, int(D), opt.n_ctx);
         dec_ws_bytes      = attn_decode_workspace_bytes(1, hp.n_head, int(D), n_split);
         LC_ASSIGN_OR_RETURN(dec_ws, alloc<uint8_t>(int64_t(dec_ws_bytes)));
+        smp_ws_bytes = sample_workspace_bytes(hp.n_vocab);
+        LC_ASSIGN_OR_RETURN(smp_ws, alloc<uint8_t>(int64_t(smp_ws_bytes)));
+        LC_ASSIGN_OR_RETURN(d_smp, alloc<sample_params>(1));
         LC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void **>(&h_in), 8 * sizeof(int32_t)));
+        LC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void **>(&h_smp), sizeof(sample_params)));
         h_next = h_in + 4;
         LC_CUDA_CHECK(cudaStreamSynchronize(stream));
         return status::ok();
@@ -412,7 +422,25 @@ struct cuda_model::impl {
         gemm->run(output, hp.n_vocab, E, xn, E, nr, logits, hp.n_vocab, 0.0f, stream);
     }
 
-    status decode_step(int32_t token, float * logits_host, int32_t * next) {
+    // The next token from the logits in row 0 of the logits buffer: argmax, or the sampler chain with the
+    // settings in d_smp (copied there before the step).
+    void enqueue_sample(bool sample) {
+        if (sample)
+            sample_row(logits, hp.n_vocab, d_smp, smp_ws, smp_ws_bytes, d_next, stream);
+        else
+            argmax_rows(logits, 1, hp.n_vocab, d_next, stream);
+        LC_CUDA_CHECK(cudaMemcpyAsync(h_next, d_next, 4, cudaMemcpyDeviceToHost, stream));
+    }
+
+    // Settings of one draw into the pinned buffer and on to the device (before the graph that reads them).
+    void upload_sampling(const device_sampling & s) {
+        *h_smp = make_sample_params(s.temp, s.top_k, s.top_p, s.min_p, s.u);
+        LC_CUDA_CHECK(cudaMemcpyAsync(d_smp, h_smp, sizeof(sample_params), cudaMemcpyHostToDevice, stream));
+    }
+
+    status decode_step(int32_t token, float * logits_host, int32_t * next, const device_sampling * smp) {
+        const bool sample = smp != nullptr;
+        if (sample) upload_sampling(*smp);
         h_in[0] = token;
         h_in[1] = int32_t(n_past);
         h_in[2] = int32_t(n_past + 1);
@@ -425,8 +453,7 @@ struct cuda_model::impl {
         auto body = [&]() -> status {
             LC_RETURN_IF_ERROR(enqueue_layers(1, n_past, true, span));
             enqueue_head(0, 1);
-            argmax_rows(logits, 1, hp.n_vocab, d_next, stream);
-            LC_CUDA_CHECK(cudaMemcpyAsync(h_next, d_next, 4, cudaMemcpyDeviceToHost, stream));
+            enqueue_sample(sample);
             return status::ok();
         };
         // The first step runs eagerly (GEMM plans, kernel attributes); later ones capture a graph per span.
@@ -434,7 +461,8 @@ struct cuda_model::impl {
             LC_RETURN_IF_ERROR(body());
             ++n_decode_eager;
         } else {
-            auto it = graphs.find(span);
+            const int64_t key = 2 * span + (sample ? 1 : 0);
+            auto          it  = graphs.find(key);
             if (it == graphs.end()) {
                 cudaGraph_t     g  = nullptr;
                 cudaGraphExec_t ge = nullptr;
@@ -446,7 +474,7 @@ struct cuda_model::impl {
                     return st;
                 }
                 LC_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-                it = graphs.emplace(span, std::make_pair(g, ge)).first;
+                it = graphs.emplace(key, std::make_pair(g, ge)).first;
             }
             LC_CUDA_CHECK(cudaGraphLaunch(it->second.second, stream));
         }
@@ -455,11 +483,12 @@ struct cuda_model::impl {
         LC_CUDA_CHECK(cudaStreamSynchronize(stream));
         if (next) *next = *h_next;
         n_past += 1;
+        last_row = 0;
         return status::ok();
     }
 
     status forward(const int32_t * tokens, int64_t n, int64_t pos0, int64_t n_logits, float * logits_host,
-                   int32_t * next) {
+                   int32_t * next, const device_sampling * smp) {
         if (pos0 != n_past)
             return error(status_code::INVALID_ARGUMENT, "cuda: forward at position %lld but the sequence holds %lld",
                          (long long)pos0, (long long)n_past);
@@ -474,7 +503,14 @@ struct cuda_model::impl {
             if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
                 return error(status_code::INVALID_ARGUMENT, "cuda: token %d out of the vocabulary (%d)", tokens[i],
                              hp.n_vocab);
-        if (n == 1) return decode_step(tokens[0], n_logits ? logits_host : nullptr, next);
+        if (smp && !(smp->temp > 0.0f && smp->top_k >= 0 && smp->top_p > 0.0f && smp->top_p <= 1.0f &&
+                     smp->min_p >= 0.0f && smp->min_p <= 1.0f && smp->u >= 0.0 && smp->u < 1.0))
+            return error(status_code::INVALID_ARGUMENT,
+                         "cuda: sampling settings temp %g, top_k %d, top_p %g, min_p %g, u %g out of range",
+                         double(smp->temp), smp->top_k, double(smp->top_p), double(smp->min_p), smp->u);
+        last_row = -1;
+        if (n == 1) return decode_step(tokens[0], n_logits ? logits_host : nullptr, next, smp);
+        if (next && smp) upload_sampling(*smp);
 
         std::vector<int32_t> pos(static_cast<size_t>(n_ub));
         const int64_t        first_logit = n - n_logits; // token index of the first logits row
@@ -490,11 +526,12 @@ struct cuda_model::impl {
                 enqueue_head(r, nr);
                 LC_CUDA_CHECK(cudaMemcpyAsync(logits_host + (c0 + r - first_logit) * hp.n_vocab, logits,
                                               size_t(nr * hp.n_vocab) * 4, cudaMemcpyDeviceToHost, stream));
+                if (c0 + nc == n && r + nr == nc) last_row = nr - 1;
             }
             if (next && c0 + nc == n) {
                 enqueue_head(nc - 1, 1);
-                argmax_rows(logits, 1, hp.n_vocab, d_next, stream);
-                LC_CUDA_CHECK(cudaMemcpyAsync(h_next, d_next, 4, cudaMemcpyDeviceToHost, stream));
+                enqueue_sample(smp != nullptr);
+                last_row = 0;
             }
             LC_CUDA_CHECK(cudaStreamSynchronize(stream)); // pos[] is reused
         }
@@ -549,17 +586,27 @@ uint64_t cuda_model::kv_bytes() const {
     return p_->n_kv_bytes;
 }
 status cuda_model::forward(const int32_t * tokens, int64_t n, int64_t pos0, int64_t n_logits, float * logits,
-                           int32_t * next) {
-    return p_->forward(tokens, n, pos0, n_logits, logits, next);
+                           int32_t * next, const device_sampling * sampling) {
+    return p_->forward(tokens, n, pos0, n_logits, logits, next, sampling);
+}
+status cuda_model::last_logits(float * logits) {
+    if (p_->last_row < 0)
+        return error(status_code::INVALID_ARGUMENT, "cuda: the last forward() computed no logits of its last token");
+    LC_CUDA_CHECK(cudaMemcpyAsync(logits, p_->logits + p_->last_row * p_->hp.n_vocab, size_t(p_->hp.n_vocab) * 4,
+                                  cudaMemcpyDeviceToHost, p_->stream));
+    LC_CUDA_CHECK(cudaStreamSynchronize(p_->stream));
+    return status::ok();
 }
 int64_t cuda_model::n_past() const {
     return p_->n_past;
 }
 void cuda_model::clear() {
-    p_->n_past = 0;
+    p_->n_past   = 0;
+    p_->last_row = -1;
 }
 void cuda_model::truncate(int64_t n) {
-    p_->n_past = std::clamp<int64_t>(n, 0, p_->n_past);
+    p_->n_past   = std::clamp<int64_t>(n, 0, p_->n_past);
+    p_->last_row = -1;
 }
 void cuda_model::sync() {
     LC_CUDA_CHECK(cudaStreamSynchronize(p_->stream));

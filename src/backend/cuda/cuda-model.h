@@ -1,7 +1,8 @@
 // The whole forward pass of a model on one NVIDIA GPU: bf16 weights (dequantized from the GGUF at load, or
 // random of a real model's shape: "synthetic"), a bf16 paged KV cache on the device, cuBLASLt GEMMs, the fused
-// ops of ops.cuh and the attention kernels (attn-prefill.cuh, attn-decode.cuh); greedy sampling on the device and
-// decode steps replayed from a CUDA graph. The same computation as arch-llama.cpp / arch-gemma3.cpp, op by op.
+// ops of ops.cuh and the attention kernels (attn-prefill.cuh, attn-decode.cuh); sampling on the device (greedy, or
+// the sampler chain of sampling.cuh) and decode steps replayed from a CUDA graph. The same computation as
+// arch-llama.cpp / arch-gemma3.cpp, op by op.
 // This header includes no CUDA header (STYLE.md §1): the runtime may include it wherever LC_HAVE_CUDA is set.
 #pragma once
 
@@ -28,6 +29,16 @@ bool device_available();
 // (Llama 3.2 1B), "smollm2-135m", "qwen2.5-7b". INVALID_ARGUMENT for other names (the message lists them).
 result<model_hparams> synthetic_hparams(const std::string & name);
 
+// One draw of the sampler chain of runtime/sampling.h on the device (backend/cuda/sampling.cuh): the settings of
+// a sampling_params and the uniform number the host sampler drew for it (sampler::next_uniform()).
+struct device_sampling {
+    float   temp  = 0.8f; // > 0; greedy decoding passes no device_sampling (argmax)
+    int32_t top_k = 40;
+    float   top_p = 0.95f;
+    float   min_p = 0.05f;
+    double  u     = 0.0; // in [0, 1)
+};
+
 // Thread-safety: one call at a time (one stream, one set of activation buffers).
 class cuda_model {
   public:
@@ -50,10 +61,14 @@ class cuda_model {
     // Runs tokens[0..n) at positions pos0.. of the sequence, appending their K/V to the cache.
     // REQUIRES-like checks (INVALID_ARGUMENT): pos0 == n_past() (the cache is append-only), pos0 + n <= n_ctx.
     // logits (optional, host): [n_logits][n_vocab] f32 for the last n_logits tokens (n_logits <= n).
-    // next (optional, host): the argmax of the last token's logits (greedy sampling on the device).
-    // n == 1 replays a CUDA graph of the decode step (opt.graphs).
+    // next (optional, host): the token sampled on the device from the last token's logits: their argmax (greedy)
+    // without `sampling`, else the draw of the sampler chain with sampling's settings and uniform number; only the
+    // token id is copied back. n == 1 replays a CUDA graph of the decode step, sampler included (opt.graphs).
     status forward(const int32_t * tokens, int64_t n, int64_t pos0, int64_t n_logits, float * logits,
-                   int32_t * next = nullptr);
+                   int32_t * next = nullptr, const device_sampling * sampling = nullptr);
+    // Copies the last token's logits [n_vocab] of the last forward() to the host (for a caller that wants them
+    // after sampling on the device). INVALID_ARGUMENT when that forward computed none (n_logits 0, no next).
+    status last_logits(float * logits);
 
     int64_t n_past() const;
     // Forgets the sequence (n_past = 0).
