@@ -600,24 +600,38 @@ TEST(CudaModel, Bf16GreedyMatchesCpuPath) {
     for (const prompt & pr : prompts) {
         (*cpu)->clear();
         (*gpu)->clear();
-        sampler              sc(sp), sg(sp);
+        sampler              sc(sp), sg(sp), su(sp); // su: the uniform numbers both draw
         std::vector<int32_t> gc, gg;
-        auto                 rc = (*cpu)->decode_sample(pr.toks, sc);
-        auto                 rg = (*gpu)->decode_sample(pr.toks, sg);
-        ASSERT_TRUE(rc.is_ok() && rg.is_ok());
-        gc.push_back(*rc);
-        gg.push_back(*rg);
-        for (int i = 1; i < n_gen; ++i) {
-            rc = (*cpu)->decode_sample({gc.back()}, sc);
-            rg = (*gpu)->decode_sample({gg.back()}, sg);
+        for (int i = 0; i < n_gen; ++i) {
+            auto rc = (*cpu)->decode_sample(i ? std::vector<int32_t>{gc.back()} : pr.toks, sc);
+            auto rg = (*gpu)->decode_sample(i ? std::vector<int32_t>{gg.back()} : pr.toks, sg);
             ASSERT_TRUE(rc.is_ok() && rg.is_ok());
             gc.push_back(*rc);
             gg.push_back(*rg);
+            const double u = su.next_uniform();
+            if (*rc == *rg) continue;
+            // Where u fell: each path's CDF interval of its own token and of the other's (walk order, float p).
+            auto interval = [&](const float * l, int32_t tok) {
+                std::vector<token_prob> d;
+                sampler(sp).distribution(l, n_vocab, d);
+                double a = 0.0;
+                for (const token_prob & t : d) {
+                    if (t.id == tok) return std::pair<double, double>{a, a + t.p};
+                    a += t.p;
+                }
+                return std::pair<double, double>{-1.0, -1.0};
+            };
+            const auto cc = interval((*cpu)->logits(), *rc), cg = interval((*cpu)->logits(), *rg);
+            const auto gcc = interval((*gpu)->logits(), *rc), ggg = interval((*gpu)->logits(), *rg);
+            std::printf("%s prompt: sampled texts part at token %d: u %.6f; cpu's token %d on the cpu CDF [%.6f, %.6f), "
+                        "on the gpu CDF [%.6f, %.6f); gpu's token %d on the cpu CDF [%.6f, %.6f), on the gpu CDF "
+                        "[%.6f, %.6f)\n",
+                        pr.name, i, u, *rc, cc.first, cc.second, gcc.first, gcc.second, *rg, cg.first, cg.second,
+                        ggg.first, ggg.second);
+            break;
         }
-        int same = 0;
-        while (same < n_gen && gc[size_t(same)] == gg[size_t(same)]) ++same;
-        std::printf("%s prompt: sampled (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, seed 7): %d of %d tokens identical\n",
-                    pr.name, same, n_gen);
+        std::printf("%s prompt: sampled (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, seed 7): %zu of %d tokens identical\n",
+                    pr.name, gc.size() - (gc.back() != gg.back()), n_gen);
     }
     std::remove(bf16path.c_str());
 }

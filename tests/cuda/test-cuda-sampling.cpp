@@ -99,7 +99,7 @@ struct dev_sampler {
     int32_t sample(const cuda::sample_params & p) {
         EXPECT_EQ(cudaMemcpy(params, &p, sizeof(p), cudaMemcpyHostToDevice), cudaSuccess);
         EXPECT_EQ(cudaMemset(out, 0xff, 4), cudaSuccess);
-        cuda::sample_row(logits, n_vocab, params, ws, ws_bytes, out, nullptr);
+        cuda::sample_row(logits, n_vocab, params, p.top_k, ws, ws_bytes, out, nullptr);
         int32_t t = -2;
         EXPECT_EQ(cudaMemcpy(&t, out, 4, cudaMemcpyDeviceToHost), cudaSuccess);
         return t;
@@ -118,7 +118,7 @@ TEST(CudaSampling, MatchesCpuSampler) {
             CK(cudaMemcpy(ds.logits, row.data(), row.size() * 4, cudaMemcpyHostToDevice));
             int i_set = 0;
             for (float temp : {0.4f, 1.0f, 1.7f})
-                for (int32_t top_k : {0, 1, 40, 1000})
+                for (int32_t top_k : {0, 1, 40, 600, 1000})
                     for (float top_p : {1.0f, 0.9f, 0.5f, 0.05f})
                         for (float min_p : {0.0f, 0.05f, 0.3f}) {
                             sampling_params sp;
@@ -203,8 +203,8 @@ TEST(CudaSampling, BoundariesOfTheCdf) {
     std::printf("%d draws next to CDF boundaries\n", n);
 }
 
-// The sampler inside a CUDA graph: one capture, replayed with other settings and draws written to the same
-// parameter buffer, gives what eager calls give; and its time per row.
+// The sampler inside a CUDA graph: one capture per kernel path (sample_row_path), replayed with other settings and
+// draws written to the same parameter buffer, gives what eager calls give; and its time per row.
 TEST(CudaSampling, GraphReplayAndTiming) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
     for (int n_vocab : {49152, 151936}) {
@@ -217,24 +217,28 @@ TEST(CudaSampling, GraphReplayAndTiming) {
         CK(cudaMallocHost(reinterpret_cast<void **>(&hp), sizeof(*hp)));
         *hp = cuda::make_sample_params(0.8f, 40, 0.95f, 0.05f, 0.5);
         CK(cudaMemcpy(ds.params, hp, sizeof(*hp), cudaMemcpyHostToDevice));
-        cuda::sample_row(ds.logits, n_vocab, ds.params, ds.ws, ds.ws_bytes, ds.out, st); // warm-up
-        CK(cudaStreamSynchronize(st));
-        cudaGraph_t     g  = nullptr;
-        cudaGraphExec_t ge = nullptr;
-        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        cuda::sample_row(ds.logits, n_vocab, ds.params, ds.ws, ds.ws_bytes, ds.out, st);
-        CK(cudaStreamEndCapture(st, &g));
-        CK(cudaGraphInstantiate(&ge, g, 0));
+        cudaGraph_t     gs[2]  = {};
+        cudaGraphExec_t ges[2] = {};
+        for (int32_t k : {0, 40}) { // path 0, path 1
+            const int path = cuda::sample_row_path(n_vocab, k);
+            ASSERT_EQ(path, k ? 1 : 0);
+            cuda::sample_row(ds.logits, n_vocab, ds.params, k, ds.ws, ds.ws_bytes, ds.out, st); // warm-up
+            CK(cudaStreamSynchronize(st));
+            CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            cuda::sample_row(ds.logits, n_vocab, ds.params, k, ds.ws, ds.ws_bytes, ds.out, st);
+            CK(cudaStreamEndCapture(st, &gs[path]));
+            CK(cudaGraphInstantiate(&ges[path], gs[path], 0));
+        }
         std::mt19937_64 rng(3);
         for (int i = 0; i < 40; ++i) {
             const float   temp  = 0.3f + 0.1f * float(i % 15);
-            const int32_t top_k = (i % 3) * 20;
+            const int32_t top_k = i % 4 == 3 ? 300 : (i % 3) * 20; // 0: path 0; 20, 40, 300: path 1
             const float   top_p = i % 2 ? 0.8f : 1.0f;
             const float   min_p = i % 5 ? 0.0f : 0.1f;
             const double  u     = double(rng() >> 11) * 0x1.0p-53;
             *hp                 = cuda::make_sample_params(temp, top_k, top_p, min_p, u);
             CK(cudaMemcpyAsync(ds.params, hp, sizeof(*hp), cudaMemcpyHostToDevice, st));
-            CK(cudaGraphLaunch(ge, st));
+            CK(cudaGraphLaunch(ges[cuda::sample_row_path(n_vocab, top_k)], st));
             int32_t gt = -1;
             CK(cudaMemcpyAsync(&gt, ds.out, 4, cudaMemcpyDeviceToHost, st));
             CK(cudaStreamSynchronize(st));
@@ -244,6 +248,7 @@ TEST(CudaSampling, GraphReplayAndTiming) {
         *hp = cuda::make_sample_params(0.8f, 40, 0.95f, 0.05f, 0.5);
         CK(cudaMemcpy(ds.params, hp, sizeof(*hp), cudaMemcpyHostToDevice));
         auto time_it = [&](const char * what) {
+            cudaGraphExec_t ge = ges[cuda::sample_row_path(n_vocab, hp->top_k)];
             cudaEvent_t e0, e1;
             cudaEventCreate(&e0);
             cudaEventCreate(&e1);
@@ -264,14 +269,19 @@ TEST(CudaSampling, GraphReplayAndTiming) {
             cudaEventDestroy(e1);
         };
         time_it("top_k 40, top_p 0.95, min_p 0.05");
+        *hp = cuda::make_sample_params(0.8f, 40, 1.0f, 0.0f, 0.5);
+        CK(cudaMemcpy(ds.params, hp, sizeof(*hp), cudaMemcpyHostToDevice));
+        time_it("top_k 40, top_p 1, min_p 0");
         *hp = cuda::make_sample_params(0.8f, 0, 0.95f, 0.05f, 0.5);
         CK(cudaMemcpy(ds.params, hp, sizeof(*hp), cudaMemcpyHostToDevice));
         time_it("top_k 0, top_p 0.95, min_p 0.05");
         *hp = cuda::make_sample_params(0.8f, 0, 0.95f, 0.0f, 0.5);
         CK(cudaMemcpy(ds.params, hp, sizeof(*hp), cudaMemcpyHostToDevice));
         time_it("top_k 0, top_p 0.95, min_p 0");
-        cudaGraphExecDestroy(ge);
-        cudaGraphDestroy(g);
+        for (int i = 0; i < 2; ++i) {
+            cudaGraphExecDestroy(ges[i]);
+            cudaGraphDestroy(gs[i]);
+        }
         cudaFreeHost(hp);
         cudaStreamDestroy(st);
     }

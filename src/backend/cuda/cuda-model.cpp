@@ -122,7 +122,7 @@ struct cuda_model::impl {
 
     int64_t n_past         = 0;
     int64_t n_decode_eager = 0;
-    // Decode graphs by key span and sampler (key 2 span + 1 with the sampler chain, 2 span with argmax): the split-K decode is sized for the span, so one graph
+    // Decode graphs by key span and sampler (key 4 span + 0 with argmax, + 1 + sample_row_path() with the sampler): the split-K decode is sized for the span, so one graph
     // per power of two from 4096 up to n_ctx (at most ~6) keeps short contexts from paying for the whole cache's
     // splits (measured on llama3-8b with a 131k cache at depth 8k: 97.8 t/s with the full span, 136 sized to 33k).
     std::map<int64_t, std::pair<cudaGraph_t, cudaGraphExec_t>> graphs;
@@ -426,7 +426,7 @@ struct cuda_model::impl {
     // settings in d_smp (copied there before the step).
     void enqueue_sample(bool sample) {
         if (sample)
-            sample_row(logits, hp.n_vocab, d_smp, smp_ws, smp_ws_bytes, d_next, stream);
+            sample_row(logits, hp.n_vocab, d_smp, h_smp->top_k, smp_ws, smp_ws_bytes, d_next, stream);
         else
             argmax_rows(logits, 1, hp.n_vocab, d_next, stream);
         LC_CUDA_CHECK(cudaMemcpyAsync(h_next, d_next, 4, cudaMemcpyDeviceToHost, stream));
@@ -461,7 +461,7 @@ struct cuda_model::impl {
             LC_RETURN_IF_ERROR(body());
             ++n_decode_eager;
         } else {
-            const int64_t key = 2 * span + (sample ? 1 : 0);
+            const int64_t key = 4 * span + (sample ? 1 + sample_row_path(int(hp.n_vocab), h_smp->top_k) : 0);
             auto          it  = graphs.find(key);
             if (it == graphs.end()) {
                 cudaGraph_t     g  = nullptr;

@@ -1,10 +1,13 @@
-// Device sampler (sampling.cuh): a stable descending CUB radix sort of the row, then one block of 512 threads
-// that replays the CPU sampler's steps with double sums: chunked block scans find the top-p cut and the drawn
-// token, walking the candidates in the CPU's order so that the same uniform number picks the same token.
+// Device sampler (sampling.cuh): the row sorted in descending order, stably (ties to the lower id) -- all of it by a
+// CUB device radix sort, or, for a small top-k, only its top k (each 4096-token tile sorted in shared memory, its
+// first k kept, the tiles' survivors sorted by one block) -- then one block of 512 threads that replays the CPU
+// sampler's steps with double sums: chunked block scans find the top-p cut and the drawn token, walking the
+// candidates in the CPU's order so that the same uniform number picks the same token.
 #include "backend/cuda/sampling.cuh"
 
 #include <climits>
 #include <cmath>
+#include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 
@@ -17,6 +20,9 @@ namespace {
 constexpr int k_threads = 512;
 constexpr int k_ipt     = 8; // elements per thread per chunk
 constexpr int k_chunk   = k_threads * k_ipt;
+// top-k path: tiles of k_tile tokens, survivors merged by one block (at most k_merge_cap)
+constexpr int k_tile_threads = 512, k_tile_ipt = 8, k_tile = k_tile_threads * k_tile_ipt;
+constexpr int k_merge_threads = 1024, k_merge_ipt = 8, k_merge_cap = k_merge_threads * k_merge_ipt;
 
 size_t align256(size_t n) {
     return (n + 255) & ~size_t(255);
@@ -31,10 +37,11 @@ size_t cub_sort_bytes(int n) {
     return b;
 }
 
-// Workspace: keys by id (cleaned), keys sorted, ids 0..n-1, ids sorted, CUB's storage.
+// Workspace: keys by id (cleaned), keys sorted, ids 0..n-1, ids sorted, the top-k path's tile survivors, CUB's
+// storage.
 struct ws_layout {
-    float *   key_id = nullptr, *key_s = nullptr;
-    int32_t * iota = nullptr, *id_s = nullptr;
+    float *   key_id = nullptr, *key_s = nullptr, *surv_key = nullptr;
+    int32_t * iota = nullptr, *id_s = nullptr, *surv_id = nullptr;
     void *    cub       = nullptr;
     size_t    cub_bytes = 0, total = 0;
 };
@@ -47,22 +54,81 @@ ws_layout layout(void * base, int n) {
     l.key_s         = reinterpret_cast<float *>(p + v);
     l.iota          = reinterpret_cast<int32_t *>(p + 2 * v);
     l.id_s          = reinterpret_cast<int32_t *>(p + 3 * v);
-    l.cub           = p + 4 * v;
+    l.surv_key      = reinterpret_cast<float *>(p + 4 * v);
+    l.surv_id       = reinterpret_cast<int32_t *>(p + 4 * v + size_t(k_merge_cap) * 4);
+    l.cub           = p + 4 * v + size_t(k_merge_cap) * 8;
     l.cub_bytes     = cub_sort_bytes(n);
-    l.total         = 4 * v + align256(l.cub_bytes);
+    l.total         = 4 * v + size_t(k_merge_cap) * 8 + align256(l.cub_bytes);
     return l;
 }
 
 // NaN -> -inf (the CPU's clean()), -0 -> +0 (the radix order puts -0 below +0; the CPU compares them equal).
+__device__ __forceinline__ float clean_key(float v) {
+    if (v != v) v = -INFINITY;
+    return v == 0.0f ? 0.0f : v;
+}
+
 __global__ void prep_kernel(const float * __restrict__ logits, int n, float * __restrict__ key,
                             int32_t * __restrict__ iota) {
     const int i = int(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float v = logits[i];
-    if (v != v) v = -INFINITY;
-    if (v == 0.0f) v = 0.0f;
-    key[i]  = v;
+    key[i]  = clean_key(logits[i]);
     iota[i] = i;
+}
+
+// Top-k path. Stage 1: tile b (k_tile tokens) sorted descending in shared memory (CUB's block radix sort is stable:
+// equal keys keep the id order), its first min(k, tile) written to slots [b k, b k + k). Stage 2: one block sorts
+// the tiles' survivors, concatenated in tile order (so equal keys still come in id order), and writes the first k.
+
+__global__ void __launch_bounds__(k_tile_threads)
+    topk_tile_kernel(const float * __restrict__ logits, int n, const sample_params * __restrict__ pp,
+                     float * __restrict__ key_out, int32_t * __restrict__ id_out) {
+    using sort_t = cub::BlockRadixSort<float, k_tile_threads, k_tile_ipt, int32_t>;
+    __shared__ typename sort_t::TempStorage tmp;
+    const int                               base = int(blockIdx.x) * k_tile;
+    const int                               k    = pp->top_k; // read at run time: a graph serves every top_k
+    float                                   key[k_tile_ipt];
+    int32_t                                 id[k_tile_ipt];
+#pragma unroll
+    for (int j = 0; j < k_tile_ipt; ++j) { // blocked: thread t holds tile items t*ipt .. t*ipt+ipt-1
+        const int i = base + int(threadIdx.x) * k_tile_ipt + j;
+        key[j]      = i < n ? clean_key(logits[i]) : -INFINITY;
+        id[j]       = i < n ? i : INT_MAX; // padding sorts after every real -inf (it comes later)
+    }
+    sort_t(tmp).SortDescending(key, id);
+#pragma unroll
+    for (int j = 0; j < k_tile_ipt; ++j) {
+        const int r = int(threadIdx.x) * k_tile_ipt + j; // rank in the tile
+        if (r < k) {
+            key_out[size_t(blockIdx.x) * k + r] = key[j];
+            id_out[size_t(blockIdx.x) * k + r]  = id[j];
+        }
+    }
+}
+
+__global__ void __launch_bounds__(k_merge_threads)
+    topk_merge_kernel(const float * __restrict__ key_in, const int32_t * __restrict__ id_in, int n_tiles,
+                      const sample_params * __restrict__ pp, float * __restrict__ key_s, int32_t * __restrict__ id_s) {
+    using sort_t = cub::BlockRadixSort<float, k_merge_threads, k_merge_ipt, int32_t>;
+    __shared__ typename sort_t::TempStorage tmp;
+    const int                               k = pp->top_k, n_in = n_tiles * k;
+    float                                   key[k_merge_ipt];
+    int32_t                                 id[k_merge_ipt];
+#pragma unroll
+    for (int j = 0; j < k_merge_ipt; ++j) {
+        const int i = int(threadIdx.x) * k_merge_ipt + j;
+        key[j]      = i < n_in ? key_in[i] : -INFINITY;
+        id[j]       = i < n_in ? id_in[i] : INT_MAX;
+    }
+    sort_t(tmp).SortDescending(key, id);
+#pragma unroll
+    for (int j = 0; j < k_merge_ipt; ++j) {
+        const int r = int(threadIdx.x) * k_merge_ipt + j;
+        if (r < k) {
+            key_s[r] = key[j];
+            id_s[r]  = id[j];
+        }
+    }
 }
 
 using scan_t = cub::BlockScan<double, k_threads>;
@@ -226,17 +292,34 @@ size_t sample_workspace_bytes(int n_vocab) {
     return layout(nullptr, n_vocab).total;
 }
 
-void sample_row(const float * logits, int n_vocab, const sample_params * params, void * workspace,
+int sample_row_path(int n_vocab, int32_t top_k) {
+    const int64_t n_tiles = (int64_t(n_vocab) + k_tile - 1) / k_tile;
+    return top_k > 0 && top_k < n_vocab && n_tiles * top_k <= k_merge_cap ? 1 : 0;
+}
+
+void sample_row(const float * logits, int n_vocab, const sample_params * params, int32_t top_k, void * workspace,
                 size_t workspace_bytes, int32_t * out, cudaStream_t stream) {
     LC_ASSERT(n_vocab > 0, "cuda sampling: n_vocab %d", n_vocab);
     const ws_layout l = layout(workspace, n_vocab);
     LC_ASSERT(workspace && workspace_bytes >= l.total, "cuda sampling: workspace of %zu bytes, need %zu",
               workspace_bytes, l.total);
-    prep_kernel<<<unsigned((n_vocab + 255) / 256), 256, 0, stream>>>(logits, n_vocab, l.key_id, l.iota);
-    LC_CUDA_CHECK_LAUNCH();
-    size_t cub_bytes = l.cub_bytes;
-    LC_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(l.cub, cub_bytes, l.key_id, l.key_s, l.iota, l.id_s,
-                                                            n_vocab, 0, 32, stream));
+    if (sample_row_path(n_vocab, top_k) == 1) {
+        // Tile survivors (n_tiles top_k <= k_merge_cap), then the top k in key_s / id_s. top_k <= k_tile: one tile
+        // means top_k < n_vocab <= k_tile, several mean top_k <= k_merge_cap / 2 = k_tile. The last tile's padding
+        // (-inf, id INT_MAX) comes after every real entry of an equal key, and top_k < n_vocab keeps it out.
+        const int n_tiles = (n_vocab + k_tile - 1) / k_tile;
+        topk_tile_kernel<<<unsigned(n_tiles), k_tile_threads, 0, stream>>>(logits, n_vocab, params, l.surv_key,
+                                                                           l.surv_id);
+        LC_CUDA_CHECK_LAUNCH();
+        topk_merge_kernel<<<1, k_merge_threads, 0, stream>>>(l.surv_key, l.surv_id, n_tiles, params, l.key_s, l.id_s);
+        LC_CUDA_CHECK_LAUNCH();
+    } else {
+        prep_kernel<<<unsigned((n_vocab + 255) / 256), 256, 0, stream>>>(logits, n_vocab, l.key_id, l.iota);
+        LC_CUDA_CHECK_LAUNCH();
+        size_t cub_bytes = l.cub_bytes;
+        LC_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(l.cub, cub_bytes, l.key_id, l.key_s, l.iota, l.id_s,
+                                                                n_vocab, 0, 32, stream));
+    }
     sample_kernel<<<1, k_threads, 0, stream>>>(l.key_id, l.key_s, l.id_s, n_vocab, params, out);
     LC_CUDA_CHECK_LAUNCH();
 }

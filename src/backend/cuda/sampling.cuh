@@ -33,9 +33,16 @@ size_t sample_workspace_bytes(int n_vocab);
 //   min-p = l - max >= log(min_p), weights exp((l - max) / temp), then the draw walks the candidates in the CPU's
 //   order (sorted with top-k; by id without; by id and then the sorted edge bucket of the CPU's top-p histogram)
 //   and returns the first whose running weight sum exceeds u times the total.
-// logits, params, workspace, out: device pointers. REQUIRES: n_vocab > 0, workspace_bytes >=
-// sample_workspace_bytes(n_vocab), params->temp > 0.
-void sample_row(const float * logits, int n_vocab, const sample_params * params, void * workspace,
+// logits, params, workspace, out: device pointers. top_k: params->top_k as the host set it; it picks the kernels
+// (sample_row_path), which read every setting from *params at run time, so a graph captured with one top_k serves
+// every params->top_k of the same path (REQUIRES: sample_row_path of the two is the same).
+// REQUIRES: n_vocab > 0, workspace_bytes >= sample_workspace_bytes(n_vocab), params->temp > 0.
+void sample_row(const float * logits, int n_vocab, const sample_params * params, int32_t top_k, void * workspace,
                 size_t workspace_bytes, int32_t * out, cudaStream_t stream);
+
+// The kernels sample_row() runs for a top_k: 1 when top-k is on and n_tiles * top_k <= 8192 (n_tiles = n_vocab /
+// 4096 rounded up: top_k <= 682 at 49152 tokens, <= 215 at 151936), which sorts only each 4096-token tile's top k
+// and then their survivors; 0 otherwise (a device radix sort of the whole row).
+int sample_row_path(int n_vocab, int32_t top_k);
 
 } // namespace lc::cuda
