@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# On a GPU machine, one command: build the sparse decode test and bench (unless SKIP_BUILD=1 and the binaries
+# exist), run the test (tests/cuda/test-cuda-sparse-decode.cpp), time dense / Loki / Quest / exact top-k decode
+# steps at Llama-3-8B shapes (bench/cuda/cuda-sparse-decode-bench.cu) and write the markdown results.
+# Usage: scripts/cuda-sparse-decode-bench.sh [RESULT_MD]   (default bench/results/cuda-sparse-decode-h100.md; logs
+#        in $OUT or $BUILD/results). BUILD (build-cuda), BENCH_ARGS (e.g. "--depth 131072 --batch 1 --reps 50").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD:-build-cuda}
+result=${1:-bench/results/cuda-sparse-decode-h100.md}
+logs=${OUT:-$build/results}
+mkdir -p "$logs" "$(dirname "$result")"
+test_bin=$build/tests/test-cuda-sparse-decode
+bench_bin=$build/bench/cuda/longctx-cuda-sparse-decode-bench
+if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$test_bin" ] || [ ! -x "$bench_bin" ]; then
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=ON -DLONGCTX_SERVER=OFF > "$logs/cmake.log" || exit 1
+    cmake --build "$build" -j"$(nproc)" --target test-cuda-sparse-decode longctx-cuda-sparse-decode-bench \
+        > "$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
+fi
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+t=${STEP_TIMEOUT:-600}
+timeout "$t" "$test_bin" 2>&1 | tee "$logs/test.log"
+test_rc=${PIPESTATUS[0]}
+# shellcheck disable=SC2086
+timeout "$t" "$bench_bin" ${BENCH_ARGS:-} 2>&1 | tee "$logs/bench.log"
+bench_rc=${PIPESTATUS[0]}
+{
+    echo "# Sparse decode on the GPU: $gpu"
+    echo
+    echo "- commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), run $(date -u '+%H:%M UTC %Y-%m-%d')"
+    echo "- command: \`${CMD:-scripts/cuda-sparse-decode-bench.sh}\`; test-cuda-sparse-decode exit code $test_rc, bench exit code $bench_rc"
+    echo "- Llama-3-8B attention shapes: 32 query heads, 8 KV heads, head_dim 128, bf16 paged KV (64-token pages, shuffled"
+    echo "  page table); one selection per KV head for its 4 query heads; sinks 4 + local window 64 always attended;"
+    echo "  key budget 25% (Loki d = 32 of 128 rotated dims; Quest 16-token pages, ceil(k / 16) pages)."
+    echo "- us: median over the runs of one whole step captured in one CUDA graph (selection: scores, top-k, plan;"
+    echo "  then the gather kernel and the merge), L2 evicted by a 256 MiB memset before each run. GB/s: the bytes the"
+    echo "  step must move at least (K and V of the attended rows, plus the low-rank keys / page bounds / all of K that the"
+    echo "  selection reads) over the time. Byte-count limit: dense bytes / the step's bytes."
+    echo
+    grep -E '^(device:|\|)' "$logs/bench.log"
+    echo
+    echo "Test summary:"
+    echo
+    echo '```'
+    grep -E '^(gather|topk stage|loki|quest|topk|full budget|\[  (PASSED|FAILED) )' "$logs/test.log"
+    echo '```'
+} > "$result"
+cat "$result"
+[ "$test_rc" = 0 ] && [ "$bench_rc" = 0 ]

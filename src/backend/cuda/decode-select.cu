@@ -1,0 +1,916 @@
+// Sparse decode selection on the GPU (decode-select.cuh). Scores: one kernel per method writes per-head scores
+// [n_seq][n_head][n_items] and each head's best eligible score (atomicMax of an order-preserving key). Top-k per
+// list (sequence, entry), four kernels over 4096-item chunks: (1) group scores (decode_group_scores()) as 32-bit
+// order keys plus a 4096-bin histogram of their top 12 bits; (2) the bin holding the k-th key: keys above it are
+// counted per chunk, keys in it appended as candidates (key << 32 | ~position, so that ties go to the lower
+// position and every candidate is distinct); (3) one block per list: radix select of the exact threshold among
+// the candidates (or, when they overflow, among all keys of the bin); (4) ordered compaction: each chunk writes
+// its selected positions at the prefix of the chunks before it, so the plan's indices come out ascending.
+#include "backend/cuda/decode-select.cuh"
+#include "backend/cuda/cuda-common.cuh"
+
+#include <algorithm>
+#include <cmath>
+
+#include <cub/block/block_scan.cuh>
+#include <cuda_fp16.h>
+
+namespace lc::cuda {
+
+decode_select_workspace::~decode_select_workspace() {
+    cudaFree(scores);
+    cudaFree(keys);
+    cudaFree(zeroed);
+    cudaFree(cand);
+    cudaFree(chunk);
+    cudaFree(info);
+}
+
+namespace {
+
+constexpr int     chunk_items = 4096; // items per block of the top-k kernels
+constexpr int     n_bins      = 4096; // first-level histogram: the top 12 bits of a key
+constexpr int64_t cand_cap    = 16384;
+constexpr int     max_chunks  = 2048; // chunks per list the select kernel counts in shared memory (8M items)
+
+template <typename T> T * grow(T *& p, size_t & cap, size_t n) {
+    if (n > cap) {
+        LC_CUDA_CHECK(cudaFree(p));
+        LC_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
+        cap = n;
+    }
+    return p;
+}
+
+// Per-sequence selection parameters (decode_select_args, host values) as the kernels see them.
+struct sel_cfg {
+    int     n_sink, n_local, page; // page: tokens per item (1: tokens; Quest: its metadata page)
+    double  frac;
+    int64_t tokens;
+};
+
+// One sequence's items, eligible range, budget and plan ranges, computed as the CPU methods do (decode_dense_part,
+// decode_budget::keys, Quest's page exclusion).
+struct seq_info {
+    int n_items;
+    int e0, e1; // eligible items
+    int k;      // items to select: min(budget, eligible)
+    int nr;
+    int rb[3], re[3]; // plan ranges (tokens), sorted, disjoint
+};
+
+__host__ __device__ inline int64_t budget_keys(const sel_cfg & c, int64_t T) {
+    if (T <= 0) return 0;
+    const int64_t k = c.tokens > 0 ? c.tokens : int64_t(ceil(c.frac * double(T)));
+    return k < 1 ? 1 : (k > T ? T : k);
+}
+
+__host__ __device__ inline seq_info seq_info_of(int T, const sel_cfg & c) {
+    seq_info  si{};
+    const int P  = c.page;
+    const int s  = min(max(c.n_sink, 0), T);
+    const int l0 = max(T - max(c.n_local, 0), 0);
+    si.n_items   = P == 1 ? T : T / P;
+    int dn       = 0; // dense ranges before the tail
+    int b[3], e[3];
+    if (l0 <= s) {
+        if (T > 0) b[dn] = 0, e[dn++] = T;
+        si.e0 = si.e1 = 0;
+    } else {
+        if (s > 0) b[dn] = 0, e[dn++] = s;
+        if (l0 < T) b[dn] = l0, e[dn++] = T;
+        if (P == 1) {
+            si.e0 = s;
+            si.e1 = l0;
+        } else {
+            si.e0 = min(s / P, si.n_items);
+            si.e1 = min((l0 + P - 1) / P, si.n_items);
+        }
+    }
+    if (P > 1 && si.n_items * P < T) b[dn] = si.n_items * P, e[dn++] = T; // Quest's newest, incomplete page
+    // sort (at most 3) and merge touching ranges
+    for (int i = 1; i < dn; ++i)
+        for (int j = i; j > 0 && b[j] < b[j - 1]; --j) {
+            const int tb = b[j], te = e[j];
+            b[j] = b[j - 1], e[j] = e[j - 1];
+            b[j - 1] = tb, e[j - 1] = te;
+        }
+    si.nr = 0;
+    for (int i = 0; i < dn; ++i) {
+        if (si.nr > 0 && si.re[si.nr - 1] >= b[i]) {
+            si.re[si.nr - 1] = max(si.re[si.nr - 1], e[i]);
+        } else {
+            si.rb[si.nr] = b[i];
+            si.re[si.nr] = e[i];
+            ++si.nr;
+        }
+    }
+    const int     n_el = max(0, si.e1 - si.e0);
+    const int64_t kk   = budget_keys(c, T);
+    const int64_t ki   = P == 1 ? kk : (kk + P - 1) / P;
+    si.k               = int(ki < int64_t(n_el) ? ki : int64_t(n_el));
+    return si;
+}
+
+// Tokens of item i outside the plan ranges (1 for token lists; up to P for a page).
+__device__ __forceinline__ int item_weight(const seq_info & si, int P, int i) {
+    if (P == 1) return 1;
+    int w = P;
+    for (int r = 0; r < si.nr; ++r) w -= max(0, min(si.re[r], (i + 1) * P) - max(si.rb[r], i * P));
+    return w;
+}
+
+__device__ __forceinline__ bool in_ranges(const seq_info & si, int t) {
+    bool in = false;
+    for (int r = 0; r < si.nr; ++r) in |= t >= si.rb[r] && t < si.re[r];
+    return in;
+}
+
+// Order-preserving key of a float: larger float, larger key; NaN -> 1 (below -inf), 0 is left for "not eligible".
+__device__ __forceinline__ uint32_t sel_key(float f) {
+    if (f != f) return 1u;
+    const uint32_t b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+// Order key of a head maximum (NaN never enters) and back; 0: no eligible score.
+__device__ __forceinline__ float key_float(uint32_t k) {
+    return (k & 0x80000000u) ? __uint_as_float(k & 0x7fffffffu) : __uint_as_float(~k);
+}
+__device__ __forceinline__ uint64_t comp_key(uint32_t key, int i) {
+    return (uint64_t(key) << 32) | uint64_t(~uint32_t(i));
+}
+
+// Block-wide maximum per head of eligible scores into head_max (order keys): smem[g] must be 0 on entry and the
+// caller's threads must all call this.
+__device__ __forceinline__ void head_max_flush(uint32_t * smem, int G, uint32_t * head_max) {
+    __syncthreads();
+    if (threadIdx.x < G && smem[threadIdx.x] != 0) atomicMax(head_max + threadIdx.x, smem[threadIdx.x]);
+}
+
+// The bin of a 4096-bin histogram (highest bins first) that holds the k-th largest key, and the count above it.
+template <int NT> struct pick_smem {
+    typename cub::BlockScan<int, NT>::TempStorage scan;
+    int                                           bin, above;
+};
+template <int NT>
+__device__ void pick_bin(const uint32_t * __restrict__ hist, int k, pick_smem<NT> & sm, int & bin, int & above) {
+    constexpr int PER = n_bins / NT;
+    const int     tid = threadIdx.x;
+    const int     hi  = n_bins - tid * PER; // this thread's bins: [hi - PER, hi)
+    int           sum = 0;
+    for (int j = 0; j < PER; ++j) sum += int(hist[hi - 1 - j]);
+    int excl;
+    cub::BlockScan<int, NT>(sm.scan).ExclusiveSum(sum, excl);
+    if (excl < k && excl + sum >= k) {
+        int cum = excl;
+        for (int j = 0; j < PER; ++j) {
+            const int h = int(hist[hi - 1 - j]);
+            if (cum + h >= k) {
+                sm.bin   = hi - 1 - j;
+                sm.above = cum;
+                break;
+            }
+            cum += h;
+        }
+    }
+    __syncthreads();
+    bin   = sm.bin;
+    above = sm.above;
+}
+
+// ---- scores ----
+
+// Block (2048-token chunk, KV head, sequence): Loki scores of the G query heads of the KV head.
+constexpr int loki_chunk = 2048;
+__global__ void __launch_bounds__(256)
+    loki_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D,
+                      const __half * __restrict__ lk, const float * __restrict__ proj, int d_pad,
+                      const int32_t * __restrict__ pages, int64_t pages_stride, const int32_t * __restrict__ n_kv,
+                      sel_cfg cfg, float * __restrict__ scores, int64_t stride, uint32_t * __restrict__ head_max) {
+    __shared__ float    qd[8][128];
+    __shared__ uint32_t smax[8];
+    const int           hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int           G  = n_head / n_head_kv;
+    const int           T  = n_kv[b];
+    const float *       P  = proj + size_t(hk) * D * d_pad;
+    if (tid < 8) smax[tid] = 0;
+    for (int o = tid; o < G * d_pad; o += 256) { // q' = q P[:, :d], summed in the CPU's order
+        const int        g = o / d_pad, j = o % d_pad;
+        const uint16_t * qh = q + (size_t(b) * n_head + hk * G + g) * D;
+        float            y  = 0.f;
+        for (int i = 0; i < D; ++i) y = fmaf(__uint_as_float(uint32_t(qh[i]) << 16), P[size_t(i) * d_pad + j], y);
+        qd[g][j] = y;
+    }
+    __syncthreads();
+    const seq_info si   = seq_info_of(T, cfg);
+    const int      nc   = d_pad / 8;
+    const size_t   pelm = size_t(d_pad) * kv_page_tokens; // fp16 per (page, KV head)
+    float          mx[8];
+#pragma unroll
+    for (int g = 0; g < 8; ++g) mx[g] = -INFINITY;
+    for (int it = 0; it < loki_chunk / 256; ++it) {
+        const int t = blockIdx.x * loki_chunk + it * 256 + tid;
+        if (t >= T) break;
+        const __half * base = lk + (size_t(pages[size_t(b) * pages_stride + t / kv_page_tokens]) * n_head_kv + hk) * pelm +
+                              size_t(t % kv_page_tokens) * 8;
+        float acc[8];
+#pragma unroll
+        for (int g = 0; g < 8; ++g) acc[g] = 0.f;
+#pragma unroll 4
+        for (int cc = 0; cc < nc; ++cc) {
+            const uint4     v  = __ldg(reinterpret_cast<const uint4 *>(base + size_t(cc) * kv_page_tokens * 8));
+            const __half2 * h2 = reinterpret_cast<const __half2 *>(&v);
+            float           kf[8];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float2 f = __half22float2(h2[j]);
+                kf[2 * j]      = f.x;
+                kf[2 * j + 1]  = f.y;
+            }
+#pragma unroll
+            for (int g = 0; g < 8; ++g) {
+                if (g < G) {
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[g] = fmaf(kf[j], qd[g][cc * 8 + j], acc[g]);
+                }
+            }
+        }
+        const bool el = t >= si.e0 && t < si.e1;
+#pragma unroll
+        for (int g = 0; g < 8; ++g) {
+            if (g < G) {
+                scores[(size_t(b) * n_head + hk * G + g) * stride + t] = acc[g];
+                if (el && acc[g] == acc[g]) mx[g] = fmaxf(mx[g], acc[g]);
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+        if (g < G) {
+            float m = mx[g];
+            for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            if ((tid & 31) == 0 && m != -INFINITY) atomicMax(&smax[g], sel_key(m));
+        }
+    }
+    head_max_flush(smax, G, head_max + size_t(b) * n_head + hk * G);
+}
+
+// Block (64-token page, KV head, sequence): rotated keys of the page, y[j] = sum_i k_i P[i][j] in the CPU's order.
+__global__ void __launch_bounds__(256)
+    loki_take_in_kernel(const uint16_t * __restrict__ k_pool, int n_head_kv, int D, const int32_t * __restrict__ pages,
+                        int64_t pages_stride, const int32_t * __restrict__ n_kv, int p_first,
+                        const float * __restrict__ proj, int d_pad, __half * __restrict__ lk) {
+    extern __shared__ float kx[]; // [64][D + 1]
+    const int hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int p  = p_first + blockIdx.x;
+    if (p * kv_page_tokens >= n_kv[b]) return;
+    const int32_t    phys = pages[size_t(b) * pages_stride + p];
+    const uint16_t * kp   = k_pool + (size_t(phys) * n_head_kv + hk) * kv_page_tokens * D;
+    for (int o = tid; o < kv_page_tokens * D; o += 256)
+        kx[(o / D) * (D + 1) + o % D] = __uint_as_float(uint32_t(kp[o]) << 16);
+    __syncthreads();
+    const float * P   = proj + size_t(hk) * D * d_pad;
+    __half *      dst = lk + (size_t(phys) * n_head_kv + hk) * size_t(d_pad) * kv_page_tokens;
+    for (int o = tid; o < kv_page_tokens * d_pad; o += 256) {
+        const int tt = o / d_pad, j = o % d_pad;
+        float     y  = 0.f;
+        for (int i = 0; i < D; ++i) y = fmaf(kx[tt * (D + 1) + i], P[size_t(i) * d_pad + j], y);
+        dst[size_t(j / 8) * kv_page_tokens * 8 + tt * 8 + j % 8] = __float2half_rn(y);
+    }
+}
+
+// Block (64-token page, KV head, sequence): channel max and min of each full metadata page of P tokens.
+__global__ void __launch_bounds__(256)
+    quest_take_in_kernel(const uint16_t * __restrict__ k_pool, int n_head_kv, int D, const int32_t * __restrict__ pages,
+                         int64_t pages_stride, const int32_t * __restrict__ n_kv, int p_first, int P,
+                         uint16_t * __restrict__ bounds) {
+    const int hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int p  = p_first + blockIdx.x;
+    const int T  = n_kv[b];
+    if (p * kv_page_tokens >= T) return;
+    const int32_t    phys = pages[size_t(b) * pages_stride + p];
+    const uint16_t * kp   = k_pool + (size_t(phys) * n_head_kv + hk) * kv_page_tokens * D;
+    const int        n_mp = kv_page_tokens / P;
+    uint16_t *       dst  = bounds + (size_t(phys) * n_head_kv + hk) * n_mp * 2 * D;
+    for (int o = tid; o < n_mp * D; o += 256) {
+        const int mp = o / D, d = o % D;
+        if (p * kv_page_tokens + (mp + 1) * P > T) continue; // not full yet
+        float hi = -INFINITY, lo = INFINITY;
+        for (int t = mp * P; t < (mp + 1) * P; ++t) {
+            const float x = __uint_as_float(uint32_t(kp[size_t(t) * D + d]) << 16);
+            hi            = fmaxf(hi, x);
+            lo            = fminf(lo, x);
+        }
+        dst[(size_t(mp) * 2) * D + d]     = uint16_t(__float_as_uint(hi) >> 16); // exact: bf16 values
+        dst[(size_t(mp) * 2 + 1) * D + d] = uint16_t(__float_as_uint(lo) >> 16);
+    }
+}
+
+// Block (1024 metadata pages, KV head, sequence): D / 8 threads per page, the G query heads' upper bounds.
+constexpr int quest_chunk = 1024;
+template <int D>
+__global__ void __launch_bounds__(128)
+    quest_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, const uint16_t * __restrict__ bounds,
+                       int P, const int32_t * __restrict__ pages, int64_t pages_stride, const int32_t * __restrict__ n_kv,
+                       sel_cfg cfg, float * __restrict__ scores, int64_t stride, uint32_t * __restrict__ head_max) {
+    constexpr int TPR = D / 8, PPP = 128 / TPR;
+    __shared__ uint32_t smax[8];
+    const int           hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, c = tid % TPR, r = tid / TPR;
+    const int           G  = n_head / n_head_kv;
+    if (tid < 8) smax[tid] = 0;
+    __syncthreads();
+    float qf[8][8];
+#pragma unroll
+    for (int g = 0; g < 8; ++g)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            qf[g][j] = g < G ? __uint_as_float(uint32_t(q[(size_t(b) * n_head + hk * G + g) * D + c * 8 + j]) << 16) : 0.f;
+    const seq_info si   = seq_info_of(n_kv[b], cfg);
+    const int      n_mp = kv_page_tokens / P;
+    float          mx[8];
+#pragma unroll
+    for (int g = 0; g < 8; ++g) mx[g] = -INFINITY;
+    for (int it = 0; it < quest_chunk / PPP; ++it) {
+        const int  i  = blockIdx.x * quest_chunk + it * PPP + r;
+        const bool ok = i < si.n_items;
+        float      u[8];
+#pragma unroll
+        for (int g = 0; g < 8; ++g) u[g] = 0.f;
+        if (ok) {
+            const int        p    = i / n_mp, mp = i % n_mp;
+            const uint16_t * src  = bounds + ((size_t(pages[size_t(b) * pages_stride + p]) * n_head_kv + hk) * n_mp + mp) * 2 * D;
+            const uint4      hv   = *reinterpret_cast<const uint4 *>(src + c * 8);
+            const uint4      lv   = *reinterpret_cast<const uint4 *>(src + D + c * 8);
+            const uint32_t   hw[4] = {hv.x, hv.y, hv.z, hv.w}, lw[4] = {lv.x, lv.y, lv.z, lv.w};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float h = (j & 1) ? bf16_hi(hw[j / 2]) : bf16_lo(hw[j / 2]);
+                const float l = (j & 1) ? bf16_hi(lw[j / 2]) : bf16_lo(lw[j / 2]);
+#pragma unroll
+                for (int g = 0; g < 8; ++g)
+                    if (g < G) u[g] += fmaxf(qf[g][j] * h, qf[g][j] * l);
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < 8; ++g) {
+            if (g < G) {
+#pragma unroll
+                for (int o = TPR / 2; o >= 1; o >>= 1) u[g] += __shfl_xor_sync(0xffffffffu, u[g], o);
+                if (ok && c == 0) {
+                    scores[(size_t(b) * n_head + hk * G + g) * stride + i] = u[g];
+                    if (i >= si.e0 && i < si.e1 && u[g] == u[g]) mx[g] = fmaxf(mx[g], u[g]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+        if (g < G) {
+            float m = mx[g];
+            for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            if ((tid & 31) == 0 && m != -INFINITY) atomicMax(&smax[g], sel_key(m));
+        }
+    }
+    head_max_flush(smax, G, head_max + size_t(b) * n_head + hk * G);
+}
+
+// Block (1024 tokens, KV head, sequence): exact scores scale * q . k of the G query heads, D / 8 threads per row.
+constexpr int topk_chunk = 1024;
+template <int D>
+__global__ void __launch_bounds__(128)
+    topk_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, const uint16_t * __restrict__ k_pool,
+                      const int32_t * __restrict__ pages, int64_t pages_stride, const int32_t * __restrict__ n_kv,
+                      float scale, sel_cfg cfg, float * __restrict__ scores, int64_t stride,
+                      uint32_t * __restrict__ head_max) {
+    constexpr int TPR = D / 8, RPP = 128 / TPR;
+    __shared__ uint32_t smax[8];
+    const int           hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, c = tid % TPR, r = tid / TPR;
+    const int           G  = n_head / n_head_kv;
+    if (tid < 8) smax[tid] = 0;
+    __syncthreads();
+    float qf[8][8];
+#pragma unroll
+    for (int g = 0; g < 8; ++g)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            qf[g][j] = g < G ? scale * __uint_as_float(uint32_t(q[(size_t(b) * n_head + hk * G + g) * D + c * 8 + j]) << 16)
+                             : 0.f;
+    const int      T  = n_kv[b];
+    const seq_info si = seq_info_of(T, cfg);
+    float          mx[8];
+#pragma unroll
+    for (int g = 0; g < 8; ++g) mx[g] = -INFINITY;
+    for (int it = 0; it < topk_chunk / RPP; ++it) {
+        const int  t  = blockIdx.x * topk_chunk + it * RPP + r;
+        const bool ok = t < T;
+        float      s[8];
+#pragma unroll
+        for (int g = 0; g < 8; ++g) s[g] = 0.f;
+        if (ok) {
+            const uint4 v = *reinterpret_cast<const uint4 *>(
+                k_pool + ((size_t(pages[size_t(b) * pages_stride + t / kv_page_tokens]) * n_head_kv + hk) * kv_page_tokens +
+                          t % kv_page_tokens) * D + c * 8);
+            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float k = (j & 1) ? bf16_hi(w[j / 2]) : bf16_lo(w[j / 2]);
+#pragma unroll
+                for (int g = 0; g < 8; ++g)
+                    if (g < G) s[g] = fmaf(qf[g][j], k, s[g]);
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < 8; ++g) {
+            if (g < G) {
+#pragma unroll
+                for (int o = TPR / 2; o >= 1; o >>= 1) s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
+                if (ok && c == 0) {
+                    scores[(size_t(b) * n_head + hk * G + g) * stride + t] = s[g];
+                    if (t >= si.e0 && t < si.e1 && s[g] == s[g]) mx[g] = fmaxf(mx[g], s[g]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+        if (g < G) {
+            float m = mx[g];
+            for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            if ((tid & 31) == 0 && m != -INFINITY) atomicMax(&smax[g], sel_key(m));
+        }
+    }
+    head_max_flush(smax, G, head_max + size_t(b) * n_head + hk * G);
+}
+
+// Block (4096 items, head, sequence): each head's best eligible score of given scores (decode_topk_plan_gpu).
+__global__ void __launch_bounds__(256)
+    head_max_kernel(const float * __restrict__ scores, int64_t stride, int n_head, const int32_t * __restrict__ n_kv,
+                    sel_cfg cfg, uint32_t * __restrict__ head_max) {
+    __shared__ uint32_t smax[1];
+    const int           h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    if (tid == 0) smax[0] = 0;
+    __syncthreads();
+    const seq_info si = seq_info_of(n_kv[b], cfg);
+    const float *  s  = scores + (size_t(b) * n_head + h) * stride;
+    float          m  = -INFINITY;
+    for (int j = 0; j < chunk_items / 256; ++j) {
+        const int i = blockIdx.x * chunk_items + j * 256 + tid;
+        if (i >= si.e0 && i < si.e1 && s[i] == s[i]) m = fmaxf(m, s[i]);
+    }
+    for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((tid & 31) == 0 && m != -INFINITY) atomicMax(&smax[0], sel_key(m));
+    __syncthreads();
+    if (tid == 0 && smax[0] != 0) atomicMax(head_max + size_t(b) * n_head + h, smax[0]);
+}
+
+// ---- top-k ----
+
+// (1) Block (chunk, entry, sequence): selection keys of the chunk's items and their first-level histogram.
+__global__ void __launch_bounds__(256)
+    group_keys_kernel(const float * __restrict__ scores, int64_t stride, int n_head, int group,
+                      const int32_t * __restrict__ n_kv, sel_cfg cfg, const uint32_t * __restrict__ head_max,
+                      uint32_t * __restrict__ keys, uint32_t * __restrict__ hist) {
+    __shared__ uint32_t sh[n_bins];
+    __shared__ float    hm[8];
+    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
+    const size_t        list = size_t(b) * n_entry + e;
+    for (int i = tid; i < n_bins; i += 256) sh[i] = 0;
+    if (tid < group) {
+        const uint32_t k = head_max[size_t(b) * n_head + e * group + tid];
+        hm[tid]          = k == 0 ? -INFINITY : key_float(k);
+    }
+    __syncthreads();
+    const seq_info si = seq_info_of(n_kv[b], cfg);
+    const float *  s0 = scores + (size_t(b) * n_head + e * group) * stride;
+    uint32_t *     kl = keys + list * stride;
+    for (int j = 0; j < chunk_items / 256; ++j) {
+        const int i = blockIdx.x * chunk_items + j * 256 + tid;
+        if (i >= si.n_items) break;
+        uint32_t key = 0;
+        if (i >= si.e0 && i < si.e1) {
+            float v;
+            if (group == 1) {
+                v = s0[i];
+            } else {
+                v = -INFINITY;
+                for (int g = 0; g < group; ++g) {
+                    const float m = hm[g];
+                    if (!(m > -INFINITY)) continue;
+                    const float x = s0[size_t(g) * stride + i] - m;
+                    v             = x > v ? x : v; // NaN compares false: ignored
+                }
+            }
+            key = sel_key(v);
+            atomicAdd(&sh[key >> 20], 1u);
+        }
+        kl[i] = key;
+    }
+    __syncthreads();
+    for (int i = tid; i < n_bins; i += 256)
+        if (sh[i] != 0) atomicAdd(hist + list * n_bins + i, sh[i]);
+}
+
+// (2) Block (chunk, entry, sequence): tokens of keys above the threshold bin -> chunk_cnt; keys in it -> candidates.
+__global__ void __launch_bounds__(256)
+    cand_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand, uint32_t * __restrict__ cand_count,
+                int32_t * __restrict__ chunk_cnt, int n_chunks) {
+    __shared__ pick_smem<256> ps;
+    __shared__ int            wsum[8];
+    const int                 e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
+    const size_t              list = size_t(b) * n_entry + e;
+    const seq_info            si   = seq_info_of(n_kv[b], cfg);
+    if (si.k == 0) {
+        if (tid == 0) chunk_cnt[list * n_chunks + blockIdx.x] = 0;
+        return;
+    }
+    int bin, above;
+    pick_bin<256>(hist + list * n_bins, si.k, ps, bin, above);
+    const uint32_t * kl   = keys + list * stride;
+    int              w    = 0;
+    const int        lane = tid & 31;
+    for (int j = 0; j < chunk_items / 256; ++j) {
+        const int      i   = blockIdx.x * chunk_items + j * 256 + tid;
+        const uint32_t key = i < si.n_items ? kl[i] : 0u;
+        const int      kb  = int(key >> 20);
+        if (key != 0 && kb > bin) w += item_weight(si, cfg.page, i);
+        const bool     is_c = key != 0 && kb == bin;
+        const unsigned m    = __ballot_sync(0xffffffffu, is_c);
+        if (m != 0) {
+            const int leader = __ffs(m) - 1;
+            uint32_t  base   = 0;
+            if (lane == leader) base = atomicAdd(cand_count + list, uint32_t(__popc(m)));
+            base = __shfl_sync(0xffffffffu, base, leader);
+            if (is_c) {
+                const uint32_t pos = base + __popc(m & ((1u << lane) - 1u));
+                if (pos < cand_cap) cand[list * cand_cap + pos] = comp_key(key, i);
+            }
+        }
+    }
+    for (int o = 16; o >= 1; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
+    if (lane == 0) wsum[tid / 32] = w;
+    __syncthreads();
+    if (tid == 0) {
+        int t = 0;
+        for (int i = 0; i < 8; ++i) t += wsum[i];
+        chunk_cnt[list * n_chunks + blockIdx.x] = t;
+    }
+}
+
+// (3) Block per list: exact threshold (composite key of the k-th largest) among the candidates, candidate tokens
+// added to chunk_cnt, threshold -> info [list][4] = {valid, bin, thr_hi, thr_lo}.
+constexpr int sel_threads = 1024;
+__global__ void __launch_bounds__(sel_threads)
+    select_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                  int n_entry, const uint32_t * __restrict__ hist, const uint64_t * __restrict__ cand,
+                  const uint32_t * __restrict__ cand_count, int32_t * __restrict__ chunk_cnt, int n_chunks,
+                  uint32_t * __restrict__ info) {
+    __shared__ pick_smem<sel_threads> ps;
+    __shared__ uint32_t               h256[256];
+    __shared__ int                    cnt[max_chunks];
+    __shared__ uint64_t               s_prefix;
+    __shared__ int                    s_need;
+    const size_t                      list = blockIdx.x;
+    const int                         b    = int(list / n_entry), tid = threadIdx.x;
+    const seq_info                    si   = seq_info_of(n_kv[b], cfg);
+    if (si.k == 0) {
+        if (tid == 0) info[list * 4] = 0;
+        return;
+    }
+    int bin, above;
+    pick_bin<sel_threads>(hist + list * n_bins, si.k, ps, bin, above);
+    const uint32_t   n_c      = cand_count[list];
+    const bool       overflow = n_c > uint32_t(cand_cap);
+    const uint64_t * cl       = cand + list * cand_cap;
+    const uint32_t * kl       = keys + list * stride;
+    auto for_each = [&](auto fn) {
+        if (!overflow) {
+            for (int i = tid; i < int(n_c); i += sel_threads) fn(cl[i]);
+        } else {
+            for (int i = tid; i < si.n_items; i += sel_threads) {
+                const uint32_t key = kl[i];
+                if (key != 0 && int(key >> 20) == bin) fn(comp_key(key, i));
+            }
+        }
+    };
+    uint64_t prefix = uint64_t(bin) << 52, mask = uint64_t(0xfff) << 52;
+    int      need   = si.k - above;
+    for (int shift = 44; shift >= 0; shift -= 8) {
+        const int      sh    = shift >= 4 ? shift : 0;
+        const uint32_t width = shift >= 4 ? 255u : 15u; // the last pass: bits 3..0
+        for (int i = tid; i < 256; i += sel_threads) h256[i] = 0;
+        __syncthreads();
+        for_each([&](uint64_t c) {
+            if ((c & mask) == prefix) atomicAdd(&h256[(c >> sh) & width], 1u);
+        });
+        __syncthreads();
+        if (tid == 0) {
+            int cum = 0, d = int(width);
+            for (; d > 0; --d) {
+                if (cum + int(h256[d]) >= need) break;
+                cum += int(h256[d]);
+            }
+            s_prefix = prefix | (uint64_t(d) << sh);
+            s_need   = need - cum;
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        need   = s_need;
+        mask |= uint64_t(width) << sh;
+        __syncthreads();
+        if (shift < 4) break;
+        if (shift == 4) shift = 8; // next pass: shift 0 (bits 3..0)
+    }
+    // prefix: the composite key of the k-th largest item; every candidate >= it is selected.
+    for (int i = tid; i < n_chunks && i < max_chunks; i += sel_threads) cnt[i] = 0;
+    __syncthreads();
+    for_each([&](uint64_t c) {
+        if (c >= prefix) {
+            const int i = int(~uint32_t(c));
+            atomicAdd(&cnt[min(i / chunk_items, max_chunks - 1)], item_weight(si, cfg.page, i));
+        }
+    });
+    __syncthreads();
+    for (int i = tid; i < n_chunks && i < max_chunks; i += sel_threads)
+        if (cnt[i] != 0) chunk_cnt[list * n_chunks + i] += cnt[i];
+    if (tid == 0) {
+        info[list * 4]     = 1;
+        info[list * 4 + 1] = uint32_t(bin);
+        info[list * 4 + 2] = uint32_t(prefix >> 32);
+        info[list * 4 + 3] = uint32_t(prefix);
+    }
+}
+
+// (4) Block (chunk, entry, sequence): the chunk's selected tokens, ascending, at the prefix of the chunks before
+// it; block 0 also writes the list's ranges and index count.
+__global__ void __launch_bounds__(256)
+    write_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                 const int32_t * __restrict__ chunk_cnt, int n_chunks, const uint32_t * __restrict__ info,
+                 int32_t * __restrict__ ranges, int32_t * __restrict__ n_ranges, int32_t * __restrict__ idx,
+                 int32_t * __restrict__ n_idx, int64_t idx_stride) {
+    using scan_t = cub::BlockScan<int, 256>;
+    __shared__ typename scan_t::TempStorage scan;
+    __shared__ int                          s_off;
+    const int                               e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
+    const size_t                            list = size_t(b) * n_entry + e;
+    const seq_info                          si   = seq_info_of(n_kv[b], cfg);
+    const bool                              valid = si.k > 0 && info[list * 4] != 0;
+    const int32_t *                         cc    = chunk_cnt + list * n_chunks;
+    if (tid == 0) {
+        int off = 0;
+        if (valid)
+            for (int i = 0; i < int(blockIdx.x); ++i) off += cc[i];
+        s_off = off;
+        if (blockIdx.x == 0) {
+            int total = off;
+            if (valid)
+                for (int i = 0; i < n_chunks; ++i) total += cc[i];
+            n_idx[list]    = total;
+            n_ranges[list] = si.nr;
+            for (int r = 0; r < si.nr; ++r) {
+                ranges[(list * decode_plan_max_ranges + r) * 2]     = si.rb[r];
+                ranges[(list * decode_plan_max_ranges + r) * 2 + 1] = si.re[r];
+            }
+        }
+    }
+    __syncthreads();
+    if (!valid) return;
+    const int      bin = int(info[list * 4 + 1]);
+    const uint64_t thr = (uint64_t(info[list * 4 + 2]) << 32) | info[list * 4 + 3];
+    constexpr int  PER = chunk_items / 256;
+    const int      i0  = blockIdx.x * chunk_items + tid * PER;
+    const uint32_t * kl = keys + list * stride;
+    uint32_t       sel = 0; // bit j: item i0 + j selected
+    int            w   = 0;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        const int i = i0 + j;
+        if (i >= si.n_items) break;
+        const uint32_t key = kl[i];
+        const int      kb  = int(key >> 20);
+        if (key != 0 && (kb > bin || (kb == bin && comp_key(key, i) >= thr))) {
+            sel |= 1u << j;
+            w += item_weight(si, cfg.page, i);
+        }
+    }
+    int pos;
+    scan_t(scan).ExclusiveSum(w, pos);
+    int32_t * out = idx + list * idx_stride + s_off + pos;
+    for (int j = 0; j < PER; ++j) {
+        if (!(sel >> j & 1u)) continue;
+        const int i = i0 + j;
+        if (cfg.page == 1) {
+            *out++ = i;
+        } else {
+            for (int t = i * cfg.page; t < (i + 1) * cfg.page; ++t)
+                if (!in_ranges(si, t)) *out++ = t;
+        }
+    }
+}
+
+// ---- host side ----
+
+struct stage_dims {
+    int     n_list, n_entry, n_chunks;
+    int64_t n_items; // stride of keys and scores
+    int64_t idx_stride;
+};
+
+status check_args(const decode_select_args & a, const char * who) {
+    const int G = a.n_head_kv > 0 && a.n_head % a.n_head_kv == 0 ? a.n_head / a.n_head_kv : 0;
+    if (G < 1 || G > 8 || a.group < 1 || G % a.group != 0 || (a.head_dim != 64 && a.head_dim != 128 && a.head_dim != 256))
+        return error(status_code::UNSUPPORTED,
+                     "cuda %s: n_head %d / n_head_kv %d, group %d, head_dim %d; supported: 1..8 query heads per KV "
+                     "head, a group dividing them, head_dim 64, 128, 256",
+                     who, a.n_head, a.n_head_kv, a.group, a.head_dim);
+    if (a.n_kv_max > INT32_MAX / 2)
+        return error(status_code::INVALID_ARGUMENT, "cuda %s: n_kv_max %lld too large", who, (long long)a.n_kv_max);
+    return status::ok();
+}
+
+sel_cfg cfg_of(const decode_select_args & a, int page) {
+    return sel_cfg{a.n_sink, a.n_local, page, a.budget_frac, a.budget_tokens};
+}
+
+// Grows the workspace and the plan for this call, clears the head maxima, histograms and candidate counts.
+stage_dims stage_prepare(const decode_select_args & a, int page, decode_select_workspace & ws, decode_plan_buf & plan,
+                         cudaStream_t stream) {
+    stage_dims d;
+    d.n_entry              = a.n_head / a.group;
+    d.n_list               = a.n_seq * d.n_entry;
+    d.n_items              = std::max<int64_t>(1, page == 1 ? a.n_kv_max : a.n_kv_max / page);
+    d.n_chunks             = int((d.n_items + chunk_items - 1) / chunk_items);
+    const sel_cfg c        = cfg_of(a, page);
+    const int64_t k_max    = budget_keys(c, a.n_kv_max);
+    d.idx_stride           = page == 1 ? k_max : (k_max + page - 1) / page * page;
+    const size_t n_zeroed  = size_t(a.n_seq) * a.n_head + size_t(d.n_list) * (n_bins + 1);
+    grow(ws.scores, ws.cap[0], size_t(a.n_seq) * a.n_head * d.n_items);
+    grow(ws.keys, ws.cap[1], size_t(d.n_list) * d.n_items);
+    grow(ws.zeroed, ws.cap[2], n_zeroed);
+    grow(ws.cand, ws.cap[3], size_t(d.n_list) * cand_cap);
+    grow(ws.chunk, ws.cap[4], size_t(d.n_list) * d.n_chunks);
+    grow(ws.info, ws.cap[5], size_t(d.n_list) * 4);
+    plan.reserve(d.n_list, d.idx_stride, false);
+    LC_CUDA_CHECK(cudaMemsetAsync(ws.zeroed, 0, n_zeroed * sizeof(uint32_t), stream));
+    return d;
+}
+
+uint32_t * ws_head_max(decode_select_workspace & ws) { return ws.zeroed; }
+uint32_t * ws_hist(decode_select_workspace & ws, const decode_select_args & a) {
+    return ws.zeroed + size_t(a.n_seq) * a.n_head;
+}
+uint32_t * ws_cand_count(decode_select_workspace & ws, const decode_select_args & a, const stage_dims & d) {
+    return ws_hist(ws, a) + size_t(d.n_list) * n_bins;
+}
+
+void stage_run(const decode_select_args & a, const float * scores, int64_t stride, int page, const stage_dims & d,
+               decode_select_workspace & ws, decode_plan_buf & plan, cudaStream_t stream) {
+    const sel_cfg c = cfg_of(a, page);
+    const dim3    grid(unsigned(d.n_chunks), unsigned(d.n_entry), unsigned(a.n_seq));
+    group_keys_kernel<<<grid, 256, 0, stream>>>(scores, stride, a.n_head, a.group, a.n_kv, c, ws_head_max(ws), ws.keys,
+                                                ws_hist(ws, a));
+    LC_CUDA_CHECK_LAUNCH();
+    cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a), ws.cand,
+                                          ws_cand_count(ws, a, d), ws.chunk, d.n_chunks);
+    LC_CUDA_CHECK_LAUNCH();
+    select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry, ws_hist(ws, a),
+                                                                   ws.cand, ws_cand_count(ws, a, d), ws.chunk,
+                                                                   d.n_chunks, ws.info);
+    LC_CUDA_CHECK_LAUNCH();
+    write_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.chunk, d.n_chunks, ws.info, plan.ranges,
+                                           plan.n_ranges, plan.idx, plan.n_idx, plan.idx_stride);
+    LC_CUDA_CHECK_LAUNCH();
+}
+
+} // namespace
+
+int64_t decode_select_rows_max(const decode_select_args & a, int page) {
+    const sel_cfg c     = cfg_of(a, page);
+    const int64_t k_max = budget_keys(c, a.n_kv_max);
+    const int64_t idx   = page == 1 ? k_max : (k_max + page - 1) / page * page;
+    return std::min<int64_t>(a.n_kv_max, idx + std::max(a.n_sink, 0) + std::max(a.n_local, 0) + page);
+}
+
+status decode_topk_plan_gpu(const decode_select_args & a, const float * scores, int64_t n_items_stride, int page,
+                            decode_select_workspace & ws, decode_plan_buf & plan, cudaStream_t stream) {
+    LC_RETURN_IF_ERROR(check_args(a, "decode_topk_plan_gpu"));
+    if (page < 1 || kv_page_tokens % page != 0)
+        return error(status_code::INVALID_ARGUMENT, "cuda decode_topk_plan_gpu: page %d must divide 64", page);
+    if (a.n_seq <= 0) return status::ok();
+    stage_dims d = stage_prepare(a, page, ws, plan, stream);
+    if (n_items_stride < d.n_items)
+        return error(status_code::INVALID_ARGUMENT, "cuda decode_topk_plan_gpu: score stride %lld < %lld items",
+                     (long long)n_items_stride, (long long)d.n_items);
+    // keys share the scores' stride here
+    if (size_t(d.n_list) * n_items_stride > ws.cap[1]) grow(ws.keys, ws.cap[1], size_t(d.n_list) * n_items_stride);
+    d.n_items = n_items_stride;
+    head_max_kernel<<<dim3(unsigned(d.n_chunks), unsigned(a.n_head), unsigned(a.n_seq)), 256, 0, stream>>>(
+        scores, n_items_stride, a.n_head, a.n_kv, cfg_of(a, page), ws_head_max(ws));
+    LC_CUDA_CHECK_LAUNCH();
+    stage_run(a, scores, n_items_stride, page, d, ws, plan, stream);
+    return status::ok();
+}
+
+status loki_take_in_gpu(const decode_select_args & a, const loki_store_gpu & st, int64_t t0, cudaStream_t stream) {
+    LC_RETURN_IF_ERROR(check_args(a, "loki_take_in_gpu"));
+    if (st.d_pad < 8 || st.d_pad % 8 != 0 || st.d_pad > a.head_dim)
+        return error(status_code::INVALID_ARGUMENT, "cuda loki: d_pad %d must be a multiple of 8 up to head_dim",
+                     st.d_pad);
+    const int64_t p_first = std::max<int64_t>(0, t0) / kv_page_tokens;
+    const int64_t n_pages = (a.n_kv_max + kv_page_tokens - 1) / kv_page_tokens - p_first;
+    if (a.n_seq <= 0 || n_pages <= 0) return status::ok();
+    const size_t smem = size_t(kv_page_tokens) * (a.head_dim + 1) * sizeof(float);
+    LC_CUDA_CHECK(cudaFuncSetAttribute(loki_take_in_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    loki_take_in_kernel<<<dim3(unsigned(n_pages), unsigned(a.n_head_kv), unsigned(a.n_seq)), 256, smem, stream>>>(
+        a.k_pool, a.n_head_kv, a.head_dim, a.pages, a.pages_stride, a.n_kv, int(p_first), st.proj, st.d_pad,
+        reinterpret_cast<__half *>(st.keys));
+    LC_CUDA_CHECK_LAUNCH();
+    return status::ok();
+}
+
+status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, decode_select_workspace & ws,
+                       decode_plan_buf & plan, cudaStream_t stream) {
+    LC_RETURN_IF_ERROR(check_args(a, "loki_select_gpu"));
+    if (st.d_pad < 8 || st.d_pad % 8 != 0 || st.d_pad > std::min(a.head_dim, 128))
+        return error(status_code::INVALID_ARGUMENT, "cuda loki: d_pad %d must be a multiple of 8 up to 128",
+                     st.d_pad);
+    if (a.n_seq <= 0) return status::ok();
+    const stage_dims d = stage_prepare(a, 1, ws, plan, stream);
+    const dim3       grid(unsigned((d.n_items + loki_chunk - 1) / loki_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
+    loki_score_kernel<<<grid, 256, 0, stream>>>(a.q, a.n_head, a.n_head_kv, a.head_dim,
+                                                reinterpret_cast<const __half *>(st.keys), st.proj, st.d_pad, a.pages,
+                                                a.pages_stride, a.n_kv, cfg_of(a, 1), ws.scores, d.n_items,
+                                                ws_head_max(ws));
+    LC_CUDA_CHECK_LAUNCH();
+    stage_run(a, ws.scores, d.n_items, 1, d, ws, plan, stream);
+    return status::ok();
+}
+
+status quest_take_in_gpu(const decode_select_args & a, const quest_store_gpu & st, int64_t t0, cudaStream_t stream) {
+    LC_RETURN_IF_ERROR(check_args(a, "quest_take_in_gpu"));
+    if (st.page < 1 || kv_page_tokens % st.page != 0)
+        return error(status_code::UNSUPPORTED, "cuda quest: page %d must divide 64", st.page);
+    const int64_t p_first = std::max<int64_t>(0, t0) / kv_page_tokens;
+    const int64_t n_pages = (a.n_kv_max + kv_page_tokens - 1) / kv_page_tokens - p_first;
+    if (a.n_seq <= 0 || n_pages <= 0) return status::ok();
+    quest_take_in_kernel<<<dim3(unsigned(n_pages), unsigned(a.n_head_kv), unsigned(a.n_seq)), 256, 0, stream>>>(
+        a.k_pool, a.n_head_kv, a.head_dim, a.pages, a.pages_stride, a.n_kv, int(p_first), st.page, st.bounds);
+    LC_CUDA_CHECK_LAUNCH();
+    return status::ok();
+}
+
+status quest_select_gpu(const decode_select_args & a, const quest_store_gpu & st, decode_select_workspace & ws,
+                        decode_plan_buf & plan, cudaStream_t stream) {
+    LC_RETURN_IF_ERROR(check_args(a, "quest_select_gpu"));
+    if (st.page < 1 || kv_page_tokens % st.page != 0)
+        return error(status_code::UNSUPPORTED, "cuda quest: page %d must divide 64", st.page);
+    if (a.n_seq <= 0) return status::ok();
+    const stage_dims d = stage_prepare(a, st.page, ws, plan, stream);
+    const dim3 grid(unsigned((d.n_items + quest_chunk - 1) / quest_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
+    const sel_cfg c = cfg_of(a, st.page);
+    switch (a.head_dim) {
+    case 64:
+        quest_score_kernel<64><<<grid, 128, 0, stream>>>(a.q, a.n_head, a.n_head_kv, st.bounds, st.page, a.pages,
+                                                         a.pages_stride, a.n_kv, c, ws.scores, d.n_items, ws_head_max(ws));
+        break;
+    case 128:
+        quest_score_kernel<128><<<grid, 128, 0, stream>>>(a.q, a.n_head, a.n_head_kv, st.bounds, st.page, a.pages,
+                                                          a.pages_stride, a.n_kv, c, ws.scores, d.n_items, ws_head_max(ws));
+        break;
+    default:
+        quest_score_kernel<256><<<grid, 128, 0, stream>>>(a.q, a.n_head, a.n_head_kv, st.bounds, st.page, a.pages,
+                                                          a.pages_stride, a.n_kv, c, ws.scores, d.n_items, ws_head_max(ws));
+        break;
+    }
+    LC_CUDA_CHECK_LAUNCH();
+    stage_run(a, ws.scores, d.n_items, st.page, d, ws, plan, stream);
+    return status::ok();
+}
+
+status topk_select_gpu(const decode_select_args & a, decode_select_workspace & ws, decode_plan_buf & plan,
+                       cudaStream_t stream) {
+    LC_RETURN_IF_ERROR(check_args(a, "topk_select_gpu"));
+    if (a.n_seq <= 0) return status::ok();
+    const stage_dims d = stage_prepare(a, 1, ws, plan, stream);
+    const dim3       grid(unsigned((d.n_items + topk_chunk - 1) / topk_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
+    const sel_cfg    c = cfg_of(a, 1);
+    switch (a.head_dim) {
+    case 64:
+        topk_score_kernel<64><<<grid, 128, 0, stream>>>(a.q, a.n_head, a.n_head_kv, a.k_pool, a.pages, a.pages_stride,
+                                                        a.n_kv, a.scale, c, ws.scores, d.n_items, ws_head_max(ws));
+        break;
+    case 128:
+        topk_score_kernel<128><<<grid, 128, 0, stream>>>(a.q, a.n_head, a.n_head_kv, a.k_pool, a.pages, a.pages_stride,
+                                                         a.n_kv, a.scale, c, ws.scores, d.n_items, ws_head_max(ws));
+        break;
+    default:
+        topk_score_kernel<256><<<grid, 128, 0, stream>>>(a.q, a.n_head, a.n_head_kv, a.k_pool, a.pages, a.pages_stride,
+                                                         a.n_kv, a.scale, c, ws.scores, d.n_items, ws_head_max(ws));
+        break;
+    }
+    LC_CUDA_CHECK_LAUNCH();
+    stage_run(a, ws.scores, d.n_items, 1, d, ws, plan, stream);
+    return status::ok();
+}
+
+} // namespace lc::cuda
