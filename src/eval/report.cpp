@@ -1,6 +1,8 @@
 // Markdown tables and density plots from eval result files.
 #include "eval/report.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -70,6 +72,110 @@ result<std::vector<report_point>> report_points(const std::vector<report_input> 
 
 namespace {
 
+// A short model name for tables that mix files: the words of meta.model_name up to the size word ("270m",
+// "135M"), e.g. "Gemma 3 270m"; the whole name when none looks like a size; "?" when absent.
+std::string short_model(const json & meta) {
+    const std::string name = meta.value("model_name", std::string());
+    if (name.empty()) return "?";
+    std::string out, word;
+    auto        is_size = [](const std::string & w) {
+        if (w.size() < 2 || !std::isdigit(static_cast<unsigned char>(w[0]))) return false;
+        const char c = w.back();
+        return c == 'm' || c == 'M' || c == 'b' || c == 'B';
+    };
+    for (size_t i = 0; i <= name.size(); ++i) {
+        if (i < name.size() && name[i] != ' ') {
+            word += name[i];
+            continue;
+        }
+        if (word.empty()) continue;
+        out += (out.empty() ? "" : " ") + word;
+        if (is_size(word)) return out;
+        word.clear();
+    }
+    return name;
+}
+
+// Lengths of a file's records as "L" or "L1-L2" ("-" when none).
+std::string length_span(const json & doc) {
+    int64_t lo = 0, hi = 0;
+    for (const auto & r : doc.at("records")) {
+        if (!r.contains("length")) continue;
+        const int64_t l = r["length"].get<int64_t>();
+        lo              = lo == 0 ? l : std::min(lo, l);
+        hi              = std::max(hi, l);
+    }
+    if (hi == 0) return "-";
+    return lo == hi ? std::to_string(lo) : std::to_string(lo) + "-" + std::to_string(hi);
+}
+
+// One row per (file, setting, method other than dense): the method's score beside dense's on the same prompts.
+// niah: needle score (%); ruler: the mean over the tasks run (%) per length; ppl: perplexity per protocol setting;
+// fidelity: top-1 agreement with dense (%) and the mean KL. Density: the method's mean over the file's records.
+result<std::string> method_summary(const std::vector<report_input> & in, const std::vector<report_point> & pts) {
+    std::string rows;
+    auto        density_of = [&](const std::string & file, const std::string & label) {
+        for (const auto & p : pts)
+            if (p.file == file && p.label == label) return f2(p.density, "%.3f");
+        return std::string("-");
+    };
+    for (const auto & f : in) {
+        const std::string ev    = f.doc.at("eval").get<std::string>();
+        const std::string file  = base(f.path);
+        const std::string model = short_model(f.doc.at("meta"));
+        const std::string head  = "| " + model + " | " + ev + " | ";
+        if (ev == "niah" || ev == "fidelity") {
+            double dense = std::nan("");
+            for (const auto & p : pts)
+                if (p.file == file && p.label == "dense") dense = p.score;
+            double kl   = 0.0;
+            int    n_kl = 0;
+            if (ev == "fidelity")
+                for (const auto & r : f.doc.at("records")) kl += r.at("kl_mean").get<double>(), ++n_kl;
+            for (const auto & p : pts) {
+                if (p.file != file || p.label == "dense") continue;
+                const std::string what = ev == "niah" ? "needle score (%)" : "top-1 agreement (%), KL";
+                rows += head + "L=" + length_span(f.doc) + " " + what + " | " + p.label + " | " +
+                        f2(p.density, "%.3f") + " | " + (std::isnan(dense) ? std::string("-") : f2(dense)) + " | " +
+                        f2(p.score) + (n_kl ? " (KL " + f2(kl / n_kl, "%.3g") + ")" : std::string()) + " | " +
+                        (std::isnan(dense) ? std::string("-") : f2(p.score - dense, "%+.2f")) + " |\n";
+            }
+        } else if (ev == "ruler") {
+            LC_ASSIGN_OR_RETURN(auto rr, ruler_summary(f.doc));
+            for (const auto & r : rr) {
+                if (r.label == "dense") continue;
+                const ruler_summary_row * d = nullptr;
+                for (const auto & x : rr)
+                    if (x.length == r.length && x.label == "dense") d = &x;
+                rows += head + "L=" + std::to_string(r.length) + " RULER mean (%), " +
+                        std::to_string(r.task_scores.size()) + " tasks, " + std::to_string(r.n_samples) +
+                        " samples | " + r.label + " | " + density_of(file, r.label) + " | " +
+                        (d ? f2(d->mean) : std::string("-")) + " | " + f2(r.mean) + " | " +
+                        (d ? f2(r.mean - d->mean, "%+.2f") : std::string("-")) + " |\n";
+            }
+        } else if (ev == "ppl") {
+            LC_ASSIGN_OR_RETURN(auto pr, ppl_summary(f.doc));
+            std::map<std::string, double> dense;
+            for (const auto & r : pr)
+                if (r.label == "dense") dense[r.group] = r.ppl;
+            for (const auto & r : pr) {
+                if (r.label == "dense") continue;
+                const bool d = dense.count(r.group) > 0;
+                rows += head + "PPL " + r.group + " | " + r.label + " | " + density_of(file, r.label) + " | " +
+                        (d ? f2(dense[r.group], "%.4f") : std::string("-")) + " | " + f2(r.ppl, "%.4f") + " | " +
+                        (d ? f2(r.ppl - dense[r.group], "%+.4f") : std::string("-")) + " |\n";
+            }
+        }
+    }
+    if (rows.empty()) return std::string();
+    return "## Summary: each method against dense on the same prompts\n\n"
+           "One row per result file, setting and method; density is the method's mean over the file's records "
+           "(computed / causal query-key pairs in the layers the method may touch). PPL: lower is better.\n\n"
+           "| model | eval | setting | method | density | dense | method | vs dense |\n"
+           "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |\n" +
+           rows + "\n";
+}
+
 // Decode KL, top-1 and keys attended of a fidelity record with a decoded tail ("-" where absent).
 std::string decode_cells(const json & r) {
     double keys = std::nan("");
@@ -107,15 +213,15 @@ std::string decode_summary(const std::vector<report_input> & in) {
             }
         }
         if (n == 0) continue;
-        rows += "| " + label + " | " + std::to_string(length) + " | " + std::to_string(n) + " | " +
-                (n_keys ? f2(keys / n_keys, "%.3f") : std::string("-")) + " | " +
+        rows += "| " + short_model(f.doc.at("meta")) + " | " + label + " | " + std::to_string(length) + " | " +
+                std::to_string(n) + " | " + (n_keys ? f2(keys / n_keys, "%.3f") : std::string("-")) + " | " +
                 (n_kv ? f2(kv / n_kv, "%.3f") : std::string("-")) + " | " + f2(kl / n, "%.4g") + " | " +
                 f2(100.0 * top1 / n, "%.2f") + " |\n";
     }
     if (rows.empty()) return "";
     return "## Decode fidelity (teacher-forced tail, against dense)\n\n"
-           "| method | length | docs | keys attended | KV held | decode KL | decode top-1 (%) |\n"
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" +
+           "| model | method | length | docs | keys attended | KV held | decode KL | decode top-1 (%) |\n"
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" +
            rows + "\n";
 }
 
@@ -124,10 +230,9 @@ std::string layer_cells(const json & r) {
     if (!r.contains("attn_recall_mean")) return "- | - | - | -";
     const json & rw = r.at("attn_recall_worst");
     const json & ew = r.at("attn_rel_err_worst");
-    return f2(r["attn_recall_mean"].get<double>(), "%.4f") + " | " + f2(rw.at("value").get<double>(), "%.4f") +
-           " (L" + std::to_string(rw.at("layer").get<int>()) + ") | " +
-           f2(r["attn_rel_err_mean"].get<double>(), "%.3g") + " | " + f2(ew.at("value").get<double>(), "%.3g") +
-           " (L" + std::to_string(ew.at("layer").get<int>()) + ")";
+    return f2(r["attn_recall_mean"].get<double>(), "%.4f") + " | " + f2(rw.at("value").get<double>(), "%.4f") + " (L" +
+           std::to_string(rw.at("layer").get<int>()) + ") | " + f2(r["attn_rel_err_mean"].get<double>(), "%.3g") +
+           " | " + f2(ew.at("value").get<double>(), "%.3g") + " (L" + std::to_string(ew.at("layer").get<int>()) + ")";
 }
 
 // Per-layer recall and relative error of a fidelity file, averaged over its records that have them ("" when
@@ -158,11 +263,12 @@ std::string layer_table(const json & doc) {
     if (by_layer.empty()) return "";
     bool dec = false;
     for (const auto & [il, a] : by_layer) dec = dec || a.n_dec > 0;
-    std::string md = "\nPer layer (layers without a window; means over " + std::to_string(n_rec) +
-                     " records; 1 in " + std::to_string(sample) +
+    std::string md = "\nPer layer (layers without a window; means over " + std::to_string(n_rec) + " records; 1 in " +
+                     std::to_string(sample) +
                      " 64-query blocks measured): attention-mass recall of the plan, its lowest (head, block) "
                      "mean, and ||o - o_dense|| / ||o_dense|| given the same layer inputs.\n\n";
-    md += dec ? "| layer | recall | min recall | rel err | decode recall | decode rel err |\n| ---: | ---: | ---: | ---: | "
+    md += dec ? "| layer | recall | min recall | rel err | decode recall | decode rel err |\n| ---: | ---: | ---: | "
+                "---: | "
                 "---: | ---: |\n"
               : "| layer | recall | min recall | rel err |\n| ---: | ---: | ---: | ---: |\n";
     for (const auto & [il, a] : by_layer) {
@@ -184,6 +290,8 @@ result<std::string> report_markdown(const std::vector<report_input> & in) {
     LC_ASSIGN_OR_RETURN(std::vector<report_point> pts, report_points(in));
     std::string md = "# longctx eval report\n\n";
     try {
+        LC_ASSIGN_OR_RETURN(std::string summary, method_summary(in, pts));
+        md += summary;
         md += decode_summary(in);
         for (const auto & f : in) {
             const std::string ev   = f.doc.at("eval").get<std::string>();

@@ -66,7 +66,9 @@ TEST(eval_report, points_and_tables) {
 TEST(eval_report, decode_fidelity_summary) {
     // Two documents with a decoded tail: KL 0.1 and 0.3, top-1 0.9 and 0.7, keys 0.25, KV held 200 and 300 of
     // 1000 bytes -> means 0.2, 80%, 0.250, 0.250.
-    json d = {{"eval", "fidelity"}, {"meta", {{"task", "fidelity"}}}, {"records", json::array()}};
+    json d = {{"eval", "fidelity"},
+              {"meta", {{"task", "fidelity"}, {"model_name", "Gemma 3 270m"}}},
+              {"records", json::array()}};
     for (int i = 0; i < 2; ++i)
         d["records"].push_back({{"length", 4096},
                                 {"doc", i},
@@ -84,6 +86,42 @@ TEST(eval_report, decode_fidelity_summary) {
                                    {"kv_bytes_full", 1000}}}}});
     auto md = report_markdown({{"f.json", d}});
     ASSERT_TRUE(md);
-    EXPECT_NE(md->find("| decode=topk | 4096 | 2 | 0.250 | 0.250 | 0.2 | 80.00 |"), std::string::npos) << *md;
+    EXPECT_NE(md->find("| Gemma 3 270m | decode=topk | 4096 | 2 | 0.250 | 0.250 | 0.2 | 80.00 |"), std::string::npos)
+        << *md;
+    // Summary row: top-1 over the whole document (99%) beside dense's 100, mean KL 0.01.
+    EXPECT_NE(md->find("| Gemma 3 270m | fidelity | L=4096 top-1 agreement (%), KL | decode=topk | 1.000 | 100.00 | "
+                       "99.00 (KL 0.01) | -1.00 |"),
+              std::string::npos)
+        << *md;
     EXPECT_NE(md->find("| 4096 | 1 | 0.01 | 0.5 | 0.9900 | 0.3 | 0.7000 | 0.250 |"), std::string::npos) << *md;
+}
+
+TEST(eval_report, method_summary_across_files) {
+    // RULER at 8192: niah_single_1 dense 1 / method 1, fwe dense 1 / method 0 -> means 100 and 50; the method's
+    // density 0.2 and 0.3 -> 0.250. Model names cut after the size word.
+    json         r       = {{"eval", "ruler"},
+                            {"meta", {{"task", "ruler"}, {"model_name", "Smollm2 135M 8k Lc100K Mix1 Ep2"}}},
+                            {"records", json::array()}};
+    const char * tasks[] = {"niah_single_1", "fwe"};
+    for (int i = 0; i < 2; ++i)
+        r["records"].push_back(
+            {{"key", std::string(tasks[i]) + ",L=8192,i=0"},
+             {"task", tasks[i]},
+             {"length", 8192},
+             {"runs",
+              {{{"label", "dense"}, {"score", 1.0}, {"density", 1.0}},
+               {{"label", "prefill=x"}, {"score", i == 0 ? 1.0 : 0.0}, {"density", 0.2 + 0.1 * i}}}}});
+    auto md = report_markdown({{"r.json", r}, {"a.json", niah_doc()}, {"b.json", ppl_doc()}});
+    ASSERT_TRUE(md);
+    EXPECT_NE(md->find("| Smollm2 135M | ruler | L=8192 RULER mean (%), 2 tasks, 2 samples | prefill=x | 0.250 | "
+                       "100.00 | 50.00 | -50.00 |"),
+              std::string::npos)
+        << *md;
+    EXPECT_NE(md->find("| m | niah | L=1000 needle score (%) | prefill=vslash budget=1x | 0.400 | 100.00 | 50.00 | "
+                       "-50.00 |"),
+              std::string::npos)
+        << *md;
+    EXPECT_NE(md->find("| ? | ppl | PPL A L=11 | m | 1.000 | 4.0000 | 5.0000 | +1.0000 |"), std::string::npos) << *md;
+    // Dense has no row of its own in the summary.
+    EXPECT_EQ(md->find("| dense | 1.000 | 100.00 | 100.00 |"), std::string::npos) << *md;
 }
