@@ -171,31 +171,35 @@ __global__ void __launch_bounds__(n_threads)
     const size_t    page_elems = size_t(n_head_kv) * kv_page_tokens * D;
     const size_t    head_off   = size_t(hk) * kv_page_tokens * D + c * 8;
     // Rows it .. it + 63 of the list: K and V chunks of this thread's rows and their log2-domain weights (-inf for
-    // rows past the split, whose K/V are zero and not read).
+    // rows past the split, whose loads read the split's first row instead). Three phases, each with all NP loads in
+    // flight: plan entries, page-table entries, K/V rows.
     auto load_iter = [&](int it, uint4(&kd)[NP], uint4(&vd)[NP], float(&wd)[NP]) {
+        int t[NP];
 #pragma unroll
         for (int i = 0; i < NP; ++i) {
-            const int rank = it + r + RPP * i;
-            if (rank < r_end) {
-                int   t;
-                float w = 0.f;
-                if (rank < n_rt) {
-                    int j = 0;
-                    while (j + 1 < decode_plan_max_ranges && rank >= s_rc[j + 1]) ++j;
-                    t = s_rb[j] + (rank - s_rc[j]);
-                } else {
-                    t = il[rank - n_rt];
-                    if (wl != nullptr) w = wl[rank - n_rt] * log2e;
-                }
-                const size_t off = size_t(pt[t / kv_page_tokens]) * page_elems + head_off + size_t(t % kv_page_tokens) * D;
-                kd[i]            = load_stream(k_pool + off);
-                vd[i]            = load_stream(v_pool + off);
-                wd[i]            = w;
+            int        rank = it + r + RPP * i;
+            const bool ok   = rank < r_end;
+            rank            = ok ? rank : r_begin;
+            if (rank < n_rt) {
+                int j = 0;
+#pragma unroll
+                for (int q2 = 1; q2 < decode_plan_max_ranges; ++q2) j += rank >= s_rc[q2];
+                t[i]  = s_rb[j] + (rank - s_rc[j]);
+                wd[i] = 0.f;
             } else {
-                kd[i] = make_uint4(0, 0, 0, 0);
-                vd[i] = make_uint4(0, 0, 0, 0);
-                wd[i] = -INFINITY;
+                t[i]  = __ldg(il + rank - n_rt);
+                wd[i] = wl != nullptr ? __ldg(wl + rank - n_rt) * log2e : 0.f;
             }
+            if (!ok) wd[i] = -INFINITY;
+        }
+        int ph[NP];
+#pragma unroll
+        for (int i = 0; i < NP; ++i) ph[i] = __ldg(pt + t[i] / kv_page_tokens);
+#pragma unroll
+        for (int i = 0; i < NP; ++i) {
+            const size_t off = size_t(ph[i]) * page_elems + head_off + size_t(t[i] % kv_page_tokens) * D;
+            kd[i]            = load_stream(k_pool + off);
+            vd[i]            = load_stream(v_pool + off);
         }
     };
 

@@ -24,12 +24,13 @@ decode_select_workspace::~decode_select_workspace() {
     cudaFree(cand);
     cudaFree(chunk);
     cudaFree(info);
+    cudaFree(hist);
 }
 
 namespace {
 
 constexpr int     chunk_items = 4096; // items per block of the top-k kernels
-constexpr int     n_bins      = 4096; // first-level histogram: the top 12 bits of a key
+constexpr int     n_hist      = 65536; // first-level histogram: the top 16 bits of a key
 constexpr int64_t cand_cap    = 16384;
 constexpr int     max_chunks  = 2048; // chunks per list the select kernel counts in shared memory (8M items)
 
@@ -147,58 +148,34 @@ __device__ __forceinline__ void head_max_flush(uint32_t * smem, int G, uint32_t 
     if (threadIdx.x < G && smem[threadIdx.x] != 0) atomicMax(head_max + threadIdx.x, smem[threadIdx.x]);
 }
 
-// The bin of a 4096-bin histogram (highest bins first) that holds the k-th largest key, and the count above it.
-template <int NT> struct pick_smem {
-    typename cub::BlockScan<int, NT>::TempStorage scan;
-    int                                           bin, above;
-};
-template <int NT>
-__device__ void pick_bin(const uint32_t * __restrict__ hist, int k, pick_smem<NT> & sm, int & bin, int & above) {
-    constexpr int PER = n_bins / NT;
-    const int     tid = threadIdx.x;
-    const int     hi  = n_bins - tid * PER; // this thread's bins: [hi - PER, hi)
-    int           sum = 0;
-    for (int j = 0; j < PER; ++j) sum += int(hist[hi - 1 - j]);
-    int excl;
-    cub::BlockScan<int, NT>(sm.scan).ExclusiveSum(sum, excl);
-    if (excl < k && excl + sum >= k) {
-        int cum = excl;
-        for (int j = 0; j < PER; ++j) {
-            const int h = int(hist[hi - 1 - j]);
-            if (cum + h >= k) {
-                sm.bin   = hi - 1 - j;
-                sm.above = cum;
-                break;
-            }
-            cum += h;
-        }
-    }
-    __syncthreads();
-    bin   = sm.bin;
-    above = sm.above;
-}
-
 // ---- scores ----
 
-// Block (2048-token chunk, KV head, sequence): Loki scores of the G query heads of the KV head.
-constexpr int loki_chunk = 2048;
+// Block (1024-token chunk, KV head, sequence): Loki scores of the G query heads of the KV head. The block stages
+// P[:, :d] and q in shared memory and forms q' = q P[:, :d] in the CPU's summation order; each thread then scores
+// 2 tokens at a time (d_pad / 8 loads of 16 bytes each, 512 contiguous bytes per warp and chunk of 8 dims).
+constexpr int loki_chunk = 1024;
 __global__ void __launch_bounds__(256)
     loki_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D,
                       const __half * __restrict__ lk, const float * __restrict__ proj, int d_pad,
                       const int32_t * __restrict__ pages, int64_t pages_stride, const int32_t * __restrict__ n_kv,
                       sel_cfg cfg, float * __restrict__ scores, int64_t stride, uint32_t * __restrict__ head_max) {
-    __shared__ float    qd[8][128];
-    __shared__ uint32_t smax[8];
-    const int           hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
-    const int           G  = n_head / n_head_kv;
-    const int           T  = n_kv[b];
-    const float *       P  = proj + size_t(hk) * D * d_pad;
+    extern __shared__ float lsm[]; // P_g [D][d_pad], then q [G][D]
+    __shared__ float        qd[8][128];
+    __shared__ uint32_t     smax[8];
+    const int               hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int               G  = n_head / n_head_kv;
+    const int               T  = n_kv[b];
+    float *                 Ps = lsm;
+    float *                 qs = lsm + D * d_pad;
     if (tid < 8) smax[tid] = 0;
+    const float * P = proj + size_t(hk) * D * d_pad;
+    for (int o = tid; o < D * d_pad; o += 256) Ps[o] = P[o];
+    for (int o = tid; o < G * D; o += 256) qs[o] = __uint_as_float(uint32_t(q[(size_t(b) * n_head + hk * G) * D + o]) << 16);
+    __syncthreads();
     for (int o = tid; o < G * d_pad; o += 256) { // q' = q P[:, :d], summed in the CPU's order
-        const int        g = o / d_pad, j = o % d_pad;
-        const uint16_t * qh = q + (size_t(b) * n_head + hk * G + g) * D;
-        float            y  = 0.f;
-        for (int i = 0; i < D; ++i) y = fmaf(__uint_as_float(uint32_t(qh[i]) << 16), P[size_t(i) * d_pad + j], y);
+        const int g = o / d_pad, j = o % d_pad;
+        float     y = 0.f;
+        for (int i = 0; i < D; ++i) y = fmaf(qs[g * D + i], Ps[i * d_pad + j], y);
         qd[g][j] = y;
     }
     __syncthreads();
@@ -208,39 +185,53 @@ __global__ void __launch_bounds__(256)
     float          mx[8];
 #pragma unroll
     for (int g = 0; g < 8; ++g) mx[g] = -INFINITY;
-    for (int it = 0; it < loki_chunk / 256; ++it) {
-        const int t = blockIdx.x * loki_chunk + it * 256 + tid;
-        if (t >= T) break;
-        const __half * base = lk + (size_t(pages[size_t(b) * pages_stride + t / kv_page_tokens]) * n_head_kv + hk) * pelm +
-                              size_t(t % kv_page_tokens) * 8;
-        float acc[8];
+    for (int it = 0; it < loki_chunk / 512; ++it) {
+        const int t0 = blockIdx.x * loki_chunk + it * 512 + tid;
+        if (t0 >= T) break;
+        const int      t1    = min(t0 + 256, T - 1); // a duplicate of t0's row when past the end (not stored)
+        const __half * base0 = lk + (size_t(pages[size_t(b) * pages_stride + t0 / kv_page_tokens]) * n_head_kv + hk) * pelm +
+                               size_t(t0 % kv_page_tokens) * 8;
+        const __half * base1 = lk + (size_t(pages[size_t(b) * pages_stride + t1 / kv_page_tokens]) * n_head_kv + hk) * pelm +
+                               size_t(t1 % kv_page_tokens) * 8;
+        float acc0[8], acc1[8];
 #pragma unroll
-        for (int g = 0; g < 8; ++g) acc[g] = 0.f;
+        for (int g = 0; g < 8; ++g) acc0[g] = acc1[g] = 0.f;
 #pragma unroll 4
         for (int cc = 0; cc < nc; ++cc) {
-            const uint4     v  = __ldg(reinterpret_cast<const uint4 *>(base + size_t(cc) * kv_page_tokens * 8));
-            const __half2 * h2 = reinterpret_cast<const __half2 *>(&v);
-            float           kf[8];
+            const uint4 v0 = __ldg(reinterpret_cast<const uint4 *>(base0 + size_t(cc) * kv_page_tokens * 8));
+            const uint4 v1 = __ldg(reinterpret_cast<const uint4 *>(base1 + size_t(cc) * kv_page_tokens * 8));
+            const __half2 * h0 = reinterpret_cast<const __half2 *>(&v0);
+            const __half2 * h1 = reinterpret_cast<const __half2 *>(&v1);
+            float           k0[8], k1[8];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                const float2 f = __half22float2(h2[j]);
-                kf[2 * j]      = f.x;
-                kf[2 * j + 1]  = f.y;
+                const float2 f0 = __half22float2(h0[j]), f1 = __half22float2(h1[j]);
+                k0[2 * j] = f0.x, k0[2 * j + 1] = f0.y;
+                k1[2 * j] = f1.x, k1[2 * j + 1] = f1.y;
             }
 #pragma unroll
             for (int g = 0; g < 8; ++g) {
                 if (g < G) {
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) acc[g] = fmaf(kf[j], qd[g][cc * 8 + j], acc[g]);
+                    for (int j = 0; j < 8; ++j) {
+                        const float qv = qd[g][cc * 8 + j];
+                        acc0[g]        = fmaf(k0[j], qv, acc0[g]);
+                        acc1[g]        = fmaf(k1[j], qv, acc1[g]);
+                    }
                 }
             }
         }
-        const bool el = t >= si.e0 && t < si.e1;
+        const bool el0 = t0 >= si.e0 && t0 < si.e1;
+        const bool ok1 = t0 + 256 < T;
+        const bool el1 = ok1 && t1 >= si.e0 && t1 < si.e1;
 #pragma unroll
         for (int g = 0; g < 8; ++g) {
             if (g < G) {
-                scores[(size_t(b) * n_head + hk * G + g) * stride + t] = acc[g];
-                if (el && acc[g] == acc[g]) mx[g] = fmaxf(mx[g], acc[g]);
+                float * sg = scores + (size_t(b) * n_head + hk * G + g) * stride;
+                sg[t0]     = acc0[g];
+                if (ok1) sg[t1] = acc1[g];
+                if (el0 && acc0[g] == acc0[g]) mx[g] = fmaxf(mx[g], acc0[g]);
+                if (el1 && acc1[g] == acc1[g]) mx[g] = fmaxf(mx[g], acc1[g]);
             }
         }
     }
@@ -306,8 +297,8 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-// Block (1024 metadata pages, KV head, sequence): D / 8 threads per page, the G query heads' upper bounds.
-constexpr int quest_chunk = 1024;
+// Block (64 metadata pages, KV head, sequence): D / 8 threads per page, the G query heads' upper bounds.
+constexpr int quest_chunk = 64;
 template <int D>
 __global__ void __launch_bounds__(128)
     quest_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, const uint16_t * __restrict__ bounds,
@@ -374,8 +365,8 @@ __global__ void __launch_bounds__(128)
     head_max_flush(smax, G, head_max + size_t(b) * n_head + hk * G);
 }
 
-// Block (1024 tokens, KV head, sequence): exact scores scale * q . k of the G query heads, D / 8 threads per row.
-constexpr int topk_chunk = 1024;
+// Block (512 tokens, KV head, sequence): exact scores scale * q . k of the G query heads, D / 8 threads per row.
+constexpr int topk_chunk = 512;
 template <int D>
 __global__ void __launch_bounds__(128)
     topk_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, const uint16_t * __restrict__ k_pool,
@@ -400,17 +391,26 @@ __global__ void __launch_bounds__(128)
     float          mx[8];
 #pragma unroll
     for (int g = 0; g < 8; ++g) mx[g] = -INFINITY;
-    for (int it = 0; it < topk_chunk / RPP; ++it) {
-        const int  t  = blockIdx.x * topk_chunk + it * RPP + r;
-        const bool ok = t < T;
-        float      s[8];
+    constexpr int NR = 4; // rows in flight per thread
+    for (int it = 0; it < topk_chunk / (RPP * NR); ++it) {
+        uint4 kv[NR];
+        int   tt[NR];
 #pragma unroll
-        for (int g = 0; g < 8; ++g) s[g] = 0.f;
-        if (ok) {
-            const uint4 v = *reinterpret_cast<const uint4 *>(
+        for (int u = 0; u < NR; ++u) {
+            tt[u]       = blockIdx.x * topk_chunk + (it * NR + u) * RPP + r;
+            const int t = min(tt[u], T - 1);
+            kv[u]       = *reinterpret_cast<const uint4 *>(
                 k_pool + ((size_t(pages[size_t(b) * pages_stride + t / kv_page_tokens]) * n_head_kv + hk) * kv_page_tokens +
                           t % kv_page_tokens) * D + c * 8);
-            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        }
+#pragma unroll
+        for (int u = 0; u < NR; ++u) {
+            const int      t    = tt[u];
+            const bool     ok   = t < T;
+            const uint32_t w[4] = {kv[u].x, kv[u].y, kv[u].z, kv[u].w};
+            float          s[8];
+#pragma unroll
+            for (int g = 0; g < 8; ++g) s[g] = 0.f;
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const float k = (j & 1) ? bf16_hi(w[j / 2]) : bf16_lo(w[j / 2]);
@@ -418,15 +418,15 @@ __global__ void __launch_bounds__(128)
                 for (int g = 0; g < 8; ++g)
                     if (g < G) s[g] = fmaf(qf[g][j], k, s[g]);
             }
-        }
 #pragma unroll
-        for (int g = 0; g < 8; ++g) {
-            if (g < G) {
+            for (int g = 0; g < 8; ++g) {
+                if (g < G) {
 #pragma unroll
-                for (int o = TPR / 2; o >= 1; o >>= 1) s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
-                if (ok && c == 0) {
-                    scores[(size_t(b) * n_head + hk * G + g) * stride + t] = s[g];
-                    if (t >= si.e0 && t < si.e1 && s[g] == s[g]) mx[g] = fmaxf(mx[g], s[g]);
+                    for (int o = TPR / 2; o >= 1; o >>= 1) s[g] += __shfl_xor_sync(0xffffffffu, s[g], o);
+                    if (ok && c == 0) {
+                        scores[(size_t(b) * n_head + hk * G + g) * stride + t] = s[g];
+                        if (t >= si.e0 && t < si.e1 && s[g] == s[g]) mx[g] = fmaxf(mx[g], s[g]);
+                    }
                 }
             }
         }
@@ -465,86 +465,139 @@ __global__ void __launch_bounds__(256)
 
 // ---- top-k ----
 
-// (1) Block (chunk, entry, sequence): selection keys of the chunk's items and their first-level histogram.
+// (1) Block (chunk, entry, sequence): selection keys of the chunk's items and the list's histogram of their top
+// 16 bits (global, one atomic per distinct bin of a warp). Items are strided across the block (coalesced), each
+// thread's 16 loads issued before they are used.
+constexpr int per_thread = chunk_items / 256;
 __global__ void __launch_bounds__(256)
     group_keys_kernel(const float * __restrict__ scores, int64_t stride, int n_head, int group,
                       const int32_t * __restrict__ n_kv, sel_cfg cfg, const uint32_t * __restrict__ head_max,
                       uint32_t * __restrict__ keys, uint32_t * __restrict__ hist) {
-    __shared__ uint32_t sh[n_bins];
-    __shared__ float    hm[8];
-    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
-    const size_t        list = size_t(b) * n_entry + e;
-    for (int i = tid; i < n_bins; i += 256) sh[i] = 0;
+    __shared__ float hm[8];
+    const int        e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
+    const size_t     list = size_t(b) * n_entry + e;
     if (tid < group) {
         const uint32_t k = head_max[size_t(b) * n_head + e * group + tid];
         hm[tid]          = k == 0 ? -INFINITY : key_float(k);
     }
     __syncthreads();
-    const seq_info si = seq_info_of(n_kv[b], cfg);
-    const float *  s0 = scores + (size_t(b) * n_head + e * group) * stride;
-    uint32_t *     kl = keys + list * stride;
-    for (int j = 0; j < chunk_items / 256; ++j) {
-        const int i = blockIdx.x * chunk_items + j * 256 + tid;
-        if (i >= si.n_items) break;
-        uint32_t key = 0;
-        if (i >= si.e0 && i < si.e1) {
-            float v;
-            if (group == 1) {
-                v = s0[i];
-            } else {
-                v = -INFINITY;
-                for (int g = 0; g < group; ++g) {
-                    const float m = hm[g];
-                    if (!(m > -INFINITY)) continue;
+    const seq_info si   = seq_info_of(n_kv[b], cfg);
+    const float *  s0   = scores + (size_t(b) * n_head + e * group) * stride;
+    uint32_t *     kl   = keys + list * stride;
+    const int      base = blockIdx.x * chunk_items + tid;
+    float          v[per_thread];
+    if (group == 1) {
+#pragma unroll
+        for (int j = 0; j < per_thread; ++j) {
+            const int i = base + j * 256;
+            v[j]        = i >= si.e0 && i < si.e1 ? s0[i] : 0.f;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < per_thread; ++j) v[j] = -INFINITY;
+        for (int g = 0; g < group; ++g) {
+            const float m = hm[g];
+            if (!(m > -INFINITY)) continue;
+#pragma unroll
+            for (int j = 0; j < per_thread; ++j) {
+                const int i = base + j * 256;
+                if (i >= si.e0 && i < si.e1) {
                     const float x = s0[size_t(g) * stride + i] - m;
-                    v             = x > v ? x : v; // NaN compares false: ignored
+                    v[j]          = x > v[j] ? x : v[j]; // NaN compares false: ignored
                 }
             }
-            key = sel_key(v);
-            atomicAdd(&sh[key >> 20], 1u);
         }
-        kl[i] = key;
     }
-    __syncthreads();
-    for (int i = tid; i < n_bins; i += 256)
-        if (sh[i] != 0) atomicAdd(hist + list * n_bins + i, sh[i]);
+    uint32_t * hl = hist + list * n_hist;
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) {
+        const int  i   = base + j * 256;
+        const bool el  = i >= si.e0 && i < si.e1;
+        const uint32_t key = el ? sel_key(v[j]) : 0u;
+        if (i < si.n_items) kl[i] = key;
+        const int      bin   = el ? int(key >> 16) : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(hl + bin, uint32_t(__popc(peers)));
+    }
 }
 
-// (2) Block (chunk, entry, sequence): tokens of keys above the threshold bin -> chunk_cnt; keys in it -> candidates.
+// (2) Block per list: the histogram bin holding the k-th largest key and the count above it -> info[list][0..1];
+// the histogram is cleared for the next call.
+constexpr int sel_threads = 1024;
+__global__ void __launch_bounds__(sel_threads)
+    pick_kernel(const int32_t * __restrict__ n_kv, sel_cfg cfg, int n_entry, uint32_t * __restrict__ hist,
+                uint32_t * __restrict__ info) {
+    using scan_t = cub::BlockScan<int, sel_threads>;
+    __shared__ typename scan_t::TempStorage scan;
+    constexpr int PER  = n_hist / sel_threads; // 64
+    const size_t  list = blockIdx.x;
+    const int     tid  = threadIdx.x;
+    const seq_info si  = seq_info_of(n_kv[list / n_entry], cfg);
+    uint32_t *    hl   = hist + list * n_hist;
+    const int     lo   = n_hist - (tid + 1) * PER; // this thread's bins [lo, lo + PER), highest thread first
+    int           sum  = 0;
+#pragma unroll 4
+    for (int j = 0; j < PER; j += 4) {
+        const uint4 x = *reinterpret_cast<const uint4 *>(hl + lo + j);
+        sum += int(x.x + x.y + x.z + x.w);
+    }
+    int excl;
+    scan_t(scan).ExclusiveSum(sum, excl);
+    const int k = si.k;
+    if (k > 0 && excl < k && excl + sum >= k) { // this thread's bins hold the k-th key
+        int cum = excl;
+        for (int j = PER - 1; j >= 0; --j) {
+            const int h = int(hl[lo + j]);
+            if (cum + h >= k) {
+                info[list * 4]     = uint32_t(lo + j);
+                info[list * 4 + 1] = uint32_t(cum);
+                break;
+            }
+            cum += h;
+        }
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int j = 0; j < PER; j += 4) *reinterpret_cast<uint4 *>(hl + lo + j) = make_uint4(0, 0, 0, 0);
+}
+
+// (3) Block (chunk, entry, sequence): tokens of keys above the bin -> chunk_cnt; keys in it -> candidates (gathered
+// in shared memory, one global atomic per block).
 __global__ void __launch_bounds__(256)
     cand_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand, uint32_t * __restrict__ cand_count,
+                const uint32_t * __restrict__ info, uint64_t * __restrict__ cand, uint32_t * __restrict__ cand_count,
                 int32_t * __restrict__ chunk_cnt, int n_chunks) {
-    __shared__ pick_smem<256> ps;
-    __shared__ int            wsum[8];
-    const int                 e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
-    const size_t              list = size_t(b) * n_entry + e;
-    const seq_info            si   = seq_info_of(n_kv[b], cfg);
+    __shared__ uint64_t sc[chunk_items];
+    __shared__ int      s_nc, s_base, wsum[8];
+    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
+    const size_t        list = size_t(b) * n_entry + e;
+    const seq_info      si   = seq_info_of(n_kv[b], cfg);
     if (si.k == 0) {
         if (tid == 0) chunk_cnt[list * n_chunks + blockIdx.x] = 0;
         return;
     }
-    int bin, above;
-    pick_bin<256>(hist + list * n_bins, si.k, ps, bin, above);
+    if (tid == 0) s_nc = 0;
+    __syncthreads();
+    const int        bin  = int(info[list * 4]);
     const uint32_t * kl   = keys + list * stride;
-    int              w    = 0;
-    const int        lane = tid & 31;
-    for (int j = 0; j < chunk_items / 256; ++j) {
-        const int      i   = blockIdx.x * chunk_items + j * 256 + tid;
-        const uint32_t key = i < si.n_items ? kl[i] : 0u;
-        const int      kb  = int(key >> 20);
-        if (key != 0 && kb > bin) w += item_weight(si, cfg.page, i);
-        const bool     is_c = key != 0 && kb == bin;
+    const int        base = blockIdx.x * chunk_items + tid;
+    uint32_t         key[per_thread];
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? kl[base + j * 256] : 0u;
+    int w = 0;
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) {
+        const int i  = base + j * 256;
+        const int kb = int(key[j] >> 16);
+        if (key[j] != 0 && kb > bin) w += item_weight(si, cfg.page, i);
+        const bool     is_c = key[j] != 0 && kb == bin;
         const unsigned m    = __ballot_sync(0xffffffffu, is_c);
         if (m != 0) {
             const int leader = __ffs(m) - 1;
-            uint32_t  base   = 0;
-            if (lane == leader) base = atomicAdd(cand_count + list, uint32_t(__popc(m)));
-            base = __shfl_sync(0xffffffffu, base, leader);
-            if (is_c) {
-                const uint32_t pos = base + __popc(m & ((1u << lane) - 1u));
-                if (pos < cand_cap) cand[list * cand_cap + pos] = comp_key(key, i);
-            }
+            int       pos    = 0;
+            if (lane == leader) pos = atomicAdd(&s_nc, __popc(m));
+            pos = __shfl_sync(0xffffffffu, pos, leader);
+            if (is_c) sc[pos + __popc(m & ((1u << lane) - 1u))] = comp_key(key[j], i);
         }
     }
     for (int o = 16; o >= 1; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
@@ -554,94 +607,133 @@ __global__ void __launch_bounds__(256)
         int t = 0;
         for (int i = 0; i < 8; ++i) t += wsum[i];
         chunk_cnt[list * n_chunks + blockIdx.x] = t;
+        s_base = s_nc > 0 ? int(atomicAdd(cand_count + list, uint32_t(s_nc))) : 0;
     }
+    __syncthreads();
+    for (int i = tid; i < s_nc; i += 256)
+        if (s_base + i < cand_cap) cand[list * cand_cap + s_base + i] = sc[i];
 }
 
-// (3) Block per list: exact threshold (composite key of the k-th largest) among the candidates, candidate tokens
-// added to chunk_cnt, threshold -> info [list][4] = {valid, bin, thr_hi, thr_lo}.
-constexpr int sel_threads = 1024;
+// (4) Block per list: exact threshold (composite key of the k-th largest) among the candidates, candidate tokens
+// added to chunk_cnt, threshold -> info[list][2..3].
+constexpr int smem_items = 2048; // candidates the select kernel keeps in shared memory
 __global__ void __launch_bounds__(sel_threads)
     select_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                  int n_entry, const uint32_t * __restrict__ hist, const uint64_t * __restrict__ cand,
-                  const uint32_t * __restrict__ cand_count, int32_t * __restrict__ chunk_cnt, int n_chunks,
-                  uint32_t * __restrict__ info) {
-    __shared__ pick_smem<sel_threads> ps;
-    __shared__ uint32_t               h256[256];
-    __shared__ int                    cnt[max_chunks];
-    __shared__ uint64_t               s_prefix;
-    __shared__ int                    s_need;
-    const size_t                      list = blockIdx.x;
-    const int                         b    = int(list / n_entry), tid = threadIdx.x;
-    const seq_info                    si   = seq_info_of(n_kv[b], cfg);
-    if (si.k == 0) {
-        if (tid == 0) info[list * 4] = 0;
-        return;
-    }
-    int bin, above;
-    pick_bin<sel_threads>(hist + list * n_bins, si.k, ps, bin, above);
+                  int n_entry, const uint64_t * __restrict__ cand, const uint32_t * __restrict__ cand_count,
+                  int32_t * __restrict__ chunk_cnt, int n_chunks, uint32_t * __restrict__ info) {
+    __shared__ uint32_t h256[256];
+    __shared__ int      cnt[max_chunks];
+    __shared__ uint64_t s_prefix;
+    __shared__ int      s_need, s_match, s_n;
+    __shared__ uint64_t s_items[smem_items];
+    const size_t        list = blockIdx.x;
+    const int           b    = int(list / n_entry), tid = threadIdx.x, lane = tid & 31;
+    const seq_info      si   = seq_info_of(n_kv[b], cfg);
+    if (si.k == 0) return;
+    const int        bin      = int(info[list * 4]);
+    const int        above    = int(info[list * 4 + 1]);
     const uint32_t   n_c      = cand_count[list];
     const bool       overflow = n_c > uint32_t(cand_cap);
     const uint64_t * cl       = cand + list * cand_cap;
     const uint32_t * kl       = keys + list * stride;
+    // fn(composite, valid) for every candidate, called by all threads the same number of times (warp intrinsics
+    // inside): from the shared-memory copy, the candidate list, or all keys of the bin when the list overflowed.
+    bool in_smem = false;
     auto for_each = [&](auto fn) {
-        if (!overflow) {
-            for (int i = tid; i < int(n_c); i += sel_threads) fn(cl[i]);
-        } else {
-            for (int i = tid; i < si.n_items; i += sel_threads) {
-                const uint32_t key = kl[i];
-                if (key != 0 && int(key >> 20) == bin) fn(comp_key(key, i));
+        const int n = in_smem ? s_n : overflow ? si.n_items : int(n_c);
+        for (int base = 0; base < n; base += sel_threads) {
+            const int i  = base + tid;
+            bool      ok = i < n;
+            uint64_t  c  = 0;
+            if (ok) {
+                if (in_smem) {
+                    c = s_items[i];
+                } else if (!overflow) {
+                    c = cl[i];
+                } else {
+                    const uint32_t key = kl[i];
+                    ok                 = key != 0 && int(key >> 16) == bin;
+                    c                  = comp_key(key, i);
+                }
             }
+            fn(c, ok);
         }
     };
-    uint64_t prefix = uint64_t(bin) << 52, mask = uint64_t(0xfff) << 52;
+    const bool all_in_smem = !overflow && n_c <= uint32_t(smem_items);
+    if (all_in_smem) {
+        for (int i = tid; i < int(n_c); i += sel_threads) s_items[i] = cl[i];
+        if (tid == 0) s_n = int(n_c);
+        __syncthreads();
+        in_smem = true;
+    }
+    uint64_t prefix = uint64_t(bin) << 48, mask = uint64_t(0xffff) << 48;
     int      need   = si.k - above;
-    for (int shift = 44; shift >= 0; shift -= 8) {
-        const int      sh    = shift >= 4 ? shift : 0;
-        const uint32_t width = shift >= 4 ? 255u : 15u; // the last pass: bits 3..0
+    for (int sh = 40; sh >= 0; sh -= 8) {
         for (int i = tid; i < 256; i += sel_threads) h256[i] = 0;
         __syncthreads();
-        for_each([&](uint64_t c) {
-            if ((c & mask) == prefix) atomicAdd(&h256[(c >> sh) & width], 1u);
+        for_each([&](uint64_t c, bool ok) {
+            const int      d     = ok && (c & mask) == prefix ? int((c >> sh) & 255u) : -1;
+            const unsigned peers = __match_any_sync(0xffffffffu, d);
+            if (d >= 0 && lane == __ffs(peers) - 1) atomicAdd(&h256[d], uint32_t(__popc(peers)));
         });
         __syncthreads();
         if (tid == 0) {
-            int cum = 0, d = int(width);
+            int cum = 0, d = 255;
             for (; d > 0; --d) {
                 if (cum + int(h256[d]) >= need) break;
                 cum += int(h256[d]);
             }
             s_prefix = prefix | (uint64_t(d) << sh);
             s_need   = need - cum;
+            s_match  = int(h256[d]);
         }
         __syncthreads();
         prefix = s_prefix;
         need   = s_need;
-        mask |= uint64_t(width) << sh;
+        mask |= uint64_t(255u) << sh;
+        if (sh == 0) break;
+        if (!in_smem && s_match <= smem_items) { // few left: copy them to shared memory for the remaining passes
+            if (tid == 0) s_n = 0;
+            __syncthreads();
+            for_each([&](uint64_t c, bool ok) {
+                const bool     take = ok && (c & mask) == prefix;
+                const unsigned m    = __ballot_sync(0xffffffffu, take);
+                int            pos  = 0;
+                if (m != 0 && lane == __ffs(m) - 1) pos = atomicAdd(&s_n, __popc(m));
+                pos = __shfl_sync(0xffffffffu, pos, m != 0 ? __ffs(m) - 1 : 0);
+                if (take) s_items[pos + __popc(m & ((1u << lane) - 1u))] = c;
+            });
+            __syncthreads();
+            in_smem = true;
+        }
         __syncthreads();
-        if (shift < 4) break;
-        if (shift == 4) shift = 8; // next pass: shift 0 (bits 3..0)
     }
     // prefix: the composite key of the k-th largest item; every candidate >= it is selected.
+    in_smem = all_in_smem;
     for (int i = tid; i < n_chunks && i < max_chunks; i += sel_threads) cnt[i] = 0;
     __syncthreads();
-    for_each([&](uint64_t c) {
-        if (c >= prefix) {
-            const int i = int(~uint32_t(c));
-            atomicAdd(&cnt[min(i / chunk_items, max_chunks - 1)], item_weight(si, cfg.page, i));
+    for_each([&](uint64_t c, bool ok) {
+        const bool     take  = ok && c >= prefix;
+        const int      i     = int(~uint32_t(c));
+        const int      w     = take ? item_weight(si, cfg.page, i) : 0;
+        const int      ch    = take ? min(i / chunk_items, max_chunks - 1) : -1;
+        const bool     full  = w == cfg.page; // the common weight: counted once per warp
+        const unsigned peers = __match_any_sync(0xffffffffu, full ? ch : -2 - lane);
+        if (take && w != 0) {
+            if (!full) atomicAdd(&cnt[ch], w);
+            else if (lane == __ffs(peers) - 1) atomicAdd(&cnt[ch], __popc(peers) * w);
         }
     });
     __syncthreads();
     for (int i = tid; i < n_chunks && i < max_chunks; i += sel_threads)
         if (cnt[i] != 0) chunk_cnt[list * n_chunks + i] += cnt[i];
     if (tid == 0) {
-        info[list * 4]     = 1;
-        info[list * 4 + 1] = uint32_t(bin);
         info[list * 4 + 2] = uint32_t(prefix >> 32);
         info[list * 4 + 3] = uint32_t(prefix);
     }
 }
 
-// (4) Block (chunk, entry, sequence): the chunk's selected tokens, ascending, at the prefix of the chunks before
+// (5) Block (chunk, entry, sequence): the chunk's selected tokens, ascending, at the prefix of the chunks before
 // it; block 0 also writes the list's ranges and index count.
 __global__ void __launch_bounds__(256)
     write_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
@@ -652,9 +744,9 @@ __global__ void __launch_bounds__(256)
     __shared__ typename scan_t::TempStorage scan;
     __shared__ int                          s_off;
     const int                               e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
-    const size_t                            list = size_t(b) * n_entry + e;
-    const seq_info                          si   = seq_info_of(n_kv[b], cfg);
-    const bool                              valid = si.k > 0 && info[list * 4] != 0;
+    const size_t                            list  = size_t(b) * n_entry + e;
+    const seq_info                          si    = seq_info_of(n_kv[b], cfg);
+    const bool                              valid = si.k > 0;
     const int32_t *                         cc    = chunk_cnt + list * n_chunks;
     if (tid == 0) {
         int off = 0;
@@ -675,28 +767,27 @@ __global__ void __launch_bounds__(256)
     }
     __syncthreads();
     if (!valid) return;
-    const int      bin = int(info[list * 4 + 1]);
-    const uint64_t thr = (uint64_t(info[list * 4 + 2]) << 32) | info[list * 4 + 3];
-    constexpr int  PER = chunk_items / 256;
-    const int      i0  = blockIdx.x * chunk_items + tid * PER;
-    const uint32_t * kl = keys + list * stride;
-    uint32_t       sel = 0; // bit j: item i0 + j selected
-    int            w   = 0;
+    const int        bin = int(info[list * 4]);
+    const uint64_t   thr = (uint64_t(info[list * 4 + 2]) << 32) | info[list * 4 + 3];
+    const int        i0  = blockIdx.x * chunk_items + tid * per_thread;
+    const uint32_t * kl  = keys + list * stride;
+    uint32_t         key[per_thread];
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        const int i = i0 + j;
-        if (i >= si.n_items) break;
-        const uint32_t key = kl[i];
-        const int      kb  = int(key >> 20);
-        if (key != 0 && (kb > bin || (kb == bin && comp_key(key, i) >= thr))) {
+    for (int j = 0; j < per_thread; ++j) key[j] = i0 + j < si.n_items ? kl[i0 + j] : 0u;
+    uint32_t sel = 0; // bit j: item i0 + j selected
+    int      w   = 0;
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) {
+        const int kb = int(key[j] >> 16);
+        if (key[j] != 0 && (kb > bin || (kb == bin && comp_key(key[j], i0 + j) >= thr))) {
             sel |= 1u << j;
-            w += item_weight(si, cfg.page, i);
+            w += item_weight(si, cfg.page, i0 + j);
         }
     }
     int pos;
     scan_t(scan).ExclusiveSum(w, pos);
     int32_t * out = idx + list * idx_stride + s_off + pos;
-    for (int j = 0; j < PER; ++j) {
+    for (int j = 0; j < per_thread; ++j) {
         if (!(sel >> j & 1u)) continue;
         const int i = i0 + j;
         if (cfg.page == 1) {
@@ -743,39 +834,44 @@ stage_dims stage_prepare(const decode_select_args & a, int page, decode_select_w
     const sel_cfg c        = cfg_of(a, page);
     const int64_t k_max    = budget_keys(c, a.n_kv_max);
     d.idx_stride           = page == 1 ? k_max : (k_max + page - 1) / page * page;
-    const size_t n_zeroed  = size_t(a.n_seq) * a.n_head + size_t(d.n_list) * (n_bins + 1);
+    // zeroed: head maxima and candidate counts, cleared by every call; hist: cleared once here, then by the pick
+    // kernel after reading it
+    const size_t n_cleared = size_t(a.n_seq) * a.n_head + size_t(d.n_list);
     grow(ws.scores, ws.cap[0], size_t(a.n_seq) * a.n_head * d.n_items);
     grow(ws.keys, ws.cap[1], size_t(d.n_list) * d.n_items);
-    grow(ws.zeroed, ws.cap[2], n_zeroed);
+    grow(ws.zeroed, ws.cap[2], n_cleared);
+    if (size_t(d.n_list) * n_hist > ws.cap[6]) {
+        grow(ws.hist, ws.cap[6], size_t(d.n_list) * n_hist);
+        LC_CUDA_CHECK(cudaMemset(ws.hist, 0, size_t(d.n_list) * n_hist * sizeof(uint32_t)));
+    }
     grow(ws.cand, ws.cap[3], size_t(d.n_list) * cand_cap);
     grow(ws.chunk, ws.cap[4], size_t(d.n_list) * d.n_chunks);
     grow(ws.info, ws.cap[5], size_t(d.n_list) * 4);
     plan.reserve(d.n_list, d.idx_stride, false);
-    LC_CUDA_CHECK(cudaMemsetAsync(ws.zeroed, 0, n_zeroed * sizeof(uint32_t), stream));
+    LC_CUDA_CHECK(cudaMemsetAsync(ws.zeroed, 0, n_cleared * sizeof(uint32_t), stream));
     return d;
 }
 
 uint32_t * ws_head_max(decode_select_workspace & ws) { return ws.zeroed; }
-uint32_t * ws_hist(decode_select_workspace & ws, const decode_select_args & a) {
+uint32_t * ws_cand_count(decode_select_workspace & ws, const decode_select_args & a) {
     return ws.zeroed + size_t(a.n_seq) * a.n_head;
 }
-uint32_t * ws_cand_count(decode_select_workspace & ws, const decode_select_args & a, const stage_dims & d) {
-    return ws_hist(ws, a) + size_t(d.n_list) * n_bins;
-}
+uint32_t * ws_hist(decode_select_workspace & ws, const decode_select_args &, const stage_dims &) { return ws.hist; }
 
 void stage_run(const decode_select_args & a, const float * scores, int64_t stride, int page, const stage_dims & d,
                decode_select_workspace & ws, decode_plan_buf & plan, cudaStream_t stream) {
     const sel_cfg c = cfg_of(a, page);
     const dim3    grid(unsigned(d.n_chunks), unsigned(d.n_entry), unsigned(a.n_seq));
     group_keys_kernel<<<grid, 256, 0, stream>>>(scores, stride, a.n_head, a.group, a.n_kv, c, ws_head_max(ws), ws.keys,
-                                                ws_hist(ws, a));
+                                                ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a), ws.cand,
-                                          ws_cand_count(ws, a, d), ws.chunk, d.n_chunks);
+    pick_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(a.n_kv, c, d.n_entry, ws_hist(ws, a, d), ws.info);
     LC_CUDA_CHECK_LAUNCH();
-    select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry, ws_hist(ws, a),
-                                                                   ws.cand, ws_cand_count(ws, a, d), ws.chunk,
-                                                                   d.n_chunks, ws.info);
+    cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws.cand, ws_cand_count(ws, a), ws.chunk,
+                                          d.n_chunks);
+    LC_CUDA_CHECK_LAUNCH();
+    select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry, ws.cand,
+                                                                   ws_cand_count(ws, a), ws.chunk, d.n_chunks, ws.info);
     LC_CUDA_CHECK_LAUNCH();
     write_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.chunk, d.n_chunks, ws.info, plan.ranges,
                                            plan.n_ranges, plan.idx, plan.n_idx, plan.idx_stride);
@@ -837,7 +933,9 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     if (a.n_seq <= 0) return status::ok();
     const stage_dims d = stage_prepare(a, 1, ws, plan, stream);
     const dim3       grid(unsigned((d.n_items + loki_chunk - 1) / loki_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
-    loki_score_kernel<<<grid, 256, 0, stream>>>(a.q, a.n_head, a.n_head_kv, a.head_dim,
+    const size_t smem = (size_t(a.head_dim) * st.d_pad + size_t(a.n_head / a.n_head_kv) * a.head_dim) * sizeof(float);
+    LC_CUDA_CHECK(cudaFuncSetAttribute(loki_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    loki_score_kernel<<<grid, 256, smem, stream>>>(a.q, a.n_head, a.n_head_kv, a.head_dim,
                                                 reinterpret_cast<const __half *>(st.keys), st.proj, st.d_pad, a.pages,
                                                 a.pages_stride, a.n_kv, cfg_of(a, 1), ws.scores, d.n_items,
                                                 ws_head_max(ws));

@@ -43,11 +43,12 @@ struct decode_select_args {
 struct decode_select_workspace {
     float *    scores = nullptr;  // [n_seq][n_head][n_items] per-head scores
     uint32_t * keys   = nullptr;  // [n_list][n_items] order keys of the selection scores (0: not eligible)
-    uint32_t * zeroed = nullptr;  // head maxima, histograms, candidate counts (cleared each call)
+    uint32_t * zeroed = nullptr;  // head maxima, candidate counts (cleared each call)
+    uint32_t * hist   = nullptr;  // [n_list][65536] histograms of the keys' top 16 bits (left cleared)
     uint64_t * cand   = nullptr;  // [n_list][cand_cap] candidates of the threshold bin
     int32_t *  chunk  = nullptr;  // [n_list][n_chunks] selected tokens per chunk
     uint32_t * info   = nullptr;  // [n_list][4] threshold of each list
-    size_t     cap[6] = {};
+    size_t     cap[7] = {};
     decode_select_workspace() = default;
     decode_select_workspace(const decode_select_workspace &) = delete;
     decode_select_workspace & operator=(const decode_select_workspace &) = delete;
