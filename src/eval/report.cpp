@@ -111,10 +111,17 @@ std::string length_span(const json & doc) {
 
 // One row per (file, setting, method other than dense): the method's score beside dense's on the same prompts.
 // niah: needle score (%); ruler: the mean over the tasks run (%) per length; ppl: perplexity per protocol setting;
-// fidelity: top-1 agreement with dense (%) and the mean KL. Density: the method's mean over the file's records.
+// fidelity: top-1 agreement with dense (%) and the mean KL, over the decoded tail when the file has one (its
+// density column then holds the keys the decode steps attended). Density otherwise: the method's mean over the
+// file's records. Rows are grouped by model, then eval (niah, ruler, ppl, fidelity), in file order within.
 result<std::string> method_summary(const std::vector<report_input> & in, const std::vector<report_point> & pts) {
-    std::string rows;
-    auto        density_of = [&](const std::string & file, const std::string & label) {
+    struct row {
+        std::string model;
+        int         rank = 0;
+        std::string text;
+    };
+    std::vector<row> rows;
+    auto             density_of = [&](const std::string & file, const std::string & label) {
         for (const auto & p : pts)
             if (p.file == file && p.label == label) return f2(p.density, "%.3f");
         return std::string("-");
@@ -124,22 +131,47 @@ result<std::string> method_summary(const std::vector<report_input> & in, const s
         const std::string file  = base(f.path);
         const std::string model = short_model(f.doc.at("meta"));
         const std::string head  = "| " + model + " | " + ev + " | ";
-        if (ev == "niah" || ev == "fidelity") {
+        const std::string tail  = " | " + file + " |\n";
+        if (ev == "niah") {
             double dense = std::nan("");
             for (const auto & p : pts)
                 if (p.file == file && p.label == "dense") dense = p.score;
-            double kl   = 0.0;
-            int    n_kl = 0;
-            if (ev == "fidelity")
-                for (const auto & r : f.doc.at("records")) kl += r.at("kl_mean").get<double>(), ++n_kl;
             for (const auto & p : pts) {
                 if (p.file != file || p.label == "dense") continue;
-                const std::string what = ev == "niah" ? "needle score (%)" : "top-1 agreement (%), KL";
-                rows += head + "L=" + length_span(f.doc) + " " + what + " | " + p.label + " | " +
-                        f2(p.density, "%.3f") + " | " + (std::isnan(dense) ? std::string("-") : f2(dense)) + " | " +
-                        f2(p.score) + (n_kl ? " (KL " + f2(kl / n_kl, "%.3g") + ")" : std::string()) + " | " +
-                        (std::isnan(dense) ? std::string("-") : f2(p.score - dense, "%+.2f")) + " |\n";
+                rows.push_back({model, 0,
+                                head + "L=" + length_span(f.doc) + " needle score (%) | " + p.label + " | " +
+                                    f2(p.density, "%.3f") + " | " + (std::isnan(dense) ? std::string("-") : f2(dense)) +
+                                    " | " + f2(p.score) + " | " +
+                                    (std::isnan(dense) ? std::string("-") : f2(p.score - dense, "%+.2f")) + tail});
             }
+        } else if (ev == "fidelity") {
+            double      kl = 0.0, top1 = 0.0, dkl = 0.0, dtop1 = 0.0, keys = 0.0;
+            int         n = 0, n_dec = 0, n_keys = 0;
+            std::string label;
+            for (const auto & r : f.doc.at("records")) {
+                kl += r.at("kl_mean").get<double>();
+                top1 += r.at("top1_agree").get<double>();
+                ++n;
+                if (r.contains("decode_kl_mean")) {
+                    dkl += r["decode_kl_mean"].get<double>();
+                    dtop1 += r.at("decode_top1_agree").get<double>();
+                    ++n_dec;
+                }
+                for (const auto & run : r.at("runs")) {
+                    if (run.at("label").get<std::string>() != "dense") label = run["label"].get<std::string>();
+                    if (run.contains("decode_keys")) keys += run["decode_keys"].get<double>(), ++n_keys;
+                }
+            }
+            if (n == 0 || label.empty()) continue;
+            const bool   dec = n_dec > 0;
+            const double t = 100.0 * (dec ? dtop1 / n_dec : top1 / n), k = dec ? dkl / n_dec : kl / n;
+            rows.push_back(
+                {model, 3,
+                 head + "L=" + length_span(f.doc) +
+                     (dec ? " decoded tail: top-1 (%), KL; density = keys attended" : " top-1 agreement (%), KL") +
+                     " | " + label + " | " +
+                     (dec ? (n_keys ? f2(keys / n_keys, "%.3f") : std::string("-")) : density_of(file, label)) +
+                     " | 100.00 | " + f2(t) + " (KL " + f2(k, "%.3g") + ") | " + f2(t - 100.0, "%+.2f") + tail});
         } else if (ev == "ruler") {
             LC_ASSIGN_OR_RETURN(auto rr, ruler_summary(f.doc));
             for (const auto & r : rr) {
@@ -147,11 +179,12 @@ result<std::string> method_summary(const std::vector<report_input> & in, const s
                 const ruler_summary_row * d = nullptr;
                 for (const auto & x : rr)
                     if (x.length == r.length && x.label == "dense") d = &x;
-                rows += head + "L=" + std::to_string(r.length) + " RULER mean (%), " +
-                        std::to_string(r.task_scores.size()) + " tasks, " + std::to_string(r.n_samples) +
-                        " samples | " + r.label + " | " + density_of(file, r.label) + " | " +
-                        (d ? f2(d->mean) : std::string("-")) + " | " + f2(r.mean) + " | " +
-                        (d ? f2(r.mean - d->mean, "%+.2f") : std::string("-")) + " |\n";
+                rows.push_back({model, 1,
+                                head + "L=" + std::to_string(r.length) + " RULER mean (%), " +
+                                    std::to_string(r.task_scores.size()) + " tasks, " + std::to_string(r.n_samples) +
+                                    " samples | " + r.label + " | " + density_of(file, r.label) + " | " +
+                                    (d ? f2(d->mean) : std::string("-")) + " | " + f2(r.mean) + " | " +
+                                    (d ? f2(r.mean - d->mean, "%+.2f") : std::string("-")) + tail});
             }
         } else if (ev == "ppl") {
             LC_ASSIGN_OR_RETURN(auto pr, ppl_summary(f.doc));
@@ -161,19 +194,25 @@ result<std::string> method_summary(const std::vector<report_input> & in, const s
             for (const auto & r : pr) {
                 if (r.label == "dense") continue;
                 const bool d = dense.count(r.group) > 0;
-                rows += head + "PPL " + r.group + " | " + r.label + " | " + density_of(file, r.label) + " | " +
-                        (d ? f2(dense[r.group], "%.4f") : std::string("-")) + " | " + f2(r.ppl, "%.4f") + " | " +
-                        (d ? f2(r.ppl - dense[r.group], "%+.4f") : std::string("-")) + " |\n";
+                rows.push_back({model, 2,
+                                head + "PPL " + r.group + " | " + r.label + " | " + density_of(file, r.label) + " | " +
+                                    (d ? f2(dense[r.group], "%.4f") : std::string("-")) + " | " + f2(r.ppl, "%.4f") +
+                                    " | " + (d ? f2(r.ppl - dense[r.group], "%+.4f") : std::string("-")) + tail});
             }
         }
     }
     if (rows.empty()) return std::string();
-    return "## Summary: each method against dense on the same prompts\n\n"
-           "One row per result file, setting and method; density is the method's mean over the file's records "
-           "(computed / causal query-key pairs in the layers the method may touch). PPL: lower is better.\n\n"
-           "| model | eval | setting | method | density | dense | method | vs dense |\n"
-           "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |\n" +
-           rows + "\n";
+    std::stable_sort(rows.begin(), rows.end(), [](const row & a, const row & b) {
+        return a.model != b.model ? a.model < b.model : a.rank < b.rank;
+    });
+    std::string md = "## Summary: each method against dense on the same prompts\n\n"
+                     "One row per result file, setting and method. Density: computed / causal query-key pairs in the "
+                     "layers the method may touch, the method's mean over the file's records (for a decoded tail: "
+                     "the share of keys its decode steps attended). PPL: lower is better.\n\n"
+                     "| model | eval | setting | method | density | dense | method | vs dense | file |\n"
+                     "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |\n";
+    for (const auto & r : rows) md += r.text;
+    return md + "\n";
 }
 
 // Decode KL, top-1 and keys attended of a fidelity record with a decoded tail ("-" where absent).

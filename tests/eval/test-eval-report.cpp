@@ -88,9 +88,9 @@ TEST(eval_report, decode_fidelity_summary) {
     ASSERT_TRUE(md);
     EXPECT_NE(md->find("| Gemma 3 270m | decode=topk | 4096 | 2 | 0.250 | 0.250 | 0.2 | 80.00 |"), std::string::npos)
         << *md;
-    // Summary row: top-1 over the whole document (99%) beside dense's 100, mean KL 0.01.
-    EXPECT_NE(md->find("| Gemma 3 270m | fidelity | L=4096 top-1 agreement (%), KL | decode=topk | 1.000 | 100.00 | "
-                       "99.00 (KL 0.01) | -1.00 |"),
+    // Summary row: the decoded tail's top-1 (80%) and KL (0.2); density = keys attended.
+    EXPECT_NE(md->find("| Gemma 3 270m | fidelity | L=4096 decoded tail: top-1 (%), KL; density = keys attended | "
+                       "decode=topk | 0.250 | 100.00 | 80.00 (KL 0.2) | -20.00 | f.json |"),
               std::string::npos)
         << *md;
     EXPECT_NE(md->find("| 4096 | 1 | 0.01 | 0.5 | 0.9900 | 0.3 | 0.7000 | 0.250 |"), std::string::npos) << *md;
@@ -114,14 +114,17 @@ TEST(eval_report, method_summary_across_files) {
     auto md = report_markdown({{"r.json", r}, {"a.json", niah_doc()}, {"b.json", ppl_doc()}});
     ASSERT_TRUE(md);
     EXPECT_NE(md->find("| Smollm2 135M | ruler | L=8192 RULER mean (%), 2 tasks, 2 samples | prefill=x | 0.250 | "
-                       "100.00 | 50.00 | -50.00 |"),
+                       "100.00 | 50.00 | -50.00 | r.json |"),
               std::string::npos)
         << *md;
     EXPECT_NE(md->find("| m | niah | L=1000 needle score (%) | prefill=vslash budget=1x | 0.400 | 100.00 | 50.00 | "
-                       "-50.00 |"),
+                       "-50.00 | a.json |"),
               std::string::npos)
         << *md;
-    EXPECT_NE(md->find("| ? | ppl | PPL A L=11 | m | 1.000 | 4.0000 | 5.0000 | +1.0000 |"), std::string::npos) << *md;
-    // Dense has no row of its own in the summary.
+    EXPECT_NE(md->find("| ? | ppl | PPL A L=11 | m | 1.000 | 4.0000 | 5.0000 | +1.0000 | b.json |"), std::string::npos)
+        << *md;
+    // Grouped by model: "?" < "Smollm2 135M" < "m"; dense has no row of its own.
+    EXPECT_LT(md->find("| ? | ppl |"), md->find("| Smollm2 135M | ruler |"));
+    EXPECT_LT(md->find("| Smollm2 135M | ruler |"), md->find("| m | niah |"));
     EXPECT_EQ(md->find("| dense | 1.000 | 100.00 | 100.00 |"), std::string::npos) << *md;
 }
