@@ -75,17 +75,20 @@ int cmd_chat(const args_t & args) {
         if (status st = c.truncate(int64_t(keep)); !st) return fail("chat", st);
         in_cache.resize(keep);
         std::vector<int32_t> fresh(all.begin() + std::ptrdiff_t(keep), all.end());
-        if (status st = c.decode(fresh); !st) return fail("chat", st);
+        // Each decode samples its next token where the model runs (on the GPU only the token id comes back).
+        result<int32_t> next = c.decode_sample(fresh, smp);
+        if (!next) return fail("chat", next.get_status());
         in_cache.insert(in_cache.end(), fresh.begin(), fresh.end());
         std::string reply;
         for (int64_t i = 0; i < *n_predict; ++i) {
-            const int32_t id = smp.sample(c.logits(), lm->mdl->hparams().n_vocab);
+            const int32_t id = *next;
             if (tok.is_eog(id)) break;
             const std::string piece = tok.token_to_piece(id);
             reply += piece;
             std::fwrite(piece.data(), 1, piece.size(), stdout);
             std::fflush(stdout);
-            if (status st = c.decode({id}); !st) return fail("chat", st);
+            next = c.decode_sample({id}, smp);
+            if (!next) return fail("chat", next.get_status());
             in_cache.push_back(id);
         }
         std::fputc('\n', stdout);

@@ -100,21 +100,21 @@ int cmd_run(const args_t & args) {
              lm->mdl->hparams().name.c_str(), prompt.size(), t_tok, c.n_threads(), (long long)c.n_ctx(),
              (long long)cp->n_ubatch);
 
+    // Each decode samples its next token where the model runs (on the GPU only the token id comes back).
+    sampler          smp(sp);
     prefill_progress progress;
     const auto       t_pp0 = clock_type::now();
-    status           st    = c.decode(prompt, false, prompt.size() > 2048 ? progress_fn(progress) : progress_fn());
-    if (!st) return fail("run", st);
+    result<int32_t>  next  = c.decode_sample(prompt, smp, prompt.size() > 2048 ? progress_fn(progress) : progress_fn());
+    if (!next) return fail("run", next.get_status());
     const double t_pp = since(t_pp0);
     log_prefill_attention(c, cp->attn);
 
-    sampler    smp(sp);
     int64_t    n_gen      = 0;
     int64_t    n_dec      = 0;
     double     t_tg       = 0.0;
-    int32_t    n_vocab    = lm->mdl->hparams().n_vocab;
     const bool ignore_eos = p.has("--ignore-eos");
     while (n_gen < *n_predict) {
-        const int32_t id = smp.sample(c.logits(), n_vocab);
+        const int32_t id = *next;
         if (tok.is_eog(id) && !ignore_eos) break;
         const std::string piece = tok.token_to_piece(id);
         std::fwrite(piece.data(), 1, piece.size(), stdout);
@@ -122,7 +122,8 @@ int cmd_run(const args_t & args) {
         ++n_gen;
         if (n_gen == *n_predict) break;
         const auto t0 = clock_type::now();
-        if (status s2 = c.decode({id}); !s2) return fail("run", s2);
+        next          = c.decode_sample({id}, smp);
+        if (!next) return fail("run", next.get_status());
         t_tg += since(t0);
         ++n_dec;
     }
