@@ -316,9 +316,11 @@ __global__ void __launch_bounds__(256)
     const int     D   = blockDim.x;
     const float * lp  = lse_part + row * n_split;
     float         mm  = -INFINITY;
+#pragma unroll 8
     for (int s = 0; s < n_split; ++s) mm = fmaxf(mm, lp[s]);
     float L = 0.f, O = 0.f;
     if (mm != -INFINITY) {
+#pragma unroll 8
         for (int s = 0; s < n_split; ++s) {
             const float w = __expf(lp[s] - mm);
             L += w;

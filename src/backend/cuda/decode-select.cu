@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cuda_fp16.h>
 
@@ -29,10 +30,11 @@ decode_select_workspace::~decode_select_workspace() {
 
 namespace {
 
-constexpr int     chunk_items = 4096; // items per block of the top-k kernels
-constexpr int     n_hist      = 65536; // first-level histogram: the top 16 bits of a key
+constexpr int     chunk_items = 1024; // items per block of the top-k kernels
+constexpr int     n_fine      = 4;               // copies of the fine histogram (blocks spread their atomics)
+constexpr int     n_hist      = n_fine * 65536 + 256; // per list: n_fine histograms of the keys' top 16 bits, then one of their top 8
 constexpr int64_t cand_cap    = 16384;
-constexpr int     max_chunks  = 2048; // chunks per list the select kernel counts in shared memory (8M items)
+constexpr int     max_chunks  = 8192; // chunks per list the select kernel counts in shared memory (8M items)
 
 template <typename T> T * grow(T *& p, size_t & cap, size_t n) {
     if (n > cap) {
@@ -152,7 +154,7 @@ __device__ __forceinline__ void head_max_flush(uint32_t * smem, int G, uint32_t 
 
 // Block (1024-token chunk, KV head, sequence): Loki scores of the G query heads of the KV head. The block stages
 // P[:, :d] and q in shared memory and forms q' = q P[:, :d] in the CPU's summation order; each thread then scores
-// 2 tokens at a time (d_pad / 8 loads of 16 bytes each, 512 contiguous bytes per warp and chunk of 8 dims).
+// 4 tokens (d_pad / 8 loads of 16 bytes each per token, 512 contiguous bytes per warp and chunk of 8 dims).
 constexpr int loki_chunk = 1024;
 __global__ void __launch_bounds__(256)
     loki_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D,
@@ -185,53 +187,55 @@ __global__ void __launch_bounds__(256)
     float          mx[8];
 #pragma unroll
     for (int g = 0; g < 8; ++g) mx[g] = -INFINITY;
-    for (int it = 0; it < loki_chunk / 512; ++it) {
-        const int t0 = blockIdx.x * loki_chunk + it * 512 + tid;
-        if (t0 >= T) break;
-        const int      t1    = min(t0 + 256, T - 1); // a duplicate of t0's row when past the end (not stored)
-        const __half * base0 = lk + (size_t(pages[size_t(b) * pages_stride + t0 / kv_page_tokens]) * n_head_kv + hk) * pelm +
-                               size_t(t0 % kv_page_tokens) * 8;
-        const __half * base1 = lk + (size_t(pages[size_t(b) * pages_stride + t1 / kv_page_tokens]) * n_head_kv + hk) * pelm +
-                               size_t(t1 % kv_page_tokens) * 8;
-        float acc0[8], acc1[8];
+    constexpr int NT = loki_chunk / 256; // tokens per thread, all rows' loads of a chunk of 8 dims in flight
+    const int     t0 = blockIdx.x * loki_chunk + tid;
+    const __half * base[NT];
 #pragma unroll
-        for (int g = 0; g < 8; ++g) acc0[g] = acc1[g] = 0.f;
-#pragma unroll 4
+    for (int u = 0; u < NT; ++u) {
+        const int t = min(t0 + u * 256, max(T - 1, 0)); // past the end: a duplicate row, not stored
+        base[u]     = lk + (size_t(pages[size_t(b) * pages_stride + t / kv_page_tokens]) * n_head_kv + hk) * pelm +
+                  size_t(t % kv_page_tokens) * 8;
+    }
+    float acc[NT][8];
+#pragma unroll
+    for (int u = 0; u < NT; ++u)
+#pragma unroll
+        for (int g = 0; g < 8; ++g) acc[u][g] = 0.f;
+    if (t0 < T) {
+#pragma unroll 2
         for (int cc = 0; cc < nc; ++cc) {
-            const uint4 v0 = __ldg(reinterpret_cast<const uint4 *>(base0 + size_t(cc) * kv_page_tokens * 8));
-            const uint4 v1 = __ldg(reinterpret_cast<const uint4 *>(base1 + size_t(cc) * kv_page_tokens * 8));
-            const __half2 * h0 = reinterpret_cast<const __half2 *>(&v0);
-            const __half2 * h1 = reinterpret_cast<const __half2 *>(&v1);
-            float           k0[8], k1[8];
+            uint4 v[NT];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const float2 f0 = __half22float2(h0[j]), f1 = __half22float2(h1[j]);
-                k0[2 * j] = f0.x, k0[2 * j + 1] = f0.y;
-                k1[2 * j] = f1.x, k1[2 * j + 1] = f1.y;
-            }
+            for (int u = 0; u < NT; ++u) v[u] = __ldg(reinterpret_cast<const uint4 *>(base[u] + size_t(cc) * kv_page_tokens * 8));
 #pragma unroll
-            for (int g = 0; g < 8; ++g) {
-                if (g < G) {
+            for (int u = 0; u < NT; ++u) {
+                const __half2 * h = reinterpret_cast<const __half2 *>(&v[u]);
+                float           kf[8];
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        const float qv = qd[g][cc * 8 + j];
-                        acc0[g]        = fmaf(k0[j], qv, acc0[g]);
-                        acc1[g]        = fmaf(k1[j], qv, acc1[g]);
+                for (int j = 0; j < 4; ++j) {
+                    const float2 f = __half22float2(h[j]);
+                    kf[2 * j] = f.x, kf[2 * j + 1] = f.y;
+                }
+#pragma unroll
+                for (int g = 0; g < 8; ++g) {
+                    if (g < G) {
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) acc[u][g] = fmaf(kf[j], qd[g][cc * 8 + j], acc[u][g]);
                     }
                 }
             }
         }
-        const bool el0 = t0 >= si.e0 && t0 < si.e1;
-        const bool ok1 = t0 + 256 < T;
-        const bool el1 = ok1 && t1 >= si.e0 && t1 < si.e1;
+    }
+#pragma unroll
+    for (int u = 0; u < NT; ++u) {
+        const int  t  = t0 + u * 256;
+        const bool ok = t < T;
+        const bool el = ok && t >= si.e0 && t < si.e1;
 #pragma unroll
         for (int g = 0; g < 8; ++g) {
             if (g < G) {
-                float * sg = scores + (size_t(b) * n_head + hk * G + g) * stride;
-                sg[t0]     = acc0[g];
-                if (ok1) sg[t1] = acc1[g];
-                if (el0 && acc0[g] == acc0[g]) mx[g] = fmaxf(mx[g], acc0[g]);
-                if (el1 && acc1[g] == acc1[g]) mx[g] = fmaxf(mx[g], acc1[g]);
+                if (ok) scores[(size_t(b) * n_head + hk * G + g) * stride + t] = acc[u][g];
+                if (el && acc[u][g] == acc[u][g]) mx[g] = fmaxf(mx[g], acc[u][g]);
             }
         }
     }
@@ -473,9 +477,11 @@ __global__ void __launch_bounds__(256)
     group_keys_kernel(const float * __restrict__ scores, int64_t stride, int n_head, int group,
                       const int32_t * __restrict__ n_kv, sel_cfg cfg, const uint32_t * __restrict__ head_max,
                       uint32_t * __restrict__ keys, uint32_t * __restrict__ hist) {
-    __shared__ float hm[8];
-    const int        e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
-    const size_t     list = size_t(b) * n_entry + e;
+    __shared__ float    hm[8];
+    __shared__ uint32_t coarse[256];
+    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
+    const size_t        list = size_t(b) * n_entry + e;
+    coarse[tid]              = 0;
     if (tid < group) {
         const uint32_t k = head_max[size_t(b) * n_head + e * group + tid];
         hm[tid]          = k == 0 ? -INFINITY : key_float(k);
@@ -509,6 +515,7 @@ __global__ void __launch_bounds__(256)
         }
     }
     uint32_t * hl = hist + list * n_hist;
+    uint32_t * hf = hl + (blockIdx.x % n_fine) * 65536;
 #pragma unroll
     for (int j = 0; j < per_thread; ++j) {
         const int  i   = base + j * 256;
@@ -517,48 +524,59 @@ __global__ void __launch_bounds__(256)
         if (i < si.n_items) kl[i] = key;
         const int      bin   = el ? int(key >> 16) : -1;
         const unsigned peers = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(hl + bin, uint32_t(__popc(peers)));
+        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(hf + bin, uint32_t(__popc(peers)));
+        const int      cb     = el ? int(key >> 24) : -1;
+        const unsigned cpeers = __match_any_sync(0xffffffffu, cb);
+        if (cb >= 0 && lane == __ffs(cpeers) - 1) atomicAdd(&coarse[cb], uint32_t(__popc(cpeers)));
     }
+    __syncthreads();
+    if (coarse[tid] != 0) atomicAdd(hl + n_fine * 65536 + tid, coarse[tid]);
 }
 
-// (2) Block per list: the histogram bin holding the k-th largest key and the count above it -> info[list][0..1];
-// the histogram is cleared for the next call.
-constexpr int sel_threads = 1024;
-__global__ void __launch_bounds__(sel_threads)
+// (2) Block per list: the histogram bin holding the k-th largest key and the count above it -> info[list][0..1],
+// first among the 256 coarse bins, then among the 256 fine bins inside the chosen one; the touched fine bins and the
+// coarse ones are cleared for the next call.
+__global__ void __launch_bounds__(256)
     pick_kernel(const int32_t * __restrict__ n_kv, sel_cfg cfg, int n_entry, uint32_t * __restrict__ hist,
                 uint32_t * __restrict__ info) {
-    using scan_t = cub::BlockScan<int, sel_threads>;
+    using scan_t = cub::BlockScan<int, 256>;
     __shared__ typename scan_t::TempStorage scan;
-    constexpr int PER  = n_hist / sel_threads; // 64
-    const size_t  list = blockIdx.x;
-    const int     tid  = threadIdx.x;
-    const seq_info si  = seq_info_of(n_kv[list / n_entry], cfg);
-    uint32_t *    hl   = hist + list * n_hist;
-    const int     lo   = n_hist - (tid + 1) * PER; // this thread's bins [lo, lo + PER), highest thread first
-    int           sum  = 0;
-#pragma unroll 4
-    for (int j = 0; j < PER; j += 4) {
-        const uint4 x = *reinterpret_cast<const uint4 *>(hl + lo + j);
-        sum += int(x.x + x.y + x.z + x.w);
+    __shared__ int                          s_cbin, s_cabove, s_nz, s_list[256];
+    const size_t                            list = blockIdx.x;
+    const int                               tid  = threadIdx.x;
+    const seq_info                          si   = seq_info_of(n_kv[list / n_entry], cfg);
+    uint32_t *                              hl   = hist + list * n_hist;
+    uint32_t *                              hc   = hl + n_fine * 65536;
+    const int                               k    = si.k;
+    if (tid == 0) s_nz = 0;
+    const int cb = 255 - tid; // highest bin first
+    const int cv = int(hc[cb]);
+    int       excl;
+    scan_t(scan).ExclusiveSum(cv, excl);
+    if (k > 0 && excl < k && excl + cv >= k) {
+        s_cbin   = cb;
+        s_cabove = excl;
     }
-    int excl;
-    scan_t(scan).ExclusiveSum(sum, excl);
-    const int k = si.k;
-    if (k > 0 && excl < k && excl + sum >= k) { // this thread's bins hold the k-th key
-        int cum = excl;
-        for (int j = PER - 1; j >= 0; --j) {
-            const int h = int(hl[lo + j]);
-            if (cum + h >= k) {
-                info[list * 4]     = uint32_t(lo + j);
-                info[list * 4 + 1] = uint32_t(cum);
-                break;
-            }
-            cum += h;
+    if (cv != 0) s_list[atomicAdd(&s_nz, 1)] = cb;
+    __syncthreads();
+    if (k > 0) {
+        const int fb = s_cbin * 256 + 255 - tid;
+        int       fv = 0;
+#pragma unroll
+        for (int r = 0; r < n_fine; ++r) fv += int(hl[r * 65536 + fb]);
+        int       ex2;
+        scan_t(scan).ExclusiveSum(fv, ex2);
+        const int above = s_cabove + ex2;
+        if (above < k && above + fv >= k) {
+            info[list * 4]     = uint32_t(fb);
+            info[list * 4 + 1] = uint32_t(above);
         }
     }
     __syncthreads();
-#pragma unroll 4
-    for (int j = 0; j < PER; j += 4) *reinterpret_cast<uint4 *>(hl + lo + j) = make_uint4(0, 0, 0, 0);
+    for (int i = 0; i < s_nz; ++i)
+#pragma unroll
+        for (int r = 0; r < n_fine; ++r) hl[r * 65536 + s_list[i] * 256 + tid] = 0;
+    hc[tid] = 0;
 }
 
 // (3) Block (chunk, entry, sequence): tokens of keys above the bin -> chunk_cnt; keys in it -> candidates (gathered
@@ -616,7 +634,8 @@ __global__ void __launch_bounds__(256)
 
 // (4) Block per list: exact threshold (composite key of the k-th largest) among the candidates, candidate tokens
 // added to chunk_cnt, threshold -> info[list][2..3].
-constexpr int smem_items = 2048; // candidates the select kernel keeps in shared memory
+constexpr int sel_threads = 1024;
+constexpr int smem_items  = 1024; // candidates the select kernel keeps in shared memory
 __global__ void __launch_bounds__(sel_threads)
     select_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
                   int n_entry, const uint64_t * __restrict__ cand, const uint32_t * __restrict__ cand_count,
@@ -640,23 +659,30 @@ __global__ void __launch_bounds__(sel_threads)
     // inside): from the shared-memory copy, the candidate list, or all keys of the bin when the list overflowed.
     bool in_smem = false;
     auto for_each = [&](auto fn) {
-        const int n = in_smem ? s_n : overflow ? si.n_items : int(n_c);
-        for (int base = 0; base < n; base += sel_threads) {
-            const int i  = base + tid;
-            bool      ok = i < n;
-            uint64_t  c  = 0;
-            if (ok) {
-                if (in_smem) {
-                    c = s_items[i];
-                } else if (!overflow) {
-                    c = cl[i];
-                } else {
-                    const uint32_t key = kl[i];
-                    ok                 = key != 0 && int(key >> 16) == bin;
-                    c                  = comp_key(key, i);
+        constexpr int U = 4; // items per thread loaded before any is used
+        const int     n = in_smem ? s_n : overflow ? si.n_items : int(n_c);
+        for (int base = 0; base < n; base += U * sel_threads) {
+            uint64_t c[U];
+            bool     ok[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int i = base + u * sel_threads + tid;
+                ok[u]       = i < n;
+                c[u]        = 0;
+                if (ok[u]) {
+                    if (in_smem) {
+                        c[u] = s_items[i];
+                    } else if (!overflow) {
+                        c[u] = cl[i];
+                    } else {
+                        const uint32_t key = kl[i];
+                        ok[u]              = key != 0 && int(key >> 16) == bin;
+                        c[u]               = comp_key(key, i);
+                    }
                 }
             }
-            fn(c, ok);
+#pragma unroll
+            for (int u = 0; u < U; ++u) fn(c[u], ok[u]);
         }
     };
     const bool all_in_smem = !overflow && n_c <= uint32_t(smem_items);
@@ -740,6 +766,8 @@ __global__ void __launch_bounds__(256)
                  const int32_t * __restrict__ chunk_cnt, int n_chunks, const uint32_t * __restrict__ info,
                  int32_t * __restrict__ ranges, int32_t * __restrict__ n_ranges, int32_t * __restrict__ idx,
                  int32_t * __restrict__ n_idx, int64_t idx_stride) {
+    using red_t = cub::BlockReduce<int, 256>;
+    __shared__ typename red_t::TempStorage red;
     using scan_t = cub::BlockScan<int, 256>;
     __shared__ typename scan_t::TempStorage scan;
     __shared__ int                          s_off;
@@ -748,15 +776,19 @@ __global__ void __launch_bounds__(256)
     const seq_info                          si    = seq_info_of(n_kv[b], cfg);
     const bool                              valid = si.k > 0;
     const int32_t *                         cc    = chunk_cnt + list * n_chunks;
+    int off = 0, total = 0; // tokens of the chunks before this one, of all chunks
+    if (valid)
+        for (int i = tid; i < n_chunks; i += 256) {
+            const int x = cc[i];
+            total += x;
+            off += i < int(blockIdx.x) ? x : 0;
+        }
+    off = red_t(red).Sum(off);
+    __syncthreads();
+    total = red_t(red).Sum(total);
     if (tid == 0) {
-        int off = 0;
-        if (valid)
-            for (int i = 0; i < int(blockIdx.x); ++i) off += cc[i];
         s_off = off;
         if (blockIdx.x == 0) {
-            int total = off;
-            if (valid)
-                for (int i = 0; i < n_chunks; ++i) total += cc[i];
             n_idx[list]    = total;
             n_ranges[list] = si.nr;
             for (int r = 0; r < si.nr; ++r) {
@@ -865,7 +897,7 @@ void stage_run(const decode_select_args & a, const float * scores, int64_t strid
     group_keys_kernel<<<grid, 256, 0, stream>>>(scores, stride, a.n_head, a.group, a.n_kv, c, ws_head_max(ws), ws.keys,
                                                 ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    pick_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(a.n_kv, c, d.n_entry, ws_hist(ws, a, d), ws.info);
+    pick_kernel<<<unsigned(d.n_list), 256, 0, stream>>>(a.n_kv, c, d.n_entry, ws_hist(ws, a, d), ws.info);
     LC_CUDA_CHECK_LAUNCH();
     cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws.cand, ws_cand_count(ws, a), ws.chunk,
                                           d.n_chunks);
