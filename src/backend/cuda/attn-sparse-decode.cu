@@ -82,8 +82,8 @@ std::vector<decode_plan_host_list> decode_plan_download(const decode_plan_buf & 
 namespace {
 
 constexpr int   n_threads       = 128;
-constexpr int   rows_per_iter   = 64;
-constexpr int   min_iters_split = 2; // at least 128 rows a split
+constexpr int   rows_per_iter   = 32;
+constexpr int   min_iters_split = 4; // at least 128 rows a split
 constexpr float ln2             = 0.69314718055994531f;
 constexpr float log2e           = 1.4426950408889634f;
 
@@ -108,8 +108,9 @@ __device__ __forceinline__ void unpack8(const uint4 & v, float (&f)[8]) {
 
 // D: head_dim; GQ: query heads per plan entry (plan.group). Partial states as in attn-decode.cu:
 // o_part [n_seq][n_head][n_split][D] f32 (normalised over the split's rows), lse_part [n_seq][n_head][n_split].
+// 3 blocks per SM at head_dim <= 128 (168 registers; at G = 4 a few spill to L1); more registers above.
 template <int D, int GQ, bool PREFETCH>
-__global__ void __launch_bounds__(n_threads)
+__global__ void __launch_bounds__(n_threads, D <= 128 ? 3 : 1)
     sparse_decode_split_kernel(const uint16_t * __restrict__ q, int n_head, const uint16_t * __restrict__ k_pool,
                                const uint16_t * __restrict__ v_pool, int n_head_kv, const int32_t * __restrict__ pages,
                                int64_t pages_stride, decode_plan_dev plan, int rows_per_split, float scale_log2,

@@ -26,13 +26,14 @@ decode_select_workspace::~decode_select_workspace() {
     cudaFree(chunk);
     cudaFree(info);
     cudaFree(hist);
+    cudaFree(qrot);
 }
 
 namespace {
 
 constexpr int     chunk_items = 1024; // items per block of the top-k kernels
-constexpr int     n_fine      = 4;               // copies of the fine histogram (blocks spread their atomics)
-constexpr int     n_hist      = n_fine * 65536 + 256; // per list: n_fine histograms of the keys' top 16 bits, then one of their top 8
+constexpr int     n_hist      = 512;   // per list: histogram of the keys' top 8 bits (coarse), then of the next 8
+                                         // bits of the keys in the chosen coarse bin (fine)
 constexpr int64_t cand_cap    = 16384;
 constexpr int     max_chunks  = 8192; // chunks per list the select kernel counts in shared memory (8M items)
 
@@ -156,30 +157,44 @@ __device__ __forceinline__ void head_max_flush(uint32_t * smem, int G, uint32_t 
 // P[:, :d] and q in shared memory and forms q' = q P[:, :d] in the CPU's summation order; each thread then scores
 // 4 tokens (d_pad / 8 loads of 16 bytes each per token, 512 contiguous bytes per warp and chunk of 8 dims).
 constexpr int loki_chunk = 1024;
+
+// Block (KV head, sequence): q' = q P[:, :d] of the G query heads, summed in the CPU's order -> qrot
+// [n_seq][n_head][d_pad] f32 (P and q staged in shared memory).
 __global__ void __launch_bounds__(256)
-    loki_score_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D,
-                      const __half * __restrict__ lk, const float * __restrict__ proj, int d_pad,
-                      const int32_t * __restrict__ pages, int64_t pages_stride, const int32_t * __restrict__ n_kv,
-                      sel_cfg cfg, float * __restrict__ scores, int64_t stride, uint32_t * __restrict__ head_max) {
+    loki_query_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D,
+                      const float * __restrict__ proj, int d_pad, float * __restrict__ qrot) {
     extern __shared__ float lsm[]; // P_g [D][d_pad], then q [G][D]
-    __shared__ float        qd[8][128];
-    __shared__ uint32_t     smax[8];
-    const int               hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int               hk = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
     const int               G  = n_head / n_head_kv;
-    const int               T  = n_kv[b];
     float *                 Ps = lsm;
     float *                 qs = lsm + D * d_pad;
-    if (tid < 8) smax[tid] = 0;
-    const float * P = proj + size_t(hk) * D * d_pad;
+    const float *           P  = proj + size_t(hk) * D * d_pad;
     for (int o = tid; o < D * d_pad; o += 256) Ps[o] = P[o];
     for (int o = tid; o < G * D; o += 256) qs[o] = __uint_as_float(uint32_t(q[(size_t(b) * n_head + hk * G) * D + o]) << 16);
     __syncthreads();
-    for (int o = tid; o < G * d_pad; o += 256) { // q' = q P[:, :d], summed in the CPU's order
+    for (int o = tid; o < G * d_pad; o += 256) {
         const int g = o / d_pad, j = o % d_pad;
         float     y = 0.f;
         for (int i = 0; i < D; ++i) y = fmaf(qs[g * D + i], Ps[i * d_pad + j], y);
-        qd[g][j] = y;
+        qrot[(size_t(b) * n_head + hk * G + g) * d_pad + j] = y;
     }
+}
+
+// Block (1024-token chunk, KV head, sequence): Loki scores of the G query heads of the KV head from q' (qrot);
+// each thread scores 4 tokens (d_pad / 8 loads of 16 bytes per token, 512 contiguous bytes per warp and chunk of
+// 8 dims).
+template <int G>
+__global__ void __launch_bounds__(256, 3)
+    loki_score_kernel(const float * __restrict__ qrot, int n_head, int n_head_kv, const __half * __restrict__ lk,
+                      int d_pad, const int32_t * __restrict__ pages, int64_t pages_stride,
+                      const int32_t * __restrict__ n_kv, sel_cfg cfg, float * __restrict__ scores, int64_t stride,
+                      uint32_t * __restrict__ head_max) {
+    __shared__ float    qd[G][128];
+    __shared__ uint32_t smax[8];
+    const int           hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int           T  = n_kv[b];
+    if (tid < 8) smax[tid] = 0;
+    for (int o = tid; o < G * d_pad; o += 256) qd[o / d_pad][o % d_pad] = qrot[(size_t(b) * n_head + hk * G) * d_pad + o];
     __syncthreads();
     const seq_info si   = seq_info_of(T, cfg);
     const int      nc   = d_pad / 8;
@@ -470,7 +485,7 @@ __global__ void __launch_bounds__(256)
 // ---- top-k ----
 
 // (1) Block (chunk, entry, sequence): selection keys of the chunk's items and the list's histogram of their top
-// 16 bits (global, one atomic per distinct bin of a warp). Items are strided across the block (coalesced), each
+// 8 bits (shared memory, one atomic per distinct bin of a warp, then one global atomic per bin). Items are strided across the block (coalesced), each
 // thread's 16 loads issued before they are used.
 constexpr int per_thread = chunk_items / 256;
 __global__ void __launch_bounds__(256)
@@ -515,78 +530,123 @@ __global__ void __launch_bounds__(256)
         }
     }
     uint32_t * hl = hist + list * n_hist;
-    uint32_t * hf = hl + (blockIdx.x % n_fine) * 65536;
 #pragma unroll
     for (int j = 0; j < per_thread; ++j) {
         const int  i   = base + j * 256;
         const bool el  = i >= si.e0 && i < si.e1;
         const uint32_t key = el ? sel_key(v[j]) : 0u;
         if (i < si.n_items) kl[i] = key;
-        const int      bin   = el ? int(key >> 16) : -1;
-        const unsigned peers = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(hf + bin, uint32_t(__popc(peers)));
         const int      cb     = el ? int(key >> 24) : -1;
         const unsigned cpeers = __match_any_sync(0xffffffffu, cb);
         if (cb >= 0 && lane == __ffs(cpeers) - 1) atomicAdd(&coarse[cb], uint32_t(__popc(cpeers)));
     }
     __syncthreads();
-    if (coarse[tid] != 0) atomicAdd(hl + n_fine * 65536 + tid, coarse[tid]);
+    if (coarse[tid] != 0) atomicAdd(hl + tid, coarse[tid]);
 }
 
-// (2) Block per list: the histogram bin holding the k-th largest key and the count above it -> info[list][0..1],
-// first among the 256 coarse bins, then among the 256 fine bins inside the chosen one; the touched fine bins and the
-// coarse ones are cleared for the next call.
-__global__ void __launch_bounds__(256)
+// Warp 0 of a block: the digit of a 256-bin histogram (highest first) holding the need-th largest item, and the
+// count above it (digit 0 when fewer are counted, which the callers rule out).
+__device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int & digit, int & above) {
+    const int lane = threadIdx.x & 31;
+    int       sum  = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sum += int(h[255 - 8 * lane - j]);
+    int incl = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int x = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += x;
+    }
+    const int excl = incl - sum;
+    int       d = -1, cum = 0;
+    if ((excl < need && incl >= need) || (lane == 31 && incl < need)) {
+        cum = excl;
+        d   = 255 - 8 * lane;
+        for (int j = 0; j < 8; ++j, --d) {
+            if (cum + int(h[d]) >= need || d == 0) break;
+            cum += int(h[d]);
+        }
+    }
+    const unsigned m   = __ballot_sync(0xffffffffu, d >= 0);
+    const int      src = __ffs(m) - 1;
+    digit              = __shfl_sync(0xffffffffu, d, src);
+    above              = __shfl_sync(0xffffffffu, cum, src);
+}
+
+// (2) Block per list: the coarse bin (top 8 bits) holding the k-th largest key and the count above it ->
+// info[list][0..1]; the coarse histogram is cleared for the next call.
+__global__ void __launch_bounds__(32)
     pick_kernel(const int32_t * __restrict__ n_kv, sel_cfg cfg, int n_entry, uint32_t * __restrict__ hist,
                 uint32_t * __restrict__ info) {
-    using scan_t = cub::BlockScan<int, 256>;
-    __shared__ typename scan_t::TempStorage scan;
-    __shared__ int                          s_cbin, s_cabove, s_nz, s_list[256];
-    const size_t                            list = blockIdx.x;
-    const int                               tid  = threadIdx.x;
-    const seq_info                          si   = seq_info_of(n_kv[list / n_entry], cfg);
-    uint32_t *                              hl   = hist + list * n_hist;
-    uint32_t *                              hc   = hl + n_fine * 65536;
-    const int                               k    = si.k;
-    if (tid == 0) s_nz = 0;
-    const int cb = 255 - tid; // highest bin first
-    const int cv = int(hc[cb]);
-    int       excl;
-    scan_t(scan).ExclusiveSum(cv, excl);
-    if (k > 0 && excl < k && excl + cv >= k) {
-        s_cbin   = cb;
-        s_cabove = excl;
-    }
-    if (cv != 0) s_list[atomicAdd(&s_nz, 1)] = cb;
-    __syncthreads();
-    if (k > 0) {
-        const int fb = s_cbin * 256 + 255 - tid;
-        int       fv = 0;
-#pragma unroll
-        for (int r = 0; r < n_fine; ++r) fv += int(hl[r * 65536 + fb]);
-        int       ex2;
-        scan_t(scan).ExclusiveSum(fv, ex2);
-        const int above = s_cabove + ex2;
-        if (above < k && above + fv >= k) {
-            info[list * 4]     = uint32_t(fb);
+    const size_t   list = blockIdx.x;
+    const seq_info si   = seq_info_of(n_kv[list / n_entry], cfg);
+    uint32_t *     hl   = hist + list * n_hist;
+    if (si.k > 0) {
+        int d, above;
+        warp_pick256(hl, si.k, d, above);
+        if (threadIdx.x == 0) {
+            info[list * 4]     = uint32_t(d);
             info[list * 4 + 1] = uint32_t(above);
+        }
+        __syncwarp();
+    }
+    for (int i = threadIdx.x; i < 256; i += 32) hl[i] = 0;
+}
+
+// (2b) Block (chunk, entry, sequence): histogram of bits 23..16 of the keys in the coarse bin -> the list's fine
+// histogram (shared memory, then one global atomic per bin).
+__global__ void __launch_bounds__(256)
+    fine_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                const uint32_t * __restrict__ info, uint32_t * __restrict__ hist) {
+    __shared__ uint32_t fine[256];
+    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
+    const size_t        list = size_t(b) * n_entry + e;
+    const seq_info      si   = seq_info_of(n_kv[b], cfg);
+    if (si.k == 0) return;
+    fine[tid] = 0;
+    __syncthreads();
+    const int        cbin = int(info[list * 4]);
+    const uint32_t * kl   = keys + list * stride;
+    const int        base = blockIdx.x * chunk_items + tid;
+    uint32_t         key[per_thread];
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? kl[base + j * 256] : 0u;
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) {
+        const int      f     = key[j] != 0 && int(key[j] >> 24) == cbin ? int((key[j] >> 16) & 255u) : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, f);
+        if (f >= 0 && lane == __ffs(peers) - 1) atomicAdd(&fine[f], uint32_t(__popc(peers)));
+    }
+    __syncthreads();
+    if (fine[tid] != 0) atomicAdd(hist + list * n_hist + 256 + tid, fine[tid]);
+}
+
+// The 16-bit bin holding the k-th largest key and the count above it, from info's coarse pick and the fine
+// histogram (warp 0 computes, the block gets it through shared memory).
+__device__ __forceinline__ void pick16(const uint32_t * __restrict__ info, const uint32_t * __restrict__ hl, size_t list,
+                                       int k, int * s_pick, int & bin, int & above) {
+    if (threadIdx.x < 32) {
+        const int cbin = int(info[list * 4]), cabove = int(info[list * 4 + 1]);
+        int       d, a;
+        warp_pick256(hl + 256, k - cabove, d, a);
+        if (threadIdx.x == 0) {
+            s_pick[0] = cbin * 256 + d;
+            s_pick[1] = cabove + a;
         }
     }
     __syncthreads();
-    for (int i = 0; i < s_nz; ++i)
-#pragma unroll
-        for (int r = 0; r < n_fine; ++r) hl[r * 65536 + s_list[i] * 256 + tid] = 0;
-    hc[tid] = 0;
+    bin   = s_pick[0];
+    above = s_pick[1];
 }
 
 // (3) Block (chunk, entry, sequence): tokens of keys above the bin -> chunk_cnt; keys in it -> candidates (gathered
 // in shared memory, one global atomic per block).
 __global__ void __launch_bounds__(256)
     cand_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                const uint32_t * __restrict__ info, uint64_t * __restrict__ cand, uint32_t * __restrict__ cand_count,
+                const uint32_t * __restrict__ info, const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand, uint32_t * __restrict__ cand_count,
                 int32_t * __restrict__ chunk_cnt, int n_chunks) {
     __shared__ uint64_t sc[chunk_items];
-    __shared__ int      s_nc, s_base, wsum[8];
+    __shared__ int      s_nc, s_base, wsum[8], s_pick[2];
     const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
     const size_t        list = size_t(b) * n_entry + e;
     const seq_info      si   = seq_info_of(n_kv[b], cfg);
@@ -595,8 +655,8 @@ __global__ void __launch_bounds__(256)
         return;
     }
     if (tid == 0) s_nc = 0;
-    __syncthreads();
-    const int        bin  = int(info[list * 4]);
+    int bin, above;
+    pick16(info, hist + list * n_hist, list, si.k, s_pick, bin, above);
     const uint32_t * kl   = keys + list * stride;
     const int        base = blockIdx.x * chunk_items + tid;
     uint32_t         key[per_thread];
@@ -638,19 +698,26 @@ constexpr int sel_threads = 1024;
 constexpr int smem_items  = 1024; // candidates the select kernel keeps in shared memory
 __global__ void __launch_bounds__(sel_threads)
     select_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                  int n_entry, const uint64_t * __restrict__ cand, const uint32_t * __restrict__ cand_count,
+                  int n_entry, uint32_t * __restrict__ hist, const uint64_t * __restrict__ cand,
+                  const uint32_t * __restrict__ cand_count,
                   int32_t * __restrict__ chunk_cnt, int n_chunks, uint32_t * __restrict__ info) {
     __shared__ uint32_t h256[256];
     __shared__ int      cnt[max_chunks];
     __shared__ uint64_t s_prefix;
-    __shared__ int      s_need, s_match, s_n;
+    __shared__ int      s_need, s_match, s_n, s_pick[2];
     __shared__ uint64_t s_items[smem_items];
     const size_t        list = blockIdx.x;
     const int           b    = int(list / n_entry), tid = threadIdx.x, lane = tid & 31;
     const seq_info      si   = seq_info_of(n_kv[b], cfg);
     if (si.k == 0) return;
-    const int        bin      = int(info[list * 4]);
-    const int        above    = int(info[list * 4 + 1]);
+    int bin, above;
+    pick16(info, hist + list * n_hist, list, si.k, s_pick, bin, above);
+    __syncthreads();
+    if (tid < 256) hist[list * n_hist + 256 + tid] = 0; // the fine histogram, cleared for the next call
+    if (tid == 0) {
+        info[list * 4]     = uint32_t(bin);
+        info[list * 4 + 1] = uint32_t(above);
+    }
     const uint32_t   n_c      = cand_count[list];
     const bool       overflow = n_c > uint32_t(cand_cap);
     const uint64_t * cl       = cand + list * cand_cap;
@@ -692,47 +759,75 @@ __global__ void __launch_bounds__(sel_threads)
         __syncthreads();
         in_smem = true;
     }
-    uint64_t prefix = uint64_t(bin) << 48, mask = uint64_t(0xffff) << 48;
-    int      need   = si.k - above;
-    for (int sh = 40; sh >= 0; sh -= 8) {
-        for (int i = tid; i < 256; i += sel_threads) h256[i] = 0;
-        __syncthreads();
-        for_each([&](uint64_t c, bool ok) {
-            const int      d     = ok && (c & mask) == prefix ? int((c >> sh) & 255u) : -1;
-            const unsigned peers = __match_any_sync(0xffffffffu, d);
-            if (d >= 0 && lane == __ffs(peers) - 1) atomicAdd(&h256[d], uint32_t(__popc(peers)));
-        });
-        __syncthreads();
-        if (tid == 0) {
-            int cum = 0, d = 255;
-            for (; d > 0; --d) {
-                if (cum + int(h256[d]) >= need) break;
-                cum += int(h256[d]);
-            }
-            s_prefix = prefix | (uint64_t(d) << sh);
-            s_need   = need - cum;
-            s_match  = int(h256[d]);
+    uint64_t prefix;
+    if (all_in_smem) { // few candidates (all distinct): the need-th largest is the one with need - 1 above it
+        const int need = si.k - above;
+        if (tid < int(n_c)) {
+            const uint64_t c = s_items[tid];
+            int            r = 0;
+#pragma unroll 8
+            for (int j = 0; j < int(n_c); ++j) r += s_items[j] > c;
+            if (r == need - 1) s_prefix = c;
         }
         __syncthreads();
         prefix = s_prefix;
-        need   = s_need;
-        mask |= uint64_t(255u) << sh;
-        if (sh == 0) break;
-        if (!in_smem && s_match <= smem_items) { // few left: copy them to shared memory for the remaining passes
-            if (tid == 0) s_n = 0;
+    } else {
+        uint64_t mask = uint64_t(0xffff) << 48;
+        int      need = si.k - above;
+        prefix        = uint64_t(bin) << 48;
+        for (int sh = 40; sh >= 0; sh -= 8) {
+            for (int i = tid; i < 256; i += sel_threads) h256[i] = 0;
             __syncthreads();
             for_each([&](uint64_t c, bool ok) {
-                const bool     take = ok && (c & mask) == prefix;
-                const unsigned m    = __ballot_sync(0xffffffffu, take);
-                int            pos  = 0;
-                if (m != 0 && lane == __ffs(m) - 1) pos = atomicAdd(&s_n, __popc(m));
-                pos = __shfl_sync(0xffffffffu, pos, m != 0 ? __ffs(m) - 1 : 0);
-                if (take) s_items[pos + __popc(m & ((1u << lane) - 1u))] = c;
+                const int      d     = ok && (c & mask) == prefix ? int((c >> sh) & 255u) : -1;
+                const unsigned peers = __match_any_sync(0xffffffffu, d);
+                if (d >= 0 && lane == __ffs(peers) - 1) atomicAdd(&h256[d], uint32_t(__popc(peers)));
             });
             __syncthreads();
-            in_smem = true;
+            if (tid < 32) { // warp 0: lane l sums digits 255 - 8l .. 248 - 8l, a suffix scan finds the digit
+                int sum = 0;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) sum += int(h256[255 - 8 * lane - j]);
+                int incl = sum;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const int x = __shfl_up_sync(0xffffffffu, incl, o);
+                    if (lane >= o) incl += x;
+                }
+                const int excl = incl - sum;
+                // the k-th largest lies in this lane's digits; with too few counted (cannot happen), digit 0
+                if ((excl < need && incl >= need) || (lane == 31 && incl < need)) {
+                    int cum = excl, d = 255 - 8 * lane;
+                    for (int j = 0; j < 8; ++j, --d) {
+                        if (cum + int(h256[d]) >= need || d == 0) break;
+                        cum += int(h256[d]);
+                    }
+                    s_prefix = prefix | (uint64_t(d) << sh);
+                    s_need   = need - cum;
+                    s_match  = int(h256[d]);
+                }
+            }
+            __syncthreads();
+            prefix = s_prefix;
+            need   = s_need;
+            mask |= uint64_t(255u) << sh;
+            if (sh == 0) break;
+            if (!in_smem && s_match <= smem_items) { // few left: copy them to shared memory for the remaining passes
+                if (tid == 0) s_n = 0;
+                __syncthreads();
+                for_each([&](uint64_t c, bool ok) {
+                    const bool     take = ok && (c & mask) == prefix;
+                    const unsigned m    = __ballot_sync(0xffffffffu, take);
+                    int            pos  = 0;
+                    if (m != 0 && lane == __ffs(m) - 1) pos = atomicAdd(&s_n, __popc(m));
+                    pos = __shfl_sync(0xffffffffu, pos, m != 0 ? __ffs(m) - 1 : 0);
+                    if (take) s_items[pos + __popc(m & ((1u << lane) - 1u))] = c;
+                });
+                __syncthreads();
+                in_smem = true;
+            }
+            __syncthreads();
         }
-        __syncthreads();
     }
     // prefix: the composite key of the k-th largest item; every candidate >= it is selected.
     in_smem = all_in_smem;
@@ -897,13 +992,16 @@ void stage_run(const decode_select_args & a, const float * scores, int64_t strid
     group_keys_kernel<<<grid, 256, 0, stream>>>(scores, stride, a.n_head, a.group, a.n_kv, c, ws_head_max(ws), ws.keys,
                                                 ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    pick_kernel<<<unsigned(d.n_list), 256, 0, stream>>>(a.n_kv, c, d.n_entry, ws_hist(ws, a, d), ws.info);
+    pick_kernel<<<unsigned(d.n_list), 32, 0, stream>>>(a.n_kv, c, d.n_entry, ws_hist(ws, a, d), ws.info);
     LC_CUDA_CHECK_LAUNCH();
-    cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws.cand, ws_cand_count(ws, a), ws.chunk,
-                                          d.n_chunks);
+    fine_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry, ws.cand,
-                                                                   ws_cand_count(ws, a), ws.chunk, d.n_chunks, ws.info);
+    cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws_hist(ws, a, d), ws.cand,
+                                          ws_cand_count(ws, a), ws.chunk, d.n_chunks);
+    LC_CUDA_CHECK_LAUNCH();
+    select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry,
+                                                                   ws_hist(ws, a, d), ws.cand, ws_cand_count(ws, a),
+                                                                   ws.chunk, d.n_chunks, ws.info);
     LC_CUDA_CHECK_LAUNCH();
     write_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.chunk, d.n_chunks, ws.info, plan.ranges,
                                            plan.n_ranges, plan.idx, plan.n_idx, plan.idx_stride);
@@ -965,12 +1063,20 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     if (a.n_seq <= 0) return status::ok();
     const stage_dims d = stage_prepare(a, 1, ws, plan, stream);
     const dim3       grid(unsigned((d.n_items + loki_chunk - 1) / loki_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
-    const size_t smem = (size_t(a.head_dim) * st.d_pad + size_t(a.n_head / a.n_head_kv) * a.head_dim) * sizeof(float);
-    LC_CUDA_CHECK(cudaFuncSetAttribute(loki_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    loki_score_kernel<<<grid, 256, smem, stream>>>(a.q, a.n_head, a.n_head_kv, a.head_dim,
-                                                reinterpret_cast<const __half *>(st.keys), st.proj, st.d_pad, a.pages,
-                                                a.pages_stride, a.n_kv, cfg_of(a, 1), ws.scores, d.n_items,
-                                                ws_head_max(ws));
+    const int    G    = a.n_head / a.n_head_kv;
+    const size_t smem = (size_t(a.head_dim) * st.d_pad + size_t(G) * a.head_dim) * sizeof(float);
+    grow(ws.qrot, ws.cap[7], size_t(a.n_seq) * a.n_head * st.d_pad);
+    LC_CUDA_CHECK(cudaFuncSetAttribute(loki_query_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    loki_query_kernel<<<dim3(unsigned(a.n_head_kv), unsigned(a.n_seq)), 256, smem, stream>>>(
+        a.q, a.n_head, a.n_head_kv, a.head_dim, st.proj, st.d_pad, ws.qrot);
+    LC_CUDA_CHECK_LAUNCH();
+    using score_fn = void (*)(const float *, int, int, const __half *, int, const int32_t *, int64_t, const int32_t *,
+                              sel_cfg, float *, int64_t, uint32_t *);
+    constexpr score_fn fns[8] = {loki_score_kernel<1>, loki_score_kernel<2>, loki_score_kernel<3>, loki_score_kernel<4>,
+                                 loki_score_kernel<5>, loki_score_kernel<6>, loki_score_kernel<7>, loki_score_kernel<8>};
+    fns[G - 1]<<<grid, 256, 0, stream>>>(ws.qrot, a.n_head, a.n_head_kv, reinterpret_cast<const __half *>(st.keys),
+                                         st.d_pad, a.pages, a.pages_stride, a.n_kv, cfg_of(a, 1), ws.scores, d.n_items,
+                                         ws_head_max(ws));
     LC_CUDA_CHECK_LAUNCH();
     stage_run(a, ws.scores, d.n_items, 1, d, ws, plan, stream);
     return status::ok();

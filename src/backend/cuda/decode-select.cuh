@@ -48,7 +48,8 @@ struct decode_select_workspace {
     uint64_t * cand   = nullptr;  // [n_list][cand_cap] candidates of the threshold bin
     int32_t *  chunk  = nullptr;  // [n_list][n_chunks] selected tokens per chunk
     uint32_t * info   = nullptr;  // [n_list][4] threshold of each list
-    size_t     cap[7] = {};
+    float *    qrot   = nullptr;  // [n_seq][n_head][d_pad] Loki's rotated queries
+    size_t     cap[8] = {};
     decode_select_workspace() = default;
     decode_select_workspace(const decode_select_workspace &) = delete;
     decode_select_workspace & operator=(const decode_select_workspace &) = delete;
