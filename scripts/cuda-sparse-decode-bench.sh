@@ -35,7 +35,7 @@ done
 {
     echo "# Sparse decode on the GPU: $gpu"
     echo
-    echo "- commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), run $(date -u '+%H:%M UTC %Y-%m-%d')"
+    echo "- commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} (the sources the binaries were built from), run $(date -u "+%H:%M UTC %Y-%m-%d")"
     echo "- command: \`${CMD:-scripts/cuda-sparse-decode-bench.sh}\`; test-cuda-sparse-decode exit code $test_rc, bench exit code $bench_rc"
     echo "- Llama-3-8B attention shapes: 32 query heads, 8 KV heads, head_dim 128, bf16 paged KV (64-token pages, shuffled"
     echo "  page table); one selection per KV head for its 4 query heads; sinks 4 + local window 64 always attended;"
