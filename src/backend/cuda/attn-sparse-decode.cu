@@ -308,33 +308,56 @@ __global__ void __launch_bounds__(n_threads, D <= 128 ? 3 : 1)
     }
 }
 
+// One block per (sequence, head), 4 x head_dim threads: quarter q merges the splits s = q mod 4 by log-sum-exp,
+// then quarter 0 merges the four.
 template <bool O_F32>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(1024)
     sparse_decode_merge_kernel(const float * __restrict__ o_part, const float * __restrict__ lse_part, int n_split,
-                               void * __restrict__ o, float * __restrict__ lse) {
+                               int D, void * __restrict__ o, float * __restrict__ lse) {
+    constexpr int NQ = 4;
+    __shared__ float sm_o[NQ][256], sm_m[NQ], sm_l[NQ];
     const size_t  row = blockIdx.x;
-    const int     d   = threadIdx.x;
-    const int     D   = blockDim.x;
+    const int     q   = threadIdx.x / D;
+    const int     d   = threadIdx.x % D;
     const float * lp  = lse_part + row * n_split;
     float         mm  = -INFINITY;
-#pragma unroll 8
-    for (int s = 0; s < n_split; ++s) mm = fmaxf(mm, lp[s]);
+#pragma unroll 4
+    for (int s = q; s < n_split; s += NQ) mm = fmaxf(mm, lp[s]);
     float L = 0.f, O = 0.f;
     if (mm != -INFINITY) {
-#pragma unroll 8
-        for (int s = 0; s < n_split; ++s) {
+#pragma unroll 4
+        for (int s = q; s < n_split; s += NQ) {
             const float w = __expf(lp[s] - mm);
             L += w;
             O += w * o_part[(row * n_split + s) * D + d];
         }
     }
-    const float val = L > 0.f ? O / L : 0.f;
+    sm_o[q][d] = O;
+    if (d == 0) {
+        sm_m[q] = mm;
+        sm_l[q] = L;
+    }
+    __syncthreads();
+    if (q != 0) return;
+    float M = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < NQ; ++i) M = fmaxf(M, sm_m[i]);
+    float Lt = 0.f, Ot = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+        for (int i = 0; i < NQ; ++i) {
+            const float w = __expf(sm_m[i] - M); // 0 for a quarter with no keys (-inf)
+            Lt += w * sm_l[i];
+            Ot += w * sm_o[i][d];
+        }
+    }
+    const float val = Lt > 0.f ? Ot / Lt : 0.f;
     if constexpr (O_F32) {
         static_cast<float *>(o)[row * D + d] = val;
     } else {
         static_cast<__nv_bfloat16 *>(o)[row * D + d] = __float2bfloat16_rn(val);
     }
-    if (lse != nullptr && d == 0) lse[row] = L > 0.f ? mm + __logf(L) : -INFINITY;
+    if (lse != nullptr && d == 0) lse[row] = Lt > 0.f ? M + __logf(Lt) : -INFINITY;
 }
 
 using split_fn = void (*)(const uint16_t *, int, const uint16_t *, const uint16_t *, int, const int32_t *, int64_t,
@@ -425,9 +448,9 @@ status attn_sparse_decode(const attn_sparse_decode_args & a, cudaStream_t stream
     LC_CUDA_CHECK_LAUNCH();
     const unsigned n_rows = unsigned(a.n_seq * a.n_head);
     if (a.o_f32) {
-        sparse_decode_merge_kernel<true><<<n_rows, a.head_dim, 0, stream>>>(o_part, lse_part, n_split, a.o, a.lse);
+        sparse_decode_merge_kernel<true><<<n_rows, 4 * a.head_dim, 0, stream>>>(o_part, lse_part, n_split, a.head_dim, a.o, a.lse);
     } else {
-        sparse_decode_merge_kernel<false><<<n_rows, a.head_dim, 0, stream>>>(o_part, lse_part, n_split, a.o, a.lse);
+        sparse_decode_merge_kernel<false><<<n_rows, 4 * a.head_dim, 0, stream>>>(o_part, lse_part, n_split, a.head_dim, a.o, a.lse);
     }
     LC_CUDA_CHECK_LAUNCH();
     return status::ok();

@@ -60,7 +60,7 @@ struct seq_info {
     int e0, e1; // eligible items
     int k;      // items to select: min(budget, eligible)
     int nr;
-    int rb[3], re[3]; // plan ranges (tokens), sorted, disjoint
+    int rb[2], re[2]; // plan ranges (tokens), sorted, disjoint
 };
 
 __host__ __device__ inline int64_t budget_keys(const sel_cfg & c, int64_t T) {
@@ -75,14 +75,13 @@ __host__ __device__ inline seq_info seq_info_of(int T, const sel_cfg & c) {
     const int s  = min(max(c.n_sink, 0), T);
     const int l0 = max(T - max(c.n_local, 0), 0);
     si.n_items   = P == 1 ? T : T / P;
-    int dn       = 0; // dense ranges before the tail
-    int b[3], e[3];
+    // Plan ranges: the sinks [0, s) and one range ending at T (the local window, and Quest's newest incomplete page
+    // [n_items * P, T)), merged when they touch; at most 2, written with constant indices (registers, not memory).
+    si.nr = 0;
     if (l0 <= s) {
-        if (T > 0) b[dn] = 0, e[dn++] = T;
+        if (T > 0) si.rb[0] = 0, si.re[0] = T, si.nr = 1;
         si.e0 = si.e1 = 0;
     } else {
-        if (s > 0) b[dn] = 0, e[dn++] = s;
-        if (l0 < T) b[dn] = l0, e[dn++] = T;
         if (P == 1) {
             si.e0 = s;
             si.e1 = l0;
@@ -90,23 +89,17 @@ __host__ __device__ inline seq_info seq_info_of(int T, const sel_cfg & c) {
             si.e0 = min(s / P, si.n_items);
             si.e1 = min((l0 + P - 1) / P, si.n_items);
         }
-    }
-    if (P > 1 && si.n_items * P < T) b[dn] = si.n_items * P, e[dn++] = T; // Quest's newest, incomplete page
-    // sort (at most 3) and merge touching ranges
-    for (int i = 1; i < dn; ++i)
-        for (int j = i; j > 0 && b[j] < b[j - 1]; --j) {
-            const int tb = b[j], te = e[j];
-            b[j] = b[j - 1], e[j] = e[j - 1];
-            b[j - 1] = tb, e[j - 1] = te;
-        }
-    si.nr = 0;
-    for (int i = 0; i < dn; ++i) {
-        if (si.nr > 0 && si.re[si.nr - 1] >= b[i]) {
-            si.re[si.nr - 1] = max(si.re[si.nr - 1], e[i]);
+        int eb = l0; // begin of the range ending at T (T: none)
+        if (P > 1 && si.n_items * P < eb) eb = si.n_items * P;
+        if (s > 0 && eb <= s) {
+            si.rb[0] = 0, si.re[0] = T, si.nr = 1;
         } else {
-            si.rb[si.nr] = b[i];
-            si.re[si.nr] = e[i];
-            ++si.nr;
+            if (s > 0) si.rb[0] = 0, si.re[0] = s, si.nr = 1;
+            if (eb < T) {
+                if (si.nr == 0) si.rb[0] = eb, si.re[0] = T;
+                else si.rb[1] = eb, si.re[1] = T;
+                ++si.nr;
+            }
         }
     }
     const int     n_el = max(0, si.e1 - si.e0);
@@ -120,13 +113,16 @@ __host__ __device__ inline seq_info seq_info_of(int T, const sel_cfg & c) {
 __device__ __forceinline__ int item_weight(const seq_info & si, int P, int i) {
     if (P == 1) return 1;
     int w = P;
-    for (int r = 0; r < si.nr; ++r) w -= max(0, min(si.re[r], (i + 1) * P) - max(si.rb[r], i * P));
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+        if (r < si.nr) w -= max(0, min(si.re[r], (i + 1) * P) - max(si.rb[r], i * P));
     return w;
 }
 
 __device__ __forceinline__ bool in_ranges(const seq_info & si, int t) {
     bool in = false;
-    for (int r = 0; r < si.nr; ++r) in |= t >= si.rb[r] && t < si.re[r];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) in |= r < si.nr && t >= si.rb[r] && t < si.re[r];
     return in;
 }
 
@@ -573,44 +569,31 @@ __device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int &
     above              = __shfl_sync(0xffffffffu, cum, src);
 }
 
-// (2) Block per list: the coarse bin (top 8 bits) holding the k-th largest key and the count above it ->
-// info[list][0..1]; the coarse histogram is cleared for the next call.
-__global__ void __launch_bounds__(32)
-    pick_kernel(const int32_t * __restrict__ n_kv, sel_cfg cfg, int n_entry, uint32_t * __restrict__ hist,
-                uint32_t * __restrict__ info) {
-    const size_t   list = blockIdx.x;
-    const seq_info si   = seq_info_of(n_kv[list / n_entry], cfg);
-    uint32_t *     hl   = hist + list * n_hist;
-    if (si.k > 0) {
-        int d, above;
-        warp_pick256(hl, si.k, d, above);
-        if (threadIdx.x == 0) {
-            info[list * 4]     = uint32_t(d);
-            info[list * 4 + 1] = uint32_t(above);
-        }
-        __syncwarp();
-    }
-    for (int i = threadIdx.x; i < 256; i += 32) hl[i] = 0;
-}
-
-// (2b) Block (chunk, entry, sequence): histogram of bits 23..16 of the keys in the coarse bin -> the list's fine
-// histogram (shared memory, then one global atomic per bin).
+// (2) Block (chunk, entry, sequence): the coarse bin holding the k-th largest key (every block finds the same),
+// and the histogram of bits 23..16 of the keys in it -> the list's fine histogram (shared memory, then one global
+// atomic per bin).
 __global__ void __launch_bounds__(256)
     fine_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                const uint32_t * __restrict__ info, uint32_t * __restrict__ hist) {
+                uint32_t * __restrict__ hist) {
     __shared__ uint32_t fine[256];
     const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
     const size_t        list = size_t(b) * n_entry + e;
     const seq_info      si   = seq_info_of(n_kv[b], cfg);
     if (si.k == 0) return;
-    fine[tid] = 0;
-    __syncthreads();
-    const int        cbin = int(info[list * 4]);
-    const uint32_t * kl   = keys + list * stride;
+    __shared__ int s_cbin;
+    const uint32_t * kl   = keys + list * stride; // the chunk's keys load while the bin is picked
     const int        base = blockIdx.x * chunk_items + tid;
     uint32_t         key[per_thread];
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? kl[base + j * 256] : 0u;
+    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
+    fine[tid] = 0;
+    if (tid < 32) {
+        int cb, ca;
+        warp_pick256(hist + list * n_hist, si.k, cb, ca);
+        if (tid == 0) s_cbin = cb;
+    }
+    __syncthreads();
+    const int        cbin = s_cbin;
 #pragma unroll
     for (int j = 0; j < per_thread; ++j) {
         const int      f     = key[j] != 0 && int(key[j] >> 24) == cbin ? int((key[j] >> 16) & 255u) : -1;
@@ -621,13 +604,13 @@ __global__ void __launch_bounds__(256)
     if (fine[tid] != 0) atomicAdd(hist + list * n_hist + 256 + tid, fine[tid]);
 }
 
-// The 16-bit bin holding the k-th largest key and the count above it, from info's coarse pick and the fine
-// histogram (warp 0 computes, the block gets it through shared memory).
-__device__ __forceinline__ void pick16(const uint32_t * __restrict__ info, const uint32_t * __restrict__ hl, size_t list,
-                                       int k, int * s_pick, int & bin, int & above) {
+// The 16-bit bin holding the k-th largest key and the count above it, from the coarse and fine histograms hl
+// (warp 0 computes, the block gets it through shared memory).
+__device__ __forceinline__ void pick16(const uint32_t * __restrict__ hl, int k, int * s_pick, int & bin, int & above) {
     if (threadIdx.x < 32) {
-        const int cbin = int(info[list * 4]), cabove = int(info[list * 4 + 1]);
-        int       d, a;
+        int cbin, cabove;
+        warp_pick256(hl, k, cbin, cabove);
+        int d, a;
         warp_pick256(hl + 256, k - cabove, d, a);
         if (threadIdx.x == 0) {
             s_pick[0] = cbin * 256 + d;
@@ -654,14 +637,14 @@ __global__ void __launch_bounds__(256)
         if (tid == 0) chunk_cnt[list * n_chunks + blockIdx.x] = 0;
         return;
     }
-    if (tid == 0) s_nc = 0;
-    int bin, above;
-    pick16(info, hist + list * n_hist, list, si.k, s_pick, bin, above);
-    const uint32_t * kl   = keys + list * stride;
+    const uint32_t * kl   = keys + list * stride; // the chunk's keys load while the bin is picked
     const int        base = blockIdx.x * chunk_items + tid;
     uint32_t         key[per_thread];
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? kl[base + j * 256] : 0u;
+    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
+    if (tid == 0) s_nc = 0;
+    int bin, above;
+    pick16(hist + list * n_hist, si.k, s_pick, bin, above);
     int w = 0;
 #pragma unroll
     for (int j = 0; j < per_thread; ++j) {
@@ -711,9 +694,9 @@ __global__ void __launch_bounds__(sel_threads)
     const seq_info      si   = seq_info_of(n_kv[b], cfg);
     if (si.k == 0) return;
     int bin, above;
-    pick16(info, hist + list * n_hist, list, si.k, s_pick, bin, above);
+    pick16(hist + list * n_hist, si.k, s_pick, bin, above);
     __syncthreads();
-    if (tid < 256) hist[list * n_hist + 256 + tid] = 0; // the fine histogram, cleared for the next call
+    if (tid < n_hist) hist[list * n_hist + tid] = 0; // both histograms, cleared for the next call
     if (tid == 0) {
         info[list * 4]     = uint32_t(bin);
         info[list * 4 + 1] = uint32_t(above);
@@ -871,6 +854,14 @@ __global__ void __launch_bounds__(256)
     const seq_info                          si    = seq_info_of(n_kv[b], cfg);
     const bool                              valid = si.k > 0;
     const int32_t *                         cc    = chunk_cnt + list * n_chunks;
+    // the chunk's keys and the threshold load while the offsets are summed
+    const int        i0 = blockIdx.x * chunk_items + tid * per_thread;
+    const uint32_t * kl = keys + list * stride;
+    uint32_t         key[per_thread];
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) key[j] = valid && i0 + j < si.n_items ? __ldcg(kl + i0 + j) : 0u;
+    const int      bin = valid ? int(info[list * 4]) : 0;
+    const uint64_t thr = valid ? (uint64_t(info[list * 4 + 2]) << 32) | info[list * 4 + 3] : 0;
     int off = 0, total = 0; // tokens of the chunks before this one, of all chunks
     if (valid)
         for (int i = tid; i < n_chunks; i += 256) {
@@ -886,21 +877,17 @@ __global__ void __launch_bounds__(256)
         if (blockIdx.x == 0) {
             n_idx[list]    = total;
             n_ranges[list] = si.nr;
-            for (int r = 0; r < si.nr; ++r) {
-                ranges[(list * decode_plan_max_ranges + r) * 2]     = si.rb[r];
-                ranges[(list * decode_plan_max_ranges + r) * 2 + 1] = si.re[r];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                if (r < si.nr) {
+                    ranges[(list * decode_plan_max_ranges + r) * 2]     = si.rb[r];
+                    ranges[(list * decode_plan_max_ranges + r) * 2 + 1] = si.re[r];
+                }
             }
         }
     }
     __syncthreads();
     if (!valid) return;
-    const int        bin = int(info[list * 4]);
-    const uint64_t   thr = (uint64_t(info[list * 4 + 2]) << 32) | info[list * 4 + 3];
-    const int        i0  = blockIdx.x * chunk_items + tid * per_thread;
-    const uint32_t * kl  = keys + list * stride;
-    uint32_t         key[per_thread];
-#pragma unroll
-    for (int j = 0; j < per_thread; ++j) key[j] = i0 + j < si.n_items ? kl[i0 + j] : 0u;
     uint32_t sel = 0; // bit j: item i0 + j selected
     int      w   = 0;
 #pragma unroll
@@ -992,9 +979,7 @@ void stage_run(const decode_select_args & a, const float * scores, int64_t strid
     group_keys_kernel<<<grid, 256, 0, stream>>>(scores, stride, a.n_head, a.group, a.n_kv, c, ws_head_max(ws), ws.keys,
                                                 ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    pick_kernel<<<unsigned(d.n_list), 32, 0, stream>>>(a.n_kv, c, d.n_entry, ws_hist(ws, a, d), ws.info);
-    LC_CUDA_CHECK_LAUNCH();
-    fine_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws_hist(ws, a, d));
+    fine_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
     cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws_hist(ws, a, d), ws.cand,
                                           ws_cand_count(ws, a), ws.chunk, d.n_chunks);
