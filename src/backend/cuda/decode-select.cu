@@ -1,10 +1,11 @@
 // Sparse decode selection on the GPU (decode-select.cuh). Scores: one kernel per method writes per-head scores
 // [n_seq][n_head][n_items] and each head's best eligible score (atomicMax of an order-preserving key). Top-k per
-// list (sequence, entry), four kernels over 4096-item chunks: (1) group scores (decode_group_scores()) as 32-bit
-// order keys plus a 4096-bin histogram of their top 12 bits; (2) the bin holding the k-th key: keys above it are
-// counted per chunk, keys in it appended as candidates (key << 32 | ~position, so that ties go to the lower
-// position and every candidate is distinct); (3) one block per list: radix select of the exact threshold among
-// the candidates (or, when they overflow, among all keys of the bin); (4) ordered compaction: each chunk writes
+// list (sequence, entry), five kernels over 1024-item chunks: (1) group scores (decode_group_scores()) as 32-bit
+// order keys plus a 256-bin histogram of their top 8 bits; (2) the coarse bin holding the k-th key, and a 256-bin
+// histogram of the next 8 bits of the keys in it; (3) the 16-bit bin holding the k-th key: keys above it are counted
+// per chunk, keys in it appended as candidates (key << 32 | ~position, so that ties go to the lower position and
+// every candidate is distinct); (4) one block per list: the exact k-th candidate (rank counting when few, else a
+// radix select; over all keys of the bin when the candidates overflow); (5) ordered compaction: each chunk writes
 // its selected positions at the prefix of the chunks before it, so the plan's indices come out ascending.
 #include "backend/cuda/decode-select.cuh"
 #include "backend/cuda/cuda-common.cuh"

@@ -44,7 +44,7 @@ struct decode_select_workspace {
     float *    scores = nullptr;  // [n_seq][n_head][n_items] per-head scores
     uint32_t * keys   = nullptr;  // [n_list][n_items] order keys of the selection scores (0: not eligible)
     uint32_t * zeroed = nullptr;  // head maxima, candidate counts (cleared each call)
-    uint32_t * hist   = nullptr;  // [n_list][65536] histograms of the keys' top 16 bits (left cleared)
+    uint32_t * hist   = nullptr;  // [n_list][512] coarse and fine key histograms (left cleared by each call)
     uint64_t * cand   = nullptr;  // [n_list][cand_cap] candidates of the threshold bin
     int32_t *  chunk  = nullptr;  // [n_list][n_chunks] selected tokens per chunk
     uint32_t * info   = nullptr;  // [n_list][4] threshold of each list
