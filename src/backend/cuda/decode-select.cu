@@ -571,13 +571,13 @@ __device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int &
 }
 
 // (2) Block (chunk, entry, sequence): the coarse bin holding the k-th largest key (every block finds the same),
-// and the histogram of bits 23..16 of the keys in it -> the list's fine histogram (shared memory, then one global
-// atomic per bin).
+// and the histogram of bits 23..16 of the keys in it -> the list's fine histogram (one shared-memory histogram per
+// warp, then one global atomic per bin).
 __global__ void __launch_bounds__(256)
     fine_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
                 uint32_t * __restrict__ hist) {
-    __shared__ uint32_t fine[256];
-    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
+    __shared__ uint32_t fine_w[8][256];
+    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
     const size_t        list = size_t(b) * n_entry + e;
     const seq_info      si   = seq_info_of(n_kv[b], cfg);
     if (si.k == 0) return;
@@ -587,7 +587,8 @@ __global__ void __launch_bounds__(256)
     uint32_t         key[per_thread];
 #pragma unroll
     for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
-    fine[tid] = 0;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) fine_w[w][tid] = 0;
     if (tid < 32) {
         int cb, ca;
         warp_pick256(hist + list * n_hist, si.k, cb, ca);
@@ -596,13 +597,13 @@ __global__ void __launch_bounds__(256)
     __syncthreads();
     const int        cbin = s_cbin;
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) {
-        const int      f     = key[j] != 0 && int(key[j] >> 24) == cbin ? int((key[j] >> 16) & 255u) : -1;
-        const unsigned peers = __match_any_sync(0xffffffffu, f);
-        if (f >= 0 && lane == __ffs(peers) - 1) atomicAdd(&fine[f], uint32_t(__popc(peers)));
-    }
+    for (int j = 0; j < per_thread; ++j) // one histogram per warp: no contention between warps
+        if (key[j] != 0 && int(key[j] >> 24) == cbin) atomicAdd(&fine_w[tid / 32][(key[j] >> 16) & 255u], 1u);
     __syncthreads();
-    if (fine[tid] != 0) atomicAdd(hist + list * n_hist + 256 + tid, fine[tid]);
+    uint32_t f = 0;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) f += fine_w[w][tid];
+    if (f != 0) atomicAdd(hist + list * n_hist + 256 + tid, f);
 }
 
 // The 16-bit bin holding the k-th largest key and the count above it, from the coarse and fine histograms hl
