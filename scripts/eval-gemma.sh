@@ -2,16 +2,20 @@
 # Gemma 3 270M against dense for every attention method (docs/RESULTS.md): RULER-style task scores at 8k and
 # perplexity (one prefill pass at 32k for the prefill methods; teacher-forced decode after a 16k prefix for the
 # decode methods and KV policies). Sizes are cut to about 80 minutes on a shared 2-core CPU.
+# Then the same perplexities for SmolLM2 at 8k (eval/results/smollm2/) and Gemma 3's block-sparse fidelity at 32k.
 # Usage: scripts/eval-gemma.sh [BUILD_DIR] [OUT_DIR] [GROUP...]; groups: ruler-probe ppl-prefill ppl-decode ruler
-# (default: all, in that order). Result files resume: a rerun skips the records already in OUT_DIR.
+# fidelity-block smollm2-ppl (default: all, in that order). Result files resume: a rerun skips the records
+# already there.
 set -euo pipefail
 B=${1:-build}
 OUT=${2:-eval/results/gemma3}
 shift $(($# < 2 ? $# : 2))
-GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler}
+GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler fidelity-block smollm2-ppl}
 mkdir -p "$OUT"
 L="$B/longctx"
 G=gemma3-270m-q4_k_m
+S=smollm2-135m-instruct-q4_1
+OUT_S=${OUT_S:-eval/results/smollm2}
 T=${THREADS:-2}
 
 run() { echo "+ $*" >&2; nice -n 10 "$@"; }
@@ -54,5 +58,23 @@ if want ruler; then
             run "$L" eval ruler -m $G -t "$T" --lengths 8192 --samples 1 --tasks "$tasks" $m \
                 -o "$OUT/ruler-gemma3-8k-$(tag "${m#--}").json"
         done
+    done
+fi
+
+# Block-sparse prefill is the one prefill method without a fidelity file on Gemma 3 (the others: eval/results/minference/).
+if want fidelity-block; then
+    run "$L" eval fidelity -m $G -t "$T" --prefill block --lengths 32000 --docs 1 --corpus kjv \
+        -o "$OUT/fidelity-gemma3-32k-prefill_block.json"
+fi
+
+# SmolLM2 at its 8k context: perplexity A over 8192 tokens (prefill methods), C over 256 decode steps after 7936.
+if want smollm2-ppl; then
+    mkdir -p "$OUT_S"
+    for m in "${PREFILL[@]}"; do
+        run "$L" eval ppl -m $S -t "$T" --protocol prefill --lengths 8192 $m -o "$OUT_S/ppl-smollm2-8k-$(tag "${m#--}").json"
+    done
+    for m in "${DECODE[@]}" "${KV[@]}"; do
+        run "$L" eval ppl -m $S -t "$T" --protocol decode --prefix 7936 --n-tokens 8192 --bucket 256 $m \
+            -o "$OUT_S/ppl-decode-smollm2-8k-$(tag "${m#--}").json"
     done
 fi
