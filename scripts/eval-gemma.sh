@@ -2,15 +2,16 @@
 # Gemma 3 270M against dense for every attention method (docs/RESULTS.md): RULER-style task scores at 8k and
 # perplexity (one prefill pass at 32k for the prefill methods; teacher-forced decode after a 16k prefix for the
 # decode methods and KV policies). Sizes are cut to about 80 minutes on a shared 2-core CPU.
-# Then the same perplexities for SmolLM2 at 8k (eval/results/smollm2/) and Gemma 3's block-sparse fidelity at 32k.
+# Then the same perplexities for SmolLM2 at 8k (eval/results/smollm2/), Gemma 3's block-sparse fidelity at 32k and
+# a small 8k needle check of MagicPIG beside top-k on Gemma 3.
 # Usage: scripts/eval-gemma.sh [BUILD_DIR] [OUT_DIR] [GROUP...]; groups: ruler-probe ppl-prefill ppl-decode ruler
-# fidelity-block smollm2-ppl (default: all, in that order). Result files resume: a rerun skips the records
+# fidelity-block smollm2-ppl niah-decode (default: all, in that order). Result files resume: a rerun skips the records
 # already there.
 set -euo pipefail
 B=${1:-build}
 OUT=${2:-eval/results/gemma3}
 shift $(($# < 2 ? $# : 2))
-GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler fidelity-block smollm2-ppl}
+GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler fidelity-block smollm2-ppl niah-decode}
 mkdir -p "$OUT"
 L="$B/longctx"
 G=gemma3-270m-q4_k_m
@@ -76,5 +77,13 @@ if want smollm2-ppl; then
     for m in "${DECODE[@]}" "${KV[@]}"; do
         run "$L" eval ppl -m $S -t "$T" --protocol decode --prefix 7936 --n-tokens 8192 --bucket 256 $m \
             -o "$OUT_S/ppl-decode-smollm2-8k-$(tag "${m#--}").json"
+    done
+fi
+
+# MagicPIG scored 0 on every RULER task at 8k on Gemma 3: the numeric needle (pg_essays) at 8k, 3 depths, beside top-k.
+if want niah-decode; then
+    for m in "--decode magicpig" "--decode topk"; do
+        run "$L" eval niah -m $G -t "$T" --needle numeric --lengths 8192 --depths 0:100:50 $m \
+            -o "$OUT/niah-gemma3-8k-$(tag "${m#--}").json"
     done
 fi

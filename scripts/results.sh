@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates docs/RESULTS.md and docs/plots/ from the committed result files with `longctx eval report`.
 # Usage: scripts/results.sh [BUILD_DIR]. The result files come from scripts/eval-decode.sh, scripts/eval-kv.sh,
-# the MInference commands in bench/results/minference-accuracy-cpu.md and eval/results/README.md.
+# scripts/eval-gemma.sh, the MInference commands in bench/results/minference-accuracy-cpu.md and
+# eval/results/README.md.
 set -euo pipefail
+shopt -s nullglob
 B=${1:-build}
 cd "$(dirname "$0")/.."
 mkdir -p docs/plots
@@ -20,27 +22,69 @@ How the files were made:
 - `eval/results/kv/`: `bash scripts/eval-kv.sh build` (KV policies: StreamingLLM, H2O, D2O, and MInference +
   Loki + D2O composed).
 - `eval/results/minference/`: the commands in `bench/results/minference-accuracy-cpu.md` (sparse prefill).
+- `eval/results/gemma3/`: `bash scripts/eval-gemma.sh build` (Gemma 3, every method against dense: RULER at 8k,
+  one sample per task; perplexity of the KJV by one 32k prefill pass for the prefill methods and by 256 decode
+  steps after a 16128-token prefix for the decode methods and KV policies; block prefill's 32k fidelity).
+  Methods at their defaults: prefill budget 1x, decode 25% of the keys (4 sinks, 64 recent), KV 20%.
+- `eval/results/smollm2/`: the same script (group `smollm2-ppl`): SmolLM2's perplexity at 8192 tokens, one prefill
+  pass for the prefill methods, 256 decode steps after 7936 tokens for the decode methods and KV policies.
+  (`gemma3/niah-gemma3-8k-decode_*.json`, group `niah-decode`: Gemma 3's 8k numeric needle at 3 depths.)
 - `eval/results/niah-gemma3-dense.json`: Gemma 3's dense needle grid, 4k-32k (command in docs/models.md).
 - `eval/results/*.json`: the smoke-sized grids in `eval/results/README.md`.
 
-Findings (details and the speed side in docs/minference.md, docs/decode.md, docs/kv.md):
-- Sparse prefill (MInference, calibrated per head) keeps needle retrieval where dense has it on Gemma 3 up to
-  32k at 16-30% density; on SmolLM2 at 8k (81% density) it misses one needle of five that dense finds.
-- Sparse decode at a quarter of the keys (decode KL against dense; the noise floor, every key through the
-  sparse kernel, is 0.003 on both models): top-k 0.006 on SmolLM2 and 0.005 on Gemma 3, Quest 0.0065 and 0.012,
-  Loki (d = D/4) 0.036 and 0.034. MagicPIG matches top-k on SmolLM2, where it samples ~40% of the keys, and at
-  32k on Gemma 3 (1.6% of the keys) loses the most (KL 0.15, top-1 85%).
-  On aggregation (cwe/fwe) sampling is level with or ahead of top-k at equal keys, within what 5 samples show.
-- KV policies at 20% of the cache: StreamingLLM is as good as H2O on both models; D2O's layer budgets alone are
-  slightly better than H2O, but with its published defaults (whole layers, merging) D2O loses to H2O (decode
-  KL 0.065 against 0.022 on SmolLM2). Budgeted as the reference code does (whole layers on top, 27% of the
-  bytes) D2O matches H2O-at-20%'s top-1 (91.2% against 91.0%) with a higher KL (0.030), and H2O at those bytes
-  does better still (0.011). None of the three keeps a needle outside the recent window.
-- Dense Gemma 3 finds the needle in 23 of 24 cells from 4k to 32k (the miss: 32000 tokens, depth 20%).
-- Composed (MInference + Loki + D2O) the decode errors add up: decode KL 0.093, top-1 82% on SmolLM2 at 8k.
+Findings (the Summary table below has every number; details and the speed side in docs/minference.md,
+docs/decode.md, docs/kv.md). Sample sizes are small: RULER rows are one sample per task, so one answer moves a
+task by 25-100 points; perplexities are one document each.
+
+Gemma 3 270M (sparse prefill touches only its 3 global layers; density counts those):
+- Perplexity, one 32k prefill pass of the KJV (dense 7.99): VSLASH 1x 8.01 at 67% density, A-shape 1x 8.13 at
+  24%, MInference (calibrated, 1x) 8.26 at 16%, block 1x 8.59 at 35%. Block loses most while computing more than
+  A-shape or MInference; MInference loses to A-shape on perplexity (+0.27 against +0.15) at two thirds of its
+  pairs, as in the 32k fidelity files (KL 0.043 against 0.026).
+- RULER-style tasks at 8k (dense mean 35.8 over the 11 tasks, 65.6 over the 6 tasks dense scores on; at 16k dense
+  scored 0 on the two probed tasks): MInference (53% density at 8k) loses to dense, 22.7 against 35.8 over all 11
+  tasks (41.7 against 65.6 on the 6): it misses the noise-haystack needle (niah_single_1) and every cwe word dense
+  finds, and halves multi-value/multi-query, while it scores fwe 100 where dense scores 33. A-shape (78%) 62.5,
+  block (97%) 57.2, VSLASH (99.8%: at 8k the documented budgets keep nearly everything) 65.6. A-shape and
+  MInference both lose cwe (60 -> 0).
+- Decode at 25% of the keys (16k prefix, 256 decoded tokens; dense PPL 9.41): top-k 9.42, Loki 9.54, Quest 9.59,
+  MagicPIG 10.65. On RULER at 8k top-k, Quest and Loki are level with dense (66.9, 75.3, 71.1 against 65.6:
+  within one answer); MagicPIG scores 0 on all 6 tasks: from its first decode step it loses the needle digits
+  dense copies (on SmolLM2 it matched dense on the 8k needle). The 8k numeric needle confirms it: MagicPIG 1 of 3
+  depths (only depth 100, in the recent window), top-k 3 of 3, dense 3 of 3. With its default LSH (10 bits, 150
+  tables, 2 hits) it samples too few keys on this model's 256-wide heads; it loses the most of the decode
+  methods on every measure here.
+- KV policies at 20% of the cache (16k prefix): PPL StreamingLLM 9.92, H2O 10.01, D2O (defaults: layers 0, 1 and
+  the last kept whole, merging) 11.27; on RULER at 8k they lose to dense outright (16.7, 33.3 and 0 against
+  65.6): a needle outside the kept tokens is gone. D2O with its defaults loses to both baselines on Gemma 3 (the
+  whole last global layer leaves the other two ~1%; see the fidelity rows, whole=none fixes most of it).
+- Fidelity at 32k (KJV, chunks of 512): top-1 agreement VSLASH 96.6% (67% density), A-shape 93.3% (24%),
+  MInference 91.5% (16%) / 93.6% at 2x (30%), block 88.5% (36%, KL 0.074: the worst, at more pairs than
+  A-shape; its plan keeps 75% of the dense attention mass in the global layers). Decoded tails
+  (25% keys): top-k 97.7%, Quest 95.3%, Loki 92.2%, MagicPIG 85.2% (1.6% of the keys).
+- Needle: dense finds it in 23 of 24 cells from 4k to 32k (the miss: 32000 tokens, depth 20%); MInference keeps
+  every needle dense finds at 16k and 32k (16-30% density). Of the other methods only MagicPIG and top-k have a
+  (3-cell, 8k) Gemma 3 needle file.
+
+SmolLM2-135M (8k):
+- Sparse prefill: MInference (81% density) misses one needle of five that dense finds at 8000 tokens; VSLASH at
+  5% (14-16%) keeps the needle at 2-4k but costs 12-16 points of top-1 and 0.71 PPL at 2k and 9 RULER points at 2k.
+- Sparse decode at a quarter of the keys (decode KL against dense; the noise floor, every key through the sparse
+  kernel, is 0.003): top-k 0.006, Quest 0.0065, Loki (d = D/4) 0.036; top-k and Quest at 25% each miss one 8k
+  needle dense finds (3/5 against 4/5), at 39% they match dense. MagicPIG (~43% of the keys) matches top-k; on
+  aggregation (cwe/fwe at 4k) it is within 1.3 points of dense, top-k and Quest at 39% lose 2.3 and 5.7.
+- KV policies at 20%: StreamingLLM is as good as H2O; with its published defaults D2O loses to H2O (decode KL
+  0.065 against 0.022). Budgeted as the reference code does (27% of the bytes) D2O matches H2O-at-20%'s top-1
+  with a higher KL, and H2O at those bytes does better still (0.011). All three lose 3 of the 4 needles dense
+  finds at 8k (1/5 against 4/5): a needle outside the recent window is gone.
+- Composed (MInference + Loki + D2O) the decode errors add up: decode KL 0.093, top-1 82%.
+- Perplexity at 8192 tokens (dense 6.016): MInference (81% density), A-shape (75%) and VSLASH (99%) are within
+  0.002; block loses 0.08 (6.098) at 95% density. After a 7936-token prefix, 256 decoded tokens (dense 7.72):
+  Quest 7.82, top-k 7.83, MagicPIG 8.16, Loki 8.35 (Loki loses most here, MagicPIG most on Gemma 3);
+  StreamingLLM 7.94, H2O 7.87, D2O 8.58 (KV at 20%): D2O with its defaults loses to both baselines on this model too.
 
 HEAD
 "$B/longctx" eval report eval/results/*.json eval/results/minference/*.json eval/results/decode/*.json \
-    eval/results/kv/*.json --plots docs/plots -o - | sed '1d; s#](docs/plots/#](plots/#g'
+    eval/results/kv/*.json eval/results/gemma3/*.json eval/results/smollm2/*.json --plots docs/plots -o - | sed '1d; s#](docs/plots/#](plots/#g'
 } > docs/RESULTS.md
 echo "wrote docs/RESULTS.md and docs/plots/"
