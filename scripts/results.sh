@@ -39,8 +39,8 @@ task by 25-100 points; perplexities are one document each.
 Gemma 3 270M (sparse prefill touches only its 3 global layers; density counts those):
 - Perplexity, one 32k prefill pass of the KJV (dense 7.99): VSLASH 1x 8.01 at 67% density, A-shape 1x 8.13 at
   24%, MInference (calibrated, 1x) 8.26 at 16%, block 1x 8.59 at 35%. Block loses most while computing more than
-  A-shape or MInference; MInference loses to A-shape on perplexity (+0.27 against +0.15) at two thirds of its
-  pairs, as in the 32k fidelity files (KL 0.043 against 0.026).
+  A-shape or MInference; MInference loses to A-shape on perplexity (+0.27 against +0.15) while computing two
+  thirds of A-shape's pairs, as in the 32k fidelity files (KL 0.043 against 0.026).
 - RULER-style tasks at 8k (dense mean 35.8 over the 11 tasks, 65.6 over the 6 tasks dense scores on; at 16k dense
   scored 0 on the two probed tasks): MInference (53% density at 8k) loses to dense, 22.7 against 35.8 over all 11
   tasks (41.7 against 65.6 on the 6): it misses the noise-haystack needle (niah_single_1) and every cwe word dense
@@ -52,8 +52,8 @@ Gemma 3 270M (sparse prefill touches only its 3 global layers; density counts th
   within one answer); MagicPIG scores 0 on all 6 tasks: from its first decode step it loses the needle digits
   dense copies (on SmolLM2 it matched dense on the 8k needle). The 8k numeric needle confirms it: MagicPIG 1 of 3
   depths (only depth 100, in the recent window), top-k 3 of 3, dense 3 of 3. With its default LSH (10 bits, 150
-  tables, 2 hits) it samples too few keys on this model's 256-wide heads; it loses the most of the decode
-  methods on every measure here.
+  tables, 2 hits) it samples 1.6% of the keys at 32k (fidelity row), likely too few to keep a needle; it loses
+  the most of the decode methods on every measure here.
 - KV policies at 20% of the cache (16k prefix): PPL StreamingLLM 9.92, H2O 10.01, D2O (defaults: layers 0, 1 and
   the last kept whole, merging) 11.27; on RULER at 8k they lose to dense outright (16.7, 33.3 and 0 against
   65.6): a needle outside the kept tokens is gone. D2O with its defaults loses to both baselines on Gemma 3 (the
