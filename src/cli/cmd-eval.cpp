@@ -290,7 +290,9 @@ int cmd_eval_ppl(const args_t & args) {
     meta["corpus"]                  = cor->id;
     meta["averaging"]               = "micro (pooled tokens)";
     meta["bos"]                     = tok.add_bos();
-    meta["decode"]                  = "dense (the only decode path today)";
+    meta["decode"]                  = pp.protocol == eval::ppl_protocol::DECODE
+                                          ? "each scored token is a decode step: the method's decode attention and KV policy"
+                                          : "none: tokens are scored from prefill passes";
     meta["identity"]                = json{{"task", meta["task"]},
                             {"model_sha256", st->sha},
                             {"corpus", cor->id},
