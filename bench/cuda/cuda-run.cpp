@@ -2,9 +2,11 @@
 // exists. Two modes:
 //   -m MODEL [-p PROMPT] [-n N] [--check]   greedy continuation on the GPU; --check also runs the CPU path and
 //                                           compares tokens and logits
-//   --synthetic NAME [--pp 8192,32768] [--tg 64] [-r R]
+//   --synthetic NAME [--pp 8192,32768] [--tg 64] [-r R] [--prefill dense|vslash] [--vslash V,S]
 //                                           random weights of a real model's shape: TTFT of a pp-token prompt and
-//                                           decode tokens/s at depth pp, as a markdown table labelled synthetic
+//                                           decode tokens/s at depth pp, as a markdown table labelled synthetic;
+//                                           --prefill vslash: MInference vertical-slash prefill (v=1000, s=6096),
+//                                           what --prefill minference is on a model without a calibration
 // Timings: wall clock around forward() calls that end with a device sync (TTFT includes the first token's argmax).
 #include <algorithm>
 #include <chrono>
@@ -53,13 +55,17 @@ int die(const status & st) {
     return 1;
 }
 
-int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, int tg, int reps, int64_t ubatch) {
+int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, int tg, int reps,
+                  cuda::cuda_model_options opt) {
     auto hpr = cuda::synthetic_hparams(name);
     if (!hpr.is_ok()) return die(hpr.get_status());
-    const model_hparams      hp = hpr.value();
-    cuda::cuda_model_options opt;
-    opt.n_ctx        = (*std::max_element(pps.begin(), pps.end()) + tg + 63) / 64 * 64;
-    opt.n_ubatch     = ubatch;
+    const model_hparams hp = hpr.value();
+    const int64_t       ubatch = opt.n_ubatch;
+    opt.n_ctx               = (*std::max_element(pps.begin(), pps.end()) + tg + 63) / 64 * 64;
+    char prefill[64]        = "dense";
+    if (opt.vslash)
+        std::snprintf(prefill, sizeof(prefill), "vslash v=%lld s=%lld", (long long)opt.vslash_v,
+                      (long long)opt.vslash_s);
     const double t0  = now_s();
     auto         cmr = cuda::cuda_model::synthetic(hp, opt, 1);
     if (!cmr.is_ok()) return die(cmr.get_status());
@@ -69,8 +75,9 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
                  name.c_str(), double(cm->weight_bytes()) / (1 << 30), double(cm->kv_bytes()) / (1 << 30),
                  (long long)opt.n_ctx, now_s() - t0, cm->device_name().c_str());
     std::printf(
-        "| model | device | weights | KV | ubatch | prompt | TTFT s | prefill t/s | decode t/s @ depth | runs |\n");
-    std::printf("|---|---|---|---|--:|--:|--:|--:|--:|--:|\n");
+        "| model | device | weights | KV | prefill | ubatch | prompt | TTFT s | prefill t/s | decode t/s @ depth | runs "
+        "|\n");
+    std::printf("|---|---|---|---|---|--:|--:|--:|--:|--:|--:|\n");
     for (int64_t pp : pps) {
         std::vector<int32_t> toks(static_cast<size_t>(pp));
         for (int64_t i = 0; i < pp; ++i)
@@ -102,9 +109,9 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
         };
         const auto [tm, ts] = mean_sd(ttft);
         const auto [dm, ds] = mean_sd(dec);
-        std::printf("| %s (synthetic, random weights) | %s | bf16 | bf16 | %lld | %lld | %.3f ± %.3f | %.0f | %.1f ± "
-                    "%.1f @ %lld | %d |\n",
-                    name.c_str(), cm->device_name().c_str(), (long long)ubatch, (long long)pp, tm, ts, double(pp) / tm,
+        std::printf("| %s (synthetic, random weights) | %s | bf16 | bf16 | %s | %lld | %lld | %.3f ± %.3f | %.0f | %.1f "
+                    "± %.1f @ %lld | %d |\n",
+                    name.c_str(), cm->device_name().c_str(), prefill, (long long)ubatch, (long long)pp, tm, ts, double(pp) / tm,
                     dm, ds, (long long)pp, reps);
         std::fflush(stdout);
     }
@@ -181,8 +188,8 @@ int run_model(const std::string & path_arg, const std::string & prompt_text, int
 int main(int argc, char ** argv) {
     std::string          model_arg, synthetic, prompt = "The history of the Roman Empire";
     int                  n_gen = 64, tg = 64, reps = 1;
-    int64_t              ubatch = 4096;
     bool                 check  = false;
+    cuda::cuda_model_options sopt;
     std::vector<int64_t> pps    = {8192, 32768};
     for (int i = 1; i < argc; ++i) {
         const std::string a    = argv[i];
@@ -210,12 +217,28 @@ int main(int argc, char ** argv) {
         else if (a == "-r")
             reps = std::max(1, std::atoi(next()));
         else if (a == "-ub")
-            ubatch = std::atoll(next());
-        else {
+            sopt.n_ubatch = std::max<int64_t>(1, std::atoll(next()));
+        else if (a == "--prefill") {
+            const std::string m = next();
+            if (m != "dense" && m != "vslash" && m != "minference") {
+                std::fprintf(stderr, "longctx-cuda-run: --prefill %s: expected dense, vslash or minference\n", m.c_str());
+                return 1;
+            }
+            sopt.vslash = m != "dense";
+        } else if (a == "--vslash") {
+            const std::vector<int64_t> vs = parse_list(next());
+            if (vs.size() != 2 || vs[0] < 1 || vs[1] < 1) {
+                std::fprintf(stderr, "longctx-cuda-run: --vslash V,S: two positive counts\n");
+                return 1;
+            }
+            sopt.vslash_v = vs[0];
+            sopt.vslash_s = vs[1];
+        } else {
             std::fprintf(
                 stderr,
                 "usage: longctx-cuda-run -m MODEL [-p PROMPT] [-n 64] [--check]\n"
-                "       longctx-cuda-run --synthetic llama3-8b [--pp 8192,32768] [--tg 64] [-r 1] [-ub 4096]\n");
+                "       longctx-cuda-run --synthetic llama3-8b [--pp 8192,32768] [--tg 64] [-r 1] [-ub 4096]\n"
+                "                        [--prefill dense|vslash|minference] [--vslash 1000,6096]\n");
             return 1;
         }
     }
@@ -223,6 +246,6 @@ int main(int argc, char ** argv) {
         std::fprintf(stderr, "longctx-cuda-run: no CUDA device\n");
         return 1;
     }
-    if (!synthetic.empty()) return run_synthetic(synthetic, pps, tg, reps, ubatch);
+    if (!synthetic.empty()) return run_synthetic(synthetic, pps, tg, reps, sopt);
     return run_model(model_arg, prompt, n_gen, check);
 }

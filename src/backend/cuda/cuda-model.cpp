@@ -14,10 +14,12 @@
 #include "backend/cpu/ref/dequant.h"
 #include "backend/cuda/attn-decode.cuh"
 #include "backend/cuda/attn-prefill.cuh"
+#include "backend/cuda/attn-sparse-prefill.cuh"
 #include "backend/cuda/cuda-common.cuh"
 #include "backend/cuda/gemm.cuh"
 #include "backend/cuda/ops.cuh"
 #include "backend/cuda/sampling.cuh"
+#include "backend/cuda/vslash-index.cuh"
 
 namespace lc::cuda {
 
@@ -119,6 +121,8 @@ struct cuda_model::impl {
     size_t   smp_ws_bytes = 0;
     sample_params *d_smp = nullptr, *h_smp = nullptr; // the draw's settings (h_smp pinned)
     int64_t        last_row = -1; // row of the device logits buffer holding the last token's logits (-1: none)
+    vslash_workspace vs_ws;   // vertical-slash index scratch (opt.vslash)
+    prefill_plan_buf vs_plan; // the plan of the current chunk and layer
 
     int64_t n_past         = 0;
     int64_t n_decode_eager = 0;
@@ -382,6 +386,18 @@ struct cuda_model::impl {
                 da.workspace       = dec_ws;
                 da.workspace_bytes = dec_ws_bytes;
                 LC_RETURN_IF_ERROR(attn_decode(da, stream));
+            } else if (opt.vslash && window == 0 && pos0 + n >= opt.sparse_min_len) {
+                const attn_kv_paged kv{L.k_pool, L.v_pool, pages, n_pages, pos0 + n, hp.n_head_kv, int(D)};
+                LC_RETURN_IF_ERROR(vslash_index_gpu(q, n, pos0, hp.n_head, kv, scale, opt.vslash_v, opt.vslash_s,
+                                                    vs_ws, vs_plan, stream));
+                attn_sparse_prefill_args sa;
+                sa.q     = q;
+                sa.plan  = vs_plan.view;
+                sa.kv    = kv;
+                sa.scale = scale;
+                sa.o     = att;
+                sa.o_f32 = false;
+                LC_RETURN_IF_ERROR(attn_sparse_prefill(sa, stream));
             } else {
                 attn_prefill_args pa;
                 pa.q      = q;

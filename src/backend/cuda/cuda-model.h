@@ -20,6 +20,14 @@ struct cuda_model_options {
     int64_t n_ubatch = 4096; // prefill runs in chunks of at most this many tokens (bounds activation memory)
     bool    graphs   = true; // replay single-token decode steps from a CUDA graph
     int     device   = 0;
+    // MInference vertical-slash sparse prefill (METHODS.md sec. 2.2) in the full-attention layers: per prefill
+    // chunk and layer, the index from the chunk's last 64 queries (vslash-index.cuh), then the sparse kernel over
+    // its plan (attn-sparse-prefill.cuh). Chunks that end before sparse_min_len tokens, sliding-window layers and
+    // decode steps stay dense.
+    bool    vslash         = false;
+    int64_t vslash_v       = 1000; // vertical columns per head
+    int64_t vslash_s       = 6096; // slash diagonals per head
+    int64_t sparse_min_len = 4096;
 };
 
 // True when a CUDA device is present and usable (tests skip without one).
