@@ -1,0 +1,209 @@
+// MagicPIG hybrid decode, host side (see magicpig-host.h): compact table build (counting sort per chunk and table),
+// the table walk by collision count and the weighted attention over the sampled rows (AVX2/FMA, bf16 rows).
+#include "backend/cuda/magicpig-host.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/log.h"
+
+namespace lc::cuda {
+
+namespace {
+
+#define LC_MPIG_AVX2 __attribute__((target("avx2,fma")))
+
+LC_MPIG_AVX2 inline __m256 load_bf16x8(const bf16_t * p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+LC_MPIG_AVX2 inline float hsum(__m256 v) {
+    alignas(32) float t[8];
+    _mm256_store_ps(t, v);
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
+
+// q [D] f32 . k [D] bf16 (D a multiple of 8).
+LC_MPIG_AVX2 inline float dot_f32_bf16(const float * q, const bf16_t * k, int D) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int    d = 0;
+    for (; d + 16 <= D; d += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load_bf16x8(k + d), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), load_bf16x8(k + d + 8), a1);
+    }
+    for (; d < D; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load_bf16x8(k + d), a0);
+    return hsum(_mm256_add_ps(a0, a1));
+}
+
+// acc [D] = acc * c + p * v [D] bf16.
+LC_MPIG_AVX2 inline void scale_axpy_bf16(float * acc, float c, float p, const bf16_t * v, int D) {
+    const __m256 cc = _mm256_set1_ps(c), pp = _mm256_set1_ps(p);
+    for (int d = 0; d < D; d += 8)
+        _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(pp, load_bf16x8(v + d), _mm256_mul_ps(cc, _mm256_loadu_ps(acc + d))));
+}
+
+inline void prefetch_row(const bf16_t * p, int D) {
+    for (int d = 0; d < D; d += 32) _mm_prefetch(reinterpret_cast<const char *>(p + d), _MM_HINT_T0);
+}
+
+} // namespace
+
+size_t mpig_host_tables::bytes() const {
+    return (mu.size() + norm.size()) * sizeof(float) + offset.size() * sizeof(uint32_t) + key.size() * sizeof(uint16_t);
+}
+
+void mpig_host_layer::alloc(int n_head_kv_, int D_, int64_t begin_, int64_t n_) {
+    n_head_kv = n_head_kv_;
+    D         = D_;
+    begin     = begin_;
+    n         = n_;
+    const size_t e = size_t(n_head_kv) * size_t(n) * size_t(D);
+    k.reset(new bf16_t[e]);
+    v.reset(new bf16_t[e]);
+    heads.assign(size_t(n_head_kv), {});
+}
+
+void mpig_host_tables_build(const uint16_t * codes_t, int64_t n, int K, int L, int chunk_bits, mpig_host_tables & out,
+                            thread_pool & pool) {
+    LC_ASSERT(K >= 1 && K <= 16 && L >= 1 && chunk_bits >= 1 && chunk_bits <= 16, "mpig tables: K=%d L=%d chunk_bits=%d",
+              K, L, chunk_bits);
+    out.K          = K;
+    out.L          = L;
+    out.chunk_bits = chunk_bits;
+    out.n          = n;
+    const size_t  nb  = size_t(1) << K;
+    const int64_t nch = out.n_chunk(), cs = int64_t(1) << chunk_bits;
+    out.offset.assign(size_t(nch) * size_t(L) * (nb + 1), 0);
+    out.key.resize(size_t(L) * size_t(n));
+    pool.run([&](int ith, int nth) {
+        int64_t i0, i1;
+        thread_pool::split(int64_t(L) * nch, ith, nth, i0, i1);
+        for (int64_t it = i0; it < i1; ++it) {
+            const int        t = int(it / nch);
+            const int64_t    c = it % nch, b0 = c * cs, b1 = std::min(n, b0 + cs);
+            const uint16_t * ct = codes_t + size_t(t) * size_t(n);
+            uint32_t *       of = out.offset.data() + (size_t(c) * size_t(L) + size_t(t)) * (nb + 1);
+            uint16_t *       ky = out.key.data() + size_t(t) * size_t(n) + size_t(b0);
+            for (int64_t i = b0; i < b1; ++i) ++of[ct[i] + 1];
+            for (size_t b = 0; b < nb; ++b) of[b + 1] += of[b];
+            for (int64_t i = b0; i < b1; ++i) ky[of[ct[i]]++] = uint16_t(i - b0);
+            for (size_t b = nb; b > 0; --b) of[b] = of[b - 1];
+            of[0] = 0;
+        }
+    });
+}
+
+LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf16_t * q, const uint16_t * codes,
+                                   float scale, int min_hits, const lsh_log_weight & logw, mpig_host_scratch & sc,
+                                   float * o, float * lse, std::vector<int32_t> * sampled) {
+    const int                D  = ly.D;
+    const mpig_host_tables & tb = ly.heads[size_t(hk)];
+    const int                L  = tb.L;
+    const size_t             nb = size_t(1) << tb.K;
+    const int64_t            n = tb.n, nch = tb.n_chunk(), cs = int64_t(1) << tb.chunk_bits;
+    const uint16_t           m = uint16_t(std::min(min_hits, 65535));
+    if (int64_t(sc.cnt.size()) < cs) sc.cnt.resize(size_t(cs), 0); // zero between calls
+    sc.hits.clear();
+    // 1. Walk: per chunk, the query's bucket in every table; a key is sampled on its min_hits-th collision.
+    for (int64_t c = 0; c < nch && n > 0; ++c) {
+        const uint32_t * of0 = tb.offset.data() + size_t(c) * size_t(L) * (nb + 1);
+        const size_t     kb  = size_t(c * cs);
+        sc.touched.clear();
+        constexpr int ahead = 8;
+        for (int t = 0; t < std::min(ahead, L); ++t) {
+            const uint32_t * of = of0 + size_t(t) * (nb + 1) + codes[t];
+            _mm_prefetch(reinterpret_cast<const char *>(tb.key.data() + size_t(t) * size_t(n) + kb + of[0]),
+                         _MM_HINT_T0);
+        }
+        for (int t = 0; t < L; ++t) {
+            if (t + ahead < L) {
+                const uint32_t * of2 = of0 + size_t(t + ahead) * (nb + 1) + codes[t + ahead];
+                const uint16_t * ky2 = tb.key.data() + size_t(t + ahead) * size_t(n) + kb;
+                for (uint32_t e = of2[0]; e < of2[1]; e += 32) _mm_prefetch(reinterpret_cast<const char *>(ky2 + e), _MM_HINT_T0);
+            }
+            const uint32_t * of = of0 + size_t(t) * (nb + 1) + codes[t];
+            const uint16_t * ky = tb.key.data() + size_t(t) * size_t(n) + kb;
+            const uint32_t   e0 = of[0], e1 = of[1];
+            sc.walked += e1 - e0;
+            for (uint32_t e = e0; e < e1; ++e) {
+                const uint32_t i  = ky[e];
+                const uint16_t cn = sc.cnt[i];
+                if (cn >= m) continue;
+                if (cn == 0) sc.touched.push_back(i);
+                sc.cnt[i] = uint16_t(cn + 1);
+                if (cn + 1 == m) sc.hits.push_back(uint32_t(kb) + i);
+            }
+        }
+        for (uint32_t i : sc.touched) sc.cnt[i] = 0;
+    }
+    std::sort(sc.hits.begin(), sc.hits.end()); // rows in memory order
+    const int64_t n_hit = int64_t(sc.hits.size());
+    sc.sampled += n_hit;
+    if (sampled) {
+        sampled->clear();
+        for (uint32_t i : sc.hits) sampled->push_back(int32_t(ly.begin + i));
+    }
+    if (n_hit == 0) {
+        for (int d = 0; d < D; ++d) o[d] = 0.f;
+        *lse = -INFINITY;
+        return;
+    }
+    // 2. Scores with the log-weights (the cosine to the centred key, as the CPU method computes it).
+    alignas(32) float qf[256];
+    double            qq = 0.0, qmu = 0.0;
+    for (int d = 0; d < D; ++d) {
+        qf[d] = bf16_to_fp32(q[d]);
+        qq += double(qf[d]) * qf[d];
+        qmu += double(qf[d]) * tb.mu[size_t(d)];
+    }
+    const double qn = std::sqrt(qq);
+    sc.z.resize(size_t(n_hit));
+    float         zmax  = -INFINITY;
+    constexpr int ahead = 8;
+    for (int64_t j = 0; j < std::min<int64_t>(ahead, n_hit); ++j) prefetch_row(ly.k_row(hk, sc.hits[size_t(j)]), D);
+    for (int64_t j = 0; j < n_hit; ++j) {
+        if (j + ahead < n_hit) prefetch_row(ly.k_row(hk, sc.hits[size_t(j + ahead)]), D);
+        const uint32_t i     = sc.hits[size_t(j)];
+        const float    qk    = dot_f32_bf16(qf, ly.k_row(hk, i), D);
+        const double   denom = qn * double(tb.norm[i]);
+        const float    z     = qk * scale + logw(denom > 0.0 ? (double(qk) - qmu) / denom : 0.0);
+        sc.z[size_t(j)]      = z;
+        zmax                 = std::max(zmax, z);
+    }
+    // 3. Softmax-weighted sum of the sampled V rows.
+    sc.acc.assign(size_t(D), 0.f);
+    float sum = 0.f;
+    for (int64_t j = 0; j < std::min<int64_t>(ahead, n_hit); ++j) prefetch_row(ly.v_row(hk, sc.hits[size_t(j)]), D);
+    for (int64_t j = 0; j < n_hit; ++j) {
+        if (j + ahead < n_hit) prefetch_row(ly.v_row(hk, sc.hits[size_t(j + ahead)]), D);
+        const float p = std::exp(sc.z[size_t(j)] - zmax);
+        sum += p;
+        scale_axpy_bf16(sc.acc.data(), 1.f, p, ly.v_row(hk, sc.hits[size_t(j)]), D);
+    }
+    for (int d = 0; d < D; ++d) o[d] = sc.acc[size_t(d)] / sum;
+    *lse = zmax + std::log(sum);
+}
+
+void mpig_host_attend_batch(const mpig_host_layer * const * layers, int n_seq, int n_head, const bf16_t * q,
+                            const uint16_t * codes, float scale, int min_hits, const lsh_log_weight & logw,
+                            std::vector<mpig_host_scratch> & scratch, float * o, float * lse, thread_pool & pool) {
+    LC_ASSERT(int(scratch.size()) >= pool.n_threads(), "mpig: %zu scratch for %d threads", scratch.size(),
+              pool.n_threads());
+    pool.run([&](int ith, int nth) {
+        int64_t i0, i1;
+        thread_pool::split(int64_t(n_seq) * n_head, ith, nth, i0, i1);
+        for (int64_t it = i0; it < i1; ++it) {
+            const int               s = int(it / n_head), h = int(it % n_head);
+            const mpig_host_layer & ly = *layers[s];
+            const int               hk = h / (n_head / ly.n_head_kv);
+            const int               L  = ly.heads[size_t(hk)].L;
+            mpig_host_attend(ly, hk, q + size_t(it) * size_t(ly.D), codes + size_t(it) * size_t(L), scale, min_hits,
+                             logw, scratch[size_t(ith)], o + size_t(it) * size_t(ly.D), lse + it);
+        }
+    });
+}
+
+} // namespace lc::cuda
