@@ -321,6 +321,55 @@ void bench_hybrid(int64_t N, int B, const std::vector<int64_t> & batches, int st
                 now_s() - t_build0, t_sort, mem_available_gib());
     std::fflush(stdout);
 
+    // What the host memory gives the sampling threads: a sequential read of K arrays, and 256-byte rows read at
+    // random positions of all layers' K arrays (as the sampled rows are), both by all threads of the pool.
+    {
+        std::vector<double> sink(size_t(pool.n_threads()), 0.0);
+        const size_t        row_b = size_t(D) * 2;
+        double              t0    = now_s();
+        int64_t             seq_bytes = 0;
+        for (int il = 1; il < NL && seq_bytes < (int64_t(16) << 30); ++il) {
+            if (dense_layer(il)) continue;
+            for (int s = 0; s < B; ++s) {
+                const cuda::mpig_host_layer & ly = host[size_t(il)][size_t(s)];
+                pool.run([&](int ith, int nth) {
+                    int64_t r0, r1;
+                    thread_pool::split(int64_t(HKV) * n_mid, ith, nth, r0, r1);
+                    const uint64_t * p   = reinterpret_cast<const uint64_t *>(ly.k.get());
+                    uint64_t         a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+                    for (int64_t i = r0 * (D / 4); i < r1 * (D / 4); i += 4) {
+                        a0 ^= p[i], a1 ^= p[i + 1], a2 ^= p[i + 2], a3 ^= p[i + 3];
+                    }
+                    sink[size_t(ith)] += double((a0 ^ a1 ^ a2 ^ a3) & 1);
+                });
+                seq_bytes += int64_t(HKV) * n_mid * int64_t(row_b);
+            }
+        }
+        const double seq_gbs = seq_bytes / (now_s() - t0) / 1e9;
+        const int64_t rows_per_thread = 200000;
+        t0 = now_s();
+        pool.run([&](int ith, int) {
+            uint64_t x = 0x9E3779B97F4A7C15ull * uint64_t(ith + 1);
+            double   acc = 0;
+            for (int64_t j = 0; j < rows_per_thread; ++j) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                int il = 1 + int(x % (NL - 1));
+                if (dense_layer(il)) ++il;
+                const cuda::mpig_host_layer & ly = host[size_t(il)][size_t((x >> 8) % uint64_t(B))];
+                const bf16_t * r = ly.k_row(int((x >> 16) % HKV), int64_t((x >> 24) % uint64_t(n_mid)));
+                for (int d = 0; d < D; d += 32) acc += double(r[d]);
+            }
+            sink[size_t(ith)] += acc;
+        });
+        const double dt = now_s() - t0;
+        const double rows = double(rows_per_thread) * pool.n_threads();
+        std::printf("hybrid: host memory, %d threads: sequential read %.1f GB/s; random 256-byte rows (dependent "
+                    "loop, no prefetch) %.1f M rows/s = %.1f GB/s (checksum %g)\n",
+                    pool.n_threads(), seq_gbs, rows / dt / 1e6, rows * row_b / dt / 1e9,
+                    std::accumulate(sink.begin(), sink.end(), 0.0) * 0);
+        std::fflush(stdout);
+    }
+
     // Device side: the two dense layers (paged, whole context), the dense rows of the sparse layers, queries.
     paged_layer dl[2];
     for (auto & d : dl) {

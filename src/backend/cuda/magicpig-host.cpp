@@ -3,9 +3,12 @@
 #include "backend/cuda/magicpig-host.h"
 
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/log.h"
 
@@ -51,8 +54,22 @@ inline void prefetch_row(const bf16_t * p, int D) {
 
 } // namespace
 
+void mpig_free::operator()(void * p) const {
+    std::free(p);
+}
+
+void * mpig_host_alloc_bytes(size_t bytes) {
+    constexpr size_t huge = size_t(2) << 20;
+    bytes                 = std::max<size_t>((bytes + huge - 1) / huge * huge, huge);
+    void * p              = nullptr;
+    LC_ASSERT(posix_memalign(&p, huge, bytes) == 0, "mpig: out of host memory (%zu bytes)", bytes);
+    (void)madvise(p, bytes, MADV_HUGEPAGE); // advice only: 4 KiB pages where the kernel has no huge ones
+    return p;
+}
+
 size_t mpig_host_tables::bytes() const {
-    return (mu.size() + norm.size()) * sizeof(float) + offset.size() * sizeof(uint32_t) + key.size() * sizeof(uint16_t);
+    return (mu.size() + norm.size()) * sizeof(float) + (offset ? n_offset() * sizeof(uint32_t) : 0) +
+           (key ? size_t(L) * size_t(n) * sizeof(uint16_t) : 0);
 }
 
 void mpig_host_layer::alloc(int n_head_kv_, int D_, int64_t begin_, int64_t n_) {
@@ -61,9 +78,10 @@ void mpig_host_layer::alloc(int n_head_kv_, int D_, int64_t begin_, int64_t n_) 
     begin     = begin_;
     n         = n_;
     const size_t e = size_t(n_head_kv) * size_t(n) * size_t(D);
-    k.reset(new bf16_t[e]);
-    v.reset(new bf16_t[e]);
-    heads.assign(size_t(n_head_kv), {});
+    k = mpig_host_alloc<bf16_t>(e);
+    v = mpig_host_alloc<bf16_t>(e);
+    heads.clear();
+    heads.resize(size_t(n_head_kv));
 }
 
 void mpig_host_tables_build(const uint16_t * codes_t, int64_t n, int K, int L, int chunk_bits, mpig_host_tables & out,
@@ -76,8 +94,8 @@ void mpig_host_tables_build(const uint16_t * codes_t, int64_t n, int K, int L, i
     out.n          = n;
     const size_t  nb  = size_t(1) << K;
     const int64_t nch = out.n_chunk(), cs = int64_t(1) << chunk_bits;
-    out.offset.assign(size_t(nch) * size_t(L) * (nb + 1), 0);
-    out.key.resize(size_t(L) * size_t(n));
+    out.offset = mpig_host_alloc<uint32_t>(out.n_offset());
+    out.key    = mpig_host_alloc<uint16_t>(size_t(L) * size_t(n));
     pool.run([&](int ith, int nth) {
         int64_t i0, i1;
         thread_pool::split(int64_t(L) * nch, ith, nth, i0, i1);
@@ -85,8 +103,9 @@ void mpig_host_tables_build(const uint16_t * codes_t, int64_t n, int K, int L, i
             const int        t = int(it / nch);
             const int64_t    c = it % nch, b0 = c * cs, b1 = std::min(n, b0 + cs);
             const uint16_t * ct = codes_t + size_t(t) * size_t(n);
-            uint32_t *       of = out.offset.data() + (size_t(c) * size_t(L) + size_t(t)) * (nb + 1);
-            uint16_t *       ky = out.key.data() + size_t(t) * size_t(n) + size_t(b0);
+            uint32_t *       of = out.offset.get() + (size_t(c) * size_t(L) + size_t(t)) * (nb + 1);
+            uint16_t *       ky = out.key.get() + size_t(t) * size_t(n) + size_t(b0);
+            std::memset(of, 0, (nb + 1) * sizeof(uint32_t));
             for (int64_t i = b0; i < b1; ++i) ++of[ct[i] + 1];
             for (size_t b = 0; b < nb; ++b) of[b + 1] += of[b];
             for (int64_t i = b0; i < b1; ++i) ky[of[ct[i]]++] = uint16_t(i - b0);
@@ -104,42 +123,68 @@ LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf1
     const int                L  = tb.L;
     const size_t             nb = size_t(1) << tb.K;
     const int64_t            n = tb.n, nch = tb.n_chunk(), cs = int64_t(1) << tb.chunk_bits;
-    const uint16_t           m = uint16_t(std::min(min_hits, 65535));
-    if (int64_t(sc.cnt.size()) < cs) sc.cnt.resize(size_t(cs), 0); // zero between calls
+    const size_t             nw = size_t(cs + 63) / 64;
+    const bool               bitmaps = min_hits <= 2;
+    const uint16_t           m       = uint16_t(std::min(min_hits, 65535));
+    if (bitmaps && sc.once.size() < nw) sc.once.resize(nw, 0), sc.twice.resize(nw, 0); // zero between calls
+    if (!bitmaps && int64_t(sc.cnt.size()) < cs) sc.cnt.resize(size_t(cs), 0);        // zero between calls
     sc.hits.clear();
-    // 1. Walk: per chunk, the query's bucket in every table; a key is sampled on its min_hits-th collision.
+    // 1. Walk: per chunk, the query's bucket in every table; a key is sampled on its min_hits-th collision. Up to
+    // two collisions are counted in two bitmaps of the chunk (L1-resident, no branches), more in 16-bit counters.
     for (int64_t c = 0; c < nch && n > 0; ++c) {
-        const uint32_t * of0 = tb.offset.data() + size_t(c) * size_t(L) * (nb + 1);
-        const size_t     kb  = size_t(c * cs);
-        sc.touched.clear();
-        constexpr int ahead = 8;
-        for (int t = 0; t < std::min(ahead, L); ++t) {
-            const uint32_t * of = of0 + size_t(t) * (nb + 1) + codes[t];
-            _mm_prefetch(reinterpret_cast<const char *>(tb.key.data() + size_t(t) * size_t(n) + kb + of[0]),
-                         _MM_HINT_T0);
-        }
+        const uint32_t * of0 = tb.offset.get() + size_t(c) * size_t(L) * (nb + 1);
+        const uint16_t * key = tb.key.get() + size_t(c * cs);
+        constexpr int    ahead_of = 16, ahead_key = 8; // offsets, then the buckets' keys, prefetched ahead
+        for (int t = 0; t < std::min(ahead_of, L); ++t)
+            _mm_prefetch(reinterpret_cast<const char *>(of0 + size_t(t) * (nb + 1) + codes[t]), _MM_HINT_T0);
+        if (!bitmaps) sc.touched.clear();
         for (int t = 0; t < L; ++t) {
-            if (t + ahead < L) {
-                const uint32_t * of2 = of0 + size_t(t + ahead) * (nb + 1) + codes[t + ahead];
-                const uint16_t * ky2 = tb.key.data() + size_t(t + ahead) * size_t(n) + kb;
-                for (uint32_t e = of2[0]; e < of2[1]; e += 32) _mm_prefetch(reinterpret_cast<const char *>(ky2 + e), _MM_HINT_T0);
+            if (t + ahead_of < L)
+                _mm_prefetch(reinterpret_cast<const char *>(of0 + size_t(t + ahead_of) * (nb + 1) + codes[t + ahead_of]),
+                             _MM_HINT_T0);
+            if (t + ahead_key < L) {
+                const uint32_t * of2 = of0 + size_t(t + ahead_key) * (nb + 1) + codes[t + ahead_key];
+                const uint16_t * ky2 = key + size_t(t + ahead_key) * size_t(n);
+                for (uint32_t e = of2[0]; e < of2[1]; e += 32)
+                    _mm_prefetch(reinterpret_cast<const char *>(ky2 + e), _MM_HINT_T0);
             }
             const uint32_t * of = of0 + size_t(t) * (nb + 1) + codes[t];
-            const uint16_t * ky = tb.key.data() + size_t(t) * size_t(n) + kb;
+            const uint16_t * ky = key + size_t(t) * size_t(n);
             const uint32_t   e0 = of[0], e1 = of[1];
             sc.walked += e1 - e0;
+            if (bitmaps) {
+                uint64_t * once = sc.once.data();
+                uint64_t * twice = sc.twice.data();
+                for (uint32_t e = e0; e < e1; ++e) {
+                    const uint32_t i = ky[e], w = i >> 6;
+                    const uint64_t b = uint64_t(1) << (i & 63), x = once[w];
+                    twice[w] |= x & b;
+                    once[w] = x | b;
+                }
+                continue;
+            }
             for (uint32_t e = e0; e < e1; ++e) {
                 const uint32_t i  = ky[e];
                 const uint16_t cn = sc.cnt[i];
                 if (cn >= m) continue;
                 if (cn == 0) sc.touched.push_back(i);
                 sc.cnt[i] = uint16_t(cn + 1);
-                if (cn + 1 == m) sc.hits.push_back(uint32_t(kb) + i);
+                if (cn + 1 == m) sc.hits.push_back(uint32_t(c * cs) + i);
             }
         }
-        for (uint32_t i : sc.touched) sc.cnt[i] = 0;
+        if (bitmaps) {
+            // Hits in ascending order straight from the bitmap; both bitmaps cleared on the way.
+            const uint64_t * res = min_hits <= 1 ? sc.once.data() : sc.twice.data();
+            for (size_t w = 0; w < nw; ++w) {
+                for (uint64_t x = res[w]; x; x &= x - 1)
+                    sc.hits.push_back(uint32_t(c * cs) + uint32_t(w * 64) + uint32_t(__builtin_ctzll(x)));
+                sc.once[w] = sc.twice[w] = 0;
+            }
+        } else {
+            for (uint32_t i : sc.touched) sc.cnt[i] = 0;
+        }
     }
-    std::sort(sc.hits.begin(), sc.hits.end()); // rows in memory order
+    if (!bitmaps) std::sort(sc.hits.begin(), sc.hits.end()); // rows in memory order
     const int64_t n_hit = int64_t(sc.hits.size());
     sc.sampled += n_hit;
     if (sampled) {
@@ -151,7 +196,8 @@ LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf1
         *lse = -INFINITY;
         return;
     }
-    // 2. Scores with the log-weights (the cosine to the centred key, as the CPU method computes it).
+    // 2. One pass over the sampled rows: score with the log-weight (the cosine to the centred key, as the CPU method
+    // computes it), then the online softmax over the V rows.
     alignas(32) float qf[256];
     double            qq = 0.0, qmu = 0.0;
     for (int d = 0; d < D; ++d) {
@@ -159,29 +205,31 @@ LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf1
         qq += double(qf[d]) * qf[d];
         qmu += double(qf[d]) * tb.mu[size_t(d)];
     }
-    const double qn = std::sqrt(qq);
-    sc.z.resize(size_t(n_hit));
-    float         zmax  = -INFINITY;
-    constexpr int ahead = 8;
-    for (int64_t j = 0; j < std::min<int64_t>(ahead, n_hit); ++j) prefetch_row(ly.k_row(hk, sc.hits[size_t(j)]), D);
+    const double  qn = std::sqrt(qq);
+    sc.acc.assign(size_t(D), 0.f);
+    float         zmax = -INFINITY, sum = 0.f;
+    constexpr int ahead = 6;
+    auto          prefetch = [&](int64_t j) {
+        const uint32_t i = sc.hits[size_t(j)];
+        prefetch_row(ly.k_row(hk, i), D);
+        prefetch_row(ly.v_row(hk, i), D);
+        _mm_prefetch(reinterpret_cast<const char *>(tb.norm.data() + i), _MM_HINT_T0);
+    };
+    for (int64_t j = 0; j < std::min<int64_t>(ahead, n_hit); ++j) prefetch(j);
     for (int64_t j = 0; j < n_hit; ++j) {
-        if (j + ahead < n_hit) prefetch_row(ly.k_row(hk, sc.hits[size_t(j + ahead)]), D);
+        if (j + ahead < n_hit) prefetch(j + ahead);
         const uint32_t i     = sc.hits[size_t(j)];
         const float    qk    = dot_f32_bf16(qf, ly.k_row(hk, i), D);
         const double   denom = qn * double(tb.norm[i]);
         const float    z     = qk * scale + logw(denom > 0.0 ? (double(qk) - qmu) / denom : 0.0);
-        sc.z[size_t(j)]      = z;
-        zmax                 = std::max(zmax, z);
-    }
-    // 3. Softmax-weighted sum of the sampled V rows.
-    sc.acc.assign(size_t(D), 0.f);
-    float sum = 0.f;
-    for (int64_t j = 0; j < std::min<int64_t>(ahead, n_hit); ++j) prefetch_row(ly.v_row(hk, sc.hits[size_t(j)]), D);
-    for (int64_t j = 0; j < n_hit; ++j) {
-        if (j + ahead < n_hit) prefetch_row(ly.v_row(hk, sc.hits[size_t(j + ahead)]), D);
-        const float p = std::exp(sc.z[size_t(j)] - zmax);
-        sum += p;
-        scale_axpy_bf16(sc.acc.data(), 1.f, p, ly.v_row(hk, sc.hits[size_t(j)]), D);
+        float          c     = 1.f;
+        if (z > zmax) {
+            c    = zmax == -INFINITY ? 0.f : std::exp(zmax - z);
+            zmax = z;
+        }
+        const float p = std::exp(z - zmax);
+        sum           = sum * c + p;
+        scale_axpy_bf16(sc.acc.data(), c, p, ly.v_row(hk, i), D);
     }
     for (int d = 0; d < D; ++d) o[d] = sc.acc[size_t(d)] / sum;
     *lse = zmax + std::log(sum);

@@ -15,6 +15,18 @@
 
 namespace lc::cuda {
 
+// Host arrays on 2 MiB-aligned memory that the kernel is asked to back with huge pages (madvise): the sampled rows
+// and table buckets are random accesses over tens of GiB, and with 4 KiB pages nearly each one is also a TLB miss.
+// Uninitialised (fresh anonymous memory reads as zero until written).
+struct mpig_free {
+    void operator()(void * p) const;
+};
+template <typename T> using mpig_host_ptr = std::unique_ptr<T[], mpig_free>;
+void *                                     mpig_host_alloc_bytes(size_t bytes);
+template <typename T> mpig_host_ptr<T>     mpig_host_alloc(size_t n) {
+    return mpig_host_ptr<T>(static_cast<T *>(mpig_host_alloc_bytes(n * sizeof(T))));
+}
+
 // LSH tables of one KV head over the n middle keys, compact: keys are split into chunks of 2^chunk_bits and a table
 // lists each chunk's keys as uint16 indices within the chunk (2 bytes per key and table instead of the CPU tables' 4,
 // which is what lets the tables of a 128k cache sit beside its K and V in host memory).
@@ -25,11 +37,12 @@ namespace lc::cuda {
 struct mpig_host_tables {
     int                   K = 0, L = 0, chunk_bits = 16;
     int64_t               n = 0;
-    std::vector<float>    mu, norm;
-    std::vector<uint32_t> offset;
-    std::vector<uint16_t> key;
+    std::vector<float>      mu, norm;
+    mpig_host_ptr<uint32_t> offset;
+    mpig_host_ptr<uint16_t> key;
 
     int64_t n_chunk() const { return (n + (int64_t(1) << chunk_bits) - 1) >> chunk_bits; }
+    size_t  n_offset() const { return size_t(n_chunk()) * size_t(L) * ((size_t(1) << K) + 1); }
     size_t  bytes() const;
 };
 
@@ -44,7 +57,7 @@ void mpig_host_tables_build(const uint16_t * codes_t, int64_t n, int K, int L, i
 struct mpig_host_layer {
     int                           n_head_kv = 0, D = 0;
     int64_t                       begin = 0, n = 0;
-    std::unique_ptr<bf16_t[]>     k, v;
+    mpig_host_ptr<bf16_t>         k, v;
     std::vector<mpig_host_tables> heads; // [n_head_kv]
 
     void           alloc(int n_head_kv, int D, int64_t begin, int64_t n);
@@ -52,11 +65,12 @@ struct mpig_host_layer {
     const bf16_t * v_row(int h, int64_t i) const { return v.get() + (size_t(h) * size_t(n) + size_t(i)) * size_t(D); }
 };
 
-// Scratch of one thread (collision counters, hit lists, scores, accumulators) and its counters.
+// Scratch of one thread (collision counters or bitmaps, hit lists, accumulators) and its counters.
 struct mpig_host_scratch {
     std::vector<uint16_t> cnt;
+    std::vector<uint64_t> once, twice; // collision bitmaps of one chunk (min_hits <= 2), zero between uses
     std::vector<uint32_t> touched, hits;
-    std::vector<float>    z, acc;
+    std::vector<float>    acc;
     int64_t               walked = 0, sampled = 0; // bucket entries walked, keys sampled (added up over calls)
 };
 
