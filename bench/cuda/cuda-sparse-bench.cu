@@ -1,14 +1,18 @@
 // Vertical-slash sparse prefill on the GPU, one layer at Llama-3-8B shapes (32 query heads, 8 KV heads, D = 128,
-// bf16): the GPU index (estimate, select, plan) and the sparse kernel (attn-sparse-prefill.cuh), beside our dense
-// kernel. Two diagonal structures for the kernel: "scattered", the plan the index builds from random Q/K (its top
-// diagonals are noise, spread over all offsets), and "clustered", offsets in 4 contiguous bands (the local band plus
-// 3 at random distances) with v random columns, planned by the same GPU plan builder. cuDNN dense comes from
-// bench/cuda/sdpa-cudnn-prefill.py. Usage: longctx-cuda-sparse-bench [--n N,N,...] [--v 1000] [--s 6096]
+// bf16): the GPU index (estimate, select, plan), the sparse kernel (attn-sparse-prefill.cuh) and the end-to-end
+// path with its dense fallback (vslash_attention_gpu), beside our dense kernel. Two diagonal structures:
+// "scattered", the plan the index builds from random Q/K (its top diagonals are noise, spread over all offsets),
+// and "clustered", offsets in 4 contiguous bands (the local band plus 3 at random distances) with v random columns,
+// planned by the same GPU plan builder. --dump DIR writes each structure's column and offset lists, sampled output
+// rows and a JSON line of timings for bench/cuda/minference-vslash-bench.py, which rebuilds the same Q/K/V.
+// Usage: longctx-cuda-sparse-bench [--n N,N,...] [--v 1000] [--s 6096] [--iters 3] [--dense-max N]
+//        [--scattered-max N] [--dense-ratio 0.35] [--dump DIR]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -61,9 +65,43 @@ template <typename F> float time_ms(F && f, int iters) {
 
 } // namespace
 
+
+namespace {
+
+void write_file(const std::string & path, const void * p, size_t bytes) {
+    std::ofstream f(path, std::ios::binary);
+    f.write(static_cast<const char *>(p), std::streamsize(bytes));
+    if (!f) {
+        std::fprintf(stderr, "cannot write %s\n", path.c_str());
+        std::exit(1);
+    }
+}
+
+template <typename T> void dump_dev(const std::string & path, const T * d, size_t n) {
+    std::vector<T> h(n);
+    LC_CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    write_file(path, h.data(), n * sizeof(T));
+}
+
+float med(std::vector<float> x) {
+    std::sort(x.begin(), x.end());
+    return x.empty() ? 0.f : x[x.size() / 2];
+}
+
+// The query blocks whose output rows are dumped: first, two inner, last.
+std::vector<int64_t> sample_blocks(int64_t N) {
+    const int64_t nb = (N + 63) / 64;
+    return {0, nb / 3, 2 * nb / 3, nb - 1};
+}
+
+} // namespace
+
 int main(int argc, char ** argv) {
     std::vector<int64_t> ns = {32768, 131072};
-    int64_t              v = 1000, s = 6096;
+    int64_t              v = 1000, s = 6096, dense_max = INT64_MAX, scattered_max = INT64_MAX;
+    int                  iters       = 3;
+    float                dense_ratio = 0.35f;
+    std::string          dump;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--n")) {
             ns.clear();
@@ -75,12 +113,23 @@ int main(int argc, char ** argv) {
             v = std::atoll(argv[i + 1]);
         } else if (!std::strcmp(argv[i], "--s")) {
             s = std::atoll(argv[i + 1]);
+        } else if (!std::strcmp(argv[i], "--iters")) {
+            iters = std::max(1, std::atoi(argv[i + 1]));
+        } else if (!std::strcmp(argv[i], "--dense-max")) {
+            dense_max = std::atoll(argv[i + 1]);
+        } else if (!std::strcmp(argv[i], "--scattered-max")) {
+            scattered_max = std::atoll(argv[i + 1]);
+        } else if (!std::strcmp(argv[i], "--dense-ratio")) {
+            dense_ratio = float(std::atof(argv[i + 1]));
+        } else if (!std::strcmp(argv[i], "--dump")) {
+            dump = argv[i + 1];
         }
     }
     const int   H = 32, HKV = 8, D = 128;
     const float scale = 1.f / std::sqrt(float(D));
     std::printf("| N | structure | estimate ms | select ms | plan ms | index total ms | sparse kernel ms | sparse total ms "
-                "| index share | pairs computed | our dense ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "| index share | pairs computed | steps / dense tiles | auto path | auto total ms | our dense ms |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int64_t N : ns) {
         const int64_t n_pages = (N + 63) / 64;
         const size_t  kv_el   = size_t(n_pages) * HKV * 64 * D;
@@ -94,9 +143,16 @@ int main(int argc, char ** argv) {
         fill_random<<<1024, 256>>>(q, size_t(N) * H * D, 1, 1.f);
         fill_random<<<1024, 256>>>(k, kv_el, 2, 1.f);
         fill_random<<<1024, 256>>>(vv, kv_el, 3, 1.f);
+        LC_CUDA_CHECK(cudaGetLastError());
         std::vector<int32_t> hp(static_cast<size_t>(n_pages));
         for (int64_t i = 0; i < n_pages; ++i) hp[size_t(i)] = int32_t(i);
         LC_CUDA_CHECK(cudaMemcpy(pages, hp.data(), n_pages * 4, cudaMemcpyHostToDevice));
+        const std::string pre = dump.empty() ? "" : dump + "/n" + std::to_string(N);
+        if (!dump.empty()) { // the first elements of Q, K and V, to check that the driver rebuilt the same values
+            dump_dev(pre + "-head-q.bf16", q, 4096);
+            dump_dev(pre + "-head-k.bf16", k, 4096);
+            dump_dev(pre + "-head-v.bf16", vv, 4096);
+        }
         cuda::attn_kv_paged kv;
         kv.k_pool        = k;
         kv.v_pool        = vv;
@@ -107,15 +163,20 @@ int main(int argc, char ** argv) {
         kv.head_dim      = D;
 
         cuda::attn_prefill_args da;
-        da.q      = q;
-        da.n_q    = N;
-        da.n_head = H;
-        da.kv     = kv;
-        da.scale  = scale;
-        da.o      = o;
-        da.o_f32  = false;
-        const float dense_ms =
-            time_ms([&] { (void)cuda::attn_prefill(da, cuda::attn_prefill_kernel::AUTO, nullptr); }, 3);
+        da.q       = q;
+        da.n_q     = N;
+        da.n_head  = H;
+        da.kv      = kv;
+        da.scale   = scale;
+        da.o       = o;
+        da.o_f32   = false;
+        float dense_ms = -1;
+        auto  dense    = [&] {
+            if (dense_ms < 0)
+                dense_ms = time_ms([&] { (void)cuda::attn_prefill(da, cuda::attn_prefill_kernel::AUTO, nullptr); }, iters);
+            return dense_ms;
+        };
+        if (N <= dense_max) dense();
 
         cuda::vslash_workspace ws;
         cuda::prefill_plan_buf plan;
@@ -124,7 +185,7 @@ int main(int argc, char ** argv) {
                           ? cudaSuccess
                           : cudaErrorUnknown); // sizes the workspace
         LC_CUDA_CHECK(cudaDeviceSynchronize());
-        cudaEvent_t e[4];
+        cudaEvent_t e[5];
         for (auto & x : e) LC_CUDA_CHECK(cudaEventCreate(&x));
 
         // clustered lists: offsets in 4 bands of se/4 (band 0 at offset 0), v random columns (first 30 forced)
@@ -160,8 +221,11 @@ int main(int argc, char ** argv) {
         }
 
         for (int structure = 0; structure < 2; ++structure) {
-            std::vector<float> t_est, t_sel, t_plan, t_kern;
-            for (int it = 0; it < 4; ++it) {
+            if (structure == 0 && N > scattered_max) continue;
+            const char * sname = structure == 0 ? "scattered" : "clustered";
+            std::vector<float> t_est, t_sel, t_plan, t_steps, t_kern;
+            cuda::prefill_plan_steps steps;
+            for (int it = 0; it <= iters; ++it) {
                 LC_CUDA_CHECK(cudaEventRecord(e[0]));
                 (void)cuda::vslash_estimate_gpu(q, N, 0, H, kv, scale, ws.vertical, ws.slash, ws, nullptr);
                 LC_CUDA_CHECK(cudaEventRecord(e[1]));
@@ -175,7 +239,10 @@ int main(int argc, char ** argv) {
                 }
                 cuda::vslash_plan_gpu(ws.cols, ve, ws.offsets, se, N, 0, H, ws, plan, nullptr);
                 LC_CUDA_CHECK(cudaEventRecord(e[3]));
-                LC_CUDA_CHECK(cudaEventSynchronize(e[3]));
+                steps = cuda::prefill_plan_steps_gpu(plan, nullptr);
+                LC_CUDA_CHECK(cudaEventRecord(e[4]));
+                LC_CUDA_CHECK(cudaEventSynchronize(e[4]));
+                const float t_e = elapsed(e[0], e[1]), t_s = elapsed(e[1], e[2]);
                 cuda::attn_sparse_prefill_args sa;
                 sa.q     = q;
                 sa.plan  = plan.view;
@@ -183,27 +250,62 @@ int main(int argc, char ** argv) {
                 sa.scale = scale;
                 sa.o     = o;
                 sa.o_f32 = false;
-                const float km = time_ms([&] { (void)cuda::attn_sparse_prefill(sa, nullptr); }, 1);
+                LC_CUDA_CHECK(cudaEventRecord(e[0]));
+                (void)cuda::attn_sparse_prefill(sa, nullptr);
+                LC_CUDA_CHECK(cudaEventRecord(e[1]));
+                LC_CUDA_CHECK(cudaEventSynchronize(e[1]));
+                const float km = elapsed(e[0], e[1]);
                 if (it == 0) continue; // warm-up
-                t_est.push_back(elapsed(e[0], e[1]));
-                t_sel.push_back(structure == 1 ? 0.f : elapsed(e[1], e[2]));
+                t_est.push_back(t_e);
+                t_sel.push_back(structure == 1 ? 0.f : t_s);
                 t_plan.push_back(elapsed(e[2], e[3]));
+                t_steps.push_back(elapsed(e[3], e[4]));
                 t_kern.push_back(km);
             }
-            auto med = [](std::vector<float> x) {
-                std::sort(x.begin(), x.end());
-                return x[x.size() / 2];
-            };
-            const float est = med(t_est), sel = med(t_sel), pl = med(t_plan), kern = med(t_kern);
-            // pairs computed: from the plan on the host
+            LC_CUDA_CHECK(cudaDeviceSynchronize());
+            const float est = med(t_est), sel = med(t_sel), pl = med(t_plan), stp = med(t_steps), kern = med(t_kern);
+            const float idx        = est + sel + pl;
+            const bool  auto_dense = double(steps.sparse) > double(dense_ratio) * double(steps.dense);
+            if (!dump.empty()) { // o holds the sparse kernel's output: sample rows, and the lists it was planned from
+                const std::string sp = pre + "-" + sname;
+                dump_dev(sp + "-cols.i32", ws.cols, size_t(H) * ve);
+                dump_dev(sp + "-offs.i32", ws.offsets, size_t(H) * se);
+                std::vector<bf16_t> rows;
+                for (int64_t b : sample_blocks(N)) {
+                    const int64_t r0 = b * 64, r1 = std::min(N, r0 + 64);
+                    const size_t  n  = size_t(r1 - r0) * H * D;
+                    const size_t  at = rows.size();
+                    rows.resize(at + n);
+                    LC_CUDA_CHECK(cudaMemcpy(rows.data() + at, o + size_t(r0) * H * D, n * 2, cudaMemcpyDeviceToHost));
+                }
+                write_file(sp + "-o.bf16", rows.data(), rows.size() * 2);
+            }
+            const float auto_kern  = auto_dense ? dense() : kern;
+            const float auto_total = idx + stp + auto_kern;
             prefill_plan hp2;
             cuda::prefill_plan_download(plan, hp2);
             const prefill_plan_pairs pc = prefill_plan_count(hp2);
-            std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.2f |\n",
-                        (long long)N, structure == 0 ? "scattered (index of random Q/K)" : "clustered (4 bands)", est,
-                        sel, pl, est + sel + pl, kern, est + sel + pl + kern,
-                        100.0 * (est + sel + pl) / (est + sel + pl + kern), 100.0 * pc.computed / pc.causal, dense_ms);
+            const double             pairs = double(pc.computed) / double(pc.causal);
+            const double             sr    = double(steps.sparse) / double(steps.dense);
+            char dense_s[32] = "-";
+            if (dense_ms >= 0) std::snprintf(dense_s, sizeof dense_s, "%.2f", dense_ms);
+            std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.3f | %s | %.2f | %s |\n",
+                        (long long)N, sname, est, sel, pl, idx, kern, idx + kern, 100.0 * idx / (idx + kern),
+                        100.0 * pairs, sr, auto_dense ? "dense" : "sparse", auto_total, dense_s);
             std::fflush(stdout);
+            if (!dump.empty()) {
+                FILE * f = std::fopen((dump + "/ours.jsonl").c_str(), "a");
+                if (f != nullptr) {
+                    std::fprintf(f,
+                                 "{\"n\": %lld, \"structure\": \"%s\", \"estimate_ms\": %.4f, \"select_ms\": %.4f, "
+                                 "\"plan_ms\": %.4f, \"steps_ms\": %.4f, \"sparse_kernel_ms\": %.4f, \"pairs\": %.6f, "
+                                 "\"steps_ratio\": %.6f, \"auto_dense\": %s, \"auto_total_ms\": %.4f, \"dense_ms\": %.4f, "
+                                 "\"v\": %lld, \"s\": %lld, \"iters\": %d}\n",
+                                 (long long)N, sname, est, sel, pl, stp, kern, pairs, sr, auto_dense ? "true" : "false",
+                                 auto_total, dense_ms, (long long)ve, (long long)se, iters);
+                    std::fclose(f);
+                }
+            }
         }
         for (auto & x : e) cudaEventDestroy(x);
         cudaFree(q);

@@ -1,6 +1,6 @@
 // CUDA sparse prefill (attn-sparse-prefill.cuh) and vertical-slash index building (vslash-index.cuh): the sparse
 // kernel at full budget against our dense mma.sync kernel, on vertical-slash plans against the CPU sparse kernel;
-// the GPU selection and plan against the CPU vslash_select / vslash_plan_head fed the same scores (exact), the GPU
+// the step count and the dense fallback of vslash_attention_gpu; the GPU selection and plan against the CPU vslash_select / vslash_plan_head fed the same scores (exact), the GPU
 // estimate against the CPU vslash_estimate. Random inputs from fixed seeds; skips itself when no GPU is present.
 #include <gtest/gtest.h>
 
@@ -162,7 +162,8 @@ void run_sparse(const layer & L, dev_layer & d, const cuda::prefill_plan_dev & p
     lse = dlse.get();
 }
 
-void run_dense(const layer & L, dev_layer & d, std::vector<float> & o, std::vector<float> & lse) {
+void run_dense(const layer & L, dev_layer & d, std::vector<float> & o, std::vector<float> & lse,
+               cuda::attn_prefill_kernel kernel = cuda::attn_prefill_kernel::MMA_SYNC) {
     dev_buf<float> dout(size_t(L.n_q) * L.n_head * L.D), dlse(size_t(L.n_q) * L.n_head);
     cuda::attn_prefill_args a;
     a.q      = d.q.p;
@@ -174,7 +175,7 @@ void run_dense(const layer & L, dev_layer & d, std::vector<float> & o, std::vect
     a.o      = dout.p;
     a.o_f32  = true;
     a.lse    = dlse.p;
-    ASSERT_TRUE(cuda::attn_prefill(a, cuda::attn_prefill_kernel::MMA_SYNC, nullptr).is_ok());
+    ASSERT_TRUE(cuda::attn_prefill(a, kernel, nullptr).is_ok());
     CK(cudaDeviceSynchronize());
     o   = dout.get();
     lse = dlse.get();
@@ -398,6 +399,76 @@ TEST(CudaVslashIndex, EstimateMatchesCpuAndFullBudgetIsDense) {
         std::printf("  full budget GPU index + sparse kernel vs dense: bitwise %s, nmse %.2e\n",
                     same ? "equal" : "different", nmse(o, od));
         EXPECT_LT(nmse(o, od), 1e-12);
+    }
+}
+
+// Steps of the sparse kernel counted on the GPU against a count over the host plan; vslash_attention_gpu with
+// the fallback forced (ratio 0: the dense kernel's output, bitwise), disabled (ratio 1: the sparse kernel over
+// vslash_index_gpu's plan, bitwise) and at 0.35 (the choice follows the step count).
+TEST(CudaVslashIndex, StepsAndDenseFallback) {
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
+    for (const shape & sh : k_shapes) {
+        layer                           L(sh.n_q, sh.pos0, sh.n_head, sh.n_head_kv, sh.D, 57);
+        dev_layer                       d(L);
+        prefill_plan                    plan;
+        std::vector<std::vector<float>> vt, sl;
+        cpu_vslash(L, 40, 60, plan, vt, sl);
+        cuda::prefill_plan_buf pb;
+        cuda::prefill_plan_upload(plan, pb);
+        const cuda::prefill_plan_steps st = cuda::prefill_plan_steps_gpu(pb, nullptr);
+        int64_t                        want_sparse = 0, want_dense = 0;
+        for (const prefill_head_plan & hp : plan.heads) {
+            for (const key_range & r : hp.ranges) want_sparse += (r.end - r.begin + 63) / 64;
+            for (int64_t b = 0; b < plan.n_qblk(); ++b) {
+                want_sparse += (hp.col_off[size_t(b) + 1] - hp.col_off[size_t(b)] + 63) / 64;
+                want_dense += (L.pos0 + std::min(L.n_q, (b + 1) * 64) + 63) / 64;
+            }
+        }
+        EXPECT_EQ(st.sparse, want_sparse);
+        EXPECT_EQ(st.dense, want_dense);
+
+        const size_t           n_o = size_t(L.n_q) * L.n_head * L.D, n_l = size_t(L.n_q) * L.n_head;
+        dev_buf<float>         dout(n_o), dlse(n_l);
+        cuda::vslash_workspace ws;
+        cuda::vslash_attention_args a;
+        a.q      = d.q.p;
+        a.n_q    = L.n_q;
+        a.pos0   = L.pos0;
+        a.n_head = L.n_head;
+        a.kv     = d.kv;
+        a.scale  = L.scale();
+        a.v      = 100;
+        a.s      = 300;
+        a.o      = dout.p;
+        a.o_f32  = true;
+        a.lse    = dlse.p;
+        auto run = [&](float ratio, cuda::vslash_attention_info & info, std::vector<float> & o) {
+            CK(cudaMemset(dout.p, 0xff, n_o * 4));
+            a.dense_ratio = ratio;
+            ASSERT_TRUE(cuda::vslash_attention_gpu(a, ws, pb, nullptr, &info).is_ok());
+            CK(cudaDeviceSynchronize());
+            o = dout.get();
+        };
+        cuda::vslash_attention_info info;
+        std::vector<float>          o_forced, o_never, o_auto, od, lsed, os, lses;
+        run(0.f, info, o_forced);
+        EXPECT_TRUE(info.dense);
+        run_dense(L, d, od, lsed, cuda::attn_prefill_kernel::AUTO);
+        EXPECT_EQ(std::memcmp(o_forced.data(), od.data(), n_o * 4), 0) << "forced dense != attn_prefill AUTO";
+        run(1.f, info, o_never);
+        EXPECT_FALSE(info.dense);
+        run_sparse(L, d, pb.view, os, lses); // pb holds vslash_index_gpu's plan of the last call
+        EXPECT_EQ(std::memcmp(o_never.data(), os.data(), n_o * 4), 0) << "sparse path != attn_sparse_prefill";
+        run(0.35f, info, o_auto);
+        const bool want = double(info.steps.sparse) > 0.35 * double(info.steps.dense);
+        EXPECT_EQ(info.dense, want);
+        EXPECT_EQ(std::memcmp(o_auto.data(), (want ? od : os).data(), n_o * 4), 0);
+        std::printf("steps n_q=%lld pos0=%lld H=%d/%d D=%d: CPU plan (40,60) %lld sparse steps / %lld dense tiles; "
+                    "GPU index (100,300) %lld / %lld -> %s at 0.35; forced dense and never-dense paths bitwise equal "
+                    "to their kernels\n",
+                    (long long)L.n_q, (long long)L.pos0, L.n_head, L.n_head_kv, L.D, (long long)st.sparse,
+                    (long long)st.dense, (long long)info.steps.sparse, (long long)info.steps.dense,
+                    info.dense ? "dense" : "sparse");
     }
 }
 

@@ -4,6 +4,7 @@
 // so ranges need no page alignment; the key positions of a step sit in shared memory for the mask.
 #include "backend/cuda/attn-sparse-prefill.cuh"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -16,6 +17,7 @@ prefill_plan_buf::~prefill_plan_buf() {
     cudaFree(ranges);
     cudaFree(col_off);
     cudaFree(cols);
+    cudaFree(counter);
 }
 
 void prefill_plan_buf::reserve(int64_t n_q, int64_t pos0, int n_head, int64_t n_ranges_, int64_t n_cols_) {
@@ -397,7 +399,39 @@ template <int D> void launch_sparse(const attn_sparse_prefill_args & a, cudaStre
     LC_CUDA_CHECK_LAUNCH();
 }
 
+// One warp per item: 64-key windows of its ranges plus its column steps, added into *out.
+__global__ void plan_steps_kernel(prefill_plan_dev plan, int64_t n_items, unsigned long long * out) {
+    const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int     lane = threadIdx.x & 31;
+    if (item >= n_items) return;
+    unsigned long long n = 0;
+    for (int64_t i = plan.range_off[item] + lane; i < plan.range_off[item + 1]; i += 32)
+        n += static_cast<unsigned long long>(plan.ranges[2 * i + 1] - plan.ranges[2 * i] + 63) / 64;
+    if (lane == 0) n += static_cast<unsigned long long>(plan.col_off[item + 1] - plan.col_off[item] + 63) / 64;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) n += __shfl_xor_sync(0xffffffffu, n, off);
+    if (lane == 0 && n > 0) atomicAdd(out, n);
+}
+
 } // namespace
+
+prefill_plan_steps prefill_plan_steps_gpu(prefill_plan_buf & plan, cudaStream_t stream) {
+    const prefill_plan_dev & v       = plan.view;
+    const int64_t            n_qblk  = v.n_qblk();
+    const int64_t            n_items = n_qblk * v.n_head;
+    prefill_plan_steps       r;
+    for (int64_t b = 0; b < n_qblk; ++b)
+        r.dense += (v.pos0 + std::min(v.n_q, (b + 1) * prefill_qblock) + 63) / 64 * v.n_head;
+    if (n_items == 0) return r;
+    if (plan.counter == nullptr) LC_CUDA_CHECK(cudaMalloc(&plan.counter, sizeof(int64_t)));
+    LC_CUDA_CHECK(cudaMemsetAsync(plan.counter, 0, sizeof(int64_t), stream));
+    plan_steps_kernel<<<unsigned((n_items + 7) / 8), 256, 0, stream>>>(
+        v, n_items, reinterpret_cast<unsigned long long *>(plan.counter));
+    LC_CUDA_CHECK_LAUNCH();
+    LC_CUDA_CHECK(cudaMemcpyAsync(&r.sparse, plan.counter, sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
+    LC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return r;
+}
 
 status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stream) {
     const int D = a.kv.head_dim;

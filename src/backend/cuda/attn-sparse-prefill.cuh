@@ -37,6 +37,7 @@ struct prefill_plan_buf {
     int32_t *        cols      = nullptr;
     int64_t          cap_items = 0, cap_ranges = 0, cap_cols = 0;
     int64_t          n_ranges = 0, n_cols = 0; // totals of the plan held
+    int64_t *        counter  = nullptr;          // one device word for prefill_plan_steps_gpu
     prefill_plan_buf() = default;
     prefill_plan_buf(const prefill_plan_buf &) = delete;
     prefill_plan_buf & operator=(const prefill_plan_buf &) = delete;
@@ -65,5 +66,15 @@ struct attn_sparse_prefill_args {
 };
 
 status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stream);
+
+// Work of a plan in 64-key steps: `sparse`, the steps attn_sparse_prefill walks (each range in windows of 64 keys,
+// then the columns 64 at a time, summed over all items); `dense`, the 64x64 causal tiles a dense kernel visits for
+// the same queries (every key up to each block's last query). Their ratio predicts the sparse kernel's time against
+// the dense one. Counts on the device and synchronizes the stream once.
+struct prefill_plan_steps {
+    int64_t sparse = 0;
+    int64_t dense  = 0;
+};
+prefill_plan_steps prefill_plan_steps_gpu(prefill_plan_buf & plan, cudaStream_t stream);
 
 } // namespace lc::cuda

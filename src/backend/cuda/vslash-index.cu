@@ -17,6 +17,7 @@
 #include <cub/device/device_scan.cuh>
 
 #include "backend/cuda/attn-prefill-impl.cuh"
+#include "backend/cuda/attn-prefill.cuh"
 
 namespace lc::cuda {
 
@@ -483,6 +484,44 @@ status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head,
     vslash_select_gpu(vt, sl, N, n_head, ve, se, cl, of, stream);
     vslash_plan_gpu(cl, ve, of, se, n_q, pos0, n_head, ws, plan, stream);
     return status::ok();
+}
+
+status vslash_attention_gpu(const vslash_attention_args & a, vslash_workspace & ws, prefill_plan_buf & plan,
+                            cudaStream_t stream, vslash_attention_info * info) {
+    vslash_attention_info in;
+    bool                  dense = a.dense_ratio <= 0.f;
+    if (!dense) {
+        const status st = vslash_index_gpu(a.q, a.n_q, a.pos0, a.n_head, a.kv, a.scale, a.v, a.s, ws, plan, stream);
+        if (!st.is_ok()) return st;
+        if (a.dense_ratio < 1.f) {
+            in.steps = prefill_plan_steps_gpu(plan, stream);
+            dense    = double(in.steps.sparse) > double(a.dense_ratio) * double(in.steps.dense);
+        }
+    }
+    in.dense = dense;
+    if (info != nullptr) *info = in;
+    if (dense) {
+        attn_prefill_args d;
+        d.q      = a.q;
+        d.n_q    = a.n_q;
+        d.pos0   = a.pos0;
+        d.n_head = a.n_head;
+        d.kv     = a.kv;
+        d.scale  = a.scale;
+        d.o      = a.o;
+        d.o_f32  = a.o_f32;
+        d.lse    = a.lse;
+        return attn_prefill(d, attn_prefill_kernel::AUTO, stream);
+    }
+    attn_sparse_prefill_args sp;
+    sp.q     = a.q;
+    sp.plan  = plan.view;
+    sp.kv    = a.kv;
+    sp.scale = a.scale;
+    sp.o     = a.o;
+    sp.o_f32 = a.o_f32;
+    sp.lse   = a.lse;
+    return attn_sparse_prefill(sp, stream);
 }
 
 } // namespace lc::cuda

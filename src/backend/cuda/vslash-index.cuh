@@ -58,4 +58,31 @@ status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head,
                         float scale, int64_t v, int64_t s, vslash_workspace & ws, prefill_plan_buf & plan,
                         cudaStream_t stream);
 
+// Vertical-slash attention of one layer end to end: vslash_index_gpu, then the sparse kernel over its plan, or
+// the dense kernel (attn_prefill, AUTO: wgmma on sm_90 with head_dim 128) for the whole layer when the plan's
+// 64-key steps exceed dense_ratio times the dense kernel's tiles (prefill_plan_steps_gpu; the sparse kernel costs
+// about 2.7 dense wgmma tiles per step on the H100, so 0.35 switches where dense becomes the faster of the two).
+// dense_ratio <= 0: always dense; >= 1: never. The dense path computes every causal pair (a superset of the plan).
+// o, o_f32, lse as attn_sparse_prefill_args. Synchronizes the stream twice (plan size, step count).
+struct vslash_attention_args {
+    const bf16_t * q      = nullptr;
+    int64_t        n_q    = 0;
+    int64_t        pos0   = 0;
+    int            n_head = 0;
+    attn_kv_paged  kv;
+    float          scale       = 0;
+    int64_t        v           = 1000;
+    int64_t        s           = 6096;
+    float          dense_ratio = 0.35f;
+    void *         o           = nullptr;
+    bool           o_f32       = true;
+    float *        lse         = nullptr;
+};
+struct vslash_attention_info {
+    bool               dense = false; // the dense kernel ran
+    prefill_plan_steps steps;
+};
+status vslash_attention_gpu(const vslash_attention_args & a, vslash_workspace & ws, prefill_plan_buf & plan,
+                            cudaStream_t stream, vslash_attention_info * info = nullptr);
+
 } // namespace lc::cuda
