@@ -6,7 +6,11 @@
 //                                           random weights of a real model's shape: TTFT of a pp-token prompt and
 //                                           decode tokens/s at depth pp, as a markdown table labelled synthetic;
 //                                           --prefill vslash: MInference vertical-slash prefill (v=1000, s=6096),
-//                                           what --prefill minference is on a model without a calibration
+//                                           what --prefill minference is on a model without a calibration;
+//                                           --decode topk|quest|loki [--decode-budget 0.25] [--decode-select kv]:
+//                                           sparse decode, keys selected per query head or per KV head (Loki
+//                                           with the identity basis: the first d = D/4 dims; random weights have no
+//                                           key structure to fit)
 // Timings: wall clock around forward() calls that end with a device sync (TTFT includes the first token's argmax).
 #include <algorithm>
 #include <chrono>
@@ -66,6 +70,19 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
     if (opt.vslash)
         std::snprintf(prefill, sizeof(prefill), "vslash v=%lld s=%lld", (long long)opt.vslash_v,
                       (long long)opt.vslash_s);
+    const char * dec_names[] = {"dense", "topk", "quest", "loki"};
+    char         decode[64];
+    std::snprintf(decode, sizeof(decode), "%s", dec_names[int(opt.decode)]);
+    if (opt.decode != cuda::decode_method_gpu::DENSE)
+        std::snprintf(decode, sizeof(decode), "%s %.0f%% per %s", dec_names[int(opt.decode)], opt.decode_frac * 100.0,
+                      opt.decode_kv_select ? "KV head" : "query head");
+    if (opt.decode == cuda::decode_method_gpu::LOKI) {
+        const int D = hp.head_dim;
+        opt.loki_d.assign(size_t(hp.n_layer), std::max(1, D / 4));
+        opt.loki_basis.assign(size_t(hp.n_layer) * hp.n_head_kv * size_t(D) * D, 0.0f);
+        for (size_t b = 0; b < size_t(hp.n_layer) * hp.n_head_kv; ++b)
+            for (int i = 0; i < D; ++i) opt.loki_basis[b * size_t(D) * D + size_t(i) * D + i] = 1.0f;
+    }
     const double t0  = now_s();
     auto         cmr = cuda::cuda_model::synthetic(hp, opt, 1);
     if (!cmr.is_ok()) return die(cmr.get_status());
@@ -75,9 +92,9 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
                  name.c_str(), double(cm->weight_bytes()) / (1 << 30), double(cm->kv_bytes()) / (1 << 30),
                  (long long)opt.n_ctx, now_s() - t0, cm->device_name().c_str());
     std::printf(
-        "| model | device | weights | KV | prefill | ubatch | prompt | TTFT s | prefill t/s | decode t/s @ depth | runs "
-        "|\n");
-    std::printf("|---|---|---|---|---|--:|--:|--:|--:|--:|--:|\n");
+        "| model | device | weights | KV | prefill | decode | ubatch | prompt | TTFT s | prefill t/s | decode t/s @ depth "
+        "| runs |\n");
+    std::printf("|---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|\n");
     for (int64_t pp : pps) {
         std::vector<int32_t> toks(static_cast<size_t>(pp));
         for (int64_t i = 0; i < pp; ++i)
@@ -109,9 +126,9 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
         };
         const auto [tm, ts] = mean_sd(ttft);
         const auto [dm, ds] = mean_sd(dec);
-        std::printf("| %s (synthetic, random weights) | %s | bf16 | bf16 | %s | %lld | %lld | %.3f ± %.3f | %.0f | %.1f "
-                    "± %.1f @ %lld | %d |\n",
-                    name.c_str(), cm->device_name().c_str(), prefill, (long long)ubatch, (long long)pp, tm, ts, double(pp) / tm,
+        std::printf("| %s (synthetic, random weights) | %s | bf16 | bf16 | %s | %s | %lld | %lld | %.3f ± %.3f | %.0f | "
+                    "%.1f ± %.1f @ %lld | %d |\n",
+                    name.c_str(), cm->device_name().c_str(), prefill, decode, (long long)ubatch, (long long)pp, tm, ts, double(pp) / tm,
                     dm, ds, (long long)pp, reps);
         std::fflush(stdout);
     }
@@ -233,12 +250,40 @@ int main(int argc, char ** argv) {
             }
             sopt.vslash_v = vs[0];
             sopt.vslash_s = vs[1];
+        } else if (a == "--decode") {
+            const std::string m = next();
+            if (m == "dense")
+                sopt.decode = cuda::decode_method_gpu::DENSE;
+            else if (m == "topk")
+                sopt.decode = cuda::decode_method_gpu::TOPK;
+            else if (m == "quest")
+                sopt.decode = cuda::decode_method_gpu::QUEST;
+            else if (m == "loki")
+                sopt.decode = cuda::decode_method_gpu::LOKI;
+            else {
+                std::fprintf(stderr, "longctx-cuda-run: --decode %s: expected dense, topk, quest or loki\n", m.c_str());
+                return 1;
+            }
+        } else if (a == "--decode-select") {
+            const std::string m = next();
+            if (m != "head" && m != "kv") {
+                std::fprintf(stderr, "longctx-cuda-run: --decode-select %s: expected head or kv\n", m.c_str());
+                return 1;
+            }
+            sopt.decode_kv_select = m == "kv";
+        } else if (a == "--decode-budget") {
+            sopt.decode_frac = std::atof(next());
+            if (!(sopt.decode_frac > 0.0 && sopt.decode_frac <= 1.0)) {
+                std::fprintf(stderr, "longctx-cuda-run: --decode-budget: a fraction in (0, 1]\n");
+                return 1;
+            }
         } else {
             std::fprintf(
                 stderr,
                 "usage: longctx-cuda-run -m MODEL [-p PROMPT] [-n 64] [--check]\n"
                 "       longctx-cuda-run --synthetic llama3-8b [--pp 8192,32768] [--tg 64] [-r 1] [-ub 4096]\n"
-                "                        [--prefill dense|vslash|minference] [--vslash 1000,6096]\n");
+                "                        [--prefill dense|vslash|minference] [--vslash 1000,6096]\n"
+                "                        [--decode dense|topk|quest|loki] [--decode-budget 0.25] [--decode-select head|kv]\n");
             return 1;
         }
     }

@@ -7,11 +7,47 @@
 
 #include "core/log.h"
 #if LC_HAVE_CUDA
+#include "attn/decode/loki.h"
 #include "attn/minference/head-config.h"
 #include "backend/cuda/cuda-model.h"
+#include "calibrate/sidecar.h"
 #endif
 
 namespace lc {
+
+#if LC_HAVE_CUDA
+namespace {
+
+// The GPU's sparse decode settings from the attention config (the CPU methods were created and checked before:
+// for Loki that means the sidecar exists and has a basis for every full-attention layer).
+status cuda_decode_options(const model & m, const attn_config & c, cuda::cuda_model_options & o) {
+    switch (c.decode) {
+        case decode_kind::DENSE: return status::ok();
+        case decode_kind::TOPK: o.decode = cuda::decode_method_gpu::TOPK; break;
+        case decode_kind::QUEST: o.decode = cuda::decode_method_gpu::QUEST; break;
+        case decode_kind::LOKI: o.decode = cuda::decode_method_gpu::LOKI; break;
+        case decode_kind::MAGICPIG: return error(status_code::UNSUPPORTED, "context: MagicPIG decode on the GPU");
+    }
+    if (c.decode_keys.mode == decode_budget::kind::TOKENS)
+        o.decode_tokens = std::max<int64_t>(1, int64_t(c.decode_keys.value));
+    else
+        o.decode_frac = c.decode_keys.value;
+    o.decode_sink      = c.decode_opts.sink();
+    o.decode_local     = c.decode_opts.local();
+    o.decode_kv_select = c.decode_opts.kv_select;
+    o.quest_page       = c.decode_opts.quest_page;
+    if (o.decode != cuda::decode_method_gpu::LOKI) return status::ok();
+    const model_hparams & hp   = m.hparams();
+    std::string           path = c.sidecar == "auto" ? sidecar_path_for(m.file().path()) : c.sidecar;
+    LC_ASSIGN_OR_RETURN(sidecar sc, sidecar_read(path, hp.n_layer, hp.n_head));
+    if (!sc.loki) return error(status_code::NOT_FOUND, "--decode loki: sidecar %s has no Loki section", path.c_str());
+    LC_ASSIGN_OR_RETURN(o.loki_d, loki_ranks(*sc.loki, hp.n_layer, c.decode_opts));
+    o.loki_basis = sc.loki->basis;
+    return status::ok();
+}
+
+} // namespace
+#endif
 
 result<std::unique_ptr<context>> context::create(const model & m, const context_params & p) {
     const model_hparams & hp    = m.hparams();
@@ -53,13 +89,15 @@ result<std::unique_ptr<context>> context::create(const model & m, const context_
         // --prefill-budget scale); decode is dense over a full cache.
         const bool vslash_ok = p.attn.prefill == prefill_method::VSLASH && p.attn.budget.mode == prefill_budget::kind::SCALE;
         if (p.n_seq != 1 || (p.attn.prefill != prefill_method::DENSE && !vslash_ok) ||
-            p.attn.decode != decode_kind::DENSE || p.attn.kv != kv_method::FULL)
+            p.attn.decode == decode_kind::MAGICPIG || p.attn.kv != kv_method::FULL)
             return error(status_code::UNSUPPORTED,
                          "context: the GPU runs one sequence with dense or vertical-slash prefill (budget as a scale, "
-                         "e.g. 1x), dense decode and a full KV cache so far (got %d sequences, %s)",
+                         "e.g. 1x), dense, top-k, Quest or Loki decode and a full KV cache so far (got %d sequences, "
+                         "%s)",
                          p.n_seq, attn_config_describe(p.attn).c_str());
         cuda::cuda_model_options o;
         o.n_ctx = n_ctx;
+        LC_RETURN_IF_ERROR(cuda_decode_options(m, p.attn, o));
         if (vslash_ok) {
             const head_budget vs = head_budget_default(head_pattern::VSLASH);
             o.vslash             = true;

@@ -14,8 +14,10 @@
 #include "backend/cpu/ref/dequant.h"
 #include "backend/cuda/attn-decode.cuh"
 #include "backend/cuda/attn-prefill.cuh"
+#include "backend/cuda/attn-sparse-decode.cuh"
 #include "backend/cuda/attn-sparse-prefill.cuh"
 #include "backend/cuda/cuda-common.cuh"
+#include "backend/cuda/decode-select.cuh"
 #include "backend/cuda/gemm.cuh"
 #include "backend/cuda/ops.cuh"
 #include "backend/cuda/sampling.cuh"
@@ -90,6 +92,11 @@ struct dev_layer {
     float *  ffn_post_norm  = nullptr;
     bool     swa            = false;
     bf16_t * k_pool = nullptr, *v_pool = nullptr; // [n_pages][n_head_kv][64][head_dim]
+    // Sparse decode metadata (cuda_model_options::decode) of a full-attention layer: Loki's rotated keys and
+    // projection, or Quest's page bounds. sparse: the layer decodes through a selector.
+    bool     sparse      = false;
+    loki_store_gpu  loki  = {};
+    quest_store_gpu quest = {};
 };
 
 // Output-head rows per GEMM (bounds the logits buffer: 256 x 128256 x 4 B = 131 MB).
@@ -123,6 +130,11 @@ struct cuda_model::impl {
     int64_t        last_row = -1; // row of the device logits buffer holding the last token's logits (-1: none)
     vslash_workspace vs_ws;   // vertical-slash index scratch (opt.vslash)
     prefill_plan_buf vs_plan; // the plan of the current chunk and layer
+    decode_select_workspace sel_ws;          // sparse decode selection scratch (opt.decode)
+    decode_plan_buf         sel_plan;        // the plan of the current decode step and layer
+    void *                  sdec_ws       = nullptr; // the sparse decode kernel's split-K workspace
+    size_t                  sdec_ws_bytes = 0;
+    std::vector<int64_t>    eager_spans;     // decode spans that ran eagerly once (workspaces sized before capture)
 
     int64_t n_past         = 0;
     int64_t n_decode_eager = 0;
@@ -213,7 +225,97 @@ struct cuda_model::impl {
         LC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void **>(&h_in), 8 * sizeof(int32_t)));
         LC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void **>(&h_smp), sizeof(sample_params)));
         h_next = h_in + 4;
+        LC_RETURN_IF_ERROR(init_sparse_decode());
         LC_CUDA_CHECK(cudaStreamSynchronize(stream));
+        return status::ok();
+    }
+
+    // The metadata stores of the sparse decode method in every full-attention layer, and the gather kernel's
+    // workspace for the largest plan any span can hold.
+    status init_sparse_decode() {
+        if (opt.decode == decode_method_gpu::DENSE) return status::ok();
+        const int D = int(hp.head_dim);
+        if (opt.decode == decode_method_gpu::QUEST && (opt.quest_page < 1 || 64 % opt.quest_page != 0))
+            return error(status_code::INVALID_ARGUMENT, "cuda: Quest page %d must divide 64", opt.quest_page);
+        if (opt.decode == decode_method_gpu::LOKI &&
+            (opt.loki_d.size() != size_t(hp.n_layer) ||
+             opt.loki_basis.size() != size_t(hp.n_layer) * hp.n_head_kv * size_t(D) * D))
+            return error(status_code::INVALID_ARGUMENT, "cuda: Loki needs a rank per layer and the bases of %d layers",
+                         hp.n_layer);
+        for (int il = 0; il < hp.n_layer; ++il) {
+            dev_layer & L = layers[size_t(il)];
+            if (L.swa) continue;
+            if (opt.decode == decode_method_gpu::LOKI) {
+                const int d = opt.loki_d[size_t(il)];
+                if (d <= 0) continue;
+                const int          dp = std::min(D, (d + 7) / 8 * 8);
+                std::vector<float> proj(size_t(hp.n_head_kv) * D * dp, 0.0f);
+                for (int g = 0; g < hp.n_head_kv; ++g) {
+                    const float * P = opt.loki_basis.data() + (size_t(il) * hp.n_head_kv + g) * size_t(D) * D;
+                    for (int i = 0; i < D; ++i)
+                        for (int j = 0; j < std::min(d, D); ++j)
+                            proj[(size_t(g) * D + i) * dp + j] = P[size_t(i) * D + j];
+                }
+                LC_ASSIGN_OR_RETURN(float * dproj, alloc<float>(int64_t(proj.size()), &n_kv_bytes));
+                LC_CUDA_CHECK(cudaMemcpy(dproj, proj.data(), proj.size() * 4, cudaMemcpyHostToDevice));
+                LC_ASSIGN_OR_RETURN(fp16_t * keys,
+                                    alloc<fp16_t>(n_pages * hp.n_head_kv * int64_t(dp) * kv_page_tokens, &n_kv_bytes));
+                LC_CUDA_CHECK(cudaMemsetAsync(keys, 0, size_t(n_pages * hp.n_head_kv * dp * kv_page_tokens) * 2, stream));
+                L.loki = loki_store_gpu{keys, dproj, dp, n_pages};
+            } else if (opt.decode == decode_method_gpu::QUEST) {
+                const int64_t n = n_pages * hp.n_head_kv * (kv_page_tokens / opt.quest_page) * 2 * D;
+                LC_ASSIGN_OR_RETURN(bf16_t * b, alloc<bf16_t>(n, &n_kv_bytes));
+                LC_CUDA_CHECK(cudaMemsetAsync(b, 0, size_t(n) * 2, stream));
+                L.quest = quest_store_gpu{b, opt.quest_page, n_pages};
+            }
+            L.sparse = true;
+        }
+        const int group = opt.decode_kv_select ? hp.n_head / hp.n_head_kv : 1;
+        for (int64_t span = 4096;; span *= 2) {
+            const int64_t           sp = std::min(span, opt.n_ctx);
+            const decode_select_args a = select_args(0, nullptr, sp);
+            const int64_t rows = decode_select_rows_max(a, opt.decode == decode_method_gpu::QUEST ? opt.quest_page : 1);
+            const int     ns   = attn_sparse_decode_n_split(1, hp.n_head, group, D, rows);
+            sdec_ws_bytes      = std::max(sdec_ws_bytes, attn_sparse_decode_workspace_bytes(1, hp.n_head, D, ns));
+            if (sp == opt.n_ctx) break;
+        }
+        LC_ASSIGN_OR_RETURN(sdec_ws, alloc<uint8_t>(int64_t(sdec_ws_bytes)));
+        return status::ok();
+    }
+
+    // The selectors' view of layer L (k_pool, nullptr for none) with n_kv read from d_nkv.
+    decode_select_args select_args(int il, const bf16_t * k_pool, int64_t n_kv_max) const {
+        decode_select_args a;
+        a.q             = q;
+        a.n_seq         = 1;
+        a.n_head        = hp.n_head;
+        a.n_head_kv     = hp.n_head_kv;
+        a.head_dim      = int(hp.head_dim);
+        a.k_pool        = k_pool;
+        a.pages         = pages;
+        a.pages_stride  = n_pages;
+        a.n_kv          = d_nkv;
+        a.n_kv_max      = n_kv_max;
+        a.group         = opt.decode_kv_select ? hp.n_head / hp.n_head_kv : 1;
+        a.n_sink        = opt.decode_sink;
+        a.n_local       = opt.decode_local;
+        a.budget_frac   = opt.decode_frac;
+        a.budget_tokens = opt.decode_tokens;
+        a.scale         = hp.attn_scale > 0.0f ? hp.attn_scale : 1.0f / std::sqrt(float(hp.head_dim));
+        (void)il;
+        return a;
+    }
+
+    // Rotated keys (Loki) or page bounds (Quest) of tokens [t0, n_kv) in every sparse layer, n_kv from d_nkv.
+    // Runs after the forward pass that wrote those keys: the newest tokens are in the local window, which every
+    // step attends densely, so a step never selects among keys it has not taken in.
+    status enqueue_take_in(int64_t t0, int64_t n_kv_max) {
+        for (const dev_layer & L : layers) {
+            if (!L.sparse) continue;
+            const decode_select_args a = select_args(0, L.k_pool, n_kv_max);
+            if (opt.decode == decode_method_gpu::LOKI) LC_RETURN_IF_ERROR(loki_take_in_gpu(a, L.loki, t0, stream));
+            if (opt.decode == decode_method_gpu::QUEST) LC_RETURN_IF_ERROR(quest_take_in_gpu(a, L.quest, t0, stream));
+        }
         return status::ok();
     }
 
@@ -366,7 +468,33 @@ struct cuda_model::impl {
             qa.pages       = pages;
             qkv_finish(qa, stream);
             const int64_t window = L.swa ? hp.n_swa : 0;
-            if (decode) {
+            if (decode && L.sparse) {
+                const decode_select_args a = select_args(il, L.k_pool, span > 0 ? span : opt.n_ctx);
+                const int page = opt.decode == decode_method_gpu::QUEST ? opt.quest_page : 1;
+                if (opt.decode == decode_method_gpu::LOKI)
+                    LC_RETURN_IF_ERROR(loki_select_gpu(a, L.loki, sel_ws, sel_plan, stream));
+                else if (opt.decode == decode_method_gpu::QUEST)
+                    LC_RETURN_IF_ERROR(quest_select_gpu(a, L.quest, sel_ws, sel_plan, stream));
+                else
+                    LC_RETURN_IF_ERROR(topk_select_gpu(a, sel_ws, sel_plan, stream));
+                attn_sparse_decode_args sd;
+                sd.q               = q;
+                sd.n_seq           = 1;
+                sd.n_head          = hp.n_head;
+                sd.k_pool          = L.k_pool;
+                sd.v_pool          = L.v_pool;
+                sd.n_head_kv       = hp.n_head_kv;
+                sd.head_dim        = int(D);
+                sd.pages           = pages;
+                sd.pages_stride    = n_pages;
+                sd.plan            = decode_plan_view(sel_plan, a.group, decode_select_rows_max(a, page), false);
+                sd.scale           = scale;
+                sd.o               = att;
+                sd.o_f32           = false;
+                sd.workspace       = sdec_ws;
+                sd.workspace_bytes = sdec_ws_bytes;
+                LC_RETURN_IF_ERROR(attn_sparse_decode(sd, stream));
+            } else if (decode) {
                 attn_decode_args da;
                 da.q               = q;
                 da.n_seq           = 1;
@@ -472,10 +600,14 @@ struct cuda_model::impl {
             enqueue_sample(sample);
             return status::ok();
         };
-        // The first step runs eagerly (GEMM plans, kernel attributes); later ones capture a graph per span.
-        if (!opt.graphs || n_decode_eager == 0) {
+        // The first step runs eagerly (GEMM plans, kernel attributes), and with sparse decode the first of each span
+        // (the selectors size their workspaces for it); later ones capture a graph per span.
+        const bool seen = opt.decode == decode_method_gpu::DENSE ||
+                          std::find(eager_spans.begin(), eager_spans.end(), span) != eager_spans.end();
+        if (!opt.graphs || n_decode_eager == 0 || !seen) {
             LC_RETURN_IF_ERROR(body());
             ++n_decode_eager;
+            if (!seen) eager_spans.push_back(span);
         } else {
             const int64_t key = 4 * span + (sample ? 1 + sample_row_path(int(hp.n_vocab), h_smp->top_k) : 0);
             auto          it  = graphs.find(key);
@@ -494,6 +626,7 @@ struct cuda_model::impl {
             }
             LC_CUDA_CHECK(cudaGraphLaunch(it->second.second, stream));
         }
+        LC_RETURN_IF_ERROR(enqueue_take_in(n_past, span));
         if (logits_host)
             LC_CUDA_CHECK(cudaMemcpyAsync(logits_host, logits, size_t(hp.n_vocab) * 4, cudaMemcpyDeviceToHost, stream));
         LC_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -536,6 +669,11 @@ struct cuda_model::impl {
             LC_CUDA_CHECK(cudaMemcpyAsync(d_tok, tokens + c0, size_t(nc) * 4, cudaMemcpyHostToDevice, stream));
             LC_CUDA_CHECK(cudaMemcpyAsync(d_pos, pos.data(), size_t(nc) * 4, cudaMemcpyHostToDevice, stream));
             LC_RETURN_IF_ERROR(enqueue_layers(nc, pos0 + c0, false));
+            if (opt.decode != decode_method_gpu::DENSE) {
+                h_in[3] = int32_t(pos0 + c0 + nc);
+                LC_CUDA_CHECK(cudaMemcpyAsync(d_nkv, &h_in[3], 4, cudaMemcpyHostToDevice, stream));
+                LC_RETURN_IF_ERROR(enqueue_take_in(pos0 + c0, opt.n_ctx));
+            }
             // logits rows in this chunk
             for (int64_t r = std::max<int64_t>(first_logit - c0, 0); r < nc && logits_host; r += k_logit_rows) {
                 const int64_t nr = std::min(k_logit_rows, nc - r);

@@ -9,11 +9,15 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "longctx/status.h"
 #include "model/model.h"
 
 namespace lc::cuda {
+
+// Sparse decode methods the GPU runs (attn_config's decode_kind less MagicPIG).
+enum class decode_method_gpu { DENSE, TOPK, QUEST, LOKI };
 
 struct cuda_model_options {
     int64_t n_ctx    = 8192; // KV cache capacity in tokens (one sequence)
@@ -28,6 +32,20 @@ struct cuda_model_options {
     int64_t vslash_v       = 1000; // vertical columns per head
     int64_t vslash_s       = 6096; // slash diagonals per head
     int64_t sparse_min_len = 4096;
+    // Sparse decode in the full-attention layers (decode-select.cuh, attn-sparse-decode.cuh): the keys each query
+    // head (or KV head, decode_kv_select) attends, selected on the device within the decode step's graph, as the
+    // CPU methods select them (attn/decode/{topk,quest,loki}.h).
+    decode_method_gpu decode           = decode_method_gpu::DENSE;
+    double            decode_frac      = 0.25; // keys selected: this share of the cache ...
+    int64_t           decode_tokens    = 0;    // ... or this many when > 0
+    int               decode_sink      = 4;    // first and last tokens always attended
+    int               decode_local     = 64;
+    bool              decode_kv_select = false; // one selection per KV head for its query heads
+    int               quest_page       = 16;    // tokens per Quest metadata page (divides 64)
+    // Loki: the rank of each layer (0: the layer decodes densely) and the bases of the calibration sidecar
+    // (sidecar_loki::basis: [n_layer][n_head_kv][head_dim][head_dim] f32, component j in column j).
+    std::vector<int>   loki_d;
+    std::vector<float> loki_basis;
 };
 
 // True when a CUDA device is present and usable (tests skip without one).
