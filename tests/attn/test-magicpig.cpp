@@ -3,7 +3,8 @@
 // against a brute-force binomial sum and a Monte-Carlo estimate over random hyperplanes (p = 1 - theta/pi), and its
 // interpolated log-weight against the formula;
 // the importance-weighted estimate converges to dense attention as hash seeds are added while the wrong inclusion
-// rule (u for >= 1 collision, sampling at >= 2) does not; every key sampled equals dense; table life cycle.
+// rule (u for >= 1 collision, sampling at >= 2) does not; every key sampled equals dense; table life cycle, also
+// for a prompt fed in several calls.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -537,6 +538,55 @@ TEST(magicpig, tables_life_cycle) {
     EXPECT_EQ(mp.built_n_kv(3), 4001);
     step(3900); // a shorter cache than the built span without truncate(): rebuilt as well
     EXPECT_EQ(mp.built_n_kv(3), 3900);
+}
+
+// A prompt fed in several calls (prepare() after each, as when every call ends its own prefill): the tables the
+// first call built must not stay, else the rest of the prompt is attended densely. Expected by hand: 4 sinks, the
+// middle [4, 4097 - 64) hashed, the last 64 prompt tokens and the generated one dense.
+TEST(magicpig, prompt_fed_in_several_calls_is_hashed_whole) {
+    lc::thread_pool     pool(2);
+    const int           D = 64, n_head = 2;
+    auto                cache = make_cache(1, D, 8500, 63);
+    lc::kv_view         kv    = cache.view();
+    lc::magicpig_params p;
+    p.K = 4, p.L = 8;
+    lc::magicpig_decode mp(4, 1, D, p);
+    const auto          q = randn(size_t(n_head) * D, 1.0f, 64);
+    lc::decode_plan     plan;
+    for (int64_t n = 512; n <= 4096; n += 512) {
+        kv.n_kv = n;
+        mp.prepare(1, kv, pool);
+    }
+    EXPECT_EQ(mp.built_n_kv(1), 512); // built by the first call; the rebuild waits for the first decode step
+    kv.n_kv = 4097;
+    mp.plan(1, q.data(), n_head, kv, 0.125f, plan, pool, nullptr);
+    EXPECT_EQ(mp.built_n_kv(1), 4097);
+    ASSERT_NE(mp.tables(1, 0), nullptr);
+    EXPECT_EQ(mp.tables(1, 0)->begin, 4);
+    EXPECT_EQ(mp.tables(1, 0)->n, 4097 - 4 - 64);
+    for (const auto & hp : plan.heads) {
+        ASSERT_EQ(hp.dense.size(), 2u);
+        EXPECT_EQ(hp.dense[0].begin, 0);
+        EXPECT_EQ(hp.dense[0].end, 4);
+        EXPECT_EQ(hp.dense[1].begin, 4097 - 64);
+        EXPECT_EQ(hp.dense[1].end, 4097);
+        for (int32_t t : hp.idx) EXPECT_TRUE(t >= 4 && t < 4097 - 64);
+    }
+    // A short prompt after the build (a chat turn: 200 tokens, fewer than the 4029 hashed): attended densely, the
+    // tables are kept.
+    kv.n_kv = 4297;
+    mp.prepare(1, kv, pool);
+    kv.n_kv = 4298;
+    mp.plan(1, q.data(), n_head, kv, 0.125f, plan, pool, nullptr);
+    EXPECT_EQ(mp.built_n_kv(1), 4097);
+    EXPECT_EQ(plan.heads[0].dense[1].begin, 4097 - 64);
+    // A long one (more than the 4029 hashed keys): rebuilt at the next step.
+    kv.n_kv = 4297 + 4100;
+    mp.prepare(1, kv, pool);
+    EXPECT_EQ(mp.built_n_kv(1), 4097);
+    kv.n_kv = 4297 + 4101;
+    mp.plan(1, q.data(), n_head, kv, 0.125f, plan, pool, nullptr);
+    EXPECT_EQ(mp.built_n_kv(1), 4297 + 4101);
 }
 
 // Table build, plan and attention timings at the shapes of the speed target, against dense decode with the same

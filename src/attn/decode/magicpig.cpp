@@ -183,6 +183,7 @@ void magicpig_decode::truncate(int64_t n) {
     for (layer_state & st : layers_)
         if (st.n_kv_built >= 0 && n < st.n_kv_built) {
             st.n_kv_built = -1;
+            st.pending    = false;
             st.heads.clear();
             st.heads.shrink_to_fit();
         }
@@ -192,6 +193,7 @@ void magicpig_decode::invalidate(int il) {
     if (il < 0 || il >= int(layers_.size())) return;
     layer_state & st = layers_[size_t(il)];
     st.n_kv_built    = -1;
+    st.pending       = false;
     st.heads.clear();
 }
 
@@ -203,6 +205,7 @@ void magicpig_decode::build(layer_state & st, const kv_view & kv, thread_pool & 
     st.heads.clear();
     lsh_tables_build(kv, begin, end, W_, st.heads, pool);
     st.n_kv_built  = n_kv;
+    st.pending     = false;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     build_seconds_ += s;
     LC_LOG_D("magicpig: tables of %lld keys x %d KV heads (K=%d L=%d) built in %.3f s", (long long)(end - begin),
@@ -212,7 +215,14 @@ void magicpig_decode::build(layer_state & st, const kv_view & kv, thread_pool & 
 void magicpig_decode::prepare(int il, const kv_view & kv, thread_pool & pool) {
     if (il < 0 || il >= int(layers_.size()) || !sparse_layer(il)) return;
     layer_state & st = layers_[size_t(il)];
-    if (stale(st, kv)) build(st, kv, pool);
+    if (st.n_kv_built < 0 || kv.n_kv < st.n_kv_built) {
+        build(st, kv, pool);
+        return;
+    }
+    // Tables from an earlier call: this prompt (or its part so far) is attended densely until they are rebuilt.
+    const int64_t n_mid    = st.heads.empty() ? 0 : st.heads[0].n;
+    const int64_t appended = kv.n_kv - st.n_kv_built;
+    if (appended > std::min<int64_t>(p_.rebuild_after, std::max<int64_t>(n_mid, p_.n_local))) st.pending = true;
 }
 
 void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & kv, float scale, decode_plan & plan,
@@ -232,6 +242,7 @@ void magicpig_decode::plan(int il, const float * q, int n_head, const kv_view & 
     const int64_t end     = begin + n_mid;
 
     plan.n_head = n_head;
+    plan.group  = 1;
     plan.heads.resize(size_t(n_head));
     const int nth = pool.n_threads();
     if (int(scratch_.size()) < nth) scratch_.resize(size_t(nth));

@@ -23,7 +23,10 @@ struct magicpig_params {
     int      n_local  = 64;  // last tokens of the prompt attended densely (generated tokens always are)
     uint64_t seed     = 0x6d61676963706967ull; // of the hyperplanes; one matrix per model
     // Tables are rebuilt (over the whole cache) once more than this many tokens were appended since they were
-    // built, e.g. a new long prompt in a chat; until then appended tokens are attended densely.
+    // built, e.g. a new long prompt in a chat; until then appended tokens are attended densely. A prompt prefilled
+    // after the build (prepare()) that leaves more appended tokens than the tables hold (or than n_local, when
+    // they hold fewer) has them rebuilt at the next plan() sooner: a prompt fed in several calls would otherwise
+    // keep the tables of its first call (e.g. 444 of 4k keys hashed, the rest dense).
     int64_t rebuild_after = 4096;
 };
 
@@ -91,7 +94,10 @@ class magicpig_decode final : public decode_method {
               thread_pool & pool, int64_t * select_bytes) override;
     void truncate(int64_t n) override;
     void invalidate(int il) override;
-    // Builds the layer's tables right after its prefill (the life-cycle rule of plan()).
+    // Right after a prefill of layer il: builds its tables when it has none (or the cache was cut below them);
+    // when it has some, marks them for a rebuild at the next plan() if the prompt left more appended tokens than
+    // params().rebuild_after says (see there). The rebuild waits for plan() so that a prompt fed in many calls is
+    // hashed once, at its end.
     void prepare(int il, const kv_view & kv, thread_pool & pool) override;
 
     const magicpig_params & params() const { return p_; }
@@ -107,7 +113,8 @@ class magicpig_decode final : public decode_method {
   private:
     struct layer_state {
         int64_t                 n_kv_built = -1;
-        std::vector<lsh_tables> heads; // [n_head_kv]
+        bool                    pending    = false; // rebuild at the next plan() (see prepare())
+        std::vector<lsh_tables> heads;              // [n_head_kv]
     };
     struct scratch {
         std::vector<uint16_t> cnt;
@@ -116,9 +123,10 @@ class magicpig_decode final : public decode_method {
         std::vector<uint16_t> codes;
     };
     void build(layer_state & st, const kv_view & kv, thread_pool & pool);
-    // No tables yet, the cache was cut below them, or too many tokens came after them.
+    // No tables yet, the cache was cut below them, too many tokens came after them, or a prompt did (pending).
     bool stale(const layer_state & st, const kv_view & kv) const {
-        return st.n_kv_built < 0 || kv.n_kv < st.n_kv_built || kv.n_kv - st.n_kv_built > p_.rebuild_after;
+        return st.n_kv_built < 0 || kv.n_kv < st.n_kv_built || kv.n_kv - st.n_kv_built > p_.rebuild_after ||
+               st.pending;
     }
 
     magicpig_params          p_;
