@@ -82,6 +82,14 @@ double mem_available_gib() {
     return -1;
 }
 
+std::string anon_huge() {
+    std::ifstream f("/proc/meminfo");
+    std::string   line;
+    while (std::getline(f, line))
+        if (line.rfind("AnonHugePages:", 0) == 0) return line;
+    return "AnonHugePages: ?";
+}
+
 bool dense_layer(int il) {
     return il % 16 == 0; // magicpig_decode::sparse_layer
 }
@@ -362,11 +370,38 @@ void bench_hybrid(int64_t N, int B, const std::vector<int64_t> & batches, int st
             sink[size_t(ith)] += acc;
         });
         const double dt = now_s() - t0;
+        // The same with a software prefetch 16 rows ahead (into L2), as the sampling loop does.
+        t0 = now_s();
+        pool.run([&](int ith, int) {
+            auto addr = [&](uint64_t & x) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                int il = 1 + int(x % (NL - 1));
+                if (dense_layer(il)) ++il;
+                const cuda::mpig_host_layer & ly = host[size_t(il)][size_t((x >> 8) % uint64_t(B))];
+                return ly.k_row(int((x >> 16) % HKV), int64_t((x >> 24) % uint64_t(n_mid)));
+            };
+            uint64_t x = 0x9E3779B97F4A7C15ull * uint64_t(ith + 101), y = x;
+            for (int j = 0; j < 16; ++j) {
+                const bf16_t * r = addr(y);
+                for (int d = 0; d < D; d += 32) __builtin_prefetch(r + d, 0, 2);
+            }
+            double acc = 0;
+            for (int64_t j = 0; j < rows_per_thread; ++j) {
+                const bf16_t * rp = addr(y);
+                for (int d = 0; d < D; d += 32) __builtin_prefetch(rp + d, 0, 2);
+                const bf16_t * r = addr(x);
+                for (int d = 0; d < D; d += 32) acc += double(r[d]);
+            }
+            sink[size_t(ith)] += acc;
+        });
+        const double dt_pf = now_s() - t0;
         const double rows = double(rows_per_thread) * pool.n_threads();
-        std::printf("hybrid: host memory, %d threads: sequential read %.1f GB/s; random 256-byte rows (dependent "
-                    "loop, no prefetch) %.1f M rows/s = %.1f GB/s (checksum %g)\n",
-                    pool.n_threads(), seq_gbs, rows / dt / 1e6, rows * row_b / dt / 1e9,
-                    std::accumulate(sink.begin(), sink.end(), 0.0) * 0);
+        std::printf("hybrid: host memory, %d threads: sequential read %.1f GB/s; random 256-byte rows of all layers "
+                    "%.1f M rows/s = %.1f GB/s, with a software prefetch 16 rows ahead %.1f M rows/s = %.1f GB/s "
+                    "(checksum %g); %s\n",
+                    pool.n_threads(), seq_gbs, rows / dt / 1e6, rows * row_b / dt / 1e9, rows / dt_pf / 1e6,
+                    rows * row_b / dt_pf / 1e9, std::accumulate(sink.begin(), sink.end(), 0.0) * 0,
+                    anon_huge().c_str());
         std::fflush(stdout);
     }
 
@@ -464,14 +499,17 @@ void bench_hybrid(int64_t N, int B, const std::vector<int64_t> & batches, int st
                 t_host.push_back(th);
             }
         }
-        int64_t smp = 0, wlk = 0;
-        for (auto & x : sc) smp += x.sampled, wlk += x.walked;
+        int64_t  smp = 0, wlk = 0;
+        uint64_t tw = 0, tr = 0;
+        for (auto & x : sc) smp += x.sampled, wlk += x.walked, tw += x.tsc_walk, tr += x.tsc_rows;
+        for (auto & x : sc) x.tsc_walk = x.tsc_rows = 0;
         const double per_head = double(steps) * n_sparse * b * H;
         const double ms = median(t_step) * 1e3, ms_host = median(t_host) * 1e3;
         std::printf("| hybrid (GPU hash + dense part, %d CPU threads sample) | %lld | %d | %.2f | %.1f | host %.2f ms, "
-                    "sampled %.2f%% of the middle, %.0f bucket entries walked per head |\n",
+                    "sampled %.2f%% of the middle, %.0f bucket entries walked per head; of the threads' time in the "
+                    "sampling calls %.0f%% walk, %.0f%% rows |\n",
                     n_threads, (long long)N, b, ms, b / (ms * 1e-3), ms_host, 100.0 * (smp - smp0) / (per_head * n_mid),
-                    (wlk - wlk0) / per_head);
+                    (wlk - wlk0) / per_head, 100.0 * double(tw) / double(tw + tr + 1), 100.0 * double(tr) / double(tw + tr + 1));
         std::fflush(stdout);
     }
     cudaStreamDestroy(st);

@@ -129,6 +129,7 @@ LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf1
     if (bitmaps && sc.once.size() < nw) sc.once.resize(nw, 0), sc.twice.resize(nw, 0); // zero between calls
     if (!bitmaps && int64_t(sc.cnt.size()) < cs) sc.cnt.resize(size_t(cs), 0);        // zero between calls
     sc.hits.clear();
+    const uint64_t tsc0 = __rdtsc();
     // 1. Walk: per chunk, the query's bucket in every table; a key is sampled on its min_hits-th collision. Up to
     // two collisions are counted in two bitmaps of the chunk (L1-resident, no branches), more in 16-bit counters.
     for (int64_t c = 0; c < nch && n > 0; ++c) {
@@ -185,7 +186,9 @@ LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf1
         }
     }
     if (!bitmaps) std::sort(sc.hits.begin(), sc.hits.end()); // rows in memory order
-    const int64_t n_hit = int64_t(sc.hits.size());
+    const int64_t  n_hit = int64_t(sc.hits.size());
+    const uint64_t tsc1  = __rdtsc();
+    sc.tsc_walk += tsc1 - tsc0;
     sc.sampled += n_hit;
     if (sampled) {
         sampled->clear();
@@ -208,15 +211,26 @@ LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf1
     const double  qn = std::sqrt(qq);
     sc.acc.assign(size_t(D), 0.f);
     float         zmax = -INFINITY, sum = 0.f;
-    constexpr int ahead = 6;
+    // Rows are random accesses: prefetched far ahead into L2 (more misses in flight than L1's fill buffers allow),
+    // then into L1 a few rows ahead.
+    constexpr int ahead = 4, ahead_l2 = 16;
     auto          prefetch = [&](int64_t j) {
         const uint32_t i = sc.hits[size_t(j)];
         prefetch_row(ly.k_row(hk, i), D);
         prefetch_row(ly.v_row(hk, i), D);
         _mm_prefetch(reinterpret_cast<const char *>(tb.norm.data() + i), _MM_HINT_T0);
     };
+    auto prefetch_l2 = [&](int64_t j) {
+        const uint32_t i = sc.hits[size_t(j)];
+        for (int d = 0; d < D; d += 32) {
+            _mm_prefetch(reinterpret_cast<const char *>(ly.k_row(hk, i) + d), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char *>(ly.v_row(hk, i) + d), _MM_HINT_T1);
+        }
+    };
+    for (int64_t j = 0; j < std::min<int64_t>(ahead_l2, n_hit); ++j) prefetch_l2(j);
     for (int64_t j = 0; j < std::min<int64_t>(ahead, n_hit); ++j) prefetch(j);
     for (int64_t j = 0; j < n_hit; ++j) {
+        if (j + ahead_l2 < n_hit) prefetch_l2(j + ahead_l2);
         if (j + ahead < n_hit) prefetch(j + ahead);
         const uint32_t i     = sc.hits[size_t(j)];
         const float    qk    = dot_f32_bf16(qf, ly.k_row(hk, i), D);
@@ -233,6 +247,7 @@ LC_MPIG_AVX2 void mpig_host_attend(const mpig_host_layer & ly, int hk, const bf1
     }
     for (int d = 0; d < D; ++d) o[d] = sc.acc[size_t(d)] / sum;
     *lse = zmax + std::log(sum);
+    sc.tsc_rows += __rdtsc() - tsc1;
 }
 
 void mpig_host_attend_batch(const mpig_host_layer * const * layers, int n_seq, int n_head, const bf16_t * q,

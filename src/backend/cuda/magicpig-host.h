@@ -72,6 +72,7 @@ struct mpig_host_scratch {
     std::vector<uint32_t> touched, hits;
     std::vector<float>    acc;
     int64_t               walked = 0, sampled = 0; // bucket entries walked, keys sampled (added up over calls)
+    uint64_t              tsc_walk = 0, tsc_rows = 0; // time stamp counter ticks in the walk and over the rows
 };
 
 // The sampled part of query head h (KV head h / (n_head / n_head_kv)): q [D] bf16, codes [L] (the GPU's codes of q),
