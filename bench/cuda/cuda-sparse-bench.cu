@@ -1,12 +1,13 @@
 // Vertical-slash sparse prefill on the GPU, one layer at Llama-3-8B shapes (32 query heads, 8 KV heads, D = 128,
-// bf16): the GPU index (estimate, select, plan), the sparse kernel (attn-sparse-prefill.cuh) and the end-to-end
-// path with its dense fallback (vslash_attention_gpu), beside our dense kernel. Two diagonal structures:
+// bf16): the GPU index (estimate, select, plan), the sparse kernel (attn-sparse-prefill.cuh: AUTO, i.e. wgmma on
+// the H100, and the mma.sync one for reference) and the end-to-end path with its dense fallback
+// (vslash_attention_gpu), beside our dense kernel. Two diagonal structures:
 // "scattered", the plan the index builds from random Q/K (its top diagonals are noise, spread over all offsets),
 // and "clustered", offsets in 4 contiguous bands (the local band plus 3 at random distances) with v random columns,
 // planned by the same GPU plan builder. --dump DIR writes each structure's column and offset lists, sampled output
 // rows and a JSON line of timings for bench/cuda/minference-vslash-bench.py, which rebuilds the same Q/K/V.
 // Usage: longctx-cuda-sparse-bench [--n N,N,...] [--v 1000] [--s 6096] [--iters 3] [--dense-max N]
-//        [--scattered-max N] [--dense-ratio 0.35] [--dump DIR]
+//        [--scattered-max N] [--dense-ratio 0.45] [--dump DIR]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -100,7 +101,7 @@ int main(int argc, char ** argv) {
     std::vector<int64_t> ns = {32768, 131072};
     int64_t              v = 1000, s = 6096, dense_max = INT64_MAX, scattered_max = INT64_MAX;
     int                  iters       = 3;
-    float                dense_ratio = 0.35f;
+    float                dense_ratio = 0.45f;
     std::string          dump;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!std::strcmp(argv[i], "--n")) {
@@ -128,8 +129,8 @@ int main(int argc, char ** argv) {
     const int   H = 32, HKV = 8, D = 128;
     const float scale = 1.f / std::sqrt(float(D));
     std::printf("| N | structure | estimate ms | select ms | plan ms | index total ms | sparse kernel ms | sparse total ms "
-                "| index share | pairs computed | steps / dense tiles | auto path | auto total ms | our dense ms |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "| index share | pairs computed | steps / dense tiles | auto path | auto total ms | our dense ms "
+                "| mma.sync sparse kernel ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int64_t N : ns) {
         const int64_t n_pages = (N + 63) / 64;
         const size_t  kv_el   = size_t(n_pages) * HKV * 64 * D;
@@ -223,7 +224,7 @@ int main(int argc, char ** argv) {
         for (int structure = 0; structure < 2; ++structure) {
             if (structure == 0 && N > scattered_max) continue;
             const char * sname = structure == 0 ? "scattered" : "clustered";
-            std::vector<float> t_est, t_sel, t_plan, t_steps, t_kern;
+            std::vector<float> t_est, t_sel, t_plan, t_steps, t_kern, t_sync;
             cuda::prefill_plan_steps steps;
             for (int it = 0; it <= iters; ++it) {
                 LC_CUDA_CHECK(cudaEventRecord(e[0]));
@@ -250,6 +251,13 @@ int main(int argc, char ** argv) {
                 sa.scale = scale;
                 sa.o     = o;
                 sa.o_f32 = false;
+                sa.kernel = cuda::attn_sparse_prefill_kernel::MMA_SYNC; // the portable kernel, for reference
+                LC_CUDA_CHECK(cudaEventRecord(e[0]));
+                (void)cuda::attn_sparse_prefill(sa, nullptr);
+                LC_CUDA_CHECK(cudaEventRecord(e[1]));
+                LC_CUDA_CHECK(cudaEventSynchronize(e[1]));
+                const float km_sync = elapsed(e[0], e[1]);
+                sa.kernel = cuda::attn_sparse_prefill_kernel::AUTO; // wgmma on the H100; its output is dumped
                 LC_CUDA_CHECK(cudaEventRecord(e[0]));
                 (void)cuda::attn_sparse_prefill(sa, nullptr);
                 LC_CUDA_CHECK(cudaEventRecord(e[1]));
@@ -261,9 +269,11 @@ int main(int argc, char ** argv) {
                 t_plan.push_back(elapsed(e[2], e[3]));
                 t_steps.push_back(elapsed(e[3], e[4]));
                 t_kern.push_back(km);
+                t_sync.push_back(km_sync);
             }
             LC_CUDA_CHECK(cudaDeviceSynchronize());
             const float est = med(t_est), sel = med(t_sel), pl = med(t_plan), stp = med(t_steps), kern = med(t_kern);
+            const float kern_sync = med(t_sync);
             const float idx        = est + sel + pl;
             const bool  auto_dense = double(steps.sparse) > double(dense_ratio) * double(steps.dense);
             if (!dump.empty()) { // o holds the sparse kernel's output: sample rows, and the lists it was planned from
@@ -289,9 +299,10 @@ int main(int argc, char ** argv) {
             const double             sr    = double(steps.sparse) / double(steps.dense);
             char dense_s[32] = "-";
             if (dense_ms >= 0) std::snprintf(dense_s, sizeof dense_s, "%.2f", dense_ms);
-            std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.3f | %s | %.2f | %s |\n",
+            std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.3f | %s | %.2f | %s "
+                        "| %.2f |\n",
                         (long long)N, sname, est, sel, pl, idx, kern, idx + kern, 100.0 * idx / (idx + kern),
-                        100.0 * pairs, sr, auto_dense ? "dense" : "sparse", auto_total, dense_s);
+                        100.0 * pairs, sr, auto_dense ? "dense" : "sparse", auto_total, dense_s, kern_sync);
             std::fflush(stdout);
             if (!dump.empty()) {
                 FILE * f = std::fopen((dump + "/ours.jsonl").c_str(), "a");
@@ -300,9 +311,9 @@ int main(int argc, char ** argv) {
                                  "{\"n\": %lld, \"structure\": \"%s\", \"estimate_ms\": %.4f, \"select_ms\": %.4f, "
                                  "\"plan_ms\": %.4f, \"steps_ms\": %.4f, \"sparse_kernel_ms\": %.4f, \"pairs\": %.6f, "
                                  "\"steps_ratio\": %.6f, \"auto_dense\": %s, \"auto_total_ms\": %.4f, \"dense_ms\": %.4f, "
-                                 "\"v\": %lld, \"s\": %lld, \"iters\": %d}\n",
+                                 "\"mma_sync_kernel_ms\": %.4f, \"v\": %lld, \"s\": %lld, \"iters\": %d}\n",
                                  (long long)N, sname, est, sel, pl, stp, kern, pairs, sr, auto_dense ? "true" : "false",
-                                 auto_total, dense_ms, (long long)ve, (long long)se, iters);
+                                 auto_total, dense_ms, kern_sync, (long long)ve, (long long)se, iters);
                     std::fclose(f);
                 }
             }

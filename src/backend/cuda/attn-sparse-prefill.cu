@@ -1,7 +1,8 @@
 // Sparse prefill attention over a device prefill plan (attn-sparse-prefill.cuh): the dense mma.sync kernel's
 // FlashAttention-2 loop (4 warps of 16 query rows, m16n8k16 bf16, cp.async double buffer), fed 64-key steps that
 // are either a window of a key range or 64 gathered columns. Every key row is addressed through the page table,
-// so ranges need no page alignment; the key positions of a step sit in shared memory for the mask.
+// so ranges need no page alignment; the key positions of a step sit in shared memory for the mask. The Hopper
+// variant (namespace wg) runs the same steps on one warpgroup with wgmma.
 #include "backend/cuda/attn-sparse-prefill.cuh"
 
 #include <algorithm>
@@ -399,6 +400,261 @@ template <int D> void launch_sparse(const attn_sparse_prefill_args & a, cudaStre
     LC_CUDA_CHECK_LAUNCH();
 }
 
+// ---- Hopper variant (sm_90a, head_dim 128): the same steps and masks, S = Q K^T as wgmma m64n64k16 and
+// O += P V as wgmma m64n128k16 (P from registers), one warpgroup per (head, 64-query block). Tiles are gathered
+// row by row with cp.async (keys through the page table) into the 128-byte-swizzled layout the tensor cores
+// read: [2 halves of head_dim][64 rows][64 d], 16-byte chunk c of row r at chunk c ^ (r & 7) of its 128-byte row.
+namespace wg {
+
+constexpr int half_bytes = 64 * 128;       // [64 rows][64 d] bf16
+constexpr int tile_bytes = 2 * half_bytes; // one Q, K or V tile
+constexpr int smem_bytes = 5 * tile_bytes + 2 * 64 * 4 + 1024; // Q, K[2], V[2], key positions[2], alignment
+
+__device__ __forceinline__ uint32_t tile_off(int r, int c) { // chunk c (0..15) of row r
+    return (c >> 3) * half_bytes + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+}
+__device__ __forceinline__ void fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wait0() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// Shared-memory matrix descriptor, 128-byte swizzle; offsets in bytes.
+__device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+    return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(lbo >> 4) << 16) | (uint64_t(sbo >> 4) << 32) |
+           (uint64_t(1) << 62);
+}
+// clang-format off
+// D (64 x 64 f32) (+)= A (64 x 16, shared memory) * B (16 x 64, shared memory), both K-major.
+__device__ __forceinline__ void mma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+// D (64 x 128 f32) += A (64 x 16, registers) * B (16 x 128, shared memory, MN-major).
+__device__ __forceinline__ void mma_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+    asm volatile("{\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+// clang-format on
+
+template <bool O_F32>
+__global__ void __launch_bounds__(128, 2)
+    kernel(const __nv_bfloat16 * __restrict__ q, prefill_plan_dev plan, const __nv_bfloat16 * __restrict__ k_pool,
+           const __nv_bfloat16 * __restrict__ v_pool, const int32_t * __restrict__ pages, int n_head_kv,
+           float scale_log2, void * __restrict__ o, float * __restrict__ lse) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int D = 128;
+    extern __shared__ __align__(1024) uint8_t smem_raw[];
+    const uint32_t base  = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t s_q   = base;
+    int32_t *      s_key = reinterpret_cast<int32_t *>(smem_raw + (base - smem_u32(smem_raw)) + 5 * tile_bytes);
+    const int      tid   = threadIdx.x;
+    const int      warp  = tid >> 5;
+    const int      lane  = tid & 31;
+    const int      g     = lane >> 2;
+    const int      t     = lane & 3;
+
+    const int64_t n_q    = plan.n_q;
+    const int     n_head = plan.n_head;
+    const int64_t n_qt   = (n_q + 63) / 64;
+    const int64_t qt     = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
+    const int     h      = int(blockIdx.x % n_head);
+    const int     hk     = h / (n_head / n_head_kv);
+    const int64_t item   = int64_t(h) * n_qt + qt;
+    const int64_t q_row0 = qt * 64;
+    const size_t  page_el  = size_t(n_head_kv) * 64 * D;
+    const size_t  head_off = size_t(hk) * 64 * D;
+    const int     c        = tid & 15; // 16-byte chunk of a row this thread copies
+    {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int     r   = (tid >> 4) + 8 * i;
+            const int64_t row = min(q_row0 + r, n_q - 1);
+            cp_async_16(s_q + tile_off(r, c), q + (size_t(row) * n_head + h) * D + c * 8, q_row0 + r < n_q ? 16 : 0);
+        }
+    }
+    step_iter it;
+    it.init(plan.ranges, plan.cols, plan.range_off[item], plan.range_off[item + 1], plan.col_off[item],
+            plan.col_off[item + 1]);
+    auto load_step = [&](const step_iter & s, int buf) {
+        const uint32_t s_kb = base + (1 + buf) * tile_bytes, s_vb = base + (3 + buf) * tile_bytes;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int     r   = (tid >> 4) + 8 * i;
+            const int32_t key = s.key(r);
+            const int32_t kk  = key < 0 ? 0 : key;
+            const size_t  off = size_t(pages[kk >> 6]) * page_el + head_off + size_t(kk & 63) * D + c * 8;
+            cp_async_16(s_kb + tile_off(r, c), k_pool + off, key < 0 ? 0 : 16);
+            cp_async_16(s_vb + tile_off(r, c), v_pool + off, key < 0 ? 0 : 16);
+            if (c == 0) s_key[buf * 64 + r] = key;
+        }
+    };
+    if (!it.done) load_step(it, 0);
+    cp_async_commit();
+
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+    float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const int64_t row_pos0    = plan.pos0 + q_row0 + warp * 16 + g;
+    const int64_t cta_min_pos = plan.pos0 + q_row0;
+    int           buf         = 0;
+
+    while (!it.done) {
+        step_iter nx = it;
+        nx.next();
+        if (!nx.done) {
+            load_step(nx, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async writes -> tensor core reads
+        __syncthreads();
+        const uint32_t s_kb = base + (1 + buf) * tile_bytes;
+        const uint32_t s_vb = base + (3 + buf) * tile_bytes;
+        float          sc[32];
+        fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk) {
+            const uint32_t koff = (kk >> 2) * half_bytes + (kk & 3) * 32; // 16 d within a 128-byte row
+            mma_ss_n64(sc, desc(s_q + koff, 16, 1024), desc(s_kb + koff, 16, 1024), kk > 0);
+        }
+        commit();
+        wait0();
+        fence_regs(sc);
+        // sc[4 i + {0, 1}]: row g, keys 8 i + 2 t + {0, 1}; sc[4 i + {2, 3}]: row g + 8
+        const bool need_mask = it.col || it.b - it.a < 64 || it.a + 63 > cta_min_pos;
+        if (need_mask) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int2    kp = *reinterpret_cast<const int2 *>(s_key + buf * 64 + i * 8 + 2 * t);
+                const int64_t k0 = kp.x < 0 ? INT64_MAX : kp.x, k1 = kp.y < 0 ? INT64_MAX : kp.y;
+                if (k0 > row_pos0) sc[4 * i + 0] = -INFINITY;
+                if (k1 > row_pos0) sc[4 * i + 1] = -INFINITY;
+                if (k0 > row_pos0 + 8) sc[4 * i + 2] = -INFINITY;
+                if (k1 > row_pos0 + 8) sc[4 * i + 3] = -INFINITY;
+            }
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            mx0 = fmaxf(mx0, fmaxf(sc[4 * i + 0], sc[4 * i + 1]));
+            mx1 = fmaxf(mx1, fmaxf(sc[4 * i + 2], sc[4 * i + 3]));
+        }
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0   = fmaxf(m0, mx0 * scale_log2);
+        const float mn1   = fmaxf(m1, mx1 * scale_log2);
+        const float base0 = mn0 == -INFINITY ? 0.f : mn0;
+        const float base1 = mn1 == -INFINITY ? 0.f : mn1;
+        const float al0   = fast_exp2(m0 - base0);
+        const float al1   = fast_exp2(m1 - base1);
+        m0                = mn0;
+        m1                = mn1;
+        uint32_t pf[4][4];
+        float    s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float p0 = fast_exp2(fmaf(sc[4 * i + 0], scale_log2, -base0));
+            const float p1 = fast_exp2(fmaf(sc[4 * i + 1], scale_log2, -base0));
+            const float p2 = fast_exp2(fmaf(sc[4 * i + 2], scale_log2, -base1));
+            const float p3 = fast_exp2(fmaf(sc[4 * i + 3], scale_log2, -base1));
+            s0 += p0 + p1;
+            s1 += p2 + p3;
+            pf[i >> 1][(i & 1) * 2 + 0] = pack_bf16x2(p0, p1);
+            pf[i >> 1][(i & 1) * 2 + 1] = pack_bf16x2(p2, p3);
+        }
+        l0 = l0 * al0 + s0;
+        l1 = l1 * al1 + s1;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            acc[4 * i + 0] *= al0;
+            acc[4 * i + 1] *= al0;
+            acc[4 * i + 2] *= al1;
+            acc[4 * i + 3] *= al1;
+        }
+        fence_regs(acc);
+        fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) mma_rs_n128(acc, pf[kk], desc(s_vb + kk * 2048, half_bytes, 1024));
+        commit();
+        wait0();
+        fence_regs(acc);
+        __syncthreads(); // every warp is done with this buffer before the next step's loads overwrite it
+        it = nx;
+        buf ^= 1;
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float   inv0 = l0 > 0.f ? 1.f / l0 : 0.f;
+    const float   inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    const int64_t r0   = q_row0 + warp * 16 + g;
+    const int64_t r1   = r0 + 8;
+    // acc[4 i + {0, 1}]: row g, d 8 i + 2 t + {0, 1}; acc[4 i + {2, 3}]: row g + 8
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        const int col = i * 8 + 2 * t;
+        if (O_F32) {
+            float * of = static_cast<float *>(o);
+            if (r0 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r0) * n_head + h) * D + col) =
+                    make_float2(acc[4 * i + 0] * inv0, acc[4 * i + 1] * inv0);
+            if (r1 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r1) * n_head + h) * D + col) =
+                    make_float2(acc[4 * i + 2] * inv1, acc[4 * i + 3] * inv1);
+        } else {
+            uint32_t * ob = static_cast<uint32_t *>(o);
+            if (r0 < n_q)
+                ob[((size_t(r0) * n_head + h) * D + col) / 2] =
+                    pack_bf16x2(acc[4 * i + 0] * inv0, acc[4 * i + 1] * inv0);
+            if (r1 < n_q)
+                ob[((size_t(r1) * n_head + h) * D + col) / 2] =
+                    pack_bf16x2(acc[4 * i + 2] * inv1, acc[4 * i + 3] * inv1);
+        }
+    }
+    if (lse != nullptr && t == 0) {
+        constexpr float ln2 = 0.69314718055994531f;
+        if (r0 < n_q) lse[size_t(r0) * n_head + h] = l0 > 0.f ? (m0 + __log2f(l0)) * ln2 : -INFINITY;
+        if (r1 < n_q) lse[size_t(r1) * n_head + h] = l1 > 0.f ? (m1 + __log2f(l1)) * ln2 : -INFINITY;
+    }
+#else
+    __trap(); // built without sm_90a
+#endif
+}
+
+void launch(const attn_sparse_prefill_args & a, cudaStream_t stream) {
+    const float scale_log2 = a.scale * 1.4426950408889634f;
+    auto        kern       = a.o_f32 ? kernel<true> : kernel<false>;
+    LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+    kern<<<dim3(unsigned(a.plan.n_qblk() * a.plan.n_head)), 128, smem_bytes, stream>>>(
+        reinterpret_cast<const __nv_bfloat16 *>(a.q), a.plan, reinterpret_cast<const __nv_bfloat16 *>(a.kv.k_pool),
+        reinterpret_cast<const __nv_bfloat16 *>(a.kv.v_pool), a.kv.pages, a.kv.n_head_kv, scale_log2, a.o, a.lse);
+    LC_CUDA_CHECK_LAUNCH();
+}
+
+} // namespace wg
+
 // One warp per item: 64-key windows of its ranges plus its column steps, added into *out.
 __global__ void plan_steps_kernel(prefill_plan_dev plan, int64_t n_items, unsigned long long * out) {
     const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -444,7 +700,21 @@ status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stre
         return error(status_code::INVALID_ARGUMENT, "cuda attn_sparse_prefill: n_kv %lld < pos0 %lld + n_q %lld",
                      (long long)a.kv.n_kv, (long long)a.plan.pos0, (long long)a.plan.n_q);
     if (a.plan.n_q == 0) return status::ok();
-    if (D == 64) {
+    bool use_wgmma = D == 128 && a.kernel != attn_sparse_prefill_kernel::MMA_SYNC;
+    if (use_wgmma && a.kernel == attn_sparse_prefill_kernel::AUTO) {
+        static int cc_major = -1; // compute capability of the current device, read once
+        if (cc_major < 0) {
+            int dev = 0;
+            LC_CUDA_CHECK(cudaGetDevice(&dev));
+            LC_CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+        }
+        use_wgmma = cc_major == 9;
+    }
+    if (a.kernel == attn_sparse_prefill_kernel::WGMMA && D != 128)
+        return error(status_code::UNSUPPORTED, "cuda attn_sparse_prefill: the wgmma kernel needs head_dim 128");
+    if (use_wgmma) {
+        wg::launch(a, stream);
+    } else if (D == 64) {
         launch_sparse<64>(a, stream);
     } else {
         launch_sparse<128>(a, stream);

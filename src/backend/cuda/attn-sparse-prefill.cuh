@@ -1,7 +1,8 @@
 // Sparse prefill attention on the GPU: executes any prefill plan (attn/prefill-plan.h: per query head and
 // 64-query block, merged key ranges plus single key columns) over the paged bf16 KV cache, with the online-softmax
-// tile loop of the dense mma.sync kernel (attn-prefill.cu), emitting (o, lse). Ranges are walked 64 keys at a time
-// (any alignment: each key row is addressed through the page table), then the columns gathered 64 at a time.
+// tile loop of the dense mma.sync kernel (attn-prefill.cu) or, on Hopper, wgmma, emitting (o, lse). Ranges are
+// walked 64 keys at a time (any alignment: each key row is addressed through the page table), then the columns
+// gathered 64 at a time.
 #pragma once
 
 #include <cstdint>
@@ -55,6 +56,11 @@ void prefill_plan_download(const prefill_plan_buf & in, prefill_plan & plan);
 // GQA: query head h reads KV head h / (n_head / n_head_kv), KV is not repeated. head_dim 64 or 128.
 // Errors: UNSUPPORTED (head_dim, head ratio), INVALID_ARGUMENT (kv.n_kv < pos0 + n_q). Asynchronous on stream.
 // REQUIRES: the plan is valid (prefill_plan_valid on its host form): no key past its block's last query.
+enum class attn_sparse_prefill_kernel {
+    AUTO,     // WGMMA on sm_90 with head_dim 128, else MMA_SYNC
+    MMA_SYNC, // 4 warps, 64 query rows, mma.sync m16n8k16, cp.async double buffer
+    WGMMA,    // Hopper (sm_90a, head_dim 128): one warpgroup, S as wgmma m64n64k16, P V as m64n128k16
+};
 struct attn_sparse_prefill_args {
     const bf16_t *   q = nullptr;
     prefill_plan_dev plan;
@@ -63,6 +69,7 @@ struct attn_sparse_prefill_args {
     void *           o     = nullptr;
     bool             o_f32 = true;
     float *          lse   = nullptr;
+    attn_sparse_prefill_kernel kernel = attn_sparse_prefill_kernel::AUTO;
 };
 
 status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stream);

@@ -60,8 +60,9 @@ status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head,
 
 // Vertical-slash attention of one layer end to end: vslash_index_gpu, then the sparse kernel over its plan, or
 // the dense kernel (attn_prefill, AUTO: wgmma on sm_90 with head_dim 128) for the whole layer when the plan's
-// 64-key steps exceed dense_ratio times the dense kernel's tiles (prefill_plan_steps_gpu; the sparse kernel costs
-// about 2.7 dense wgmma tiles per step on the H100, so 0.35 switches where dense becomes the faster of the two).
+// 64-key steps exceed dense_ratio times the dense kernel's tiles (prefill_plan_steps_gpu; on the H100 a step of the
+// wgmma sparse kernel costs about 2.2 tiles of the dense wgmma kernel, so 0.45 switches near where dense becomes
+// the faster of the two).
 // dense_ratio <= 0: always dense; >= 1: never. The dense path computes every causal pair (a superset of the plan).
 // o, o_f32, lse as attn_sparse_prefill_args. Synchronizes the stream twice (plan size, step count).
 struct vslash_attention_args {
@@ -73,7 +74,7 @@ struct vslash_attention_args {
     float          scale       = 0;
     int64_t        v           = 1000;
     int64_t        s           = 6096;
-    float          dense_ratio = 0.35f;
+    float          dense_ratio = 0.45f;
     void *         o           = nullptr;
     bool           o_f32       = true;
     float *        lse         = nullptr;
