@@ -404,11 +404,13 @@ template <int D> void launch_sparse(const attn_sparse_prefill_args & a, cudaStre
 // O += P V as wgmma m64n128k16 (P from registers), one warpgroup per (head, 64-query block). Tiles are gathered
 // row by row with cp.async (keys through the page table) into the 128-byte-swizzled layout the tensor cores
 // read: [2 halves of head_dim][64 rows][64 d], 16-byte chunk c of row r at chunk c ^ (r & 7) of its 128-byte row.
+// K and V go through a ring of 3 stages (loads issued 2 steps ahead); Q sits in registers as wgmma A fragments.
 namespace wg {
 
 constexpr int half_bytes = 64 * 128;       // [64 rows][64 d] bf16
 constexpr int tile_bytes = 2 * half_bytes; // one Q, K or V tile
-constexpr int smem_bytes = 5 * tile_bytes + 2 * 64 * 4 + 1024; // Q, K[2], V[2], key positions[2], alignment
+constexpr int n_stages   = 3;                                               // K/V ring, loads 2 steps ahead
+constexpr int smem_bytes = 2 * n_stages * tile_bytes + n_stages * 64 * 4 + 1024; // {K, V}[3], keys[3], alignment
 
 __device__ __forceinline__ uint32_t tile_off(int r, int c) { // chunk c (0..15) of row r
     return (c >> 3) * half_bytes + r * 128 + (((c & 7) ^ (r & 7)) << 4);
@@ -432,12 +434,12 @@ __device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo, uint32_t s
            (uint64_t(1) << 62);
 }
 // clang-format off
-// D (64 x 64 f32) (+)= A (64 x 16, shared memory) * B (16 x 64, shared memory), both K-major.
-__device__ __forceinline__ void mma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+// D (64 x 64 f32) (+)= A (64 x 16, registers) * B (16 x 64, shared memory, K-major).
+__device__ __forceinline__ void mma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
 }
 // D (64 x 128 f32) += A (64 x 16, registers) * B (16 x 128, shared memory, MN-major).
 __device__ __forceinline__ void mma_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -457,38 +459,39 @@ __global__ void __launch_bounds__(128, 2)
     constexpr int D = 128;
     extern __shared__ __align__(1024) uint8_t smem_raw[];
     const uint32_t base  = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const uint32_t s_q   = base;
-    int32_t *      s_key = reinterpret_cast<int32_t *>(smem_raw + (base - smem_u32(smem_raw)) + 5 * tile_bytes);
+    int32_t *      s_key =
+        reinterpret_cast<int32_t *>(smem_raw + (base - smem_u32(smem_raw)) + 2 * n_stages * tile_bytes);
     const int      tid   = threadIdx.x;
     const int      warp  = tid >> 5;
     const int      lane  = tid & 31;
     const int      g     = lane >> 2;
     const int      t     = lane & 3;
 
-    const int64_t n_q    = plan.n_q;
-    const int     n_head = plan.n_head;
-    const int64_t n_qt   = (n_q + 63) / 64;
-    const int64_t qt     = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
-    const int     h      = int(blockIdx.x % n_head);
-    const int     hk     = h / (n_head / n_head_kv);
-    const int64_t item   = int64_t(h) * n_qt + qt;
-    const int64_t q_row0 = qt * 64;
+    const int64_t n_q      = plan.n_q;
+    const int     n_head   = plan.n_head;
+    const int64_t n_qt     = (n_q + 63) / 64;
+    const int64_t qt       = n_qt - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
+    const int     h        = int(blockIdx.x % n_head);
+    const int     hk       = h / (n_head / n_head_kv);
+    const int64_t item     = int64_t(h) * n_qt + qt;
+    const int64_t q_row0   = qt * 64;
     const size_t  page_el  = size_t(n_head_kv) * 64 * D;
     const size_t  head_off = size_t(hk) * 64 * D;
     const int     c        = tid & 15; // 16-byte chunk of a row this thread copies
+    // Q goes through the K buffer of stage 2 (free until the first loop step loads into it) into registers
+    const uint32_t s_qtmp = base + 2 * 2 * tile_bytes;
     {
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const int     r   = (tid >> 4) + 8 * i;
             const int64_t row = min(q_row0 + r, n_q - 1);
-            cp_async_16(s_q + tile_off(r, c), q + (size_t(row) * n_head + h) * D + c * 8, q_row0 + r < n_q ? 16 : 0);
+            cp_async_16(s_qtmp + tile_off(r, c), q + (size_t(row) * n_head + h) * D + c * 8,
+                        q_row0 + r < n_q ? 16 : 0);
         }
+        cp_async_commit();
     }
-    step_iter it;
-    it.init(plan.ranges, plan.cols, plan.range_off[item], plan.range_off[item + 1], plan.col_off[item],
-            plan.col_off[item + 1]);
-    auto load_step = [&](const step_iter & s, int buf) {
-        const uint32_t s_kb = base + (1 + buf) * tile_bytes, s_vb = base + (3 + buf) * tile_bytes;
+    auto load_step = [&](const step_iter & s, int st) {
+        const uint32_t s_kb = base + st * 2 * tile_bytes, s_vb = s_kb + tile_bytes;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const int     r   = (tid >> 4) + 8 * i;
@@ -497,11 +500,27 @@ __global__ void __launch_bounds__(128, 2)
             const size_t  off = size_t(pages[kk >> 6]) * page_el + head_off + size_t(kk & 63) * D + c * 8;
             cp_async_16(s_kb + tile_off(r, c), k_pool + off, key < 0 ? 0 : 16);
             cp_async_16(s_vb + tile_off(r, c), v_pool + off, key < 0 ? 0 : 16);
-            if (c == 0) s_key[buf * 64 + r] = key;
+            if (c == 0) s_key[st * 64 + r] = key;
         }
     };
+    step_iter it;
+    it.init(plan.ranges, plan.cols, plan.range_off[item], plan.range_off[item + 1], plan.col_off[item],
+            plan.col_off[item + 1]);
+    step_iter n1 = it;
+    if (!n1.done) n1.next();
     if (!it.done) load_step(it, 0);
     cp_async_commit();
+    if (!n1.done) load_step(n1, 1);
+    cp_async_commit();
+
+    uint32_t qf[8][4]; // A fragments of Q, m64k16 per 16 d (each warp: its 16 rows, the mma.sync A layout)
+    cp_async_wait<2>();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+        ldmatrix_x4(s_qtmp + tile_off(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0], qf[kk][1], qf[kk][2],
+                    qf[kk][3]);
+    __syncthreads();
 
     float acc[64];
 #pragma unroll
@@ -509,28 +528,24 @@ __global__ void __launch_bounds__(128, 2)
     float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     const int64_t row_pos0    = plan.pos0 + q_row0 + warp * 16 + g;
     const int64_t cta_min_pos = plan.pos0 + q_row0;
-    int           buf         = 0;
+    int           stage       = 0;
 
     while (!it.done) {
-        step_iter nx = it;
-        nx.next();
-        if (!nx.done) {
-            load_step(nx, buf ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        step_iter n2 = n1;
+        if (!n1.done) n2.next();
+        if (!n2.done && !n1.done) load_step(n2, stage == 0 ? 2 : stage - 1);
+        cp_async_commit();
+        cp_async_wait<2>(); // this step's group is complete
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async writes -> tensor core reads
         __syncthreads();
-        const uint32_t s_kb = base + (1 + buf) * tile_bytes;
-        const uint32_t s_vb = base + (3 + buf) * tile_bytes;
+        const uint32_t s_kb = base + stage * 2 * tile_bytes;
+        const uint32_t s_vb = s_kb + tile_bytes;
         float          sc[32];
         fence();
 #pragma unroll
         for (int kk = 0; kk < 8; ++kk) {
             const uint32_t koff = (kk >> 2) * half_bytes + (kk & 3) * 32; // 16 d within a 128-byte row
-            mma_ss_n64(sc, desc(s_q + koff, 16, 1024), desc(s_kb + koff, 16, 1024), kk > 0);
+            mma_rs_n64(sc, qf[kk], desc(s_kb + koff, 16, 1024), kk > 0);
         }
         commit();
         wait0();
@@ -540,7 +555,7 @@ __global__ void __launch_bounds__(128, 2)
         if (need_mask) {
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                const int2    kp = *reinterpret_cast<const int2 *>(s_key + buf * 64 + i * 8 + 2 * t);
+                const int2    kp = *reinterpret_cast<const int2 *>(s_key + stage * 64 + i * 8 + 2 * t);
                 const int64_t k0 = kp.x < 0 ? INT64_MAX : kp.x, k1 = kp.y < 0 ? INT64_MAX : kp.y;
                 if (k0 > row_pos0) sc[4 * i + 0] = -INFINITY;
                 if (k1 > row_pos0) sc[4 * i + 1] = -INFINITY;
@@ -596,9 +611,10 @@ __global__ void __launch_bounds__(128, 2)
         commit();
         wait0();
         fence_regs(acc);
-        __syncthreads(); // every warp is done with this buffer before the next step's loads overwrite it
-        it = nx;
-        buf ^= 1;
+        __syncthreads(); // every warp is done with this stage before a later step's loads overwrite it
+        it    = n1;
+        n1    = n2;
+        stage = stage == n_stages - 1 ? 0 : stage + 1;
     }
     cp_async_wait<0>();
 
