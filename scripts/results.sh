@@ -28,7 +28,9 @@ How the files were made:
   Methods at their defaults: prefill budget 1x, decode 25% of the keys (4 sinks, 64 recent), KV 20%.
 - `eval/results/smollm2/`: the same script (group `smollm2-ppl`): SmolLM2's perplexity at 8192 tokens, one prefill
   pass for the prefill methods, 256 decode steps after 7936 tokens for the decode methods and KV policies.
-  (`gemma3/niah-gemma3-8k-decode_*.json`, group `niah-decode`: Gemma 3's 8k numeric needle at 3 depths.)
+  (`gemma3/niah-gemma3-8k-decode_*.json`, group `niah-decode`: Gemma 3's 8k numeric needle at 3 depths;
+  `gemma3/fidelity-gemma3-4k-decode_magicpig.json`: `longctx eval fidelity -m gemma3-270m-q4_k_m --corpus essays
+  --lengths 4096 --decode-tail 64 --decode magicpig`, MagicPIG's per-layer decode recall on Gemma 3.)
 - `eval/results/niah-gemma3-dense.json`: Gemma 3's dense needle grid, 4k-32k (command in docs/models.md).
 - `eval/results/*.json`: the smoke-sized grids in `eval/results/README.md`.
 
