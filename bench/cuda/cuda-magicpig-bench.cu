@@ -4,7 +4,8 @@
 // weights. Attention only: no weight GEMMs. Hybrid: layers 0 and 16 dense on the GPU (paged, whole context), the
 // other 30 with the middle of the cache and its tables (K = 10, L = 150) in host memory, sampled by CPU threads while
 // the GPU computes the dense part (sinks, local window, generated tokens); the GPU merges. Dense: the largest batch
-// whose 32-layer cache fits next to a 16 GB allocation standing for the weights. Wall-clock medians over steps.
+// whose 32-layer cache fits next to a 16 GB allocation standing for the weights. Medians over steps: CUDA events
+// around one graph of the 32 layers for dense, wall clock for the hybrid (the CPU is in the loop).
 // Usage: longctx-cuda-magicpig-bench [--ctx 131072] [--batch 4] [--batches 4,2,1] [--steps 8] [--threads 16]
 //        [--gen 32] [--reserve-gb 16] [--min-hits 2] [--skip-dense] [--skip-hybrid]
 #include <algorithm>
