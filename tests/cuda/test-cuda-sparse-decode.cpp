@@ -515,10 +515,10 @@ std::vector<cuda::decode_plan_host_list> select_gpu(method m, const batch & bt, 
 
 const char * name_of(method m) { return m == method::LOKI ? "loki" : m == method::QUEST ? "quest" : "topk"; }
 
-void check_method(method m, int group, double frac, uint32_t seed) {
+void check_method(method m, int group, double frac, uint32_t seed, std::vector<int32_t> lens = {6000, 2333},
+                  int n_head = 8, int n_head_kv = 2) {
     std::mt19937         rng(seed);
-    std::vector<int32_t> lens = {6000, 2333};
-    batch                bt(lens, 8, 2, rng);
+    batch                bt(lens, n_head, n_head_kv, rng);
     const int            G = bt.n_head / bt.n_head_kv;
     method_state         ms;
     make_loki(bt, 32, rng, ms);
@@ -570,8 +570,8 @@ void check_method(method m, int group, double frac, uint32_t seed) {
     // the CPU compiler's fused multiply-adds may differ): a key at the threshold may swap with its neighbour, which
     // counts 2 here. Allow 0.5% of the keys (measured: 0 for top-k and Quest, 6 of 4440 and 9 of 17760 for Loki).
     EXPECT_LE(n_diff, std::max<int64_t>(4, n_keys / 200)) << name_of(m);
-    std::printf("%s group=%d budget=%.2f: %lld of %lld keys differ from the CPU selection\n", name_of(m), group, frac,
-                (long long)n_diff, (long long)n_keys);
+    std::printf("%s group=%d budget=%.2f n_seq=%d heads=%d/%d: %lld of %lld keys differ from the CPU selection\n",
+                name_of(m), group, frac, bt.n_seq(), n_head, n_head_kv, (long long)n_diff, (long long)n_keys);
 
     // The selected keys through the gather kernel against the CPU executor on the CPU plan.
     std::vector<float> o_ref(size_t(bt.n_seq()) * bt.n_head * bt.D), lse_ref(size_t(bt.n_seq()) * bt.n_head);
@@ -593,6 +593,56 @@ TEST(cuda_sparse_decode, methods_match_cpu) {
         check_method(m, 4, 0.25, seed++);
         check_method(m, 1, 0.25, seed++);
         check_method(m, 4, 0.05, seed++);
+    }
+}
+
+// Loki at Llama-3-8B head counts, per KV head and per query head: one 128k sequence (the one-kernel selection with
+// its longest pieces, 8 tokens per thread, on an H100) and more lists than the one-kernel selection takes (it runs
+// when every (list, piece) fits on the GPU at once; there the separate kernels run).
+TEST(cuda_sparse_decode, loki_many_lists_match_cpu) {
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
+    check_method(method::LOKI, 4, 0.25, 40, {131072}, 32, 8);
+    check_method(method::LOKI, 4, 0.25, 41, {40000, 40000, 33000, 20000, 9000}, 32, 8);
+    check_method(method::LOKI, 1, 0.25, 42, {40000, 9000}, 32, 8);
+}
+
+// Every Loki score equal (q = 0): the candidates of the threshold bin overflow their buffer and the threshold pass
+// reads all keys; ties go to the lower position, so each list selects the first k eligible tokens [4, 4 + k) beside
+// the sinks [0, 4) and the local window [T - 64, T) (worked out by hand from decode_topk's rule).
+TEST(cuda_sparse_decode, loki_all_ties_select_lowest) {
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
+    struct shape {
+        std::vector<int32_t> lens;
+        int                  n_head, n_head_kv;
+    };
+    for (const shape & sh : {shape{{40000, 20000}, 8, 2}, shape{{131072}, 32, 8},
+                             shape{{40000, 40000, 40000, 20000, 30000}, 32, 8}}) {
+        for (int group : {1, sh.n_head / sh.n_head_kv}) {
+            std::mt19937 rng(77);
+            batch        bt(sh.lens, sh.n_head, sh.n_head_kv, rng);
+            std::fill(bt.q.begin(), bt.q.end(), bf16_t{});
+            ASSERT_EQ(cudaMemset(bt.dq->p, 0, bt.q.size() * sizeof(bf16_t)), cudaSuccess);
+            method_state ms;
+            make_loki(bt, 32, rng, ms);
+            cuda::decode_select_args a = bt.select_args(group);
+            a.budget_frac              = 0.25;
+            cuda::decode_plan_buf buf;
+            const auto            got     = select_gpu(method::LOKI, bt, a, ms, buf);
+            const int             n_entry = bt.n_head / group;
+            for (int s = 0; s < bt.n_seq(); ++s) {
+                const int32_t        T = bt.lens[size_t(s)];
+                const int32_t        k = int32_t(std::ceil(0.25 * double(T)));
+                std::vector<int32_t> want;
+                for (int32_t t = 0; t < 4 + k; ++t) want.push_back(t);
+                for (int32_t t = T - 64; t < T; ++t) want.push_back(t);
+                for (int e = 0; e < n_entry; ++e) {
+                    const auto & g = got[size_t(s) * n_entry + size_t(e)];
+                    EXPECT_EQ(keys_of(g.ranges, g.idx), want) << "group " << group << " seq " << s << " entry " << e;
+                }
+            }
+            std::printf("loki ties group=%d n_seq=%d heads=%d/%d: lists checked\n", group, bt.n_seq(), sh.n_head,
+                        sh.n_head_kv);
+        }
     }
 }
 

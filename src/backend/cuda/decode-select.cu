@@ -547,7 +547,7 @@ __device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int &
     const int lane = threadIdx.x & 31;
     int       sum  = 0;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) sum += int(h[255 - 8 * lane - j]);
+    for (int j = 0; j < 8; ++j) sum += int(__ldcg(h + 255 - 8 * lane - j));
     int incl = sum;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
@@ -560,8 +560,9 @@ __device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int &
         cum = excl;
         d   = 255 - 8 * lane;
         for (int j = 0; j < 8; ++j, --d) {
-            if (cum + int(h[d]) >= need || d == 0) break;
-            cum += int(h[d]);
+            const int hd = int(__ldcg(h + d));
+            if (cum + hd >= need || d == 0) break;
+            cum += hd;
         }
     }
     const unsigned m   = __ballot_sync(0xffffffffu, d >= 0);
@@ -608,7 +609,7 @@ __global__ void __launch_bounds__(256)
 
 // The 16-bit bin holding the k-th largest key and the count above it, from the coarse and fine histograms hl
 // (warp 0 computes, the block gets it through shared memory).
-__device__ __forceinline__ void pick16(const uint32_t * __restrict__ hl, int k, int * s_pick, int & bin, int & above) {
+__device__ __forceinline__ void pick16(const uint32_t * hl, int k, int * s_pick, int & bin, int & above) {
     if (threadIdx.x < 32) {
         int cbin, cabove;
         warp_pick256(hl, k, cbin, cabove);
@@ -915,6 +916,469 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+// ---- Loki in one kernel (one selection per KV head, few lists: batch 1) ----
+//
+// Block of fz_threads per ticket = (list, piece of nt * fz_threads tokens), every ticket resident at once (cooperative
+// launch); the blocks of a list wait for each other on a per-list counter, so the per-head scores never leave the
+// chip: (1) scores of the G heads (shared memory) and their maxima; barrier; (2) group keys (as group_keys_kernel)
+// and the coarse histogram; barrier; (3) fine histogram (fine_kernel); barrier; (4) keys above the 16-bit bin
+// counted, keys in it appended as candidates (cand_kernel); the last block to arrive finds the threshold
+// (select_kernel); (5) every block writes its selected tokens ascending (write_kernel). One launch instead of six.
+constexpr int fz_threads = 512;
+constexpr int fz_nt      = 8;                     // tokens per thread, at most (4 or 8)
+constexpr int fz_piece   = fz_threads * fz_nt;    // tokens per ticket, at most
+constexpr int fz_max_pieces = 1024;               // pieces per list the full mode counts in shared memory
+
+__device__ __forceinline__ uint32_t ld_acquire_u32(const uint32_t * p) {
+    uint32_t v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+// Every thread's global writes are made visible, then the block counts itself in; returns the old count (thread 0).
+__device__ __forceinline__ uint32_t list_arrive(uint32_t * ctr) {
+    __threadfence();
+    __syncthreads();
+    uint32_t old = 0;
+    if (threadIdx.x == 0) old = atomicAdd(ctr, 1u);
+    return old;
+}
+__device__ __forceinline__ void list_wait(const uint32_t * ctr, uint32_t target) {
+    if (threadIdx.x == 0) {
+        while (ld_acquire_u32(ctr) < target) __nanosleep(32);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// Shared memory of the full mode's threshold pass.
+struct fz_select_smem {
+    uint64_t items[smem_items];
+    int      cnt[fz_max_pieces];
+    uint32_t h256[256];
+    unsigned long long ext;
+    uint64_t prefix;
+    int      need, match, n;
+};
+
+// select_kernel's threshold pass for one list by one block of fz_threads, over pieces of piece_tokens; reads
+// what other blocks of this launch wrote through L2 (__ldcg).
+__device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, uint32_t * hl, const uint64_t * cl, uint32_t n_c,
+                          const seq_info & si, int32_t * cc, int n_pieces, int piece_tokens, uint32_t * il,
+                          fz_select_smem & sm) {
+    constexpr int NTH = fz_threads;
+    const int     tid = threadIdx.x, lane = tid & 31;
+    if (tid < n_hist) hl[tid] = 0; // both histograms, cleared for the next call
+    if (tid == 0) {
+        il[0] = uint32_t(bin);
+        il[1] = uint32_t(above);
+    }
+    const bool overflow = n_c > uint32_t(cand_cap);
+    bool       in_smem  = false;
+    auto for_each = [&](auto fn) {
+        constexpr int U = 4;
+        const int     n = in_smem ? sm.n : overflow ? si.n_items : int(n_c);
+        for (int base = 0; base < n; base += U * NTH) {
+            uint64_t c[U];
+            bool     ok[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int i = base + u * NTH + tid;
+                ok[u]       = i < n;
+                c[u]        = 0;
+                if (ok[u]) {
+                    if (in_smem) {
+                        c[u] = sm.items[i];
+                    } else if (!overflow) {
+                        c[u] = __ldcg(reinterpret_cast<const unsigned long long *>(cl) + i);
+                    } else {
+                        const uint32_t key = __ldcg(kl + i);
+                        ok[u]              = key != 0 && int(key >> 16) == bin;
+                        c[u]               = comp_key(key, i);
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) fn(c[u], ok[u]);
+        }
+    };
+    const bool all_in_smem = !overflow && n_c <= uint32_t(smem_items);
+    if (all_in_smem) {
+        for (int i = tid; i < int(n_c); i += NTH) sm.items[i] = __ldcg(reinterpret_cast<const unsigned long long *>(cl) + i);
+        if (tid == 0) sm.n = int(n_c);
+        __syncthreads();
+        in_smem = true;
+    }
+    // Radix select on the candidates' composite keys below the 16-bit bin, 8 bits a pass; it stops as soon as the
+    // items under the prefix are all taken (threshold: their minimum) or one is needed (their maximum), usually
+    // after the two passes over the key's low 16 bits (composite keys are distinct).
+    uint64_t prefix;
+    {
+        uint64_t mask = uint64_t(0xffff) << 48;
+        int      need = si.k - above;
+        prefix        = uint64_t(bin) << 48;
+        for (int sh = 40; sh >= 0; sh -= 8) {
+            for (int i = tid; i < 256; i += NTH) sm.h256[i] = 0;
+            __syncthreads();
+            for_each([&](uint64_t c, bool ok) {
+                const int      d     = ok && (c & mask) == prefix ? int((c >> sh) & 255u) : -1;
+                const unsigned peers = __match_any_sync(0xffffffffu, d);
+                if (d >= 0 && lane == __ffs(peers) - 1) atomicAdd(&sm.h256[d], uint32_t(__popc(peers)));
+            });
+            __syncthreads();
+            if (tid < 32) {
+                int sum = 0;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) sum += int(sm.h256[255 - 8 * lane - j]);
+                int incl = sum;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const int x = __shfl_up_sync(0xffffffffu, incl, o);
+                    if (lane >= o) incl += x;
+                }
+                const int excl = incl - sum;
+                if ((excl < need && incl >= need) || (lane == 31 && incl < need)) {
+                    int cum = excl, d = 255 - 8 * lane;
+                    for (int j = 0; j < 8; ++j, --d) {
+                        if (cum + int(sm.h256[d]) >= need || d == 0) break;
+                        cum += int(sm.h256[d]);
+                    }
+                    sm.prefix = prefix | (uint64_t(d) << sh);
+                    sm.need   = need - cum;
+                    sm.match  = int(sm.h256[d]);
+                }
+            }
+            __syncthreads();
+            prefix = sm.prefix;
+            need   = sm.need;
+            mask |= uint64_t(255u) << sh;
+            if (sh == 0) break;
+            const int match = sm.match;
+            if (need == 1 || need == match) { // the largest, or the smallest, of the items under the prefix
+                __syncthreads();
+                if (tid == 0) sm.ext = need == 1 ? 0ull : ~0ull;
+                __syncthreads();
+                const bool hi = need == 1;
+                for_each([&](uint64_t c, bool ok) {
+                    if (ok && (c & mask) == prefix) {
+                        if (hi) atomicMax(&sm.ext, static_cast<unsigned long long>(c));
+                        else atomicMin(&sm.ext, static_cast<unsigned long long>(c));
+                    }
+                });
+                __syncthreads();
+                prefix = sm.ext;
+                break;
+            }
+            if (!in_smem && match <= smem_items) {
+                if (tid == 0) sm.n = 0;
+                __syncthreads();
+                for_each([&](uint64_t c, bool ok) {
+                    const bool     take = ok && (c & mask) == prefix;
+                    const unsigned m    = __ballot_sync(0xffffffffu, take);
+                    int            pos  = 0;
+                    if (m != 0 && lane == __ffs(m) - 1) pos = atomicAdd(&sm.n, __popc(m));
+                    pos = __shfl_sync(0xffffffffu, pos, m != 0 ? __ffs(m) - 1 : 0);
+                    if (take) sm.items[pos + __popc(m & ((1u << lane) - 1u))] = c;
+                });
+                __syncthreads();
+                in_smem = true;
+            }
+            __syncthreads();
+        }
+    }
+    in_smem = all_in_smem;
+    for (int i = tid; i < n_pieces; i += NTH) sm.cnt[i] = 0;
+    __syncthreads();
+    for_each([&](uint64_t c, bool ok) {
+        const bool     take  = ok && c >= prefix;
+        const int      ch    = take ? int(~uint32_t(c)) / piece_tokens : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, ch);
+        if (take && lane == __ffs(peers) - 1) atomicAdd(&sm.cnt[ch], __popc(peers));
+    });
+    __syncthreads();
+    for (int i = tid; i < n_pieces; i += NTH)
+        if (sm.cnt[i] != 0) cc[i] = __ldcg(cc + i) + sm.cnt[i];
+    if (tid == 0) {
+        il[2] = uint32_t(prefix >> 32);
+        il[3] = uint32_t(prefix);
+    }
+}
+
+template <int G>
+__global__ void __launch_bounds__(fz_threads, 2)
+    loki_fused_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D, const float * __restrict__ proj,
+                      const __half * __restrict__ lk, int d_pad, const int32_t * __restrict__ pages,
+                      int64_t pages_stride, const int32_t * __restrict__ n_kv, sel_cfg cfg, int nt, int n_pieces,
+                      int n_tickets, uint32_t * head_max, uint32_t * bar, uint32_t * keys, int64_t stride, uint32_t * hist,
+                      uint64_t * cand, uint32_t * cand_count, int32_t * chunk_cnt, uint32_t * info, int32_t * ranges,
+                      int32_t * n_ranges, int32_t * idx, int32_t * n_idx, int64_t idx_stride) {
+    using scan_t = cub::BlockScan<int, fz_threads>;
+    using red_t  = cub::BlockReduce<int, fz_threads>;
+    extern __shared__ float sacc[]; // [G][fz_piece] scores of the ticket's tokens (first P[:, :d] and q)
+    __shared__ float    qd[G][128];
+    __shared__ uint32_t smax[8];
+    __shared__ float    hm[8];
+    __shared__ uint32_t hist_w[8][256]; // coarse, then fine histogram; one per 2 warps
+    __shared__ union {
+        typename scan_t::TempStorage scan;
+        typename red_t::TempStorage  red;
+    } cub_tmp;
+    __shared__ fz_select_smem sel;
+    __shared__ int            s_cbin, s_cabove, s_last, s_off, wsum[fz_threads / 32], s_pick[2];
+    const int                 tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
+    const int                 nc  = d_pad / 8;
+    const size_t              pelm = size_t(d_pad) * kv_page_tokens;
+    for (int ticket = blockIdx.x; ticket < n_tickets; ticket += gridDim.x) {
+        const int      list = ticket / n_pieces, piece = ticket % n_pieces;
+        const int      b = list / n_head_kv, hk = list % n_head_kv;
+        const int      T  = n_kv[b];
+        const seq_info si = seq_info_of(T, cfg);
+        uint32_t *     lbar = bar + list;
+        if (si.k == 0) { // nothing to select: the plan is the dense part (written here or by write_kernel)
+            if (piece == 0 && tid == 0) {
+                n_idx[list]    = 0;
+                n_ranges[list] = si.nr;
+                for (int r = 0; r < si.nr; ++r) {
+                    ranges[(list * decode_plan_max_ranges + r) * 2]     = si.rb[r];
+                    ranges[(list * decode_plan_max_ranges + r) * 2 + 1] = si.re[r];
+                }
+            }
+            continue;
+        }
+        __syncthreads(); // the previous ticket's shared memory is free
+        if (tid < 8) smax[tid] = 0;
+        for (int o = tid; o < 8 * 256; o += fz_threads) (&hist_w[0][0])[o] = 0;
+        { // q' = q P[:, :d] of the G heads in the CPU's summation order (as loki_query_kernel)
+            float *       Ps = sacc;
+            float *       qs = sacc + D * d_pad;
+            const float * P  = proj + size_t(hk) * D * d_pad;
+            for (int o = tid; o < D * d_pad; o += fz_threads) Ps[o] = P[o];
+            for (int o = tid; o < G * D; o += fz_threads)
+                qs[o] = __uint_as_float(uint32_t(q[(size_t(b) * n_head + hk * G) * D + o]) << 16);
+            __syncthreads();
+            for (int o = tid; o < G * d_pad; o += fz_threads) {
+                const int g = o / d_pad, j = o % d_pad;
+                float     y = 0.f;
+                for (int i = 0; i < D; ++i) y = fmaf(qs[g * D + i], Ps[i * d_pad + j], y);
+                qd[g][j] = y;
+            }
+            __syncthreads();
+        }
+        // (1) scores, as loki_score_kernel: tokens t0 + u * fz_threads in two groups of 4 (their loads in flight
+        // together), kept in shared memory (sacc[g][u * fz_threads + tid]) with the G heads' maxima
+        const int t0 = piece * nt * fz_threads + tid;
+        float     mx[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) mx[g] = -INFINITY;
+#pragma unroll 1
+        for (int h = 0; h < nt / 4; ++h) {
+            float acc[4][G];
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+#pragma unroll
+                for (int g = 0; g < G; ++g) acc[u][g] = 0.f;
+            if (t0 + h * 4 * fz_threads < T) {
+                const __half * base[4];
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    const int t = min(t0 + (h * 4 + u) * fz_threads, T - 1); // past the end: a duplicate, not used
+                    base[u]     = lk + (size_t(pages[size_t(b) * pages_stride + t / kv_page_tokens]) * n_head_kv + hk) * pelm +
+                              size_t(t % kv_page_tokens) * 8;
+                }
+#pragma unroll 1
+                for (int cc = 0; cc < nc; ++cc) {
+                    uint4 v[4];
+#pragma unroll
+                    for (int u = 0; u < 4; ++u)
+                        v[u] = __ldg(reinterpret_cast<const uint4 *>(base[u] + size_t(cc) * kv_page_tokens * 8));
+#pragma unroll
+                    for (int u = 0; u < 4; ++u) {
+                        const __half2 * hv = reinterpret_cast<const __half2 *>(&v[u]);
+                        float           kf[8];
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const float2 f = __half22float2(hv[j]);
+                            kf[2 * j] = f.x, kf[2 * j + 1] = f.y;
+                        }
+#pragma unroll
+                        for (int g = 0; g < G; ++g)
+#pragma unroll
+                            for (int j = 0; j < 8; ++j) acc[u][g] = fmaf(kf[j], qd[g][cc * 8 + j], acc[u][g]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int  t  = t0 + (h * 4 + u) * fz_threads;
+                const bool el = t >= si.e0 && t < si.e1;
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    sacc[g * fz_piece + (h * 4 + u) * fz_threads + tid] = acc[u][g];
+                    if (el && acc[u][g] == acc[u][g]) mx[g] = fmaxf(mx[g], acc[u][g]);
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            float m = mx[g];
+            for (int o = 16; o >= 1; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            if (lane == 0 && m != -INFINITY) atomicMax(&smax[g], sel_key(m));
+        }
+        __syncthreads();
+        if (tid < G && smax[tid] != 0) atomicMax(head_max + size_t(b) * n_head + hk * G + tid, smax[tid]);
+        list_arrive(lbar);
+        list_wait(lbar, uint32_t(n_pieces));
+        // (2) group keys (group_keys_kernel) and the coarse histogram
+        if (tid < G) {
+            const uint32_t k = __ldcg(head_max + size_t(b) * n_head + hk * G + tid);
+            hm[tid]          = k == 0 ? -INFINITY : key_float(k);
+        }
+        __syncthreads();
+        uint32_t * skey = reinterpret_cast<uint32_t *>(sacc); // keys over the head-0 scores once read
+        uint32_t * kl = keys + size_t(list) * stride;
+        uint32_t * hl = hist + size_t(list) * n_hist;
+#pragma unroll
+        for (int u = 0; u < fz_nt; ++u) {
+            if (u >= nt) break;
+            const int  t  = t0 + u * fz_threads;
+            const bool el = t >= si.e0 && t < si.e1;
+            float      v;
+            if (G == 1) {
+                v = sacc[u * fz_threads + tid];
+            } else {
+                v = -INFINITY;
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    const float m = hm[g];
+                    if (!(m > -INFINITY)) continue;
+                    const float x = sacc[g * fz_piece + u * fz_threads + tid] - m;
+                    v             = x > v ? x : v; // NaN compares false: ignored
+                }
+            }
+            const uint32_t ku     = el ? sel_key(v) : 0u;
+            skey[u * fz_threads + tid] = ku; // after this thread's reads of the same slot
+            const int      cb     = el ? int(ku >> 24) : -1;
+            const unsigned cpeers = __match_any_sync(0xffffffffu, cb);
+            if (cb >= 0 && lane == __ffs(cpeers) - 1) atomicAdd(&hist_w[warp & 7][cb], uint32_t(__popc(cpeers)));
+        }
+        __syncthreads();
+        if (tid < 256) {
+            uint32_t f = 0;
+#pragma unroll
+            for (int w = 0; w < 8; ++w) f += hist_w[w][tid], hist_w[w][tid] = 0;
+            if (f != 0) atomicAdd(hl + tid, f);
+        }
+        list_arrive(lbar);
+        list_wait(lbar, uint32_t(2 * n_pieces));
+        // (3) fine histogram of the coarse bin holding the k-th key (fine_kernel)
+        if (tid < 32) {
+            int cb, ca;
+            warp_pick256(hl, si.k, cb, ca);
+            if (tid == 0) s_cbin = cb, s_cabove = ca;
+        }
+        __syncthreads();
+        {
+            const int cbin = s_cbin;
+#pragma unroll
+            for (int u = 0; u < fz_nt; ++u)
+                if (u < nt && skey[u * fz_threads + tid] != 0 && int(skey[u * fz_threads + tid] >> 24) == cbin) atomicAdd(&hist_w[warp & 7][(skey[u * fz_threads + tid] >> 16) & 255u], 1u);
+        }
+        __syncthreads();
+        if (tid < 256) {
+            uint32_t f = 0;
+#pragma unroll
+            for (int w = 0; w < 8; ++w) f += hist_w[w][tid];
+            if (f != 0) atomicAdd(hl + 256 + tid, f);
+        }
+        list_arrive(lbar);
+        list_wait(lbar, uint32_t(3 * n_pieces));
+        // (4) keys above the 16-bit bin counted, keys in it appended as candidates (cand_kernel); every key to
+        // memory for the threshold pass's overflow case
+        if (tid < 32) { // the fine bin (the coarse one is known from (3)), as pick16
+            int d, a;
+            warp_pick256(hl + 256, si.k - s_cabove, d, a);
+            if (tid == 0) s_pick[0] = s_cbin * 256 + d, s_pick[1] = s_cabove + a;
+        }
+        __syncthreads();
+        const int bin = s_pick[0], above = s_pick[1];
+        {
+            int w = 0;
+#pragma unroll
+            for (int u = 0; u < fz_nt; ++u) {
+                if (u >= nt) break;
+                const int t  = t0 + u * fz_threads;
+                const int kb = int(skey[u * fz_threads + tid] >> 16);
+                if (t < si.n_items) kl[t] = skey[u * fz_threads + tid];
+                if (skey[u * fz_threads + tid] != 0 && kb > bin) ++w;
+                const bool     is_c = skey[u * fz_threads + tid] != 0 && kb == bin;
+                const unsigned m    = __ballot_sync(0xffffffffu, is_c);
+                if (m != 0) {
+                    const int leader = __ffs(m) - 1;
+                    uint32_t  pos    = 0;
+                    if (lane == leader) pos = atomicAdd(cand_count + list, uint32_t(__popc(m)));
+                    pos = __shfl_sync(0xffffffffu, pos, leader) + uint32_t(__popc(m & ((1u << lane) - 1u)));
+                    if (is_c && pos < uint32_t(cand_cap)) cand[size_t(list) * cand_cap + pos] = comp_key(skey[u * fz_threads + tid], t);
+                }
+            }
+            for (int o = 16; o >= 1; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
+            if (lane == 0) wsum[warp] = w;
+            __syncthreads();
+            if (tid == 0) {
+                int t = 0;
+                for (int i = 0; i < fz_threads / 32; ++i) t += wsum[i];
+                chunk_cnt[size_t(list) * n_pieces + piece] = t;
+            }
+        }
+        {
+            const uint32_t old = list_arrive(lbar);
+            if (tid == 0) s_last = old == uint32_t(4 * n_pieces - 1);
+            __syncthreads();
+        }
+        if (s_last) { // every piece is in: this block finds the threshold
+            fz_select(kl, bin, above, hl, cand + size_t(list) * cand_cap, __ldcg(cand_count + list), si,
+                      chunk_cnt + size_t(list) * n_pieces, n_pieces, nt * fz_threads, info + size_t(list) * 4, sel);
+            list_arrive(lbar);
+        }
+        list_wait(lbar, uint32_t(4 * n_pieces + 1));
+        // (5) this piece's selected tokens, ascending, after those of the pieces before it (write_kernel)
+        const int      bin5 = int(__ldcg(info + size_t(list) * 4));
+        const uint64_t thr  = (uint64_t(__ldcg(info + size_t(list) * 4 + 2)) << 32) | __ldcg(info + size_t(list) * 4 + 3);
+        int            off = 0, total = 0;
+        for (int i = tid; i < n_pieces; i += fz_threads) {
+            const int x = __ldcg(chunk_cnt + size_t(list) * n_pieces + i);
+            total += x;
+            off += i < piece ? x : 0;
+        }
+        off = red_t(cub_tmp.red).Sum(off);
+        __syncthreads();
+        total = red_t(cub_tmp.red).Sum(total);
+        if (tid == 0) {
+            s_off = off;
+            if (piece == 0) {
+                n_idx[list]    = total;
+                n_ranges[list] = si.nr;
+                for (int r = 0; r < si.nr; ++r) {
+                    ranges[(list * decode_plan_max_ranges + r) * 2]     = si.rb[r];
+                    ranges[(list * decode_plan_max_ranges + r) * 2 + 1] = si.re[r];
+                }
+            }
+        }
+        __syncthreads();
+        int32_t * out = idx + size_t(list) * idx_stride + s_off;
+#pragma unroll
+        for (int u = 0; u < fz_nt; ++u) { // tokens u * fz_threads + tid of the piece: one scan per u keeps them ascending
+            if (u >= nt) break;
+            const int  t   = t0 + u * fz_threads;
+            const int  kb  = int(skey[u * fz_threads + tid] >> 16);
+            const bool sel = skey[u * fz_threads + tid] != 0 && (kb > bin5 || (kb == bin5 && comp_key(skey[u * fz_threads + tid], t) >= thr));
+            int        pos, n_sel;
+            __syncthreads();
+            scan_t(cub_tmp.scan).ExclusiveSum(int(sel), pos, n_sel);
+            if (sel) out[pos] = t;
+            out += n_sel;
+        }
+    }
+}
+
 // ---- host side ----
 
 struct stage_dims {
@@ -950,9 +1414,10 @@ stage_dims stage_prepare(const decode_select_args & a, int page, decode_select_w
     const sel_cfg c        = cfg_of(a, page);
     const int64_t k_max    = budget_keys(c, a.n_kv_max);
     d.idx_stride           = page == 1 ? k_max : (k_max + page - 1) / page * page;
-    // zeroed: head maxima and candidate counts, cleared by every call; hist: cleared once here, then by the pick
+    // zeroed: head maxima, candidate counts and the fused kernel's list counters, cleared by every call; hist:
+    // cleared once here, then by the pick
     // kernel after reading it
-    const size_t n_cleared = size_t(a.n_seq) * a.n_head + size_t(d.n_list);
+    const size_t n_cleared = size_t(a.n_seq) * a.n_head + 2 * size_t(d.n_list);
     grow(ws.scores, ws.cap[0], size_t(a.n_seq) * a.n_head * d.n_items);
     grow(ws.keys, ws.cap[1], size_t(d.n_list) * d.n_items);
     grow(ws.zeroed, ws.cap[2], n_cleared);
@@ -971,6 +1436,9 @@ stage_dims stage_prepare(const decode_select_args & a, int page, decode_select_w
 uint32_t * ws_head_max(decode_select_workspace & ws) { return ws.zeroed; }
 uint32_t * ws_cand_count(decode_select_workspace & ws, const decode_select_args & a) {
     return ws.zeroed + size_t(a.n_seq) * a.n_head;
+}
+uint32_t * ws_bar(decode_select_workspace & ws, const decode_select_args & a, const stage_dims & d) {
+    return ws.zeroed + size_t(a.n_seq) * a.n_head + size_t(d.n_list);
 }
 uint32_t * ws_hist(decode_select_workspace & ws, const decode_select_args &, const stage_dims &) { return ws.hist; }
 
@@ -1052,6 +1520,49 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     const dim3       grid(unsigned((d.n_items + loki_chunk - 1) / loki_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
     const int    G    = a.n_head / a.n_head_kv;
     const size_t smem = (size_t(a.head_dim) * st.d_pad + size_t(G) * a.head_dim) * sizeof(float);
+    if (G <= 4 && a.group == G) { // one selection per KV head: the one-kernel selection when it fits
+        int n_sm = 0, dev = 0, per_sm = 0;
+        LC_CUDA_CHECK(cudaGetDevice(&dev));
+        LC_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+        using fused_fn = void (*)(const uint16_t *, int, int, int, const float *, const __half *, int, const int32_t *,
+                                  int64_t, const int32_t *, sel_cfg, int, int, int, uint32_t *, uint32_t *, uint32_t *,
+                                  int64_t, uint32_t *, uint64_t *, uint32_t *, int32_t *, uint32_t *, int32_t *,
+                                  int32_t *, int32_t *, int32_t *, int64_t);
+        constexpr fused_fn ffns[4] = {loki_fused_kernel<1>, loki_fused_kernel<2>, loki_fused_kernel<3>,
+                                      loki_fused_kernel<4>};
+        const fused_fn     fn      = ffns[G - 1];
+        const size_t       dsmem   = std::max<size_t>(size_t(G) * fz_piece, size_t(a.head_dim) * st.d_pad + size_t(G) * a.head_dim) * sizeof(float);
+        LC_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(dsmem)));
+        LC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, fz_threads, dsmem));
+        const int64_t resident = int64_t(per_sm) * n_sm;
+        // Every ticket resident at once (a few long lists: batch 1), pieces of 4 tokens per thread where they fill
+        // the GPU, else 8: the whole selection in this kernel. With more tickets than resident blocks the lists
+        // would run in rounds in lock-step with idle memory at each barrier (measured slower than the separate
+        // kernels at batch 16), so the separate kernels take them.
+        for (int nt = 4; nt <= fz_nt; nt += 4) {
+            const int64_t piece     = int64_t(nt) * fz_threads;
+            const int64_t n_pieces  = (d.n_items + piece - 1) / piece;
+            const int64_t n_tickets = n_pieces * d.n_list;
+            if (n_tickets > resident || n_pieces > fz_max_pieces) continue;
+            cudaLaunchConfig_t lc{};
+            lc.gridDim          = dim3(unsigned(n_tickets));
+            lc.blockDim         = dim3(fz_threads);
+            lc.dynamicSmemBytes = dsmem;
+            lc.stream           = stream;
+            cudaLaunchAttribute attr{};
+            attr.id              = cudaLaunchAttributeCooperative;
+            attr.val.cooperative = 1;
+            lc.attrs             = &attr;
+            lc.numAttrs          = 1;
+            LC_CUDA_CHECK(cudaLaunchKernelEx(
+                &lc, fn, reinterpret_cast<const uint16_t *>(a.q), a.n_head, a.n_head_kv, a.head_dim, st.proj,
+                reinterpret_cast<const __half *>(st.keys), st.d_pad, a.pages, a.pages_stride, a.n_kv, cfg_of(a, 1), nt,
+                int(n_pieces), int(n_tickets), ws_head_max(ws), ws_bar(ws, a, d), ws.keys, d.n_items,
+                ws_hist(ws, a, d), ws.cand, ws_cand_count(ws, a), ws.chunk, ws.info, plan.ranges, plan.n_ranges,
+                plan.idx, plan.n_idx, plan.idx_stride));
+            return status::ok();
+        }
+    }
     grow(ws.qrot, ws.cap[7], size_t(a.n_seq) * a.n_head * st.d_pad);
     LC_CUDA_CHECK(cudaFuncSetAttribute(loki_query_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     loki_query_kernel<<<dim3(unsigned(a.n_head_kv), unsigned(a.n_seq)), 256, smem, stream>>>(
