@@ -93,8 +93,8 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
                  (long long)opt.n_ctx, now_s() - t0, cm->device_name().c_str());
     std::printf(
         "| model | device | weights | KV | prefill | decode | ubatch | prompt | TTFT s | prefill t/s | decode t/s @ depth "
-        "| runs |\n");
-    std::printf("|---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|\n");
+        "| runs | vslash layers dense |\n");
+    std::printf("|---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
     for (int64_t pp : pps) {
         std::vector<int32_t> toks(static_cast<size_t>(pp));
         for (int64_t i = 0; i < pp; ++i)
@@ -106,7 +106,8 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
             return die(st);
         for (int i = 0; i < 3; ++i)
             if (status st = cm->forward(&next, 1, cm->n_past(), 0, nullptr, &next); !st.is_ok()) return die(st);
-        std::vector<double> ttft, dec;
+        std::vector<double>              ttft, dec;
+        const cuda::cuda_model::vslash_counts vs0 = cm->vslash_stats();
         for (int r = 0; r < reps; ++r) {
             cm->clear();
             double a = now_s();
@@ -126,10 +127,15 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
         };
         const auto [tm, ts] = mean_sd(ttft);
         const auto [dm, ds] = mean_sd(dec);
+        const cuda::cuda_model::vslash_counts vs1 = cm->vslash_stats();
+        char                                  vsd[48] = "-";
+        if (opt.vslash)
+            std::snprintf(vsd, sizeof(vsd), "%lld of %lld", (long long)(vs1.dense - vs0.dense),
+                          (long long)(vs1.layers - vs0.layers));
         std::printf("| %s (synthetic, random weights) | %s | bf16 | bf16 | %s | %s | %lld | %lld | %.3f ± %.3f | %.0f | "
-                    "%.1f ± %.1f @ %lld | %d |\n",
+                    "%.1f ± %.1f @ %lld | %d | %s |\n",
                     name.c_str(), cm->device_name().c_str(), prefill, decode, (long long)ubatch, (long long)pp, tm, ts, double(pp) / tm,
-                    dm, ds, (long long)pp, reps);
+                    dm, ds, (long long)pp, reps, vsd);
         std::fflush(stdout);
     }
     return 0;
@@ -242,6 +248,8 @@ int main(int argc, char ** argv) {
                 return 1;
             }
             sopt.vslash = m != "dense";
+        } else if (a == "--vslash-dense-ratio") {
+            sopt.vslash_dense_ratio = float(std::atof(next()));
         } else if (a == "--vslash") {
             const std::vector<int64_t> vs = parse_list(next());
             if (vs.size() != 2 || vs[0] < 1 || vs[1] < 1) {

@@ -730,6 +730,7 @@ TEST(CudaModel, VslashPrefill) {
     opt.vslash_v       = 1 << 30;
     opt.vslash_s       = 1 << 30;
     opt.sparse_min_len = 0;
+    opt.vslash_dense_ratio = 2.0f; // the sparse kernel even where the plan is dense
     auto sparse        = cuda::cuda_model::synthetic(hp.value(), opt, 11);
     ASSERT_TRUE(dense.is_ok() && sparse.is_ok());
     std::vector<int32_t> toks(3000);
@@ -745,6 +746,8 @@ TEST(CudaModel, VslashPrefill) {
     }
     std::printf("vslash at full budget vs dense prefill: logits nmse %.3e\n", num / den);
     EXPECT_LT(num / den, 1e-6);
+    EXPECT_EQ(sparse.value()->vslash_stats().layers, 3 * hp.value().n_layer); // 3 chunks x every layer
+    EXPECT_EQ(sparse.value()->vslash_stats().dense, 0);
 
     fixture     f;
     std::string why;
@@ -759,11 +762,10 @@ TEST(CudaModel, VslashPrefill) {
     const int      nv = int(f.m->hparams().n_vocab);
     context_params p;
     p.n_ctx     = 8192;
+    p.n_ubatch  = 1024;
     p.n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
     std::vector<std::vector<float>> out;
-    for (auto [cuda, vslash] :
-         {std::pair{false, false}, std::pair{false, true}, std::pair{true, true}, std::pair{true, false}}) {
-        p.cuda              = cuda;
+    for (bool vslash : {false, true}) { // CPU contexts
         p.attn.prefill      = vslash ? prefill_method::VSLASH : prefill_method::DENSE;
         p.attn.budget.value = 0.25;
         p.attn.sidecar      = "none";
@@ -771,6 +773,22 @@ TEST(CudaModel, VslashPrefill) {
         ASSERT_TRUE(c.is_ok()) << c.get_status().message();
         ASSERT_TRUE((*c)->decode(prompt).is_ok());
         out.emplace_back((*c)->logits(), (*c)->logits() + nv);
+    }
+    // The GPU model directly, so that the sparse kernel runs in every layer (no dense fallback), as the CPU does.
+    for (bool vslash : {true, false}) {
+        cuda::cuda_model_options o;
+        o.n_ctx              = 8192;
+        o.n_ubatch           = p.n_ubatch; // the same chunks, so each chunk's index is built from the same queries
+        o.vslash             = vslash;
+        o.vslash_v           = 250;
+        o.vslash_s           = 1524;
+        o.vslash_dense_ratio = 2.0f;
+        auto g               = cuda::cuda_model::upload(*f.m, o);
+        ASSERT_TRUE(g.is_ok()) << g.get_status().message();
+        std::vector<float> l(static_cast<size_t>(nv));
+        ASSERT_TRUE(g.value()->forward(prompt.data(), int64_t(prompt.size()), 0, 1, l.data()).is_ok());
+        if (vslash) EXPECT_EQ(g.value()->vslash_stats().dense, 0);
+        out.push_back(std::move(l));
     }
     const test::logit_cmp gpu_cpu   = test::compare_logits(out[1].data(), out[2].data(), nv);
     const test::logit_cmp cpu_dense = test::compare_logits(out[0].data(), out[1].data(), nv);

@@ -130,6 +130,7 @@ struct cuda_model::impl {
     int64_t        last_row = -1; // row of the device logits buffer holding the last token's logits (-1: none)
     vslash_workspace vs_ws;   // vertical-slash index scratch (opt.vslash)
     prefill_plan_buf vs_plan; // the plan of the current chunk and layer
+    int64_t          n_vslash_layers = 0, n_vslash_dense = 0; // (chunk, layer) pairs run, of which dense
     decode_select_workspace sel_ws;          // sparse decode selection scratch (opt.decode)
     decode_plan_buf         sel_plan;        // the plan of the current decode step and layer
     void *                  sdec_ws       = nullptr; // the sparse decode kernel's split-K workspace
@@ -515,17 +516,22 @@ struct cuda_model::impl {
                 da.workspace_bytes = dec_ws_bytes;
                 LC_RETURN_IF_ERROR(attn_decode(da, stream));
             } else if (opt.vslash && window == 0 && pos0 + n >= opt.sparse_min_len) {
-                const attn_kv_paged kv{L.k_pool, L.v_pool, pages, n_pages, pos0 + n, hp.n_head_kv, int(D)};
-                LC_RETURN_IF_ERROR(vslash_index_gpu(q, n, pos0, hp.n_head, kv, scale, opt.vslash_v, opt.vslash_s,
-                                                    vs_ws, vs_plan, stream));
-                attn_sparse_prefill_args sa;
-                sa.q     = q;
-                sa.plan  = vs_plan.view;
-                sa.kv    = kv;
-                sa.scale = scale;
-                sa.o     = att;
-                sa.o_f32 = false;
-                LC_RETURN_IF_ERROR(attn_sparse_prefill(sa, stream));
+                vslash_attention_args va;
+                va.q           = q;
+                va.n_q         = n;
+                va.pos0        = pos0;
+                va.n_head      = hp.n_head;
+                va.kv          = attn_kv_paged{L.k_pool, L.v_pool, pages, n_pages, pos0 + n, hp.n_head_kv, int(D)};
+                va.scale       = scale;
+                va.v           = opt.vslash_v;
+                va.s           = opt.vslash_s;
+                va.dense_ratio = opt.vslash_dense_ratio;
+                va.o           = att;
+                va.o_f32       = false;
+                vslash_attention_info info;
+                LC_RETURN_IF_ERROR(vslash_attention_gpu(va, vs_ws, vs_plan, stream, &info));
+                ++n_vslash_layers;
+                n_vslash_dense += info.dense ? 1 : 0;
             } else {
                 attn_prefill_args pa;
                 pa.q      = q;
@@ -757,6 +763,9 @@ int64_t cuda_model::n_past() const {
 void cuda_model::clear() {
     p_->n_past   = 0;
     p_->last_row = -1;
+}
+cuda_model::vslash_counts cuda_model::vslash_stats() const {
+    return {p_->n_vslash_layers, p_->n_vslash_dense};
 }
 void cuda_model::truncate(int64_t n) {
     p_->n_past   = std::clamp<int64_t>(n, 0, p_->n_past);

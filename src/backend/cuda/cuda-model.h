@@ -25,13 +25,16 @@ struct cuda_model_options {
     bool    graphs   = true; // replay single-token decode steps from a CUDA graph
     int     device   = 0;
     // MInference vertical-slash sparse prefill (METHODS.md sec. 2.2) in the full-attention layers: per prefill
-    // chunk and layer, the index from the chunk's last 64 queries (vslash-index.cuh), then the sparse kernel over
-    // its plan (attn-sparse-prefill.cuh). Chunks that end before sparse_min_len tokens, sliding-window layers and
+    // chunk and layer, the index from the chunk's last 64 queries, then the sparse kernel over its plan
+    // (vslash_attention_gpu in vslash-index.cuh). Chunks that end before sparse_min_len tokens, sliding-window layers and
     // decode steps stay dense.
     bool    vslash         = false;
     int64_t vslash_v       = 1000; // vertical columns per head
     int64_t vslash_s       = 6096; // slash diagonals per head
     int64_t sparse_min_len = 4096;
+    // A layer whose plan needs more 64-key steps than this share of the dense kernel's tiles runs the dense kernel
+    // instead (vslash_attention_gpu; 0.35: where dense is the faster on the H100; >= 1: always the sparse kernel).
+    float vslash_dense_ratio = 0.35f;
     // Sparse decode in the full-attention layers (decode-select.cuh, attn-sparse-decode.cuh): the keys each query
     // head (or KV head, decode_kv_select) attends, selected on the device within the decode step's graph, as the
     // CPU methods select them (attn/decode/{topk,quest,loki}.h).
@@ -97,6 +100,12 @@ class cuda_model {
     status last_logits(float * logits);
 
     int64_t n_past() const;
+    // Vertical-slash prefill so far (opt.vslash): (chunk, layer) pairs it ran, and of those the ones whose plan was
+    // dense enough that the dense kernel ran instead.
+    struct vslash_counts {
+        int64_t layers = 0, dense = 0;
+    };
+    vslash_counts vslash_stats() const;
     // Forgets the sequence (n_past = 0).
     void clear();
     // Keeps the first min(n, n_past()) tokens (the next forward() overwrites the rest of the cache).
