@@ -59,6 +59,7 @@ status mpig_dense(const mpig_dense_args & a, cudaStream_t stream);
 
 // Merges n partial states of D values: (o1, lse1) and (o2, lse2) into o [n][D] f32 (= the attention over the union
 // of the two key sets) and lse (optional). Either state may be empty (lse = -inf); both empty: o = 0, lse = -inf.
+// o may be o1 or o2; lse must not be lse1 or lse2.
 status mpig_merge(const float * o1, const float * lse1, const float * o2, const float * lse2, int64_t n, int D,
                   float * o, float * lse, cudaStream_t stream);
 
