@@ -6,11 +6,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
 
 #include "attn/attention.h"
 #include "attn/attn-sparse-prefill.h"
 #include "core/log.h"
 #include "runtime/context.h"
+#if LC_HAVE_CUDA
+#include "backend/cuda/plan-timer.h"
+#endif
 
 namespace lc {
 
@@ -53,12 +57,19 @@ class searcher : public attn_observer {
     }
 
     minference_search_result & result() { return res_; }
+    const status &             timer_error() const { return timer_error_; }
 
   private:
     double time_plan(const head_budget & b, int il, const float * q, int64_t n_q, int n_head, const kv_view & kv,
                      float scale) {
         const minference_config one = minference_config_uniform(m_.hparams().n_layer, n_head, b);
         prefill_plan_build(one, prefill_budget{}, il, q, n_q, 0, n_head, kv, scale, plan_, pool());
+        if (p_.plan_time) {
+            lc::result<double> t = p_.plan_time(plan_, q, n_q, n_head, kv, scale);
+            if (t.is_ok()) return *t;
+            if (timer_error_.is_ok()) timer_error_ = t.get_status();
+            return INFINITY;
+        }
         out_.resize(size_t(n_q) * n_head * kv.head_dim);
         double best = INFINITY;
         for (int rep = 0; rep < 2; ++rep) {
@@ -145,6 +156,7 @@ class searcher : public attn_observer {
     int                      n_search_ = 0;
     int                      done_     = 0;
     bool                     timed_    = false;
+    status                   timer_error_; // the first error of p_.plan_time
     minference_search_result res_;
     prefill_plan             plan_;
     std::vector<float>       out_;
@@ -155,6 +167,18 @@ class searcher : public attn_observer {
 };
 
 } // namespace
+
+result<plan_time_fn> minference_gpu_plan_time() {
+#if LC_HAVE_CUDA
+    LC_ASSIGN_OR_RETURN(std::unique_ptr<cuda::plan_timer> t, cuda::plan_timer::create());
+    std::shared_ptr<cuda::plan_timer> timer(std::move(t));
+    return plan_time_fn([timer](const prefill_plan & plan, const float * q, int64_t n_q, int n_head,
+                                const kv_view & kv, float scale) { return timer->time(plan, q, n_q, n_head, kv, scale); });
+#else
+    return error(status_code::UNSUPPORTED,
+                 "--timer cuda: this longctx was built without the CUDA backend; rebuild with -DLONGCTX_CUDA=ON");
+#endif
+}
 
 result<minference_search_result> minference_search(const model & m, const std::vector<int32_t> & prompt,
                                                    const minference_search_params & p,
@@ -179,6 +203,7 @@ result<minference_search_result> minference_search(const model & m, const std::v
     c->attn().set_observer(&s);
     LC_RETURN_IF_ERROR(c->decode(prompt));
     c->attn().set_observer(nullptr);
+    LC_RETURN_IF_ERROR(s.timer_error());
     minference_search_result r = s.result();
     r.n_tokens                 = n;
     r.config.source            = "search";

@@ -1,7 +1,8 @@
 // Offline kernel-aware pattern search of MInference (METHODS.md sec. 2.4): run the model densely on one long
-// calibration prompt; in every layer without a sliding window, re-time the candidate patterns with our own CPU
-// sparse kernel on that layer's real Q/K/V and scale their budgets until each costs what the target costs; then
-// give each head the candidate whose output is closest to dense (fewest elements off by more than 5e-3).
+// calibration prompt; in every layer without a sliding window, re-time the candidate patterns with the sparse
+// kernel that will run them (our CPU kernel, or the GPU's through plan_timer) on that layer's real Q/K/V and scale
+// their budgets until each costs what the target costs; then give each head the candidate whose output is closest
+// to dense (fewest elements off by more than 5e-3).
 #pragma once
 
 #include <cstdint>
@@ -10,10 +11,20 @@
 #include <vector>
 
 #include "attn/minference/head-config.h"
+#include "attn/prefill-plan.h"
+#include "kv/kv-cache.h"
 #include "longctx/status.h"
 #include "model/model.h"
 
 namespace lc {
+
+// The kernel time (s) of a plan over one layer's q [n_q][n_head][D] f32 and cache (positions from 0).
+using plan_time_fn = std::function<result<double>(const prefill_plan & plan, const float * q, int64_t n_q, int n_head,
+                                                  const kv_view & kv, float scale)>;
+
+// The GPU's sparse prefill kernel as a plan_time_fn (backend/cuda/plan-timer.h: Q/K/V copied to the device once
+// per layer, median of 3 runs). UNSUPPORTED in a build without the CUDA backend or on a machine without a GPU.
+result<plan_time_fn> minference_gpu_plan_time();
 
 struct minference_search_params {
     // The cost every candidate is re-timed to: an A-shape plan in which each query sees about this many keys
@@ -22,6 +33,9 @@ struct minference_search_params {
     int     n_retime    = 3;    // re-timing rounds (0: budgets from nominal keys per query only)
     double  tolerance   = 5e-3; // an output element counts as wrong when off by more than this
     int     n_threads   = 0;    // 0: hardware concurrency
+    // What re-times the candidates; empty: the CPU sparse kernel (best of 2 runs). `longctx calibrate minference
+    // --timer cuda` passes minference_gpu_plan_time().
+    plan_time_fn plan_time;
 };
 
 struct minference_candidate {

@@ -51,7 +51,7 @@ sidecar sidecar_load_for_update(const std::string & out, const model_hparams & h
 int calibrate_minference(const args_t & args) {
     arg_parser p("calibrate minference",
                  "longctx calibrate minference [-m MODEL] [--calib-file TEXT] [--calib-len N] [--target-keys K] "
-                 "[--import-json CONFIG] [-o SIDECAR]");
+                 "[--timer cpu|cuda] [--import-json CONFIG] [-o SIDECAR]");
     add_model_flags(p);
     p.add({"", "--calib-file", "PATH",
            "calibration text (default: a generated KV-retrieval prompt, InfiniteBench style)", ""});
@@ -59,6 +59,10 @@ int calibrate_minference(const args_t & args) {
     p.add({"", "--calib-seed", "N", "seed of the generated calibration prompt", "1"});
     p.add({"", "--target-keys", "K",
            "every candidate is re-timed to cost what an A-shape of K visible keys per query costs", "4096"});
+    p.add({"", "--timer", "cpu|cuda",
+           "the sparse kernel that re-times the candidates: ours on the CPU, or the GPU's (a build with "
+           "-DLONGCTX_CUDA=ON and a GPU)",
+           "cpu"});
     p.add({"", "--import-json", "PATH", "import a MInference per-head JSON config instead of searching", ""});
     p.add({"-o", "--output", "PATH", "sidecar to write (default: MODEL.longctx.gguf beside the model)", ""});
     bool done;
@@ -69,6 +73,15 @@ int calibrate_minference(const args_t & args) {
     auto threads   = p.get_int("--threads", 1, 1024);
     for (const status * st : {&calib_len.get_status(), &seed.get_status(), &target.get_status(), &threads.get_status()})
         if (!st->is_ok()) return fail("calibrate", *st);
+    const std::string timer = p.get("--timer");
+    if (timer != "cpu" && timer != "cuda")
+        return fail("calibrate", error(status_code::INVALID_ARGUMENT, "--timer %s: expected cpu or cuda", timer.c_str()));
+    plan_time_fn plan_time;
+    if (timer == "cuda") {
+        auto t = minference_gpu_plan_time();
+        if (!t) return fail("calibrate", t.get_status());
+        plan_time = std::move(*t);
+    }
 
     auto lm = load_model(p);
     if (!lm) return fail("calibrate", lm.get_status());
@@ -103,6 +116,8 @@ int calibrate_minference(const args_t & args) {
         minference_search_params sp;
         sp.target_keys = *target;
         sp.n_threads   = int(*threads);
+        sp.plan_time   = plan_time;
+        LC_LOG_I("calibrate: candidates re-timed with the %s sparse kernel", timer == "cuda" ? "GPU's" : "CPU");
         const auto t0  = std::chrono::steady_clock::now();
         auto       res = minference_search(*lm->mdl, prompt.tokens, sp, [&](int done, int total) {
             const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
