@@ -17,7 +17,9 @@ iters=${ITERS:-3}
 out=${OUT:-sparse-prefill-out}
 mkdir -p "$out"
 dump=$(mktemp -d /tmp/vslash-dump.XXXXXX)
-echo "git HEAD here (may lag the working tree): $(git rev-parse --short HEAD 2> /dev/null || echo unknown); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2> /dev/null || true)" | tee "$out/env.txt"
+head=$(git rev-parse --short HEAD 2> /dev/null || echo unknown)
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2> /dev/null || true)
+echo "git HEAD here (may lag the working tree): $head; $gpu" | tee "$out/env.txt"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
     "$bin/test-cuda-sparse-prefill" 2>&1 | tee "$out/test.log"
 fi

@@ -128,9 +128,10 @@ int main(int argc, char ** argv) {
     }
     const int   H = 32, HKV = 8, D = 128;
     const float scale = 1.f / std::sqrt(float(D));
-    std::printf("| N | structure | estimate ms | select ms | plan ms | index total ms | sparse kernel ms | sparse total ms "
-                "| index share | pairs computed | steps / dense tiles | auto path | auto total ms | our dense ms "
-                "| mma.sync sparse kernel ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    std::printf("| N | structure | estimate ms | select ms | plan ms | index total ms | sparse kernel ms "
+                "| sparse total ms | index share | pairs computed | steps / dense tiles | auto path | auto total ms "
+                "| our dense ms | mma.sync sparse kernel ms |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int64_t N : ns) {
         const int64_t n_pages = (N + 63) / 64;
         const size_t  kv_el   = size_t(n_pages) * HKV * 64 * D;
@@ -174,7 +175,8 @@ int main(int argc, char ** argv) {
         float dense_ms = -1;
         auto  dense    = [&] {
             if (dense_ms < 0)
-                dense_ms = time_ms([&] { (void)cuda::attn_prefill(da, cuda::attn_prefill_kernel::AUTO, nullptr); }, iters);
+                dense_ms = time_ms([&] { (void)cuda::attn_prefill(da, cuda::attn_prefill_kernel::AUTO, nullptr); },
+                                   iters);
             return dense_ms;
         };
         if (N <= dense_max) dense();
@@ -299,8 +301,8 @@ int main(int argc, char ** argv) {
             const double             sr    = double(steps.sparse) / double(steps.dense);
             char dense_s[32] = "-";
             if (dense_ms >= 0) std::snprintf(dense_s, sizeof dense_s, "%.2f", dense_ms);
-            std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.3f | %s | %.2f | %s "
-                        "| %.2f |\n",
+            std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.3f | %s | %.2f "
+                        "| %s | %.2f |\n",
                         (long long)N, sname, est, sel, pl, idx, kern, idx + kern, 100.0 * idx / (idx + kern),
                         100.0 * pairs, sr, auto_dense ? "dense" : "sparse", auto_total, dense_s, kern_sync);
             std::fflush(stdout);
@@ -309,9 +311,10 @@ int main(int argc, char ** argv) {
                 if (f != nullptr) {
                     std::fprintf(f,
                                  "{\"n\": %lld, \"structure\": \"%s\", \"estimate_ms\": %.4f, \"select_ms\": %.4f, "
-                                 "\"plan_ms\": %.4f, \"steps_ms\": %.4f, \"sparse_kernel_ms\": %.4f, \"pairs\": %.6f, "
-                                 "\"steps_ratio\": %.6f, \"auto_dense\": %s, \"auto_total_ms\": %.4f, \"dense_ms\": %.4f, "
-                                 "\"mma_sync_kernel_ms\": %.4f, \"v\": %lld, \"s\": %lld, \"iters\": %d}\n",
+                                 "\"plan_ms\": %.4f, \"steps_ms\": %.4f, \"sparse_kernel_ms\": %.4f, "
+                                 "\"pairs\": %.6f, \"steps_ratio\": %.6f, \"auto_dense\": %s, \"auto_total_ms\": %.4f, "
+                                 "\"dense_ms\": %.4f, \"mma_sync_kernel_ms\": %.4f, \"v\": %lld, \"s\": %lld, "
+                                 "\"iters\": %d}\n",
                                  (long long)N, sname, est, sel, pl, stp, kern, pairs, sr, auto_dense ? "true" : "false",
                                  auto_total, dense_ms, kern_sync, (long long)ve, (long long)se, iters);
                     std::fclose(f);

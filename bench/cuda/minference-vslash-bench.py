@@ -304,10 +304,10 @@ def run_n(args, N, ours, res, kern, convert, mode):
 
 
 def print_tables(res, ours):
-    print("\n| N | structure | ours index ms | ours sparse kernel ms | ours sparse total ms | ours auto total ms (path) "
-          "| MInference convert ms | MInference kernel ms | MInference total ms | cuDNN ms | ours sparse / MInf "
-          "| ours auto / MInf | ours sparse / cuDNN | ours auto / cuDNN | MInf / cuDNN | our steps / dense | "
-          "MInf steps / dense |")
+    print("\n| N | structure | ours index ms | ours sparse kernel ms | ours sparse total ms "
+          "| ours auto total ms (path) | MInference convert ms | MInference kernel ms | MInference total ms | cuDNN ms "
+          "| ours sparse / MInf | ours auto / MInf | ours sparse / cuDNN | ours auto / cuDNN | MInf / cuDNN "
+          "| our steps / dense | MInf steps / dense |")
     print("|" + "---|" * 17)
     for r in res:
         o_r = ours[(r["n"], r["structure"])]
