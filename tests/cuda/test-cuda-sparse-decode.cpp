@@ -94,8 +94,8 @@ struct batch {
     dev_buf<bf16_t> *    dk = nullptr, *dv = nullptr, *dq = nullptr;
     dev_buf<int32_t> *   dpages = nullptr, *dlens = nullptr;
 
-    batch(std::vector<int32_t> lens_, int n_head_, int n_head_kv_, std::mt19937 & rng)
-        : n_head(n_head_), n_head_kv(n_head_kv_), lens(std::move(lens_)) {
+    batch(std::vector<int32_t> lens_, int n_head_, int n_head_kv_, std::mt19937 & rng, int D_ = 128)
+        : n_head(n_head_), n_head_kv(n_head_kv_), D(D_), lens(std::move(lens_)) {
         for (int32_t l : lens) n_kv_max = std::max<int64_t>(n_kv_max, l);
         stride = (n_kv_max + 63) / 64;
         for (int32_t l : lens) n_pages += (l + 63) / 64;
@@ -516,12 +516,12 @@ std::vector<cuda::decode_plan_host_list> select_gpu(method m, const batch & bt, 
 const char * name_of(method m) { return m == method::LOKI ? "loki" : m == method::QUEST ? "quest" : "topk"; }
 
 void check_method(method m, int group, double frac, uint32_t seed, std::vector<int32_t> lens = {6000, 2333},
-                  int n_head = 8, int n_head_kv = 2) {
+                  int n_head = 8, int n_head_kv = 2, int D = 128) {
     std::mt19937         rng(seed);
-    batch                bt(lens, n_head, n_head_kv, rng);
+    batch                bt(lens, n_head, n_head_kv, rng, D);
     const int            G = bt.n_head / bt.n_head_kv;
     method_state         ms;
-    make_loki(bt, 32, rng, ms);
+    make_loki(bt, D / 4, rng, ms);
     make_quest(bt, 16, ms);
     cuda::decode_select_args a = bt.select_args(group);
     a.budget_frac              = frac;
@@ -570,8 +570,8 @@ void check_method(method m, int group, double frac, uint32_t seed, std::vector<i
     // the CPU compiler's fused multiply-adds may differ): a key at the threshold may swap with its neighbour, which
     // counts 2 here. Allow 0.5% of the keys (measured: 0 for top-k and Quest, 6 of 4440 and 9 of 17760 for Loki).
     EXPECT_LE(n_diff, std::max<int64_t>(4, n_keys / 200)) << name_of(m);
-    std::printf("%s group=%d budget=%.2f n_seq=%d heads=%d/%d: %lld of %lld keys differ from the CPU selection\n",
-                name_of(m), group, frac, bt.n_seq(), n_head, n_head_kv, (long long)n_diff, (long long)n_keys);
+    std::printf("%s group=%d budget=%.2f n_seq=%d heads=%d/%d D=%d: %lld of %lld keys differ from the CPU selection\n",
+                name_of(m), group, frac, bt.n_seq(), n_head, n_head_kv, D, (long long)n_diff, (long long)n_keys);
 
     // The selected keys through the gather kernel against the CPU executor on the CPU plan.
     std::vector<float> o_ref(size_t(bt.n_seq()) * bt.n_head * bt.D), lse_ref(size_t(bt.n_seq()) * bt.n_head);
@@ -604,6 +604,9 @@ TEST(cuda_sparse_decode, loki_many_lists_match_cpu) {
     check_method(method::LOKI, 4, 0.25, 40, {131072}, 32, 8);
     check_method(method::LOKI, 4, 0.25, 41, {40000, 40000, 33000, 20000, 9000}, 32, 8);
     check_method(method::LOKI, 1, 0.25, 42, {40000, 9000}, 32, 8);
+    // SmolLM2's shape: 3 query heads per KV head, head_dim 64 (rank 16)
+    check_method(method::LOKI, 3, 0.25, 43, {20000, 3000}, 9, 3, 64);
+    check_method(method::LOKI, 1, 0.25, 44, {20000, 3000}, 9, 3, 64);
 }
 
 // Every Loki score equal (q = 0): the candidates of the threshold bin overflow their buffer and the threshold pass
