@@ -33,8 +33,8 @@ struct cuda_model_options {
     int64_t vslash_s       = 6096; // slash diagonals per head
     int64_t sparse_min_len = 4096;
     // A layer whose plan needs more 64-key steps than this share of the dense kernel's tiles runs the dense kernel
-    // instead (vslash_attention_gpu; 0.35: where dense is the faster on the H100; >= 1: always the sparse kernel).
-    float vslash_dense_ratio = 0.35f;
+    // instead (vslash_attention_gpu's default 0.45: where dense is the faster on the H100; >= 1: always sparse).
+    float vslash_dense_ratio = 0.45f;
     // Sparse decode in the full-attention layers (decode-select.cuh, attn-sparse-decode.cuh): the keys each query
     // head (or KV head, decode_kv_select) attends, selected on the device within the decode step's graph, as the
     // CPU methods select them (attn/decode/{topk,quest,loki}.h).
