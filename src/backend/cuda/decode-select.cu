@@ -1163,36 +1163,37 @@ __global__ void __launch_bounds__(fz_threads, 2)
             }
             __syncthreads();
         }
-        // (1) scores, as loki_score_kernel: tokens t0 + u * fz_threads in two groups of 4 (their loads in flight
-        // together), kept in shared memory (sacc[g][u * fz_threads + tid]) with the G heads' maxima
+        // (1) scores, as loki_score_kernel (same summation order): tokens t0 + u * fz_threads one at a time with all
+        // their 8-dim chunks in flight at once (a warp reads its 32 tokens' rows of a page's 4 KiB block together),
+        // the next token's page-table entry loading meanwhile; kept in shared memory (sacc[g][u * fz_threads + tid])
+        // with the G heads' maxima
         const int t0 = piece * nt * fz_threads + tid;
         float     mx[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) mx[g] = -INFINITY;
+        const int32_t * pt = pages + size_t(b) * pages_stride;
+        int             pg = __ldg(pt + min(t0, T - 1) / kv_page_tokens);
 #pragma unroll 1
-        for (int h = 0; h < nt / 4; ++h) {
-            float acc[4][G];
+        for (int u = 0; u < nt; ++u) {
+            const int t    = t0 + u * fz_threads;
+            const int pg_u = pg;
+            if (u + 1 < nt) pg = __ldg(pt + min(t + fz_threads, T - 1) / kv_page_tokens); // past the end: a duplicate
+            float acc[G];
 #pragma unroll
-            for (int u = 0; u < 4; ++u)
-#pragma unroll
-                for (int g = 0; g < G; ++g) acc[u][g] = 0.f;
-            if (t0 + h * 4 * fz_threads < T) {
-                const __half * base[4];
-#pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                    const int t = min(t0 + (h * 4 + u) * fz_threads, T - 1); // past the end: a duplicate, not used
-                    base[u]     = lk + (size_t(pages[size_t(b) * pages_stride + t / kv_page_tokens]) * n_head_kv + hk) * pelm +
-                              size_t(t % kv_page_tokens) * 8;
-                }
+            for (int g = 0; g < G; ++g) acc[g] = 0.f;
+            if (t < T) {
+                const __half * base = lk + (size_t(pg_u) * n_head_kv + hk) * pelm + size_t(t % kv_page_tokens) * 8;
 #pragma unroll 1
-                for (int cc = 0; cc < nc; ++cc) {
+                for (int c0 = 0; c0 < nc; c0 += 4) {
                     uint4 v[4];
 #pragma unroll
-                    for (int u = 0; u < 4; ++u)
-                        v[u] = __ldg(reinterpret_cast<const uint4 *>(base[u] + size_t(cc) * kv_page_tokens * 8));
+                    for (int c = 0; c < 4; ++c)
+                        v[c] = c0 + c < nc ? __ldg(reinterpret_cast<const uint4 *>(base + size_t(c0 + c) * kv_page_tokens * 8))
+                                           : make_uint4(0, 0, 0, 0);
 #pragma unroll
-                    for (int u = 0; u < 4; ++u) {
-                        const __half2 * hv = reinterpret_cast<const __half2 *>(&v[u]);
+                    for (int c = 0; c < 4; ++c) {
+                        if (c0 + c >= nc) break;
+                        const __half2 * hv = reinterpret_cast<const __half2 *>(&v[c]);
                         float           kf[8];
 #pragma unroll
                         for (int j = 0; j < 4; ++j) {
@@ -1202,19 +1203,15 @@ __global__ void __launch_bounds__(fz_threads, 2)
 #pragma unroll
                         for (int g = 0; g < G; ++g)
 #pragma unroll
-                            for (int j = 0; j < 8; ++j) acc[u][g] = fmaf(kf[j], qd[g][cc * 8 + j], acc[u][g]);
+                            for (int j = 0; j < 8; ++j) acc[g] = fmaf(kf[j], qd[g][(c0 + c) * 8 + j], acc[g]);
                     }
                 }
             }
+            const bool el = t >= si.e0 && t < si.e1;
 #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                const int  t  = t0 + (h * 4 + u) * fz_threads;
-                const bool el = t >= si.e0 && t < si.e1;
-#pragma unroll
-                for (int g = 0; g < G; ++g) {
-                    sacc[g * fz_piece + (h * 4 + u) * fz_threads + tid] = acc[u][g];
-                    if (el && acc[u][g] == acc[u][g]) mx[g] = fmaxf(mx[g], acc[u][g]);
-                }
+            for (int g = 0; g < G; ++g) {
+                sacc[g * fz_piece + u * fz_threads + tid] = acc[g];
+                if (el && acc[g] == acc[g]) mx[g] = fmaxf(mx[g], acc[g]);
             }
         }
 #pragma unroll
