@@ -924,10 +924,10 @@ __global__ void __launch_bounds__(256)
 // and the coarse histogram; barrier; (3) fine histogram (fine_kernel); barrier; (4) keys above the 16-bit bin
 // counted, keys in it appended as candidates (cand_kernel); the last block to arrive finds the threshold
 // (select_kernel); (5) every block writes its selected tokens ascending (write_kernel). One launch instead of six.
-constexpr int fz_threads = 512;
-constexpr int fz_nt      = 8;                     // tokens per thread, at most (4 or 8)
-constexpr int fz_piece   = fz_threads * fz_nt;    // tokens per ticket, at most
-constexpr int fz_max_pieces = 1024;               // pieces per list the full mode counts in shared memory
+constexpr int fz_threads    = 512;
+constexpr int fz_nt         = 8;                  // tokens per thread, at most (4 or 8)
+constexpr int fz_piece      = fz_threads * fz_nt; // tokens per ticket, at most
+constexpr int fz_max_pieces = 1024;               // pieces per list the threshold pass counts in shared memory
 
 __device__ __forceinline__ uint32_t ld_acquire_u32(const uint32_t * p) {
     uint32_t v;
@@ -950,21 +950,21 @@ __device__ __forceinline__ void list_wait(const uint32_t * ctr, uint32_t target)
     __syncthreads();
 }
 
-// Shared memory of the full mode's threshold pass.
+// Shared memory of the one-kernel threshold pass.
 struct fz_select_smem {
-    uint64_t items[smem_items];
-    int      cnt[fz_max_pieces];
-    uint32_t h256[256];
+    uint64_t           items[smem_items];
+    int                cnt[fz_max_pieces];
+    uint32_t           h256[256];
     unsigned long long ext;
-    uint64_t prefix;
-    int      need, match, n;
+    uint64_t           prefix;
+    int                need, match, n;
 };
 
 // select_kernel's threshold pass for one list by one block of fz_threads, over pieces of piece_tokens; reads
 // what other blocks of this launch wrote through L2 (__ldcg).
-__device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, uint32_t * hl, const uint64_t * cl, uint32_t n_c,
-                          const seq_info & si, int32_t * cc, int n_pieces, int piece_tokens, uint32_t * il,
-                          fz_select_smem & sm) {
+__device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, uint32_t * hl, const uint64_t * cl,
+                                       uint32_t n_c, const seq_info & si, int32_t * cc, int n_pieces, int piece_tokens,
+                                       uint32_t * il, fz_select_smem & sm) {
     constexpr int NTH = fz_threads;
     const int     tid = threadIdx.x, lane = tid & 31;
     if (tid < n_hist) hl[tid] = 0; // both histograms, cleared for the next call
@@ -974,7 +974,7 @@ __device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, 
     }
     const bool overflow = n_c > uint32_t(cand_cap);
     bool       in_smem  = false;
-    auto for_each = [&](auto fn) {
+    auto       for_each = [&](auto fn) {
         constexpr int U = 4;
         const int     n = in_smem ? sm.n : overflow ? si.n_items : int(n_c);
         for (int base = 0; base < n; base += U * NTH) {
@@ -1003,7 +1003,8 @@ __device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, 
     };
     const bool all_in_smem = !overflow && n_c <= uint32_t(smem_items);
     if (all_in_smem) {
-        for (int i = tid; i < int(n_c); i += NTH) sm.items[i] = __ldcg(reinterpret_cast<const unsigned long long *>(cl) + i);
+        for (int i = tid; i < int(n_c); i += NTH)
+            sm.items[i] = __ldcg(reinterpret_cast<const unsigned long long *>(cl) + i);
         if (tid == 0) sm.n = int(n_c);
         __syncthreads();
         in_smem = true;
@@ -1060,8 +1061,10 @@ __device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, 
                 const bool hi = need == 1;
                 for_each([&](uint64_t c, bool ok) {
                     if (ok && (c & mask) == prefix) {
-                        if (hi) atomicMax(&sm.ext, static_cast<unsigned long long>(c));
-                        else atomicMin(&sm.ext, static_cast<unsigned long long>(c));
+                        if (hi)
+                            atomicMax(&sm.ext, static_cast<unsigned long long>(c));
+                        else
+                            atomicMin(&sm.ext, static_cast<unsigned long long>(c));
                     }
                 });
                 __syncthreads();
@@ -1105,19 +1108,20 @@ __device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, 
 
 template <int G>
 __global__ void __launch_bounds__(fz_threads, 2)
-    loki_fused_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D, const float * __restrict__ proj,
-                      const __half * __restrict__ lk, int d_pad, const int32_t * __restrict__ pages,
-                      int64_t pages_stride, const int32_t * __restrict__ n_kv, sel_cfg cfg, int nt, int n_pieces,
-                      int n_tickets, uint32_t * head_max, uint32_t * bar, uint32_t * keys, int64_t stride, uint32_t * hist,
-                      uint64_t * cand, uint32_t * cand_count, int32_t * chunk_cnt, uint32_t * info, int32_t * ranges,
-                      int32_t * n_ranges, int32_t * idx, int32_t * n_idx, int64_t idx_stride) {
+    loki_fused_kernel(const uint16_t * __restrict__ q, int n_head, int n_head_kv, int D,
+                      const float * __restrict__ proj, const __half * __restrict__ lk, int d_pad,
+                      const int32_t * __restrict__ pages, int64_t pages_stride, const int32_t * __restrict__ n_kv,
+                      sel_cfg cfg, int nt, int n_pieces, int n_tickets, uint32_t * head_max, uint32_t * bar,
+                      uint32_t * keys, int64_t stride, uint32_t * hist, uint64_t * cand, uint32_t * cand_count,
+                      int32_t * chunk_cnt, uint32_t * info, int32_t * ranges, int32_t * n_ranges, int32_t * idx,
+                      int32_t * n_idx, int64_t idx_stride) {
     using scan_t = cub::BlockScan<int, fz_threads>;
     using red_t  = cub::BlockReduce<int, fz_threads>;
     extern __shared__ float sacc[]; // [G][fz_piece] scores of the ticket's tokens (first P[:, :d] and q)
-    __shared__ float    qd[G][128];
-    __shared__ uint32_t smax[8];
-    __shared__ float    hm[8];
-    __shared__ uint32_t hist_w[8][256]; // coarse, then fine histogram; one per 2 warps
+    __shared__ float        qd[G][128];
+    __shared__ uint32_t     smax[8];
+    __shared__ float        hm[8];
+    __shared__ uint32_t     hist_w[8][256]; // coarse, then fine histogram; one per 2 warps
     __shared__ union {
         typename scan_t::TempStorage scan;
         typename red_t::TempStorage  red;
@@ -1125,13 +1129,13 @@ __global__ void __launch_bounds__(fz_threads, 2)
     __shared__ fz_select_smem sel;
     __shared__ int            s_cbin, s_cabove, s_last, s_off, wsum[fz_threads / 32], s_pick[2];
     const int                 tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
-    const int                 nc  = d_pad / 8;
+    const int                 nc   = d_pad / 8;
     const size_t              pelm = size_t(d_pad) * kv_page_tokens;
     for (int ticket = blockIdx.x; ticket < n_tickets; ticket += gridDim.x) {
         const int      list = ticket / n_pieces, piece = ticket % n_pieces;
         const int      b = list / n_head_kv, hk = list % n_head_kv;
-        const int      T  = n_kv[b];
-        const seq_info si = seq_info_of(T, cfg);
+        const int      T    = n_kv[b];
+        const seq_info si   = seq_info_of(T, cfg);
         uint32_t *     lbar = bar + list;
         if (si.k == 0) { // nothing to select: the plan is the dense part (written here or by write_kernel)
             if (piece == 0 && tid == 0) {
@@ -1188,8 +1192,9 @@ __global__ void __launch_bounds__(fz_threads, 2)
                     uint4 v[4];
 #pragma unroll
                     for (int c = 0; c < 4; ++c)
-                        v[c] = c0 + c < nc ? __ldg(reinterpret_cast<const uint4 *>(base + size_t(c0 + c) * kv_page_tokens * 8))
-                                           : make_uint4(0, 0, 0, 0);
+                        v[c] = c0 + c < nc
+                                   ? __ldg(reinterpret_cast<const uint4 *>(base + size_t(c0 + c) * kv_page_tokens * 8))
+                                   : make_uint4(0, 0, 0, 0);
 #pragma unroll
                     for (int c = 0; c < 4; ++c) {
                         if (c0 + c >= nc) break;
@@ -1231,8 +1236,8 @@ __global__ void __launch_bounds__(fz_threads, 2)
         }
         __syncthreads();
         uint32_t * skey = reinterpret_cast<uint32_t *>(sacc); // keys over the head-0 scores once read
-        uint32_t * kl = keys + size_t(list) * stride;
-        uint32_t * hl = hist + size_t(list) * n_hist;
+        uint32_t * kl   = keys + size_t(list) * stride;
+        uint32_t * hl   = hist + size_t(list) * n_hist;
 #pragma unroll
         for (int u = 0; u < fz_nt; ++u) {
             if (u >= nt) break;
@@ -1251,10 +1256,10 @@ __global__ void __launch_bounds__(fz_threads, 2)
                     v             = x > v ? x : v; // NaN compares false: ignored
                 }
             }
-            const uint32_t ku     = el ? sel_key(v) : 0u;
+            const uint32_t ku          = el ? sel_key(v) : 0u;
             skey[u * fz_threads + tid] = ku; // after this thread's reads of the same slot
-            const int      cb     = el ? int(ku >> 24) : -1;
-            const unsigned cpeers = __match_any_sync(0xffffffffu, cb);
+            const int      cb          = el ? int(ku >> 24) : -1;
+            const unsigned cpeers      = __match_any_sync(0xffffffffu, cb);
             if (cb >= 0 && lane == __ffs(cpeers) - 1) atomicAdd(&hist_w[warp & 7][cb], uint32_t(__popc(cpeers)));
         }
         __syncthreads();
@@ -1277,7 +1282,8 @@ __global__ void __launch_bounds__(fz_threads, 2)
             const int cbin = s_cbin;
 #pragma unroll
             for (int u = 0; u < fz_nt; ++u)
-                if (u < nt && skey[u * fz_threads + tid] != 0 && int(skey[u * fz_threads + tid] >> 24) == cbin) atomicAdd(&hist_w[warp & 7][(skey[u * fz_threads + tid] >> 16) & 255u], 1u);
+                if (u < nt && skey[u * fz_threads + tid] != 0 && int(skey[u * fz_threads + tid] >> 24) == cbin)
+                    atomicAdd(&hist_w[warp & 7][(skey[u * fz_threads + tid] >> 16) & 255u], 1u);
         }
         __syncthreads();
         if (tid < 256) {
@@ -1313,7 +1319,8 @@ __global__ void __launch_bounds__(fz_threads, 2)
                     uint32_t  pos    = 0;
                     if (lane == leader) pos = atomicAdd(cand_count + list, uint32_t(__popc(m)));
                     pos = __shfl_sync(0xffffffffu, pos, leader) + uint32_t(__popc(m & ((1u << lane) - 1u)));
-                    if (is_c && pos < uint32_t(cand_cap)) cand[size_t(list) * cand_cap + pos] = comp_key(skey[u * fz_threads + tid], t);
+                    if (is_c && pos < uint32_t(cand_cap))
+                        cand[size_t(list) * cand_cap + pos] = comp_key(skey[u * fz_threads + tid], t);
                 }
             }
             for (int o = 16; o >= 1; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
@@ -1338,8 +1345,9 @@ __global__ void __launch_bounds__(fz_threads, 2)
         list_wait(lbar, uint32_t(4 * n_pieces + 1));
         // (5) this piece's selected tokens, ascending, after those of the pieces before it (write_kernel)
         const int      bin5 = int(__ldcg(info + size_t(list) * 4));
-        const uint64_t thr  = (uint64_t(__ldcg(info + size_t(list) * 4 + 2)) << 32) | __ldcg(info + size_t(list) * 4 + 3);
-        int            off = 0, total = 0;
+        const uint64_t thr =
+            (uint64_t(__ldcg(info + size_t(list) * 4 + 2)) << 32) | __ldcg(info + size_t(list) * 4 + 3);
+        int off = 0, total = 0;
         for (int i = tid; i < n_pieces; i += fz_threads) {
             const int x = __ldcg(chunk_cnt + size_t(list) * n_pieces + i);
             total += x;
@@ -1362,12 +1370,14 @@ __global__ void __launch_bounds__(fz_threads, 2)
         __syncthreads();
         int32_t * out = idx + size_t(list) * idx_stride + s_off;
 #pragma unroll
-        for (int u = 0; u < fz_nt; ++u) { // tokens u * fz_threads + tid of the piece: one scan per u keeps them ascending
+        for (int u = 0; u < fz_nt;
+             ++u) { // tokens u * fz_threads + tid of the piece: one scan per u keeps them ascending
             if (u >= nt) break;
             const int  t   = t0 + u * fz_threads;
             const int  kb  = int(skey[u * fz_threads + tid] >> 16);
-            const bool sel = skey[u * fz_threads + tid] != 0 && (kb > bin5 || (kb == bin5 && comp_key(skey[u * fz_threads + tid], t) >= thr));
-            int        pos, n_sel;
+            const bool sel = skey[u * fz_threads + tid] != 0 &&
+                             (kb > bin5 || (kb == bin5 && comp_key(skey[u * fz_threads + tid], t) >= thr));
+            int pos, n_sel;
             __syncthreads();
             scan_t(cub_tmp.scan).ExclusiveSum(int(sel), pos, n_sel);
             if (sel) out[pos] = t;
@@ -1510,11 +1520,10 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
                        decode_plan_buf & plan, cudaStream_t stream) {
     LC_RETURN_IF_ERROR(check_args(a, "loki_select_gpu"));
     if (st.d_pad < 8 || st.d_pad % 8 != 0 || st.d_pad > std::min(a.head_dim, 128))
-        return error(status_code::INVALID_ARGUMENT, "cuda loki: d_pad %d must be a multiple of 8 up to 128",
-                     st.d_pad);
+        return error(status_code::INVALID_ARGUMENT, "cuda loki: d_pad %d must be a multiple of 8 up to 128", st.d_pad);
     if (a.n_seq <= 0) return status::ok();
     const stage_dims d = stage_prepare(a, 1, ws, plan, stream);
-    const dim3       grid(unsigned((d.n_items + loki_chunk - 1) / loki_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
+    const dim3   grid(unsigned((d.n_items + loki_chunk - 1) / loki_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
     const int    G    = a.n_head / a.n_head_kv;
     const size_t smem = (size_t(a.head_dim) * st.d_pad + size_t(G) * a.head_dim) * sizeof(float);
     if (G <= 4 && a.group == G) { // one selection per KV head: the one-kernel selection when it fits
@@ -1528,7 +1537,9 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
         constexpr fused_fn ffns[4] = {loki_fused_kernel<1>, loki_fused_kernel<2>, loki_fused_kernel<3>,
                                       loki_fused_kernel<4>};
         const fused_fn     fn      = ffns[G - 1];
-        const size_t       dsmem   = std::max<size_t>(size_t(G) * fz_piece, size_t(a.head_dim) * st.d_pad + size_t(G) * a.head_dim) * sizeof(float);
+        const size_t       dsmem =
+            std::max<size_t>(size_t(G) * fz_piece, size_t(a.head_dim) * st.d_pad + size_t(G) * a.head_dim) *
+            sizeof(float);
         LC_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(dsmem)));
         LC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, fz_threads, dsmem));
         const int64_t resident = int64_t(per_sm) * n_sm;
@@ -1551,12 +1562,12 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
             attr.val.cooperative = 1;
             lc.attrs             = &attr;
             lc.numAttrs          = 1;
-            LC_CUDA_CHECK(cudaLaunchKernelEx(
-                &lc, fn, reinterpret_cast<const uint16_t *>(a.q), a.n_head, a.n_head_kv, a.head_dim, st.proj,
-                reinterpret_cast<const __half *>(st.keys), st.d_pad, a.pages, a.pages_stride, a.n_kv, cfg_of(a, 1), nt,
-                int(n_pieces), int(n_tickets), ws_head_max(ws), ws_bar(ws, a, d), ws.keys, d.n_items,
-                ws_hist(ws, a, d), ws.cand, ws_cand_count(ws, a), ws.chunk, ws.info, plan.ranges, plan.n_ranges,
-                plan.idx, plan.n_idx, plan.idx_stride));
+            LC_CUDA_CHECK(cudaLaunchKernelEx(&lc, fn, reinterpret_cast<const uint16_t *>(a.q), a.n_head, a.n_head_kv,
+                                             a.head_dim, st.proj, reinterpret_cast<const __half *>(st.keys), st.d_pad,
+                                             a.pages, a.pages_stride, a.n_kv, cfg_of(a, 1), nt, int(n_pieces),
+                                             int(n_tickets), ws_head_max(ws), ws_bar(ws, a, d), ws.keys, d.n_items,
+                                             ws_hist(ws, a, d), ws.cand, ws_cand_count(ws, a), ws.chunk, ws.info,
+                                             plan.ranges, plan.n_ranges, plan.idx, plan.n_idx, plan.idx_stride));
             return status::ok();
         }
     }
@@ -1567,8 +1578,9 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     LC_CUDA_CHECK_LAUNCH();
     using score_fn = void (*)(const float *, int, int, const __half *, int, const int32_t *, int64_t, const int32_t *,
                               sel_cfg, float *, int64_t, uint32_t *);
-    constexpr score_fn fns[8] = {loki_score_kernel<1>, loki_score_kernel<2>, loki_score_kernel<3>, loki_score_kernel<4>,
-                                 loki_score_kernel<5>, loki_score_kernel<6>, loki_score_kernel<7>, loki_score_kernel<8>};
+    constexpr score_fn fns[8] = {loki_score_kernel<1>, loki_score_kernel<2>, loki_score_kernel<3>,
+                                 loki_score_kernel<4>, loki_score_kernel<5>, loki_score_kernel<6>,
+                                 loki_score_kernel<7>, loki_score_kernel<8>};
     fns[G - 1]<<<grid, 256, 0, stream>>>(ws.qrot, a.n_head, a.n_head_kv, reinterpret_cast<const __half *>(st.keys),
                                          st.d_pad, a.pages, a.pages_stride, a.n_kv, cfg_of(a, 1), ws.scores, d.n_items,
                                          ws_head_max(ws));
