@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# On a GPU machine, one command: the whole synthetic model (random weights of a real shape, speed only) with the
+# sparse methods on the GPU against dense: TTFT with vertical-slash prefill (MInference's pattern at its default
+# budgets, the index built from random Q/K) and decode t/s with Loki, Quest and exact top-k (25% of the keys,
+# one selection per KV head), each configuration in its own process. Writes a markdown results file.
+# Usage: scripts/cuda-model-sparse-bench.sh [RESULT_MD]   (default bench/results/cuda-model-sparse-h100.md)
+#        BUILD (build-cuda; SKIP_BUILD=1 uses the binaries there), SYNTH (llama3-8b), PP (32768,131072),
+#        PP_LONG (262144: one run each; empty: none), TG (128), REPS (2)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD:-build-cuda}
+result=${1:-bench/results/cuda-model-sparse-h100.md}
+logs=${OUT:-$build/results}
+mkdir -p "$logs" "$(dirname "$result")"
+run=$build/bench/cuda/longctx-cuda-run
+if [ "${SKIP_BUILD:-0}" != 1 ] || [ ! -x "$run" ]; then
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=ON -DLONGCTX_SERVER=OFF > "$logs/cmake.log" || exit 1
+    cmake --build "$build" -j"$(nproc)" --target longctx-cuda-run > "$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
+fi
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+S=${SYNTH:-llama3-8b}
+: > "$logs/sparse.log"; : > "$logs/cmds.log"
+go() { echo "+ longctx-cuda-run $*" >> "$logs/cmds.log"; timeout 600 "$run" "$@" 2>&1 | tee -a "$logs/sparse.log"; }
+for pf in dense vslash; do
+    go --synthetic "$S" --pp "${PP:-32768,131072}" --tg 16 -r "${REPS:-2}" --prefill $pf
+done
+if [ -n "${PP_LONG:-262144}" ]; then
+    for pf in dense vslash; do go --synthetic "$S" --pp "${PP_LONG:-262144}" --tg 8 -r 1 --prefill $pf; done
+fi
+for d in dense loki quest topk; do
+    go --synthetic "$S" --pp "${PP:-32768,131072}" --tg "${TG:-128}" -r "${REPS:-2}" --decode $d --decode-select kv
+done
+{
+    echo "# Sparse attention in the whole model on the GPU: $gpu"
+    echo
+    echo "Made by \`scripts/cuda-model-sparse-bench.sh\` at commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+    echo "(synthetic $S: random weights of the real shape; speed only, outputs meaningless). Commands, in order:"
+    echo
+    echo '```'
+    cat "$logs/cmds.log"
+    echo '```'
+    echo
+    echo "TTFT: wall clock of the prompt's forward pass (chunks of 4096 tokens), mean ± sd over the runs; decode: t/s over"
+    echo "TG steps after the prompt, one graph per span. \"vslash layers dense\": (chunk, layer) pairs whose plan was dense"
+    echo "enough that the dense kernel ran instead (vslash_attention_gpu's fallback)."
+    echo
+    grep -m1 -E "^\| model" "$logs/sparse.log"
+    grep -m1 -E "^\|---" "$logs/sparse.log"
+    grep -E "^\| .*synthetic" "$logs/sparse.log"
+} > "$result"
+cat "$result"
