@@ -96,7 +96,7 @@ class searcher : public attn_observer {
             }
             c.budget = scaled(c.initial, f);
             c.time_s = time_plan(c.budget, il, q, n_q, n_head, kv, scale);
-            LC_LOG_I("calibrate: candidate %s(%lld, %lld) -> (%lld, %lld): %.1f ms (target %.1f ms)",
+            LC_LOG_I("calibrate: candidate %s(%lld, %lld) -> (%lld, %lld): %.3f ms (target %.3f ms)",
                      head_pattern_name(c.initial.pattern), (long long)c.initial.a, (long long)c.initial.b,
                      (long long)c.budget.a, (long long)c.budget.b, 1e3 * c.time_s, 1e3 * res_.target_time_s);
         }

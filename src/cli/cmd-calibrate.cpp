@@ -24,7 +24,7 @@ void print_histogram(const minference_search_result & r, int64_t n_heads_searche
     std::printf("| candidate | budgets after re-timing | kernel time (ms) | heads | share |\n");
     std::printf("| --- | --- | ---: | ---: | ---: |\n");
     for (const minference_candidate & c : r.candidates) {
-        std::printf("| %s(%lld, %lld) | (%lld, %lld) | %.1f | %lld | %.1f%% |\n", head_pattern_name(c.initial.pattern),
+        std::printf("| %s(%lld, %lld) | (%lld, %lld) | %.3f | %lld | %.1f%% |\n", head_pattern_name(c.initial.pattern),
                     (long long)c.initial.a, (long long)c.initial.b, (long long)c.budget.a, (long long)c.budget.b,
                     1e3 * c.time_s, (long long)c.n_heads,
                     n_heads_searched ? 100.0 * double(c.n_heads) / double(n_heads_searched) : 0.0);
