@@ -24,7 +24,8 @@ else
     tests=$(for f in tests/cuda/test-*.cpp; do basename "$f" .cpp; done)
     # shellcheck disable=SC2086
     cmake --build "$build" -j"$jobs" --target longctx_cuda $tests longctx-cuda-attn-bench longctx-cuda-run \
-        longctx-cuda-sparse-bench longctx-cuda-sparse-decode-bench longctx-cuda-magicpig-bench longctx
+        longctx-cuda-sparse-bench longctx-cuda-sparse-decode-bench longctx-cuda-magicpig-bench \
+        longctx-cuda-kv-evict-bench longctx
 fi
 # The CUDA tests skip themselves without a GPU; CI runs them to check they link and start.
 if [ "${RUN_TESTS:-1}" = 1 ]; then
