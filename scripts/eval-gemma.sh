@@ -5,13 +5,13 @@
 # Then the same perplexities for SmolLM2 at 8k (eval/results/smollm2/), Gemma 3's block-sparse fidelity at 32k and
 # a small 8k needle check of MagicPIG beside top-k on Gemma 3.
 # Usage: scripts/eval-gemma.sh [BUILD_DIR] [OUT_DIR] [GROUP...]; groups: ruler-probe ppl-prefill ppl-decode ruler
-# fidelity-block smollm2-ppl niah-decode (default: all, in that order). Result files resume: a rerun skips the records
-# already there.
+# fidelity-block smollm2-ppl niah-decode smollm2-ruler (default: all, in that order). Result files resume: a rerun
+# skips the records already there.
 set -euo pipefail
 B=${1:-build}
 OUT=${2:-eval/results/gemma3}
 shift $(($# < 2 ? $# : 2))
-GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler fidelity-block smollm2-ppl niah-decode}
+GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler fidelity-block smollm2-ppl niah-decode smollm2-ruler}
 mkdir -p "$OUT"
 L="$B/longctx"
 G=gemma3-270m-q4_k_m
@@ -85,5 +85,15 @@ if want niah-decode; then
     for m in "--decode magicpig" "--decode topk"; do
         run "$L" eval niah -m $G -t "$T" --needle numeric --lengths 8192 --depths 0:100:50 $m \
             -o "$OUT/niah-gemma3-8k-$(tag "${m#--}").json"
+    done
+fi
+
+# SmolLM2: the 11 RULER tasks at 4096 tokens, one sample each, every method beside dense. The prefill methods run
+# from 1024 tokens on (--sparse-min-len 1024): at the default 4096 only the prompt's last chunk would be sparse.
+if want smollm2-ruler; then
+    mkdir -p "$OUT_S"
+    for m in "${PREFILL[@]/%/ --sparse-min-len 1024}" "${DECODE[@]}" "${KV[@]}"; do
+        run "$L" eval ruler -m $S -t "$T" --lengths 4096 --samples 1 $m \
+            -o "$OUT_S/ruler-smollm2-4k-$(tag "${m#--}").json"
     done
 fi
