@@ -207,14 +207,22 @@ __global__ void __launch_bounds__(n_threads)
     const size_t page_elems = size_t(n_head_kv) * 64 * D;
     const __nv_bfloat16 * kp =
         k_pool + size_t(pages[size_t(s) * pages_stride + blockIdx.x]) * page_elems + size_t(g) * 64 * D;
-    float * out = colsum + size_t(s) * seq_stride;
+    float *       out = colsum + size_t(s) * seq_stride;
+    constexpr int NI  = 16 / KPW; // key rows per lane group
+    uint4         x[NI];
 #pragma unroll
-    for (int r = warp * 16 + sub; r < warp * 16 + 16; r += KPW) {
-        const int64_t key   = k0 + r;
-        const bool    valid = key < nkv && key >= lo;
-        uint4         x     = make_uint4(0, 0, 0, 0);
-        if (valid) x = *reinterpret_cast<const uint4 *>(kp + size_t(r) * D + c * 8);
-        const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+    for (int it = 0; it < NI; ++it) { // every row load in flight before the first use
+        const int     r   = warp * 16 + sub + it * KPW;
+        const int64_t key = k0 + r;
+        x[it]             = key < nkv && key >= lo ? *reinterpret_cast<const uint4 *>(kp + size_t(r) * D + c * 8)
+                                                   : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int it = 0; it < NI; ++it) {
+        const int      r     = warp * 16 + sub + it * KPW;
+        const int64_t  key   = k0 + r;
+        const bool     valid = key < nkv && key >= lo;
+        const uint32_t w[4]  = {x[it].x, x[it].y, x[it].z, x[it].w};
         float          kv8[8];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
