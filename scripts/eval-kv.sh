@@ -41,3 +41,14 @@ fidelity "--prefill minference" "--decode loki" "--prefill minference --decode l
 for m in "--kv h2o" "--kv d2o" "--kv streaming" "--kv d2o --d2o-whole none"; do
     run "$L" eval fidelity -m $G --corpus essays --lengths 32768 --docs 1 --decode-tail 128 $m -o "$OUT/fidelity-gemma3-32k-$(tag "$m").json"
 done
+
+# Qwen2.5-Coder-1.5B (28 layers, 12/2 heads, head dim 128: the closest to the papers' 8B models) at 8k, the same
+# protocol as SmolLM2's: D2O and its parts beside H2O and StreamingLLM. About 8 minutes a file on 2 idle cores.
+Q=${QWEN:-$HOME/.cache/longctx/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf}
+if [ -f "$Q" ]; then
+    for m in "--kv h2o" "--kv d2o" "--kv streaming" "--kv d2o --d2o-merge off" "--kv d2o --d2o-whole none" \
+             "--kv d2o --d2o-whole none --d2o-merge off" "--kv d2o --d2o-budget extra"; do
+        run "$L" eval fidelity -m "$Q" --corpus essays --lengths 8192 --docs 2 --decode-tail 256 $m \
+            -o "$OUT/fidelity-qwen2.5-8k-$(tag "$m").json"
+    done
+fi
