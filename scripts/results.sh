@@ -20,14 +20,15 @@ context), Gemma 3 270M Q4_K_M (32k) and, for the KV policies, Qwen2.5-Coder-1.5B
 How the files were made:
 - `eval/results/decode/`: `bash scripts/eval-decode.sh build` (sparse decode: top-k, Quest, Loki, MagicPIG).
 - `eval/results/kv/`: `bash scripts/eval-kv.sh build` (KV policies: StreamingLLM, H2O, D2O, and MInference +
-  Loki + D2O composed).
+  Loki + D2O composed; Qwen2.5-Coder-1.5B's KV fidelity when the model is in the cache).
 - `eval/results/minference/`: the commands in `bench/results/minference-accuracy-cpu.md` (sparse prefill).
 - `eval/results/gemma3/`: `bash scripts/eval-gemma.sh build` (Gemma 3, every method against dense: RULER at 8k,
   one sample per task; perplexity of the KJV by one 32k prefill pass for the prefill methods and by 256 decode
   steps after a 16128-token prefix for the decode methods and KV policies; block prefill's 32k fidelity).
   Methods at their defaults: prefill budget 1x, decode 25% of the keys (4 sinks, 64 recent), KV 20%.
 - `eval/results/smollm2/`: the same script (group `smollm2-ppl`): SmolLM2's perplexity at 8192 tokens, one prefill
-  pass for the prefill methods, 256 decode steps after 7936 tokens for the decode methods and KV policies.
+  pass for the prefill methods, 256 decode steps after 7936 tokens for the decode methods and KV policies; group
+  `smollm2-ruler`: the 11 RULER tasks at 4096 tokens for every method.
   (`gemma3/niah-gemma3-8k-decode_*.json`, group `niah-decode`: Gemma 3's 8k numeric needle at 3 depths;
   `gemma3/fidelity-gemma3-4k-decode_magicpig.json`: `longctx eval fidelity -m gemma3-270m-q4_k_m --corpus essays
   --lengths 4096 --decode-tail 64 --decode magicpig`, MagicPIG's per-layer decode recall on Gemma 3.)
@@ -91,6 +92,10 @@ SmolLM2-135M (8k):
   0.065 against 0.022). Budgeted as the reference code does (27% of the bytes) D2O matches H2O-at-20%'s top-1
   with a higher KL, and H2O at those bytes does better still (0.011). All three lose 3 of the 4 needles dense
   finds at 8k (1/5 against 4/5): a needle outside the recent window is gone.
+- RULER at 4096 tokens, all 11 tasks, one sample each (`smollm2/ruler-smollm2-4k-*.json`; prefill methods sparse
+  from 1024 tokens): dense 37.3; A-shape, vslash and block 39.1, MInference 36.1 (within one answer of dense);
+  decode at 25% of the keys: top-k and Loki 34.2, MagicPIG 33.8, Quest 31.2; KV policies at 20%: StreamingLLM
+  13.6, H2O 9.1, D2O 0.9 (what the cache evicts before the question is asked is gone).
 - Composed (MInference + Loki + D2O) the decode errors add up: decode KL 0.093, top-1 82%.
 - Perplexity at 8192 tokens (dense 6.016): MInference (81% density), A-shape (75%) and VSLASH (99%) are within
   0.002; block loses 0.08 (6.098) at 95% density. After a 7936-token prefix, 256 decoded tokens (dense 7.72):
