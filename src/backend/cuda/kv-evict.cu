@@ -9,6 +9,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "backend/cuda/attn-prefill-impl.cuh"
+#include "backend/cuda/mma-rows.cuh"
 
 namespace lc::cuda {
 
@@ -231,7 +232,6 @@ __global__ void __launch_bounds__(sim_threads)
                int64_t n_ev, const float * __restrict__ inv_norm, int64_t n, float * __restrict__ u_out,
                int32_t * __restrict__ arg_out, double * __restrict__ partial) {
     constexpr int tile_bytes = 64 * D * 2;
-    constexpr int KD         = D / 16;
     extern __shared__ __align__(128) uint8_t smem[];
     __shared__ float                         s_u[64];
     const int                                tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -254,40 +254,9 @@ __global__ void __launch_bounds__(sim_threads)
     };
     load_c(0, 0);
     cp_async_commit();
-    uint32_t ef[KD][4];
     float    best0 = -INFINITY, best1 = -INFINITY;
     int32_t  bi0 = -1, bi1 = -1;
-    for (int ct = 0; ct < n_ct; ++ct) {
-        const int buf = ct & 1;
-        if (ct + 1 < n_ct) {
-            load_c(ct + 1, buf ^ 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        if (ct == 0) {
-#pragma unroll
-            for (int kk = 0; kk < KD; ++kk)
-                ldmatrix_x4(s_e + tile_off<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), ef[kk][0], ef[kk][1],
-                            ef[kk][2], ef[kk][3]);
-        }
-        const uint32_t s_cb = s_e + (1 + buf) * tile_bytes;
-        float          s[8][4];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < KD; ++kk) {
-#pragma unroll
-            for (int nn = 0; nn < 4; ++nn) {
-                uint32_t  b0, b1, b2, b3;
-                const int cr = nn * 16 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(s_cb + tile_off<D>(cr, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
-                mma_bf16(s[2 * nn], ef[kk], b0, b1);
-                mma_bf16(s[2 * nn + 1], ef[kk], b2, b3);
-            }
-        }
+    mma_rows16x64_stream<D>(s_e, s_e + tile_bytes, n_ct, load_c, [&](int ct, int buf, const float (&s)[8][4]) {
         const float * iv = s_inv + buf * 64;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
@@ -302,8 +271,7 @@ __global__ void __launch_bounds__(sim_threads)
                 if (v1 > best1) best1 = v1, bi1 = int32_t(c);
             }
         }
-        __syncthreads();
-    }
+    });
     // the four lanes of a row hold interleaved columns: the larger value wins, ties to the lower index
 #pragma unroll
     for (int off = 1; off <= 2; off <<= 1) {
