@@ -1,6 +1,7 @@
 // Times the GPU statistics and eviction of H2O/D2O at Llama-3-8B shapes (32 query heads, 8 KV heads, head_dim 128,
 // bf16 paged cache): per prefill chunk, the column-sum pass (attn-colsum.cuh, per query head) against our dense
-// prefill kernel on the same chunk; per decode step, the column-sum row against our split-K decode kernel; and per
+// prefill kernel on the same chunk (each column-sum kernel: mma.sync, wgmma, wgmma with a quarter of the exps as a
+// polynomial); per decode step, the column-sum row against our split-K decode kernel; and per
 // layer at the end of the prompt, evict_keep + d2o_merge + kv_compact (kv-evict.cuh) at a 20% budget.
 // Medians of CUDA-event timings after a warm-up.
 // Usage: longctx-cuda-kv-evict-bench [--prompt 32768,131072] [--chunk 4096] [--reps 3] [--budget 0.2]
@@ -132,8 +133,14 @@ int main(int argc, char ** argv) {
         LC_CUDA_CHECK(cudaMalloc(&cs, size_t(H) * N * 4));
         LC_CUDA_CHECK(cudaMemset(cs, 0, size_t(H) * N * 4));
 
-        // prefill chunks: dense kernel (with lse) vs the column-sum pass of the same chunk
-        double t_pre = 0, t_cs = 0, t_cs_kv = 0, last_pre = 0, last_cs = 0;
+        // prefill chunks: dense kernel (with lse, timed before and after the column sums) vs the column-sum pass of
+        // the same chunk, each kernel, per query head and per KV head
+        constexpr cuda::attn_colsum_kernel kernels[] = {cuda::attn_colsum_kernel::MMA_SYNC,
+                                                        cuda::attn_colsum_kernel::WGMMA,
+                                                        cuda::attn_colsum_kernel::WGMMA_POLY};
+        constexpr const char * kernel_names[] = {"mma.sync", "wgmma", "wgmma + poly exp"};
+        constexpr int          n_kern         = 3;
+        double t_pre = 0, t_pre2 = 0, last_pre = 0, t_cs[n_kern][2] = {}, last_cs[n_kern][2] = {};
         for (int64_t pos0 = 0; pos0 < N; pos0 += chunk) {
             const int64_t           nq = std::min(chunk, N - pos0);
             cuda::attn_prefill_args pa;
@@ -152,7 +159,8 @@ int main(int argc, char ** argv) {
             pa.o               = o;
             pa.o_f32           = false;
             pa.lse             = lse;
-            const double tp    = median_ms(reps, [&] { check(cuda::attn_prefill(pa, cuda::attn_prefill_kernel::AUTO, nullptr)); });
+            auto prefill = [&] { check(cuda::attn_prefill(pa, cuda::attn_prefill_kernel::AUTO, nullptr)); };
+            const double tp = median_ms(reps, prefill);
             cuda::attn_colsum_args ca;
             ca.q             = q;
             ca.n_q           = nq;
@@ -161,23 +169,32 @@ int main(int argc, char ** argv) {
             ca.kv            = pa.kv;
             ca.scale         = scale;
             ca.lse           = lse;
-            ca.per_kv_head   = false;
             ca.colsum        = cs;
             ca.colsum_stride = N;
-            const double tc  = median_ms(reps, [&] { check(cuda::attn_colsum(ca, nullptr)); });
-            ca.per_kv_head   = true;
-            const double tk  = median_ms(reps, [&] { check(cuda::attn_colsum(ca, nullptr)); });
+            for (int kk = 0; kk < n_kern; ++kk) {
+                ca.kernel = kernels[kk];
+                for (int pk = 0; pk < 2; ++pk) {
+                    ca.per_kv_head  = pk == 1;
+                    const double tc = median_ms(reps, [&] { check(cuda::attn_colsum(ca, nullptr)); });
+                    t_cs[kk][pk] += tc;
+                    last_cs[kk][pk] = tc;
+                }
+            }
+            const double tp2 = median_ms(reps, prefill);
             t_pre += tp;
-            t_cs += tc;
-            t_cs_kv += tk;
+            t_pre2 += tp2;
             last_pre = tp;
-            last_cs  = tc;
         }
-        std::printf("| prompt | prefill (dense, all chunks) | colsum per head | overhead | colsum per KV head | "
-                    "overhead | last chunk: prefill / colsum |\n|---|---|---|---|---|---|---|\n");
-        std::printf("| %lld | %.2f ms | %.2f ms | %.1f%% | %.2f ms | %.1f%% | %.3f / %.3f ms (%.1f%%) |\n\n",
-                    (long long)N, t_pre, t_cs, 100 * t_cs / t_pre, t_cs_kv, 100 * t_cs_kv / t_pre, last_pre, last_cs,
-                    100 * last_cs / last_pre);
+        std::printf("prompt %lld: dense prefill (wgmma, with lse), all chunks: %.2f ms (timed again after the column "
+                    "sums: %.2f ms); last chunk %.3f ms\n\n",
+                    (long long)N, t_pre, t_pre2, last_pre);
+        std::printf("| prompt | colsum kernel | per query head | / prefill | per KV head | / prefill | last chunk per "
+                    "head: colsum / prefill |\n|---|---|---|---|---|---|---|\n");
+        for (int kk = 0; kk < n_kern; ++kk)
+            std::printf("| %lld | %s | %.2f ms | %.3fx | %.2f ms | %.3fx | %.3f / %.3f ms (%.3fx) |\n", (long long)N,
+                        kernel_names[kk], t_cs[kk][0], t_cs[kk][0] / t_pre, t_cs[kk][1], t_cs[kk][1] / t_pre,
+                        last_cs[kk][0], last_pre, last_cs[kk][0] / last_pre);
+        std::printf("\n");
 
         // decode step, batch 1: the split-K kernel vs the column-sum row
         {

@@ -128,10 +128,10 @@ struct colsum_case {
 };
 
 void run_colsum(const colsum_case & c, uint32_t seed) {
-    std::mt19937  rng(seed);
-    const int     D    = c.head_dim;
-    const int64_t n_kv = c.pos0 + c.n_q + 37; // keys past the chunk: never touched
-    paged_pool    pp(c.n_head_kv, D, n_kv, rng);
+    std::mt19937              rng(seed);
+    const int                 D    = c.head_dim;
+    const int64_t             n_kv = c.pos0 + c.n_q + 37; // keys past the chunk: never touched
+    paged_pool                pp(c.n_head_kv, D, n_kv, rng);
     const std::vector<bf16_t> q = random_bf16(size_t(c.n_q) * c.n_head * D, rng, 1.5f);
     std::vector<float>        qf(q.size());
     for (size_t i = 0; i < q.size(); ++i) qf[i] = bf16_to_fp32(q[i]);
@@ -141,16 +141,16 @@ void run_colsum(const colsum_case & c, uint32_t seed) {
 
     std::vector<float> o(qf.size()), lse(size_t(c.n_q) * c.n_head);
     attn_dense_ref(qf.data(), c.n_q, c.pos0, c.n_head, pp.view(n_kv), scale, o.data(), lse.data(), pool(), c.window);
-    std::vector<float> base(size_t(rows) * stride);
+    std::vector<float>                    base(size_t(rows) * stride);
     std::uniform_real_distribution<float> ub(0.f, 2.f);
     for (float & x : base) x = ub(rng);
     std::vector<float> ref = base;
-    attn_colsum(qf.data(), c.n_q, c.pos0, c.n_head, pp.view(n_kv), scale, lse.data(), c.per_kv_head, ref.data(),
-                stride, pool(), c.window);
+    attn_colsum(qf.data(), c.n_q, c.pos0, c.n_head, pp.view(n_kv), scale, lse.data(), c.per_kv_head, ref.data(), stride,
+                pool(), c.window);
 
-    dev_buf<bf16_t>  dq(q), dk(pp.k), dv(pp.v);
-    dev_buf<int32_t> dpages(pp.pages);
-    dev_buf<float>   dlse(lse), dcs(base);
+    dev_buf<bf16_t>     dq(q), dk(pp.k), dv(pp.v);
+    dev_buf<int32_t>    dpages(pp.pages);
+    dev_buf<float>      dlse(lse), dcs(base);
     cuda::attn_kv_paged kv;
     kv.k_pool        = dk.p;
     kv.v_pool        = dv.p;
@@ -173,46 +173,65 @@ void run_colsum(const colsum_case & c, uint32_t seed) {
         pa.lse    = dlse.p;
         ASSERT_TRUE(cuda::attn_prefill(pa, cuda::attn_prefill_kernel::AUTO, nullptr).is_ok());
     }
-    cuda::attn_colsum_args a;
-    a.q             = dq.p;
-    a.n_q           = c.n_q;
-    a.pos0          = c.pos0;
-    a.n_head        = c.n_head;
-    a.kv            = kv;
-    a.scale         = scale;
-    a.lse           = dlse.p;
-    a.per_kv_head   = c.per_kv_head;
-    a.colsum        = dcs.p;
-    a.colsum_stride = stride;
-    a.window        = c.window;
-    ASSERT_TRUE(cuda::attn_colsum(a, nullptr).is_ok());
-    CK(cudaDeviceSynchronize());
-    const std::vector<float> got = dcs.get();
-    const double             e   = nmse_inc(got, ref, base);
-    EXPECT_LT(e, c.gpu_lse ? 1e-4 : 1e-5) << "n_q " << c.n_q << " pos0 " << c.pos0 << " D " << D;
-    // keys at or past the chunk's end and the padding are untouched
-    for (int r = 0; r < rows; ++r)
-        for (int64_t j = c.pos0 + c.n_q; j < stride; ++j)
-            ASSERT_EQ(got[size_t(r) * stride + j], base[size_t(r) * stride + j]) << "row " << r << " col " << j;
-    // every query's probabilities sum to 1: each row's increments add up to n_q (times the group for KV rows)
-    for (int r = 0; r < rows; ++r) {
-        double s = 0;
-        for (int64_t j = 0; j < n_kv; ++j) s += double(got[size_t(r) * stride + j]) - base[size_t(r) * stride + j];
-        const double want = double(c.n_q) * (c.per_kv_head ? c.n_head / c.n_head_kv : 1);
-        EXPECT_NEAR(s, want, 2e-3 * want) << "row " << r;
+    // D 128: each kernel on the same inputs (AUTO picks one of them); D 64: mma.sync only
+    std::vector<cuda::attn_colsum_kernel> kernels = {cuda::attn_colsum_kernel::AUTO};
+    if (D == 128)
+        kernels = {cuda::attn_colsum_kernel::MMA_SYNC, cuda::attn_colsum_kernel::WGMMA,
+                   cuda::attn_colsum_kernel::WGMMA_POLY};
+    for (const cuda::attn_colsum_kernel kernel : kernels) {
+        static const char * const kernel_names[] = {"auto", "mma.sync", "wgmma", "wgmma+poly"};
+        CK(cudaMemcpy(dcs.p, base.data(), base.size() * sizeof(float), cudaMemcpyHostToDevice));
+        cuda::attn_colsum_args a;
+        a.kernel        = kernel;
+        a.q             = dq.p;
+        a.n_q           = c.n_q;
+        a.pos0          = c.pos0;
+        a.n_head        = c.n_head;
+        a.kv            = kv;
+        a.scale         = scale;
+        a.lse           = dlse.p;
+        a.per_kv_head   = c.per_kv_head;
+        a.colsum        = dcs.p;
+        a.colsum_stride = stride;
+        a.window        = c.window;
+        ASSERT_TRUE(cuda::attn_colsum(a, nullptr).is_ok());
+        CK(cudaDeviceSynchronize());
+        const std::vector<float> got = dcs.get();
+        const double             e   = nmse_inc(got, ref, base);
+        EXPECT_LT(e, c.gpu_lse ? 1e-4 : 1e-5)
+            << kernel_names[int(kernel)] << " n_q " << c.n_q << " pos0 " << c.pos0 << " D " << D;
+        // keys at or past the chunk's end and the padding are untouched
+        for (int r = 0; r < rows; ++r)
+            for (int64_t j = c.pos0 + c.n_q; j < stride; ++j)
+                ASSERT_EQ(got[size_t(r) * stride + j], base[size_t(r) * stride + j]) << "row " << r << " col " << j;
+        // every query's probabilities sum to 1: each row's increments add up to n_q (times the group for KV rows)
+        for (int r = 0; r < rows; ++r) {
+            double s = 0;
+            for (int64_t j = 0; j < n_kv; ++j) s += double(got[size_t(r) * stride + j]) - base[size_t(r) * stride + j];
+            const double want = double(c.n_q) * (c.per_kv_head ? c.n_head / c.n_head_kv : 1);
+            EXPECT_NEAR(s, want, 2e-3 * want) << "row " << r;
+        }
+        std::printf("colsum %s D=%d n_q=%lld pos0=%lld heads %d/%d %s window=%lld lse=%s: nmse=%.2e\n",
+                    kernel_names[int(kernel)], D, (long long)c.n_q, (long long)c.pos0, c.n_head, c.n_head_kv,
+                    c.per_kv_head ? "per-kv" : "per-head", (long long)c.window, c.gpu_lse ? "gpu" : "cpu", e);
     }
-    std::printf("colsum D=%d n_q=%lld pos0=%lld heads %d/%d %s window=%lld lse=%s: nmse=%.2e\n", D,
-                (long long)c.n_q, (long long)c.pos0, c.n_head, c.n_head_kv, c.per_kv_head ? "per-kv" : "per-head",
-                (long long)c.window, c.gpu_lse ? "gpu" : "cpu", e);
 }
 
 TEST(cuda_kv_evict, colsum_prefill) {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU";
     const colsum_case cases[] = {
-        {300, 0, 16, 4, 128, false, 0, false},  {300, 0, 16, 4, 128, true, 0, false},
-        {200, 777, 8, 2, 128, true, 0, false},  {200, 777, 8, 2, 64, false, 0, false},
-        {333, 100, 8, 2, 64, true, 150, false}, {257, 500, 8, 2, 128, false, 100, false},
-        {500, 130, 32, 8, 128, true, 0, true},  {190, 64, 8, 2, 64, false, 0, true},
+        {300, 0, 16, 4, 128, false, 0, false},
+        {300, 0, 16, 4, 128, true, 0, false},
+        {200, 777, 8, 2, 128, true, 0, false},
+        {200, 777, 8, 2, 64, false, 0, false},
+        {333, 100, 8, 2, 64, true, 150, false},
+        {257, 500, 8, 2, 128, false, 100, false},
+        {500, 130, 32, 8, 128, true, 0, true},
+        {190, 64, 8, 2, 64, false, 0, true},
+        // several 128-query tiles per block, an odd page count, a window across tiles
+        {1000, 2900, 8, 2, 128, false, 0, false},
+        {700, 1500, 8, 2, 128, true, 600, false},
+        {1, 4000, 8, 2, 128, false, 0, false},
     };
     uint32_t seed = 11;
     for (const colsum_case & c : cases) run_colsum(c, seed++);
@@ -225,17 +244,18 @@ TEST(cuda_kv_evict, colsum_decode) {
             for (int64_t window : {int64_t(0), int64_t(90)}) {
                 std::mt19937               rng(uint32_t(D + per_kv * 7 + window));
                 const int                  H = 16, Hkv = 4, n_seq = 3;
-                const std::vector<int32_t> n_kv = {100, 257, 64};
+                const std::vector<int32_t> n_kv  = {100, 257, 64};
                 const int64_t              n_max = 257, stride = 260, seq_stride = int64_t(H) * stride;
                 const int                  rows  = per_kv ? Hkv : H;
                 const float                scale = 1.f / std::sqrt(float(D));
-                paged_pool pp(Hkv, D, n_seq * 320, rng);
-                const int64_t pps_stride = 5;
-                std::vector<int32_t> pages(size_t(n_seq) * pps_stride);
+                paged_pool                 pp(Hkv, D, n_seq * 320, rng);
+                const int64_t              pps_stride = 5;
+                std::vector<int32_t>       pages(size_t(n_seq) * pps_stride);
                 for (int s = 0; s < n_seq; ++s)
-                    for (int p = 0; p < pps_stride; ++p) pages[size_t(s) * pps_stride + p] = pp.pages[size_t(s * 5 + p)];
-                const std::vector<bf16_t> q = random_bf16(size_t(n_seq) * H * D, rng, 1.5f);
-                std::vector<float>        base(size_t(n_seq) * seq_stride), ref, lse(size_t(n_seq) * H);
+                    for (int p = 0; p < pps_stride; ++p)
+                        pages[size_t(s) * pps_stride + p] = pp.pages[size_t(s * 5 + p)];
+                const std::vector<bf16_t>             q = random_bf16(size_t(n_seq) * H * D, rng, 1.5f);
+                std::vector<float>                    base(size_t(n_seq) * seq_stride), ref, lse(size_t(n_seq) * H);
                 std::uniform_real_distribution<float> ub(0.f, 2.f);
                 for (float & x : base) x = ub(rng);
                 ref = base;
@@ -244,14 +264,14 @@ TEST(cuda_kv_evict, colsum_decode) {
                     for (size_t i = 0; i < qf.size(); ++i) qf[i] = bf16_to_fp32(q[size_t(s) * H * D + i]);
                     kv_view kv = pp.view(n_kv[size_t(s)]);
                     kv.pages   = pages.data() + size_t(s) * pps_stride;
-                    attn_dense_ref(qf.data(), 1, n_kv[size_t(s)] - 1, H, kv, scale, o.data(), lse.data() + size_t(s) * H,
-                                   pool(), window);
+                    attn_dense_ref(qf.data(), 1, n_kv[size_t(s)] - 1, H, kv, scale, o.data(),
+                                   lse.data() + size_t(s) * H, pool(), window);
                     attn_colsum(qf.data(), 1, n_kv[size_t(s)] - 1, H, kv, scale, lse.data() + size_t(s) * H, per_kv,
                                 ref.data() + size_t(s) * seq_stride, stride, pool(), window);
                 }
-                dev_buf<bf16_t>  dq(q), dk(pp.k);
-                dev_buf<int32_t> dpages(pages), dn(n_kv);
-                dev_buf<float>   dlse(lse), dcs(base);
+                dev_buf<bf16_t>               dq(q), dk(pp.k);
+                dev_buf<int32_t>              dpages(pages), dn(n_kv);
+                dev_buf<float>                dlse(lse), dcs(base);
                 cuda::attn_colsum_decode_args a;
                 a.q             = dq.p;
                 a.n_seq         = n_seq;
@@ -287,20 +307,19 @@ TEST(cuda_kv_evict, colsum_decode) {
 }
 
 // Keep sets of the GPU against evict_keep_set on the score summed over each head's rows in row order.
-void run_keep(int64_t n, int64_t n_sink, int64_t n_recent, int64_t n_heavy, int rows_per_kv, bool ties,
-              uint32_t seed) {
-    std::mt19937  rng(seed);
-    const int     Hkv    = 4;
-    const int64_t stride = n + 3;
-    std::vector<float> score(size_t(Hkv) * rows_per_kv * stride);
+void run_keep(int64_t n, int64_t n_sink, int64_t n_recent, int64_t n_heavy, int rows_per_kv, bool ties, uint32_t seed) {
+    std::mt19937                          rng(seed);
+    const int                             Hkv    = 4;
+    const int64_t                         stride = n + 3;
+    std::vector<float>                    score(size_t(Hkv) * rows_per_kv * stride);
     std::uniform_real_distribution<float> ud(0.f, 1.f);
     std::uniform_int_distribution<int>    ui(0, 12);
     for (float & x : score) x = ties ? float(ui(rng)) * 0.25f : ud(rng);
-    const int64_t n_keep = cuda::evict_keep_count(n, n_sink, n_recent, n_heavy);
-    const int64_t ks     = n_keep + 2;
-    dev_buf<float>   ds(score);
-    dev_buf<int32_t> dkeep(size_t(Hkv) * ks);
-    dev_buf<uint8_t> ws(cuda::evict_keep_workspace_bytes(Hkv, n));
+    const int64_t         n_keep = cuda::evict_keep_count(n, n_sink, n_recent, n_heavy);
+    const int64_t         ks     = n_keep + 2;
+    dev_buf<float>        ds(score);
+    dev_buf<int32_t>      dkeep(size_t(Hkv) * ks);
+    dev_buf<uint8_t>      ws(cuda::evict_keep_workspace_bytes(Hkv, n));
     cuda::evict_keep_args a;
     a.score           = ds.p;
     a.score_stride    = stride;
@@ -324,9 +343,10 @@ void run_keep(int64_t n, int64_t n_sink, int64_t n_recent, int64_t n_heavy, int 
         std::vector<int32_t> want;
         evict_keep_set(sum.data(), n, n_sink, n_recent, n_heavy, want);
         ASSERT_EQ(int64_t(want.size()), n_keep);
-        const std::vector<int32_t> gg(got.begin() + std::ptrdiff_t(g * ks), got.begin() + std::ptrdiff_t(g * ks + n_keep));
-        EXPECT_EQ(gg, want) << "head " << g << " n " << n << " sink " << n_sink << " recent " << n_recent
-                            << " heavy " << n_heavy << " ties " << ties;
+        const std::vector<int32_t> gg(got.begin() + std::ptrdiff_t(g * ks),
+                                      got.begin() + std::ptrdiff_t(g * ks + n_keep));
+        EXPECT_EQ(gg, want) << "head " << g << " n " << n << " sink " << n_sink << " recent " << n_recent << " heavy "
+                            << n_heavy << " ties " << ties;
     }
 }
 
@@ -347,11 +367,11 @@ TEST(cuda_kv_evict, keep_set) {
 TEST(cuda_kv_evict, compact) {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA GPU";
     for (int D : {128, 64}) {
-        std::mt19937  rng(uint32_t(7 + D));
-        const int     Hkv = 4, G = 4;
-        const int64_t n = 1500, stride = 1600;
-        paged_pool    pp(Hkv, D, n, rng);
-        std::vector<float> score(size_t(Hkv) * G * stride);
+        std::mt19937                          rng(uint32_t(7 + D));
+        const int                             Hkv = 4, G = 4;
+        const int64_t                         n = 1500, stride = 1600;
+        paged_pool                            pp(Hkv, D, n, rng);
+        std::vector<float>                    score(size_t(Hkv) * G * stride);
         std::uniform_real_distribution<float> ud(0.f, 1.f);
         for (float & x : score) x = ud(rng);
         // keep sets from the CPU, different per head
@@ -362,11 +382,11 @@ TEST(cuda_kv_evict, compact) {
             evict_keep_set(score.data() + size_t(g) * G * stride, n, 4, 100, 200, k);
             std::copy(k.begin(), k.end(), keep.begin() + std::ptrdiff_t(g * n_keep));
         }
-        dev_buf<bf16_t>  dk(pp.k), dv(pp.v);
-        dev_buf<int32_t> dpages(pp.pages), dkeep(keep);
-        dev_buf<float>   ds(score);
-        const int64_t    chunk = 77; // several rounds
-        dev_buf<uint8_t> ws(cuda::kv_compact_workspace_bytes(Hkv, D, chunk));
+        dev_buf<bf16_t>       dk(pp.k), dv(pp.v);
+        dev_buf<int32_t>      dpages(pp.pages), dkeep(keep);
+        dev_buf<float>        ds(score);
+        const int64_t         chunk = 77; // several rounds
+        dev_buf<uint8_t>      ws(cuda::kv_compact_workspace_bytes(Hkv, D, chunk));
         cuda::kv_compact_args a;
         a.kv.k_pool       = dk.p;
         a.kv.v_pool       = dv.p;
@@ -417,9 +437,9 @@ void run_merge(int D, cuda::d2o_rule rule, bool no_merge, uint32_t seed) {
                 }
         cpu.write(0, 0, 0, n, kf.data(), vf.data());
     }
-    const int64_t        n_keep = cuda::evict_keep_count(n, 4, 90, 90);
-    std::vector<int32_t> keep(size_t(Hkv) * n_keep);
-    std::vector<std::vector<int32_t>> keep_v(Hkv), ev_v(Hkv);
+    const int64_t                         n_keep = cuda::evict_keep_count(n, 4, 90, 90);
+    std::vector<int32_t>                  keep(size_t(Hkv) * n_keep);
+    std::vector<std::vector<int32_t>>     keep_v(Hkv), ev_v(Hkv);
     std::uniform_real_distribution<float> ud(0.f, 1.f);
     for (int g = 0; g < Hkv; ++g) {
         std::vector<float> sc(static_cast<size_t>(n));
@@ -436,9 +456,9 @@ void run_merge(int D, cuda::d2o_rule rule, bool no_merge, uint32_t seed) {
     }
     const int64_t n_ev = n - n_keep;
 
-    dev_buf<bf16_t>  dk(pp.k), dv(pp.v);
-    dev_buf<int32_t> dpages(pp.pages), dkeep(keep);
-    dev_buf<uint8_t> ws(cuda::d2o_merge_workspace_bytes(Hkv, n, n_keep));
+    dev_buf<bf16_t>     dk(pp.k), dv(pp.v);
+    dev_buf<int32_t>    dpages(pp.pages), dkeep(keep);
+    dev_buf<uint8_t>    ws(cuda::d2o_merge_workspace_bytes(Hkv, n, n_keep));
     cuda::d2o_tau_state st0;
     st0.tau = no_merge ? 2.0 : 0.3; // 2 > any cosine: with alpha 1, beta 0 nothing merges
     st0.set = 1;
@@ -473,7 +493,7 @@ void run_merge(int D, cuda::d2o_rule rule, bool no_merge, uint32_t seed) {
     CK(cudaMemcpy(g_arg.data(), view.arg, g_arg.size() * 4, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(g_u.data(), view.u, g_u.size() * 4, cudaMemcpyDeviceToHost));
 
-    double u_sum = 0;
+    double u_sum      = 0;
     int    n_arg_diff = 0;
     for (int g = 0; g < Hkv; ++g) {
         ASSERT_EQ(int64_t(ev_v[size_t(g)].size()), n_ev);
@@ -506,8 +526,8 @@ void run_merge(int D, cuda::d2o_rule rule, bool no_merge, uint32_t seed) {
     EXPECT_LE(n_arg_diff, 2);
     const double mean = u_sum / double(Hkv * n_ev);
     EXPECT_NEAR(dmean.get()[0], mean, 1e-6);
-    const cuda::d2o_tau_state st = dtau.get()[0];
-    const double want_tau = no_merge ? 2.0 : 0.5 * 0.3 + 0.5 * mean;
+    const cuda::d2o_tau_state st       = dtau.get()[0];
+    const double              want_tau = no_merge ? 2.0 : 0.5 * 0.3 + 0.5 * mean;
     EXPECT_NEAR(st.tau, want_tau, 1e-6);
 
     // the CPU merge with the GPU's u, arg and tau
@@ -535,9 +555,9 @@ void run_merge(int D, cuda::d2o_rule rule, bool no_merge, uint32_t seed) {
                 const float gk = bf16_to_fp32(k[pp.row(t, g) + d]), gv = bf16_to_fp32(v[pp.row(t, g) + d]);
                 const float rk = fp16_to_fp32(ck[d]), rv = fp16_to_fp32(cv[d]);
                 // bf16 rounding (2^-9 relative) of the GPU's result plus fp16's of the CPU's
-                const double ek = std::fabs(gk - rk) / (std::fabs(rk) + 1e-2);
+                const double ek  = std::fabs(gk - rk) / (std::fabs(rk) + 1e-2);
                 const double evv = std::fabs(gv - rv) / (std::fabs(rv) + 1e-2);
-                max_rel = std::max(max_rel, std::max(ek, evv));
+                max_rel          = std::max(max_rel, std::max(ek, evv));
             }
         }
     EXPECT_LT(max_rel, 1.0 / 256 + 1.0 / 1024) << "D " << D;

@@ -20,11 +20,19 @@ namespace lc::cuda {
 // heads of its GQA group summed (r = h / (n_head / n_head_kv)).
 //   q:   [n_q][n_head][head_dim] bf16, as given to attn_prefill();  lse: [n_q][n_head] f32, the lse attn_prefill()
 //        returned for the same q, kv, scale and window (natural log);  colsum: f32, accumulated (+=).
-// One block per (64-key page, KV head) walks every query of the chunk that sees the page, for each query head of
-// the group (q . k on mma.sync bf16 tensor cores, f32 accumulation): each column is written by one block, no
-// atomics, so the result is deterministic. All pointers are device pointers.
-// Supported: head_dim 64, 128. Errors: UNSUPPORTED for other shapes, INVALID_ARGUMENT when kv.n_kv < pos0 + n_q,
-// window < 0 or colsum_stride < pos0 + n_q. Asynchronous on `stream`.
+// One block per (64 or 128 keys, KV head) walks every query of the chunk that sees its keys, for each query head of
+// the group (q . k on bf16 tensor cores, f32 accumulation): each column is written by one block, no atomics, so the
+// result is deterministic. All pointers are device pointers.
+// Supported: head_dim 64, 128 (the wgmma kernels: 128, on sm_90). Errors: UNSUPPORTED for other shapes,
+// INVALID_ARGUMENT when kv.n_kv < pos0 + n_q, window < 0 or colsum_stride < pos0 + n_q. Asynchronous on `stream`.
+enum class attn_colsum_kernel {
+    AUTO,       // WGMMA_POLY when the device is sm_90 and head_dim is 128, else MMA_SYNC
+    MMA_SYNC,   // 4 warps, one 64-key page per block, mma.sync m16n8k16, cp.async double buffer of 64 queries
+    WGMMA,      // Hopper: a TMA producer warp streams 128-query tiles (4 stages) to 2 consumer warpgroups that hold
+                // 64 keys each in registers (wgmma m64n128k16, keys as M); the next tile's product runs under the
+                // current tile's exps; all exps on ex2.approx
+    WGMMA_POLY, // the same with a quarter of the exps as a polynomial on the FMA pipe (relative error 2.6e-6)
+};
 struct attn_colsum_args {
     const bf16_t * q             = nullptr;
     int64_t        n_q           = 0;
@@ -37,6 +45,7 @@ struct attn_colsum_args {
     float *        colsum        = nullptr;
     int64_t        colsum_stride = 0;
     int64_t        window        = 0;
+    attn_colsum_kernel kernel    = attn_colsum_kernel::AUTO;
 };
 status attn_colsum(const attn_colsum_args & a, cudaStream_t stream);
 
