@@ -234,6 +234,11 @@ void bench(int64_t N, int B, int reps, double budget) {
         ex = capture(st, [&] { LC_ASSERT(cuda::loki_select_gpu(sa, ls, ws, plan, st).is_ok(), "loki"); });
         rows.push_back({"  Loki selection alone", median_us(ex, st, warm, reps), double(B) * HKV * N * dp * 2.0});
         LC_CUDA_CHECK(cudaGraphExecDestroy(ex));
+        sa.loki_separate = true;
+        ex = capture(st, [&] { LC_ASSERT(cuda::loki_select_gpu(sa, ls, ws, plan, st).is_ok(), "loki"); });
+        rows.push_back({"  Loki selection, separate kernels", median_us(ex, st, warm, reps), double(B) * HKV * N * dp * 2.0});
+        LC_CUDA_CHECK(cudaGraphExecDestroy(ex));
+        sa.loki_separate = false;
         ex = capture(st, [&] { gather(rows_tok); });
         rows.push_back({"  Loki gather alone", median_us(ex, st, warm, reps), double(B) * HKV * rows_l * kv_row});
         LC_CUDA_CHECK(cudaGraphExecDestroy(ex));

@@ -516,7 +516,7 @@ std::vector<cuda::decode_plan_host_list> select_gpu(method m, const batch & bt, 
 const char * name_of(method m) { return m == method::LOKI ? "loki" : m == method::QUEST ? "quest" : "topk"; }
 
 void check_method(method m, int group, double frac, uint32_t seed, std::vector<int32_t> lens = {6000, 2333},
-                  int n_head = 8, int n_head_kv = 2, int D = 128) {
+                  int n_head = 8, int n_head_kv = 2, int D = 128, bool loki_separate = false) {
     std::mt19937         rng(seed);
     batch                bt(lens, n_head, n_head_kv, rng, D);
     const int            G = bt.n_head / bt.n_head_kv;
@@ -525,6 +525,7 @@ void check_method(method m, int group, double frac, uint32_t seed, std::vector<i
     make_quest(bt, 16, ms);
     cuda::decode_select_args a = bt.select_args(group);
     a.budget_frac              = frac;
+    a.loki_separate            = loki_separate;
 
     attn_config c;
     c.decode_keys.value         = frac;
@@ -570,8 +571,8 @@ void check_method(method m, int group, double frac, uint32_t seed, std::vector<i
     // the CPU compiler's fused multiply-adds may differ): a key at the threshold may swap with its neighbour, which
     // counts 2 here. Allow 0.5% of the keys (measured: 0 for top-k and Quest, 6 of 4440 and 9 of 17760 for Loki).
     EXPECT_LE(n_diff, std::max<int64_t>(4, n_keys / 200)) << name_of(m);
-    std::printf("%s group=%d budget=%.2f n_seq=%d heads=%d/%d D=%d: %lld of %lld keys differ from the CPU selection\n",
-                name_of(m), group, frac, bt.n_seq(), n_head, n_head_kv, D, (long long)n_diff, (long long)n_keys);
+    std::printf("%s%s group=%d budget=%.2f n_seq=%d heads=%d/%d D=%d: %lld of %lld keys differ from the CPU selection\n",
+                name_of(m), loki_separate ? " (separate kernels)" : "", group, frac, bt.n_seq(), n_head, n_head_kv, D, (long long)n_diff, (long long)n_keys);
 
     // The selected keys through the gather kernel against the CPU executor on the CPU plan.
     std::vector<float> o_ref(size_t(bt.n_seq()) * bt.n_head * bt.D), lse_ref(size_t(bt.n_seq()) * bt.n_head);
@@ -598,11 +599,13 @@ TEST(cuda_sparse_decode, methods_match_cpu) {
 
 // Loki at Llama-3-8B head counts, per KV head and per query head: one 128k sequence (the one-kernel selection with
 // its longest pieces, 8 tokens per thread, on an H100) and more lists than the one-kernel selection takes (it runs
-// when every (list, piece) fits on the GPU at once; there the separate kernels run).
+// when every (list, piece) fits on the GPU at once; there the persistent score + group-key kernel runs), and the
+// separate kernels on the same batch.
 TEST(cuda_sparse_decode, loki_many_lists_match_cpu) {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
     check_method(method::LOKI, 4, 0.25, 40, {131072}, 32, 8);
     check_method(method::LOKI, 4, 0.25, 41, {40000, 40000, 33000, 20000, 9000}, 32, 8);
+    check_method(method::LOKI, 4, 0.25, 41, {40000, 40000, 33000, 20000, 9000}, 32, 8, 128, true);
     check_method(method::LOKI, 1, 0.25, 42, {40000, 9000}, 32, 8);
     // SmolLM2's shape: 3 query heads per KV head, head_dim 64 (rank 16)
     check_method(method::LOKI, 3, 0.25, 43, {20000, 3000}, 9, 3, 64);

@@ -2,11 +2,13 @@
 // [n_seq][n_head][n_items] and each head's best eligible score (atomicMax of an order-preserving key). Top-k per
 // list (sequence, entry), five kernels over 1024-item chunks: (1) group scores (decode_group_scores()) as 32-bit
 // order keys plus a 256-bin histogram of their top 8 bits; (2) the coarse bin holding the k-th key, and a 256-bin
-// histogram of the next 8 bits of the keys in it; (3) the 16-bit bin holding the k-th key: keys above it are counted
-// per chunk, keys in it appended as candidates (key << 32 | ~position, so that ties go to the lower position and
-// every candidate is distinct); (4) one block per list: the exact k-th candidate (rank counting when few, else a
+// histogram of the next 8 bits of the keys in it ((2) and (3): 4 chunks a block); (3) the 16-bit bin holding the
+// k-th key: keys above it are counted per chunk, keys in it appended as candidates (key << 32 | ~position, so that
+// ties go to the lower position and every candidate is distinct); (4) one block per list: the exact k-th candidate (rank counting when few, else a
 // radix select; over all keys of the bin when the candidates overflow); (5) ordered compaction: each chunk writes
 // its selected positions at the prefix of the chunks before it, so the plan's indices come out ascending.
+// Loki, one selection per KV head: at batch 1 all of it in one cooperative kernel (loki_fused_kernel); above, its
+// scores and (1) in one persistent kernel that keeps the per-head scores in L2 (loki_score_keys_kernel).
 #include "backend/cuda/decode-select.cuh"
 #include "backend/cuda/cuda-common.cuh"
 
@@ -177,19 +179,29 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-// Block (1024-token chunk, KV head, sequence): Loki scores of the G query heads of the KV head from q' (qrot);
-// each thread scores 4 tokens (d_pad / 8 loads of 16 bytes per token, 512 contiguous bytes per warp and chunk of
-// 8 dims).
-template <int G>
-__global__ void __launch_bounds__(256, 3)
-    loki_score_kernel(const float * __restrict__ qrot, int n_head, int n_head_kv, const __half * __restrict__ lk,
-                      int d_pad, const int32_t * __restrict__ pages, int64_t pages_stride,
-                      const int32_t * __restrict__ n_kv, sel_cfg cfg, float * __restrict__ scores, int64_t stride,
-                      uint32_t * __restrict__ head_max) {
-    __shared__ float    qd[G][128];
-    __shared__ uint32_t smax[8];
-    const int           hk = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
-    const int           T  = n_kv[b];
+// 16-byte load that L2 keeps only until other lines need the room (createpolicy evict_first): a stream read once.
+__device__ __forceinline__ uint4 ldg_evict_first(const void * p) {
+    uint4    v;
+    uint64_t pol;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "l"(pol));
+    return v;
+}
+
+// One block of 256 threads: the scores of chunk `chunk` (1024 tokens) of KV head hk of sequence b (qd, smax: the
+// block's shared memory). EVICT_FIRST: the low-rank keys are read with L2 evict-first (scores stay in L2).
+template <int G, bool EVICT_FIRST>
+__device__ __forceinline__ void loki_score_chunk(int chunk, int hk, int b, const float * __restrict__ qrot, int n_head,
+                                                 int n_head_kv, const __half * __restrict__ lk, int d_pad,
+                                                 const int32_t * __restrict__ pages, int64_t pages_stride,
+                                                 const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                                                 float * __restrict__ scores, int64_t stride,
+                                                 uint32_t * __restrict__ head_max, float (&qd)[G][128],
+                                                 uint32_t (&smax)[8]) {
+    const int tid = threadIdx.x;
+    const int T   = n_kv[b];
     if (tid < 8) smax[tid] = 0;
     for (int o = tid; o < G * d_pad; o += 256) qd[o / d_pad][o % d_pad] = qrot[(size_t(b) * n_head + hk * G) * d_pad + o];
     __syncthreads();
@@ -200,7 +212,7 @@ __global__ void __launch_bounds__(256, 3)
 #pragma unroll
     for (int g = 0; g < 8; ++g) mx[g] = -INFINITY;
     constexpr int NT = loki_chunk / 256; // tokens per thread, all rows' loads of a chunk of 8 dims in flight
-    const int     t0 = blockIdx.x * loki_chunk + tid;
+    const int     t0 = chunk * loki_chunk + tid;
     const __half * base[NT];
 #pragma unroll
     for (int u = 0; u < NT; ++u) {
@@ -218,7 +230,10 @@ __global__ void __launch_bounds__(256, 3)
         for (int cc = 0; cc < nc; ++cc) {
             uint4 v[NT];
 #pragma unroll
-            for (int u = 0; u < NT; ++u) v[u] = __ldg(reinterpret_cast<const uint4 *>(base[u] + size_t(cc) * kv_page_tokens * 8));
+            for (int u = 0; u < NT; ++u) {
+                const __half * p = base[u] + size_t(cc) * kv_page_tokens * 8;
+                v[u]             = EVICT_FIRST ? ldg_evict_first(p) : __ldg(reinterpret_cast<const uint4 *>(p));
+            }
 #pragma unroll
             for (int u = 0; u < NT; ++u) {
                 const __half2 * h = reinterpret_cast<const __half2 *>(&v[u]);
@@ -260,6 +275,21 @@ __global__ void __launch_bounds__(256, 3)
         }
     }
     head_max_flush(smax, G, head_max + size_t(b) * n_head + hk * G);
+}
+
+// Block (1024-token chunk, KV head, sequence): Loki scores of the G query heads of the KV head from q' (qrot);
+// each thread scores 4 tokens (d_pad / 8 loads of 16 bytes per token, 512 contiguous bytes per warp and chunk of
+// 8 dims).
+template <int G>
+__global__ void __launch_bounds__(256, 3)
+    loki_score_kernel(const float * __restrict__ qrot, int n_head, int n_head_kv, const __half * __restrict__ lk,
+                      int d_pad, const int32_t * __restrict__ pages, int64_t pages_stride,
+                      const int32_t * __restrict__ n_kv, sel_cfg cfg, float * __restrict__ scores, int64_t stride,
+                      uint32_t * __restrict__ head_max) {
+    __shared__ float    qd[G][128];
+    __shared__ uint32_t smax[8];
+    loki_score_chunk<G, false>(blockIdx.x, blockIdx.y, blockIdx.z, qrot, n_head, n_head_kv, lk, d_pad, pages,
+                               pages_stride, n_kv, cfg, scores, stride, head_max, qd, smax);
 }
 
 // Block (64-token page, KV head, sequence): rotated keys of the page, y[j] = sum_i k_i P[i][j] in the CPU's order.
@@ -485,30 +515,30 @@ __global__ void __launch_bounds__(256)
 // 8 bits (shared memory, one atomic per distinct bin of a warp, then one global atomic per bin). Items are strided across the block (coalesced), each
 // thread's 16 loads issued before they are used.
 constexpr int per_thread = chunk_items / 256;
-__global__ void __launch_bounds__(256)
-    group_keys_kernel(const float * __restrict__ scores, int64_t stride, int n_head, int group,
-                      const int32_t * __restrict__ n_kv, sel_cfg cfg, const uint32_t * __restrict__ head_max,
-                      uint32_t * __restrict__ keys, uint32_t * __restrict__ hist) {
-    __shared__ float    hm[8];
-    __shared__ uint32_t coarse[256];
-    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
-    const size_t        list = size_t(b) * n_entry + e;
-    coarse[tid]              = 0;
+// One block of 256 threads: chunk `chunk` of entry e of sequence b (hm, coarse: the block's shared memory). Scores
+// and head maxima are read through L2 (__ldcg: written by other blocks of the same launch in the fused use).
+__device__ __forceinline__ void group_keys_chunk(int chunk, int e, int n_entry, int b, const float * __restrict__ scores,
+                                                 int64_t stride, int n_head, int group, const int32_t * __restrict__ n_kv,
+                                                 sel_cfg cfg, const uint32_t * head_max, uint32_t * __restrict__ keys,
+                                                 uint32_t * __restrict__ hist, float (&hm)[8], uint32_t (&coarse)[256]) {
+    const int    tid = threadIdx.x, lane = tid & 31;
+    const size_t list = size_t(b) * n_entry + e;
+    coarse[tid]       = 0;
     if (tid < group) {
-        const uint32_t k = head_max[size_t(b) * n_head + e * group + tid];
+        const uint32_t k = __ldcg(head_max + size_t(b) * n_head + e * group + tid);
         hm[tid]          = k == 0 ? -INFINITY : key_float(k);
     }
     __syncthreads();
     const seq_info si   = seq_info_of(n_kv[b], cfg);
     const float *  s0   = scores + (size_t(b) * n_head + e * group) * stride;
     uint32_t *     kl   = keys + list * stride;
-    const int      base = blockIdx.x * chunk_items + tid;
+    const int      base = chunk * chunk_items + tid;
     float          v[per_thread];
     if (group == 1) {
 #pragma unroll
         for (int j = 0; j < per_thread; ++j) {
             const int i = base + j * 256;
-            v[j]        = i >= si.e0 && i < si.e1 ? s0[i] : 0.f;
+            v[j]        = i >= si.e0 && i < si.e1 ? __ldcg(s0 + i) : 0.f;
         }
     } else {
 #pragma unroll
@@ -520,7 +550,7 @@ __global__ void __launch_bounds__(256)
             for (int j = 0; j < per_thread; ++j) {
                 const int i = base + j * 256;
                 if (i >= si.e0 && i < si.e1) {
-                    const float x = s0[size_t(g) * stride + i] - m;
+                    const float x = __ldcg(s0 + size_t(g) * stride + i) - m;
                     v[j]          = x > v[j] ? x : v[j]; // NaN compares false: ignored
                 }
             }
@@ -541,13 +571,29 @@ __global__ void __launch_bounds__(256)
     if (coarse[tid] != 0) atomicAdd(hl + tid, coarse[tid]);
 }
 
+__global__ void __launch_bounds__(256)
+    group_keys_kernel(const float * __restrict__ scores, int64_t stride, int n_head, int group,
+                      const int32_t * __restrict__ n_kv, sel_cfg cfg, const uint32_t * __restrict__ head_max,
+                      uint32_t * __restrict__ keys, uint32_t * __restrict__ hist) {
+    __shared__ float    hm[8];
+    __shared__ uint32_t coarse[256];
+    group_keys_chunk(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, scores, stride, n_head, group, n_kv, cfg, head_max,
+                     keys, hist, hm, coarse);
+}
+
 // Warp 0 of a block: the digit of a 256-bin histogram (highest first) holding the need-th largest item, and the
-// count above it (digit 0 when fewer are counted, which the callers rule out).
-__device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int & digit, int & above) {
+// count above it (digit 0 when fewer are counted, which the callers rule out). Lane l holds bins 255 - 8l - j
+// (j = 0..7) in registers: one round of loads, no reloads while searching.
+__device__ __forceinline__ void warp_load256(const uint32_t * h, uint32_t (&v)[8]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = __ldcg(h + 255 - 8 * lane - j);
+}
+__device__ __forceinline__ void warp_pick256_regs(const uint32_t (&v)[8], int need, int & digit, int & above) {
     const int lane = threadIdx.x & 31;
     int       sum  = 0;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) sum += int(__ldcg(h + 255 - 8 * lane - j));
+    for (int j = 0; j < 8; ++j) sum += int(v[j]);
     int incl = sum;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
@@ -557,12 +603,20 @@ __device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int &
     const int excl = incl - sum;
     int       d = -1, cum = 0;
     if ((excl < need && incl >= need) || (lane == 31 && incl < need)) {
-        cum = excl;
-        d   = 255 - 8 * lane;
-        for (int j = 0; j < 8; ++j, --d) {
-            const int hd = int(__ldcg(h + d));
-            if (cum + hd >= need || d == 0) break;
-            cum += hd;
+        cum       = excl;
+        d         = 255 - 8 * lane;
+        bool done = false;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (!done) {
+                const int hd = int(v[j]);
+                if (cum + hd >= need || d == 0) {
+                    done = true;
+                } else {
+                    cum += hd;
+                    --d;
+                }
+            }
         }
     }
     const unsigned m   = __ballot_sync(0xffffffffu, d >= 0);
@@ -570,10 +624,16 @@ __device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int &
     digit              = __shfl_sync(0xffffffffu, d, src);
     above              = __shfl_sync(0xffffffffu, cum, src);
 }
+__device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int & digit, int & above) {
+    uint32_t v[8];
+    warp_load256(h, v);
+    warp_pick256_regs(v, need, digit, above);
+}
 
 // (2) Block (chunk, entry, sequence): the coarse bin holding the k-th largest key (every block finds the same),
 // and the histogram of bits 23..16 of the keys in it -> the list's fine histogram (one shared-memory histogram per
 // warp, then one global atomic per bin).
+constexpr int fc_chunks = 4; // chunks per block of fine_kernel and cand_kernel: one histogram pick for 4096 keys
 __global__ void __launch_bounds__(256)
     fine_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
                 uint32_t * __restrict__ hist) {
@@ -583,11 +643,12 @@ __global__ void __launch_bounds__(256)
     const seq_info      si   = seq_info_of(n_kv[b], cfg);
     if (si.k == 0) return;
     __shared__ int s_cbin;
-    const uint32_t * kl   = keys + list * stride; // the chunk's keys load while the bin is picked
-    const int        base = blockIdx.x * chunk_items + tid;
-    uint32_t         key[per_thread];
+    const uint32_t * kl   = keys + list * stride; // the chunks' keys load while the bin is picked
+    const int        base = blockIdx.x * fc_chunks * chunk_items + tid;
+    uint32_t         key[fc_chunks * per_thread];
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
+    for (int j = 0; j < fc_chunks * per_thread; ++j)
+        key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
 #pragma unroll
     for (int w = 0; w < 8; ++w) fine_w[w][tid] = 0;
     if (tid < 32) {
@@ -598,7 +659,7 @@ __global__ void __launch_bounds__(256)
     __syncthreads();
     const int        cbin = s_cbin;
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) // one histogram per warp: no contention between warps
+    for (int j = 0; j < fc_chunks * per_thread; ++j) // one histogram per warp: no contention between warps
         if (key[j] != 0 && int(key[j] >> 24) == cbin) atomicAdd(&fine_w[tid / 32][(key[j] >> 16) & 255u], 1u);
     __syncthreads();
     uint32_t f = 0;
@@ -610,11 +671,14 @@ __global__ void __launch_bounds__(256)
 // The 16-bit bin holding the k-th largest key and the count above it, from the coarse and fine histograms hl
 // (warp 0 computes, the block gets it through shared memory).
 __device__ __forceinline__ void pick16(const uint32_t * hl, int k, int * s_pick, int & bin, int & above) {
-    if (threadIdx.x < 32) {
+    if (threadIdx.x < 32) { // both histograms loaded at once
+        uint32_t vc[8], vf[8];
+        warp_load256(hl, vc);
+        warp_load256(hl + 256, vf);
         int cbin, cabove;
-        warp_pick256(hl, k, cbin, cabove);
+        warp_pick256_regs(vc, k, cbin, cabove);
         int d, a;
-        warp_pick256(hl + 256, k - cabove, d, a);
+        warp_pick256_regs(vf, k - cabove, d, a);
         if (threadIdx.x == 0) {
             s_pick[0] = cbin * 256 + d;
             s_pick[1] = cabove + a;
@@ -629,50 +693,56 @@ __device__ __forceinline__ void pick16(const uint32_t * hl, int k, int * s_pick,
 // in shared memory, one global atomic per block).
 __global__ void __launch_bounds__(256)
     cand_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                const uint32_t * __restrict__ info, const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand, uint32_t * __restrict__ cand_count,
-                int32_t * __restrict__ chunk_cnt, int n_chunks) {
-    __shared__ uint64_t sc[chunk_items];
-    __shared__ int      s_nc, s_base, wsum[8], s_pick[2];
-    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
-    const size_t        list = size_t(b) * n_entry + e;
-    const seq_info      si   = seq_info_of(n_kv[b], cfg);
+                const uint32_t * __restrict__ info, const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand,
+                uint32_t * __restrict__ cand_count, int32_t * __restrict__ chunk_cnt, int n_chunks) {
+    __shared__ uint64_t sc[fc_chunks * chunk_items];
+    __shared__ int      s_nc, s_base, wsum[fc_chunks][8], s_pick[2];
+    const int      e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
+    const size_t   list = size_t(b) * n_entry + e;
+    const seq_info si   = seq_info_of(n_kv[b], cfg);
+    const int      c0   = blockIdx.x * fc_chunks;
     if (si.k == 0) {
-        if (tid == 0) chunk_cnt[list * n_chunks + blockIdx.x] = 0;
+        if (tid < fc_chunks && c0 + tid < n_chunks) chunk_cnt[list * n_chunks + c0 + tid] = 0;
         return;
     }
-    const uint32_t * kl   = keys + list * stride; // the chunk's keys load while the bin is picked
-    const int        base = blockIdx.x * chunk_items + tid;
-    uint32_t         key[per_thread];
+    const uint32_t * kl   = keys + list * stride; // the chunks' keys load while the bin is picked
+    const int        base = c0 * chunk_items + tid;
+    uint32_t         key[fc_chunks * per_thread];
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
+    for (int j = 0; j < fc_chunks * per_thread; ++j)
+        key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
     if (tid == 0) s_nc = 0;
     int bin, above;
     pick16(hist + list * n_hist, si.k, s_pick, bin, above);
-    int w = 0;
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) {
-        const int i  = base + j * 256;
-        const int kb = int(key[j] >> 16);
-        if (key[j] != 0 && kb > bin) w += item_weight(si, cfg.page, i);
-        const bool     is_c = key[j] != 0 && kb == bin;
-        const unsigned m    = __ballot_sync(0xffffffffu, is_c);
-        if (m != 0) {
-            const int leader = __ffs(m) - 1;
-            int       pos    = 0;
-            if (lane == leader) pos = atomicAdd(&s_nc, __popc(m));
-            pos = __shfl_sync(0xffffffffu, pos, leader);
-            if (is_c) sc[pos + __popc(m & ((1u << lane) - 1u))] = comp_key(key[j], i);
+    for (int c = 0; c < fc_chunks; ++c) {
+        int w = 0;
+#pragma unroll
+        for (int jj = 0; jj < per_thread; ++jj) {
+            const int j  = c * per_thread + jj;
+            const int i  = base + j * 256;
+            const int kb = int(key[j] >> 16);
+            if (key[j] != 0 && kb > bin) w += item_weight(si, cfg.page, i);
+            const bool     is_c = key[j] != 0 && kb == bin;
+            const unsigned m    = __ballot_sync(0xffffffffu, is_c);
+            if (m != 0) { // gathered in shared memory, then one global atomic per block
+                const int leader = __ffs(m) - 1;
+                int       pos    = 0;
+                if (lane == leader) pos = atomicAdd(&s_nc, __popc(m));
+                pos = __shfl_sync(0xffffffffu, pos, leader);
+                if (is_c) sc[pos + __popc(m & ((1u << lane) - 1u))] = comp_key(key[j], i);
+            }
         }
+        for (int o = 16; o >= 1; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
+        if (lane == 0) wsum[c][tid / 32] = w;
     }
-    for (int o = 16; o >= 1; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
-    if (lane == 0) wsum[tid / 32] = w;
     __syncthreads();
-    if (tid == 0) {
+    if (tid < fc_chunks && c0 + tid < n_chunks) {
         int t = 0;
-        for (int i = 0; i < 8; ++i) t += wsum[i];
-        chunk_cnt[list * n_chunks + blockIdx.x] = t;
-        s_base = s_nc > 0 ? int(atomicAdd(cand_count + list, uint32_t(s_nc))) : 0;
+        for (int i = 0; i < 8; ++i) t += wsum[tid][i];
+        chunk_cnt[list * n_chunks + c0 + tid] = t;
     }
+    if (tid == 0) s_base = s_nc > 0 ? int(atomicAdd(cand_count + list, uint32_t(s_nc))) : 0;
     __syncthreads();
     for (int i = tid; i < s_nc; i += 256)
         if (s_base + i < cand_cap) cand[list * cand_cap + s_base + i] = sc[i];
@@ -861,8 +931,14 @@ __global__ void __launch_bounds__(256)
     const int        i0 = blockIdx.x * chunk_items + tid * per_thread;
     const uint32_t * kl = keys + list * stride;
     uint32_t         key[per_thread];
+    if (valid && stride % 4 == 0 && i0 + per_thread <= si.n_items) { // one 16-byte load
+        static_assert(per_thread == 4, "one uint4 of keys per thread");
+        const uint4 kv = __ldcg(reinterpret_cast<const uint4 *>(kl + i0));
+        key[0] = kv.x, key[1] = kv.y, key[2] = kv.z, key[3] = kv.w;
+    } else {
 #pragma unroll
-    for (int j = 0; j < per_thread; ++j) key[j] = valid && i0 + j < si.n_items ? __ldcg(kl + i0 + j) : 0u;
+        for (int j = 0; j < per_thread; ++j) key[j] = valid && i0 + j < si.n_items ? __ldcg(kl + i0 + j) : 0u;
+    }
     const int      bin = valid ? int(info[list * 4]) : 0;
     const uint64_t thr = valid ? (uint64_t(info[list * 4 + 2]) << 32) | info[list * 4 + 3] : 0;
     int off = 0, total = 0; // tokens of the chunks before this one, of all chunks
@@ -934,12 +1010,15 @@ __device__ __forceinline__ uint32_t ld_acquire_u32(const uint32_t * p) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
-// Every thread's global writes are made visible, then the block counts itself in; returns the old count (thread 0).
+// The block's global writes are made visible (barrier, then one fence by thread 0, which is cumulative: the
+// pattern of a cooperative-groups grid barrier), then the block counts itself in; returns the old count (thread 0).
 __device__ __forceinline__ uint32_t list_arrive(uint32_t * ctr) {
-    __threadfence();
     __syncthreads();
     uint32_t old = 0;
-    if (threadIdx.x == 0) old = atomicAdd(ctr, 1u);
+    if (threadIdx.x == 0) {
+        __threadfence();
+        old = atomicAdd(ctr, 1u);
+    }
     return old;
 }
 __device__ __forceinline__ void list_wait(const uint32_t * ctr, uint32_t target) {
@@ -1386,6 +1465,116 @@ __global__ void __launch_bounds__(fz_threads, 2)
     }
 }
 
+// ---- Loki scores and group keys in one persistent launch (one selection per KV head, many lists: batch > 1) ----
+//
+// Tickets are handed out in order from a counter: the score chunks of list s interleaved with the group-key chunks
+// of list s - lag. A key ticket waits until every score chunk of its list is in (they were handed out at least
+// (lag - 1) lists earlier, to blocks that wait on nothing, so the wait ends); by then the list's scores are still in
+// L2 (the low-rank keys stream through with evict-first), they are read from there and their lines are dropped
+// from L2 without a write-back (discard.global.L2): the per-head scores need not make a round trip to memory.
+// The keys and the coarse histogram are those of group_keys_kernel, the scores those of loki_score_kernel.
+
+// Drops the whole 128-byte lines inside [p, p + n floats) from L2 without writing them back.
+__device__ __forceinline__ void discard_lines(const float * p, int64_t n, int tid, int n_threads) {
+    const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + 127) & ~uintptr_t(127);
+    const uintptr_t e = reinterpret_cast<uintptr_t>(p + n) & ~uintptr_t(127);
+    for (uintptr_t a = b + uintptr_t(tid) * 128; a < e; a += uintptr_t(n_threads) * 128)
+        asm volatile("discard.global.L2 [%0], 128;" ::"l"(a) : "memory");
+}
+
+template <int G>
+__global__ void __launch_bounds__(256, 3)
+    loki_score_keys_kernel(const float * __restrict__ qrot, int n_head, int n_head_kv, const __half * __restrict__ lk,
+                           int d_pad, const int32_t * __restrict__ pages, int64_t pages_stride,
+                           const int32_t * __restrict__ n_kv, sel_cfg cfg, float * scores, int64_t stride,
+                           uint32_t * head_max, uint32_t * ctr, int n_chunks, int n_list, int lag,
+                           uint32_t * __restrict__ keys, uint32_t * __restrict__ hist) {
+    __shared__ float    qd[G][128];
+    __shared__ uint32_t smax[8];
+    __shared__ float    hm[8];
+    __shared__ uint32_t coarse[256];
+    __shared__ int      s_ticket[2];
+    const int           tid = threadIdx.x, lane = tid & 31, T = n_chunks;
+    const int           n_tickets = 2 * n_list * T;
+    if (tid == 0) s_ticket[0] = int(atomicAdd(ctr, 1u));
+    for (int par = 0;; par ^= 1) {
+        __syncthreads(); // the previous ticket's shared memory is free, this ticket's number is in
+        const int id = s_ticket[par];
+        if (id >= n_tickets) return;
+        if (tid == 0) s_ticket[par ^ 1] = int(atomicAdd(ctr, 1u)); // the next ticket, in flight meanwhile
+        bool is_key;
+        int  list, chunk;
+        if (id < lag * T) {
+            is_key = false, list = id / T, chunk = id % T;
+        } else {
+            const int j  = id - lag * T;
+            const int nd = (n_list - lag) * 2 * T;
+            if (j < nd) {
+                const int st = lag + j / (2 * T), w = j % (2 * T);
+                is_key = (w & 1) != 0, chunk = w >> 1, list = is_key ? st - lag : st;
+            } else {
+                is_key = true, list = n_list - lag + (j - nd) / T, chunk = (j - nd) % T;
+            }
+        }
+        const int b = list / n_head_kv, hk = list % n_head_kv;
+        if (!is_key) {
+            loki_score_chunk<G, true>(chunk, hk, b, qrot, n_head, n_head_kv, lk, d_pad, pages, pages_stride, n_kv, cfg,
+                                      scores, stride, head_max, qd, smax);
+            list_arrive(ctr + 1 + list);
+        } else {
+            list_wait(ctr + 1 + list, uint32_t(T));
+            // group_keys_chunk with the G heads' scores loaded together with the head maxima (same arithmetic)
+            coarse[tid] = 0;
+            if (tid < G) {
+                const uint32_t k = __ldcg(head_max + size_t(b) * n_head + hk * G + tid);
+                hm[tid]          = k == 0 ? -INFINITY : key_float(k);
+            }
+            const seq_info si   = seq_info_of(n_kv[b], cfg);
+            const float *  s0   = scores + (size_t(b) * n_head + hk * G) * stride;
+            const int      base = chunk * chunk_items + tid;
+            float          sv[G][per_thread];
+#pragma unroll
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int j = 0; j < per_thread; ++j) {
+                    const int i = base + j * 256;
+                    sv[g][j]    = i >= si.e0 && i < si.e1 ? __ldcg(s0 + size_t(g) * stride + i) : 0.f;
+                }
+            __syncthreads();
+            float v[per_thread];
+#pragma unroll
+            for (int j = 0; j < per_thread; ++j) v[j] = -INFINITY;
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const float m = hm[g];
+                if (!(m > -INFINITY)) continue;
+#pragma unroll
+                for (int j = 0; j < per_thread; ++j) {
+                    const float x = sv[g][j] - m;
+                    v[j]          = x > v[j] ? x : v[j]; // NaN compares false: ignored
+                }
+            }
+            uint32_t * kl = keys + size_t(list) * stride;
+#pragma unroll
+            for (int j = 0; j < per_thread; ++j) {
+                const int      i      = base + j * 256;
+                const bool     el     = i >= si.e0 && i < si.e1;
+                const uint32_t key    = el ? sel_key(G == 1 ? sv[0][j] : v[j]) : 0u;
+                if (i < si.n_items) kl[i] = key;
+                const int      cb     = el ? int(key >> 24) : -1;
+                const unsigned cpeers = __match_any_sync(0xffffffffu, cb);
+                if (cb >= 0 && lane == __ffs(cpeers) - 1) atomicAdd(&coarse[cb], uint32_t(__popc(cpeers)));
+            }
+            __syncthreads(); // also: every thread's reads of the chunk's scores are done
+            if (coarse[tid] != 0) atomicAdd(hist + size_t(list) * n_hist + tid, coarse[tid]);
+            const int64_t i0 = int64_t(chunk) * chunk_items;
+            const int64_t n  = stride - i0 < chunk_items ? stride - i0 : chunk_items;
+            for (int g = 0; g < G; ++g)
+                discard_lines(scores + (size_t(b) * n_head + hk * G + g) * stride + i0, n, tid, 256);
+        }
+    }
+}
+
 // ---- host side ----
 
 struct stage_dims {
@@ -1424,7 +1613,7 @@ stage_dims stage_prepare(const decode_select_args & a, int page, decode_select_w
     // zeroed: head maxima, candidate counts and the fused kernel's list counters, cleared by every call; hist:
     // cleared once here, then by the pick
     // kernel after reading it
-    const size_t n_cleared = size_t(a.n_seq) * a.n_head + 2 * size_t(d.n_list);
+    const size_t n_cleared = size_t(a.n_seq) * a.n_head + 3 * size_t(d.n_list) + 1;
     grow(ws.scores, ws.cap[0], size_t(a.n_seq) * a.n_head * d.n_items);
     grow(ws.keys, ws.cap[1], size_t(d.n_list) * d.n_items);
     grow(ws.zeroed, ws.cap[2], n_cleared);
@@ -1447,18 +1636,26 @@ uint32_t * ws_cand_count(decode_select_workspace & ws, const decode_select_args 
 uint32_t * ws_bar(decode_select_workspace & ws, const decode_select_args & a, const stage_dims & d) {
     return ws.zeroed + size_t(a.n_seq) * a.n_head + size_t(d.n_list);
 }
+// The persistent score + group-key kernel's ticket counter and per-list score-chunk counts.
+uint32_t * ws_ctr(decode_select_workspace & ws, const decode_select_args & a, const stage_dims & d) {
+    return ws.zeroed + size_t(a.n_seq) * a.n_head + 2 * size_t(d.n_list);
+}
 uint32_t * ws_hist(decode_select_workspace & ws, const decode_select_args &, const stage_dims &) { return ws.hist; }
 
+// keys_done: the keys and coarse histogram are already written (loki_score_keys_kernel).
 void stage_run(const decode_select_args & a, const float * scores, int64_t stride, int page, const stage_dims & d,
-               decode_select_workspace & ws, decode_plan_buf & plan, cudaStream_t stream) {
+               decode_select_workspace & ws, decode_plan_buf & plan, cudaStream_t stream, bool keys_done = false) {
     const sel_cfg c = cfg_of(a, page);
     const dim3    grid(unsigned(d.n_chunks), unsigned(d.n_entry), unsigned(a.n_seq));
-    group_keys_kernel<<<grid, 256, 0, stream>>>(scores, stride, a.n_head, a.group, a.n_kv, c, ws_head_max(ws), ws.keys,
-                                                ws_hist(ws, a, d));
+    if (!keys_done) {
+        group_keys_kernel<<<grid, 256, 0, stream>>>(scores, stride, a.n_head, a.group, a.n_kv, c, ws_head_max(ws),
+                                                    ws.keys, ws_hist(ws, a, d));
+        LC_CUDA_CHECK_LAUNCH();
+    }
+    const dim3 grid_fc(unsigned((d.n_chunks + fc_chunks - 1) / fc_chunks), unsigned(d.n_entry), unsigned(a.n_seq));
+    fine_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    fine_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d));
-    LC_CUDA_CHECK_LAUNCH();
-    cand_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws_hist(ws, a, d), ws.cand,
+    cand_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws_hist(ws, a, d), ws.cand,
                                           ws_cand_count(ws, a), ws.chunk, d.n_chunks);
     LC_CUDA_CHECK_LAUNCH();
     select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry,
@@ -1526,7 +1723,7 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     const dim3   grid(unsigned((d.n_items + loki_chunk - 1) / loki_chunk), unsigned(a.n_head_kv), unsigned(a.n_seq));
     const int    G    = a.n_head / a.n_head_kv;
     const size_t smem = (size_t(a.head_dim) * st.d_pad + size_t(G) * a.head_dim) * sizeof(float);
-    if (G <= 4 && a.group == G) { // one selection per KV head: the one-kernel selection when it fits
+    if (G <= 4 && a.group == G && !a.loki_separate) { // one selection per KV head: one kernel when it fits
         int n_sm = 0, dev = 0, per_sm = 0;
         LC_CUDA_CHECK(cudaGetDevice(&dev));
         LC_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
@@ -1576,6 +1773,31 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     loki_query_kernel<<<dim3(unsigned(a.n_head_kv), unsigned(a.n_seq)), 256, smem, stream>>>(
         a.q, a.n_head, a.n_head_kv, a.head_dim, st.proj, st.d_pad, ws.qrot);
     LC_CUDA_CHECK_LAUNCH();
+    if (a.group == G && !a.loki_separate) { // per KV head: scores and group keys in one persistent launch
+        using sk_fn = void (*)(const float *, int, int, const __half *, int, const int32_t *, int64_t, const int32_t *,
+                               sel_cfg, float *, int64_t, uint32_t *, uint32_t *, int, int, int, uint32_t *, uint32_t *);
+        constexpr sk_fn sks[8] = {loki_score_keys_kernel<1>, loki_score_keys_kernel<2>, loki_score_keys_kernel<3>,
+                                  loki_score_keys_kernel<4>, loki_score_keys_kernel<5>, loki_score_keys_kernel<6>,
+                                  loki_score_keys_kernel<7>, loki_score_keys_kernel<8>};
+        const sk_fn     fn     = sks[G - 1];
+        int             n_sm = 0, dev = 0, per_sm = 0;
+        LC_CUDA_CHECK(cudaGetDevice(&dev));
+        LC_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+        LC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, 256, 0));
+        const int64_t resident = int64_t(std::max(per_sm, 1)) * n_sm;
+        const int64_t T        = (d.n_items + chunk_items - 1) / chunk_items;
+        // lag: more than the resident blocks' worth of tickets between a list's last score chunk and its first key
+        // chunk, so that key tickets seldom wait
+        const int64_t lag      = std::min<int64_t>(d.n_list, (resident + 2 * T - 1) / (2 * T) + 1);
+        const int64_t n_tick   = 2 * T * d.n_list;
+        fn<<<unsigned(std::min<int64_t>(resident, n_tick)), 256, 0, stream>>>(
+            ws.qrot, a.n_head, a.n_head_kv, reinterpret_cast<const __half *>(st.keys), st.d_pad, a.pages,
+            a.pages_stride, a.n_kv, cfg_of(a, 1), ws.scores, d.n_items, ws_head_max(ws), ws_ctr(ws, a, d), int(T),
+            d.n_list, int(lag), ws.keys, ws_hist(ws, a, d));
+        LC_CUDA_CHECK_LAUNCH();
+        stage_run(a, ws.scores, d.n_items, 1, d, ws, plan, stream, true);
+        return status::ok();
+    }
     using score_fn = void (*)(const float *, int, int, const __half *, int, const int32_t *, int64_t, const int32_t *,
                               sel_cfg, float *, int64_t, uint32_t *);
     constexpr score_fn fns[8] = {loki_score_kernel<1>, loki_score_kernel<2>, loki_score_kernel<3>,

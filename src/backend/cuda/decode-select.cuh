@@ -37,6 +37,8 @@ struct decode_select_args {
     double          budget_frac   = 0.25;
     int64_t         budget_tokens = 0;
     float           scale         = 0; // exact top-k scores are scale * q . k (as the CPU's)
+    bool            loki_separate = false; // Loki: always the separate score, group-key and top-k kernels (for
+                                           // measurements; the same selection)
 };
 
 // Scratch of the selectors, grown on demand (device allocations; synchronous when they grow).
