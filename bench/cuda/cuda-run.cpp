@@ -2,11 +2,12 @@
 // exists. Two modes:
 //   -m MODEL [-p PROMPT] [-n N] [--check]   greedy continuation on the GPU; --check also runs the CPU path and
 //                                           compares tokens and logits
-//   --synthetic NAME [--pp 8192,32768] [--tg 64] [-r R] [--prefill dense|vslash] [--vslash V,S]
+//   --synthetic NAME [--pp 8192,32768] [--tg 64] [-r R] [--prefill dense|vslash|a-shape|block] [--budgets A,B]
 //                                           random weights of a real model's shape: TTFT of a pp-token prompt and
 //                                           decode tokens/s at depth pp, as a markdown table labelled synthetic;
-//                                           --prefill vslash: MInference vertical-slash prefill (v=1000, s=6096),
-//                                           what --prefill minference is on a model without a calibration;
+//                                           --prefill: one MInference pattern in every head (METHODS.md defaults:
+//                                           vslash v=1000 s=6096, the --prefill minference of a model without a
+//                                           calibration; a-shape 128,3968; block k_b=100), --budgets to change them;
 //                                           --decode topk|quest|loki [--decode-budget 0.25] [--decode-select kv]:
 //                                           sparse decode, keys selected per query head or per KV head (Loki
 //                                           with the identity basis: the first d = D/4 dims; random weights have no
@@ -60,16 +61,21 @@ int die(const status & st) {
 }
 
 int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, int tg, int reps,
-                  cuda::cuda_model_options opt) {
+                  cuda::cuda_model_options opt, head_pattern pattern, head_budget budget) {
     auto hpr = cuda::synthetic_hparams(name);
     if (!hpr.is_ok()) return die(hpr.get_status());
     const model_hparams hp = hpr.value();
     const int64_t       ubatch = opt.n_ubatch;
     opt.n_ctx               = (*std::max_element(pps.begin(), pps.end()) + tg + 63) / 64 * 64;
     char prefill[64]        = "dense";
-    if (opt.vslash)
-        std::snprintf(prefill, sizeof(prefill), "vslash v=%lld s=%lld", (long long)opt.vslash_v,
-                      (long long)opt.vslash_s);
+    if (pattern != head_pattern::DENSE) {
+        opt.prefill_heads.assign(size_t(hp.n_layer) * size_t(hp.n_head), budget);
+        if (pattern == head_pattern::BLOCK)
+            std::snprintf(prefill, sizeof(prefill), "block k_b=%lld", (long long)budget.a);
+        else
+            std::snprintf(prefill, sizeof(prefill), "%s %lld,%lld", head_pattern_name(pattern), (long long)budget.a,
+                          (long long)budget.b);
+    }
     const char * dec_names[] = {"dense", "topk", "quest", "loki"};
     char         decode[64];
     std::snprintf(decode, sizeof(decode), "%s", dec_names[int(opt.decode)]);
@@ -93,7 +99,7 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
                  (long long)opt.n_ctx, now_s() - t0, cm->device_name().c_str());
     std::printf(
         "| model | device | weights | KV | prefill | decode | ubatch | prompt | TTFT s | prefill t/s | decode t/s @ depth "
-        "| runs | vslash layers dense |\n");
+        "| runs | sparse layers run dense |\n");
     std::printf("|---|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
     for (int64_t pp : pps) {
         std::vector<int32_t> toks(static_cast<size_t>(pp));
@@ -107,7 +113,7 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
         for (int i = 0; i < 3; ++i)
             if (status st = cm->forward(&next, 1, cm->n_past(), 0, nullptr, &next); !st.is_ok()) return die(st);
         std::vector<double>              ttft, dec;
-        const cuda::cuda_model::vslash_counts vs0 = cm->vslash_stats();
+        const cuda::cuda_model::prefill_counts vs0 = cm->sparse_prefill_stats();
         for (int r = 0; r < reps; ++r) {
             cm->clear();
             double a = now_s();
@@ -127,9 +133,9 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
         };
         const auto [tm, ts] = mean_sd(ttft);
         const auto [dm, ds] = mean_sd(dec);
-        const cuda::cuda_model::vslash_counts vs1 = cm->vslash_stats();
-        char                                  vsd[48] = "-";
-        if (opt.vslash)
+        const cuda::cuda_model::prefill_counts vs1     = cm->sparse_prefill_stats();
+        char                                   vsd[48] = "-";
+        if (pattern != head_pattern::DENSE)
             std::snprintf(vsd, sizeof(vsd), "%lld of %lld", (long long)(vs1.dense - vs0.dense),
                           (long long)(vs1.layers - vs0.layers));
         std::printf("| %s (synthetic, random weights) | %s | bf16 | bf16 | %s | %s | %lld | %lld | %.3f ± %.3f | %.0f | "
@@ -213,6 +219,9 @@ int main(int argc, char ** argv) {
     int                  n_gen = 64, tg = 64, reps = 1;
     bool                 check  = false;
     cuda::cuda_model_options sopt;
+    head_pattern             pattern       = head_pattern::DENSE;
+    head_budget              budget        = head_budget_default(head_pattern::DENSE);
+    bool                     budgets_given = false;
     std::vector<int64_t> pps    = {8192, 32768};
     for (int i = 1; i < argc; ++i) {
         const std::string a    = argv[i];
@@ -242,22 +251,29 @@ int main(int argc, char ** argv) {
         else if (a == "-ub")
             sopt.n_ubatch = std::max<int64_t>(1, std::atoll(next()));
         else if (a == "--prefill") {
-            const std::string m = next();
-            if (m != "dense" && m != "vslash" && m != "minference") {
-                std::fprintf(stderr, "longctx-cuda-run: --prefill %s: expected dense, vslash or minference\n", m.c_str());
+            std::string m = next();
+            if (m == "minference") m = "vslash";
+            const auto pr = head_pattern_parse(m);
+            if (!pr.is_ok()) {
+                std::fprintf(stderr, "longctx-cuda-run: --prefill %s: expected dense, vslash, a-shape, block or "
+                                     "minference\n", m.c_str());
                 return 1;
             }
-            sopt.vslash = m != "dense";
-        } else if (a == "--vslash-dense-ratio") {
-            sopt.vslash_dense_ratio = float(std::atof(next()));
-        } else if (a == "--vslash") {
-            const std::vector<int64_t> vs = parse_list(next());
-            if (vs.size() != 2 || vs[0] < 1 || vs[1] < 1) {
-                std::fprintf(stderr, "longctx-cuda-run: --vslash V,S: two positive counts\n");
+            pattern = pr.value();
+            if (!budgets_given) budget = head_budget_default(pattern);
+            budget.pattern = pattern;
+        } else if (a == "--prefill-dense-ratio") {
+            sopt.prefill_dense_ratio = float(std::atof(next()));
+        } else if (a == "--budgets") {
+            const std::vector<int64_t> b = parse_list(next());
+            if (b.empty() || b.size() > 2 || b[0] < 1 || (b.size() == 2 && b[1] < 0)) {
+                std::fprintf(stderr, "longctx-cuda-run: --budgets A[,B]: positive counts (vslash V,S; a-shape "
+                                     "SINK,LOCAL; block K_B)\n");
                 return 1;
             }
-            sopt.vslash_v = vs[0];
-            sopt.vslash_s = vs[1];
+            budget.a      = b[0];
+            budget.b      = b.size() == 2 ? b[1] : 0;
+            budgets_given = true;
         } else if (a == "--decode") {
             const std::string m = next();
             if (m == "dense")
@@ -290,7 +306,8 @@ int main(int argc, char ** argv) {
                 stderr,
                 "usage: longctx-cuda-run -m MODEL [-p PROMPT] [-n 64] [--check]\n"
                 "       longctx-cuda-run --synthetic llama3-8b [--pp 8192,32768] [--tg 64] [-r 1] [-ub 4096]\n"
-                "                        [--prefill dense|vslash|minference] [--vslash 1000,6096]\n"
+                "                        [--prefill dense|vslash|a-shape|block|minference] [--budgets A,B]\n"
+                "                        [--prefill-dense-ratio 0.45]\n"
                 "                        [--decode dense|topk|quest|loki] [--decode-budget 0.25] [--decode-select head|kv]\n");
             return 1;
         }
@@ -299,6 +316,6 @@ int main(int argc, char ** argv) {
         std::fprintf(stderr, "longctx-cuda-run: no CUDA device\n");
         return 1;
     }
-    if (!synthetic.empty()) return run_synthetic(synthetic, pps, tg, reps, sopt);
+    if (!synthetic.empty()) return run_synthetic(synthetic, pps, tg, reps, sopt, pattern, budget);
     return run_model(model_arg, prompt, n_gen, check);
 }

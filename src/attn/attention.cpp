@@ -61,31 +61,35 @@ head_budget head_budget_effective(const head_budget & hb, const prefill_budget &
     return r;
 }
 
+result<minference_config> prefill_heads_for(const model & m, const attn_config & c) {
+    const model_hparams & hp    = m.hparams();
+    minference_config     heads = minference_config_uniform(hp.n_layer, hp.n_head, method_pattern(c.prefill));
+    if (c.prefill != prefill_method::MINFERENCE) return heads;
+    std::string path = c.sidecar;
+    if (path == "auto") {
+        path = sidecar_path_for(m.file().path());
+        if (!std::ifstream(path).good()) path.clear();
+    } else if (path == "none") {
+        path.clear();
+    }
+    if (!path.empty()) {
+        LC_ASSIGN_OR_RETURN(sidecar sc, sidecar_read(path, hp.n_layer, hp.n_head));
+        if (sc.minference)
+            heads = sc.minference->config;
+        else
+            LC_LOG_W("minference: sidecar %s has no MInference section; using the defaults", path.c_str());
+    }
+    LC_LOG_I("minference: head patterns from %s", heads.source.c_str());
+    return heads;
+}
+
 result<std::unique_ptr<attention>> attention::create(const model & m, const attn_config & c) {
-    const model_hparams &      hp = m.hparams();
     if (c.prefill == prefill_method::ORACLE &&
         (c.budget.mode != prefill_budget::kind::FRACTION || c.budget.value >= 1.0))
         return error(status_code::INVALID_ARGUMENT,
                      "--prefill oracle keeps a share of each block's keys: give it --prefill-budget P%% below 100%%");
     std::unique_ptr<attention> a(new attention(c));
-    a->heads_ = minference_config_uniform(hp.n_layer, hp.n_head, method_pattern(c.prefill));
-    if (c.prefill == prefill_method::MINFERENCE) {
-        std::string path = c.sidecar;
-        if (path == "auto") {
-            path = sidecar_path_for(m.file().path());
-            if (!std::ifstream(path).good()) path.clear();
-        } else if (path == "none") {
-            path.clear();
-        }
-        if (!path.empty()) {
-            LC_ASSIGN_OR_RETURN(sidecar sc, sidecar_read(path, hp.n_layer, hp.n_head));
-            if (sc.minference)
-                a->heads_ = sc.minference->config;
-            else
-                LC_LOG_W("minference: sidecar %s has no MInference section; using the defaults", path.c_str());
-        }
-        LC_LOG_I("minference: head patterns from %s", a->heads_.source.c_str());
-    }
+    LC_ASSIGN_OR_RETURN(a->heads_, prefill_heads_for(m, c));
     LC_ASSIGN_OR_RETURN(a->decode_, decode_method_create(m, c));
     return a;
 }

@@ -106,6 +106,11 @@ class attention {
     std::vector<float>             lse_;
 };
 
+// Each (layer, query head)'s prefill pattern and budgets for c.prefill: the method's pattern with its default
+// budgets, or for MINFERENCE the sidecar's search results (c.sidecar: auto finds MODEL.longctx.gguf, none skips it)
+// or the defaults. Errors: a sidecar that cannot be read.
+result<minference_config> prefill_heads_for(const model & m, const attn_config & c);
+
 // The budgets head h of a pattern uses for a call ending at n_keys keys under the --prefill-budget setting.
 head_budget head_budget_effective(const head_budget & hb, const prefill_budget & b, int64_t n_keys);
 

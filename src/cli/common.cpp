@@ -25,7 +25,9 @@ void add_context_flags(arg_parser & p) {
     p.add({"-c", "--ctx-size", "N", "context length in tokens (0: the model's trained context)", "0"});
     p.add({"-ub", "--ubatch-size", "N",
            "prompt tokens per forward pass (chunked prefill; sparse prefill estimates its index per chunk)", "512"});
-    p.add({"", "--device", "cpu|cuda", "where the model runs (cuda: the whole model on the GPU, dense attention)",
+    p.add({"", "--device", "cpu|cuda",
+           "where the model runs (cuda: the whole model on the GPU; MInference prefill, top-k, Quest and Loki decode; "
+           "MagicPIG and the KV policies run on the CPU only)",
            "cpu"});
     p.add({"-ngl", "--n-gpu-layers", "N", "llama.cpp's flag: any N > 0 runs the whole model on the GPU (--device cuda)",
            "0"});

@@ -85,25 +85,22 @@ result<std::unique_ptr<context>> context::create(const model & m, const context_
     for (int seq = 0; seq < p.n_seq; ++seq) LC_RETURN_IF_ERROR(c->set_methods(seq, p.attn));
     if (p.cuda) {
 #if LC_HAVE_CUDA
-        // The GPU's sparse prefill is vertical-slash with uniform budgets (METHODS.md's VS(1000, 6096) times a
-        // --prefill-budget scale); decode is dense over a full cache.
-        const bool vslash_ok = p.attn.prefill == prefill_method::VSLASH && p.attn.budget.mode == prefill_budget::kind::SCALE;
-        if (p.n_seq != 1 || (p.attn.prefill != prefill_method::DENSE && !vslash_ok) ||
-            p.attn.decode == decode_kind::MAGICPIG || p.attn.kv != kv_method::FULL)
+        // The GPU runs MInference's patterns (vertical-slash, block-sparse, A-shape, per head for minference);
+        // the oracle bound, MagicPIG and the KV policies only on the CPU.
+        if (p.n_seq != 1 || p.attn.prefill == prefill_method::ORACLE || p.attn.decode == decode_kind::MAGICPIG ||
+            p.attn.kv != kv_method::FULL)
             return error(status_code::UNSUPPORTED,
-                         "context: the GPU runs one sequence with dense or vertical-slash prefill (budget as a scale, "
-                         "e.g. 1x), dense, top-k, Quest or Loki decode and a full KV cache so far (got %d sequences, "
-                         "%s)",
+                         "context: the GPU runs one sequence with dense, a-shape, vslash, block or minference prefill, "
+                         "dense, top-k, Quest or Loki decode and a full KV cache so far (got %d sequences, %s)",
                          p.n_seq, attn_config_describe(p.attn).c_str());
         cuda::cuda_model_options o;
         o.n_ctx = n_ctx;
         LC_RETURN_IF_ERROR(cuda_decode_options(m, p.attn, o));
-        if (vslash_ok) {
-            const head_budget vs = head_budget_default(head_pattern::VSLASH);
-            o.vslash             = true;
-            o.vslash_v           = std::max<int64_t>(1, int64_t(std::llround(double(vs.a) * p.attn.budget.value)));
-            o.vslash_s           = std::max<int64_t>(1, int64_t(std::llround(double(vs.b) * p.attn.budget.value)));
-            o.sparse_min_len     = p.attn.sparse_min_len;
+        if (p.attn.prefill != prefill_method::DENSE) {
+            LC_ASSIGN_OR_RETURN(const minference_config heads, prefill_heads_for(m, p.attn));
+            o.prefill_heads  = heads.heads;
+            o.prefill_budget = p.attn.budget;
+            o.sparse_min_len = p.attn.sparse_min_len;
         }
         LC_ASSIGN_OR_RETURN(std::unique_ptr<cuda::cuda_model> g, cuda::cuda_model::upload(m, o));
         LC_LOG_I("context: model on %s (%.1f MiB of bf16 weights, KV cache %.1f MiB for %lld tokens)",

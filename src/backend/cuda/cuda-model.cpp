@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "attn/attention.h"
 #include "backend/cpu/ref/dequant.h"
 #include "backend/cuda/attn-decode.cuh"
 #include "backend/cuda/attn-prefill.cuh"
@@ -128,9 +129,10 @@ struct cuda_model::impl {
     size_t   smp_ws_bytes = 0;
     sample_params *d_smp = nullptr, *h_smp = nullptr; // the draw's settings (h_smp pinned)
     int64_t        last_row = -1; // row of the device logits buffer holding the last token's logits (-1: none)
-    vslash_workspace vs_ws;   // vertical-slash index scratch (opt.vslash)
-    prefill_plan_buf vs_plan; // the plan of the current chunk and layer
-    int64_t          n_vslash_layers = 0, n_vslash_dense = 0; // (chunk, layer) pairs run, of which dense
+    vslash_workspace           sp_ws;   // MInference index scratch (opt.prefill_heads)
+    prefill_plan_buf           sp_plan; // the plan of the current chunk and layer
+    std::vector<head_spec_dev> sp_spec; // the current layer's heads, budgets effective for the chunk
+    int64_t                    n_sparse_layers = 0, n_sparse_dense = 0; // (chunk, layer) pairs run, of which dense
     decode_select_workspace sel_ws;          // sparse decode selection scratch (opt.decode)
     decode_plan_buf         sel_plan;        // the plan of the current decode step and layer
     void *                  sdec_ws       = nullptr; // the sparse decode kernel's split-K workspace
@@ -181,6 +183,9 @@ struct cuda_model::impl {
         LC_ASSERT(hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0, "cuda: n_head %d, n_head_kv %d", hp.n_head,
                   hp.n_head_kv);
         if (opt.n_ctx <= 0) return error(status_code::INVALID_ARGUMENT, "cuda: n_ctx %lld", (long long)opt.n_ctx);
+        if (!opt.prefill_heads.empty() && opt.prefill_heads.size() != size_t(hp.n_layer) * size_t(hp.n_head))
+            return error(status_code::INVALID_ARGUMENT, "cuda: %zu prefill head patterns for %d layers x %d heads",
+                         opt.prefill_heads.size(), hp.n_layer, hp.n_head);
         layers.resize(size_t(hp.n_layer));
         return status::ok();
     }
@@ -430,6 +435,21 @@ struct cuda_model::impl {
         return status::ok();
     }
 
+    // Whether layer il prefills sparsely for a chunk ending at n_keys tokens; if so, sp_spec holds its heads with
+    // their budgets effective for n_keys. A layer whose heads are all dense is not sparse.
+    bool sparse_prefill_layer(int il, int64_t n_keys) {
+        if (opt.prefill_heads.empty() || n_keys < opt.sparse_min_len) return false;
+        sp_spec.resize(size_t(hp.n_head));
+        bool any = false;
+        for (int h = 0; h < hp.n_head; ++h) {
+            const head_budget hb = head_budget_effective(
+                opt.prefill_heads[size_t(il) * size_t(hp.n_head) + size_t(h)], opt.prefill_budget, n_keys);
+            sp_spec[size_t(h)]     = head_spec_effective(int32_t(hb.pattern), hb.a, hb.b, n_keys);
+            any                    = any || hb.pattern != head_pattern::DENSE;
+        }
+        return any;
+    }
+
     // Enqueues the forward pass of n tokens already in d_tok / d_pos at positions pos0.. (n_kv after it:
     // pos0 + n). decode: n == 1 through attn_decode reading n_kv (<= span) from d_nkv (graph-capturable). Leaves the
     // final hidden states in x.
@@ -515,7 +535,7 @@ struct cuda_model::impl {
                 da.workspace       = dec_ws;
                 da.workspace_bytes = dec_ws_bytes;
                 LC_RETURN_IF_ERROR(attn_decode(da, stream));
-            } else if (opt.vslash && window == 0 && pos0 + n >= opt.sparse_min_len) {
+            } else if (window == 0 && sparse_prefill_layer(il, pos0 + n)) {
                 vslash_attention_args va;
                 va.q           = q;
                 va.n_q         = n;
@@ -523,15 +543,13 @@ struct cuda_model::impl {
                 va.n_head      = hp.n_head;
                 va.kv          = attn_kv_paged{L.k_pool, L.v_pool, pages, n_pages, pos0 + n, hp.n_head_kv, int(D)};
                 va.scale       = scale;
-                va.v           = opt.vslash_v;
-                va.s           = opt.vslash_s;
-                va.dense_ratio = opt.vslash_dense_ratio;
+                va.dense_ratio = opt.prefill_dense_ratio;
                 va.o           = att;
                 va.o_f32       = false;
                 vslash_attention_info info;
-                LC_RETURN_IF_ERROR(vslash_attention_gpu(va, vs_ws, vs_plan, stream, &info));
-                ++n_vslash_layers;
-                n_vslash_dense += info.dense ? 1 : 0;
+                LC_RETURN_IF_ERROR(minference_attention_gpu(va, sp_spec.data(), sp_ws, sp_plan, stream, &info));
+                ++n_sparse_layers;
+                n_sparse_dense += info.dense ? 1 : 0;
             } else {
                 attn_prefill_args pa;
                 pa.q      = q;
@@ -764,8 +782,8 @@ void cuda_model::clear() {
     p_->n_past   = 0;
     p_->last_row = -1;
 }
-cuda_model::vslash_counts cuda_model::vslash_stats() const {
-    return {p_->n_vslash_layers, p_->n_vslash_dense};
+cuda_model::prefill_counts cuda_model::sparse_prefill_stats() const {
+    return {p_->n_sparse_layers, p_->n_sparse_dense};
 }
 void cuda_model::truncate(int64_t n) {
     p_->n_past   = std::clamp<int64_t>(n, 0, p_->n_past);

@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "longctx/status.h"
+#include "attn/attn-config.h"
+#include "attn/minference/head-config.h"
 #include "model/model.h"
 
 namespace lc::cuda {
@@ -24,17 +26,17 @@ struct cuda_model_options {
     int64_t n_ubatch = 4096; // prefill runs in chunks of at most this many tokens (bounds activation memory)
     bool    graphs   = true; // replay single-token decode steps from a CUDA graph
     int     device   = 0;
-    // MInference vertical-slash sparse prefill (METHODS.md sec. 2.2) in the full-attention layers: per prefill
-    // chunk and layer, the index from the chunk's last 64 queries, then the sparse kernel over its plan
-    // (vslash_attention_gpu in vslash-index.cuh). Chunks that end before sparse_min_len tokens, sliding-window layers and
-    // decode steps stay dense.
-    bool    vslash         = false;
-    int64_t vslash_v       = 1000; // vertical columns per head
-    int64_t vslash_s       = 6096; // slash diagonals per head
-    int64_t sparse_min_len = 4096;
+    // MInference sparse prefill (METHODS.md sec. 2.2) in the full-attention layers: each query head's pattern and
+    // budgets, [n_layer][n_head] (empty: dense), under prefill_budget (head_budget_effective, per chunk). Per prefill chunk and layer, the index
+    // of every head (vertical-slash from the chunk's last 64 queries, block-sparse from pooled Q and K, A-shape
+    // static), then the sparse kernel over the plan (minference_attention_gpu in vslash-index.cuh). Chunks that end
+    // before sparse_min_len tokens, sliding-window layers and decode steps stay dense.
+    std::vector<head_budget> prefill_heads;
+    lc::prefill_budget       prefill_budget;
+    int64_t                  sparse_min_len = 4096;
     // A layer whose plan needs more 64-key steps than this share of the dense kernel's tiles runs the dense kernel
-    // instead (vslash_attention_gpu's default 0.45: where dense is the faster on the H100; >= 1: always sparse).
-    float vslash_dense_ratio = 0.45f;
+    // instead (0.45: where dense is the faster on the H100; >= 1: always sparse).
+    float prefill_dense_ratio = 0.45f;
     // Sparse decode in the full-attention layers (decode-select.cuh, attn-sparse-decode.cuh): the keys each query
     // head (or KV head, decode_kv_select) attends, selected on the device within the decode step's graph, as the
     // CPU methods select them (attn/decode/{topk,quest,loki}.h).
@@ -100,12 +102,12 @@ class cuda_model {
     status last_logits(float * logits);
 
     int64_t n_past() const;
-    // Vertical-slash prefill so far (opt.vslash): (chunk, layer) pairs it ran, and of those the ones whose plan was
+    // Sparse prefill so far (opt.prefill_heads): (chunk, layer) pairs it ran, and of those the ones whose plan was
     // dense enough that the dense kernel ran instead.
-    struct vslash_counts {
+    struct prefill_counts {
         int64_t layers = 0, dense = 0;
     };
-    vslash_counts vslash_stats() const;
+    prefill_counts sparse_prefill_stats() const;
     // Forgets the sequence (n_past = 0).
     void clear();
     // Keeps the first min(n, n_past()) tokens (the next forward() overwrites the rest of the cache).

@@ -1,4 +1,4 @@
-// Vertical-slash index building on the GPU (vslash-index.cuh). Estimation: one CTA per (head, 64-key tile) computes
+// MInference index building on the GPU (vslash-index.cuh). Vertical-slash estimation: one CTA per (head, 64-key tile) computes
 // the 64 x 64 score tile of the last 64 queries with mma.sync, twice: first for each row's max and sum of
 // exponentials over the tile (combined per row afterwards), then for the probabilities, summed down the rows into
 // the vertical scores (each key owned by one CTA) and along the 127 diagonals of the tile into the slash scores
@@ -7,7 +7,9 @@
 // lower index). Plan: per head the ascending offsets are cut into groups whose neighbours are at most L = 64 apart;
 // each group is one merged key range in every full query block (L = the last block's length for a partial last
 // block), and a column is covered by the block's ranges iff some selected offset lies in [p0 - c, p1 - c], read
-// from a bitmap of the offsets.
+// from a bitmap of the offsets. Block-sparse: mean-pooled K per aligned 64-key block and Q per 64-query block, one
+// CTA per (query block, head) scoring its causal key blocks into shared memory and selecting the top k_b with the
+// same radix select. Mixed plans (minference_index_gpu): one items kernel writes each head by its own pattern.
 #include "backend/cuda/vslash-index.cuh"
 
 #include <algorithm>
@@ -204,23 +206,16 @@ __device__ __forceinline__ uint32_t order_key(float f) {
 
 constexpr int sel_threads = 1024;
 
-// blockIdx.x: head; blockIdx.y: 0 vertical (k = v, first 30 forced), 1 slash (k = s, first 100 forced).
-__global__ void __launch_bounds__(sel_threads)
-    vslash_select_kernel(const float * __restrict__ vertical, const float * __restrict__ slash, int64_t n,
-                         int64_t v, int64_t s, int32_t * __restrict__ cols, int32_t * __restrict__ offsets) {
+// The k largest of key(0..n) (order-preserving u32 keys), ties to the lower index, written ascending to out[0..k):
+// an 8-bit radix select of the k-th largest key, then an ordered compaction. Every thread of the CTA
+// (sel_threads) calls it.
+template <typename KeyFn> __device__ void select_top_ordered(KeyFn key, int64_t n, int64_t k, int32_t * out) {
     using scan_t = cub::BlockScan<int, sel_threads>;
     __shared__ typename scan_t::TempStorage scan_tmp;
     __shared__ int                          hist[256];
     __shared__ uint32_t                     s_prefix;
     __shared__ int                          s_need;
-    const int                               h = blockIdx.x, tid = threadIdx.x;
-    const bool                              is_v = blockIdx.y == 0;
-    const float *                           x    = (is_v ? vertical : slash) + size_t(h) * n;
-    const int64_t                           k    = is_v ? v : s;
-    const int64_t                           n_forced = min(n, is_v ? n_sink : n_local);
-    int32_t *                               out      = is_v ? cols + size_t(h) * v : offsets + size_t(h) * s;
-    auto key = [&](int64_t i) { return i < n_forced ? 0xffffffffu : order_key(x[i]); };
-
+    const int                               tid = threadIdx.x;
     uint32_t prefix = 0, mask = 0;
     int      need = int(k); // how many of the keys matching prefix are still to take
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -275,14 +270,98 @@ __global__ void __launch_bounds__(sel_threads)
     }
 }
 
+// blockIdx.x: head; blockIdx.y: 0 vertical (k = v, first 30 forced), 1 slash (k = s, first 100 forced).
+// spec (optional, [n_head] head_spec_dev): per-head v = a, s = b; heads of another pattern are skipped. Lists go to
+// cols + h * v_stride, offsets + h * s_stride.
+__global__ void __launch_bounds__(sel_threads)
+    vslash_select_kernel(const float * __restrict__ vertical, const float * __restrict__ slash, int64_t n,
+                         int64_t v, int64_t s, const head_spec_dev * __restrict__ spec, int64_t v_stride,
+                         int64_t s_stride, int32_t * __restrict__ cols, int32_t * __restrict__ offsets) {
+    const int h = blockIdx.x;
+    if (spec != nullptr) {
+        if (spec[h].pattern != head_spec_dev::VSLASH) return;
+        v = spec[h].a;
+        s = spec[h].b;
+    }
+    const bool    is_v     = blockIdx.y == 0;
+    const float * x        = (is_v ? vertical : slash) + size_t(h) * n;
+    const int64_t n_forced = min(n, is_v ? n_sink : n_local);
+    select_top_ordered([&](int64_t i) { return i < n_forced ? 0xffffffffu : order_key(x[i]); }, n, is_v ? v : s,
+                       is_v ? cols + size_t(h) * v_stride : offsets + size_t(h) * s_stride);
+}
+
+// Block-sparse estimate, pooling: the mean of each aligned 64-key block of K (t in [64 kb, min(64 kb + 64, N)),
+// summed in key order as the CPU does): kp [n_head_kv][n_kb][D] f32. One CTA (D threads) per (kb, KV head).
+__global__ void block_pool_k_kernel(const __nv_bfloat16 * __restrict__ k_pool, const int32_t * __restrict__ pages,
+                                    int n_head_kv, int D, int64_t N, float * __restrict__ kp) {
+    const int64_t kb = blockIdx.x, n_kb = gridDim.x;
+    const int     hk = blockIdx.y, d = threadIdx.x;
+    const int64_t t1 = min(N, (kb + 1) * 64);
+    float         acc = 0.f;
+    for (int64_t t = kb * 64; t < t1; ++t)
+        acc += __bfloat162float(
+            k_pool[size_t(pages[t >> 6]) * n_head_kv * 64 * D + size_t(hk) * 64 * D + size_t(t & 63) * D + d]);
+    kp[(size_t(hk) * n_kb + kb) * D + d] = acc * (1.0f / float(t1 - kb * 64));
+}
+
+// Pooling of Q: the mean of each 64-query block of the call for the block-sparse heads: qp [n_head][n_qb][D].
+__global__ void block_pool_q_kernel(const __nv_bfloat16 * __restrict__ q, int64_t n_q, int n_head, int D,
+                                    const head_spec_dev * __restrict__ spec, float * __restrict__ qp) {
+    const int64_t b = blockIdx.x, n_qb = gridDim.x;
+    const int     h = blockIdx.y, d = threadIdx.x;
+    if (spec[h].pattern != head_spec_dev::BLOCK) return;
+    const int64_t i1  = min(n_q, (b + 1) * 64);
+    float         acc = 0.f;
+    for (int64_t i = b * 64; i < i1; ++i) acc += __bfloat162float(q[(size_t(i) * n_head + h) * D + d]);
+    qp[(size_t(h) * n_qb + b) * D + d] = acc * (1.0f / float(i1 - b * 64));
+}
+
+// Scores Q̂ · K̂ of query block b against its causal key blocks (64 kb <= its last query), in shared memory, then
+// the top k_b (spec[h].a, at least 1, at most the causal blocks), ascending: blocks[item * kb_stride ..],
+// n_blocks[item], item = h * n_qb + b. One CTA per (b, head); heads of another pattern are skipped.
+__global__ void __launch_bounds__(sel_threads)
+    block_select_kernel(const float * __restrict__ qp, const float * __restrict__ kp, int64_t n_q, int64_t pos0,
+                        int n_head, int n_head_kv, int D, int64_t n_kb, const head_spec_dev * __restrict__ spec,
+                        int64_t kb_stride, int32_t * __restrict__ blocks, int32_t * __restrict__ n_blocks) {
+    extern __shared__ float score[];
+    const int64_t           b = blockIdx.x, n_qb = gridDim.x;
+    const int               h = blockIdx.y, hk = h / (n_head / n_head_kv);
+    if (spec[h].pattern != head_spec_dev::BLOCK) return;
+    const int     warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t last     = pos0 + min(n_q, (b + 1) * 64) - 1;
+    const int64_t n_causal = last / 64 + 1;
+    const float * qv       = qp + (size_t(h) * n_qb + b) * D;
+    for (int64_t kb = warp; kb < n_causal; kb += sel_threads / 32) {
+        const float * kv  = kp + (size_t(hk) * n_kb + kb) * D;
+        float         acc = 0.f;
+        for (int d = lane; d < D; d += 32) acc += qv[d] * kv[d];
+        for (int off = 16; off; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (lane == 0) score[kb] = acc;
+    }
+    __syncthreads();
+    const int64_t k    = min(n_causal, max(int64_t(1), int64_t(spec[h].a)));
+    const int64_t item = int64_t(h) * n_qb + b;
+    select_top_ordered([&](int64_t i) { return order_key(score[i]); }, n_causal, k, blocks + item * kb_stride);
+    if (threadIdx.x == 0) n_blocks[item] = int32_t(k);
+}
+
 // One warp per head: cuts the ascending offsets into groups with neighbours at most L apart -> {lo, hi} pairs
 // (ascending), and marks the offsets in the bitmap (when bitmap is given).
-__global__ void vslash_groups_kernel(const int32_t * __restrict__ offsets, int64_t s, int64_t L,
-                                     int32_t * __restrict__ groups, int32_t * __restrict__ n_groups,
-                                     uint32_t * __restrict__ bitmap, int64_t n_words) {
-    const int       h = blockIdx.x, lane = threadIdx.x;
-    const int32_t * o = offsets + size_t(h) * s;
-    int32_t *       gr = groups + size_t(h) * s * 2;
+// spec (optional): per-head s = b, no groups for heads of another pattern; lists at offsets + h * s_stride.
+__global__ void vslash_groups_kernel(const int32_t * __restrict__ offsets, int64_t s, const head_spec_dev * spec,
+                                     int64_t s_stride, int64_t L, int32_t * __restrict__ groups,
+                                     int32_t * __restrict__ n_groups, uint32_t * __restrict__ bitmap,
+                                     int64_t n_words) {
+    const int h = blockIdx.x, lane = threadIdx.x;
+    if (spec != nullptr) {
+        if (spec[h].pattern != head_spec_dev::VSLASH) {
+            if (lane == 0) n_groups[h] = 0;
+            return;
+        }
+        s = spec[h].b;
+    }
+    const int32_t * o  = offsets + size_t(h) * s_stride;
+    int32_t *       gr = groups + size_t(h) * s_stride * 2;
     int             base = 0;
     for (int64_t i0 = 0; i0 < s; i0 += 32) {
         const int64_t  i     = i0 + lane;
@@ -311,55 +390,108 @@ __device__ __forceinline__ bool any_offset(const uint32_t * bm, int64_t lo, int6
     return false;
 }
 
+// The lists a plan is built from. spec == nullptr: every head vertical-slash with v, s.
+struct plan_inputs {
+    const head_spec_dev * spec = nullptr;
+    const int32_t *       cols = nullptr; // vertical-slash: [n_head][v_stride] columns, ascending
+    int64_t               v = 0, v_stride = 0;
+    const int32_t *       groups   = nullptr; // [2][n_head][s_stride][2] merged diagonal groups
+    const int32_t *       n_groups = nullptr; // [2][n_head]
+    int64_t               s_stride = 0;
+    const uint32_t *      bitmap   = nullptr; // [n_head][n_words] selected offsets
+    int64_t               n_words  = 0;
+    const int32_t *       blocks   = nullptr; // block-sparse: [n_items][kb_stride] key blocks, ascending
+    const int32_t *       n_blocks = nullptr; // [n_items]
+    int64_t               kb_stride = 0;
+};
+
 // One warp per item (h, b). FILL 0: counts[0][item] = ranges, counts[1][item] = columns; FILL 1: writes them.
+// Per head pattern (the CPU builders of attn/minference/index.h, ranges merged as prefill_head_plan::add_range
+// merges them): DENSE [0, p1]; A_SHAPE [0, min(n_init, lo)) and [lo, p1] with lo = max(0, p0 - n_local + 1);
+// VSLASH the offsets' groups as ranges, then the columns outside them; BLOCK [64 kb, min(64 kb + 64, p1 + 1)) per
+// selected block, runs of consecutive blocks as one range.
 template <bool FILL>
-__global__ void vslash_items_kernel(const int32_t * __restrict__ cols, int64_t v, const int32_t * __restrict__ groups,
-                                    const int32_t * __restrict__ n_groups, int64_t s, const uint32_t * __restrict__ bitmap,
-                                    int64_t n_words, int64_t n_q, int64_t pos0, int n_head, int64_t * __restrict__ counts,
-                                    prefill_plan_dev plan, int32_t * __restrict__ ranges_out,
-                                    int32_t * __restrict__ cols_out) {
+__global__ void plan_items_kernel(plan_inputs in, int64_t n_q, int64_t pos0, int n_head, int64_t * __restrict__ counts,
+                                  prefill_plan_dev plan, int32_t * __restrict__ ranges_out,
+                                  int32_t * __restrict__ cols_out) {
     const int64_t n_qblk = (n_q + 63) / 64;
     const int64_t item   = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int     lane   = threadIdx.x & 31;
     if (item >= n_qblk * n_head) return;
-    const int       h    = int(item / n_qblk);
-    const int64_t   b    = item % n_qblk;
-    const int64_t   p0   = pos0 + b * 64, p1 = pos0 + min(n_q, (b + 1) * 64) - 1;
-    const bool      last = b == n_qblk - 1 && n_q % 64 != 0;
-    const int32_t * gr   = groups + (size_t(last ? n_head : 0) + h) * s * 2;
-    const int       ng   = n_groups[(last ? n_head : 0) + h];
-    // groups with lo <= p1: a prefix of the ascending list
-    int lo = 0, hi = ng;
-    while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (gr[2 * mid] <= p1) lo = mid + 1;
-        else hi = mid;
-    }
-    const int n_r = lo;
-    if (FILL) {
-        int32_t * ro = ranges_out + 2 * plan.range_off[item];
-        for (int k = lane; k < n_r; k += 32) {
-            const int g   = n_r - 1 - k; // descending offsets: ascending starts
-            ro[2 * k]     = int32_t(max(int64_t(0), p0 - gr[2 * g + 1]));
-            ro[2 * k + 1] = int32_t(p1 - gr[2 * g] + 1);
+    const int     h       = int(item / n_qblk);
+    const int64_t b       = item % n_qblk;
+    const int64_t p0      = pos0 + b * 64, p1 = pos0 + min(n_q, (b + 1) * 64) - 1;
+    const int     pattern = in.spec != nullptr ? in.spec[h].pattern : int(head_spec_dev::VSLASH);
+    int32_t *     ro      = FILL ? ranges_out + 2 * plan.range_off[item] : nullptr;
+    int64_t       n_r = 0, n_c = 0;
+    if (pattern == head_spec_dev::DENSE || pattern == head_spec_dev::A_SHAPE) {
+        int64_t lo = 0, sink = 0;
+        if (pattern == head_spec_dev::A_SHAPE) {
+            lo   = max(int64_t(0), p0 - in.spec[h].b + 1);
+            sink = min(int64_t(in.spec[h].a), lo);
+        }
+        const bool two = sink > 0 && sink < lo;
+        n_r            = two ? 2 : 1;
+        if (FILL && lane == 0) {
+            if (two) {
+                ro[0] = 0;
+                ro[1] = int32_t(sink);
+                ro += 2;
+            }
+            ro[0] = int32_t(sink > 0 ? (two ? lo : 0) : lo);
+            ro[1] = int32_t(p1 + 1);
+        }
+    } else if (pattern == head_spec_dev::BLOCK) {
+        const int32_t * bl = in.blocks + item * in.kb_stride;
+        const int       nb = in.n_blocks[item];
+        for (int i0 = 0; i0 < nb; i0 += 32) {
+            const int      i     = i0 + lane;
+            const bool     ok    = i < nb;
+            const int32_t  kb    = ok ? bl[i] : 0;
+            const bool     start = ok && (i == 0 || bl[i - 1] + 1 != kb);
+            const bool     end   = ok && (i == nb - 1 || bl[i + 1] != kb + 1);
+            const uint32_t bs    = __ballot_sync(0xffffffffu, start);
+            const int64_t  rid   = n_r + __popc(bs & ((2u << lane) - 1)) - 1; // run of the block at or before lane
+            if (FILL && start) ro[2 * rid] = kb * 64;
+            if (FILL && end) ro[2 * rid + 1] = int32_t(min(int64_t(kb) * 64 + 64, p1 + 1));
+            n_r += __popc(bs);
+        }
+    } else {
+        const int64_t   v    = in.spec != nullptr ? in.spec[h].a : in.v;
+        const bool      last = b == n_qblk - 1 && n_q % 64 != 0;
+        const int32_t * gr   = in.groups + (size_t(last ? n_head : 0) + h) * in.s_stride * 2;
+        const int       ng   = in.n_groups[(last ? n_head : 0) + h];
+        // groups with lo <= p1: a prefix of the ascending list
+        int lo = 0, hi = ng;
+        while (lo < hi) {
+            const int mid = (lo + hi) / 2;
+            if (gr[2 * mid] <= p1) lo = mid + 1;
+            else hi = mid;
+        }
+        n_r = lo;
+        if (FILL) {
+            for (int k = lane; k < n_r; k += 32) {
+                const int g   = int(n_r) - 1 - k; // descending offsets: ascending starts
+                ro[2 * k]     = int32_t(max(int64_t(0), p0 - gr[2 * g + 1]));
+                ro[2 * k + 1] = int32_t(p1 - gr[2 * g] + 1);
+            }
+        }
+        const int32_t *  c  = in.cols + size_t(h) * in.v_stride;
+        const uint32_t * bm = in.bitmap + size_t(h) * in.n_words;
+        int32_t *        co = FILL ? cols_out + plan.col_off[item] : nullptr;
+        for (int64_t i0 = 0; i0 < v; i0 += 32) {
+            const int64_t  i    = i0 + lane;
+            const int32_t  ci   = i < v ? c[i] : INT32_MAX;
+            const bool     take = ci <= p1 && !any_offset(bm, max(int64_t(0), p0 - ci), p1 - ci);
+            const uint32_t bal  = __ballot_sync(0xffffffffu, take);
+            if (FILL && take) co[n_c + __popc(bal & ((1u << lane) - 1))] = ci;
+            n_c += __popc(bal);
+            if (__shfl_sync(0xffffffffu, ci, 31) > p1) break;
         }
     }
-    const int32_t *  c  = cols + size_t(h) * v;
-    const uint32_t * bm = bitmap + size_t(h) * n_words;
-    int64_t          n_c = 0;
-    int32_t *        co  = FILL ? cols_out + plan.col_off[item] : nullptr;
-    for (int64_t i0 = 0; i0 < v; i0 += 32) {
-        const int64_t  i    = i0 + lane;
-        const int32_t  ci   = i < v ? c[i] : INT32_MAX;
-        const bool     take = ci <= p1 && !any_offset(bm, max(int64_t(0), p0 - ci), p1 - ci);
-        const uint32_t bal  = __ballot_sync(0xffffffffu, take);
-        if (FILL && take) co[n_c + __popc(bal & ((1u << lane) - 1))] = ci;
-        n_c += __popc(bal);
-        if (__shfl_sync(0xffffffffu, ci, 31) > p1) break;
-    }
     if (!FILL && lane == 0) {
-        counts[item]                          = n_r;
-        counts[n_qblk * n_head + 1 + item]    = n_c;
+        counts[item]                       = n_r;
+        counts[n_qblk * n_head + 1 + item] = n_c;
     }
 }
 
@@ -397,6 +529,11 @@ vslash_workspace::~vslash_workspace() {
     cudaFree(bitmap);
     cudaFree(counts);
     cudaFree(scan_tmp);
+    cudaFree(spec);
+    cudaFree(pooled);
+    cudaFree(blocks);
+    cudaFree(n_blocks);
+    cudaFreeHost(spec_host);
 }
 
 int64_t vslash_v_eff(int64_t v, int64_t n_keys) {
@@ -426,33 +563,47 @@ status vslash_estimate_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_he
 void vslash_select_gpu(const float * vertical, const float * slash, int64_t n_keys, int n_head, int64_t v_eff,
                        int64_t s_eff, int32_t * cols, int32_t * offsets, cudaStream_t stream) {
     vslash_select_kernel<<<dim3(unsigned(n_head), 2), sel_threads, 0, stream>>>(vertical, slash, n_keys, v_eff, s_eff,
-                                                                                cols, offsets);
+                                                                                nullptr, v_eff, s_eff, cols, offsets);
     LC_CUDA_CHECK_LAUNCH();
 }
 
-void vslash_plan_gpu(const int32_t * cols, int64_t v_eff, const int32_t * offsets, int64_t s_eff, int64_t n_q,
-                     int64_t pos0, int n_head, vslash_workspace & ws, prefill_plan_buf & plan, cudaStream_t stream) {
+namespace {
+
+// Diagonal groups of the ascending offsets at offsets + h * s_stride (full blocks, then a partial last block) and
+// their bitmap, into ws; spec as vslash_groups_kernel.
+void build_groups(const int32_t * offsets, int64_t s, const head_spec_dev * spec, int64_t s_stride, int64_t n_q,
+                  int64_t pos0, int n_head, vslash_workspace & ws, plan_inputs & in, cudaStream_t stream) {
     const int64_t N       = pos0 + n_q;
-    const int64_t n_qblk  = (n_q + 63) / 64;
-    const int64_t n_items = n_qblk * n_head;
     const int64_t n_words = N / 32 + 1;
-    int32_t *     groups  = grow(ws.groups, ws.cap[1], size_t(2) * n_head * s_eff * 2);
+    int32_t *     groups  = grow(ws.groups, ws.cap[1], size_t(2) * n_head * s_stride * 2);
     int32_t *     n_grp   = grow(ws.n_groups, ws.cap[2], size_t(2) * n_head);
     uint32_t *    bitmap  = grow(ws.bitmap, ws.cap[3], size_t(n_head) * n_words);
-    int64_t *     counts  = grow(ws.counts, ws.cap[4], size_t(2) * (n_items + 1));
     LC_CUDA_CHECK(cudaMemsetAsync(bitmap, 0, size_t(n_head) * n_words * 4, stream));
-    LC_CUDA_CHECK(cudaMemsetAsync(counts, 0, size_t(2) * (n_items + 1) * 8, stream));
-    vslash_groups_kernel<<<unsigned(n_head), 32, 0, stream>>>(offsets, s_eff, 64, groups, n_grp, bitmap, n_words);
+    vslash_groups_kernel<<<unsigned(n_head), 32, 0, stream>>>(offsets, s, spec, s_stride, 64, groups, n_grp, bitmap,
+                                                              n_words);
     LC_CUDA_CHECK_LAUNCH();
     const int64_t L_last = n_q % 64;
-    vslash_groups_kernel<<<unsigned(n_head), 32, 0, stream>>>(offsets, s_eff, L_last == 0 ? 64 : L_last,
-                                                              groups + size_t(n_head) * s_eff * 2, n_grp + n_head,
+    vslash_groups_kernel<<<unsigned(n_head), 32, 0, stream>>>(offsets, s, spec, s_stride, L_last == 0 ? 64 : L_last,
+                                                              groups + size_t(n_head) * s_stride * 2, n_grp + n_head,
                                                               nullptr, 0);
     LC_CUDA_CHECK_LAUNCH();
+    in.groups   = groups;
+    in.n_groups = n_grp;
+    in.s_stride = s_stride;
+    in.bitmap   = bitmap;
+    in.n_words  = n_words;
+}
+
+// Counts, offsets (one synchronization for the totals) and items of the plan from its lists.
+void build_plan(const plan_inputs & in, int64_t n_q, int64_t pos0, int n_head, vslash_workspace & ws,
+                prefill_plan_buf & plan, cudaStream_t stream) {
+    const int64_t n_qblk  = (n_q + 63) / 64;
+    const int64_t n_items = n_qblk * n_head;
+    int64_t *     counts  = grow(ws.counts, ws.cap[4], size_t(2) * (n_items + 1));
+    LC_CUDA_CHECK(cudaMemsetAsync(counts, 0, size_t(2) * (n_items + 1) * 8, stream));
     plan.reserve(n_q, pos0, n_head, 0, 0);
     const unsigned n_blk = unsigned((n_items + 7) / 8);
-    vslash_items_kernel<false><<<n_blk, 256, 0, stream>>>(cols, v_eff, groups, n_grp, s_eff, bitmap, n_words, n_q,
-                                                          pos0, n_head, counts, plan.view, nullptr, nullptr);
+    plan_items_kernel<false><<<n_blk, 256, 0, stream>>>(in, n_q, pos0, n_head, counts, plan.view, nullptr, nullptr);
     LC_CUDA_CHECK_LAUNCH();
     size_t tmp = 0;
     LC_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, tmp, counts, plan.range_off, int(n_items + 1), stream));
@@ -465,33 +616,31 @@ void vslash_plan_gpu(const int32_t * cols, int64_t v_eff, const int32_t * offset
     LC_CUDA_CHECK(cudaMemcpyAsync(&tot[1], plan.col_off + n_items, 8, cudaMemcpyDeviceToHost, stream));
     LC_CUDA_CHECK(cudaStreamSynchronize(stream));
     plan.reserve(n_q, pos0, n_head, tot[0], tot[1]);
-    vslash_items_kernel<true><<<n_blk, 256, 0, stream>>>(cols, v_eff, groups, n_grp, s_eff, bitmap, n_words, n_q,
-                                                         pos0, n_head, counts, plan.view, plan.ranges, plan.cols);
+    plan_items_kernel<true><<<n_blk, 256, 0, stream>>>(in, n_q, pos0, n_head, counts, plan.view, plan.ranges,
+                                                       plan.cols);
     LC_CUDA_CHECK_LAUNCH();
 }
 
-status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
-                        float scale, int64_t v, int64_t s, vslash_workspace & ws, prefill_plan_buf & plan,
-                        cudaStream_t stream) {
-    const int64_t N  = pos0 + n_q;
-    const int64_t ve = vslash_v_eff(v, N), se = vslash_s_eff(s, N);
-    float *       vt = grow(ws.vertical, ws.cap[5], size_t(n_head) * N);
-    float *       sl = grow(ws.slash, ws.cap[6], size_t(n_head) * N);
-    int32_t *     cl = grow(ws.cols, ws.cap[7], size_t(n_head) * ve);
-    int32_t *     of = grow(ws.offsets, ws.cap[8], size_t(n_head) * se);
-    const status  st = vslash_estimate_gpu(q, n_q, pos0, n_head, kv, scale, vt, sl, ws, stream);
-    if (!st.is_ok()) return st;
-    vslash_select_gpu(vt, sl, N, n_head, ve, se, cl, of, stream);
-    vslash_plan_gpu(cl, ve, of, se, n_q, pos0, n_head, ws, plan, stream);
+status check_shape(const char * what, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv) {
+    const int D = kv.head_dim;
+    if (D != 64 && D != 128) return error(status_code::UNSUPPORTED, "cuda %s: head_dim %d", what, D);
+    if (kv.n_head_kv <= 0 || n_head % kv.n_head_kv != 0)
+        return error(status_code::UNSUPPORTED, "cuda %s: n_head %d, n_head_kv %d", what, n_head, kv.n_head_kv);
+    if (n_q <= 0 || kv.n_kv < pos0 + n_q)
+        return error(status_code::INVALID_ARGUMENT, "cuda %s: n_q %lld, n_kv %lld < pos0 + n_q", what, (long long)n_q,
+                     (long long)kv.n_kv);
     return status::ok();
 }
 
-status vslash_attention_gpu(const vslash_attention_args & a, vslash_workspace & ws, prefill_plan_buf & plan,
-                            cudaStream_t stream, vslash_attention_info * info) {
+// The sparse kernel over plan, or the dense kernel for the whole layer when the plan's steps exceed dense_ratio
+// times the dense kernel's tiles (index: builds plan; not called when dense_ratio <= 0).
+template <typename IndexFn>
+status attention_with_fallback(const vslash_attention_args & a, IndexFn index, prefill_plan_buf & plan,
+                               cudaStream_t stream, vslash_attention_info * info) {
     vslash_attention_info in;
     bool                  dense = a.dense_ratio <= 0.f;
     if (!dense) {
-        const status st = vslash_index_gpu(a.q, a.n_q, a.pos0, a.n_head, a.kv, a.scale, a.v, a.s, ws, plan, stream);
+        const status st = index();
         if (!st.is_ok()) return st;
         if (a.dense_ratio < 1.f) {
             in.steps = prefill_plan_steps_gpu(plan, stream);
@@ -522,6 +671,139 @@ status vslash_attention_gpu(const vslash_attention_args & a, vslash_workspace & 
     sp.o_f32 = a.o_f32;
     sp.lse   = a.lse;
     return attn_sparse_prefill(sp, stream);
+}
+
+} // namespace
+
+void vslash_plan_gpu(const int32_t * cols, int64_t v_eff, const int32_t * offsets, int64_t s_eff, int64_t n_q,
+                     int64_t pos0, int n_head, vslash_workspace & ws, prefill_plan_buf & plan, cudaStream_t stream) {
+    plan_inputs in;
+    in.cols     = cols;
+    in.v        = v_eff;
+    in.v_stride = v_eff;
+    build_groups(offsets, s_eff, nullptr, s_eff, n_q, pos0, n_head, ws, in, stream);
+    build_plan(in, n_q, pos0, n_head, ws, plan, stream);
+}
+
+status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
+                        float scale, int64_t v, int64_t s, vslash_workspace & ws, prefill_plan_buf & plan,
+                        cudaStream_t stream) {
+    const int64_t N  = pos0 + n_q;
+    const int64_t ve = vslash_v_eff(v, N), se = vslash_s_eff(s, N);
+    float *       vt = grow(ws.vertical, ws.cap[5], size_t(n_head) * N);
+    float *       sl = grow(ws.slash, ws.cap[6], size_t(n_head) * N);
+    int32_t *     cl = grow(ws.cols, ws.cap[7], size_t(n_head) * ve);
+    int32_t *     of = grow(ws.offsets, ws.cap[8], size_t(n_head) * se);
+    const status  st = vslash_estimate_gpu(q, n_q, pos0, n_head, kv, scale, vt, sl, ws, stream);
+    if (!st.is_ok()) return st;
+    vslash_select_gpu(vt, sl, N, n_head, ve, se, cl, of, stream);
+    vslash_plan_gpu(cl, ve, of, se, n_q, pos0, n_head, ws, plan, stream);
+    return status::ok();
+}
+
+head_spec_dev head_spec_effective(int32_t pattern, int64_t a, int64_t b, int64_t n_keys) {
+    head_spec_dev h;
+    h.pattern = pattern;
+    if (pattern == head_spec_dev::VSLASH) {
+        a = vslash_v_eff(a, n_keys);
+        b = vslash_s_eff(b, n_keys);
+    }
+    h.a = int32_t(std::clamp<int64_t>(a, 0, INT32_MAX));
+    h.b = int32_t(std::clamp<int64_t>(b, 0, INT32_MAX));
+    return h;
+}
+
+status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
+                            float scale, const head_spec_dev * heads, vslash_workspace & ws, prefill_plan_buf & plan,
+                            cudaStream_t stream) {
+    LC_RETURN_IF_ERROR(check_shape("minference_index", n_q, pos0, n_head, kv));
+    const int64_t N = pos0 + n_q, n_qblk = (n_q + 63) / 64, n_kb = (N + 63) / 64;
+    const int     D = kv.head_dim;
+    int64_t       v_max = 0, s_max = 0, kb_max = 0;
+    for (int h = 0; h < n_head; ++h) {
+        const head_spec_dev & hs = heads[h];
+        if (hs.pattern < head_spec_dev::DENSE || hs.pattern > head_spec_dev::BLOCK)
+            return error(status_code::INVALID_ARGUMENT, "cuda minference_index: head %d has pattern %d", h,
+                         int(hs.pattern));
+        if (hs.pattern == head_spec_dev::VSLASH) {
+            if (hs.a > N || hs.b > N || hs.a < 1 || hs.b < 1)
+                return error(status_code::INVALID_ARGUMENT,
+                             "cuda minference_index: head %d: v %d, s %d for %lld keys (use head_spec_effective)", h,
+                             int(hs.a), int(hs.b), (long long)N);
+            v_max = std::max<int64_t>(v_max, hs.a);
+            s_max = std::max<int64_t>(s_max, hs.b);
+        }
+        if (hs.pattern == head_spec_dev::BLOCK) kb_max = std::max<int64_t>(kb_max, std::max(1, hs.a));
+    }
+    kb_max                = std::min(kb_max, n_kb);
+    const size_t smem     = size_t(n_kb) * sizeof(float); // block-sparse scores of one query block
+    if (kb_max > 0 && smem > 200 * 1024)
+        return error(status_code::UNSUPPORTED, "cuda minference_index: block-sparse over %lld keys (at most %d)",
+                     (long long)N, 200 * 1024 / 4 * 64);
+    head_spec_dev * spec  = grow(ws.spec, ws.cap[9], size_t(n_head));
+    // Through pinned memory, so the copy does not wait for the stream; build_plan's synchronization below completes
+    // it before a later call can overwrite the staging buffer.
+    if (ws.cap[13] < size_t(n_head)) {
+        LC_CUDA_CHECK(cudaFreeHost(ws.spec_host));
+        LC_CUDA_CHECK(cudaMallocHost(&ws.spec_host, size_t(n_head) * sizeof(head_spec_dev)));
+        ws.cap[13] = size_t(n_head);
+    }
+    std::copy(heads, heads + n_head, ws.spec_host);
+    LC_CUDA_CHECK(
+        cudaMemcpyAsync(spec, ws.spec_host, size_t(n_head) * sizeof(head_spec_dev), cudaMemcpyHostToDevice, stream));
+    plan_inputs in;
+    in.spec = spec;
+    if (v_max > 0) {
+        float *   vt = grow(ws.vertical, ws.cap[5], size_t(n_head) * N);
+        float *   sl = grow(ws.slash, ws.cap[6], size_t(n_head) * N);
+        int32_t * cl = grow(ws.cols, ws.cap[7], size_t(n_head) * v_max);
+        int32_t * of = grow(ws.offsets, ws.cap[8], size_t(n_head) * s_max);
+        LC_RETURN_IF_ERROR(vslash_estimate_gpu(q, n_q, pos0, n_head, kv, scale, vt, sl, ws, stream));
+        vslash_select_kernel<<<dim3(unsigned(n_head), 2), sel_threads, 0, stream>>>(vt, sl, N, 0, 0, spec, v_max,
+                                                                                    s_max, cl, of);
+        LC_CUDA_CHECK_LAUNCH();
+        in.cols     = cl;
+        in.v_stride = v_max;
+        build_groups(of, 0, spec, s_max, n_q, pos0, n_head, ws, in, stream);
+    }
+    if (kb_max > 0) {
+        float *   kp = grow(ws.pooled, ws.cap[10], size_t(kv.n_head_kv) * n_kb * D + size_t(n_head) * n_qblk * D);
+        float *   qp = kp + size_t(kv.n_head_kv) * n_kb * D;
+        int32_t * bl = grow(ws.blocks, ws.cap[11], size_t(n_head) * n_qblk * kb_max);
+        int32_t * nb = grow(ws.n_blocks, ws.cap[12], size_t(n_head) * n_qblk);
+        block_pool_k_kernel<<<dim3(unsigned(n_kb), unsigned(kv.n_head_kv)), unsigned(D), 0, stream>>>(
+            reinterpret_cast<const __nv_bfloat16 *>(kv.k_pool), kv.pages, kv.n_head_kv, D, N, kp);
+        LC_CUDA_CHECK_LAUNCH();
+        block_pool_q_kernel<<<dim3(unsigned(n_qblk), unsigned(n_head)), unsigned(D), 0, stream>>>(
+            reinterpret_cast<const __nv_bfloat16 *>(q), n_q, n_head, D, spec, qp);
+        LC_CUDA_CHECK_LAUNCH();
+        if (smem > 48 * 1024)
+            LC_CUDA_CHECK(cudaFuncSetAttribute(block_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(smem)));
+        block_select_kernel<<<dim3(unsigned(n_qblk), unsigned(n_head)), sel_threads, smem, stream>>>(
+            qp, kp, n_q, pos0, n_head, kv.n_head_kv, D, n_kb, spec, kb_max, bl, nb);
+        LC_CUDA_CHECK_LAUNCH();
+        in.blocks    = bl;
+        in.n_blocks  = nb;
+        in.kb_stride = kb_max;
+    }
+    build_plan(in, n_q, pos0, n_head, ws, plan, stream);
+    return status::ok();
+}
+
+status minference_attention_gpu(const vslash_attention_args & a, const head_spec_dev * heads, vslash_workspace & ws,
+                                prefill_plan_buf & plan, cudaStream_t stream, vslash_attention_info * info) {
+    return attention_with_fallback(
+        a,
+        [&] { return minference_index_gpu(a.q, a.n_q, a.pos0, a.n_head, a.kv, a.scale, heads, ws, plan, stream); },
+        plan, stream, info);
+}
+
+status vslash_attention_gpu(const vslash_attention_args & a, vslash_workspace & ws, prefill_plan_buf & plan,
+                            cudaStream_t stream, vslash_attention_info * info) {
+    return attention_with_fallback(
+        a, [&] { return vslash_index_gpu(a.q, a.n_q, a.pos0, a.n_head, a.kv, a.scale, a.v, a.s, ws, plan, stream); },
+        plan, stream, info);
 }
 
 } // namespace lc::cuda

@@ -1,7 +1,8 @@
-// MInference vertical-slash index building on the GPU (METHODS.md sec. 2.2; the CPU reference is
-// attn/minference/index.h): scores of the last 64 queries against all keys (mma.sync, two passes: softmax
-// statistics, then the column and diagonal sums), top-v columns and top-s diagonals by a radix select, and the
-// device prefill plan (attn-sparse-prefill.cuh) with the diagonals merged into key ranges as the CPU builder does.
+// MInference index building on the GPU (METHODS.md sec. 2.2; the CPU reference is attn/minference/index.h).
+// Vertical-slash: scores of the last 64 queries against all keys (mma.sync, two passes: softmax statistics, then
+// the column and diagonal sums), top-v columns and top-s diagonals by a radix select, and the device prefill plan
+// (attn-sparse-prefill.cuh) with the diagonals merged into key ranges as the CPU builder does. Block-sparse
+// (mean-pooled Q and K blocks, top k_b key blocks) and A-shape for per-head mixed plans: minference_index_gpu.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,15 @@
 
 namespace lc::cuda {
 
+// One query head's pattern in a mixed plan (the values of head_pattern, attn/minference/head-config.h), budgets
+// effective for the call's keys (head_spec_effective): A_SHAPE a = n_init, b = n_local; VSLASH a = v, b = s;
+// BLOCK a = k_b (64-key blocks per query block); DENSE none.
+struct head_spec_dev {
+    enum : int32_t { DENSE = 0, A_SHAPE = 1, VSLASH = 2, BLOCK = 3 };
+    int32_t pattern = VSLASH;
+    int32_t a = 0, b = 0;
+};
+
 // Scratch of the builders, grown on demand (device allocations; synchronous when they grow).
 struct vslash_workspace {
     float *   part = nullptr; // estimate: per (head, key tile, row) max and sum, then per (head, row) m and 1/l
@@ -25,7 +35,12 @@ struct vslash_workspace {
     int64_t * counts = nullptr;                     // [2][n_items + 1]
     void *    scan_tmp = nullptr;
     size_t    scan_tmp_bytes = 0;
-    size_t    cap[10]        = {};
+    head_spec_dev * spec     = nullptr; // [n_head] of a mixed plan
+    float *         pooled   = nullptr; // block-sparse: pooled K [n_head_kv][n_kb][D], then pooled Q [n_head][n_qb][D]
+    int32_t *       blocks   = nullptr; // [n_head * n_qb][k_b max] selected key blocks, ascending
+    int32_t *       n_blocks  = nullptr; // [n_head * n_qb]
+    head_spec_dev * spec_host = nullptr; // pinned staging of spec
+    size_t          cap[14]   = {};
     vslash_workspace()       = default;
     vslash_workspace(const vslash_workspace &) = delete;
     vslash_workspace & operator=(const vslash_workspace &) = delete;
@@ -85,5 +100,23 @@ struct vslash_attention_info {
 };
 status vslash_attention_gpu(const vslash_attention_args & a, vslash_workspace & ws, prefill_plan_buf & plan,
                             cudaStream_t stream, vslash_attention_info * info = nullptr);
+
+// A head's budgets as the CPU applies them for n_keys keys (vertical-slash: vslash_v_eff / vslash_s_eff; the
+// others unchanged; block-sparse's k_b is clipped to the causal blocks per query block on the device).
+head_spec_dev head_spec_effective(int32_t pattern, int64_t a, int64_t b, int64_t n_keys);
+
+// The plan of every query head by its own pattern (heads: host array [n_head], effective budgets): the
+// vertical-slash estimate when some head is VSLASH (computed for all heads), the block-sparse pooling and
+// selection when some head is BLOCK, and one plan, as the CPU's prefill_plan_build (attn/attention.h) builds it
+// from the same inputs (block scores are summed in another order, so near-tied blocks may differ).
+// Errors: UNSUPPORTED (head_dim, head ratio, block-sparse beyond 3.2M keys), INVALID_ARGUMENT (shape, a pattern
+// out of range, vertical-slash budgets not effective). Synchronizes the stream once (plan size).
+status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
+                            float scale, const head_spec_dev * heads, vslash_workspace & ws, prefill_plan_buf & plan,
+                            cudaStream_t stream);
+
+// vslash_attention_gpu with minference_index_gpu's mixed plan (a.v and a.s unused).
+status minference_attention_gpu(const vslash_attention_args & a, const head_spec_dev * heads, vslash_workspace & ws,
+                                prefill_plan_buf & plan, cudaStream_t stream, vslash_attention_info * info = nullptr);
 
 } // namespace lc::cuda
