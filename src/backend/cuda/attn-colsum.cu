@@ -29,7 +29,7 @@ template <int D> __host__ __device__ constexpr int cs_smem_bytes() {
 template <int D>
 __device__ __forceinline__ void cs_load_rows(uint32_t dst, const __nv_bfloat16 * src, int n_valid, int tid) {
     constexpr int CPR = D / 8, RPI = n_threads / CPR;
-    const int     c   = tid % CPR;
+    const int     c = tid % CPR;
 #pragma unroll
     for (int i = 0; i < 64 / RPI; ++i) {
         const int r = tid / CPR + RPI * i;
@@ -43,14 +43,14 @@ __global__ void __launch_bounds__(n_threads)
                           const __nv_bfloat16 * __restrict__ k_pool, const int32_t * __restrict__ pages, int64_t n_kv,
                           int n_head_kv, float scale_log2, const float * __restrict__ lse, bool per_kv_head,
                           float * __restrict__ colsum, int64_t stride, int64_t window, int64_t kt_first) {
-    constexpr int tile_bytes = cs_tile_bytes<D>();
+    constexpr int     tile_bytes = cs_tile_bytes<D>();
     extern __shared__ __align__(128) uint8_t smem[];
-    const int                                tid  = threadIdx.x;
-    const int                                warp = tid >> 5;
-    const int                                lane = tid & 31;
-    const int                                gr   = lane >> 2;
-    const int                                t    = lane & 3;
-    const uint32_t                           s_k  = smem_u32(smem);
+    const int                                tid   = threadIdx.x;
+    const int                                warp  = tid >> 5;
+    const int                                lane  = tid & 31;
+    const int                                gr    = lane >> 2;
+    const int                                t     = lane & 3;
+    const uint32_t                           s_k   = smem_u32(smem);
     float *                                  s_lse = reinterpret_cast<float *>(smem + 3 * tile_bytes);
 
     const int     G   = n_head / n_head_kv;
@@ -66,16 +66,16 @@ __global__ void __launch_bounds__(n_threads)
     const int n_it    = G * n_tiles;
 
     const size_t page_elems = size_t(n_head_kv) * 64 * D;
-    cs_load_rows<D>(s_k, k_pool + size_t(pages[kt]) * page_elems + size_t(g) * 64 * D,
-                    int(min(int64_t(64), n_kv - k0)), tid);
+    cs_load_rows<D>(s_k, k_pool + size_t(pages[kt]) * page_elems + size_t(g) * 64 * D, int(min(int64_t(64), n_kv - k0)),
+                    tid);
     cp_async_commit();
 
     auto load_q = [&](int it, int buf) {
-        const int     hh = it / n_tiles;
-        const int64_t i0 = i_lo + int64_t(it % n_tiles) * 64;
-        const int     h  = g * G + hh;
-        constexpr int CPR = D / 8, RPI = n_threads / CPR;
-        const int     c   = tid % CPR;
+        const int      hh  = it / n_tiles;
+        const int64_t  i0  = i_lo + int64_t(it % n_tiles) * 64;
+        const int      h   = g * G + hh;
+        constexpr int  CPR = D / 8, RPI = n_threads / CPR;
+        const int      c   = tid % CPR;
         const uint32_t dst = s_k + (1 + buf) * tile_bytes;
 #pragma unroll
         for (int i = 0; i < 64 / RPI; ++i) {
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(n_threads)
             cp_async_16(dst + tile_off<D>(r, c), q + (size_t(row) * n_head + h) * D + c * 8, ok ? 16 : 0);
         }
         if (tid < 64) { // rows past the chunk read 0 and are masked below
-            const int64_t i   = i0 + tid;
+            const int64_t  i  = i0 + tid;
             const uint32_t d  = smem_u32(s_lse + buf * 64 + tid);
             const float *  sp = lse + size_t(i < n_q ? i : i_lo) * n_head + h;
             asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(sp), "r"(i < n_q ? 4 : 0));
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(n_threads)
     };
 
     // S^T = K Q^T: 16 keys x 64 queries per warp
-    mma_rows16x64_stream<D>(s_k, s_k + tile_bytes, n_it, load_q, [&](int it, int buf, const float (&s)[8][4]) {
+    mma_rows16x64_stream<D>(s_k, s_k + tile_bytes, n_it, load_q, [&](int it, int buf, const float(&s)[8][4]) {
         const int     hh   = it / n_tiles;
         const int64_t i0   = i_lo + int64_t(it % n_tiles) * 64;
         const int64_t qp0  = pos0 + i0; // position of the tile's first query
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(n_threads)
             float        p3 = fast_exp2(s[j][3] * scale_log2 - lb);
             if (mask) {
                 const int64_t qa = qp0 + j * 8 + 2 * t, qb = qa + 1;
-                const int64_t w  = window > 0 ? window : INT64_MAX / 4;
+                const int64_t w = window > 0 ? window : INT64_MAX / 4;
                 if (key0 > qa || key0 <= qa - w || qa >= qend) p0 = 0.f;
                 if (key0 > qb || key0 <= qb - w || qb >= qend) p1 = 0.f;
                 if (key1 > qa || key1 <= qa - w || qa >= qend) p2 = 0.f;
@@ -149,24 +149,24 @@ __global__ void __launch_bounds__(n_threads)
                          const int32_t * __restrict__ n_kv, float scale_log2, const float * __restrict__ lse,
                          bool per_kv_head, float * __restrict__ colsum, int64_t stride, int64_t seq_stride,
                          int64_t window) {
-    constexpr int LPK  = D / 8;    // lanes per key (16 bytes each)
-    constexpr int KPW  = 32 / LPK; // keys per warp step
-    const int     s    = blockIdx.z;
-    const int     g    = blockIdx.y;
-    const int64_t k0   = int64_t(blockIdx.x) * 64;
-    const int64_t nkv  = n_kv[s];
-    const int64_t lo   = window > 0 ? max(int64_t(0), nkv - window) : 0;
+    constexpr int LPK = D / 8;    // lanes per key (16 bytes each)
+    constexpr int KPW = 32 / LPK; // keys per warp step
+    const int     s   = blockIdx.z;
+    const int     g   = blockIdx.y;
+    const int64_t k0  = int64_t(blockIdx.x) * 64;
+    const int64_t nkv = n_kv[s];
+    const int64_t lo  = window > 0 ? max(int64_t(0), nkv - window) : 0;
     if (k0 >= nkv || k0 + 63 < lo) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, c = lane % LPK;
-    const int G   = n_head / n_head_kv;
+    const int G = n_head / n_head_kv;
 
     float qv[8][8], lv[8];
 #pragma unroll
     for (int hh = 0; hh < 8; ++hh) {
         if (hh < G) {
-            const int   h = g * G + hh;
-            const uint4 x = *reinterpret_cast<const uint4 *>(q + (size_t(s) * n_head + h) * D + c * 8);
+            const int      h    = g * G + hh;
+            const uint4    x    = *reinterpret_cast<const uint4 *>(q + (size_t(s) * n_head + h) * D + c * 8);
             const uint32_t w[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(n_threads)
             lv[hh] = lse[size_t(s) * n_head + h] * log2e;
         }
     }
-    const size_t page_elems = size_t(n_head_kv) * 64 * D;
+    const size_t          page_elems = size_t(n_head_kv) * 64 * D;
     const __nv_bfloat16 * kp =
         k_pool + size_t(pages[size_t(s) * pages_stride + blockIdx.x]) * page_elems + size_t(g) * 64 * D;
     float *       out = colsum + size_t(s) * seq_stride;
@@ -305,8 +305,8 @@ __device__ __forceinline__ float exp2_poly(float x) {
     x             = fmaxf(x, -125.f);
     const float t = x + 12582912.f;
     const float f = x - (t - 12582912.f);
-    const float p = fmaf(fmaf(fmaf(fmaf(0.009570069f, f, 0.05591781f), f, 0.24024744f), f, 0.69312185f), f,
-                         0.99999928f);
+    const float p =
+        fmaf(fmaf(fmaf(fmaf(0.009570069f, f, 0.05591781f), f, 0.24024744f), f, 0.69312185f), f, 0.99999928f);
     return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
 }
 
@@ -381,7 +381,7 @@ __global__ void __launch_bounds__(n_threads, 1)
             // queries outside [i_lo, i_hi) see no key of the block: lse +inf gives p = 0
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                const int64_t i            = i0 + lane + 32 * j;
+                const int64_t i                    = i0 + lane + 32 * j;
                 s_lse[s * block_q + lane + 32 * j] = i < i_hi ? lse[size_t(i) * n_head + h] * log2e : INFINITY;
             }
             if (lane == 0) {
@@ -430,7 +430,7 @@ __global__ void __launch_bounds__(n_threads, 1)
         cs0 = cs1 = 0.f;
     };
     // the probabilities of step it (in acc) into the sums; the causal / window mask only where a tile needs it
-    auto process = [&](float (&acc)[64], int it) {
+    auto process = [&](float(&acc)[64], int it) {
         const int     s   = it % n_stages;
         const int64_t i0  = i_lo + int64_t(it % n_tiles) * block_q;
         const int64_t qp0 = pos0 + i0; // position of the tile's first query
@@ -446,8 +446,8 @@ __global__ void __launch_bounds__(n_threads, 1)
             const float  x[4] = {fmaf(acc[4 * i + 0], scale_log2, -l.x), fmaf(acc[4 * i + 1], scale_log2, -l.y),
                                  fmaf(acc[4 * i + 2], scale_log2, -l.x), fmaf(acc[4 * i + 3], scale_log2, -l.y)};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) p[e] = (i % 16) * POLY / 16 != (i % 16 + 1) * POLY / 16 ? exp2_poly(x[e])
-                                                                                              : fast_exp2(x[e]);
+            for (int e = 0; e < 4; ++e)
+                p[e] = (i % 16) * POLY / 16 != (i % 16 + 1) * POLY / 16 ? exp2_poly(x[e]) : fast_exp2(x[e]);
             if (mask) {
                 const int qa = 8 * i + 2 * t; // column of p[0] and p[2]
 #pragma unroll
@@ -463,7 +463,7 @@ __global__ void __launch_bounds__(n_threads, 1)
         if (!per_kv_head && it % n_tiles == n_tiles - 1) flush(g * G + it / n_tiles);
     };
     // the next tile's product is issued before the current tile's exps
-    auto step = [&](float (&cur)[64], float (&nxt)[64], int it) {
+    auto step = [&](float(&cur)[64], float(&nxt)[64], int it) {
         const int s1 = (it + 1) % n_stages;
         mbar_wait(q_full(s1), ((it + 1) / n_stages) & 1);
         wgmma_fence();
@@ -473,7 +473,7 @@ __global__ void __launch_bounds__(n_threads, 1)
         fence_regs(cur);
         process(cur, it);
     };
-    auto last_step = [&](float (&cur)[64], int it) {
+    auto last_step = [&](float(&cur)[64], int it) {
         wgmma_wait<0>();
         fence_regs(cur);
         process(cur, it);
@@ -561,8 +561,8 @@ template <int D> void launch_prefill(const attn_colsum_args & a, cudaStream_t st
     LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     kern<<<dim3(unsigned(n_blocks)), n_threads, smem, stream>>>(
         reinterpret_cast<const __nv_bfloat16 *>(a.q), a.n_q, a.pos0, a.n_head,
-        reinterpret_cast<const __nv_bfloat16 *>(a.kv.k_pool), a.kv.pages, a.kv.n_kv, a.kv.n_head_kv,
-        a.scale * log2e, a.lse, a.per_kv_head, a.colsum, a.colsum_stride, a.window, kt_first);
+        reinterpret_cast<const __nv_bfloat16 *>(a.kv.k_pool), a.kv.pages, a.kv.n_kv, a.kv.n_head_kv, a.scale * log2e,
+        a.lse, a.per_kv_head, a.colsum, a.colsum_stride, a.window, kt_first);
     LC_CUDA_CHECK_LAUNCH();
 }
 
@@ -570,8 +570,8 @@ template <int D> void launch_decode(const attn_colsum_decode_args & a, cudaStrea
     const dim3 grid(unsigned((a.n_kv_max + 63) / 64), unsigned(a.n_head_kv), unsigned(a.n_seq));
     colsum_decode_kernel<D><<<grid, n_threads, 0, stream>>>(
         reinterpret_cast<const __nv_bfloat16 *>(a.q), a.n_head, reinterpret_cast<const __nv_bfloat16 *>(a.k_pool),
-        a.n_head_kv, a.pages, a.pages_stride, a.n_kv, a.scale * log2e, a.lse, a.per_kv_head, a.colsum,
-        a.colsum_stride, a.seq_stride, a.window);
+        a.n_head_kv, a.pages, a.pages_stride, a.n_kv, a.scale * log2e, a.lse, a.per_kv_head, a.colsum, a.colsum_stride,
+        a.seq_stride, a.window);
     LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -34,18 +34,18 @@ enum class attn_colsum_kernel {
     WGMMA_POLY, // the same with a quarter of the exps as a polynomial on the FMA pipe (relative error 2.6e-6)
 };
 struct attn_colsum_args {
-    const bf16_t * q             = nullptr;
-    int64_t        n_q           = 0;
-    int64_t        pos0          = 0;
-    int            n_head        = 0;
-    attn_kv_paged  kv;
-    float          scale         = 0;
-    const float *  lse           = nullptr;
-    bool           per_kv_head   = false;
-    float *        colsum        = nullptr;
-    int64_t        colsum_stride = 0;
-    int64_t        window        = 0;
-    attn_colsum_kernel kernel    = attn_colsum_kernel::AUTO;
+    const bf16_t *     q      = nullptr;
+    int64_t            n_q    = 0;
+    int64_t            pos0   = 0;
+    int                n_head = 0;
+    attn_kv_paged      kv;
+    float              scale         = 0;
+    const float *      lse           = nullptr;
+    bool               per_kv_head   = false;
+    float *            colsum        = nullptr;
+    int64_t            colsum_stride = 0;
+    int64_t            window        = 0;
+    attn_colsum_kernel kernel        = attn_colsum_kernel::AUTO;
 };
 status attn_colsum(const attn_colsum_args & a, cudaStream_t stream);
 

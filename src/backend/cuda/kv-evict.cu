@@ -117,8 +117,9 @@ __global__ void compact_copy_kernel(bf16_t * __restrict__ k_pool, bf16_t * __res
     const int     c    = int(idx % CPR);
     const int64_t slot = GATHER ? keep[size_t(g) * keep_stride + r0 + i] : r0 + i;
     bf16_t *      pool = isv ? v_pool : k_pool;
-    uint4 * row = reinterpret_cast<uint4 *>(pool + ((size_t(pages[slot >> 6]) * n_head_kv + g) * 64 + (slot & 63)) * D) + c;
-    uint4 * sc  = scratch + ((size_t(isv) * n_head_kv + g) * chunk + i) * CPR + c;
+    uint4 *       row =
+        reinterpret_cast<uint4 *>(pool + ((size_t(pages[slot >> 6]) * n_head_kv + g) * 64 + (slot & 63)) * D) + c;
+    uint4 * sc = scratch + ((size_t(isv) * n_head_kv + g) * chunk + i) * CPR + c;
     if (GATHER)
         *sc = *row;
     else
@@ -178,10 +179,10 @@ __global__ void inv_norm_kernel(const bf16_t * __restrict__ k_pool, const int32_
     const int64_t w    = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
     const int     lane = threadIdx.x & 31;
     if (w >= int64_t(H) * n) return;
-    const int     g    = int(w / n);
-    const int64_t t    = w % n;
-    const bf16_t * r   = k_pool + row_off(pages, H, g, t, D);
-    float          s   = 0.f;
+    const int      g = int(w / n);
+    const int64_t  t = w % n;
+    const bf16_t * r = k_pool + row_off(pages, H, g, t, D);
+    float          s = 0.f;
     for (int d = lane; d < D; d += 32) {
         const float x = __uint_as_float(uint32_t(r[d]) << 16);
         s             = fmaf(x, x, s);
@@ -191,8 +192,8 @@ __global__ void inv_norm_kernel(const bf16_t * __restrict__ k_pool, const int32_
     if (lane == 0) inv[w] = s > 0.f ? 1.f / sqrtf(s) : 0.f;
 }
 
-__global__ void evicted_kernel(const int32_t * __restrict__ keep, int64_t keep_stride, int64_t n_keep, int64_t n,
-                               int H, int32_t * __restrict__ ev) {
+__global__ void evicted_kernel(const int32_t * __restrict__ keep, int64_t keep_stride, int64_t n_keep, int64_t n, int H,
+                               int32_t * __restrict__ ev) {
     const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= int64_t(H) * n) return;
     const int       g  = int(idx / n);
@@ -216,7 +217,7 @@ template <int D>
 __device__ __forceinline__ void gather_rows(uint32_t dst, const bf16_t * pool, const int32_t * pages, int H, int g,
                                             const int32_t * slots, int n_valid, int tid) {
     constexpr int CPR = D / 8, RPI = sim_threads / CPR;
-    const int     c   = tid % CPR;
+    const int     c = tid % CPR;
 #pragma unroll
     for (int i = 0; i < 64 / RPI; ++i) {
         const int     r    = tid / CPR + RPI * i;
@@ -231,22 +232,22 @@ __global__ void __launch_bounds__(sim_threads)
                const int32_t * __restrict__ keep, int64_t keep_stride, int64_t n_keep, const int32_t * __restrict__ ev,
                int64_t n_ev, const float * __restrict__ inv_norm, int64_t n, float * __restrict__ u_out,
                int32_t * __restrict__ arg_out, double * __restrict__ partial) {
-    constexpr int tile_bytes = 64 * D * 2;
+    constexpr int     tile_bytes = 64 * D * 2;
     extern __shared__ __align__(128) uint8_t smem[];
     __shared__ float                         s_u[64];
     const int                                tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int                                gr = lane >> 2, t = lane & 3;
-    const int                                g  = blockIdx.y;
-    const int64_t                            e0 = int64_t(blockIdx.x) * 64;
-    const uint32_t                           s_e = smem_u32(smem);
-    float *        s_inv = reinterpret_cast<float *>(smem + 3 * tile_bytes); // [2][64]
-    const int32_t * evg  = ev + size_t(g) * n_ev;
-    const int32_t * kpg  = keep + size_t(g) * keep_stride;
-    const float *   invg = inv_norm + size_t(g) * n;
-    const int       n_e  = int(min(int64_t(64), n_ev - e0));
+    const int                                g     = blockIdx.y;
+    const int64_t                            e0    = int64_t(blockIdx.x) * 64;
+    const uint32_t                           s_e   = smem_u32(smem);
+    float *                                  s_inv = reinterpret_cast<float *>(smem + 3 * tile_bytes); // [2][64]
+    const int32_t *                          evg   = ev + size_t(g) * n_ev;
+    const int32_t *                          kpg   = keep + size_t(g) * keep_stride;
+    const float *                            invg  = inv_norm + size_t(g) * n;
+    const int                                n_e   = int(min(int64_t(64), n_ev - e0));
     gather_rows<D>(s_e, k_pool, pages, H, g, evg + e0, n_e, tid);
     cp_async_commit();
-    const int n_ct = int((n_keep + 63) / 64);
+    const int n_ct   = int((n_keep + 63) / 64);
     auto      load_c = [&](int ct, int buf) {
         const int nc = int(min(int64_t(64), n_keep - int64_t(ct) * 64));
         gather_rows<D>(s_e + (1 + buf) * tile_bytes, k_pool, pages, H, g, kpg + int64_t(ct) * 64, nc, tid);
@@ -254,9 +255,9 @@ __global__ void __launch_bounds__(sim_threads)
     };
     load_c(0, 0);
     cp_async_commit();
-    float    best0 = -INFINITY, best1 = -INFINITY;
-    int32_t  bi0 = -1, bi1 = -1;
-    mma_rows16x64_stream<D>(s_e, s_e + tile_bytes, n_ct, load_c, [&](int ct, int buf, const float (&s)[8][4]) {
+    float   best0 = -INFINITY, best1 = -INFINITY;
+    int32_t bi0 = -1, bi1 = -1;
+    mma_rows16x64_stream<D>(s_e, s_e + tile_bytes, n_ct, load_c, [&](int ct, int buf, const float(&s)[8][4]) {
         const float * iv = s_inv + buf * 64;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
@@ -285,13 +286,13 @@ __global__ void __launch_bounds__(sim_threads)
     if (t == 0) {
         const int r0 = warp * 16 + gr, r1 = r0 + 8;
         if (r0 < n_e) {
-            const float u = bi0 >= 0 ? best0 * invg[evg[e0 + r0]] : -INFINITY;
+            const float u                       = bi0 >= 0 ? best0 * invg[evg[e0 + r0]] : -INFINITY;
             u_out[size_t(g) * n_ev + e0 + r0]   = u;
             arg_out[size_t(g) * n_ev + e0 + r0] = bi0;
             s_u[r0]                             = u;
         }
         if (r1 < n_e) {
-            const float u = bi1 >= 0 ? best1 * invg[evg[e0 + r1]] : -INFINITY;
+            const float u                       = bi1 >= 0 ? best1 * invg[evg[e0 + r1]] : -INFINITY;
             u_out[size_t(g) * n_ev + e0 + r1]   = u;
             arg_out[size_t(g) * n_ev + e0 + r1] = bi1;
             s_u[r1]                             = u;
@@ -305,9 +306,8 @@ __global__ void __launch_bounds__(sim_threads)
     }
 }
 
-__global__ void __launch_bounds__(1024)
-    tau_kernel(const double * __restrict__ partial, int64_t n_part, int64_t n_u, double alpha, double beta,
-               d2o_tau_state * tau, double * u_mean) {
+__global__ void __launch_bounds__(1024) tau_kernel(const double * __restrict__ partial, int64_t n_part, int64_t n_u,
+                                                   double alpha, double beta, d2o_tau_state * tau, double * u_mean) {
     __shared__ double red[1024];
     double            s = 0.0;
     for (int64_t i = threadIdx.x; i < n_part; i += 1024) s += partial[i];
@@ -325,9 +325,9 @@ __global__ void __launch_bounds__(1024)
     }
 }
 
-__global__ void merge_keys_kernel(const float * __restrict__ u, const int32_t * __restrict__ arg, int64_t n_ev,
-                                  int H, int64_t n_keep, const d2o_tau_state * __restrict__ tau,
-                                  uint32_t * __restrict__ keys, int32_t * __restrict__ vals) {
+__global__ void merge_keys_kernel(const float * __restrict__ u, const int32_t * __restrict__ arg, int64_t n_ev, int H,
+                                  int64_t n_keep, const d2o_tau_state * __restrict__ tau, uint32_t * __restrict__ keys,
+                                  int32_t * __restrict__ vals) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= int64_t(H) * n_ev) return;
     const float tf = float(tau->tau);
@@ -351,8 +351,8 @@ __device__ __forceinline__ int64_t lower_bound_u32(const uint32_t * a, int64_t n
 template <int D>
 __global__ void merge_rows_kernel(bf16_t * __restrict__ k_pool, bf16_t * __restrict__ v_pool,
                                   const int32_t * __restrict__ pages, int H, const int32_t * __restrict__ keep,
-                                  int64_t keep_stride, int64_t n_keep, const int32_t * __restrict__ ev,
-                                  const float * __restrict__ u, int64_t n_ev, const uint32_t * __restrict__ keys,
+                                  int64_t keep_stride, int64_t            n_keep, const int32_t * __restrict__ ev,
+                                  const float * __restrict__ u, int64_t   n_ev, const uint32_t * __restrict__ keys,
                                   const int32_t * __restrict__ vals, bool softmax, int64_t * merged) {
     constexpr int EPL  = D / 32;
     const int64_t w    = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
@@ -365,11 +365,11 @@ __global__ void merge_rows_kernel(bf16_t * __restrict__ k_pool, bf16_t * __restr
     const int64_t hi = lower_bound_u32(keys, N, uint32_t(w + 1));
     if (lo == hi) return;
     float  ak[EPL] = {}, av[EPL] = {};
-    double wsum    = 0.0;
+    double wsum = 0.0;
     for (int64_t j = lo; j < hi; ++j) {
-        const int32_t  idx  = vals[j];
-        const float    wt   = softmax ? expf(u[idx]) : u[idx];
-        const size_t   off  = row_off(pages, H, g, ev[idx], D) + lane * EPL;
+        const int32_t idx = vals[j];
+        const float   wt  = softmax ? expf(u[idx]) : u[idx];
+        const size_t  off = row_off(pages, H, g, ev[idx], D) + lane * EPL;
 #pragma unroll
         for (int i = 0; i < EPL; ++i) {
             ak[i] = fmaf(wt, __uint_as_float(uint32_t(k_pool[off + i]) << 16), ak[i]);
@@ -383,8 +383,8 @@ __global__ void merge_rows_kernel(bf16_t * __restrict__ k_pool, bf16_t * __restr
     const size_t off  = row_off(pages, H, g, keep[size_t(g) * keep_stride + (w % n_keep)], D) + lane * EPL;
 #pragma unroll
     for (int i = 0; i < EPL; ++i) {
-        const float kc = __uint_as_float(uint32_t(k_pool[off + i]) << 16);
-        const float vc = __uint_as_float(uint32_t(v_pool[off + i]) << 16);
+        const float kc  = __uint_as_float(uint32_t(k_pool[off + i]) << 16);
+        const float vc  = __uint_as_float(uint32_t(v_pool[off + i]) << 16);
         k_pool[off + i] = __bfloat16_as_ushort(__float2bfloat16_rn((sf * kc + ak[i]) * inv));
         v_pool[off + i] = __bfloat16_as_ushort(__float2bfloat16_rn((sf * vc + av[i]) * inv));
     }
@@ -397,8 +397,8 @@ template <int D> void launch_sim(const d2o_merge_args & a, const d2o_layout & L,
     auto          kern = sim_kernel<D>;
     LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     kern<<<dim3(unsigned((n_ev + 63) / 64), unsigned(H)), sim_threads, smem, st>>>(
-        a.kv.k_pool, a.kv.pages, H, a.keep, a.keep_stride, a.n_keep, reinterpret_cast<int32_t *>(ws + L.off_ev),
-        n_ev, reinterpret_cast<float *>(ws + L.off_inv), a.n, reinterpret_cast<float *>(ws + L.off_u),
+        a.kv.k_pool, a.kv.pages, H, a.keep, a.keep_stride, a.n_keep, reinterpret_cast<int32_t *>(ws + L.off_ev), n_ev,
+        reinterpret_cast<float *>(ws + L.off_inv), a.n, reinterpret_cast<float *>(ws + L.off_u),
         reinterpret_cast<int32_t *>(ws + L.off_arg), reinterpret_cast<double *>(ws + L.off_part));
     LC_CUDA_CHECK_LAUNCH();
 }
@@ -418,8 +418,8 @@ template <int D> void launch_merge(const d2o_merge_args & a, const d2o_layout & 
 } // namespace
 
 int64_t evict_keep_count(int64_t n, int64_t n_sink, int64_t n_recent, int64_t n_heavy) {
-    n      = std::max<int64_t>(n, 0);
-    n_sink = std::clamp<int64_t>(n_sink, 0, n);
+    n        = std::max<int64_t>(n, 0);
+    n_sink   = std::clamp<int64_t>(n_sink, 0, n);
     n_recent = std::clamp<int64_t>(n_recent, 0, n - n_sink);
     n_heavy  = std::clamp<int64_t>(n_heavy, 0, n - n_sink - n_recent);
     return n_sink + n_recent + n_heavy;
@@ -432,8 +432,7 @@ size_t evict_keep_workspace_bytes(int n_head_kv, int64_t n) {
 status evict_keep(const evict_keep_args & a, cudaStream_t stream) {
     const int64_t n = a.n;
     if (n < 0 || n >= (int64_t(1) << 31) || a.n_head_kv <= 0 || a.rows_per_kv <= 0)
-        return error(status_code::INVALID_ARGUMENT, "cuda evict_keep: n %lld, n_head_kv %d", (long long)n,
-                     a.n_head_kv);
+        return error(status_code::INVALID_ARGUMENT, "cuda evict_keep: n %lld, n_head_kv %d", (long long)n, a.n_head_kv);
     const int64_t n_sink   = std::clamp<int64_t>(a.n_sink, 0, n);
     const int64_t n_recent = std::clamp<int64_t>(a.n_recent, 0, n - n_sink);
     const int64_t n_heavy  = std::clamp<int64_t>(a.n_heavy, 0, n - n_sink - n_recent);
@@ -472,7 +471,7 @@ status kv_compact(const kv_compact_args & a, cudaStream_t stream) {
     }
     if (a.score != nullptr && a.n_keep > 0) {
         compact_score_kernel<<<unsigned(H * a.rows_per_kv), 1024, 0, stream>>>(a.score, a.score_stride, a.rows_per_kv,
-                                                                              a.keep, a.keep_stride, a.n_keep);
+                                                                               a.keep, a.keep_stride, a.n_keep);
         LC_CUDA_CHECK_LAUNCH();
     }
     return status::ok();
@@ -495,8 +494,8 @@ d2o_workspace_view d2o_workspace_views(void * workspace, int n_head_kv, int64_t 
 status d2o_merge(const d2o_merge_args & a, cudaStream_t stream) {
     const int H = a.kv.n_head_kv, D = a.kv.head_dim;
     if (D != 64 && D != 128) return error(status_code::UNSUPPORTED, "cuda d2o_merge: head_dim %d (64, 128)", D);
-    if (H <= 0 || a.n < 0 || a.n >= (int64_t(1) << 31) || a.n_keep < 0 || a.n_keep > a.n ||
-        a.keep_stride < a.n_keep || a.tau == nullptr || int64_t(H) * a.n >= (int64_t(1) << 31))
+    if (H <= 0 || a.n < 0 || a.n >= (int64_t(1) << 31) || a.n_keep < 0 || a.n_keep > a.n || a.keep_stride < a.n_keep ||
+        a.tau == nullptr || int64_t(H) * a.n >= (int64_t(1) << 31))
         return error(status_code::INVALID_ARGUMENT, "cuda d2o_merge: bad arguments");
     if (a.n_keep == 0 || a.n_keep == a.n) {
         if (a.merged) LC_CUDA_CHECK(cudaMemsetAsync(a.merged, 0, sizeof(int64_t), stream));
@@ -508,11 +507,11 @@ status d2o_merge(const d2o_merge_args & a, cudaStream_t stream) {
                      L.total);
     auto *        ws   = static_cast<uint8_t *>(a.workspace);
     const int64_t n_ev = a.n - a.n_keep, N = int64_t(H) * n_ev;
-    const int64_t nb   = (n_ev + 63) / 64;
+    const int64_t nb = (n_ev + 63) / 64;
     {
         const int64_t threads = int64_t(H) * a.n * 32;
-        inv_norm_kernel<<<unsigned((threads + 255) / 256), 256, 0, stream>>>(
-            a.kv.k_pool, a.kv.pages, H, D, a.n, reinterpret_cast<float *>(ws + L.off_inv));
+        inv_norm_kernel<<<unsigned((threads + 255) / 256), 256, 0, stream>>>(a.kv.k_pool, a.kv.pages, H, D, a.n,
+                                                                             reinterpret_cast<float *>(ws + L.off_inv));
         LC_CUDA_CHECK_LAUNCH();
         evicted_kernel<<<unsigned((int64_t(H) * a.n + 255) / 256), 256, 0, stream>>>(
             a.keep, a.keep_stride, a.n_keep, a.n, H, reinterpret_cast<int32_t *>(ws + L.off_ev));
@@ -522,12 +521,12 @@ status d2o_merge(const d2o_merge_args & a, cudaStream_t stream) {
         launch_sim<64>(a, L, ws, stream);
     else
         launch_sim<128>(a, L, ws, stream);
-    tau_kernel<<<1, 1024, 0, stream>>>(reinterpret_cast<double *>(ws + L.off_part), int64_t(H) * nb, N, a.alpha,
-                                       a.beta, a.tau, a.u_mean);
+    tau_kernel<<<1, 1024, 0, stream>>>(reinterpret_cast<double *>(ws + L.off_part), int64_t(H) * nb, N, a.alpha, a.beta,
+                                       a.tau, a.u_mean);
     LC_CUDA_CHECK_LAUNCH();
     merge_keys_kernel<<<unsigned((N + 255) / 256), 256, 0, stream>>>(
-        reinterpret_cast<float *>(ws + L.off_u), reinterpret_cast<int32_t *>(ws + L.off_arg), n_ev, H, a.n_keep,
-        a.tau, reinterpret_cast<uint32_t *>(ws + L.off_k0), reinterpret_cast<int32_t *>(ws + L.off_v0));
+        reinterpret_cast<float *>(ws + L.off_u), reinterpret_cast<int32_t *>(ws + L.off_arg), n_ev, H, a.n_keep, a.tau,
+        reinterpret_cast<uint32_t *>(ws + L.off_k0), reinterpret_cast<int32_t *>(ws + L.off_v0));
     LC_CUDA_CHECK_LAUNCH();
     int end_bit = 1;
     while (end_bit < 32 && (uint64_t(1) << end_bit) <= uint64_t(H) * uint64_t(a.n_keep)) ++end_bit;
