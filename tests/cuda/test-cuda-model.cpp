@@ -848,6 +848,52 @@ TEST(CudaModel, SparsePrefillMatchesCpu) {
     EXPECT_LT(md.kl, 0.1);
 }
 
+// Layer-major prefill (cuda_model_options::layer_major: every layer shares one KV pool): the same chunks through the
+// same kernels as the chunk-major forward pass, so the last token's logits are bitwise equal, with dense attention
+// and with block-sparse prefill; the sequence cannot continue afterwards, and more than the last row of logits is
+// refused.
+TEST(CudaModel, LayerMajorPrefillEqualsChunkMajor) {
+    if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
+    auto hp = cuda::synthetic_hparams("smollm2-135m");
+    ASSERT_TRUE(hp.is_ok());
+    std::vector<int32_t> toks(3000);
+    for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 7919 + 13) % 49152);
+    const int n_vocab = int(hp.value().n_vocab);
+    for (bool sparse : {false, true}) {
+        std::vector<std::vector<float>> out;
+        for (bool lm : {false, true}) {
+            cuda::cuda_model_options opt;
+            opt.n_ctx       = 4096;
+            opt.n_ubatch    = 1024;
+            opt.layer_major = lm;
+            if (sparse) {
+                opt.prefill_heads.assign(size_t(hp.value().n_layer) * hp.value().n_head,
+                                         head_budget{head_pattern::BLOCK, 8, 0});
+                opt.sparse_min_len      = 0;
+                opt.prefill_dense_ratio = 2.0f;
+            }
+            auto m = cuda::cuda_model::synthetic(hp.value(), opt, 11);
+            ASSERT_TRUE(m.is_ok()) << m.get_status().message();
+            std::vector<float> l(static_cast<size_t>(n_vocab));
+            int32_t            next = -1;
+            ASSERT_TRUE(m.value()->forward(toks.data(), 3000, 0, 1, l.data(), &next).is_ok());
+            EXPECT_GE(next, 0);
+            if (lm) {
+                const status cont = m.value()->forward(&next, 1, 3000, 0, nullptr);
+                EXPECT_EQ(cont.code(), status_code::INVALID_ARGUMENT) << cont.message();
+                m.value()->clear();
+                std::vector<float> l4(size_t(n_vocab) * 4);
+                EXPECT_EQ(m.value()->forward(toks.data(), 100, 0, 4, l4.data()).code(), status_code::INVALID_ARGUMENT);
+            }
+            out.push_back(std::move(l));
+        }
+        const bool same = out[0] == out[1];
+        std::printf("layer-major vs chunk-major prefill (%s), 3000 tokens in chunks of 1024: last logits %s\n",
+                    sparse ? "block-sparse k_b = 8" : "dense", same ? "bitwise equal" : "DIFFER");
+        EXPECT_TRUE(same);
+    }
+}
+
 // Sparse decode in the whole model (cuda_model_options::decode: top-k, Quest, Loki selected on the device within
 // the decode step's graph) against the CPU context running the same method on SmolLM2: a 3000-token essay, then 24
 // teacher-forced steps (both fed the CPU's greedy tokens). Per method: the mean KL and top-1 agreement of GPU

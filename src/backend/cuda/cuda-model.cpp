@@ -121,6 +121,8 @@ struct cuda_model::impl {
     int64_t  n_pages = 0, n_ub = 0;
     int32_t *pages = nullptr, *d_tok = nullptr, *d_pos = nullptr, *d_nkv = nullptr, *d_next = nullptr;
     int32_t *h_in = nullptr, *h_next = nullptr; // pinned: [tok, pos, n_kv], [next]
+    float *  x_all     = nullptr; // opt.layer_major: hidden states of the whole prompt [n_ctx][n_embd]
+    int32_t *h_pos_all = nullptr; // opt.layer_major: positions 0 .. n_ctx - 1 (pinned)
     float *  x = nullptr, *qkv = nullptr, *tmp = nullptr, *gu = nullptr, *logits = nullptr;
     bf16_t * xn = nullptr, *q = nullptr, *att = nullptr, *h = nullptr;
     void *   dec_ws       = nullptr;
@@ -155,6 +157,7 @@ struct cuda_model::impl {
         for (void * p : allocs) cudaFree(p);
         if (h_in) cudaFreeHost(h_in);
         if (h_smp) cudaFreeHost(h_smp);
+        if (h_pos_all) cudaFreeHost(h_pos_all);
         if (stream) cudaStreamDestroy(stream);
     }
 
@@ -183,6 +186,8 @@ struct cuda_model::impl {
         LC_ASSERT(hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0, "cuda: n_head %d, n_head_kv %d", hp.n_head,
                   hp.n_head_kv);
         if (opt.n_ctx <= 0) return error(status_code::INVALID_ARGUMENT, "cuda: n_ctx %lld", (long long)opt.n_ctx);
+        if (opt.layer_major && opt.decode != decode_method_gpu::DENSE)
+            return error(status_code::INVALID_ARGUMENT, "cuda: a layer-major prefill keeps no cache to decode from");
         if (!opt.prefill_heads.empty() && opt.prefill_heads.size() != size_t(hp.n_layer) * size_t(hp.n_head))
             return error(status_code::INVALID_ARGUMENT, "cuda: %zu prefill head patterns for %d layers x %d heads",
                          opt.prefill_heads.size(), hp.n_layer, hp.n_head);
@@ -196,11 +201,21 @@ struct cuda_model::impl {
         n_pages                  = (opt.n_ctx + kv_page_tokens - 1) / kv_page_tokens;
         const int64_t pool_elems = n_pages * hp.n_head_kv * kv_page_tokens * D;
         for (auto & L : layers) {
+            if (opt.layer_major && &L != &layers[0]) { // one pool for every layer
+                L.k_pool = layers[0].k_pool;
+                L.v_pool = layers[0].v_pool;
+                continue;
+            }
             LC_ASSIGN_OR_RETURN(L.k_pool, alloc<bf16_t>(pool_elems, &n_kv_bytes));
             LC_ASSIGN_OR_RETURN(L.v_pool, alloc<bf16_t>(pool_elems, &n_kv_bytes));
             // Zero pages: rows past n_kv must be finite (kv-paged.cuh).
             LC_CUDA_CHECK(cudaMemsetAsync(L.k_pool, 0, size_t(pool_elems) * 2, stream));
             LC_CUDA_CHECK(cudaMemsetAsync(L.v_pool, 0, size_t(pool_elems) * 2, stream));
+        }
+        if (opt.layer_major) {
+            LC_ASSIGN_OR_RETURN(x_all, alloc<float>(opt.n_ctx * E));
+            LC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void **>(&h_pos_all), size_t(opt.n_ctx) * sizeof(int32_t)));
+            for (int64_t i = 0; i < opt.n_ctx; ++i) h_pos_all[i] = int32_t(i);
         }
         LC_ASSIGN_OR_RETURN(pages, alloc<int32_t>(n_pages));
         std::vector<int32_t> ids(static_cast<size_t>(n_pages));
@@ -454,13 +469,19 @@ struct cuda_model::impl {
     // pos0 + n). decode: n == 1 through attn_decode reading n_kv (<= span) from d_nkv (graph-capturable). Leaves the
     // final hidden states in x.
     status enqueue_layers(int64_t n, int64_t pos0, bool decode, int64_t span = 0) {
+        embed_rows(tok_embd, d_tok, n, int(hp.n_embd), hp.embd_scale, x, stream);
+        for (int il = 0; il < hp.n_layer; ++il) LC_RETURN_IF_ERROR(enqueue_layer(il, n, pos0, decode, span));
+        return status::ok();
+    }
+
+    // Layer il of the forward pass on the hidden states in x (n rows, positions in d_pos), updated in place.
+    status enqueue_layer(int il, int64_t n, int64_t pos0, bool decode, int64_t span) {
         const int64_t E = hp.n_embd, D = hp.head_dim, n_q = int64_t(hp.n_head) * D, n_kv = int64_t(hp.n_head_kv) * D;
         const int64_t F     = hp.n_ff;
         const int64_t ld    = n_q + 2 * n_kv;
         const float   scale = hp.attn_scale > 0.0f ? hp.attn_scale : 1.0f / std::sqrt(float(D));
         const bool    gemma = hp.arch == model_arch::GEMMA3;
-        embed_rows(tok_embd, d_tok, n, int(E), hp.embd_scale, x, stream);
-        for (int il = 0; il < hp.n_layer; ++il) {
+        {
             const dev_layer & L = layers[size_t(il)];
             // attention block
             rmsnorm_rows(x, E, L.attn_norm, n, int(E), hp.norm_eps, xn, E, true, stream);
@@ -660,6 +681,49 @@ struct cuda_model::impl {
         return status::ok();
     }
 
+    // opt.layer_major: the whole prompt through layer 0 chunk by chunk, then through layer 1, ...; the same chunks
+    // and the same kernels as forward(), so the same result.
+    status forward_layer_major(const int32_t * tokens, int64_t n, int64_t pos0, int64_t n_logits, float * logits_host,
+                               int32_t * next, const device_sampling * smp) {
+        if (pos0 != 0)
+            return error(status_code::INVALID_ARGUMENT,
+                         "cuda: a layer-major prefill runs one prompt from position 0 and keeps no cache to continue "
+                         "from (clear() to start over)");
+        if (n_logits > 1)
+            return error(status_code::INVALID_ARGUMENT, "cuda: a layer-major prefill gives the last token's logits only");
+        if (next && smp) upload_sampling(*smp);
+        const int64_t E     = hp.n_embd;
+        float * const x_own = x;
+        for (int64_t c0 = 0; c0 < n; c0 += n_ub) {
+            const int64_t nc = std::min(n_ub, n - c0);
+            LC_CUDA_CHECK(cudaMemcpyAsync(d_tok, tokens + c0, size_t(nc) * 4, cudaMemcpyHostToDevice, stream));
+            embed_rows(tok_embd, d_tok, nc, int(E), hp.embd_scale, x_all + c0 * E, stream);
+        }
+        status st = status::ok();
+        for (int il = 0; il < hp.n_layer && st.is_ok(); ++il)
+            for (int64_t c0 = 0; c0 < n && st.is_ok(); c0 += n_ub) {
+                const int64_t nc = std::min(n_ub, n - c0);
+                LC_CUDA_CHECK(cudaMemcpyAsync(d_pos, h_pos_all + c0, size_t(nc) * 4, cudaMemcpyHostToDevice, stream));
+                x  = x_all + c0 * E;
+                st = enqueue_layer(il, nc, c0, false, 0);
+            }
+        if (st.is_ok()) {
+            x = x_all + (n - 1) * E;
+            enqueue_head(0, 1);
+            if (logits_host && n_logits == 1)
+                LC_CUDA_CHECK(
+                    cudaMemcpyAsync(logits_host, logits, size_t(hp.n_vocab) * 4, cudaMemcpyDeviceToHost, stream));
+            if (next) enqueue_sample(smp != nullptr);
+            last_row = 0;
+        }
+        x = x_own;
+        LC_RETURN_IF_ERROR(st);
+        LC_CUDA_CHECK(cudaStreamSynchronize(stream));
+        if (next) *next = *h_next;
+        n_past = n;
+        return status::ok();
+    }
+
     status forward(const int32_t * tokens, int64_t n, int64_t pos0, int64_t n_logits, float * logits_host,
                    int32_t * next, const device_sampling * smp) {
         if (pos0 != n_past)
@@ -682,6 +746,7 @@ struct cuda_model::impl {
                          "cuda: sampling settings temp %g, top_k %d, top_p %g, min_p %g, u %g out of range",
                          double(smp->temp), smp->top_k, double(smp->top_p), double(smp->min_p), smp->u);
         last_row = -1;
+        if (opt.layer_major) return forward_layer_major(tokens, n, pos0, n_logits, logits_host, next, smp);
         if (n == 1) return decode_step(tokens[0], n_logits ? logits_host : nullptr, next, smp);
         if (next && smp) upload_sampling(*smp);
 

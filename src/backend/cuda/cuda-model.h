@@ -37,6 +37,12 @@ struct cuda_model_options {
     // A layer whose plan needs more 64-key steps than this share of the dense kernel's tiles runs the dense kernel
     // instead (0.45: where dense is the faster on the H100; >= 1: always sparse).
     float prefill_dense_ratio = 0.45f;
+    // Prefill layer by layer over the whole prompt instead of chunk by chunk through every layer: all layers share
+    // one KV pool, so a prompt whose cache does not fit the GPU (Llama-3-8B at 1M tokens: 137 GB of bf16 KV) still
+    // prefills, for its first token (TTFT). The hidden states of the whole prompt stay on the device (n_ctx x n_embd
+    // f32). One prompt from position 0, the last token's logits only; the sequence cannot continue (clear() to start
+    // over). Not with sparse decode.
+    bool layer_major = false;
     // Sparse decode in the full-attention layers (decode-select.cuh, attn-sparse-decode.cuh): the keys each query
     // head (or KV head, decode_kv_select) attends, selected on the device within the decode step's graph, as the
     // CPU methods select them (attn/decode/{topk,quest,loki}.h).
@@ -89,7 +95,8 @@ class cuda_model {
     uint64_t              weight_bytes() const; // device bytes of weights
     uint64_t              kv_bytes() const;     // device bytes of the KV cache
 
-    // Runs tokens[0..n) at positions pos0.. of the sequence, appending their K/V to the cache.
+    // Runs tokens[0..n) at positions pos0.. of the sequence, appending their K/V to the cache (opt.layer_major:
+    // INVALID_ARGUMENT unless pos0 == 0 and n_logits <= 1).
     // REQUIRES-like checks (INVALID_ARGUMENT): pos0 == n_past() (the cache is append-only), pos0 + n <= n_ctx.
     // logits (optional, host): [n_logits][n_vocab] f32 for the last n_logits tokens (n_logits <= n).
     // next (optional, host): the token sampled on the device from the last token's logits: their argmax (greedy)
