@@ -143,6 +143,7 @@ int run_synthetic(const std::string & name, const std::vector<int64_t> & pps, in
                           (long long)(vs1.layers - vs0.layers));
         char dcol[64] = "- (layer-major: no cache kept)";
         if (!opt.layer_major) std::snprintf(dcol, sizeof(dcol), "%.1f ± %.1f @ %lld", dm, ds, (long long)pp);
+        if (!opt.layer_major && tg == 0) std::snprintf(dcol, sizeof(dcol), "-");
         std::printf("| %s (synthetic, random weights) | %s | bf16 | bf16 | %s%s | %s | %lld | %lld | %.3f ± %.3f | %.0f | "
                     "%s | %d | %s |\n",
                     name.c_str(), cm->device_name().c_str(), prefill, opt.layer_major ? ", layer-major" : "", decode,
