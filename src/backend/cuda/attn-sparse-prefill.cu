@@ -2,11 +2,13 @@
 // FlashAttention-2 loop (4 warps of 16 query rows, m16n8k16 bf16, cp.async double buffer), fed 64-key steps that
 // are either a window of a key range or 64 gathered columns. Every key row is addressed through the page table,
 // so ranges need no page alignment; the key positions of a step sit in shared memory for the mask. The Hopper
-// variant (namespace wg) runs the same steps on one warpgroup with wgmma.
+// variant (namespace wg) runs the same steps on one warpgroup with wgmma; the paired one (namespace wgp) serves two
+// adjacent query blocks per CTA and gathers each K/V window of the union of their keys once.
 #include "backend/cuda/attn-sparse-prefill.cuh"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "backend/cuda/attn-prefill-impl.cuh"
@@ -671,6 +673,564 @@ void launch(const attn_sparse_prefill_args & a, cudaStream_t stream) {
 
 } // namespace wg
 
+// ---- Paired Hopper variant (sm_90a, head_dim 128): one CTA of two warpgroups serves two adjacent 64-query blocks
+// b = 2p, 2p + 1 of one head (128 query rows). It walks the union of the two blocks' key ranges in windows of 64
+// keys, then the union of their column lists 64 at a time, so each K/V window is gathered once for both; each
+// warpgroup masks the keys its own block's plan does not hold, so every query sees exactly its block's keys (a
+// column of one block that lies in a range of the other is walked twice: in the range phase for the one, in the
+// column phase for the other). The union of the columns is merged in shared memory at the start (at most
+// merge_cap entries; above that the two lists are walked one after the other, unshared). A producer warpgroup
+// (4 warps of 16 rows each) gathers the K/V rows with cp.async into a ring of S stages guarded by mbarriers; the
+// two consumer warpgroups run their steps independently of each other (one may compute S while the other runs
+// its softmax).
+namespace wgp {
+
+using wg::half_bytes;
+using wg::tile_bytes;
+using wg::tile_off;
+
+constexpr int n_threads = 384;               // two consumer warpgroups and a producer warpgroup
+constexpr int merge_cap = 4096;              // nA + nB at most for the shared column walk
+constexpr int scratch_i = 2 * merge_cap + 8; // int32 words: both lists, then B's prefix counts
+template <int S> struct layout {
+    static constexpr int stages  = 0;                           // {K, V}[S]
+    static constexpr int ukeys   = stages + 2 * S * tile_bytes; // union columns, int32[merge_cap]
+    static constexpr int uflags  = ukeys + 4 * merge_cap;       // their owners, uint8[merge_cap]
+    static constexpr int scratch = uflags + merge_cap;          // int32[scratch_i]
+    static constexpr int keys    = scratch + 4 * scratch_i;     // int32[S][2][64]
+    static constexpr int info    = keys + 4 * S * 2 * 64;       // int32[S]
+    static constexpr int wsum    = info + 4 * S;                // int32[16]
+    static constexpr int bars    = (wsum + 4 * 16 + 7) & ~7;    // uint64[2 S]: full, empty
+    static constexpr int bytes   = bars + 8 * 2 * S + 1024;     // + alignment slack
+};
+
+// The steps of a pair of items (each producer warp walks the same sequence). Phases: 0 the union of both blocks' ranges
+// in windows of 64 keys, 1 the merged columns (shared memory), 2 A's columns, 3 B's columns (when not merged),
+// 4 done.
+struct pair_iter {
+    const int32_t * rg;
+    const int32_t * cols;
+    const int32_t * uk;
+    const uint8_t * uf;
+    int64_t         pa, ea, pb, eb; // next range of A / B not yet in a union range; ends
+    int64_t         ma, mb;         // first range of A / B that may overlap the current window
+    int64_t         a, b;           // phase 0: window start, end of the union range; else entry indices [a, b)
+    int64_t         ca0, ca1, cb0, cb1;
+    int             n_union; // merged columns, -1 when not merged
+    int             phase;
+
+    __device__ bool done() const { return phase == 4; }
+    __device__ void advance_masks() {
+        while (ma < ea && rg[2 * ma + 1] <= a) ++ma;
+        while (mb < eb && rg[2 * mb + 1] <= a) ++mb;
+    }
+    __device__ void start_union() {
+        int64_t ub, ue;
+        if (pa < ea && (pb >= eb || rg[2 * pa] <= rg[2 * pb])) {
+            ub = rg[2 * pa];
+            ue = rg[2 * pa + 1];
+            ++pa;
+        } else {
+            ub = rg[2 * pb];
+            ue = rg[2 * pb + 1];
+            ++pb;
+        }
+        for (;;) {
+            if (pa < ea && rg[2 * pa] <= ue) {
+                ue = max(ue, int64_t(rg[2 * pa + 1]));
+                ++pa;
+            } else if (pb < eb && rg[2 * pb] <= ue) {
+                ue = max(ue, int64_t(rg[2 * pb + 1]));
+                ++pb;
+            } else {
+                break;
+            }
+        }
+        a = ub;
+        b = ue;
+        advance_masks();
+    }
+    __device__ void to_cols() {
+        if (n_union >= 0) {
+            phase = n_union > 0 ? 1 : 4;
+            a     = 0;
+            b     = n_union;
+            return;
+        }
+        phase = 2;
+        a     = ca0;
+        b     = ca1;
+        if (a < b) return;
+        phase = 3;
+        a     = cb0;
+        b     = cb1;
+        if (a >= b) phase = 4;
+    }
+    __device__ void start() {
+        phase = 0;
+        if (pa < ea || pb < eb)
+            start_union();
+        else
+            to_cols();
+    }
+    __device__ void next() {
+        a += 64;
+        if (a < b) {
+            if (phase == 0) advance_masks();
+            return;
+        }
+        if (phase == 0) {
+            if (pa < ea || pb < eb)
+                start_union();
+            else
+                to_cols();
+        } else if (phase == 2 && cb0 < cb1) {
+            phase = 3;
+            a     = cb0;
+            b     = cb1;
+        } else {
+            phase = 4;
+        }
+    }
+    __device__ static bool in_ranges(const int32_t * rg, int64_t j, int64_t e, int64_t k) {
+        for (; j < e && rg[2 * j] <= k; ++j)
+            if (k < rg[2 * j + 1]) return true;
+        return false;
+    }
+    // Key of row r of the current step (-1 past its end).
+    __device__ int32_t key(int r) const {
+        if (a + r >= b) return -1;
+        if (phase == 0) return int32_t(a + r);
+        if (phase == 1) return uk[a + r];
+        return cols[a + r];
+    }
+    // Which blocks hold key k of row r (bit 0: A, bit 1: B).
+    __device__ int owners(int r, int32_t k) const {
+        if (k < 0) return 0;
+        if (phase == 0) return (in_ranges(rg, ma, ea, k) ? 1 : 0) | (in_ranges(rg, mb, eb, k) ? 2 : 0);
+        if (phase == 1) return uf[a + r];
+        return phase == 2 ? 1 : 2;
+    }
+    // Bit w: every key of the step belongs to block w and lies at or before pos_w (no mask needed).
+    __device__ int full(int64_t pos_a, int64_t pos_b) const {
+        if (phase != 0 || b - a < 64) return 0;
+        int f = 0;
+        if (ma < ea && rg[2 * ma] <= a && rg[2 * ma + 1] >= a + 64 && a + 63 <= pos_a) f |= 1;
+        if (mb < eb && rg[2 * mb] <= a && rg[2 * mb + 1] >= a + 64 && a + 63 <= pos_b) f |= 2;
+        return f;
+    }
+};
+
+__device__ __forceinline__ int lower_bound(const int32_t * x, int n, int32_t v) {
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (x[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+// Merges the sorted, distinct lists A (nA) and B (nB) from global memory into uk (sorted, distinct) with owner
+// bits uf (1: in A, 2: in B); returns the union's length. Position of A[i]: i + #B below it - #common below it;
+// of B[j] (not in A): j + #A below it - #common below it, #common below B[j] being the prefix count over B of
+// "in A" flags. All threads of the CTA call it.
+__device__ int merge_cols(const int32_t * __restrict__ ga, int nA, const int32_t * __restrict__ gb, int nB,
+                          int32_t * sA, int32_t * uk, uint8_t * uf, int32_t * wsum) {
+    const int tid = threadIdx.x;
+    int32_t * sB  = sA + nA;
+    int32_t * pre = sB + nB; // [nB + 1]
+    for (int i = tid; i < nA; i += n_threads) sA[i] = ga[i];
+    for (int j = tid; j < nB; j += n_threads) sB[j] = gb[j];
+    __syncthreads();
+    for (int j = tid; j < nB; j += n_threads) {
+        const int lb = lower_bound(sA, nA, sB[j]);
+        pre[j]       = lb < nA && sA[lb] == sB[j] ? 1 : 0;
+    }
+    __syncthreads();
+    const int per = (nB + n_threads - 1) / n_threads;
+    const int j0 = min(tid * per, nB), j1 = min(j0 + per, nB);
+    int       s = 0;
+    for (int j = j0; j < j1; ++j) s += pre[j];
+    int x = s; // inclusive scan over the warp, then over the warps
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, x, off);
+        if ((tid & 31) >= off) x += y;
+    }
+    if ((tid & 31) == 31) wsum[tid >> 5] = x;
+    __syncthreads();
+    int run = x - s;
+    for (int w = 0; w < (tid >> 5); ++w) run += wsum[w];
+    for (int j = j0; j < j1; ++j) {
+        const int f = pre[j];
+        pre[j]      = run;
+        run += f;
+    }
+    if (tid == n_threads - 1) pre[nB] = run;
+    __syncthreads();
+    for (int i = tid; i < nA; i += n_threads) {
+        const int32_t v   = sA[i];
+        const int     lb  = lower_bound(sB, nB, v);
+        const int     pos = i + lb - pre[lb];
+        uk[pos]           = v;
+        uf[pos]           = uint8_t(lb < nB && sB[lb] == v ? 3 : 1);
+    }
+    for (int j = tid; j < nB; j += n_threads) {
+        const int32_t v  = sB[j];
+        const int     lb = lower_bound(sA, nA, v);
+        if (lb < nA && sA[lb] == v) continue;
+        const int pos = j + lb - pre[j];
+        uk[pos]       = v;
+        uf[pos]       = 2;
+    }
+    const int n = nA + nB - pre[nB];
+    __syncthreads();
+    return n;
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n.reg .pred P1;\nLAB_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+
+constexpr int info_end = 4; // s_inf flag: no more steps
+
+// Warps 0-7: two consumer warpgroups (block A, block B); warps 8-11: the producers, each of which walks the
+// pair's steps and gathers 16 of each step's 64 K/V rows with cp.async into the ring, then signals the stage's
+// "full" barrier (per lane one cp.async completion and one arrival after its key/owner stores: 256); consumers
+// signal "empty" (256) when done with a stage.
+template <bool O_F32, int S>
+__global__ void __launch_bounds__(n_threads, 1)
+    kernel(const __nv_bfloat16 * __restrict__ q, prefill_plan_dev plan, const __nv_bfloat16 * __restrict__ k_pool,
+           const __nv_bfloat16 * __restrict__ v_pool, const int32_t * __restrict__ pages, int n_head_kv,
+           float scale_log2, void * __restrict__ o, float * __restrict__ lse) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int D = 128;
+    using L         = layout<S>;
+    extern __shared__ __align__(1024) uint8_t smem_raw[];
+    const uint32_t                            base  = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    uint8_t *                                 sm    = smem_raw + (base - smem_u32(smem_raw));
+    int32_t *                                 s_key = reinterpret_cast<int32_t *>(sm + L::keys);
+    int32_t *                                 s_inf = reinterpret_cast<int32_t *>(sm + L::info);
+    const uint32_t                            bar0  = base + L::bars; // full[S], then empty[S]
+    const int                                 tid   = threadIdx.x;
+    const int                                 warp  = tid >> 5;
+    const int                                 lane  = tid & 31;
+
+    const int64_t n_q    = plan.n_q;
+    const int     n_head = plan.n_head;
+    const int64_t n_qt   = (n_q + 63) / 64;
+    const int64_t n_pair = (n_qt + 1) / 2;
+    const int64_t pr     = n_pair - 1 - int64_t(blockIdx.x) / n_head; // longest rows first
+    const int     h      = int(blockIdx.x % n_head);
+    const int     hk     = h / (n_head / n_head_kv);
+    const int64_t item_a = int64_t(h) * n_qt + 2 * pr;
+    const bool    has_b  = 2 * pr + 1 < n_qt;
+    const int64_t q_row0 = 2 * pr * 64;
+
+    if (tid == 0) {
+        for (int s = 0; s < S; ++s) {
+            mbar_init(bar0 + 8 * s, 256);       // full: 128 cp.async completions + 128 arrivals
+            mbar_init(bar0 + 8 * (S + s), 256); // empty: every consumer thread
+        }
+    }
+    // Q (128 rows) through the last stage, before the producer starts
+    const uint32_t s_qtmp = base + (S - 1) * 2 * tile_bytes;
+    if (tid < 256) {
+        const int c = tid & 15;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int     r   = (tid >> 4) + 16 * i;
+            const int64_t row = min(q_row0 + r, n_q - 1);
+            cp_async_16(s_qtmp + (r >> 6) * tile_bytes + tile_off(r & 63, c),
+                        q + (size_t(row) * n_head + h) * D + c * 8, q_row0 + r < n_q ? 16 : 0);
+        }
+    }
+    cp_async_commit();
+    const int64_t ca0 = plan.col_off[item_a], ca1 = plan.col_off[item_a + 1];
+    const int64_t cb0 = has_b ? plan.col_off[item_a + 1] : 0, cb1 = has_b ? plan.col_off[item_a + 2] : 0;
+    int           n_union = -1;
+    {
+        const int64_t n_a = ca1 - ca0, n_b = cb1 - cb0;
+        if (n_a + n_b <= merge_cap) {
+            if (n_b == 0) { // A's list alone: owners all A
+                int32_t * uk = reinterpret_cast<int32_t *>(sm + L::ukeys);
+                for (int i = tid; i < int(n_a); i += n_threads) {
+                    uk[i]             = plan.cols[ca0 + i];
+                    sm[L::uflags + i] = 1;
+                }
+                n_union = int(n_a);
+            } else {
+                n_union =
+                    merge_cols(plan.cols + ca0, int(n_a), plan.cols + cb0, int(n_b),
+                               reinterpret_cast<int32_t *>(sm + L::scratch), reinterpret_cast<int32_t *>(sm + L::ukeys),
+                               sm + L::uflags, reinterpret_cast<int32_t *>(sm + L::wsum));
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads(); // Q staged, columns merged, barriers initialised
+
+    if (warp >= 8) { // ---- producers
+        pair_iter ld;
+        ld.rg   = plan.ranges;
+        ld.cols = plan.cols;
+        ld.uk   = reinterpret_cast<const int32_t *>(sm + L::ukeys);
+        ld.uf   = sm + L::uflags;
+        ld.pa = ld.ma = plan.range_off[item_a];
+        ld.ea         = plan.range_off[item_a + 1];
+        ld.ca0        = ca0;
+        ld.ca1        = ca1;
+        if (has_b) {
+            ld.pb = ld.mb = plan.range_off[item_a + 1];
+            ld.eb         = plan.range_off[item_a + 2];
+        } else {
+            ld.pb = ld.mb = ld.eb = 0;
+        }
+        ld.cb0     = cb0;
+        ld.cb1     = cb1;
+        ld.n_union = n_union;
+        ld.start();
+        const size_t  page_el  = size_t(n_head_kv) * 64 * D;
+        const size_t  head_off = size_t(hk) * 64 * D;
+        const int64_t pos_a = plan.pos0 + q_row0, pos_b = pos_a + 64; // first query position of each block
+        const int     c = lane & 15, rh = lane >> 4;
+        const int     r0 = (warp - 8) * 16; // this warp's rows r0 .. r0 + 15
+        __syncwarp();
+        // Q must be in the consumers' registers before stage S - 1 is refilled: the consumers arrive on its
+        // "empty" barrier once (phase 0) after reading Q, so step S - 1 waits for that like any later reuse.
+        for (int64_t n = 0;; ++n) {
+            const int      st   = int(n % S);
+            const uint32_t full = bar0 + 8 * st, empty = bar0 + 8 * (S + st);
+            // row r0 + (lane & 15): key, owners and page entry (loads in flight while waiting)
+            int32_t k = -1, p = 0;
+            int     ow = 0, fl = info_end;
+            if (!ld.done()) {
+                k  = ld.key(r0 + c);
+                p  = pages[(k < 0 ? 0 : k) >> 6];
+                ow = ld.owners(r0 + c, k);
+                fl = warp == 8 && lane == 0 ? ld.full(pos_a, pos_b) : 0;
+            }
+            // stage st last held step n - S (stage S - 1 also Q, released once before step S - 1)
+            if (n >= S - 1) mbar_wait(empty, uint32_t(((n - (S - 1)) / S) & 1));
+            if (ld.done()) {
+                if (warp == 8 && lane == 0) s_inf[st] = info_end;
+                mbar_arrive(full);
+                asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(full) : "memory");
+                break;
+            }
+            if (rh == 0) {
+                s_key[(st * 2 + 0) * 64 + r0 + c] = ow & 1 ? k : -1;
+                s_key[(st * 2 + 1) * 64 + r0 + c] = ow & 2 ? k : -1;
+            }
+            if (warp == 8 && lane == 0) s_inf[st] = fl;
+            const uint32_t s_kb = base + st * 2 * tile_bytes, s_vb = s_kb + tile_bytes;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int     rl  = 2 * i + rh; // row r0 + rl; its key sits in lane rl
+                const int32_t key = __shfl_sync(0xffffffffu, k, rl);
+                const int32_t pg  = __shfl_sync(0xffffffffu, p, rl);
+                const int     r   = r0 + rl;
+                const size_t  off = size_t(pg) * page_el + head_off + size_t(key & 63) * D + c * 8;
+                cp_async_16(s_kb + tile_off(r, c), k_pool + off, key < 0 ? 0 : 16);
+                cp_async_16(s_vb + tile_off(r, c), v_pool + off, key < 0 ? 0 : 16);
+            }
+            mbar_arrive(full); // release: the key and flag stores above
+            asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(full) : "memory");
+            ld.next();
+        }
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+        return;
+    }
+
+    // ---- consumers
+    const int wgi = warp >> 2; // 0 serves block A, 1 block B
+    const int wq  = warp & 3;  // warp within its warpgroup
+    const int g   = lane >> 2;
+    const int t   = lane & 3;
+    uint32_t  qf[8][4]; // A fragments of Q for this warpgroup's 64 rows
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+        ldmatrix_x4(s_qtmp + wgi * tile_bytes + tile_off(wq * 16 + (lane & 15), kk * 2 + (lane >> 4)), qf[kk][0],
+                    qf[kk][1], qf[kk][2], qf[kk][3]);
+    mbar_arrive(bar0 + 8 * (S + S - 1)); // stage S - 1 (Q) free
+
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+    float         m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const int64_t row_pos0 = plan.pos0 + q_row0 + wgi * 64 + wq * 16 + g;
+    const bool    active   = wgi == 0 || has_b;
+
+    for (int64_t n = 0;; ++n) {
+        const int st = int(n % S);
+        mbar_wait(bar0 + 8 * st, uint32_t((n / S) & 1));
+        const int info = s_inf[st];
+        if (info & info_end) break;
+        if (active) {
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async writes -> tensor core reads
+            const uint32_t s_kb = base + st * 2 * tile_bytes;
+            const uint32_t s_vb = s_kb + tile_bytes;
+            float          sc[32];
+            wg::fence();
+#pragma unroll
+            for (int kk = 0; kk < 8; ++kk) {
+                const uint32_t koff = (kk >> 2) * half_bytes + (kk & 3) * 32; // 16 d within a 128-byte row
+                wg::mma_rs_n64(sc, qf[kk], wg::desc(s_kb + koff, 16, 1024), kk > 0);
+            }
+            wg::commit();
+            wg::wait0();
+            wg::fence_regs(sc);
+            // sc[4 i + {0, 1}]: row g, keys 8 i + 2 t + {0, 1}; sc[4 i + {2, 3}]: row g + 8
+            if (!((info >> wgi) & 1)) {
+                const int32_t * kp_base = s_key + (st * 2 + wgi) * 64;
+#pragma unroll
+                for (int i2 = 0; i2 < 8; ++i2) {
+                    const int2    kp = *reinterpret_cast<const int2 *>(kp_base + i2 * 8 + 2 * t);
+                    const int64_t k0 = kp.x < 0 ? INT64_MAX : kp.x, k1 = kp.y < 0 ? INT64_MAX : kp.y;
+                    if (k0 > row_pos0) sc[4 * i2 + 0] = -INFINITY;
+                    if (k1 > row_pos0) sc[4 * i2 + 1] = -INFINITY;
+                    if (k0 > row_pos0 + 8) sc[4 * i2 + 2] = -INFINITY;
+                    if (k1 > row_pos0 + 8) sc[4 * i2 + 3] = -INFINITY;
+                }
+            }
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int i2 = 0; i2 < 8; ++i2) {
+                mx0 = fmaxf(mx0, fmaxf(sc[4 * i2 + 0], sc[4 * i2 + 1]));
+                mx1 = fmaxf(mx1, fmaxf(sc[4 * i2 + 2], sc[4 * i2 + 3]));
+            }
+#pragma unroll
+            for (int off = 1; off <= 2; off <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+            }
+            const float mn0   = fmaxf(m0, mx0 * scale_log2);
+            const float mn1   = fmaxf(m1, mx1 * scale_log2);
+            const float base0 = mn0 == -INFINITY ? 0.f : mn0;
+            const float base1 = mn1 == -INFINITY ? 0.f : mn1;
+            const float al0   = fast_exp2(m0 - base0);
+            const float al1   = fast_exp2(m1 - base1);
+            m0                = mn0;
+            m1                = mn1;
+            uint32_t pf[4][4];
+            float    s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int i2 = 0; i2 < 8; ++i2) {
+                const float e0 = fast_exp2(fmaf(sc[4 * i2 + 0], scale_log2, -base0));
+                const float e1 = fast_exp2(fmaf(sc[4 * i2 + 1], scale_log2, -base0));
+                const float e2 = fast_exp2(fmaf(sc[4 * i2 + 2], scale_log2, -base1));
+                const float e3 = fast_exp2(fmaf(sc[4 * i2 + 3], scale_log2, -base1));
+                s0 += e0 + e1;
+                s1 += e2 + e3;
+                pf[i2 >> 1][(i2 & 1) * 2 + 0] = pack_bf16x2(e0, e1);
+                pf[i2 >> 1][(i2 & 1) * 2 + 1] = pack_bf16x2(e2, e3);
+            }
+            l0 = l0 * al0 + s0;
+            l1 = l1 * al1 + s1;
+            if (__any_sync(0xffffffffu, al0 != 1.f || al1 != 1.f)) { // no row max of the warp moved: skip
+#pragma unroll
+                for (int i2 = 0; i2 < 16; ++i2) {
+                    acc[4 * i2 + 0] *= al0;
+                    acc[4 * i2 + 1] *= al0;
+                    acc[4 * i2 + 2] *= al1;
+                    acc[4 * i2 + 3] *= al1;
+                }
+            }
+            wg::fence_regs(acc);
+            wg::fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) wg::mma_rs_n128(acc, pf[kk], wg::desc(s_vb + kk * 2048, half_bytes, 1024));
+            wg::commit();
+            wg::wait0();
+            wg::fence_regs(acc);
+        }
+        mbar_arrive(bar0 + 8 * (S + st)); // this stage may be refilled
+    }
+    if (!active) return;
+
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float   inv0 = l0 > 0.f ? 1.f / l0 : 0.f;
+    const float   inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    const int64_t r0   = q_row0 + wgi * 64 + wq * 16 + g;
+    const int64_t r1   = r0 + 8;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        const int col = i * 8 + 2 * t;
+        if (O_F32) {
+            float * of = static_cast<float *>(o);
+            if (r0 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r0) * n_head + h) * D + col) =
+                    make_float2(acc[4 * i + 0] * inv0, acc[4 * i + 1] * inv0);
+            if (r1 < n_q)
+                *reinterpret_cast<float2 *>(of + (size_t(r1) * n_head + h) * D + col) =
+                    make_float2(acc[4 * i + 2] * inv1, acc[4 * i + 3] * inv1);
+        } else {
+            uint32_t * ob = static_cast<uint32_t *>(o);
+            if (r0 < n_q)
+                ob[((size_t(r0) * n_head + h) * D + col) / 2] =
+                    pack_bf16x2(acc[4 * i + 0] * inv0, acc[4 * i + 1] * inv0);
+            if (r1 < n_q)
+                ob[((size_t(r1) * n_head + h) * D + col) / 2] =
+                    pack_bf16x2(acc[4 * i + 2] * inv1, acc[4 * i + 3] * inv1);
+        }
+    }
+    if (lse != nullptr && t == 0) {
+        constexpr float ln2 = 0.69314718055994531f;
+        if (r0 < n_q) lse[size_t(r0) * n_head + h] = l0 > 0.f ? (m0 + __log2f(l0)) * ln2 : -INFINITY;
+        if (r1 < n_q) lse[size_t(r1) * n_head + h] = l1 > 0.f ? (m1 + __log2f(l1)) * ln2 : -INFINITY;
+    }
+#else
+    __trap(); // built without sm_90a
+#endif
+}
+
+template <int S> void launch_s(const attn_sparse_prefill_args & a, cudaStream_t stream) {
+    const float   scale_log2 = a.scale * 1.4426950408889634f;
+    auto          kern       = a.o_f32 ? kernel<true, S> : kernel<false, S>;
+    constexpr int smem       = layout<S>::bytes;
+    LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const int64_t n_pair = (a.plan.n_qblk() + 1) / 2;
+    kern<<<dim3(unsigned(n_pair * a.plan.n_head)), n_threads, smem, stream>>>(
+        reinterpret_cast<const __nv_bfloat16 *>(a.q), a.plan, reinterpret_cast<const __nv_bfloat16 *>(a.kv.k_pool),
+        reinterpret_cast<const __nv_bfloat16 *>(a.kv.v_pool), a.kv.pages, a.kv.n_head_kv, scale_log2, a.o, a.lse);
+    LC_CUDA_CHECK_LAUNCH();
+}
+
+// Stages of the K/V ring: 4 (LC_SPARSE_PAIR_STAGES=3..5 overrides, for measurements).
+void launch(const attn_sparse_prefill_args & a, cudaStream_t stream) {
+    static int stages = 0;
+    if (stages == 0) {
+        const char * e = std::getenv("LC_SPARSE_PAIR_STAGES");
+        stages         = e != nullptr ? std::atoi(e) : 4;
+        if (stages < 3 || stages > 5) stages = 4;
+    }
+    if (stages == 3)
+        launch_s<3>(a, stream);
+    else if (stages == 5)
+        launch_s<5>(a, stream);
+    else
+        launch_s<4>(a, stream);
+}
+
+} // namespace wgp
+
 // One warp per item: 64-key windows of its ranges plus its column steps, added into *out.
 __global__ void plan_steps_kernel(prefill_plan_dev plan, int64_t n_items, unsigned long long * out) {
     const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -717,6 +1277,7 @@ status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stre
                      (long long)a.kv.n_kv, (long long)a.plan.pos0, (long long)a.plan.n_q);
     if (a.plan.n_q == 0) return status::ok();
     bool use_wgmma = D == 128 && a.kernel != attn_sparse_prefill_kernel::MMA_SYNC;
+    bool use_pair  = a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR || a.kernel == attn_sparse_prefill_kernel::AUTO;
     if (use_wgmma && a.kernel == attn_sparse_prefill_kernel::AUTO) {
         static int cc_major = -1; // compute capability of the current device, read once
         if (cc_major < 0) {
@@ -726,9 +1287,12 @@ status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stre
         }
         use_wgmma = cc_major == 9;
     }
-    if (a.kernel == attn_sparse_prefill_kernel::WGMMA && D != 128)
-        return error(status_code::UNSUPPORTED, "cuda attn_sparse_prefill: the wgmma kernel needs head_dim 128");
-    if (use_wgmma) {
+    if ((a.kernel == attn_sparse_prefill_kernel::WGMMA || a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR) &&
+        D != 128)
+        return error(status_code::UNSUPPORTED, "cuda attn_sparse_prefill: the wgmma kernels need head_dim 128");
+    if (use_wgmma && use_pair) {
+        wgp::launch(a, stream);
+    } else if (use_wgmma) {
         wg::launch(a, stream);
     } else if (D == 64) {
         launch_sparse<64>(a, stream);

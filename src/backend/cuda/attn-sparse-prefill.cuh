@@ -57,9 +57,11 @@ void prefill_plan_download(const prefill_plan_buf & in, prefill_plan & plan);
 // Errors: UNSUPPORTED (head_dim, head ratio), INVALID_ARGUMENT (kv.n_kv < pos0 + n_q). Asynchronous on stream.
 // REQUIRES: the plan is valid (prefill_plan_valid on its host form): no key past its block's last query.
 enum class attn_sparse_prefill_kernel {
-    AUTO,     // WGMMA on sm_90 with head_dim 128, else MMA_SYNC
-    MMA_SYNC, // 4 warps, 64 query rows, mma.sync m16n8k16, cp.async double buffer
-    WGMMA,    // Hopper (sm_90a, head_dim 128): one warpgroup, S as wgmma m64n64k16, P V as m64n128k16
+    AUTO,       // WGMMA_PAIR on sm_90 with head_dim 128, else MMA_SYNC
+    MMA_SYNC,   // 4 warps, 64 query rows, mma.sync m16n8k16, cp.async double buffer
+    WGMMA,      // Hopper (sm_90a, head_dim 128): one warpgroup, S as wgmma m64n64k16, P V as m64n128k16
+    WGMMA_PAIR, // Hopper: two warpgroups serve two adjacent 64-query blocks, each K/V window of the union of the
+                // two blocks' keys gathered once; each warpgroup masks the keys its block's plan does not hold
 };
 struct attn_sparse_prefill_args {
     const bf16_t *   q = nullptr;
