@@ -1,8 +1,9 @@
 // CUDA sparse prefill (attn-sparse-prefill.cuh) and vertical-slash index building (vslash-index.cuh): the sparse
-// kernels (mma.sync; wgmma on Hopper) at full budget against our dense mma.sync kernel and on vertical-slash plans
-// against the CPU sparse kernel; the step count and the dense fallback of vslash_attention_gpu; the GPU selection
-// and plan against the CPU vslash_select / vslash_plan_head fed the same scores (exact), the GPU estimate against
-// the CPU vslash_estimate. Random inputs from fixed seeds; skips itself when no GPU is present.
+// kernels (mma.sync; wgmma and paired wgmma on Hopper) at full budget against our dense mma.sync kernel, on
+// vertical-slash plans and random plans against the CPU sparse kernel; the step count and the dense fallback of
+// vslash_attention_gpu; the GPU selection and plan against the CPU vslash_select / vslash_plan_head fed the same
+// scores (exact), the GPU estimate against the CPU vslash_estimate. Random inputs from fixed seeds; skips itself
+// when no GPU is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -255,6 +256,12 @@ TEST(CudaSparsePrefill, FullPlanEqualsDense) {
             std::printf("  full plan, wgmma sparse kernel vs dense mma_sync: nmse %.2e, max|dlse| %.2e\n", ew, dl);
             EXPECT_LT(ew, 1e-8);
             EXPECT_LT(dl, 1e-4);
+            std::vector<float> op, lsep;
+            run_sparse(L, d, pb.view, op, lsep, cuda::attn_sparse_prefill_kernel::WGMMA_PAIR);
+            const double ep = nmse(op, od), dp = max_dlse(lsep, lsed);
+            std::printf("  full plan, paired wgmma kernel vs dense mma_sync: nmse %.2e, max|dlse| %.2e\n", ep, dp);
+            EXPECT_LT(ep, 1e-8);
+            EXPECT_LT(dp, 1e-4);
         }
     }
 }
@@ -299,9 +306,159 @@ TEST(CudaSparsePrefill, VslashPlanMatchesCpuKernel) {
                             ew, dw, nmse(ow, o));
                 EXPECT_LT(ew, 5e-5);
                 EXPECT_LT(dw, 2e-3);
+                std::vector<float> op, lsep;
+                run_sparse(L, d, pb.view, op, lsep, cuda::attn_sparse_prefill_kernel::WGMMA_PAIR);
+                const double ep = nmse(op, o_ref), dp = max_dlse(lsep, lse_ref);
+                std::printf("  paired wgmma kernel vs CPU sparse kernel: nmse %.2e, max|dlse| %.2e; vs mma.sync nmse "
+                            "%.2e\n",
+                            ep, dp, nmse(op, o));
+                EXPECT_LT(ep, 5e-5);
+                EXPECT_LT(dp, 2e-3);
             }
         }
     }
+}
+
+// Random plans whose two blocks of a pair differ: per (head, block) one of: empty, all causal keys, random ranges
+// and columns (some columns inside the neighbour block's ranges), the previous block's plan shifted by 64 (slash
+// structure), or only columns. n_cols_max sets the column budget (large values push the two blocks' columns past
+// the paired kernel's shared merge, so that its unshared column walk runs).
+void random_plan(const layer & L, std::mt19937 & rng, int64_t n_cols_max, prefill_plan & plan) {
+    plan.reset(L.n_q, L.pos0, L.n_head);
+    for (int h = 0; h < L.n_head; ++h) {
+        prefill_head_plan &                      hp = plan.heads[size_t(h)];
+        std::vector<std::pair<int64_t, int64_t>> prev;
+        std::vector<int32_t>                     prev_cols;
+        for (int64_t b = 0; b < plan.n_qblk(); ++b) {
+            const int64_t                            last = plan.q_last(b); // keys 0..last
+            const int                                mode = std::uniform_int_distribution<int>(0, 9)(rng);
+            std::vector<std::pair<int64_t, int64_t>> rgs;
+            std::vector<char>                        in(size_t(last + 1), 0);
+            if (mode == 1) {
+                rgs.push_back({0, last + 1});
+            } else if (mode >= 2 && mode <= 5) {
+                int64_t at = std::uniform_int_distribution<int64_t>(0, 200)(rng);
+                while (at <= last) {
+                    const int64_t len = std::uniform_int_distribution<int64_t>(1, 300)(rng);
+                    rgs.push_back({at, std::min(last + 1, at + len)});
+                    at += len + std::uniform_int_distribution<int64_t>(1, 400)(rng);
+                }
+            } else if (mode >= 6 && mode <= 8) {
+                for (const auto & r : prev) {
+                    const int64_t a = r.first + 64, e = std::min(last + 1, r.second + 64);
+                    if (a < e) rgs.push_back({a, e});
+                }
+                if (rgs.empty()) rgs.push_back({std::max<int64_t>(0, last - 100), last + 1});
+            }
+            for (const auto & r : rgs) {
+                hp.add_range(r.first, r.second);
+                for (int64_t k = r.first; k < r.second; ++k) in[size_t(k)] = 1;
+            }
+            std::vector<int32_t> cl;
+            if (mode != 0 && mode != 1) {
+                const int64_t n_c = std::uniform_int_distribution<int64_t>(0, n_cols_max)(rng);
+                for (int32_t c : prev_cols) // columns shared with the previous block
+                    if (c <= last && !in[size_t(c)] && std::uniform_int_distribution<int>(0, 3)(rng) > 0) {
+                        in[size_t(c)] = 2;
+                    }
+                for (int64_t i = 0; i < n_c; ++i) {
+                    const int64_t c = std::uniform_int_distribution<int64_t>(0, last)(rng);
+                    if (!in[size_t(c)]) in[size_t(c)] = 2;
+                }
+                for (int64_t k = 0; k <= last; ++k)
+                    if (in[size_t(k)] == 2) cl.push_back(int32_t(k));
+            }
+            for (int32_t c : cl) hp.add_col(c);
+            hp.end_item();
+            prev      = rgs;
+            prev_cols = cl;
+        }
+    }
+}
+
+// The paired wgmma kernel against the CPU sparse kernel and the mma.sync kernel on random plans (odd block
+// counts, chunks with pos0 > 0, GQA, blocks of a pair with nothing in common, empty blocks, many columns).
+TEST(CudaSparsePrefill, PairedKernelOnRandomPlans) {
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
+    if (!hopper()) GTEST_SKIP() << "the paired kernel needs sm_90";
+    struct cfg {
+        int64_t n_q, pos0;
+        int     n_head, n_head_kv;
+        int64_t n_cols_max;
+    };
+    const cfg cfgs[] = {
+        {1000, 0, 8, 2, 150},    // 16 blocks, ragged last
+        {300, 777, 8, 8, 300},   // 5 blocks: the last one unpaired; queries start mid-page
+        {64, 0, 4, 1, 40},       // a single block
+        {130, 5000, 4, 2, 2000}, // 3 blocks, up to 2 x 2000 columns: past the shared merge
+        {448, 3000, 4, 4, 1200}, // 7 blocks, merges of up to 2400 columns
+    };
+    uint32_t seed = 101;
+    for (const cfg & cf : cfgs) {
+        layer        L(cf.n_q, cf.pos0, cf.n_head, cf.n_head_kv, 128, seed);
+        dev_layer    d(L);
+        std::mt19937 rng(seed++);
+        prefill_plan plan;
+        random_plan(L, rng, cf.n_cols_max, plan);
+        ASSERT_TRUE(prefill_plan_valid(plan));
+        std::vector<float> o_ref(L.qf.size()), lse_ref(size_t(L.n_q) * L.n_head);
+        attn_sparse_prefill(plan, L.qf.data(), L.view(), L.scale(), o_ref.data(), lse_ref.data(), pool());
+        cuda::prefill_plan_buf pb;
+        cuda::prefill_plan_upload(plan, pb);
+        std::vector<float> om, lsem, op, lsep;
+        run_sparse(L, d, pb.view, om, lsem, cuda::attn_sparse_prefill_kernel::MMA_SYNC);
+        run_sparse(L, d, pb.view, op, lsep, cuda::attn_sparse_prefill_kernel::WGMMA_PAIR);
+        const prefill_plan_pairs pc            = prefill_plan_count(plan);
+        int64_t                  max_pair_cols = 0; // columns of a pair of blocks (4096 at most merge)
+        for (const prefill_head_plan & hp : plan.heads)
+            for (int64_t b = 0; b < plan.n_qblk(); b += 2)
+                max_pair_cols =
+                    std::max(max_pair_cols, hp.col_off[size_t(std::min(b + 2, plan.n_qblk()))] - hp.col_off[size_t(b)]);
+        const double ep = nmse(op, o_ref), dp = max_dlse(lsep, lse_ref);
+        const double em = nmse(om, o_ref), dm = max_dlse(lsem, lse_ref);
+        std::printf("random plan n_q=%lld pos0=%lld H=%d/%d cols<=%lld: %.1f%% of causal pairs, %zu cols (head 0), "
+                    "%lld at most in a pair; paired vs CPU nmse %.2e max|dlse| %.2e; mma.sync vs CPU nmse %.2e "
+                    "max|dlse| %.2e; paired vs "
+                    "mma.sync nmse %.2e\n",
+                    (long long)L.n_q, (long long)L.pos0, L.n_head, L.n_head_kv, (long long)cf.n_cols_max,
+                    100.0 * pc.computed / pc.causal, plan.heads[0].cols.size(), (long long)max_pair_cols, ep, dp, em,
+                    dm, nmse(op, om));
+        EXPECT_LT(ep, 5e-5);
+        EXPECT_LT(dp, 2e-3);
+        EXPECT_LT(em, 5e-5);
+        // rows that see no key: o = 0 and lse = -inf in every kernel
+        for (size_t i = 0; i < lse_ref.size(); ++i)
+            if (std::isinf(lse_ref[i])) {
+                EXPECT_EQ(lsep[i], lse_ref[i]) << "row/head " << i;
+                for (int x = 0; x < L.D; ++x) EXPECT_EQ(op[i * size_t(L.D) + size_t(x)], 0.f);
+            }
+    }
+}
+
+// head_dim 64: AUTO takes the mma.sync kernel (bitwise), the wgmma kernels refuse.
+TEST(CudaSparsePrefill, HeadDim64FallsBack) {
+    if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
+    layer        L(200, 64, 4, 2, 64, 71);
+    dev_layer    d(L);
+    std::mt19937 rng(71);
+    prefill_plan plan;
+    random_plan(L, rng, 100, plan);
+    cuda::prefill_plan_buf pb;
+    cuda::prefill_plan_upload(plan, pb);
+    std::vector<float> om, lsem, oa, lsea;
+    run_sparse(L, d, pb.view, om, lsem, cuda::attn_sparse_prefill_kernel::MMA_SYNC);
+    run_sparse(L, d, pb.view, oa, lsea, cuda::attn_sparse_prefill_kernel::AUTO);
+    EXPECT_EQ(std::memcmp(om.data(), oa.data(), om.size() * 4), 0);
+    cuda::attn_sparse_prefill_args a;
+    a.q      = d.q.p;
+    a.plan   = pb.view;
+    a.kv     = d.kv;
+    a.scale  = L.scale();
+    a.o      = nullptr;
+    a.kernel = cuda::attn_sparse_prefill_kernel::WGMMA_PAIR;
+    EXPECT_FALSE(cuda::attn_sparse_prefill(a, nullptr).is_ok());
+    a.kernel = cuda::attn_sparse_prefill_kernel::WGMMA;
+    EXPECT_FALSE(cuda::attn_sparse_prefill(a, nullptr).is_ok());
 }
 
 bool plans_equal(const prefill_plan & a, const prefill_plan & b, std::string & why) {
