@@ -1,7 +1,7 @@
 // Vertical-slash sparse prefill on the GPU, one layer at Llama-3-8B shapes (32 query heads, 8 KV heads, D = 128,
-// bf16): the GPU index (estimate, select, plan), the sparse kernel (attn-sparse-prefill.cuh: AUTO, i.e. wgmma on
-// the H100, and the mma.sync one for reference) and the end-to-end path with its dense fallback
-// (vslash_attention_gpu), beside our dense kernel. Two diagonal structures:
+// bf16): the GPU index (estimate, select, plan), the sparse kernel (attn-sparse-prefill.cuh: AUTO, i.e. the paired
+// wgmma kernel on the H100, and the one-block wgmma and mma.sync ones for reference) and the end-to-end path with
+// its dense fallback (vslash_attention_gpu), beside our dense kernel. Two diagonal structures:
 // "scattered", the plan the index builds from random Q/K (its top diagonals are noise, spread over all offsets),
 // and "clustered", offsets in 4 contiguous bands (the local band plus 3 at random distances) with v random columns,
 // planned by the same GPU plan builder. --dump DIR writes each structure's column and offset lists, sampled output
@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -89,6 +90,42 @@ float med(std::vector<float> x) {
     return x.empty() ? 0.f : x[x.size() / 2];
 }
 
+// 64-key steps of the paired wgmma kernel (two adjacent blocks of a head walk the union of their ranges in
+// windows of 64 keys, then the union of their columns 64 at a time; above 4096 columns the two lists one after
+// the other).
+int64_t pair_steps(const prefill_plan & p) {
+    int64_t       n  = 0;
+    const int64_t nb = p.n_qblk();
+    for (const prefill_head_plan & hp : p.heads)
+        for (int64_t b = 0; b < nb; b += 2) {
+            const int64_t          e = std::min(b + 2, nb);
+            std::vector<key_range> rg(hp.ranges.begin() + hp.range_off[size_t(b)],
+                                      hp.ranges.begin() + hp.range_off[size_t(e)]);
+            std::sort(rg.begin(), rg.end(), [](const key_range & x, const key_range & y) { return x.begin < y.begin; });
+            int64_t ub = -1, ue = -1;
+            for (const key_range & r : rg) {
+                if (r.begin <= ue) {
+                    ue = std::max<int64_t>(ue, r.end);
+                    continue;
+                }
+                if (ue > ub) n += (ue - ub + 63) / 64;
+                ub = r.begin;
+                ue = r.end;
+            }
+            if (ue > ub) n += (ue - ub + 63) / 64;
+            const int64_t c0 = hp.col_off[size_t(b)], c1 = hp.col_off[size_t(b) + 1], c2 = hp.col_off[size_t(e)];
+            if (c2 - c0 <= 4096) {
+                std::vector<int32_t> u;
+                std::set_union(hp.cols.begin() + c0, hp.cols.begin() + c1, hp.cols.begin() + c1, hp.cols.begin() + c2,
+                               std::back_inserter(u));
+                n += (int64_t(u.size()) + 63) / 64;
+            } else {
+                n += (c1 - c0 + 63) / 64 + (c2 - c1 + 63) / 64;
+            }
+        }
+    return n;
+}
+
 // The query blocks whose output rows are dumped: first, two inner, last.
 std::vector<int64_t> sample_blocks(int64_t N) {
     const int64_t nb = (N + 63) / 64;
@@ -130,8 +167,9 @@ int main(int argc, char ** argv) {
     const float scale = 1.f / std::sqrt(float(D));
     std::printf("| N | structure | estimate ms | select ms | plan ms | index total ms | sparse kernel ms "
                 "| sparse total ms | index share | pairs computed | steps / dense tiles | auto path | auto total ms "
-                "| our dense ms | mma.sync sparse kernel ms |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "| our dense ms | mma.sync sparse kernel ms | 1-block wgmma sparse kernel ms "
+                "| pair steps / dense tiles |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int64_t N : ns) {
         const int64_t n_pages = (N + 63) / 64;
         const size_t  kv_el   = size_t(n_pages) * HKV * 64 * D;
@@ -226,7 +264,7 @@ int main(int argc, char ** argv) {
         for (int structure = 0; structure < 2; ++structure) {
             if (structure == 0 && N > scattered_max) continue;
             const char * sname = structure == 0 ? "scattered" : "clustered";
-            std::vector<float> t_est, t_sel, t_plan, t_steps, t_kern, t_sync;
+            std::vector<float> t_est, t_sel, t_plan, t_steps, t_kern, t_sync, t_one;
             cuda::prefill_plan_steps steps;
             for (int it = 0; it <= iters; ++it) {
                 LC_CUDA_CHECK(cudaEventRecord(e[0]));
@@ -259,7 +297,13 @@ int main(int argc, char ** argv) {
                 LC_CUDA_CHECK(cudaEventRecord(e[1]));
                 LC_CUDA_CHECK(cudaEventSynchronize(e[1]));
                 const float km_sync = elapsed(e[0], e[1]);
-                sa.kernel = cuda::attn_sparse_prefill_kernel::AUTO; // wgmma on the H100; its output is dumped
+                sa.kernel = cuda::attn_sparse_prefill_kernel::WGMMA; // one 64-query block per CTA
+                LC_CUDA_CHECK(cudaEventRecord(e[0]));
+                (void)cuda::attn_sparse_prefill(sa, nullptr);
+                LC_CUDA_CHECK(cudaEventRecord(e[1]));
+                LC_CUDA_CHECK(cudaEventSynchronize(e[1]));
+                const float km_one = elapsed(e[0], e[1]);
+                sa.kernel = cuda::attn_sparse_prefill_kernel::AUTO; // paired wgmma on the H100; its output is dumped
                 LC_CUDA_CHECK(cudaEventRecord(e[0]));
                 (void)cuda::attn_sparse_prefill(sa, nullptr);
                 LC_CUDA_CHECK(cudaEventRecord(e[1]));
@@ -272,10 +316,11 @@ int main(int argc, char ** argv) {
                 t_steps.push_back(elapsed(e[3], e[4]));
                 t_kern.push_back(km);
                 t_sync.push_back(km_sync);
+                t_one.push_back(km_one);
             }
             LC_CUDA_CHECK(cudaDeviceSynchronize());
             const float est = med(t_est), sel = med(t_sel), pl = med(t_plan), stp = med(t_steps), kern = med(t_kern);
-            const float kern_sync = med(t_sync);
+            const float kern_sync = med(t_sync), kern_one = med(t_one);
             const float idx        = est + sel + pl;
             const bool  auto_dense = double(steps.sparse) > double(dense_ratio) * double(steps.dense);
             if (!dump.empty()) { // o holds the sparse kernel's output: sample rows, and the lists it was planned from
@@ -299,12 +344,14 @@ int main(int argc, char ** argv) {
             const prefill_plan_pairs pc = prefill_plan_count(hp2);
             const double             pairs = double(pc.computed) / double(pc.causal);
             const double             sr    = double(steps.sparse) / double(steps.dense);
+            const double             psr   = double(pair_steps(hp2)) / double(steps.dense);
             char dense_s[32] = "-";
             if (dense_ms >= 0) std::snprintf(dense_s, sizeof dense_s, "%.2f", dense_ms);
             std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.3f | %s | %.2f "
-                        "| %s | %.2f |\n",
+                        "| %s | %.2f | %.2f | %.3f |\n",
                         (long long)N, sname, est, sel, pl, idx, kern, idx + kern, 100.0 * idx / (idx + kern),
-                        100.0 * pairs, sr, auto_dense ? "dense" : "sparse", auto_total, dense_s, kern_sync);
+                        100.0 * pairs, sr, auto_dense ? "dense" : "sparse", auto_total, dense_s, kern_sync, kern_one,
+                        psr);
             std::fflush(stdout);
             if (!dump.empty()) {
                 FILE * f = std::fopen((dump + "/ours.jsonl").c_str(), "a");
@@ -313,10 +360,10 @@ int main(int argc, char ** argv) {
                                  "{\"n\": %lld, \"structure\": \"%s\", \"estimate_ms\": %.4f, \"select_ms\": %.4f, "
                                  "\"plan_ms\": %.4f, \"steps_ms\": %.4f, \"sparse_kernel_ms\": %.4f, "
                                  "\"pairs\": %.6f, \"steps_ratio\": %.6f, \"auto_dense\": %s, \"auto_total_ms\": %.4f, "
-                                 "\"dense_ms\": %.4f, \"mma_sync_kernel_ms\": %.4f, \"v\": %lld, \"s\": %lld, "
-                                 "\"iters\": %d}\n",
+                                 "\"dense_ms\": %.4f, \"mma_sync_kernel_ms\": %.4f, \"wgmma_1block_kernel_ms\": %.4f, "
+                                 "\"pair_steps_ratio\": %.6f, \"v\": %lld, \"s\": %lld, \"iters\": %d}\n",
                                  (long long)N, sname, est, sel, pl, stp, kern, pairs, sr, auto_dense ? "true" : "false",
-                                 auto_total, dense_ms, kern_sync, (long long)ve, (long long)se, iters);
+                                 auto_total, dense_ms, kern_sync, kern_one, psr, (long long)ve, (long long)se, iters);
                     std::fclose(f);
                 }
             }
