@@ -385,13 +385,15 @@ TEST(CudaSparsePrefill, PairedKernelOnRandomPlans) {
         int64_t n_q, pos0;
         int     n_head, n_head_kv;
         int64_t n_cols_max;
+        bool    past_merge; // some pair holds more than 4096 columns (the unshared column walk)
     };
     const cfg cfgs[] = {
-        {1000, 0, 8, 2, 150},    // 16 blocks, ragged last
-        {300, 777, 8, 8, 300},   // 5 blocks: the last one unpaired; queries start mid-page
-        {64, 0, 4, 1, 40},       // a single block
-        {130, 5000, 4, 2, 2000}, // 3 blocks, up to 2 x 2000 columns: past the shared merge
-        {448, 3000, 4, 4, 1200}, // 7 blocks, merges of up to 2400 columns
+        {1000, 0, 8, 2, 150, false},    // 16 blocks, ragged last
+        {300, 777, 8, 8, 300, false},   // 5 blocks: the last one unpaired; queries start mid-page
+        {64, 0, 4, 1, 40, false},       // a single block
+        {130, 5000, 4, 2, 2000, false}, // 3 blocks, merges of up to ~2200 columns
+        {448, 3000, 4, 4, 1200, false}, // 7 blocks, merges of up to ~2200 columns
+        {130, 9000, 4, 2, 6000, true},  // 3 blocks with up to ~5000 columns each: past the shared merge
     };
     uint32_t seed = 101;
     for (const cfg & cf : cfgs) {
@@ -426,6 +428,7 @@ TEST(CudaSparsePrefill, PairedKernelOnRandomPlans) {
         EXPECT_LT(ep, 5e-5);
         EXPECT_LT(dp, 2e-3);
         EXPECT_LT(em, 5e-5);
+        if (cf.past_merge) EXPECT_GT(max_pair_cols, 4096);
         // rows that see no key: o = 0 and lse = -inf in every kernel
         for (size_t i = 0; i < lse_ref.size(); ++i)
             if (std::isinf(lse_ref[i])) {
