@@ -57,7 +57,7 @@ fi
     echo
     echo "TTFT: wall clock of the prompt's forward pass (chunks of 4096 tokens), mean ± sd over the runs; decode: t/s over"
     echo "TG steps after the prompt, one graph per span. \"sparse layers run dense\": (chunk, layer) pairs whose plan was"
-    echo "dense enough that the dense kernel ran instead (the 0.45 fallback of minference_attention_gpu)."
+    echo "dense enough that the dense kernel ran instead (the 0.5 fallback of minference_attention_gpu)."
     echo
     grep -m1 -E "^\| model" "$logs/sparse.log"
     grep -m1 -E "^\|---" "$logs/sparse.log"

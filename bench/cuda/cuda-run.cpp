@@ -315,7 +315,7 @@ int main(int argc, char ** argv) {
                 "usage: longctx-cuda-run -m MODEL [-p PROMPT] [-n 64] [--check]\n"
                 "       longctx-cuda-run --synthetic llama3-8b [--pp 8192,32768] [--tg 64] [-r 1] [-ub 4096]\n"
                 "                        [--prefill dense|vslash|a-shape|block|minference] [--budgets A,B]\n"
-                "                        [--prefill-dense-ratio 0.45] [--layer-major]\n"
+                "                        [--prefill-dense-ratio 0.5] [--layer-major]\n"
                 "                        [--decode dense|topk|quest|loki] [--decode-budget 0.25] [--decode-select head|kv]\n");
             return 1;
         }

@@ -35,8 +35,8 @@ struct cuda_model_options {
     lc::prefill_budget       prefill_budget;
     int64_t                  sparse_min_len = 4096;
     // A layer whose plan needs more 64-key steps than this share of the dense kernel's tiles runs the dense kernel
-    // instead (0.45: where dense is the faster on the H100; >= 1: always sparse).
-    float prefill_dense_ratio = 0.45f;
+    // instead (0.5: where dense is the faster on the H100; >= 1: always sparse).
+    float prefill_dense_ratio = 0.5f;
     // Prefill layer by layer over the whole prompt instead of chunk by chunk through every layer: all layers share
     // one KV pool, so a prompt whose cache does not fit the GPU (Llama-3-8B at 1M tokens: 137 GB of bf16 KV) still
     // prefills, for its first token (TTFT). The hidden states of the whole prompt stay on the device (n_ctx x n_embd

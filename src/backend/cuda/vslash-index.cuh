@@ -76,8 +76,8 @@ status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head,
 // Vertical-slash attention of one layer end to end: vslash_index_gpu, then the sparse kernel over its plan, or
 // the dense kernel (attn_prefill, AUTO: wgmma on sm_90 with head_dim 128) for the whole layer when the plan's
 // 64-key steps exceed dense_ratio times the dense kernel's tiles (prefill_plan_steps_gpu; on the H100 a step of the
-// wgmma sparse kernel costs about 2.2 tiles of the dense wgmma kernel, so 0.45 switches near where dense becomes
-// the faster of the two).
+// paired wgmma sparse kernel costs about 1.9 tiles of the dense wgmma kernel, so 0.5 switches near where dense
+// becomes the faster of the two: bench/results/cuda-sparse-prefill-h100.md puts the break-even at about 0.52).
 // dense_ratio <= 0: always dense; >= 1: never. The dense path computes every causal pair (a superset of the plan).
 // o, o_f32, lse as attn_sparse_prefill_args. Synchronizes the stream twice (plan size, step count).
 struct vslash_attention_args {
@@ -89,7 +89,7 @@ struct vslash_attention_args {
     float          scale       = 0;
     int64_t        v           = 1000;
     int64_t        s           = 6096;
-    float          dense_ratio = 0.45f;
+    float          dense_ratio = 0.5f;
     void *         o           = nullptr;
     bool           o_f32       = true;
     float *        lse         = nullptr;
