@@ -634,17 +634,16 @@ __device__ __forceinline__ void warp_pick256(const uint32_t * h, int need, int &
 // and the histogram of bits 23..16 of the keys in it -> the list's fine histogram (one shared-memory histogram per
 // warp, then one global atomic per bin).
 constexpr int fc_chunks = 4; // chunks per block of fine_kernel and cand_kernel: one histogram pick for 4096 keys
-__global__ void __launch_bounds__(256)
-    fine_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                uint32_t * __restrict__ hist) {
-    __shared__ uint32_t fine_w[8][256];
-    const int           e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
-    const size_t        list = size_t(b) * n_entry + e;
-    const seq_info      si   = seq_info_of(n_kv[b], cfg);
+// One block of 256 threads: chunks blk * fc_chunks .. + fc_chunks - 1 of list `list` (fine_w, s_cbin: the block's
+// shared memory). Keys and the histogram are read through L2 (written by other blocks of the same launch in the
+// one-launch pipeline).
+__device__ __forceinline__ void fine_chunk(int blk, size_t list, const seq_info & si, const uint32_t * __restrict__ keys,
+                                           int64_t stride, uint32_t * __restrict__ hist, uint32_t (&fine_w)[8][256],
+                                           int & s_cbin) {
+    const int tid = threadIdx.x;
     if (si.k == 0) return;
-    __shared__ int s_cbin;
     const uint32_t * kl   = keys + list * stride; // the chunks' keys load while the bin is picked
-    const int        base = blockIdx.x * fc_chunks * chunk_items + tid;
+    const int        base = blk * fc_chunks * chunk_items + tid;
     uint32_t         key[fc_chunks * per_thread];
 #pragma unroll
     for (int j = 0; j < fc_chunks * per_thread; ++j)
@@ -666,6 +665,14 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int w = 0; w < 8; ++w) f += fine_w[w][tid];
     if (f != 0) atomicAdd(hist + list * n_hist + 256 + tid, f);
+}
+__global__ void __launch_bounds__(256)
+    fine_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                uint32_t * __restrict__ hist) {
+    __shared__ uint32_t fine_w[8][256];
+    __shared__ int      s_cbin;
+    const size_t        list = size_t(blockIdx.z) * gridDim.y + blockIdx.y;
+    fine_chunk(blockIdx.x, list, seq_info_of(n_kv[blockIdx.z], cfg), keys, stride, hist, fine_w, s_cbin);
 }
 
 // The 16-bit bin holding the k-th largest key and the count above it, from the coarse and fine histograms hl
@@ -690,17 +697,19 @@ __device__ __forceinline__ void pick16(const uint32_t * hl, int k, int * s_pick,
 }
 
 // (3) Block (chunk, entry, sequence): tokens of keys above the bin -> chunk_cnt; keys in it -> candidates (gathered
-// in shared memory, one global atomic per block).
-__global__ void __launch_bounds__(256)
-    cand_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                const uint32_t * __restrict__ info, const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand,
-                uint32_t * __restrict__ cand_count, int32_t * __restrict__ chunk_cnt, int n_chunks) {
-    __shared__ uint64_t sc[fc_chunks * chunk_items];
-    __shared__ int      s_nc, s_base, wsum[fc_chunks][8], s_pick[2];
-    const int      e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x, lane = tid & 31;
-    const size_t   list = size_t(b) * n_entry + e;
-    const seq_info si   = seq_info_of(n_kv[b], cfg);
-    const int      c0   = blockIdx.x * fc_chunks;
+// in shared memory, one global atomic per block). One block of 256 threads: chunks blk * fc_chunks .. of list
+// `list`; returns the bin and the count above it (bin_out, above_out) to the block.
+struct cand_smem {
+    uint64_t sc[fc_chunks * chunk_items];
+    int      s_nc, s_base, wsum[fc_chunks][8], s_pick[2];
+};
+__device__ __forceinline__ void cand_chunk(int blk, size_t list, const seq_info & si, const sel_cfg & cfg,
+                                           const uint32_t * __restrict__ keys, int64_t stride,
+                                           const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand,
+                                           uint32_t * __restrict__ cand_count, int32_t * __restrict__ chunk_cnt,
+                                           int n_chunks, cand_smem & cs, int & bin_out, int & above_out) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int c0  = blk * fc_chunks;
     if (si.k == 0) {
         if (tid < fc_chunks && c0 + tid < n_chunks) chunk_cnt[list * n_chunks + c0 + tid] = 0;
         return;
@@ -711,9 +720,9 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < fc_chunks * per_thread; ++j)
         key[j] = base + j * 256 < si.n_items ? __ldcg(kl + base + j * 256) : 0u;
-    if (tid == 0) s_nc = 0;
+    if (tid == 0) cs.s_nc = 0;
     int bin, above;
-    pick16(hist + list * n_hist, si.k, s_pick, bin, above);
+    pick16(hist + list * n_hist, si.k, cs.s_pick, bin, above);
 #pragma unroll
     for (int c = 0; c < fc_chunks; ++c) {
         int w = 0;
@@ -728,24 +737,36 @@ __global__ void __launch_bounds__(256)
             if (m != 0) { // gathered in shared memory, then one global atomic per block
                 const int leader = __ffs(m) - 1;
                 int       pos    = 0;
-                if (lane == leader) pos = atomicAdd(&s_nc, __popc(m));
+                if (lane == leader) pos = atomicAdd(&cs.s_nc, __popc(m));
                 pos = __shfl_sync(0xffffffffu, pos, leader);
-                if (is_c) sc[pos + __popc(m & ((1u << lane) - 1u))] = comp_key(key[j], i);
+                if (is_c) cs.sc[pos + __popc(m & ((1u << lane) - 1u))] = comp_key(key[j], i);
             }
         }
         for (int o = 16; o >= 1; o >>= 1) w += __shfl_xor_sync(0xffffffffu, w, o);
-        if (lane == 0) wsum[c][tid / 32] = w;
+        if (lane == 0) cs.wsum[c][tid / 32] = w;
     }
     __syncthreads();
     if (tid < fc_chunks && c0 + tid < n_chunks) {
         int t = 0;
-        for (int i = 0; i < 8; ++i) t += wsum[tid][i];
+        for (int i = 0; i < 8; ++i) t += cs.wsum[tid][i];
         chunk_cnt[list * n_chunks + c0 + tid] = t;
     }
-    if (tid == 0) s_base = s_nc > 0 ? int(atomicAdd(cand_count + list, uint32_t(s_nc))) : 0;
+    if (tid == 0) cs.s_base = cs.s_nc > 0 ? int(atomicAdd(cand_count + list, uint32_t(cs.s_nc))) : 0;
     __syncthreads();
-    for (int i = tid; i < s_nc; i += 256)
-        if (s_base + i < cand_cap) cand[list * cand_cap + s_base + i] = sc[i];
+    for (int i = tid; i < cs.s_nc; i += 256)
+        if (cs.s_base + i < cand_cap) cand[list * cand_cap + cs.s_base + i] = cs.sc[i];
+    bin_out   = bin;
+    above_out = above;
+}
+__global__ void __launch_bounds__(256)
+    cand_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                const uint32_t * __restrict__ hist, uint64_t * __restrict__ cand, uint32_t * __restrict__ cand_count,
+                int32_t * __restrict__ chunk_cnt, int n_chunks) {
+    __shared__ cand_smem cs;
+    const size_t         list = size_t(blockIdx.z) * gridDim.y + blockIdx.y;
+    int                  bin, above;
+    cand_chunk(blockIdx.x, list, seq_info_of(n_kv[blockIdx.z], cfg), cfg, keys, stride, hist, cand, cand_count,
+               chunk_cnt, n_chunks, cs, bin, above);
 }
 
 // (4) Block per list: exact threshold (composite key of the k-th largest) among the candidates, candidate tokens
@@ -911,25 +932,29 @@ __global__ void __launch_bounds__(sel_threads)
 }
 
 // (5) Block (chunk, entry, sequence): the chunk's selected tokens, ascending, at the prefix of the chunks before
-// it; block 0 also writes the list's ranges and index count.
-__global__ void __launch_bounds__(256)
-    write_kernel(const uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
-                 const int32_t * __restrict__ chunk_cnt, int n_chunks, const uint32_t * __restrict__ info,
-                 int32_t * __restrict__ ranges, int32_t * __restrict__ n_ranges, int32_t * __restrict__ idx,
-                 int32_t * __restrict__ n_idx, int64_t idx_stride) {
-    using red_t = cub::BlockReduce<int, 256>;
-    __shared__ typename red_t::TempStorage red;
-    using scan_t = cub::BlockScan<int, 256>;
-    __shared__ typename scan_t::TempStorage scan;
-    __shared__ int                          s_off;
-    const int                               e = blockIdx.y, n_entry = gridDim.y, b = blockIdx.z, tid = threadIdx.x;
-    const size_t                            list  = size_t(b) * n_entry + e;
-    const seq_info                          si    = seq_info_of(n_kv[b], cfg);
-    const bool                              valid = si.k > 0;
-    const int32_t *                         cc    = chunk_cnt + list * n_chunks;
+// it; block 0 also writes the list's ranges and index count. One block of 256 threads: chunk `chunk` of list `list`
+// (chunk counts, threshold and keys read through L2). DISCARD: the chunk's keys are dropped from L2 once read (no
+// write-back; nothing reads them after this).
+using wr_red_t  = cub::BlockReduce<int, 256>;
+using wr_scan_t = cub::BlockScan<int, 256>;
+struct write_smem {
+    typename wr_red_t::TempStorage  red;
+    typename wr_scan_t::TempStorage scan;
+    int                             s_off;
+};
+template <bool DISCARD>
+__device__ __forceinline__ void write_chunk(int chunk, size_t list, const seq_info & si, const sel_cfg & cfg,
+                                            uint32_t * __restrict__ keys, int64_t stride,
+                                            const int32_t * __restrict__ chunk_cnt, int n_chunks,
+                                            const uint32_t * __restrict__ info, int32_t * __restrict__ ranges,
+                                            int32_t * __restrict__ n_ranges, int32_t * __restrict__ idx,
+                                            int32_t * __restrict__ n_idx, int64_t idx_stride, write_smem & sm) {
+    const int       tid   = threadIdx.x;
+    const bool      valid = si.k > 0;
+    const int32_t * cc    = chunk_cnt + list * n_chunks;
     // the chunk's keys and the threshold load while the offsets are summed
-    const int        i0 = blockIdx.x * chunk_items + tid * per_thread;
-    const uint32_t * kl = keys + list * stride;
+    const int        i0 = chunk * chunk_items + tid * per_thread;
+    uint32_t *       kl = keys + list * stride;
     uint32_t         key[per_thread];
     if (valid && stride % 4 == 0 && i0 + per_thread <= si.n_items) { // one 16-byte load
         static_assert(per_thread == 4, "one uint4 of keys per thread");
@@ -939,21 +964,21 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
         for (int j = 0; j < per_thread; ++j) key[j] = valid && i0 + j < si.n_items ? __ldcg(kl + i0 + j) : 0u;
     }
-    const int      bin = valid ? int(info[list * 4]) : 0;
-    const uint64_t thr = valid ? (uint64_t(info[list * 4 + 2]) << 32) | info[list * 4 + 3] : 0;
+    const int      bin = valid ? int(__ldcg(info + list * 4)) : 0;
+    const uint64_t thr = valid ? (uint64_t(__ldcg(info + list * 4 + 2)) << 32) | __ldcg(info + list * 4 + 3) : 0;
     int off = 0, total = 0; // tokens of the chunks before this one, of all chunks
     if (valid)
         for (int i = tid; i < n_chunks; i += 256) {
-            const int x = cc[i];
+            const int x = __ldcg(cc + i);
             total += x;
-            off += i < int(blockIdx.x) ? x : 0;
+            off += i < chunk ? x : 0;
         }
-    off = red_t(red).Sum(off);
+    off = wr_red_t(sm.red).Sum(off);
     __syncthreads();
-    total = red_t(red).Sum(total);
+    total = wr_red_t(sm.red).Sum(total);
     if (tid == 0) {
-        s_off = off;
-        if (blockIdx.x == 0) {
+        sm.s_off = off;
+        if (chunk == 0) {
             n_idx[list]    = total;
             n_ranges[list] = si.nr;
 #pragma unroll
@@ -978,8 +1003,8 @@ __global__ void __launch_bounds__(256)
         }
     }
     int pos;
-    scan_t(scan).ExclusiveSum(w, pos);
-    int32_t * out = idx + list * idx_stride + s_off + pos;
+    wr_scan_t(sm.scan).ExclusiveSum(w, pos);
+    int32_t * out = idx + list * idx_stride + sm.s_off + pos;
     for (int j = 0; j < per_thread; ++j) {
         if (!(sel >> j & 1u)) continue;
         const int i = i0 + j;
@@ -990,6 +1015,25 @@ __global__ void __launch_bounds__(256)
                 if (!in_ranges(si, t)) *out++ = t;
         }
     }
+    if constexpr (DISCARD) { // whole lines of this chunk's keys (every thread's loads are done)
+        __syncthreads();
+        const int64_t n = stride - int64_t(chunk) * chunk_items < chunk_items ? stride - int64_t(chunk) * chunk_items
+                                                                             : chunk_items;
+        const uintptr_t b = (reinterpret_cast<uintptr_t>(kl + int64_t(chunk) * chunk_items) + 127) & ~uintptr_t(127);
+        const uintptr_t e = reinterpret_cast<uintptr_t>(kl + int64_t(chunk) * chunk_items + n) & ~uintptr_t(127);
+        for (uintptr_t ad = b + uintptr_t(tid) * 128; ad < e; ad += 256 * 128)
+            asm volatile("discard.global.L2 [%0], 128;" ::"l"(ad) : "memory");
+    }
+}
+__global__ void __launch_bounds__(256)
+    write_kernel(uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                 const int32_t * __restrict__ chunk_cnt, int n_chunks, const uint32_t * __restrict__ info,
+                 int32_t * __restrict__ ranges, int32_t * __restrict__ n_ranges, int32_t * __restrict__ idx,
+                 int32_t * __restrict__ n_idx, int64_t idx_stride) {
+    __shared__ write_smem sm;
+    const size_t          list = size_t(blockIdx.z) * gridDim.y + blockIdx.y;
+    write_chunk<false>(blockIdx.x, list, seq_info_of(n_kv[blockIdx.z], cfg), cfg, keys, stride, chunk_cnt, n_chunks,
+                       info, ranges, n_ranges, idx, n_idx, idx_stride, sm);
 }
 
 // ---- Loki in one kernel (one selection per KV head, few lists: batch 1) ----
@@ -1039,14 +1083,14 @@ struct fz_select_smem {
     int                need, match, n;
 };
 
-// select_kernel's threshold pass for one list by one block of fz_threads, over pieces of piece_tokens; reads
+// select_kernel's threshold pass for one list by one block of NTH threads, over pieces of piece_tokens; reads
 // what other blocks of this launch wrote through L2 (__ldcg).
+template <int NTH>
 __device__ __noinline__ void fz_select(const uint32_t * kl, int bin, int above, uint32_t * hl, const uint64_t * cl,
                                        uint32_t n_c, const seq_info & si, int32_t * cc, int n_pieces, int piece_tokens,
                                        uint32_t * il, fz_select_smem & sm) {
-    constexpr int NTH = fz_threads;
-    const int     tid = threadIdx.x, lane = tid & 31;
-    if (tid < n_hist) hl[tid] = 0; // both histograms, cleared for the next call
+    const int tid = threadIdx.x, lane = tid & 31;
+    for (int i = tid; i < n_hist; i += NTH) hl[i] = 0; // both histograms, cleared for the next call
     if (tid == 0) {
         il[0] = uint32_t(bin);
         il[1] = uint32_t(above);
@@ -1417,7 +1461,7 @@ __global__ void __launch_bounds__(fz_threads, 2)
             __syncthreads();
         }
         if (s_last) { // every piece is in: this block finds the threshold
-            fz_select(kl, bin, above, hl, cand + size_t(list) * cand_cap, __ldcg(cand_count + list), si,
+            fz_select<fz_threads>(kl, bin, above, hl, cand + size_t(list) * cand_cap, __ldcg(cand_count + list), si,
                       chunk_cnt + size_t(list) * n_pieces, n_pieces, nt * fz_threads, info + size_t(list) * 4, sel);
             list_arrive(lbar);
         }
@@ -1482,6 +1526,63 @@ __device__ __forceinline__ void discard_lines(const float * p, int64_t n, int ti
         asm volatile("discard.global.L2 [%0], 128;" ::"l"(a) : "memory");
 }
 
+// One block of 256 threads: the group keys and coarse histogram of chunk `chunk` of list `list` (KV head hk of
+// sequence b) from the G heads' scores, which other blocks of the launch wrote (read through L2, loaded together
+// with the head maxima; group_keys_chunk's arithmetic), then the chunk's score lines dropped from L2.
+template <int G>
+__device__ __forceinline__ void loki_keys_chunk(int chunk, int list, int hk, int b, int n_head, const int32_t * n_kv,
+                                                sel_cfg cfg, float * scores, int64_t stride, const uint32_t * head_max,
+                                                uint32_t * __restrict__ keys, uint32_t * __restrict__ hist,
+                                                float (&hm)[8], uint32_t (&coarse)[256]) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    coarse[tid]   = 0;
+    if (tid < G) {
+        const uint32_t k = __ldcg(head_max + size_t(b) * n_head + hk * G + tid);
+        hm[tid]          = k == 0 ? -INFINITY : key_float(k);
+    }
+    const seq_info si   = seq_info_of(n_kv[b], cfg);
+    const float *  s0   = scores + (size_t(b) * n_head + hk * G) * stride;
+    const int      base = chunk * chunk_items + tid;
+    float          sv[G][per_thread];
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int j = 0; j < per_thread; ++j) {
+            const int i = base + j * 256;
+            sv[g][j]    = i >= si.e0 && i < si.e1 ? __ldcg(s0 + size_t(g) * stride + i) : 0.f;
+        }
+    __syncthreads();
+    float v[per_thread];
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) v[j] = -INFINITY;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        const float m = hm[g];
+        if (!(m > -INFINITY)) continue;
+#pragma unroll
+        for (int j = 0; j < per_thread; ++j) {
+            const float x = sv[g][j] - m;
+            v[j]          = x > v[j] ? x : v[j]; // NaN compares false: ignored
+        }
+    }
+    uint32_t * kl = keys + size_t(list) * stride;
+#pragma unroll
+    for (int j = 0; j < per_thread; ++j) {
+        const int      i      = base + j * 256;
+        const bool     el     = i >= si.e0 && i < si.e1;
+        const uint32_t key    = el ? sel_key(G == 1 ? sv[0][j] : v[j]) : 0u;
+        if (i < si.n_items) kl[i] = key;
+        const int      cb     = el ? int(key >> 24) : -1;
+        const unsigned cpeers = __match_any_sync(0xffffffffu, cb);
+        if (cb >= 0 && lane == __ffs(cpeers) - 1) atomicAdd(&coarse[cb], uint32_t(__popc(cpeers)));
+    }
+    __syncthreads(); // also: every thread's reads of the chunk's scores are done
+    if (coarse[tid] != 0) atomicAdd(hist + size_t(list) * n_hist + tid, coarse[tid]);
+    const int64_t i0 = int64_t(chunk) * chunk_items;
+    const int64_t n  = stride - i0 < chunk_items ? stride - i0 : chunk_items;
+    for (int g = 0; g < G; ++g) discard_lines(scores + (size_t(b) * n_head + hk * G + g) * stride + i0, n, tid, 256);
+}
+
 template <int G>
 __global__ void __launch_bounds__(256, 3)
     loki_score_keys_kernel(const float * __restrict__ qrot, int n_head, int n_head_kv, const __half * __restrict__ lk,
@@ -1494,7 +1595,7 @@ __global__ void __launch_bounds__(256, 3)
     __shared__ float    hm[8];
     __shared__ uint32_t coarse[256];
     __shared__ int      s_ticket[2];
-    const int           tid = threadIdx.x, lane = tid & 31, T = n_chunks;
+    const int           tid = threadIdx.x, T = n_chunks;
     const int           n_tickets = 2 * n_list * T;
     if (tid == 0) s_ticket[0] = int(atomicAdd(ctr, 1u));
     for (int par = 0;; par ^= 1) {
@@ -1523,54 +1624,111 @@ __global__ void __launch_bounds__(256, 3)
             list_arrive(ctr + 1 + list);
         } else {
             list_wait(ctr + 1 + list, uint32_t(T));
-            // group_keys_chunk with the G heads' scores loaded together with the head maxima (same arithmetic)
-            coarse[tid] = 0;
-            if (tid < G) {
-                const uint32_t k = __ldcg(head_max + size_t(b) * n_head + hk * G + tid);
-                hm[tid]          = k == 0 ? -INFINITY : key_float(k);
+            loki_keys_chunk<G>(chunk, list, hk, b, n_head, n_kv, cfg, scores, stride, head_max, keys, hist, hm, coarse);
+        }
+    }
+}
+
+// ---- Loki's whole selection in one persistent launch (one selection per KV head, many lists: batch > 1) ----
+//
+// Tickets in rounds of L = T + T + 3 * ceil(T / 4) (T: 1024-token chunks per list); in round r, stage j works on
+// list r - j * lag: (0) score chunks of 1024 tokens (loki_score_chunk), (1) group keys and coarse histogram
+// (loki_keys_chunk), (2) fine histogram over 4 chunks (fine_chunk), (3) candidates over 4 chunks (cand_chunk), the
+// last of which finds the list's threshold (fz_select: the select kernel's work), (4) the selected tokens of 4 chunks
+// (write_chunk). Score tickets alternate with the others in a round, so the low-rank keys stream all along while
+// the latency-bound steps of older lists run beside them. A stage waits on its list's counter for the stage before
+// (lag rounds earlier, so the wait seldom happens); every ticket waits only on tickets handed out before it. The
+// per-head scores and the keys stay in L2 between stages and are dropped from it after use (no write-back).
+struct pipe_smem {
+    union {
+        cand_smem      cand;
+        uint32_t       fine_w[8][256];
+        fz_select_smem sel;
+        write_smem     wr;
+    } u;
+    int s_last, s_cbin, s_bin, s_above;
+};
+
+template <int G>
+__global__ void __launch_bounds__(256, 3)
+    loki_pipe_kernel(const float * __restrict__ qrot, int n_head, int n_head_kv, const __half * __restrict__ lk,
+                     int d_pad, const int32_t * __restrict__ pages, int64_t pages_stride,
+                     const int32_t * __restrict__ n_kv, sel_cfg cfg, float * scores, int64_t stride,
+                     uint32_t * head_max, uint32_t * ctr, int n_chunks, int n_list, int lag, uint32_t * keys,
+                     uint32_t * hist, uint64_t * cand, uint32_t * cand_count, int32_t * chunk_cnt, uint32_t * info,
+                     int32_t * ranges, int32_t * n_ranges, int32_t * idx, int32_t * n_idx, int64_t idx_stride) {
+    __shared__ float     qd[G][128];
+    __shared__ uint32_t  smax[8];
+    __shared__ float     hm[8];
+    __shared__ uint32_t  coarse[256];
+    __shared__ int       s_ticket[2];
+    __shared__ pipe_smem ps;
+    const int            tid = threadIdx.x, T = n_chunks, T4 = (n_chunks + fc_chunks - 1) / fc_chunks;
+    const int            n_other = T + 3 * T4, L = T + n_other;
+    const int            n_tickets = (n_list + 4 * lag) * L;
+    // per-list counter values: scores in, keys in, fine in, candidates in (+1: threshold found)
+    const uint32_t c_s = uint32_t(T), c_k = c_s + uint32_t(T), c_f = c_k + uint32_t(T4), c_c = c_f + uint32_t(T4);
+    if (tid == 0) s_ticket[0] = int(atomicAdd(ctr, 1u));
+    for (int par = 0;; par ^= 1) {
+        __syncthreads(); // the previous ticket's shared memory is free, this ticket's number is in
+        const int id = s_ticket[par];
+        if (id >= n_tickets) return;
+        if (tid == 0) s_ticket[par ^ 1] = int(atomicAdd(ctr, 1u)); // the next ticket, in flight meanwhile
+        const int r = id / L, w = id % L;
+        int       stage, k; // k: the ticket's index within its stage's tickets of the list
+        if (w < 2 * T && (w & 1) == 0) {
+            stage = 0, k = w >> 1;
+        } else {
+            const int o = w < 2 * T ? w >> 1 : w - T; // index among the other tickets: writes, cand, fine, keys
+            if (o < T4) stage = 4, k = o;
+            else if (o < 2 * T4) stage = 3, k = o - T4;
+            else if (o < 3 * T4) stage = 2, k = o - 2 * T4;
+            else stage = 1, k = o - 3 * T4;
+        }
+        const int list = r - stage * lag;
+        if (list < 0 || list >= n_list) continue;
+        const int      b = list / n_head_kv, hk = list % n_head_kv;
+        uint32_t *     lc = ctr + 1 + list;
+        if (stage == 0) {
+            loki_score_chunk<G, true>(k, hk, b, qrot, n_head, n_head_kv, lk, d_pad, pages, pages_stride, n_kv, cfg,
+                                      scores, stride, head_max, qd, smax);
+            list_arrive(lc);
+        } else if (stage == 1) {
+            list_wait(lc, c_s);
+            loki_keys_chunk<G>(k, list, hk, b, n_head, n_kv, cfg, scores, stride, head_max, keys, hist, hm, coarse);
+            list_arrive(lc);
+        } else if (stage == 2) {
+            list_wait(lc, c_k);
+            fine_chunk(k, size_t(list), seq_info_of(n_kv[b], cfg), keys, stride, hist, ps.u.fine_w, ps.s_cbin);
+            list_arrive(lc);
+        } else if (stage == 3) {
+            list_wait(lc, c_f);
+            const seq_info si = seq_info_of(n_kv[b], cfg);
+            int            bin = 0, above = 0;
+            cand_chunk(k, size_t(list), si, cfg, keys, stride, hist, cand, cand_count, chunk_cnt, n_chunks, ps.u.cand,
+                       bin, above);
+            const uint32_t old = list_arrive(lc);
+            if (tid == 0) {
+                ps.s_last = old == c_c - 1;
+                __threadfence(); // acquire side: the other candidate blocks' writes
             }
-            const seq_info si   = seq_info_of(n_kv[b], cfg);
-            const float *  s0   = scores + (size_t(b) * n_head + hk * G) * stride;
-            const int      base = chunk * chunk_items + tid;
-            float          sv[G][per_thread];
-#pragma unroll
-            for (int g = 0; g < G; ++g)
-#pragma unroll
-                for (int j = 0; j < per_thread; ++j) {
-                    const int i = base + j * 256;
-                    sv[g][j]    = i >= si.e0 && i < si.e1 ? __ldcg(s0 + size_t(g) * stride + i) : 0.f;
-                }
             __syncthreads();
-            float v[per_thread];
-#pragma unroll
-            for (int j = 0; j < per_thread; ++j) v[j] = -INFINITY;
-#pragma unroll
-            for (int g = 0; g < G; ++g) {
-                const float m = hm[g];
-                if (!(m > -INFINITY)) continue;
-#pragma unroll
-                for (int j = 0; j < per_thread; ++j) {
-                    const float x = sv[g][j] - m;
-                    v[j]          = x > v[j] ? x : v[j]; // NaN compares false: ignored
-                }
+            if (ps.s_last) { // every candidate block of the list is in: the threshold
+                if (si.k > 0)
+                    fz_select<256>(keys + size_t(list) * stride, bin, above, hist + size_t(list) * n_hist,
+                                   cand + size_t(list) * cand_cap, __ldcg(cand_count + list), si,
+                                   chunk_cnt + size_t(list) * n_chunks, n_chunks, chunk_items, info + size_t(list) * 4,
+                                   ps.u.sel);
+                list_arrive(lc);
             }
-            uint32_t * kl = keys + size_t(list) * stride;
-#pragma unroll
-            for (int j = 0; j < per_thread; ++j) {
-                const int      i      = base + j * 256;
-                const bool     el     = i >= si.e0 && i < si.e1;
-                const uint32_t key    = el ? sel_key(G == 1 ? sv[0][j] : v[j]) : 0u;
-                if (i < si.n_items) kl[i] = key;
-                const int      cb     = el ? int(key >> 24) : -1;
-                const unsigned cpeers = __match_any_sync(0xffffffffu, cb);
-                if (cb >= 0 && lane == __ffs(cpeers) - 1) atomicAdd(&coarse[cb], uint32_t(__popc(cpeers)));
+        } else {
+            list_wait(lc, c_c + 1);
+            const seq_info si = seq_info_of(n_kv[b], cfg);
+            for (int c = k * fc_chunks; c < (k + 1) * fc_chunks && c < n_chunks; ++c) {
+                write_chunk<true>(c, size_t(list), si, cfg, keys, stride, chunk_cnt, n_chunks, info, ranges, n_ranges,
+                                  idx, n_idx, idx_stride, ps.u.wr);
+                __syncthreads(); // the block's shared memory is reused by the next chunk
             }
-            __syncthreads(); // also: every thread's reads of the chunk's scores are done
-            if (coarse[tid] != 0) atomicAdd(hist + size_t(list) * n_hist + tid, coarse[tid]);
-            const int64_t i0 = int64_t(chunk) * chunk_items;
-            const int64_t n  = stride - i0 < chunk_items ? stride - i0 : chunk_items;
-            for (int g = 0; g < G; ++g)
-                discard_lines(scores + (size_t(b) * n_head + hk * G + g) * stride + i0, n, tid, 256);
         }
     }
 }
@@ -1655,8 +1813,8 @@ void stage_run(const decode_select_args & a, const float * scores, int64_t strid
     const dim3 grid_fc(unsigned((d.n_chunks + fc_chunks - 1) / fc_chunks), unsigned(d.n_entry), unsigned(a.n_seq));
     fine_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    cand_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.info, ws_hist(ws, a, d), ws.cand,
-                                          ws_cand_count(ws, a), ws.chunk, d.n_chunks);
+    cand_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d), ws.cand,
+                                             ws_cand_count(ws, a), ws.chunk, d.n_chunks);
     LC_CUDA_CHECK_LAUNCH();
     select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry,
                                                                    ws_hist(ws, a, d), ws.cand, ws_cand_count(ws, a),
@@ -1773,6 +1931,35 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     loki_query_kernel<<<dim3(unsigned(a.n_head_kv), unsigned(a.n_seq)), 256, smem, stream>>>(
         a.q, a.n_head, a.n_head_kv, a.head_dim, st.proj, st.d_pad, ws.qrot);
     LC_CUDA_CHECK_LAUNCH();
+    if (a.group == G && !a.loki_separate && !a.loki_no_pipe && d.n_chunks <= fz_max_pieces) {
+        // per KV head: the whole selection in one persistent launch
+        using pp_fn = void (*)(const float *, int, int, const __half *, int, const int32_t *, int64_t, const int32_t *,
+                               sel_cfg, float *, int64_t, uint32_t *, uint32_t *, int, int, int, uint32_t *, uint32_t *,
+                               uint64_t *, uint32_t *, int32_t *, uint32_t *, int32_t *, int32_t *, int32_t *,
+                               int32_t *, int64_t);
+        constexpr pp_fn pps[8] = {loki_pipe_kernel<1>, loki_pipe_kernel<2>, loki_pipe_kernel<3>,
+                                  loki_pipe_kernel<4>, loki_pipe_kernel<5>, loki_pipe_kernel<6>,
+                                  loki_pipe_kernel<7>, loki_pipe_kernel<8>};
+        const pp_fn     fn     = pps[G - 1];
+        int             n_sm = 0, dev = 0, per_sm = 0;
+        LC_CUDA_CHECK(cudaGetDevice(&dev));
+        LC_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+        LC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, 256, 0));
+        const int64_t resident = int64_t(std::max(per_sm, 1)) * n_sm;
+        const int64_t T        = d.n_chunks;
+        const int64_t L        = 2 * T + 3 * ((T + fc_chunks - 1) / fc_chunks);
+        // lag: more than the tickets held at once (each block holds its ticket and the next) between a stage of a
+        // list and the next, so that tickets seldom wait
+        const int64_t lag    = (2 * resident + L - 1) / L + 1;
+        const int64_t n_tick = (d.n_list + 4 * lag) * L;
+        fn<<<unsigned(std::min<int64_t>(resident, n_tick)), 256, 0, stream>>>(
+            ws.qrot, a.n_head, a.n_head_kv, reinterpret_cast<const __half *>(st.keys), st.d_pad, a.pages,
+            a.pages_stride, a.n_kv, cfg_of(a, 1), ws.scores, d.n_items, ws_head_max(ws), ws_ctr(ws, a, d), int(T),
+            d.n_list, int(lag), ws.keys, ws_hist(ws, a, d), ws.cand, ws_cand_count(ws, a), ws.chunk, ws.info,
+            plan.ranges, plan.n_ranges, plan.idx, plan.n_idx, plan.idx_stride);
+        LC_CUDA_CHECK_LAUNCH();
+        return status::ok();
+    }
     if (a.group == G && !a.loki_separate) { // per KV head: scores and group keys in one persistent launch
         using sk_fn = void (*)(const float *, int, int, const __half *, int, const int32_t *, int64_t, const int32_t *,
                                sel_cfg, float *, int64_t, uint32_t *, uint32_t *, int, int, int, uint32_t *, uint32_t *);
