@@ -118,10 +118,12 @@ bool head_items_equal(const prefill_plan & a, const prefill_plan & b, int h) {
     return true;
 }
 
-// minference_index_gpu's plan for the layer, downloaded (false when the call fails).
+// minference_index_gpu's plan for the layer, downloaded (false when the call fails); block_smem_max as
+// vslash_workspace's (0: block-sparse scores through global memory, as past 786k keys).
 bool gpu_plan(const layer & L, const std::vector<cuda::head_spec_dev> & spec, prefill_plan & out,
-              int64_t * n_ranges = nullptr, int64_t * n_cols = nullptr) {
+              int64_t * n_ranges = nullptr, int64_t * n_cols = nullptr, size_t block_smem_max = 48 * 1024) {
     cuda::vslash_workspace ws;
+    ws.block_smem_max = block_smem_max;
     cuda::prefill_plan_buf pb;
     const status st = cuda::minference_index_gpu(L.dq, L.n_q, L.pos0, L.n_head, L.dev_kv(), L.scale(), spec.data(), ws,
                                                  pb, nullptr);
@@ -223,10 +225,11 @@ TEST(CudaMinferenceIndex, BlockSelectionIsTopK) {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
     layer L(1000, 3000, 4, 2, 128, 5);
     const int64_t n_kb = (L.N + 63) / 64, n_qb = (L.n_q + 63) / 64;
-    for (int64_t kb_budget : {1, 7, 40, 1000}) {
-        std::vector<cuda::head_spec_dev> spec(size_t(L.n_head), cuda::head_spec_effective(3, kb_budget, 0, L.N));
+    for (int64_t kb_budget : {1, 7, 40, 1000, -40}) { // -40: 40 with the scores in global memory
+        const int64_t                    kbb = std::abs(kb_budget);
+        std::vector<cuda::head_spec_dev> spec(size_t(L.n_head), cuda::head_spec_effective(3, kbb, 0, L.N));
         prefill_plan got;
-        ASSERT_TRUE(gpu_plan(L, spec, got));
+        ASSERT_TRUE(gpu_plan(L, spec, got, nullptr, nullptr, kb_budget < 0 ? 0 : 48 * 1024));
         int64_t bad = 0;
         for (int h = 0; h < L.n_head; ++h) {
             const int hk = h / (L.n_head / L.n_head_kv);
@@ -254,7 +257,7 @@ TEST(CudaMinferenceIndex, BlockSelectionIsTopK) {
                 }
                 std::vector<double> sorted = sc;
                 std::sort(sorted.begin(), sorted.end(), std::greater<double>());
-                const int64_t     k   = std::min(nc, kb_budget);
+                const int64_t     k   = std::min(nc, kbb);
                 const double      thr = sorted[size_t(k - 1)];
                 std::set<int32_t> keys = item_keys(got, h, b);
                 std::set<int64_t> chosen;
@@ -265,8 +268,8 @@ TEST(CudaMinferenceIndex, BlockSelectionIsTopK) {
                 if (k == nc && int64_t(keys.size()) != last + 1) ++bad; // every causal key
             }
         }
-        std::printf("block selection k_b=%lld over %lld query blocks x %d heads: %lld wrong\n", (long long)kb_budget,
-                    (long long)n_qb, L.n_head, (long long)bad);
+        std::printf("block selection k_b=%lld (scores in %s memory) over %lld query blocks x %d heads: %lld wrong\n",
+                    (long long)kbb, kb_budget < 0 ? "global" : "shared", (long long)n_qb, L.n_head, (long long)bad);
         EXPECT_EQ(bad, 0);
     }
 }

@@ -316,17 +316,20 @@ __global__ void block_pool_q_kernel(const __nv_bfloat16 * __restrict__ q, int64_
     qp[(size_t(h) * n_qb + b) * D + d] = acc * (1.0f / float(i1 - b * 64));
 }
 
-// Scores Q̂ · K̂ of query block b against its causal key blocks (64 kb <= its last query), in shared memory, then
-// the top k_b (spec[h].a, at least 1, at most the causal blocks), ascending: blocks[item * kb_stride ..],
-// n_blocks[item], item = h * n_qb + b. One CTA per (b, head); heads of another pattern are skipped.
+// Scores Q̂ · K̂ of query block b against its causal key blocks (64 kb <= its last query), in shared memory (or,
+// when score_g is given, in its row item * n_kb: long prompts), then the top k_b (spec[h].a, at least 1, at most the
+// causal blocks), ascending: blocks[item * kb_stride ..], n_blocks[item], item = h * n_qb + b. One CTA per
+// (b, head); heads of another pattern are skipped.
 __global__ void __launch_bounds__(sel_threads)
     block_select_kernel(const float * __restrict__ qp, const float * __restrict__ kp, int64_t n_q, int64_t pos0,
                         int n_head, int n_head_kv, int D, int64_t n_kb, const head_spec_dev * __restrict__ spec,
-                        int64_t kb_stride, int32_t * __restrict__ blocks, int32_t * __restrict__ n_blocks) {
-    extern __shared__ float score[];
+                        int64_t kb_stride, float * __restrict__ score_g, int32_t * __restrict__ blocks,
+                        int32_t * __restrict__ n_blocks) {
+    extern __shared__ float score_s[];
     const int64_t           b = blockIdx.x, n_qb = gridDim.x;
     const int               h = blockIdx.y, hk = h / (n_head / n_head_kv);
     if (spec[h].pattern != head_spec_dev::BLOCK) return;
+    float * score = score_g != nullptr ? score_g + (int64_t(h) * n_qb + b) * n_kb : score_s;
     const int     warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t last     = pos0 + min(n_q, (b + 1) * 64) - 1;
     const int64_t n_causal = last / 64 + 1;
@@ -534,6 +537,7 @@ vslash_workspace::~vslash_workspace() {
     cudaFree(blocks);
     cudaFree(n_blocks);
     cudaFreeHost(spec_host);
+    cudaFree(scores);
 }
 
 int64_t vslash_v_eff(int64_t v, int64_t n_keys) {
@@ -736,10 +740,8 @@ status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_h
         if (hs.pattern == head_spec_dev::BLOCK) kb_max = std::max<int64_t>(kb_max, std::max(1, hs.a));
     }
     kb_max                = std::min(kb_max, n_kb);
-    const size_t smem     = size_t(n_kb) * sizeof(float); // block-sparse scores of one query block
-    if (kb_max > 0 && smem > 200 * 1024)
-        return error(status_code::UNSUPPORTED, "cuda minference_index: block-sparse over %lld keys (at most %d)",
-                     (long long)N, 200 * 1024 / 4 * 64);
+    // Block-sparse scores of one query block in shared memory up to ws.block_smem_max, else in global scratch.
+    const size_t smem = size_t(n_kb) * sizeof(float) <= ws.block_smem_max ? size_t(n_kb) * sizeof(float) : 0;
     head_spec_dev * spec  = grow(ws.spec, ws.cap[9], size_t(n_head));
     // Through pinned memory, so the copy does not wait for the stream; build_plan's synchronization below completes
     // it before a later call can overwrite the staging buffer.
@@ -777,11 +779,9 @@ status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_h
         block_pool_q_kernel<<<dim3(unsigned(n_qblk), unsigned(n_head)), unsigned(D), 0, stream>>>(
             reinterpret_cast<const __nv_bfloat16 *>(q), n_q, n_head, D, spec, qp);
         LC_CUDA_CHECK_LAUNCH();
-        if (smem > 48 * 1024)
-            LC_CUDA_CHECK(cudaFuncSetAttribute(block_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               int(smem)));
+        float * sg = smem == 0 ? grow(ws.scores, ws.cap[14], size_t(n_head) * n_qblk * n_kb) : nullptr;
         block_select_kernel<<<dim3(unsigned(n_qblk), unsigned(n_head)), sel_threads, smem, stream>>>(
-            qp, kp, n_q, pos0, n_head, kv.n_head_kv, D, n_kb, spec, kb_max, bl, nb);
+            qp, kp, n_q, pos0, n_head, kv.n_head_kv, D, n_kb, spec, kb_max, sg, bl, nb);
         LC_CUDA_CHECK_LAUNCH();
         in.blocks    = bl;
         in.n_blocks  = nb;

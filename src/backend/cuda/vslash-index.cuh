@@ -40,7 +40,11 @@ struct vslash_workspace {
     int32_t *       blocks   = nullptr; // [n_head * n_qb][k_b max] selected key blocks, ascending
     int32_t *       n_blocks  = nullptr; // [n_head * n_qb]
     head_spec_dev * spec_host = nullptr; // pinned staging of spec
-    size_t          cap[14]   = {};
+    float *         scores    = nullptr; // block-sparse scores [n_head * n_qb][n_kb] past block_smem_max
+    size_t          cap[15]   = {};
+    // A query block's block-sparse scores stay in shared memory up to this many bytes (48 KiB: 786k keys), else
+    // they go through global scratch (the kernel is the same otherwise; tests set 0 to run that path).
+    size_t block_smem_max = 48 * 1024;
     vslash_workspace()       = default;
     vslash_workspace(const vslash_workspace &) = delete;
     vslash_workspace & operator=(const vslash_workspace &) = delete;
@@ -109,8 +113,8 @@ head_spec_dev head_spec_effective(int32_t pattern, int64_t a, int64_t b, int64_t
 // vertical-slash estimate when some head is VSLASH (computed for all heads), the block-sparse pooling and
 // selection when some head is BLOCK, and one plan, as the CPU's prefill_plan_build (attn/attention.h) builds it
 // from the same inputs (block scores are summed in another order, so near-tied blocks may differ).
-// Errors: UNSUPPORTED (head_dim, head ratio, block-sparse beyond 3.2M keys), INVALID_ARGUMENT (shape, a pattern
-// out of range, vertical-slash budgets not effective). Synchronizes the stream once (plan size).
+// Errors: UNSUPPORTED (head_dim, head ratio), INVALID_ARGUMENT (shape, a pattern out of range, vertical-slash
+// budgets not effective). Synchronizes the stream once (plan size).
 status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
                             float scale, const head_spec_dev * heads, vslash_workspace & ws, prefill_plan_buf & plan,
                             cudaStream_t stream);
