@@ -187,10 +187,8 @@ void bench(int64_t N, int B, int reps, double budget) {
     const size_t  wb_s      = cuda::attn_sparse_decode_workspace_bytes(B, H, D, ns_s);
     void *        ws_s      = nullptr;
     LC_CUDA_CHECK(cudaMalloc(&ws_s, wb_s));
-    bool plan_ahead = true;
-    auto gather     = [&](int64_t rows) {
+    auto gather = [&](int64_t rows) {
         cuda::attn_sparse_decode_args ga;
-        ga.plan_ahead      = plan_ahead;
         ga.q               = q;
         ga.n_seq           = B;
         ga.n_head          = H;
@@ -241,21 +239,15 @@ void bench(int64_t N, int B, int reps, double budget) {
         rows.push_back({"  Loki selection, separate kernels", median_us(ex, st, warm, reps), double(B) * HKV * N * dp * 2.0});
         LC_CUDA_CHECK(cudaGraphExecDestroy(ex));
         sa.loki_separate = false;
-        sa.loki_no_pipe  = true;
+        sa.loki_pipe     = true;
         ex = capture(st, [&] { LC_ASSERT(cuda::loki_select_gpu(sa, ls, ws, plan, st).is_ok(), "loki"); });
-        rows.push_back({"  Loki selection, score+keys kernel, separate top-k", median_us(ex, st, warm, reps),
+        rows.push_back({"  Loki selection, one-launch pipeline", median_us(ex, st, warm, reps),
                         double(B) * HKV * N * dp * 2.0});
         LC_CUDA_CHECK(cudaGraphExecDestroy(ex));
-        sa.loki_no_pipe = false;
+        sa.loki_pipe = false;
         ex = capture(st, [&] { gather(rows_tok); });
         rows.push_back({"  Loki gather alone", median_us(ex, st, warm, reps), double(B) * HKV * rows_l * kv_row});
         LC_CUDA_CHECK(cudaGraphExecDestroy(ex));
-        plan_ahead = false;
-        ex         = capture(st, [&] { gather(rows_tok); });
-        rows.push_back({"  Loki gather alone, plan entries not ahead", median_us(ex, st, warm, reps),
-                        double(B) * HKV * rows_l * kv_row});
-        LC_CUDA_CHECK(cudaGraphExecDestroy(ex));
-        plan_ahead = true;
     }
     {
         cudaGraphExec_t ex = capture(st, [&] {

@@ -166,9 +166,7 @@ struct batch {
 };
 
 // Runs the gather kernel on plan (f32 output) -> o [n_seq][n_head][D], lse [n_seq][n_head].
-// plan_ahead: attn_sparse_decode_args::plan_ahead (both kernels must give the same result).
-void run_sparse(const batch & bt, const cuda::decode_plan_dev & plan, std::vector<float> & o, std::vector<float> & lse,
-                bool plan_ahead = true) {
+void run_sparse(const batch & bt, const cuda::decode_plan_dev & plan, std::vector<float> & o, std::vector<float> & lse) {
     const size_t   n_o = size_t(bt.n_seq()) * bt.n_head * bt.D;
     dev_buf<float> dout(n_o), dlse(size_t(bt.n_seq()) * bt.n_head);
     ASSERT_EQ(cudaMemset(dout.p, 0xff, n_o * 4), cudaSuccess); // NaN poison: every element must be written
@@ -192,7 +190,6 @@ void run_sparse(const batch & bt, const cuda::decode_plan_dev & plan, std::vecto
     a.lse             = dlse.p;
     a.workspace       = ws.p;
     a.workspace_bytes = wb;
-    a.plan_ahead      = plan_ahead;
     ASSERT_TRUE(cuda::attn_sparse_decode(a, nullptr).is_ok());
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     o   = dout.get();
@@ -322,24 +319,21 @@ void check_gather(const std::vector<int32_t> & lens, int n_head, int n_head_kv, 
     }
     cuda::decode_plan_buf       buf;
     const cuda::decode_plan_dev dp = upload(plans, buf, logw);
-    for (const bool ahead : {true, false}) {
-        std::vector<float> o, lse;
-        run_sparse(bt, dp, o, lse, ahead);
-        const double e       = nmse(o, o_ref);
-        double       max_lse = 0;
-        for (size_t i = 0; i < lse.size(); ++i) {
-            if (std::isinf(lse_ref[i])) {
-                EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "empty list " << i;
-                continue;
-            }
-            max_lse = std::max(max_lse, std::fabs(double(lse[i]) - lse_ref[i]));
+    std::vector<float>          o, lse;
+    run_sparse(bt, dp, o, lse);
+    const double e       = nmse(o, o_ref);
+    double       max_lse = 0;
+    for (size_t i = 0; i < lse.size(); ++i) {
+        if (std::isinf(lse_ref[i])) {
+            EXPECT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "empty list " << i;
+            continue;
         }
-        EXPECT_LT(e, k_nmse_max);
-        EXPECT_LT(max_lse, k_lse_abs_max);
-        std::printf("gather%s n_seq=%d n_head=%d n_head_kv=%d group=%d logw=%d: nmse=%.2e max|dlse|=%.2e\n",
-                    ahead ? "" : " (plan entries not ahead)", bt.n_seq(), n_head, n_head_kv, group, int(logw), e,
-                    max_lse);
+        max_lse = std::max(max_lse, std::fabs(double(lse[i]) - lse_ref[i]));
     }
+    EXPECT_LT(e, k_nmse_max);
+    EXPECT_LT(max_lse, k_lse_abs_max);
+    std::printf("gather n_seq=%d n_head=%d n_head_kv=%d group=%d logw=%d: nmse=%.2e max|dlse|=%.2e\n", bt.n_seq(),
+                n_head, n_head_kv, group, int(logw), e, max_lse);
 }
 
 TEST(cuda_sparse_decode, gather_matches_plan_ref) {
@@ -523,7 +517,7 @@ const char * name_of(method m) { return m == method::LOKI ? "loki" : m == method
 
 void check_method(method m, int group, double frac, uint32_t seed, std::vector<int32_t> lens = {6000, 2333},
                   int n_head = 8, int n_head_kv = 2, int D = 128, bool loki_separate = false,
-                  bool loki_no_pipe = false) {
+                  bool loki_pipe = false) {
     std::mt19937         rng(seed);
     batch                bt(lens, n_head, n_head_kv, rng, D);
     const int            G = bt.n_head / bt.n_head_kv;
@@ -533,7 +527,7 @@ void check_method(method m, int group, double frac, uint32_t seed, std::vector<i
     cuda::decode_select_args a = bt.select_args(group);
     a.budget_frac              = frac;
     a.loki_separate            = loki_separate;
-    a.loki_no_pipe             = loki_no_pipe;
+    a.loki_pipe                = loki_pipe;
 
     attn_config c;
     c.decode_keys.value         = frac;
@@ -580,7 +574,7 @@ void check_method(method m, int group, double frac, uint32_t seed, std::vector<i
     // counts 2 here. Allow 0.5% of the keys (measured: 0 for top-k and Quest, 6 of 4440 and 9 of 17760 for Loki).
     EXPECT_LE(n_diff, std::max<int64_t>(4, n_keys / 200)) << name_of(m);
     std::printf("%s%s group=%d budget=%.2f n_seq=%d heads=%d/%d D=%d: %lld of %lld keys differ from the CPU selection\n",
-                name_of(m), loki_separate ? " (separate kernels)" : loki_no_pipe ? " (score+keys kernel)" : "", group,
+                name_of(m), loki_separate ? " (separate kernels)" : loki_pipe ? " (one-launch pipeline)" : "", group,
                 frac, bt.n_seq(), n_head, n_head_kv, D, (long long)n_diff, (long long)n_keys);
 
     // The selected keys through the gather kernel against the CPU executor on the CPU plan.
@@ -608,8 +602,8 @@ TEST(cuda_sparse_decode, methods_match_cpu) {
 
 // Loki at Llama-3-8B head counts, per KV head and per query head: one 128k sequence (the one-kernel selection with
 // its longest pieces, 8 tokens per thread, on an H100) and more lists than the one-kernel selection takes (it runs
-// when every (list, piece) fits on the GPU at once; there the one-launch pipeline runs), and on the same batch the
-// persistent score + group-key kernel with the separate top-k kernels, and the separate kernels.
+// when every (list, piece) fits on the GPU at once; there the persistent score + group-key kernel runs, the
+// threshold in the candidate kernel), and on the same batch the separate kernels and the one-launch pipeline.
 TEST(cuda_sparse_decode, loki_many_lists_match_cpu) {
     if (!gpu_present()) GTEST_SKIP() << "no CUDA device";
     check_method(method::LOKI, 4, 0.25, 40, {131072}, 32, 8);

@@ -109,7 +109,7 @@ __device__ __forceinline__ void unpack8(const uint4 & v, float (&f)[8]) {
 // D: head_dim; GQ: query heads per plan entry (plan.group). Partial states as in attn-decode.cu:
 // o_part [n_seq][n_head][n_split][D] f32 (normalised over the split's rows), lse_part [n_seq][n_head][n_split].
 // 3 blocks per SM at head_dim <= 128 (168 registers; at G = 4 a few spill to L1); more registers above.
-template <int D, int GQ, bool PREFETCH, bool AHEAD>
+template <int D, int GQ, bool PREFETCH>
 __global__ void __launch_bounds__(n_threads, D <= 128 ? 3 : 1)
     sparse_decode_split_kernel(const uint16_t * __restrict__ q, int n_head, const uint16_t * __restrict__ k_pool,
                                const uint16_t * __restrict__ v_pool, int n_head_kv, const int32_t * __restrict__ pages,
@@ -171,10 +171,11 @@ __global__ void __launch_bounds__(n_threads, D <= 128 ? 3 : 1)
     const int32_t * pt         = pages + size_t(b) * pages_stride;
     const size_t    page_elems = size_t(n_head_kv) * kv_page_tokens * D;
     const size_t    head_off   = size_t(hk) * kv_page_tokens * D + c * 8;
-    // Rows it .. it + rows_per_iter - 1 of the list: positions of this thread's rows and their log2-domain weights
-    // (-inf for rows past the split, whose loads read the split's first row instead), from the plan's ranges or
-    // entries (all NP loads in flight); then page-table entries and the K and V chunks of those positions.
-    auto load_pos = [&](int it, int(&t)[NP], float(&wd)[NP]) {
+    // Rows it .. it + 63 of the list: K and V chunks of this thread's rows and their log2-domain weights (-inf for
+    // rows past the split, whose loads read the split's first row instead). Three phases, each with all NP loads in
+    // flight: plan entries, page-table entries, K/V rows.
+    auto load_iter = [&](int it, uint4(&kd)[NP], uint4(&vd)[NP], float(&wd)[NP]) {
+        int t[NP];
 #pragma unroll
         for (int i = 0; i < NP; ++i) {
             int        rank = it + r + RPP * i;
@@ -192,8 +193,6 @@ __global__ void __launch_bounds__(n_threads, D <= 128 ? 3 : 1)
             }
             if (!ok) wd[i] = -INFINITY;
         }
-    };
-    auto load_rows = [&](const int(&t)[NP], uint4(&kd)[NP], uint4(&vd)[NP]) {
         int ph[NP];
 #pragma unroll
         for (int i = 0; i < NP; ++i) ph[i] = __ldg(pt + t[i] / kv_page_tokens);
@@ -204,39 +203,14 @@ __global__ void __launch_bounds__(n_threads, D <= 128 ? 3 : 1)
             vd[i]            = load_stream(v_pool + off);
         }
     };
-    auto load_iter = [&](int it, uint4(&kd)[NP], uint4(&vd)[NP], float(&wd)[NP]) {
-        int t[NP];
-        load_pos(it, t, wd);
-        load_rows(t, kd, vd);
-    };
 
     uint4 kr[NP], vr[NP];
     float wr[NP];
-    // AHEAD: the plan entries of the iteration after next load while this one computes (the K/V loads of the next
-    // iteration then wait on page-table entries only)
-    int   ta[NP];
-    float wa[NP];
-    if (PREFETCH && r_begin < r_end) {
-        if constexpr (AHEAD) {
-            int t0[NP];
-            load_pos(r_begin, t0, wr);
-            load_rows(t0, kr, vr);
-            if (r_begin + rows_per_iter < r_end) load_pos(r_begin + rows_per_iter, ta, wa);
-        } else {
-            load_iter(r_begin, kr, vr, wr);
-        }
-    }
+    if (PREFETCH && r_begin < r_end) load_iter(r_begin, kr, vr, wr);
     for (int it = r_begin; it < r_end; it += rows_per_iter) {
         uint4 kn[NP], vn[NP];
         float wn[NP];
-        if constexpr (PREFETCH && AHEAD) {
-            if (it + rows_per_iter < r_end) {
-                load_rows(ta, kn, vn);
-#pragma unroll
-                for (int i = 0; i < NP; ++i) wn[i] = wa[i];
-                if (it + 2 * rows_per_iter < r_end) load_pos(it + 2 * rows_per_iter, ta, wa);
-            }
-        } else if constexpr (PREFETCH) {
+        if constexpr (PREFETCH) {
             if (it + rows_per_iter < r_end) load_iter(it + rows_per_iter, kn, vn, wn);
         } else {
             load_iter(it, kr, vr, wr);
@@ -395,26 +369,25 @@ constexpr bool prefetch_fits(int D, int G) {
     return np * 16 + G * (16 + np) <= 230;
 }
 
-template <int D, int G, bool AHEAD> constexpr split_fn split_of() {
-    return sparse_decode_split_kernel<D, G, prefetch_fits(D, G), AHEAD && prefetch_fits(D, G)>;
+template <int D, int G> constexpr split_fn split_of() {
+    return sparse_decode_split_kernel<D, G, prefetch_fits(D, G)>;
 }
 
-template <int D, bool AHEAD> split_fn split_for_g(int G) {
-    constexpr split_fn table[8] = {split_of<D, 1, AHEAD>(), split_of<D, 2, AHEAD>(), split_of<D, 3, AHEAD>(),
-                                   split_of<D, 4, AHEAD>(), split_of<D, 5, AHEAD>(), split_of<D, 6, AHEAD>(),
-                                   split_of<D, 7, AHEAD>(), split_of<D, 8, AHEAD>()};
+template <int D> split_fn split_for_g(int G) {
+    constexpr split_fn table[8] = {split_of<D, 1>(), split_of<D, 2>(), split_of<D, 3>(), split_of<D, 4>(),
+                                   split_of<D, 5>(), split_of<D, 6>(), split_of<D, 7>(), split_of<D, 8>()};
     return table[G - 1];
 }
 
-split_fn split_kernel(int D, int G, bool ahead = true) {
+split_fn split_kernel(int D, int G) {
     if (G < 1 || G > 8) return nullptr;
     switch (D) {
     case 64:
-        return ahead ? split_for_g<64, true>(G) : split_for_g<64, false>(G);
+        return split_for_g<64>(G);
     case 128:
-        return ahead ? split_for_g<128, true>(G) : split_for_g<128, false>(G);
+        return split_for_g<128>(G);
     case 256:
-        return ahead ? split_for_g<256, true>(G) : split_for_g<256, false>(G);
+        return split_for_g<256>(G);
     default:
         return nullptr;
     }
@@ -450,7 +423,7 @@ size_t attn_sparse_decode_workspace_bytes(int n_seq, int n_head, int head_dim, i
 status attn_sparse_decode(const attn_sparse_decode_args & a, cudaStream_t stream) {
     const int G  = a.n_head_kv > 0 && a.n_head % a.n_head_kv == 0 ? a.n_head / a.n_head_kv : 0;
     const int GQ = a.plan.group;
-    split_fn  fn = G > 0 && GQ > 0 && G % GQ == 0 ? split_kernel(a.head_dim, GQ, a.plan_ahead) : nullptr;
+    split_fn  fn = G > 0 && GQ > 0 && G % GQ == 0 ? split_kernel(a.head_dim, GQ) : nullptr;
     if (fn == nullptr) {
         return error(status_code::UNSUPPORTED,
                      "cuda attn_sparse_decode: head_dim %d, n_head %d / n_head_kv %d, plan group %d; supported: "

@@ -91,8 +91,6 @@ struct attn_sparse_decode_args {
     void *          workspace       = nullptr;
     size_t          workspace_bytes = 0;
     int             n_split         = 0; // 0: chosen from the shape and the number of SMs
-    bool            plan_ahead      = true; // plan entries loaded an iteration further ahead (false: the earlier
-                                            // kernel, for measurements; same result)
 };
 
 int    attn_sparse_decode_n_split(int n_seq, int n_head, int group, int head_dim, int64_t n_rows_max);

@@ -5,8 +5,9 @@
 // histogram of the next 8 bits of the keys in it ((2) and (3): 4 chunks a block); (3) the 16-bit bin holding the
 // k-th key: keys above it are counted per chunk, keys in it appended as candidates (key << 32 | ~position, so that
 // ties go to the lower position and every candidate is distinct); (4) one block per list: the exact k-th candidate (rank counting when few, else a
-// radix select; over all keys of the bin when the candidates overflow); (5) ordered compaction: each chunk writes
-// its selected positions at the prefix of the chunks before it, so the plan's indices come out ascending.
+// radix select; over all keys of the bin when the candidates overflow; for token lists, the last block of (3) of
+// each list does it: cand_select_kernel); (5) ordered compaction: each chunk writes its selected positions at the
+// prefix of the chunks before it, so the plan's indices come out ascending.
 // Loki, one selection per KV head: at batch 1 all of it in one cooperative kernel (loki_fused_kernel); above, its
 // scores and (1) in one persistent kernel that keeps the per-head scores in L2 (loki_score_keys_kernel).
 #include "backend/cuda/decode-select.cuh"
@@ -1509,6 +1510,34 @@ __global__ void __launch_bounds__(fz_threads, 2)
     }
 }
 
+// (3) and (4) in one launch, for token lists (page 1, weight 1 per item) of at most fz_max_pieces chunks: the
+// candidate kernel's blocks count themselves in per list, and the last block of a list finds its threshold
+// (fz_select, the select kernel's result), so the threshold of one list overlaps the candidates of the others.
+__global__ void __launch_bounds__(256)
+    cand_select_kernel(uint32_t * __restrict__ keys, int64_t stride, const int32_t * __restrict__ n_kv, sel_cfg cfg,
+                       uint32_t * hist, uint64_t * cand, uint32_t * cand_count, int32_t * chunk_cnt, int n_chunks,
+                       uint32_t * bar, uint32_t * info) {
+    __shared__ union {
+        cand_smem      cand;
+        fz_select_smem sel;
+    } u;
+    __shared__ int s_last;
+    const size_t   list = size_t(blockIdx.z) * gridDim.y + blockIdx.y;
+    const seq_info si   = seq_info_of(n_kv[blockIdx.z], cfg);
+    int            bin = 0, above = 0;
+    cand_chunk(blockIdx.x, list, si, cfg, keys, stride, hist, cand, cand_count, chunk_cnt, n_chunks, u.cand, bin, above);
+    const uint32_t old = list_arrive(bar + list);
+    if (threadIdx.x == 0) {
+        s_last = old == gridDim.x - 1;
+        __threadfence(); // acquire side: the other blocks' candidates, counts and chunk counts
+    }
+    __syncthreads();
+    if (s_last && si.k > 0)
+        fz_select<256>(keys + list * stride, bin, above, hist + list * n_hist, cand + list * cand_cap,
+                       __ldcg(cand_count + list), si, chunk_cnt + list * n_chunks, n_chunks, chunk_items,
+                       info + list * 4, u.sel);
+}
+
 // ---- Loki scores and group keys in one persistent launch (one selection per KV head, many lists: batch > 1) ----
 //
 // Tickets are handed out in order from a counter: the score chunks of list s interleaved with the group-key chunks
@@ -1629,7 +1658,8 @@ __global__ void __launch_bounds__(256, 3)
     }
 }
 
-// ---- Loki's whole selection in one persistent launch (one selection per KV head, many lists: batch > 1) ----
+// ---- Loki's whole selection in one persistent launch (decode_select_args::loki_pipe; measured slower on the H100
+// than the persistent score + group-key kernel and the separate top-k kernels: bench/results/cuda-sparse-decode-h100.md) ----
 //
 // Tickets in rounds of L = T + T + 3 * ceil(T / 4) (T: 1024-token chunks per list); in round r, stage j works on
 // list r - j * lag: (0) score chunks of 1024 tokens (loki_score_chunk), (1) group keys and coarse histogram
@@ -1813,13 +1843,21 @@ void stage_run(const decode_select_args & a, const float * scores, int64_t strid
     const dim3 grid_fc(unsigned((d.n_chunks + fc_chunks - 1) / fc_chunks), unsigned(d.n_entry), unsigned(a.n_seq));
     fine_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d));
     LC_CUDA_CHECK_LAUNCH();
-    cand_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d), ws.cand,
-                                             ws_cand_count(ws, a), ws.chunk, d.n_chunks);
-    LC_CUDA_CHECK_LAUNCH();
-    select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry,
-                                                                   ws_hist(ws, a, d), ws.cand, ws_cand_count(ws, a),
-                                                                   ws.chunk, d.n_chunks, ws.info);
-    LC_CUDA_CHECK_LAUNCH();
+    if (page == 1 && d.n_chunks <= fz_max_pieces) { // threshold by each list's last candidate block
+        cand_select_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d), ws.cand,
+                                                        ws_cand_count(ws, a), ws.chunk, d.n_chunks, ws_bar(ws, a, d),
+                                                        ws.info);
+        LC_CUDA_CHECK_LAUNCH();
+    } else {
+        cand_kernel<<<grid_fc, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws_hist(ws, a, d), ws.cand,
+                                                 ws_cand_count(ws, a), ws.chunk, d.n_chunks);
+        LC_CUDA_CHECK_LAUNCH();
+        select_kernel<<<unsigned(d.n_list), sel_threads, 0, stream>>>(ws.keys, stride, a.n_kv, c, d.n_entry,
+                                                                       ws_hist(ws, a, d), ws.cand,
+                                                                       ws_cand_count(ws, a), ws.chunk, d.n_chunks,
+                                                                       ws.info);
+        LC_CUDA_CHECK_LAUNCH();
+    }
     write_kernel<<<grid, 256, 0, stream>>>(ws.keys, stride, a.n_kv, c, ws.chunk, d.n_chunks, ws.info, plan.ranges,
                                            plan.n_ranges, plan.idx, plan.n_idx, plan.idx_stride);
     LC_CUDA_CHECK_LAUNCH();
@@ -1931,8 +1969,8 @@ status loki_select_gpu(const decode_select_args & a, const loki_store_gpu & st, 
     loki_query_kernel<<<dim3(unsigned(a.n_head_kv), unsigned(a.n_seq)), 256, smem, stream>>>(
         a.q, a.n_head, a.n_head_kv, a.head_dim, st.proj, st.d_pad, ws.qrot);
     LC_CUDA_CHECK_LAUNCH();
-    if (a.group == G && !a.loki_separate && !a.loki_no_pipe && d.n_chunks <= fz_max_pieces) {
-        // per KV head: the whole selection in one persistent launch
+    if (a.group == G && !a.loki_separate && a.loki_pipe && d.n_chunks <= fz_max_pieces) {
+        // per KV head: the whole selection in one persistent launch (measured slower than the path below)
         using pp_fn = void (*)(const float *, int, int, const __half *, int, const int32_t *, int64_t, const int32_t *,
                                sel_cfg, float *, int64_t, uint32_t *, uint32_t *, int, int, int, uint32_t *, uint32_t *,
                                uint64_t *, uint32_t *, int32_t *, uint32_t *, int32_t *, int32_t *, int32_t *,

@@ -39,8 +39,8 @@ struct decode_select_args {
     float           scale         = 0; // exact top-k scores are scale * q . k (as the CPU's)
     bool            loki_separate = false; // Loki: always the separate score, group-key and top-k kernels (for
                                            // measurements; the same selection)
-    bool            loki_no_pipe  = false; // Loki above batch 1: the score + group-key kernel, then the separate
-                                           // top-k kernels, instead of the one-launch pipeline (measurements)
+    bool            loki_pipe     = false; // Loki above batch 1: the whole selection in one persistent launch
+                                           // (measured slower than the default; for measurements)
 };
 
 // Scratch of the selectors, grown on demand (device allocations; synchronous when they grow).
