@@ -740,8 +740,15 @@ status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_h
         if (hs.pattern == head_spec_dev::BLOCK) kb_max = std::max<int64_t>(kb_max, std::max(1, hs.a));
     }
     kb_max                = std::min(kb_max, n_kb);
-    // Block-sparse scores of one query block in shared memory up to ws.block_smem_max, else in global scratch.
-    const size_t smem = size_t(n_kb) * sizeof(float) <= ws.block_smem_max ? size_t(n_kb) * sizeof(float) : 0;
+    // Block-sparse scores of one query block in shared memory up to ws.block_smem_max, and within the 48 KiB a
+    // launch may use without opting in (the kernel's static shared memory included), else in global scratch.
+    static const size_t block_static_smem = [] {
+        cudaFuncAttributes fa{};
+        LC_CUDA_CHECK(cudaFuncGetAttributes(&fa, block_select_kernel));
+        return fa.sharedSizeBytes;
+    }();
+    const size_t smem_cap = std::min(ws.block_smem_max, 48 * 1024 - std::min<size_t>(48 * 1024, block_static_smem));
+    const size_t smem     = size_t(n_kb) * sizeof(float) <= smem_cap ? size_t(n_kb) * sizeof(float) : 0;
     head_spec_dev * spec  = grow(ws.spec, ws.cap[9], size_t(n_head));
     // Through pinned memory, so the copy does not wait for the stream; build_plan's synchronization below completes
     // it before a later call can overwrite the staging buffer.

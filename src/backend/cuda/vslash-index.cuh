@@ -40,10 +40,11 @@ struct vslash_workspace {
     int32_t *       blocks   = nullptr; // [n_head * n_qb][k_b max] selected key blocks, ascending
     int32_t *       n_blocks  = nullptr; // [n_head * n_qb]
     head_spec_dev * spec_host = nullptr; // pinned staging of spec
-    float *         scores    = nullptr; // block-sparse scores [n_head * n_qb][n_kb] past block_smem_max
+    float *         scores    = nullptr; // block-sparse scores [n_head * n_qb][n_kb] beyond shared memory
     size_t          cap[15]   = {};
-    // A query block's block-sparse scores stay in shared memory up to this many bytes (48 KiB: 786k keys), else
-    // they go through global scratch (the kernel is the same otherwise; tests set 0 to run that path).
+    // A query block's block-sparse scores stay in shared memory up to this many bytes (and what a launch may use
+    // without opting in: about 43 KiB, 700k keys), else they go through global scratch (the kernel is the same
+    // otherwise; tests set 0 to run that path).
     size_t block_smem_max = 48 * 1024;
     vslash_workspace()       = default;
     vslash_workspace(const vslash_workspace &) = delete;
