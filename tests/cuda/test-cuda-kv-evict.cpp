@@ -23,51 +23,12 @@
 #include "kv/kv-cache.h"
 #include "kv/kv-policy.h"
 #include "kv/merge-sim.h"
+#include "cuda/cuda-test-util.h"
 
 namespace {
 
 using namespace lc;
-
-#define CK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
-bool gpu_present() {
-    int n = 0;
-    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-thread_pool & pool() {
-    static thread_pool p(int(std::max(1u, std::thread::hardware_concurrency())));
-    return p;
-}
-
-// bf16 values of N(0, sigma) that fp16 holds exactly too (no fp16 subnormals).
-std::vector<bf16_t> random_bf16(size_t n, std::mt19937 & rng, float sigma = 1.f) {
-    std::normal_distribution<float> dist(0.f, sigma);
-    std::vector<bf16_t>             v(n);
-    for (auto & x : v) {
-        float f = dist(rng);
-        if (std::fabs(f) < 1.0f / 16384) f = 0.f;
-        x = fp32_to_bf16(f);
-    }
-    return v;
-}
-
-template <typename T> struct dev_buf {
-    T *    p = nullptr;
-    size_t n = 0;
-    explicit dev_buf(size_t n_) : n(n_) {
-        EXPECT_EQ(cudaMalloc(reinterpret_cast<void **>(&p), std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
-    }
-    dev_buf(const std::vector<T> & h) : dev_buf(h.size()) {
-        EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-    }
-    ~dev_buf() { cudaFree(p); }
-    std::vector<T> get() const {
-        std::vector<T> h(n);
-        EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-        return h;
-    }
-};
+using namespace lc::cuda_test;
 
 // A paged pool (shuffled page table) of random bf16 rows, with the same values in fp16 for the CPU functions.
 struct paged_pool {

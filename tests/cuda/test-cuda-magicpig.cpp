@@ -22,47 +22,12 @@
 #include "core/fp16.h"
 #include "core/thread-pool.h"
 #include "kv/kv-cache.h"
+#include "cuda/cuda-test-util.h"
 
 namespace {
 
 using namespace lc;
-
-bool gpu_present() {
-    int n = 0;
-    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-thread_pool & pool() {
-    static thread_pool p(int(std::max(1u, std::min(16u, std::thread::hardware_concurrency()))));
-    return p;
-}
-
-template <typename T> struct dev_buf {
-    T *    p = nullptr;
-    size_t n = 0;
-    explicit dev_buf(size_t n_) : n(n_) {
-        EXPECT_EQ(cudaMalloc(reinterpret_cast<void **>(&p), std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
-    }
-    explicit dev_buf(const std::vector<T> & h) : dev_buf(h.size()) {
-        EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-    }
-    ~dev_buf() { cudaFree(p); }
-    std::vector<T> get() const {
-        std::vector<T> h(n);
-        EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-        return h;
-    }
-};
-
-double nmse(const std::vector<float> & a, const std::vector<float> & ref) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-        if (!std::isfinite(a[i])) return INFINITY;
-        num += (double(a[i]) - ref[i]) * (double(a[i]) - ref[i]);
-        den += double(ref[i]) * ref[i];
-    }
-    return num / std::max(den, 1e-30);
-}
+using namespace lc::cuda_test;
 
 // bf16 value of f that fp16 holds exactly (no fp16 subnormals), so the fp16 CPU cache and the bf16 copies agree.
 bf16_t exact_bf16(float f) {

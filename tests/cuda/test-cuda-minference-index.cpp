@@ -21,15 +21,12 @@
 #include "backend/cuda/vslash-index.cuh"
 #include "core/fp16.h"
 #include "kv/kv-cache.h"
+#include "cuda/cuda-test-util.h"
 
 namespace {
 
 using namespace lc;
-
-bool gpu_present() {
-    int n = 0;
-    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
+using namespace lc::cuda_test;
 
 template <typename T> T * upload(const std::vector<T> & h) {
     T * p = nullptr;
