@@ -5,7 +5,9 @@
 # Each (depth, batch) runs in its own process: in one process, a 128k batch-1 Loki step measured after the 32k
 # batch-16 one ran 2.4x slower (same data; see the results file), so no shape inherits another's allocations.
 # Usage: scripts/cuda-sparse-decode-bench.sh [RESULT_MD]   (default bench/results/cuda-sparse-decode-h100.md; logs
-#        in $OUT or $BUILD/results). BUILD (build-cuda), DEPTHS ("32768 131072"), BATCHES ("1 16"), REPS (30).
+#        in $OUT or $BUILD/results). BUILD (build-cuda), DEPTHS ("32768 131072"), BATCHES ("1 16"), REPS (30),
+#        STEP_TIMEOUT (600 s per process); NCU=1: afterwards, Nsight Compute times of the first 7 kernels of the
+#        Loki step at NCU_DEPTH (131072) x NCU_BATCH (16), caches flushed before each kernel -> $logs/ncu-loki.csv.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD:-build-cuda}
@@ -57,4 +59,22 @@ done
     echo '```'
 } > "$result"
 cat "$result"
+if [ "${NCU:-0}" = 1 ]; then
+    ncu_bin=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    timeout "$t" "$ncu_bin" --clock-control none --cache-control all \
+        -k "regex:loki_query|loki_score_keys|loki_fused|fine_kernel|cand_select|cand_kernel|select_kernel|write_kernel|sparse_decode_split|sparse_decode_merge" \
+        -c 7 --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed --csv \
+        "$bench_bin" --depth "${NCU_DEPTH:-131072}" --batch "${NCU_BATCH:-16}" --reps 1 > "$logs/ncu-loki.csv" 2> "$logs/ncu-loki.err"
+    echo "ncu exit code $?"
+    python3 - "$logs/ncu-loki.csv" << 'PY'
+import csv, sys
+rows, hdr = list(csv.reader(open(sys.argv[1]))), None
+for r in rows:
+    if 'Kernel Name' in r:
+        hdr = r
+    elif hdr and len(r) == len(hdr):
+        d = dict(zip(hdr, r))
+        print(d['ID'], d['Kernel Name'].split('(')[0][-40:], d['Metric Name'], d['Metric Value'])
+PY
+fi
 [ "$test_rc" = 0 ] && [ "$bench_rc" = 0 ]
