@@ -682,7 +682,11 @@ void launch(const attn_sparse_prefill_args & a, cudaStream_t stream) {
 // merge_cap entries; above that the two lists are walked one after the other, unshared). A producer warpgroup
 // (4 warps of 16 rows each) gathers the K/V rows with cp.async into a ring of S stages guarded by mbarriers; the
 // two consumer warpgroups run their steps independently of each other (one may compute S while the other runs
-// its softmax).
+// its softmax). MODE 0 (WGMMA_PAIR_SERIAL): each consumer step runs S, mask and softmax, then P V, in turn;
+// MODE 1 (WGMMA_PAIR): software-pipelined like the dense kernel's consumers: S of step n is issued before P V of
+// step n - 1, and the softmax of step n runs while that P V is on the tensor cores (the producers hand registers
+// to the consumers with setmaxnreg to hold S and P at once); MODE 2: 1 plus the dense kernel's ping-pong (named
+// barriers hand the tensor cores from one warpgroup to the other; LC_SPARSE_PAIR_PINGPONG=1, measured no faster).
 namespace wgp {
 
 using wg::half_bytes;
@@ -906,17 +910,26 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 }
 
 constexpr int info_end = 4; // s_inf flag: no more steps
+// Registers per thread of the pipelined kernel (setmaxnreg): the producers give theirs to the consumers, which hold
+// S of one step and P of the previous one beside O and Q. The kernel starts at 168 a thread (65536 / 384, rounded
+// down to 8) and setmaxnreg.inc draws only on what this CTA's decrease freed: an increase that the pool cannot serve
+// waits forever (64 / 224 hung on the H100).
+constexpr int prod_regs = 56;
+constexpr int cons_regs = 224;
+static_assert(128 * (168 - prod_regs) >= 256 * (cons_regs - 168), "setmaxnreg pool");
 
 // Warps 0-7: two consumer warpgroups (block A, block B); warps 8-11: the producers, each of which walks the
 // pair's steps and gathers 16 of each step's 64 K/V rows with cp.async into the ring, then signals the stage's
 // "full" barrier (per lane one cp.async completion and one arrival after its key/owner stores: 256); consumers
 // signal "empty" (256) when done with a stage.
-template <bool O_F32, int S>
+template <bool O_F32, int S, int MODE>
 __global__ void __launch_bounds__(n_threads, 1)
     kernel(const __nv_bfloat16 * __restrict__ q, prefill_plan_dev plan, const __nv_bfloat16 * __restrict__ k_pool,
            const __nv_bfloat16 * __restrict__ v_pool, const int32_t * __restrict__ pages, int n_head_kv,
            float scale_log2, void * __restrict__ o, float * __restrict__ lse) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr bool PIPE     = MODE >= 1;
+    constexpr bool PINGPONG = MODE == 2;
     constexpr int D = 128;
     using L         = layout<S>;
     extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -984,6 +997,7 @@ __global__ void __launch_bounds__(n_threads, 1)
     __syncthreads(); // Q staged, columns merged, barriers initialised
 
     if (warp >= 8) { // ---- producers
+        if constexpr (PIPE) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(prod_regs));
         pair_iter ld;
         ld.rg   = plan.ranges;
         ld.cols = plan.cols;
@@ -1056,6 +1070,7 @@ __global__ void __launch_bounds__(n_threads, 1)
     }
 
     // ---- consumers
+    if constexpr (PIPE) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(cons_regs));
     const int wgi = warp >> 2; // 0 serves block A, 1 block B
     const int wq  = warp & 3;  // warp within its warpgroup
     const int g   = lane >> 2;
@@ -1074,92 +1089,184 @@ __global__ void __launch_bounds__(n_threads, 1)
     const int64_t row_pos0 = plan.pos0 + q_row0 + wgi * 64 + wq * 16 + g;
     const bool    active   = wgi == 0 || has_b;
 
-    for (int64_t n = 0;; ++n) {
-        const int st = int(n % S);
-        mbar_wait(bar0 + 8 * st, uint32_t((n / S) & 1));
-        const int info = s_inf[st];
-        if (info & info_end) break;
-        if (active) {
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async writes -> tensor core reads
-            const uint32_t s_kb = base + st * 2 * tile_bytes;
-            const uint32_t s_vb = s_kb + tile_bytes;
-            float          sc[32];
-            wg::fence();
+    // S = Q K^T of stage st into sc (issued, committed, not waited for)
+    auto issue_s = [&](float (&sc)[32], int st) {
+        const uint32_t s_kb = base + st * 2 * tile_bytes;
 #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                const uint32_t koff = (kk >> 2) * half_bytes + (kk & 3) * 32; // 16 d within a 128-byte row
-                wg::mma_rs_n64(sc, qf[kk], wg::desc(s_kb + koff, 16, 1024), kk > 0);
+        for (int kk = 0; kk < 8; ++kk) {
+            const uint32_t koff = (kk >> 2) * half_bytes + (kk & 3) * 32; // 16 d within a 128-byte row
+            wg::mma_rs_n64(sc, qf[kk], wg::desc(s_kb + koff, 16, 1024), kk > 0);
+        }
+        wg::commit();
+    };
+    // O += P V of stage st (issued, committed, not waited for)
+    auto issue_pv = [&](const uint32_t (&pf)[4][4], int st) {
+        const uint32_t s_vb = base + st * 2 * tile_bytes + tile_bytes;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wg::mma_rs_n128(acc, pf[kk], wg::desc(s_vb + kk * 2048, half_bytes, 1024));
+        wg::commit();
+    };
+    // Mask (keys outside this block's plan or past the row), new running max, sc -> probabilities in place,
+    // al = rescale factors of O. sc[4 i + {0, 1}]: row g, keys 8 i + 2 t + {0, 1}; sc[4 i + {2, 3}]: row g + 8.
+    auto softmax = [&](float (&sc)[32], int st, int info, float & al0, float & al1) {
+        if (!((info >> wgi) & 1)) {
+            const int32_t * kp_base = s_key + (st * 2 + wgi) * 64;
+#pragma unroll
+            for (int i2 = 0; i2 < 8; ++i2) {
+                const int2    kp = *reinterpret_cast<const int2 *>(kp_base + i2 * 8 + 2 * t);
+                const int64_t k0 = kp.x < 0 ? INT64_MAX : kp.x, k1 = kp.y < 0 ? INT64_MAX : kp.y;
+                if (k0 > row_pos0) sc[4 * i2 + 0] = -INFINITY;
+                if (k1 > row_pos0) sc[4 * i2 + 1] = -INFINITY;
+                if (k0 > row_pos0 + 8) sc[4 * i2 + 2] = -INFINITY;
+                if (k1 > row_pos0 + 8) sc[4 * i2 + 3] = -INFINITY;
             }
-            wg::commit();
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int i2 = 0; i2 < 8; ++i2) {
+            mx0 = fmaxf(mx0, fmaxf(sc[4 * i2 + 0], sc[4 * i2 + 1]));
+            mx1 = fmaxf(mx1, fmaxf(sc[4 * i2 + 2], sc[4 * i2 + 3]));
+        }
+#pragma unroll
+        for (int off = 1; off <= 2; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0   = fmaxf(m0, mx0 * scale_log2);
+        const float mn1   = fmaxf(m1, mx1 * scale_log2);
+        const float base0 = mn0 == -INFINITY ? 0.f : mn0;
+        const float base1 = mn1 == -INFINITY ? 0.f : mn1;
+        al0               = fast_exp2(m0 - base0);
+        al1               = fast_exp2(m1 - base1);
+        m0                = mn0;
+        m1                = mn1;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int i2 = 0; i2 < 8; ++i2) {
+            sc[4 * i2 + 0] = fast_exp2(fmaf(sc[4 * i2 + 0], scale_log2, -base0));
+            sc[4 * i2 + 1] = fast_exp2(fmaf(sc[4 * i2 + 1], scale_log2, -base0));
+            sc[4 * i2 + 2] = fast_exp2(fmaf(sc[4 * i2 + 2], scale_log2, -base1));
+            sc[4 * i2 + 3] = fast_exp2(fmaf(sc[4 * i2 + 3], scale_log2, -base1));
+            s0 += sc[4 * i2 + 0] + sc[4 * i2 + 1];
+            s1 += sc[4 * i2 + 2] + sc[4 * i2 + 3];
+        }
+        l0 = l0 * al0 + s0;
+        l1 = l1 * al1 + s1;
+    };
+    auto rescale = [&](float al0, float al1) {
+        if (__any_sync(0xffffffffu, al0 != 1.f || al1 != 1.f)) { // no row max of the warp moved: skip
+#pragma unroll
+            for (int i2 = 0; i2 < 16; ++i2) {
+                acc[4 * i2 + 0] *= al0;
+                acc[4 * i2 + 1] *= al0;
+                acc[4 * i2 + 2] *= al1;
+                acc[4 * i2 + 3] *= al1;
+            }
+        }
+    };
+    auto pack = [&](const float (&sc)[32], uint32_t (&pf)[4][4]) {
+#pragma unroll
+        for (int i2 = 0; i2 < 8; ++i2) {
+            pf[i2 >> 1][(i2 & 1) * 2 + 0] = pack_bf16x2(sc[4 * i2 + 0], sc[4 * i2 + 1]);
+            pf[i2 >> 1][(i2 & 1) * 2 + 1] = pack_bf16x2(sc[4 * i2 + 2], sc[4 * i2 + 3]);
+        }
+    };
+
+    if (!active) { // the last block of an odd count: release each stage
+        for (int64_t n = 0;; ++n) {
+            const int st = int(n % S);
+            mbar_wait(bar0 + 8 * st, uint32_t((n / S) & 1));
+            if (s_inf[st] & info_end) break;
+            mbar_arrive(bar0 + 8 * (S + st));
+        }
+        return;
+    }
+    if constexpr (!PIPE) { // S, softmax, P V of each step in turn
+        for (int64_t n = 0;; ++n) {
+            const int st = int(n % S);
+            mbar_wait(bar0 + 8 * st, uint32_t((n / S) & 1));
+            const int info = s_inf[st];
+            if (info & info_end) break;
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // cp.async writes -> tensor core reads
+            float sc[32];
+            wg::fence();
+            issue_s(sc, st);
             wg::wait0();
             wg::fence_regs(sc);
-            // sc[4 i + {0, 1}]: row g, keys 8 i + 2 t + {0, 1}; sc[4 i + {2, 3}]: row g + 8
-            if (!((info >> wgi) & 1)) {
-                const int32_t * kp_base = s_key + (st * 2 + wgi) * 64;
-#pragma unroll
-                for (int i2 = 0; i2 < 8; ++i2) {
-                    const int2    kp = *reinterpret_cast<const int2 *>(kp_base + i2 * 8 + 2 * t);
-                    const int64_t k0 = kp.x < 0 ? INT64_MAX : kp.x, k1 = kp.y < 0 ? INT64_MAX : kp.y;
-                    if (k0 > row_pos0) sc[4 * i2 + 0] = -INFINITY;
-                    if (k1 > row_pos0) sc[4 * i2 + 1] = -INFINITY;
-                    if (k0 > row_pos0 + 8) sc[4 * i2 + 2] = -INFINITY;
-                    if (k1 > row_pos0 + 8) sc[4 * i2 + 3] = -INFINITY;
-                }
-            }
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-            for (int i2 = 0; i2 < 8; ++i2) {
-                mx0 = fmaxf(mx0, fmaxf(sc[4 * i2 + 0], sc[4 * i2 + 1]));
-                mx1 = fmaxf(mx1, fmaxf(sc[4 * i2 + 2], sc[4 * i2 + 3]));
-            }
-#pragma unroll
-            for (int off = 1; off <= 2; off <<= 1) {
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-            }
-            const float mn0   = fmaxf(m0, mx0 * scale_log2);
-            const float mn1   = fmaxf(m1, mx1 * scale_log2);
-            const float base0 = mn0 == -INFINITY ? 0.f : mn0;
-            const float base1 = mn1 == -INFINITY ? 0.f : mn1;
-            const float al0   = fast_exp2(m0 - base0);
-            const float al1   = fast_exp2(m1 - base1);
-            m0                = mn0;
-            m1                = mn1;
+            float al0, al1;
+            softmax(sc, st, info, al0, al1);
             uint32_t pf[4][4];
-            float    s0 = 0.f, s1 = 0.f;
-#pragma unroll
-            for (int i2 = 0; i2 < 8; ++i2) {
-                const float e0 = fast_exp2(fmaf(sc[4 * i2 + 0], scale_log2, -base0));
-                const float e1 = fast_exp2(fmaf(sc[4 * i2 + 1], scale_log2, -base0));
-                const float e2 = fast_exp2(fmaf(sc[4 * i2 + 2], scale_log2, -base1));
-                const float e3 = fast_exp2(fmaf(sc[4 * i2 + 3], scale_log2, -base1));
-                s0 += e0 + e1;
-                s1 += e2 + e3;
-                pf[i2 >> 1][(i2 & 1) * 2 + 0] = pack_bf16x2(e0, e1);
-                pf[i2 >> 1][(i2 & 1) * 2 + 1] = pack_bf16x2(e2, e3);
-            }
-            l0 = l0 * al0 + s0;
-            l1 = l1 * al1 + s1;
-            if (__any_sync(0xffffffffu, al0 != 1.f || al1 != 1.f)) { // no row max of the warp moved: skip
-#pragma unroll
-                for (int i2 = 0; i2 < 16; ++i2) {
-                    acc[4 * i2 + 0] *= al0;
-                    acc[4 * i2 + 1] *= al0;
-                    acc[4 * i2 + 2] *= al1;
-                    acc[4 * i2 + 3] *= al1;
-                }
-            }
+            pack(sc, pf);
+            rescale(al0, al1);
             wg::fence_regs(acc);
             wg::fence();
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) wg::mma_rs_n128(acc, pf[kk], wg::desc(s_vb + kk * 2048, half_bytes, 1024));
-            wg::commit();
+            issue_pv(pf, st);
             wg::wait0();
             wg::fence_regs(acc);
+            mbar_arrive(bar0 + 8 * (S + st)); // this stage may be refilled
         }
-        mbar_arrive(bar0 + 8 * (S + st)); // this stage may be refilled
+    } else { // S of step n issued before P V of step n - 1; the softmax of n runs while P V n - 1 is in flight
+        // ping-pong (both warpgroups active; they walk the same steps): warpgroup wgi issues its products after
+        // bar.sync on barrier 1 + wgi, then arrives on the other's, so one's softmax overlaps the other's products
+        const bool pp        = PINGPONG && has_b;
+        auto       turn_wait = [&] {
+            if (pp) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + wgi) : "memory");
+        };
+        auto turn_pass = [&] {
+            if (pp) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - wgi) : "memory");
+        };
+        float    sc[32];
+        uint32_t pf[4][4];
+        int      st_prev = 0;
+        if (wgi == 1) turn_pass(); // warpgroup 0 goes first
+        {
+            mbar_wait(bar0, 0);
+            const int info = s_inf[0];
+            if (!(info & info_end)) {
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                turn_wait();
+                wg::fence();
+                issue_s(sc, 0);
+                turn_pass();
+                wg::wait0();
+                wg::fence_regs(sc);
+                float al0, al1;
+                softmax(sc, 0, info, al0, al1); // acc is 0: no rescale
+                pack(sc, pf);
+                for (int64_t n = 1;; ++n) {
+                    const int st = int(n % S);
+                    mbar_wait(bar0 + 8 * st, uint32_t((n / S) & 1));
+                    const int info_n = s_inf[st];
+                    if (info_n & info_end) break;
+                    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                    wg::fence_regs(acc);
+                    turn_wait();
+                    wg::fence();
+                    issue_s(sc, st);       // S of this step ...
+                    issue_pv(pf, st_prev); // ... then O takes the previous step's P
+                    turn_pass();
+                    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+                    wg::fence_regs(sc);
+                    softmax(sc, st, info_n, al0, al1);
+                    wg::wait0();
+                    wg::fence_regs(acc);
+                    mbar_arrive(bar0 + 8 * (S + st_prev)); // the previous stage may be refilled
+                    rescale(al0, al1);
+                    pack(sc, pf);
+                    st_prev = st;
+                }
+                wg::fence_regs(acc);
+                turn_wait();
+                wg::fence();
+                issue_pv(pf, st_prev);
+                turn_pass();
+                wg::wait0();
+                wg::fence_regs(acc);
+                mbar_arrive(bar0 + 8 * (S + st_prev));
+            }
+        }
+        if (wgi == 0) turn_wait(); // takes warpgroup 1's last hand-over, so both barriers end balanced
     }
-    if (!active) return;
 
 #pragma unroll
     for (int off = 1; off <= 2; off <<= 1) {
@@ -1201,9 +1308,9 @@ __global__ void __launch_bounds__(n_threads, 1)
 #endif
 }
 
-template <int S> void launch_s(const attn_sparse_prefill_args & a, cudaStream_t stream) {
+template <int S, int MODE> void launch_s(const attn_sparse_prefill_args & a, cudaStream_t stream) {
     const float   scale_log2 = a.scale * 1.4426950408889634f;
-    auto          kern       = a.o_f32 ? kernel<true, S> : kernel<false, S>;
+    auto          kern       = a.o_f32 ? kernel<true, S, MODE> : kernel<false, S, MODE>;
     constexpr int smem       = layout<S>::bytes;
     LC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const int64_t n_pair = (a.plan.n_qblk() + 1) / 2;
@@ -1213,20 +1320,35 @@ template <int S> void launch_s(const attn_sparse_prefill_args & a, cudaStream_t 
     LC_CUDA_CHECK_LAUNCH();
 }
 
-// Stages of the K/V ring: 4 (LC_SPARSE_PAIR_STAGES=3..5 overrides, for measurements).
-void launch(const attn_sparse_prefill_args & a, cudaStream_t stream) {
+// Stages of the K/V ring: 4 (LC_SPARSE_PAIR_STAGES=3..5 overrides, for measurements). pipe: the consumer loop
+// with S of step n issued before P V of step n - 1 (else each step's S, softmax and P V in turn);
+// LC_SPARSE_PAIR_PINGPONG=0/1 turns the hand-over of the tensor cores between the two warpgroups off/on.
+template <int MODE> void launch_p(const attn_sparse_prefill_args & a, cudaStream_t stream, int stages) {
+    if (stages == 3)
+        launch_s<3, MODE>(a, stream);
+    else if (stages == 5)
+        launch_s<5, MODE>(a, stream);
+    else
+        launch_s<4, MODE>(a, stream);
+}
+void launch(const attn_sparse_prefill_args & a, cudaStream_t stream, bool pipe) {
     static int stages = 0;
     if (stages == 0) {
         const char * e = std::getenv("LC_SPARSE_PAIR_STAGES");
         stages         = e != nullptr ? std::atoi(e) : 4;
         if (stages < 3 || stages > 5) stages = 4;
     }
-    if (stages == 3)
-        launch_s<3>(a, stream);
-    else if (stages == 5)
-        launch_s<5>(a, stream);
+    static int pingpong = -1;
+    if (pingpong < 0) {
+        const char * e = std::getenv("LC_SPARSE_PAIR_PINGPONG");
+        pingpong       = e != nullptr ? (std::atoi(e) != 0 ? 1 : 0) : 0;
+    }
+    if (!pipe)
+        launch_p<0>(a, stream, stages);
+    else if (pingpong == 0)
+        launch_p<1>(a, stream, stages);
     else
-        launch_s<4>(a, stream);
+        launch_p<2>(a, stream, stages);
 }
 
 } // namespace wgp
@@ -1277,7 +1399,9 @@ status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stre
                      (long long)a.kv.n_kv, (long long)a.plan.pos0, (long long)a.plan.n_q);
     if (a.plan.n_q == 0) return status::ok();
     bool use_wgmma = D == 128 && a.kernel != attn_sparse_prefill_kernel::MMA_SYNC;
-    bool use_pair  = a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR || a.kernel == attn_sparse_prefill_kernel::AUTO;
+    bool use_pair  = a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR ||
+                    a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL ||
+                    a.kernel == attn_sparse_prefill_kernel::AUTO;
     if (use_wgmma && a.kernel == attn_sparse_prefill_kernel::AUTO) {
         static int cc_major = -1; // compute capability of the current device, read once
         if (cc_major < 0) {
@@ -1287,11 +1411,12 @@ status attn_sparse_prefill(const attn_sparse_prefill_args & a, cudaStream_t stre
         }
         use_wgmma = cc_major == 9;
     }
-    if ((a.kernel == attn_sparse_prefill_kernel::WGMMA || a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR) &&
+    if ((a.kernel == attn_sparse_prefill_kernel::WGMMA || a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR ||
+         a.kernel == attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL) &&
         D != 128)
         return error(status_code::UNSUPPORTED, "cuda attn_sparse_prefill: the wgmma kernels need head_dim 128");
     if (use_wgmma && use_pair) {
-        wgp::launch(a, stream);
+        wgp::launch(a, stream, a.kernel != attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL);
     } else if (use_wgmma) {
         wg::launch(a, stream);
     } else if (D == 64) {

@@ -61,7 +61,9 @@ enum class attn_sparse_prefill_kernel {
     MMA_SYNC,   // 4 warps, 64 query rows, mma.sync m16n8k16, cp.async double buffer
     WGMMA,      // Hopper (sm_90a, head_dim 128): one warpgroup, S as wgmma m64n64k16, P V as m64n128k16
     WGMMA_PAIR, // Hopper: two warpgroups serve two adjacent 64-query blocks, each K/V window of the union of the
-                // two blocks' keys gathered once; each warpgroup masks the keys its block's plan does not hold
+                // two blocks' keys gathered once; each warpgroup masks the keys its block's plan does not hold;
+                // software-pipelined consumers (S of a step issued before P V of the previous one)
+    WGMMA_PAIR_SERIAL, // WGMMA_PAIR with each step's S, softmax and P V in turn (the first version, for comparison)
 };
 struct attn_sparse_prefill_args {
     const bf16_t *   q = nullptr;
