@@ -187,12 +187,16 @@ TEST(CudaSparsePrefill, FullPlanEqualsDense) {
             std::printf("  full plan, wgmma sparse kernel vs dense mma_sync: nmse %.2e, max|dlse| %.2e\n", ew, dl);
             EXPECT_LT(ew, 1e-8);
             EXPECT_LT(dl, 1e-4);
-            std::vector<float> op, lsep;
-            run_sparse(L, d, pb.view, op, lsep, cuda::attn_sparse_prefill_kernel::WGMMA_PAIR);
-            const double ep = nmse(op, od), dp = max_dlse(lsep, lsed);
-            std::printf("  full plan, paired wgmma kernel vs dense mma_sync: nmse %.2e, max|dlse| %.2e\n", ep, dp);
-            EXPECT_LT(ep, 1e-8);
-            EXPECT_LT(dp, 1e-4);
+            for (const auto kp : {cuda::attn_sparse_prefill_kernel::WGMMA_PAIR,
+                                  cuda::attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL}) {
+                std::vector<float> op, lsep;
+                run_sparse(L, d, pb.view, op, lsep, kp);
+                const double ep = nmse(op, od), dp = max_dlse(lsep, lsed);
+                std::printf("  full plan, paired wgmma kernel (%s) vs dense mma_sync: nmse %.2e, max|dlse| %.2e\n",
+                            kp == cuda::attn_sparse_prefill_kernel::WGMMA_PAIR ? "pipelined" : "serial", ep, dp);
+                EXPECT_LT(ep, 1e-8);
+                EXPECT_LT(dp, 1e-4);
+            }
         }
     }
 }
@@ -237,14 +241,18 @@ TEST(CudaSparsePrefill, VslashPlanMatchesCpuKernel) {
                             ew, dw, nmse(ow, o));
                 EXPECT_LT(ew, 5e-5);
                 EXPECT_LT(dw, 2e-3);
-                std::vector<float> op, lsep;
-                run_sparse(L, d, pb.view, op, lsep, cuda::attn_sparse_prefill_kernel::WGMMA_PAIR);
-                const double ep = nmse(op, o_ref), dp = max_dlse(lsep, lse_ref);
-                std::printf("  paired wgmma kernel vs CPU sparse kernel: nmse %.2e, max|dlse| %.2e; vs mma.sync nmse "
-                            "%.2e\n",
-                            ep, dp, nmse(op, o));
-                EXPECT_LT(ep, 5e-5);
-                EXPECT_LT(dp, 2e-3);
+                for (const auto kp : {cuda::attn_sparse_prefill_kernel::WGMMA_PAIR,
+                                      cuda::attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL}) {
+                    std::vector<float> op, lsep;
+                    run_sparse(L, d, pb.view, op, lsep, kp);
+                    const double ep = nmse(op, o_ref), dp = max_dlse(lsep, lse_ref);
+                    std::printf("  paired wgmma kernel (%s) vs CPU sparse kernel: nmse %.2e, max|dlse| %.2e; vs "
+                                "mma.sync nmse %.2e\n",
+                                kp == cuda::attn_sparse_prefill_kernel::WGMMA_PAIR ? "pipelined" : "serial", ep, dp,
+                                nmse(op, o));
+                    EXPECT_LT(ep, 5e-5);
+                    EXPECT_LT(dp, 2e-3);
+                }
             }
         }
     }
@@ -338,9 +346,10 @@ TEST(CudaSparsePrefill, PairedKernelOnRandomPlans) {
         attn_sparse_prefill(plan, L.qf.data(), L.view(), L.scale(), o_ref.data(), lse_ref.data(), pool());
         cuda::prefill_plan_buf pb;
         cuda::prefill_plan_upload(plan, pb);
-        std::vector<float> om, lsem, op, lsep;
+        std::vector<float> om, lsem, op, lsep, os, lses;
         run_sparse(L, d, pb.view, om, lsem, cuda::attn_sparse_prefill_kernel::MMA_SYNC);
         run_sparse(L, d, pb.view, op, lsep, cuda::attn_sparse_prefill_kernel::WGMMA_PAIR);
+        run_sparse(L, d, pb.view, os, lses, cuda::attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL);
         const prefill_plan_pairs pc            = prefill_plan_count(plan);
         int64_t                  max_pair_cols = 0; // columns of a pair of blocks (4096 at most merge)
         for (const prefill_head_plan & hp : plan.heads)
@@ -356,15 +365,22 @@ TEST(CudaSparsePrefill, PairedKernelOnRandomPlans) {
                     (long long)L.n_q, (long long)L.pos0, L.n_head, L.n_head_kv, (long long)cf.n_cols_max,
                     100.0 * pc.computed / pc.causal, plan.heads[0].cols.size(), (long long)max_pair_cols, ep, dp, em,
                     dm, nmse(op, om));
+        const double es = nmse(os, o_ref), ds = max_dlse(lses, lse_ref);
+        std::printf("  serial paired vs CPU nmse %.2e max|dlse| %.2e; pipelined vs serial: %s\n", es, ds,
+                    std::memcmp(op.data(), os.data(), op.size() * 4) == 0 ? "bitwise equal" : "different");
         EXPECT_LT(ep, 5e-5);
         EXPECT_LT(dp, 2e-3);
+        EXPECT_LT(es, 5e-5);
+        EXPECT_LT(ds, 2e-3);
         EXPECT_LT(em, 5e-5);
         if (cf.past_merge) EXPECT_GT(max_pair_cols, 4096);
         // rows that see no key: o = 0 and lse = -inf in every kernel
         for (size_t i = 0; i < lse_ref.size(); ++i)
             if (std::isinf(lse_ref[i])) {
                 EXPECT_EQ(lsep[i], lse_ref[i]) << "row/head " << i;
+                EXPECT_EQ(lses[i], lse_ref[i]) << "row/head " << i;
                 for (int x = 0; x < L.D; ++x) EXPECT_EQ(op[i * size_t(L.D) + size_t(x)], 0.f);
+                for (int x = 0; x < L.D; ++x) EXPECT_EQ(os[i * size_t(L.D) + size_t(x)], 0.f);
             }
     }
 }
@@ -390,6 +406,8 @@ TEST(CudaSparsePrefill, HeadDim64FallsBack) {
     a.scale  = L.scale();
     a.o      = nullptr;
     a.kernel = cuda::attn_sparse_prefill_kernel::WGMMA_PAIR;
+    EXPECT_FALSE(cuda::attn_sparse_prefill(a, nullptr).is_ok());
+    a.kernel = cuda::attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL;
     EXPECT_FALSE(cuda::attn_sparse_prefill(a, nullptr).is_ok());
     a.kernel = cuda::attn_sparse_prefill_kernel::WGMMA;
     EXPECT_FALSE(cuda::attn_sparse_prefill(a, nullptr).is_ok());
