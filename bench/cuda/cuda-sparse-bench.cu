@@ -168,8 +168,8 @@ int main(int argc, char ** argv) {
     std::printf("| N | structure | estimate ms | select ms | plan ms | index total ms | sparse kernel ms "
                 "| sparse total ms | index share | pairs computed | steps / dense tiles | auto path | auto total ms "
                 "| our dense ms | mma.sync sparse kernel ms | 1-block wgmma sparse kernel ms "
-                "| pair steps / dense tiles |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "| pair steps / dense tiles | serial paired wgmma sparse kernel ms |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int64_t N : ns) {
         const int64_t n_pages = (N + 63) / 64;
         const size_t  kv_el   = size_t(n_pages) * HKV * 64 * D;
@@ -264,7 +264,7 @@ int main(int argc, char ** argv) {
         for (int structure = 0; structure < 2; ++structure) {
             if (structure == 0 && N > scattered_max) continue;
             const char * sname = structure == 0 ? "scattered" : "clustered";
-            std::vector<float> t_est, t_sel, t_plan, t_steps, t_kern, t_sync, t_one;
+            std::vector<float> t_est, t_sel, t_plan, t_steps, t_kern, t_sync, t_one, t_ser;
             cuda::prefill_plan_steps steps;
             for (int it = 0; it <= iters; ++it) {
                 LC_CUDA_CHECK(cudaEventRecord(e[0]));
@@ -303,6 +303,12 @@ int main(int argc, char ** argv) {
                 LC_CUDA_CHECK(cudaEventRecord(e[1]));
                 LC_CUDA_CHECK(cudaEventSynchronize(e[1]));
                 const float km_one = elapsed(e[0], e[1]);
+                sa.kernel = cuda::attn_sparse_prefill_kernel::WGMMA_PAIR_SERIAL; // paired, consumer steps in turn
+                LC_CUDA_CHECK(cudaEventRecord(e[0]));
+                (void)cuda::attn_sparse_prefill(sa, nullptr);
+                LC_CUDA_CHECK(cudaEventRecord(e[1]));
+                LC_CUDA_CHECK(cudaEventSynchronize(e[1]));
+                const float km_ser = elapsed(e[0], e[1]);
                 sa.kernel = cuda::attn_sparse_prefill_kernel::AUTO; // paired wgmma on the H100; its output is dumped
                 LC_CUDA_CHECK(cudaEventRecord(e[0]));
                 (void)cuda::attn_sparse_prefill(sa, nullptr);
@@ -317,10 +323,11 @@ int main(int argc, char ** argv) {
                 t_kern.push_back(km);
                 t_sync.push_back(km_sync);
                 t_one.push_back(km_one);
+                t_ser.push_back(km_ser);
             }
             LC_CUDA_CHECK(cudaDeviceSynchronize());
             const float est = med(t_est), sel = med(t_sel), pl = med(t_plan), stp = med(t_steps), kern = med(t_kern);
-            const float kern_sync = med(t_sync), kern_one = med(t_one);
+            const float kern_sync = med(t_sync), kern_one = med(t_one), kern_ser = med(t_ser);
             const float idx        = est + sel + pl;
             const bool  auto_dense = double(steps.sparse) > double(dense_ratio) * double(steps.dense);
             if (!dump.empty()) { // o holds the sparse kernel's output: sample rows, and the lists it was planned from
@@ -348,10 +355,10 @@ int main(int argc, char ** argv) {
             char dense_s[32] = "-";
             if (dense_ms >= 0) std::snprintf(dense_s, sizeof dense_s, "%.2f", dense_ms);
             std::printf("| %lld | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f%% | %.3f | %s | %.2f "
-                        "| %s | %.2f | %.2f | %.3f |\n",
+                        "| %s | %.2f | %.2f | %.3f | %.2f |\n",
                         (long long)N, sname, est, sel, pl, idx, kern, idx + kern, 100.0 * idx / (idx + kern),
                         100.0 * pairs, sr, auto_dense ? "dense" : "sparse", auto_total, dense_s, kern_sync, kern_one,
-                        psr);
+                        psr, kern_ser);
             std::fflush(stdout);
             if (!dump.empty()) {
                 FILE * f = std::fopen((dump + "/ours.jsonl").c_str(), "a");
@@ -361,9 +368,9 @@ int main(int argc, char ** argv) {
                                  "\"plan_ms\": %.4f, \"steps_ms\": %.4f, \"sparse_kernel_ms\": %.4f, "
                                  "\"pairs\": %.6f, \"steps_ratio\": %.6f, \"auto_dense\": %s, \"auto_total_ms\": %.4f, "
                                  "\"dense_ms\": %.4f, \"mma_sync_kernel_ms\": %.4f, \"wgmma_1block_kernel_ms\": %.4f, "
-                                 "\"pair_steps_ratio\": %.6f, \"v\": %lld, \"s\": %lld, \"iters\": %d}\n",
+                                 "\"pair_steps_ratio\": %.6f, \"pair_serial_kernel_ms\": %.4f, \"v\": %lld, \"s\": %lld, \"iters\": %d}\n",
                                  (long long)N, sname, est, sel, pl, stp, kern, pairs, sr, auto_dense ? "true" : "false",
-                                 auto_total, dense_ms, kern_sync, kern_one, psr, (long long)ve, (long long)se, iters);
+                                 auto_total, dense_ms, kern_sync, kern_one, psr, kern_ser, (long long)ve, (long long)se, iters);
                     std::fclose(f);
                 }
             }
