@@ -5,13 +5,14 @@
 # Then the same perplexities for SmolLM2 at 8k (eval/results/smollm2/), Gemma 3's block-sparse fidelity at 32k and
 # a small 8k needle check of MagicPIG beside top-k on Gemma 3.
 # Usage: scripts/eval-gemma.sh [BUILD_DIR] [OUT_DIR] [GROUP...]; groups: ruler-probe ppl-prefill ppl-decode ruler
-# fidelity-block smollm2-ppl niah-decode smollm2-ruler (default: all, in that order). Result files resume: a rerun
+# fidelity-block smollm2-ppl niah-decode smollm2-ruler niah-32k smollm2-niah ppl-decode-30k (default: all, in that
+# order). Result files resume: a rerun
 # skips the records already there.
 set -euo pipefail
 B=${1:-build}
 OUT=${2:-eval/results/gemma3}
 shift $(($# < 2 ? $# : 2))
-GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler fidelity-block smollm2-ppl niah-decode smollm2-ruler}
+GROUPS_RUN=${*:-ruler-probe ppl-prefill ppl-decode ruler fidelity-block smollm2-ppl niah-decode smollm2-ruler niah-32k smollm2-niah ppl-decode-30k}
 mkdir -p "$OUT"
 L="$B/longctx"
 G=gemma3-270m-q4_k_m
@@ -95,5 +96,33 @@ if want smollm2-ruler; then
     for m in "${PREFILL[@]/%/ --sparse-min-len 1024}" "${DECODE[@]}" "${KV[@]}"; do
         run "$L" eval ruler -m $S -t "$T" --lengths 4096 --samples 1 $m \
             -o "$OUT_S/ruler-smollm2-4k-$(tag "${m#--}").json"
+    done
+fi
+
+# Gemma 3: the numeric needle at 32000 tokens (its trained context), depths 0, 50 and 100%, every method beside
+# dense (the full grid of dense alone: eval/results/niah-gemma3-dense.json). Prefill methods first, then decode
+# methods and KV policies.
+if want niah-32k; then
+    for m in "${PREFILL[@]}" "${DECODE[@]}" "${KV[@]}"; do
+        run "$L" eval niah -m $G -t "$T" --needle numeric --lengths 32000 --depths 0:100:50 $m \
+            -o "$OUT/niah-gemma3-32k-$(tag "${m#--}").json"
+    done
+fi
+
+# SmolLM2: the numeric needle at 8000 tokens, 5 depths, for the prefill patterns the decode and KV groups of
+# scripts/eval-decode.sh and scripts/eval-kv.sh do not cover.
+if want smollm2-niah; then
+    mkdir -p "$OUT_S"
+    for m in "--prefill a-shape" "--prefill vslash" "--prefill block"; do
+        run "$L" eval niah -m $S -t "$T" --needle numeric --lengths 8000 --depths 0:100:25 $m \
+            -o "$OUT_S/niah-smollm2-8k-$(tag "${m#--}").json"
+    done
+fi
+
+# Perplexity C at Gemma 3's full context: 30464 tokens of the KJV prefilled, the next 256 decoded one at a time.
+if want ppl-decode-30k; then
+    for m in "${DECODE[@]}" "${KV[@]}"; do
+        run "$L" eval ppl -m $G -t "$T" --protocol decode --prefix 30464 --n-tokens 30720 --bucket 256 $m \
+            -o "$OUT/ppl-decode-gemma3-30k-$(tag "${m#--}").json"
     done
 fi
