@@ -29,7 +29,10 @@ How the files were made:
 - `eval/results/smollm2/`: the same script (group `smollm2-ppl`): SmolLM2's perplexity at 8192 tokens, one prefill
   pass for the prefill methods, 256 decode steps after 7936 tokens for the decode methods and KV policies; group
   `smollm2-ruler`: the 11 RULER tasks at 4096 tokens for every method.
-  (`gemma3/niah-gemma3-8k-decode_*.json`, group `niah-decode`: Gemma 3's 8k numeric needle at 3 depths;
+  (`gemma3/niah-gemma3-8k-decode_*.json`, group `niah-decode`: Gemma 3's 8k numeric needle at 3 depths; group
+  `niah-32k`: the numeric needle at 32000 tokens, 3 depths, every method; group `smollm2-niah`: SmolLM2's numeric
+  needle at 8000 tokens, 5 depths, for A-shape, VSLASH and block (the decode methods' and KV policies' needle files
+  come from scripts/eval-decode.sh and scripts/eval-kv.sh);
   `gemma3/fidelity-gemma3-4k-decode_magicpig.json`: `longctx eval fidelity -m gemma3-270m-q4_k_m --corpus essays
   --lengths 4096 --decode-tail 64 --decode magicpig`, MagicPIG's per-layer decode recall on Gemma 3.)
 - `eval/results/niah-gemma3-dense.json`: Gemma 3's dense needle grid, 4k-32k (command in docs/models.md).
@@ -74,8 +77,12 @@ Gemma 3 270M (sparse prefill touches only its 3 global layers; density counts th
   A-shape; its plan keeps 75% of the dense attention mass in the global layers). Decoded tails
   (25% keys): top-k 97.7%, Quest 95.3%, Loki 92.2%, MagicPIG 85.2% (1.6% of the keys).
 - Needle: dense finds it in 23 of 24 cells from 4k to 32k (the miss: 32000 tokens, depth 20%); MInference keeps
-  every needle dense finds at 16k and 32k (16-30% density). Of the other methods only MagicPIG and top-k have a
-  (3-cell, 8k) Gemma 3 needle file.
+  every needle dense finds at 16k and 32k (16-30% density). At 32000 tokens, depths 0, 50 and 100%, every method
+  beside dense (`gemma3/niah-gemma3-32k-*.json`, group `niah-32k`; dense finds all three in every file):
+  MInference and VSLASH 3 of 3; A-shape and block 2 of 3 (both lose the mid-context needle: outside the sinks and
+  the local band, or outside the chosen blocks); top-k, Quest and Loki at 25% of the keys 3 of 3; MagicPIG 1 of 3
+  (only depth 100, in the recent window, as at 8k); KV at 20%: StreamingLLM and H2O 1 of 3 (depth 100), D2O 0 of 3
+  (its defaults keep the last global layer whole and leave the other two 1% of their tokens).
 
 SmolLM2-135M (8k):
 - Sparse prefill: MInference (81% density) misses one needle of five that dense finds at 8000 tokens; VSLASH at
@@ -87,7 +94,9 @@ SmolLM2-135M (8k):
   better than Loki. (An earlier fidelity file showed ~43% of the keys and top-k's KL: fed in 512-token calls,
   the prompt kept the tables of its first call and most keys were attended densely; the 39% budgets above were
   set to that share.) On aggregation (cwe/fwe at 4k) it is within 1.3 points of dense, top-k and Quest at 39%
-  lose 2.3 and 5.7.
+  lose 2.3 and 5.7. At MagicPIG's own share, 13% of the keys: top-k finds the 4 of 5 needles dense and MagicPIG
+  find, Quest 1 of 5; on cwe/fwe (dense 14.0 / 53.3) top-k scores 12.0 / 40.0 and Quest 12.0 / 6.7 where
+  MagicPIG scores 18.0 / 46.7: at equal keys sampling beats both on aggregation and Quest on the needle.
 - KV policies at 20%: StreamingLLM is as good as H2O; with its published defaults D2O loses to H2O (decode KL
   0.065 against 0.022). Budgeted as the reference code does (27% of the bytes) D2O matches H2O-at-20%'s top-1
   with a higher KL, and H2O at those bytes does better still (0.011). All three lose 3 of the 4 needles dense
@@ -107,6 +116,39 @@ Qwen2.5-Coder-1.5B (8k, KV policies only; `eval/results/kv/fidelity-qwen2.5-8k-*
   (90.6%), D2O's layer budgets alone 0.043 (91.4%), with merging 0.057, with its whole layers 0.066, D2O's
   published defaults 0.091 (85.4%); given 28% of the bytes as the reference code budgets it, 0.054. As on the
   other two models, D2O's layer budgets match H2O and its merging and whole layers lose.
+
+## Speed on the GPU (NVIDIA H100 80GB HBM3)
+
+The accuracy rows below run on the CPU; the same methods run on the GPU (`--device cuda`, docs/cuda.md), where the
+GPU-vs-CPU distance on SmolLM2 is that of dense (KL ~2-3e-3; block-sparse 0.056, its choice of blocks following
+bf16 rounding). Speed is measured side by side in one device run per table, at Llama-3-8B's attention shapes (32
+query heads, 8 KV heads, head dim 128, bf16); tables and exact commands in `bench/results/`.
+
+| what | measured | target |
+|---|---|---|
+| dense prefill attention, ours against cuDNN (`cuda-attn-h100.md`) | 627-645 TFLOP/s against 580-635 | - |
+| vertical-slash prefill per layer, clustered diagonals, index building included, against cuDNN (`cuda-sparse-prefill-h100.md`) | 1.44x at 32k, 6.2x at 128k, 14.0x at 256k, 29.2x at 512k, 59.3x at 1M | faster from 32k: met |
+| the same against MInference's converter + Triton kernel, same Q/K/V and lists | 1.05-1.20x (kernel against kernel 1.07-1.12x) | 1.5x: not met |
+| scattered diagonals (random Q/K), our path with its dense fallback, against MInference | 1.55-1.93x (0.92-1.13x cuDNN) | 3x: not met |
+| estimation + index building, share of our sparse time | 0.4-8.7% | < 10%: met |
+| Loki decode (d = k = 25%) at 128k against our dense decode (`cuda-sparse-decode-h100.md`) | 1.54x at batch 1, 1.93x at batch 16 (byte-count limit 2.67x) | 2.2x: not met |
+| Quest, exact top-k (25%) at 128k | 1.56x, 0.54x at batch 1; 2.06x, 0.52x at batch 16 | - |
+| MagicPIG hybrid decode (KV in host memory, sampled attention on 16 CPU threads) against GPU-only dense at 128k (`cuda-magicpig-h100.md`) | 0.09x (16.0 against 178.5 t/s); this host's 41 GB/s for random rows caps it near 0.23x | 2x: not met |
+| H2O/D2O column sums on wgmma, against the dense prefill (`cuda-d2o-h100.md`) | 0.72-0.84x of its time | small: not met |
+
+Whole synthetic Llama-3-8B (random weights, speed only), TTFT with each prefill pattern in every head at its
+default budgets (`cuda-model-prefill-h100.md`; 512k and 1M by the layer-major pass, one KV pool for all layers):
+
+| prompt | dense | A-shape | block-sparse | vertical-slash (random weights) |
+|--:|--:|--:|--:|--:|
+| 32k | 1.33 s | 1.07 s (1.24x) | 1.32 s (1.01x) | 1.47 s (0.91x) |
+| 128k | 10.91 s | 4.35 s (2.51x) | 6.14 s (1.78x) | 12.25 s (0.89x) |
+| 256k | 36.78 s | 8.82 s (4.17x) | 13.40 s (2.75x) | 37.39 s (0.98x) |
+| 512k | 132.8 s | 17.7 s (7.5x) | 30.2 s (4.4x) | - |
+| 1M | - | 35.5 s | 74.0 s | - |
+
+Random weights give vertical-slash no structure to find (its plans cover most keys and fall back to dense); A-shape
+and block-sparse cost the same on any weights.
 
 HEAD
 "$B/longctx" eval report eval/results/*.json eval/results/minference/*.json eval/results/decode/*.json \
