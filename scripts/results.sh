@@ -87,6 +87,8 @@ Gemma 3 270M (sparse prefill touches only its 3 global layers; density counts th
 SmolLM2-135M (8k):
 - Sparse prefill: MInference (81% density) misses one needle of five that dense finds at 8000 tokens; VSLASH at
   5% (14-16%) keeps the needle at 2-4k but costs 12-16 points of top-1 and 0.71 PPL at 2k and 9 RULER points at 2k.
+  At 8000 tokens, 5 depths (`smollm2/niah-smollm2-8k-prefill_*.json`; dense finds 4): VSLASH 1x (99% density) 4,
+  A-shape (77%) 3 (loses depth 25), block (96%) 3 (loses depth 75).
 - Sparse decode at a quarter of the keys (decode KL against dense; the noise floor, every key through the sparse
   kernel, is 0.003): top-k 0.006, Quest 0.0065, Loki (d = D/4) 0.036; top-k and Quest at 25% each miss one 8k
   needle dense finds (3/5 against 4/5), at 39% they match dense. MagicPIG attends 12.7% of the keys at decode KL
