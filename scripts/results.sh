@@ -24,7 +24,8 @@ How the files were made:
 - `eval/results/minference/`: the commands in `bench/results/minference-accuracy-cpu.md` (sparse prefill).
 - `eval/results/gemma3/`: `bash scripts/eval-gemma.sh build` (Gemma 3, every method against dense: RULER at 8k,
   one sample per task; perplexity of the KJV by one 32k prefill pass for the prefill methods and by 256 decode
-  steps after a 16128-token prefix for the decode methods and KV policies; block prefill's 32k fidelity).
+  steps after a 16128-token prefix for the decode methods and KV policies, and after 30464 for group
+  `ppl-decode-30k`; block prefill's 32k fidelity).
   Methods at their defaults: prefill budget 1x, decode 25% of the keys (4 sinks, 64 recent), KV 20%.
 - `eval/results/smollm2/`: the same script (group `smollm2-ppl`): SmolLM2's perplexity at 8192 tokens, one prefill
   pass for the prefill methods, 256 decode steps after 7936 tokens for the decode methods and KV policies; group
@@ -54,7 +55,8 @@ Gemma 3 270M (sparse prefill touches only its 3 global layers; density counts th
   block (97%) 57.2, VSLASH (99.8%: at 8k the documented budgets keep nearly everything) 65.6. A-shape and
   MInference both lose cwe (60 -> 0).
 - Decode at 25% of the keys (16k prefix, 256 decoded tokens; dense PPL 9.41): top-k 9.42, Loki 9.54, Quest 9.59,
-  MagicPIG 10.65. On RULER at 8k top-k, Quest and Loki are level with dense (66.9, 75.3, 71.1 against 65.6:
+  MagicPIG 10.65. After a 30464-token prefix (group `ppl-decode-30k`; dense 10.71): top-k 10.75, Loki 10.78,
+  Quest 10.80, MagicPIG 13.30 (the same order, MagicPIG's loss doubling). On RULER at 8k top-k, Quest and Loki are level with dense (66.9, 75.3, 71.1 against 65.6:
   within one answer); MagicPIG scores 0 on all 6 tasks: from its first decode step it loses the needle digits
   dense copies (on SmolLM2 it matched dense on the 8k needle). The 8k numeric needle confirms it: MagicPIG 1 of 3
   depths (only depth 100, in the recent window), top-k 3 of 3, dense 3 of 3. The model defeats the method, not the
@@ -71,7 +73,9 @@ Gemma 3 270M (sparse prefill touches only its 3 global layers; density counts th
 - KV policies at 20% of the cache (16k prefix): PPL StreamingLLM 9.92, H2O 10.01, D2O (defaults: layers 0, 1 and
   the last kept whole, merging) 11.27; on RULER at 8k they lose to dense outright (16.7, 33.3 and 0 against
   65.6): a needle outside the kept tokens is gone. D2O with its defaults loses to both baselines on Gemma 3 (the
-  whole last global layer leaves the other two ~1%; see the fidelity rows, whole=none fixes most of it).
+  whole last global layer leaves the other two ~1%; see the fidelity rows, whole=none fixes most of it). After a
+  30464-token prefix (dense 10.71): StreamingLLM 10.85, H2O 11.56, D2O 14.63: at 32k H2O's accumulated scores
+  lose to plain sinks + recent.
 - Fidelity at 32k (KJV, chunks of 512): top-1 agreement VSLASH 96.6% (67% density), A-shape 93.3% (24%),
   MInference 91.5% (16%) / 93.6% at 2x (30%), block 88.5% (36%, KL 0.074: the worst, at more pairs than
   A-shape; its plan keeps 75% of the dense attention mass in the global layers). Decoded tails
