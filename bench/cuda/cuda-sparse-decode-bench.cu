@@ -22,38 +22,14 @@
 #include "backend/cuda/decode-select.cuh"
 #include "core/fp16.h"
 
+#include "bench-util.cuh"
+
 namespace {
 
 using namespace lc;
+using namespace lc::cuda_bench;
 
 constexpr int H = 32, HKV = 8, D = 128, G = H / HKV, QP = 16;
-
-// Uniform in [-a, a) from a hash of the index.
-__global__ void fill_random(__nv_bfloat16 * p, size_t n, uint32_t seed, float a) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-        uint32_t x = uint32_t(i) * 0x9E3779B1u ^ uint32_t(i >> 32) * 0x85EBCA77u ^ seed * 0xC2B2AE3Du;
-        x ^= x >> 16;
-        x *= 0x7FEB352Du;
-        x ^= x >> 15;
-        x *= 0x846CA68Bu;
-        x ^= x >> 16;
-        p[i] = __float2bfloat16_rn((float(x >> 8) * (1.0f / 16777216.0f) * 2.f - 1.f) * a);
-    }
-}
-
-void fill(void * p, size_t n, uint32_t seed, float a) {
-    fill_random<<<1024, 256>>>(static_cast<__nv_bfloat16 *>(p), n, seed, a);
-    LC_CUDA_CHECK_LAUNCH();
-}
-
-std::vector<int64_t> parse_list(const char * s) {
-    std::vector<int64_t> v;
-    for (const char * p = s; *p;) {
-        v.push_back(std::strtoll(p, const_cast<char **>(&p), 10));
-        if (*p == ',') ++p;
-    }
-    return v;
-}
 
 void *       g_flush       = nullptr;
 const size_t g_flush_bytes = size_t(256) << 20;
