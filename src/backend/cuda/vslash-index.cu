@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
@@ -636,47 +637,6 @@ status check_shape(const char * what, int64_t n_q, int64_t pos0, int n_head, con
     return status::ok();
 }
 
-// The sparse kernel over plan, or the dense kernel for the whole layer when the plan's steps exceed dense_ratio
-// times the dense kernel's tiles (index: builds plan; not called when dense_ratio <= 0).
-template <typename IndexFn>
-status attention_with_fallback(const vslash_attention_args & a, IndexFn index, prefill_plan_buf & plan,
-                               cudaStream_t stream, vslash_attention_info * info) {
-    vslash_attention_info in;
-    bool                  dense = a.dense_ratio <= 0.f;
-    if (!dense) {
-        const status st = index();
-        if (!st.is_ok()) return st;
-        if (a.dense_ratio < 1.f) {
-            in.steps = prefill_plan_steps_gpu(plan, stream);
-            dense    = double(in.steps.sparse) > double(a.dense_ratio) * double(in.steps.dense);
-        }
-    }
-    in.dense = dense;
-    if (info != nullptr) *info = in;
-    if (dense) {
-        attn_prefill_args d;
-        d.q      = a.q;
-        d.n_q    = a.n_q;
-        d.pos0   = a.pos0;
-        d.n_head = a.n_head;
-        d.kv     = a.kv;
-        d.scale  = a.scale;
-        d.o      = a.o;
-        d.o_f32  = a.o_f32;
-        d.lse    = a.lse;
-        return attn_prefill(d, attn_prefill_kernel::AUTO, stream);
-    }
-    attn_sparse_prefill_args sp;
-    sp.q     = a.q;
-    sp.plan  = plan.view;
-    sp.kv    = a.kv;
-    sp.scale = a.scale;
-    sp.o     = a.o;
-    sp.o_f32 = a.o_f32;
-    sp.lse   = a.lse;
-    return attn_sparse_prefill(sp, stream);
-}
-
 } // namespace
 
 void vslash_plan_gpu(const int32_t * cols, int64_t v_eff, const int32_t * offsets, int64_t s_eff, int64_t n_q,
@@ -689,21 +649,6 @@ void vslash_plan_gpu(const int32_t * cols, int64_t v_eff, const int32_t * offset
     build_plan(in, n_q, pos0, n_head, ws, plan, stream);
 }
 
-status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
-                        float scale, int64_t v, int64_t s, vslash_workspace & ws, prefill_plan_buf & plan,
-                        cudaStream_t stream) {
-    const int64_t N  = pos0 + n_q;
-    const int64_t ve = vslash_v_eff(v, N), se = vslash_s_eff(s, N);
-    float *       vt = grow(ws.vertical, ws.cap[5], size_t(n_head) * N);
-    float *       sl = grow(ws.slash, ws.cap[6], size_t(n_head) * N);
-    int32_t *     cl = grow(ws.cols, ws.cap[7], size_t(n_head) * ve);
-    int32_t *     of = grow(ws.offsets, ws.cap[8], size_t(n_head) * se);
-    const status  st = vslash_estimate_gpu(q, n_q, pos0, n_head, kv, scale, vt, sl, ws, stream);
-    if (!st.is_ok()) return st;
-    vslash_select_gpu(vt, sl, N, n_head, ve, se, cl, of, stream);
-    vslash_plan_gpu(cl, ve, of, se, n_q, pos0, n_head, ws, plan, stream);
-    return status::ok();
-}
 
 head_spec_dev head_spec_effective(int32_t pattern, int64_t a, int64_t b, int64_t n_keys) {
     head_spec_dev h;
@@ -715,6 +660,23 @@ head_spec_dev head_spec_effective(int32_t pattern, int64_t a, int64_t b, int64_t
     h.a = int32_t(std::clamp<int64_t>(a, 0, INT32_MAX));
     h.b = int32_t(std::clamp<int64_t>(b, 0, INT32_MAX));
     return h;
+}
+
+namespace {
+
+// Every head vertical-slash with v columns and s diagonals, effective for n_keys keys.
+std::vector<head_spec_dev> uniform_vslash(int n_head, int64_t v, int64_t s, int64_t n_keys) {
+    return std::vector<head_spec_dev>(size_t(std::max(n_head, 0)),
+                                      head_spec_effective(head_spec_dev::VSLASH, v, s, n_keys));
+}
+
+} // namespace
+
+status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
+                        float scale, int64_t v, int64_t s, vslash_workspace & ws, prefill_plan_buf & plan,
+                        cudaStream_t stream) {
+    const std::vector<head_spec_dev> heads = uniform_vslash(n_head, v, s, pos0 + n_q);
+    return minference_index_gpu(q, n_q, pos0, n_head, kv, scale, heads.data(), ws, plan, stream);
 }
 
 status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
@@ -800,17 +762,45 @@ status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_h
 
 status minference_attention_gpu(const vslash_attention_args & a, const head_spec_dev * heads, vslash_workspace & ws,
                                 prefill_plan_buf & plan, cudaStream_t stream, vslash_attention_info * info) {
-    return attention_with_fallback(
-        a,
-        [&] { return minference_index_gpu(a.q, a.n_q, a.pos0, a.n_head, a.kv, a.scale, heads, ws, plan, stream); },
-        plan, stream, info);
+    vslash_attention_info in;
+    bool                  dense = a.dense_ratio <= 0.f;
+    if (!dense) {
+        LC_RETURN_IF_ERROR(minference_index_gpu(a.q, a.n_q, a.pos0, a.n_head, a.kv, a.scale, heads, ws, plan, stream));
+        if (a.dense_ratio < 1.f) {
+            in.steps = prefill_plan_steps_gpu(plan, stream);
+            dense    = double(in.steps.sparse) > double(a.dense_ratio) * double(in.steps.dense);
+        }
+    }
+    in.dense = dense;
+    if (info != nullptr) *info = in;
+    if (dense) {
+        attn_prefill_args d;
+        d.q      = a.q;
+        d.n_q    = a.n_q;
+        d.pos0   = a.pos0;
+        d.n_head = a.n_head;
+        d.kv     = a.kv;
+        d.scale  = a.scale;
+        d.o      = a.o;
+        d.o_f32  = a.o_f32;
+        d.lse    = a.lse;
+        return attn_prefill(d, attn_prefill_kernel::AUTO, stream);
+    }
+    attn_sparse_prefill_args sp;
+    sp.q     = a.q;
+    sp.plan  = plan.view;
+    sp.kv    = a.kv;
+    sp.scale = a.scale;
+    sp.o     = a.o;
+    sp.o_f32 = a.o_f32;
+    sp.lse   = a.lse;
+    return attn_sparse_prefill(sp, stream);
 }
 
 status vslash_attention_gpu(const vslash_attention_args & a, vslash_workspace & ws, prefill_plan_buf & plan,
                             cudaStream_t stream, vslash_attention_info * info) {
-    return attention_with_fallback(
-        a, [&] { return vslash_index_gpu(a.q, a.n_q, a.pos0, a.n_head, a.kv, a.scale, a.v, a.s, ws, plan, stream); },
-        plan, stream, info);
+    const std::vector<head_spec_dev> heads = uniform_vslash(a.n_head, a.v, a.s, a.pos0 + a.n_q);
+    return minference_attention_gpu(a, heads.data(), ws, plan, stream, info);
 }
 
 } // namespace lc::cuda

@@ -73,7 +73,7 @@ void vslash_select_gpu(const float * vertical, const float * slash, int64_t n_ke
 void vslash_plan_gpu(const int32_t * cols, int64_t v_eff, const int32_t * offsets, int64_t s_eff, int64_t n_q,
                      int64_t pos0, int n_head, vslash_workspace & ws, prefill_plan_buf & plan, cudaStream_t stream);
 
-// All three in turn, into ws.vertical/slash/cols/offsets and plan.
+// All three in turn, into ws.vertical/slash/cols/offsets and plan: minference_index_gpu with every head VS(v, s).
 status vslash_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_head, const attn_kv_paged & kv,
                         float scale, int64_t v, int64_t s, vslash_workspace & ws, prefill_plan_buf & plan,
                         cudaStream_t stream);
@@ -120,7 +120,8 @@ status minference_index_gpu(const bf16_t * q, int64_t n_q, int64_t pos0, int n_h
                             float scale, const head_spec_dev * heads, vslash_workspace & ws, prefill_plan_buf & plan,
                             cudaStream_t stream);
 
-// vslash_attention_gpu with minference_index_gpu's mixed plan (a.v and a.s unused).
+// vslash_attention_gpu with minference_index_gpu's mixed plan (a.v and a.s unused); vslash_attention_gpu is this with
+// every head VS(a.v, a.s).
 status minference_attention_gpu(const vslash_attention_args & a, const head_spec_dev * heads, vslash_workspace & ws,
                                 prefill_plan_buf & plan, cudaStream_t stream, vslash_attention_info * info = nullptr);
 
